@@ -1,0 +1,929 @@
+"""Every write to the catalogue goes through this module.
+
+Each method is one short transaction, so relayctl and the daemon's workers interleave without holding
+locks for long, and a crash between two calls leaves the catalogue consistent: a piece is recorded only
+after it is durable, a transfer is done only after it is verified, and the next hop's transfer is
+created in the same transaction that marks the previous one done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from relayd.catalogue.db import is_sqlite, make_engine
+from relayd.catalogue.schema import (
+    BLOCKED,
+    DONE,
+    PENDING,
+    POLL_OK,
+    RUNNING,
+    SNAPSHOT_ACTIVE,
+    SNAPSHOT_DONE,
+    SNAPSHOT_SUPERSEDED,
+    WAITING,
+    Blob,
+    File,
+    Piece,
+    Repo,
+    ServiceState,
+    Snapshot,
+    SnapshotFile,
+    Transfer,
+)
+from relayd.errors import CatalogueError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_owner_id() -> str:
+    """Return a lease owner id unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """What `relayctl add` asks for."""
+
+    name: str
+    every: float
+    route: tuple[str, ...]
+    repo_type: str = "model"
+    revision: str = "main"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    destinations: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a polled snapshot: the path and what identifies its content."""
+
+    path: str
+    size: int
+    lfs: bool
+    sha256: str | None = None
+    git_blob_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HopRules:
+    """What the store must know about hops: which read the staged copy, which finish a snapshot."""
+
+    reads_staging: frozenset[str] = frozenset()
+    finishes_snapshot: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PieceSpec:
+    """A byte range of a transfer, as a hop plans it."""
+
+    index: int
+    offset: int
+    length: int
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    repo_id: int
+    blob_id: int
+    path: str
+    size: int
+    lfs: bool
+    sha256: str | None
+    git_blob_id: str | None
+    sha1: str | None
+    staged_path: str | None
+
+
+@dataclass(frozen=True)
+class JobData:
+    """Everything a hop may read about one claimed transfer, loaded in one go."""
+
+    transfer: Transfer
+    repo: Repo
+    file: FileRow | None
+    snapshot: Snapshot | None
+    pieces: list[PieceSpec]
+    # Handles of this file's done transfers, by hop (where its verified copies are).
+    locations: dict[str, dict[str, Any]]
+    # For a snapshot-level transfer: the snapshot's files and each one's locations.
+    snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]]
+    # For a snapshot-level transfer: the handles of this repo's last finished snapshot on this hop.
+    previous_snapshot_handles: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    snapshot_id: int
+    created: bool
+    new_files: int
+    linked_files: int
+    removed_files: int
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    blob_id: int
+    staged_path: str
+
+
+class LeaseLost(CatalogueError):
+    """Another worker owns this transfer now (our lease expired); drop the result."""
+
+
+def _file_row(file: File, blob: Blob) -> FileRow:
+    return FileRow(
+        id=file.id,
+        repo_id=file.repo_id,
+        blob_id=file.blob_id,
+        path=file.path,
+        size=file.size,
+        lfs=file.lfs,
+        sha256=file.sha256 or blob.sha256,
+        git_blob_id=file.git_blob_id,
+        sha1=file.sha1 or blob.sha1,
+        staged_path=blob.staged_path,
+    )
+
+
+class Store:
+    """The catalogue's single writer API. Thread-safe: every method opens its own session."""
+
+    def __init__(self, url: str, *, rules: HopRules | None = None) -> None:
+        self.url = url
+        self.rules = rules or HopRules()
+        self.engine: Engine = make_engine(url, immediate=True)
+        self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self._reader_engine, expire_on_commit=False)
+        self._skip_locked = not is_sqlite(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._reader_engine is not self.engine:
+            self._reader_engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """Yield a read-only session (it never takes the SQLite write lock)."""
+        with self._readers() as session:
+            yield session
+
+    # -- repos -------------------------------------------------------------------------------------
+
+    def add_repo(self, spec: RepoSpec, *, replace: bool = False) -> tuple[Repo, str]:
+        """Add the repo; return it and 'created', 'exists' (left unchanged) or 'updated' (replace)."""
+        now = utcnow()
+        with self._write() as session:
+            repo = session.scalar(select(Repo).where(Repo.name == spec.name))
+            if repo is not None and not replace:
+                return repo, "exists"
+            outcome = "updated"
+            if repo is None:
+                repo = Repo(name=spec.name, created_at=now, paused=False)
+                session.add(repo)
+                outcome = "created"
+            repo.repo_type = spec.repo_type
+            repo.revision = spec.revision
+            repo.include = list(spec.include)
+            repo.exclude = list(spec.exclude)
+            repo.every = spec.every
+            repo.route = list(spec.route)
+            repo.destinations = dict(spec.destinations)
+            repo.options = dict(spec.options)
+            repo.next_poll_at = now
+            repo.updated_at = now
+            if outcome == "updated":
+                # A changed revision or globs must be looked at again even if the head did not move.
+                repo.head_commit = None
+            session.flush()
+            return repo, outcome
+
+    def remove_repo(self, name: str) -> bool:
+        """Forget the repo and everything recorded for it; return False if there was none."""
+        with self._write() as session:
+            repo_id = session.scalar(select(Repo.id).where(Repo.name == name))
+            if repo_id is None:
+                return False
+            transfer_ids = select(Transfer.id).where(Transfer.repo_id == repo_id)
+            session.execute(delete(Piece).where(Piece.transfer_id.in_(transfer_ids)))
+            session.execute(delete(Transfer).where(Transfer.repo_id == repo_id))
+            snapshot_ids = select(Snapshot.id).where(Snapshot.repo_id == repo_id)
+            session.execute(delete(SnapshotFile).where(SnapshotFile.snapshot_id.in_(snapshot_ids)))
+            session.execute(delete(Snapshot).where(Snapshot.repo_id == repo_id))
+            session.execute(delete(File).where(File.repo_id == repo_id))
+            session.execute(delete(Repo).where(Repo.id == repo_id))
+            return True
+
+    def set_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume the repo; return False if there is no such repo."""
+        with self._write() as session:
+            result = session.execute(
+                update(Repo)
+                .where(Repo.name == name)
+                .values(paused=paused, updated_at=utcnow(), next_poll_at=None if paused else utcnow())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def repo(self, name: str) -> Repo | None:
+        with self.read() as session:
+            return session.scalar(select(Repo).where(Repo.name == name))
+
+    def repos(self) -> list[Repo]:
+        with self.read() as session:
+            return list(session.scalars(select(Repo).order_by(Repo.name)))
+
+    # -- polls -------------------------------------------------------------------------------------
+
+    def record_poll_state(
+        self,
+        repo_id: int,
+        *,
+        state: str,
+        error: str | None = None,
+        hint: str | None = None,
+        next_poll_at: datetime | None = None,
+    ) -> None:
+        """Record how the last poll of the repo went (only called when something changed)."""
+        with self._write() as session:
+            session.execute(
+                update(Repo)
+                .where(Repo.id == repo_id)
+                .values(poll_state=state, poll_error=error, poll_hint=hint, next_poll_at=next_poll_at)
+            )
+
+    def record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
+        """Record a new head of the repo and its files; start moving what is new.
+
+        Files whose path and content were in an earlier snapshot are linked, not moved again; earlier
+        unfinished snapshots are superseded. Raise CatalogueError on duplicate paths.
+        """
+        paths = [spec.path for spec in files]
+        if len(set(paths)) != len(paths):
+            raise CatalogueError(f"snapshot {commit} lists a path twice")
+        now = utcnow()
+        with self._write() as session:
+            repo = session.get(Repo, repo_id)
+            if repo is None:
+                raise CatalogueError(f"repo {repo_id} does not exist")
+            existing = session.scalar(
+                select(Snapshot).where(Snapshot.repo_id == repo_id, Snapshot.commit == commit)
+            )
+            if existing is not None:
+                repo.head_commit = commit
+                repo.poll_state = POLL_OK
+                repo.poll_error = repo.poll_hint = None
+                return SnapshotResult(existing.id, False, 0, 0, 0)
+            snapshot = Snapshot(
+                repo_id=repo_id,
+                commit=commit,
+                state=SNAPSHOT_ACTIVE,
+                seen_at=now,
+                file_count=len(files),
+                total_bytes=sum(spec.size for spec in files),
+            )
+            session.add(snapshot)
+            session.flush()
+            file_ids: list[int] = []
+            new_file_ids: list[int] = []
+            for spec in files:
+                blob = self._find_or_create_blob(session, spec)
+                file = session.scalar(
+                    select(File).where(
+                        File.repo_id == repo_id, File.path == spec.path, File.blob_id == blob.id
+                    )
+                )
+                if file is None:
+                    file = File(
+                        repo_id=repo_id,
+                        blob_id=blob.id,
+                        path=spec.path,
+                        size=spec.size,
+                        lfs=spec.lfs,
+                        sha256=spec.sha256 or blob.sha256,
+                        git_blob_id=spec.git_blob_id,
+                        sha1=blob.sha1,
+                    )
+                    session.add(file)
+                    session.flush()
+                    new_file_ids.append(file.id)
+                file_ids.append(file.id)
+                session.add(SnapshotFile(snapshot_id=snapshot.id, file_id=file.id))
+            removed = self._supersede_older(session, repo, snapshot.id, set(file_ids))
+            for file_id in file_ids:
+                self._ensure_frontier(session, repo, file_id, now)
+            linked = len(file_ids) - len(new_file_ids)
+            repo.head_commit = commit
+            repo.poll_state = POLL_OK
+            repo.poll_error = repo.poll_hint = None
+            session.flush()
+            self._maybe_finish_snapshot(session, repo, snapshot, now)
+            return SnapshotResult(snapshot.id, True, len(new_file_ids), linked, removed)
+
+    def _find_or_create_blob(self, session: Session, spec: FileSpec) -> Blob:
+        blob: Blob | None = None
+        if spec.sha256:
+            blob = session.scalar(select(Blob).where(Blob.sha256 == spec.sha256))
+        elif spec.git_blob_id:
+            blob = session.scalar(select(Blob).where(Blob.git_blob_id == spec.git_blob_id).limit(1))
+        if blob is None:
+            blob = Blob(
+                sha256=spec.sha256, git_blob_id=None if spec.lfs else spec.git_blob_id, size=spec.size
+            )
+            session.add(blob)
+            session.flush()
+        return blob
+
+    def _supersede_older(self, session: Session, repo: Repo, keep_snapshot: int, keep_files: set[int]) -> int:
+        """Supersede the repo's other active snapshots; drop unstarted work on files no longer present.
+
+        Return how many files of the previous head are gone from the new one.
+        """
+        older = list(
+            session.scalars(
+                select(Snapshot).where(
+                    Snapshot.repo_id == repo.id,
+                    Snapshot.id != keep_snapshot,
+                    Snapshot.state == SNAPSHOT_ACTIVE,
+                )
+            )
+        )
+        previous = session.scalar(
+            select(Snapshot)
+            .where(Snapshot.repo_id == repo.id, Snapshot.id != keep_snapshot)
+            .order_by(Snapshot.id.desc())
+            .limit(1)
+        )
+        removed = 0
+        if previous is not None:
+            previous_files = set(
+                session.scalars(select(SnapshotFile.file_id).where(SnapshotFile.snapshot_id == previous.id))
+            )
+            removed = len(previous_files - keep_files)
+        for snapshot in older:
+            snapshot.state = SNAPSHOT_SUPERSEDED
+            stale_files = select(SnapshotFile.file_id).where(
+                SnapshotFile.snapshot_id == snapshot.id, SnapshotFile.file_id.not_in(keep_files or {-1})
+            )
+            stale = select(Transfer.id).where(
+                Transfer.file_id.in_(stale_files), Transfer.state.in_((PENDING, WAITING, BLOCKED))
+            )
+            stale_ids = list(session.scalars(stale))
+            if stale_ids:
+                session.execute(delete(Piece).where(Piece.transfer_id.in_(stale_ids)))
+                session.execute(delete(Transfer).where(Transfer.id.in_(stale_ids)))
+            session.execute(
+                delete(Transfer).where(Transfer.snapshot_id == snapshot.id, Transfer.state != RUNNING)
+            )
+        return removed
+
+    def _ensure_frontier(self, session: Session, repo: Repo, file_id: int, now: datetime) -> bool:
+        """Make sure the file's next needed transfer exists; return True if one was created."""
+        route = list(repo.route)
+        done_hops = {
+            hop: state
+            for hop, state in session.execute(
+                select(Transfer.hop, Transfer.state).where(Transfer.file_id == file_id)
+            ).tuples()
+        }
+        for step, hop in enumerate(route):
+            state = done_hops.get(hop)
+            if state == DONE:
+                continue
+            if state is not None:
+                return False
+            file = session.get(File, file_id)
+            assert file is not None  # noqa: S101 - file_id comes from this transaction
+            session.add(
+                Transfer(
+                    repo_id=repo.id,
+                    file_id=file_id,
+                    hop=hop,
+                    step=step,
+                    state=PENDING,
+                    bytes_total=file.size,
+                    created_at=now,
+                    updated_at=now,
+                    handles={},
+                )
+            )
+            session.flush()
+            return True
+        return False
+
+    def _maybe_finish_snapshot(self, session: Session, repo: Repo, snapshot: Snapshot, now: datetime) -> None:
+        """Start (or record) the end of a snapshot once every file reached the route's last hop."""
+        if snapshot.state != SNAPSHOT_ACTIVE:
+            return
+        last_hop = repo.route[-1]
+        members = select(SnapshotFile.file_id).where(SnapshotFile.snapshot_id == snapshot.id)
+        done_count = session.scalar(
+            select(func.count())
+            .select_from(Transfer)
+            .where(Transfer.file_id.in_(members), Transfer.hop == last_hop, Transfer.state == DONE)
+        )
+        if done_count != snapshot.file_count:
+            return
+        if last_hop in self.rules.finishes_snapshot:
+            exists = session.scalar(
+                select(Transfer.id).where(Transfer.snapshot_id == snapshot.id, Transfer.hop == last_hop)
+            )
+            if exists is None:
+                session.add(
+                    Transfer(
+                        repo_id=repo.id,
+                        snapshot_id=snapshot.id,
+                        hop=last_hop,
+                        step=len(repo.route) - 1,
+                        state=PENDING,
+                        bytes_total=0,
+                        created_at=now,
+                        updated_at=now,
+                        handles={},
+                    )
+                )
+            return
+        snapshot.state = SNAPSHOT_DONE
+        snapshot.done_at = now
+
+    # -- the engine --------------------------------------------------------------------------------
+
+    def reset_orphaned(self) -> int:
+        """Put every `running` transfer back to pending (the single daemon of a SQLite catalogue
+        calls this at start: whoever held them is dead). Return how many."""
+        with self._write() as session:
+            result = session.execute(
+                update(Transfer)
+                .where(Transfer.state == RUNNING)
+                .values(state=PENDING, lease_owner=None, lease_expires_at=None, updated_at=utcnow())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def claim(self, hop: str, owner: str, lease: float, *, exclude: Iterable[int] = ()) -> Transfer | None:
+        """Claim one runnable transfer of *hop* for *owner* with a lease; return it or None.
+
+        Runnable: pending, or waiting whose time has come, or running with an expired lease (its
+        worker died), in a repo that is not paused.
+        """
+        now = utcnow()
+        with self._write() as session:
+            query = (
+                select(Transfer.id)
+                .join(Repo, Repo.id == Transfer.repo_id)
+                .where(
+                    Transfer.hop == hop,
+                    Repo.paused.is_(False),
+                    or_(
+                        and_(
+                            Transfer.state.in_((PENDING, WAITING)),
+                            or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
+                        ),
+                        and_(Transfer.state == RUNNING, Transfer.lease_expires_at < now),
+                    ),
+                )
+                .order_by(Transfer.id)
+                .limit(1)
+            )
+            excluded = list(exclude)
+            if excluded:
+                query = query.where(Transfer.id.not_in(excluded))
+            if self._skip_locked:
+                query = query.with_for_update(of=Transfer, skip_locked=True)
+            transfer_id = session.scalar(query)
+            if transfer_id is None:
+                return None
+            transfer = session.get(Transfer, transfer_id)
+            assert transfer is not None  # noqa: S101 - selected in this transaction
+            if transfer.state == RUNNING:
+                log.info(
+                    "transfer %s: the lease of %s expired; taking it over", transfer.id, transfer.lease_owner
+                )
+            transfer.state = RUNNING
+            transfer.lease_owner = owner
+            transfer.lease_expires_at = now + timedelta(seconds=lease)
+            transfer.attempts += 1
+            transfer.started_at = transfer.started_at or now
+            transfer.updated_at = now
+            transfer.rate = None
+            return transfer
+
+    def renew_leases(self, owner: str, transfer_ids: Sequence[int], lease: float) -> set[int]:
+        """Extend our leases; return the ids we no longer own."""
+        if not transfer_ids:
+            return set()
+        with self._write() as session:
+            session.execute(
+                update(Transfer)
+                .where(
+                    Transfer.id.in_(transfer_ids), Transfer.lease_owner == owner, Transfer.state == RUNNING
+                )
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease))
+            )
+            owned = set(
+                session.scalars(
+                    select(Transfer.id).where(Transfer.id.in_(transfer_ids), Transfer.lease_owner == owner)
+                )
+            )
+            return set(transfer_ids) - owned
+
+    def load_job(self, transfer_id: int) -> JobData:
+        """Return what a hop needs to run this transfer."""
+        with self.read() as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None:
+                raise CatalogueError(f"transfer {transfer_id} does not exist")
+            repo = session.get(Repo, transfer.repo_id)
+            assert repo is not None  # noqa: S101 - enforced by the foreign key
+            file_row: FileRow | None = None
+            locations: dict[str, dict[str, Any]] = {}
+            if transfer.file_id is not None:
+                file_row = self._file_row(session, transfer.file_id)
+                locations = self._locations(session, transfer.file_id)
+            pieces = [
+                PieceSpec(p.idx, p.offset, p.length, p.done)
+                for p in session.scalars(
+                    select(Piece).where(Piece.transfer_id == transfer_id).order_by(Piece.idx)
+                )
+            ]
+            snapshot: Snapshot | None = None
+            snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]] = []
+            previous_handles: dict[str, Any] | None = None
+            if transfer.snapshot_id is not None:
+                snapshot = session.get(Snapshot, transfer.snapshot_id)
+                member_ids = list(
+                    session.scalars(
+                        select(SnapshotFile.file_id).where(SnapshotFile.snapshot_id == transfer.snapshot_id)
+                    )
+                )
+                for file_id in member_ids:
+                    snapshot_files.append(
+                        (self._file_row(session, file_id), self._locations(session, file_id))
+                    )
+                snapshot_files.sort(key=lambda item: item[0].path)
+                previous_handles = session.scalar(
+                    select(Transfer.handles)
+                    .where(
+                        Transfer.repo_id == repo.id,
+                        Transfer.hop == transfer.hop,
+                        Transfer.snapshot_id.is_not(None),
+                        Transfer.state == DONE,
+                        Transfer.id != transfer.id,
+                    )
+                    .order_by(Transfer.finished_at.desc())
+                    .limit(1)
+                )
+            return JobData(
+                transfer=transfer,
+                repo=repo,
+                file=file_row,
+                snapshot=snapshot,
+                pieces=pieces,
+                locations=locations,
+                snapshot_files=snapshot_files,
+                previous_snapshot_handles=previous_handles,
+            )
+
+    @staticmethod
+    def _file_row(session: Session, file_id: int) -> FileRow:
+        file = session.get(File, file_id)
+        assert file is not None  # noqa: S101 - enforced by the foreign key
+        blob = session.get(Blob, file.blob_id)
+        assert blob is not None  # noqa: S101 - enforced by the foreign key
+        return _file_row(file, blob)
+
+    @staticmethod
+    def _locations(session: Session, file_id: int) -> dict[str, dict[str, Any]]:
+        rows = session.execute(
+            select(Transfer.hop, Transfer.handles).where(Transfer.file_id == file_id, Transfer.state == DONE)
+        ).tuples()
+        return {hop: dict(handles or {}) for hop, handles in rows}
+
+    def record_plan(self, transfer_id: int, pieces: Sequence[PieceSpec], bytes_total: int) -> None:
+        """Replace the transfer's pieces with *pieces* (a fresh plan)."""
+        now = utcnow()
+        with self._write() as session:
+            session.execute(delete(Piece).where(Piece.transfer_id == transfer_id))
+            session.add_all(
+                Piece(
+                    transfer_id=transfer_id,
+                    idx=p.index,
+                    offset=p.offset,
+                    length=p.length,
+                    done=p.done,
+                    sends=0,
+                    done_at=now if p.done else None,
+                )
+                for p in pieces
+            )
+            done = sum(p.length for p in pieces if p.done)
+            session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(bytes_total=bytes_total, bytes_done=done, updated_at=now)
+            )
+
+    def reset_pieces(self, transfer_id: int, indices: Sequence[int] | None = None) -> None:
+        """Mark the pieces (all when *indices* is None) as not done, e.g. after a failed verification."""
+        with self._write() as session:
+            query = update(Piece).where(Piece.transfer_id == transfer_id)
+            if indices is not None:
+                query = query.where(Piece.idx.in_(indices))
+            session.execute(query.values(done=False, done_at=None))
+            self._refresh_bytes_done(session, transfer_id)
+
+    def piece_started(self, transfer_id: int, index: int) -> None:
+        """Count one more attempt at sending the piece (for 'moved at most N times' checks)."""
+        with self._write() as session:
+            session.execute(
+                update(Piece)
+                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .values(sends=Piece.sends + 1)
+            )
+
+    def piece_done(self, transfer_id: int, index: int) -> None:
+        """Record that the piece is durable at the destination."""
+        with self._write() as session:
+            session.execute(
+                update(Piece)
+                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .values(done=True, done_at=utcnow())
+            )
+            self._refresh_bytes_done(session, transfer_id)
+
+    @staticmethod
+    def _refresh_bytes_done(session: Session, transfer_id: int) -> None:
+        done = select(func.coalesce(func.sum(Piece.length), 0)).where(
+            Piece.transfer_id == transfer_id, Piece.done.is_(True)
+        )
+        session.execute(
+            update(Transfer)
+            .where(Transfer.id == transfer_id)
+            .values(bytes_done=done.scalar_subquery(), updated_at=utcnow())
+        )
+
+    def progress(
+        self, transfer_id: int, *, moved: int, rate: float | None, bytes_done: int | None = None
+    ) -> None:
+        """Add *moved* bytes to the transfer's traffic and record its current rate (for status)."""
+        values: dict[str, Any] = {
+            "bytes_moved": Transfer.bytes_moved + moved,
+            "rate": rate,
+            "updated_at": utcnow(),
+        }
+        if bytes_done is not None:
+            values["bytes_done"] = bytes_done
+        with self._write() as session:
+            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+
+    def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
+        """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""
+        with self._write() as session:
+            session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(handles=handles, updated_at=utcnow())
+            )
+
+    def complete(
+        self,
+        transfer_id: int,
+        owner: str,
+        handles: dict[str, Any],
+        *,
+        sha256: str | None = None,
+        sha1: str | None = None,
+        staged_path: str | None = None,
+    ) -> list[StagedBlob]:
+        """Mark the transfer verified and done, start the next hop, and finish the snapshot if this
+        was its last piece of work. Return staged copies that no hop needs any more.
+
+        Raise LeaseLost if another worker took the transfer over meanwhile.
+        """
+        now = utcnow()
+        with self._write() as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None:
+                raise LeaseLost(f"transfer {transfer_id} no longer exists")
+            if transfer.lease_owner != owner or transfer.state != RUNNING:
+                raise LeaseLost(f"transfer {transfer_id} is now held by {transfer.lease_owner or 'nobody'}")
+            repo = session.get(Repo, transfer.repo_id)
+            assert repo is not None  # noqa: S101 - enforced by the foreign key
+            transfer.state = DONE
+            transfer.bytes_done = transfer.bytes_total
+            transfer.handles = handles
+            transfer.finished_at = now
+            transfer.updated_at = now
+            transfer.lease_owner = None
+            transfer.lease_expires_at = None
+            transfer.last_error = transfer.error_class = transfer.hint = None
+            transfer.next_attempt_at = None
+            transfer.rate = None
+            session.execute(update(Piece).where(Piece.transfer_id == transfer_id).values(done=True))
+            if transfer.snapshot_id is not None:
+                snapshot = session.get(Snapshot, transfer.snapshot_id)
+                if snapshot is not None and snapshot.state == SNAPSHOT_ACTIVE:
+                    snapshot.state = SNAPSHOT_DONE
+                    snapshot.done_at = now
+                return []
+            assert transfer.file_id is not None  # noqa: S101 - a transfer has a file or a snapshot
+            file = session.get(File, transfer.file_id)
+            assert file is not None  # noqa: S101 - enforced by the foreign key
+            blob = session.get(Blob, file.blob_id)
+            assert blob is not None  # noqa: S101 - enforced by the foreign key
+            if sha256 or sha1 or staged_path:
+                self._update_content(
+                    session, file, blob, sha256=sha256, sha1=sha1, staged_path=staged_path, now=now
+                )
+            live = self._live_snapshots(session, file.id)
+            if live:
+                self._ensure_frontier(session, repo, file.id, now)
+                session.flush()
+                for snapshot in live:
+                    self._maybe_finish_snapshot(session, repo, snapshot, now)
+            return self._releasable(session, blob)
+
+    @staticmethod
+    def _live_snapshots(session: Session, file_id: int) -> list[Snapshot]:
+        return list(
+            session.scalars(
+                select(Snapshot)
+                .join(SnapshotFile, SnapshotFile.snapshot_id == Snapshot.id)
+                .where(SnapshotFile.file_id == file_id, Snapshot.state == SNAPSHOT_ACTIVE)
+            )
+        )
+
+    @staticmethod
+    def _update_content(
+        session: Session,
+        file: File,
+        blob: Blob,
+        *,
+        sha256: str | None,
+        sha1: str | None,
+        staged_path: str | None,
+        now: datetime,
+    ) -> None:
+        if sha256 and blob.sha256 is None:
+            twin = session.scalar(select(Blob).where(Blob.sha256 == sha256))
+            if twin is not None and twin.id != blob.id:
+                # Same content arrived earlier under another identity: keep one blob.
+                session.execute(update(File).where(File.blob_id == blob.id).values(blob_id=twin.id))
+                file.blob_id = twin.id
+                blob = twin
+            else:
+                blob.sha256 = sha256
+        if sha1:
+            blob.sha1 = sha1
+        if staged_path:
+            blob.staged_path = staged_path
+            blob.staged_at = now
+        values: dict[str, Any] = {}
+        if sha256:
+            values["sha256"] = sha256
+        if sha1:
+            values["sha1"] = sha1
+        if values:
+            session.execute(update(File).where(File.blob_id == blob.id).values(**values))
+
+    def _releasable(self, session: Session, blob: Blob) -> list[StagedBlob]:
+        """Return the blob's staged copy if no hop of any live file still needs to read it."""
+        if not blob.staged_path:
+            return []
+        readers = set(self.rules.reads_staging) | {"download"}
+        files = session.execute(
+            select(File.id, Repo.route).join(Repo, Repo.id == File.repo_id).where(File.blob_id == blob.id)
+        ).tuples()
+        for file_id, route in files:
+            if route and route[-1] == "download":
+                return []  # a mirror route: staging is the destination
+            if not self._live_snapshots(session, file_id):
+                continue
+            states = dict(
+                session.execute(
+                    select(Transfer.hop, Transfer.state).where(Transfer.file_id == file_id)
+                ).tuples()
+            )
+            for hop in route:
+                if hop in readers and states.get(hop) != DONE:
+                    return []
+        return [StagedBlob(blob.id, blob.staged_path)]
+
+    def unstage(self, blob_id: int) -> None:
+        """Record that the blob's staged copy is gone (call before deleting the file)."""
+        with self._write() as session:
+            session.execute(update(Blob).where(Blob.id == blob_id).values(staged_path=None, staged_at=None))
+
+    def defer(
+        self,
+        transfer_id: int,
+        owner: str,
+        *,
+        state: str,
+        error: str,
+        error_class: str,
+        hint: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person)."""
+        if state not in (WAITING, BLOCKED):
+            raise ValueError(state)
+        with self._write() as session:
+            session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
+                .values(
+                    state=state,
+                    last_error=error,
+                    error_class=error_class,
+                    hint=hint,
+                    next_attempt_at=next_attempt_at,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    rate=None,
+                    updated_at=utcnow(),
+                )
+            )
+
+    def release(self, transfer_id: int, owner: str) -> None:
+        """Give the transfer back untouched (the daemon is stopping); the attempt does not count."""
+        with self._write() as session:
+            session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
+                .values(
+                    state=PENDING,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=func.max(Transfer.attempts - 1, 0)
+                    if is_sqlite(self.url)
+                    else func.greatest(Transfer.attempts - 1, 0),
+                    rate=None,
+                    updated_at=utcnow(),
+                )
+            )
+
+    # -- control -----------------------------------------------------------------------------------
+
+    def retry(self, repo_name: str | None = None, hop: str | None = None) -> int:
+        """Make blocked and waiting transfers (and polls) runnable now; return how many transfers.
+
+        Raise UsageError for an unknown repo.
+        """
+        now = utcnow()
+        with self._write() as session:
+            query = update(Transfer).where(Transfer.state.in_((BLOCKED, WAITING)))
+            repo_query = update(Repo).where(Repo.poll_state != POLL_OK)
+            if repo_name is not None:
+                repo_id = session.scalar(select(Repo.id).where(Repo.name == repo_name))
+                if repo_id is None:
+                    raise UsageError(f"no repo named {repo_name!r} (see `relayctl list`)")
+                query = query.where(Transfer.repo_id == repo_id)
+                repo_query = repo_query.where(Repo.id == repo_id)
+            if hop is not None:
+                query = query.where(Transfer.hop == hop)
+            result = session.execute(
+                query.values(state=PENDING, next_attempt_at=None, attempts=0, updated_at=now)
+            )
+            if hop is None:
+                session.execute(repo_query.values(next_poll_at=now, updated_at=now))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- service state -----------------------------------------------------------------------------
+
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        """Set a fact the daemon publishes for relayctl (heartbeat, token lifetime, disk budget)."""
+        now = utcnow()
+        with self._write() as session:
+            row = session.get(ServiceState, key)
+            if row is None:
+                session.add(ServiceState(key=key, value=value, updated_at=now))
+            else:
+                row.value = value
+                row.updated_at = now
+
+    def service_state(self) -> dict[str, tuple[dict[str, Any], datetime]]:
+        with self.read() as session:
+            return {row.key: (row.value, row.updated_at) for row in session.scalars(select(ServiceState))}

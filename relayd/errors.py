@@ -1,0 +1,86 @@
+"""The error classes relayd raises, and how the engine treats each.
+
+A hop signals what should happen next by the class it raises: ``Retryable`` parks the transfer as
+``waiting`` with a backoff, ``NeedsPerson`` parks it as ``blocked`` with a reason and a hint that says
+what to do, ``Permanent`` blocks it as well (nothing a retry can fix), ``Cancelled`` puts it back to
+``pending`` untouched because the daemon is stopping.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base class of every error relayd raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+class UsageError(RelayError):
+    """A command was given input it cannot accept (an invalid repo id, an unknown hop)."""
+
+
+class CatalogueError(RelayError):
+    """The catalogue cannot be used as it is."""
+
+
+class SchemaMismatch(CatalogueError):
+    """The catalogue's schema is not the one this relayd expects; the message names the fix."""
+
+
+class InstanceLocked(RelayError):
+    """Another relayd process already serves this catalogue."""
+
+
+class HopError(RelayError):
+    """A hop could not finish a transfer.
+
+    *error_class* is a short machine-readable category (``network``, ``auth``, ``gated``, ``disk``,
+    ``quota``, ``integrity``, ``not_found``, ``rate_limit``, ``server``, ...) used by status and metrics.
+    """
+
+    error_class: str = "error"
+
+    def __init__(self, message: str, *, error_class: str | None = None) -> None:
+        super().__init__(message)
+        if error_class is not None:
+            self.error_class = error_class
+
+
+class Retryable(HopError):
+    """A transient failure: try again later, at *retry_after* seconds if the server said so."""
+
+    error_class = "network"
+
+    def __init__(
+        self, message: str, *, error_class: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, error_class=error_class)
+        self.retry_after = retry_after
+
+
+class NeedsPerson(HopError):
+    """Only a person can fix this (token, gating, disk, quota); *hint* says what to do."""
+
+    error_class = "blocked"
+
+    def __init__(self, message: str, *, hint: str, error_class: str | None = None) -> None:
+        super().__init__(message, error_class=error_class)
+        self.hint = hint
+
+
+class Permanent(HopError):
+    """The transfer cannot succeed as it is (e.g. the upstream file is invalid)."""
+
+    error_class = "permanent"
+
+    def __init__(self, message: str, *, hint: str = "", error_class: str | None = None) -> None:
+        super().__init__(message, error_class=error_class)
+        self.hint = hint or "fix the cause, then run `relayctl retry`"
+
+
+class Cancelled(HopError):
+    """The daemon is stopping; the transfer goes back to pending with its durable pieces kept."""
+
+    error_class = "cancelled"

@@ -1,0 +1,246 @@
+"""The hop contract: plan the pieces, move the missing ones, verify the whole.
+
+This module is the whole public surface a hop needs. The engine claims a transfer, builds a ``Job`` for
+it and calls ``plan`` (only when no plan is recorded), ``move`` with the pieces not yet durable, and
+``verify``; a hop that commits a whole snapshot at once also implements ``finish_snapshot``. A hop
+signals what should happen after a failure by the error class it raises (see relayd.errors).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from relayd.catalogue.store import FileRow, JobData, PieceSpec
+from relayd.errors import Cancelled
+
+if TYPE_CHECKING:
+    from relayd.catalogue.store import Store
+    from relayd.staging import Staging
+
+__all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "plan_ranges"]
+
+PROGRESS_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class HopContext:
+    """Services every hop of one daemon shares. ``cancel`` is set when work must stop at the next
+    durable point (the daemon is stopping)."""
+
+    store: Store
+    staging: Staging
+    state_dir: Path
+    cancel: threading.Event
+    owner: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a verified transfer leaves behind: handles naming the copy at the destination, and
+    content facts learned on the way (recorded on the blob so later hops and repos reuse them)."""
+
+    handles: dict[str, Any]
+    sha256: str | None = None
+    sha1: str | None = None
+    staged_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `relayctl doctor`: what was checked, whether it passed, and how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def plan_ranges(size: int, piece_size: int) -> list[PieceSpec]:
+    """Return pieces of *piece_size* bytes covering *size* bytes (one empty piece for an empty file)."""
+    if size == 0:
+        return [PieceSpec(0, 0, 0)]
+    return [
+        PieceSpec(index, offset, min(piece_size, size - offset))
+        for index, offset in enumerate(range(0, size, piece_size))
+    ]
+
+
+@dataclass
+class _Rate:
+    """Bytes moved since the last report, and a smoothed rate for status."""
+
+    pending: int = 0
+    rate: float | None = None
+    last: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Job:
+    """One claimed transfer as a hop sees it: what to move, where it came from, and how to report."""
+
+    def __init__(self, data: JobData, ctx: HopContext) -> None:
+        self._data = data
+        self._ctx = ctx
+        self.id: int = data.transfer.id
+        self.hop: str = data.transfer.hop
+        self.repo = data.repo
+        self.file: FileRow | None = data.file
+        self.snapshot = data.snapshot
+        self.snapshot_files = data.snapshot_files
+        self.previous_snapshot_handles = data.previous_snapshot_handles
+        self.attempts: int = data.transfer.attempts
+        self.handles: dict[str, Any] = dict(data.transfer.handles or {})
+        self.locations: dict[str, dict[str, Any]] = data.locations
+        self.pieces: list[PieceSpec] = list(data.pieces)
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"relayd.hops.{self.hop}"),
+            {"repo": self.repo.name, "path": self.file.path if self.file else f"snapshot {self.commit[:12]}"},
+        )
+        self._rate = _Rate()
+
+    @property
+    def commit(self) -> str:
+        """The pinned commit this transfer belongs to (its snapshot's, or the repo's last seen head)."""
+        if self.snapshot is not None:
+            return self.snapshot.commit
+        return self.repo.head_commit or ""
+
+    @property
+    def previous(self) -> dict[str, Any]:
+        """Handles of the copy made by the previous hop of the route ({} for the first hop)."""
+        route = list(self.repo.route)
+        step = route.index(self.hop) if self.hop in route else 0
+        return self.locations.get(route[step - 1], {}) if step > 0 else {}
+
+    @property
+    def file_or_fail(self) -> FileRow:
+        if self.file is None:
+            raise TypeError("this is a snapshot-level transfer; it has no single file")
+        return self.file
+
+    @property
+    def cancelled(self) -> bool:
+        return self._ctx.cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise Cancelled if the daemon is stopping (call between pieces)."""
+        if self._ctx.cancel.is_set():
+            raise Cancelled("the daemon is stopping")
+
+    def save_handles(self) -> None:
+        """Persist ``handles`` now (before relying on a remote id after a crash)."""
+        self._ctx.store.save_handles(self.id, dict(self.handles))
+
+    def replan(self, pieces: Sequence[PieceSpec], size: int) -> None:
+        """Record a new plan (for instance when the remote side dictates the part size)."""
+        self._ctx.store.record_plan(self.id, pieces, size)
+        self.pieces = list(pieces)
+
+    def begin_piece(self, index: int) -> None:
+        """Note that the piece is being sent (counts re-sends)."""
+        self._ctx.store.piece_started(self.id, index)
+
+    def piece_done(self, index: int) -> None:
+        """Record that the piece is durable at the destination; call only after fsync or its remote
+        equivalent."""
+        self._ctx.store.piece_done(self.id, index)
+        self.pieces = [
+            p if p.index != index else PieceSpec(p.index, p.offset, p.length, True) for p in self.pieces
+        ]
+        self._flush_progress(force=True)
+
+    def reset_pieces(self, indices: Sequence[int] | None = None) -> None:
+        """Mark pieces (all by default) as missing again, e.g. after a failed verification."""
+        self._ctx.store.reset_pieces(self.id, indices)
+        wanted = set(indices) if indices is not None else None
+        self.pieces = [
+            PieceSpec(p.index, p.offset, p.length, False) if wanted is None or p.index in wanted else p
+            for p in self.pieces
+        ]
+
+    def add_progress(self, moved: int) -> None:
+        """Count *moved* payload bytes (thread-safe); status shows the rate, flushed about once a second."""
+        with self._rate.lock:
+            self._rate.pending += moved
+        self._flush_progress()
+
+    def _flush_progress(self, *, force: bool = False) -> None:
+        with self._rate.lock:
+            now = time.monotonic()
+            elapsed = now - self._rate.last
+            if not force and elapsed < PROGRESS_INTERVAL:
+                return
+            moved, self._rate.pending = self._rate.pending, 0
+            if elapsed > 0 and (moved or elapsed >= PROGRESS_INTERVAL):
+                current = moved / elapsed
+                previous = self._rate.rate
+                self._rate.rate = current if previous is None else 0.6 * current + 0.4 * previous
+            self._rate.last = now
+            rate = self._rate.rate
+        if moved or force:
+            self._ctx.store.progress(self.id, moved=moved, rate=rate)
+
+    def finish_progress(self) -> None:
+        """Flush what add_progress counted (the engine calls this when the hop returns)."""
+        self._flush_progress(force=True)
+
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        """Publish a service fact for relayctl (e.g. the drive token's expiry)."""
+        self._ctx.store.publish(key, value)
+
+
+class Hop(abc.ABC):
+    """A stage of the route: moves one file from the previous location to the next and verifies it.
+
+    Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
+    done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
+    and ``source`` when they are a route's first hop and need a poller ("hub" or "local").
+    """
+
+    name: ClassVar[str]
+    reads_staging: ClassVar[bool] = False
+    finishes_snapshot: ClassVar[bool] = False
+    source: ClassVar[str | None] = None
+
+    def __init__(self, section: Any, ctx: HopContext) -> None:
+        self.section = section
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def plan(self, job: Job) -> Sequence[PieceSpec]:
+        """Return the pieces of the whole transfer (called when no plan is recorded)."""
+
+    @abc.abstractmethod
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        """Move the *missing* pieces, calling job.piece_done(i) as each becomes durable."""
+
+    @abc.abstractmethod
+    def verify(self, job: Job) -> Outcome:
+        """Check the whole copy at the destination (size and hash) and return where it is.
+
+        Reset the bad pieces and raise Retryable when it can be repaired; raise NeedsPerson or
+        Permanent when it cannot.
+        """
+
+    def finish_snapshot(self, job: Job) -> Outcome:
+        """Run the snapshot-level step (only for hops with finishes_snapshot)."""
+        from relayd.errors import Permanent
+
+        raise Permanent(f"hop {self.name} has no snapshot-level step")
+
+    def checks(self) -> list[Check]:
+        """Return health checks for `relayctl doctor` (none by default)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections and child processes (called when the daemon stops)."""
+
+
+HopFactory = Callable[[Any, HopContext], Hop]

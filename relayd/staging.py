@@ -1,0 +1,148 @@
+"""The staging disk: partial downloads, content-addressed verified copies, and the disk budget.
+
+A verified file lives once per sha256 at ``blobs/<aa>/<sha256>`` however many repos carry it. Files are
+written under ``partial/`` and moved into place with an atomic rename after fsync and verification.
+Every path handed out is checked to stay inside the staging root.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from relayd.config import StagingConfig
+from relayd.errors import NeedsPerson
+from relayd.units import format_size
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Space facts for status: bytes held in staging, free bytes on its disk, and the limits."""
+
+    used: int
+    free: int
+    max_bytes: int
+    min_free: int
+
+    @property
+    def hold_reason(self) -> str | None:
+        """Why new downloads must wait, or None when there is room."""
+        if self.used >= self.max_bytes:
+            return (
+                f"staging holds {format_size(self.used)}, its maximum is {format_size(self.max_bytes)}: "
+                "downloads wait until later hops free space (staging.max_bytes)"
+            )
+        if self.free <= self.min_free:
+            return (
+                f"the staging disk has {format_size(self.free)} free, "
+                f"the floor is {format_size(self.min_free)}: "
+                "downloads wait until space frees (staging.min_free)"
+            )
+        return None
+
+
+def disk_full_error(path: Path | str) -> NeedsPerson:
+    """Return the blocked error for a full disk at *path*."""
+    return NeedsPerson(
+        f"no space left on the disk holding {path}",
+        hint="free space on that disk (or lower staging.max_bytes); relayd resumes by itself",
+        error_class="disk",
+    )
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Staging:
+    """Paths and space accounting under the staging root."""
+
+    def __init__(self, config: StagingConfig) -> None:
+        self.root = config.dir
+        self.config = config
+        self.blobs = self.root / "blobs"
+        self.partial = self.root / "partial"
+        self.quarantine = self.root / "quarantine"
+        for directory in (self.blobs, self.partial, self.quarantine):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha256: str) -> Path:
+        """Return where the verified copy of *sha256* lives."""
+        if not _SHA256.match(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.blobs / sha256[:2] / sha256
+
+    def partial_path(self, key: str) -> Path:
+        """Return the partial file for a transfer *key* (letters, digits, '._-' only)."""
+        if not _KEY.match(key):
+            raise ValueError(f"invalid partial key {key!r}")
+        return self.partial / key
+
+    def relative(self, path: Path) -> str:
+        """Return *path* relative to the staging root, for the catalogue."""
+        return str(path.resolve().relative_to(self.root.resolve()))
+
+    def resolve(self, relative: str) -> Path:
+        """Return the absolute path of a catalogue-relative staging path; refuse paths leaving the root."""
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"{relative!r} is outside the staging directory")
+        return path
+
+    def promote(self, partial: Path, sha256: str) -> Path:
+        """Move a verified, fsynced partial file into content-addressed staging atomically; return it."""
+        target = self.blob_path(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, target)
+        fsync_dir(target.parent)
+        return target
+
+    def quarantine_file(self, path: Path, label: str) -> Path:
+        """Move a file that failed verification aside (kept for inspection, not reused)."""
+        target = self.quarantine / f"{label}-{path.name}"
+        os.replace(path, target)
+        log.warning("quarantined %s as %s", path, target)
+        return target
+
+    def remove(self, relative: str) -> None:
+        """Delete a staged copy no hop needs any more."""
+        path = self.resolve(relative)
+        try:
+            path.unlink()
+            log.info("released staged copy %s", relative)
+        except FileNotFoundError:
+            pass
+
+    def used_bytes(self) -> int:
+        """Return the bytes allocated under the staging root (partial, verified and quarantined)."""
+        total = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+                except FileNotFoundError:
+                    continue
+        return total
+
+    def budget(self) -> Budget:
+        usage = shutil.disk_usage(self.root)
+        return Budget(self.used_bytes(), usage.free, self.config.max_bytes, self.config.min_free)
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename inside it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
