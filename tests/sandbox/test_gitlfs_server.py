@@ -1,0 +1,448 @@
+"""The sandbox git smart-HTTP + LFS server, driven by the real git and git-lfs clients.
+
+Every test gets its own server and a hermetic git: a private HOME, no system config, no prompts, and
+a credential helper that reads the token from ``$MS_TOKEN`` so it never appears in a URL, in argv or
+in ``.git/config`` (the recipe relayd itself uses against ModelScope).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
+
+if shutil.which("git") is None or shutil.which("git-lfs") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("git and git-lfs are required in CI")
+    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(60)
+
+OWNER = "relay"
+LFS_JSON = "application/vnd.git-lfs+json"
+CREDENTIAL_HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
+
+
+@dataclass
+class GitClient:
+    """git as relayd runs it: its own environment, token only in $MS_TOKEN, config passed with -c."""
+
+    env: dict[str, str]
+    locksverify: bool = False
+
+    def argv(self, *args: str) -> list[str]:
+        config = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
+        if not self.locksverify:
+            config += ["-c", "lfs.locksverify=false"]
+        return ["git", *config, *args]
+
+    def run(
+        self, *args: str, cwd: Path | None = None, check: bool = True, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(self.env)
+        if token is not None:
+            env["MS_TOKEN"] = token
+        result = subprocess.run(
+            self.argv(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=45, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def popen(self, *args: str, cwd: Path) -> subprocess.Popen[str]:
+        """Start git in its own process group, so a test can kill it with all its children."""
+        return subprocess.Popen(
+            self.argv(*args),
+            cwd=cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitLfsServer]:
+    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def git(tmp_path: Path, server: GitLfsServer) -> GitClient:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "LC_ALL": "C",
+        "MS_TOKEN": server.token,
+    }
+    client = GitClient(env)
+    for key, value in (("user.name", "relayd test"), ("user.email", "test@relayd.invalid")):
+        subprocess.run(["git", "config", "--global", key, value], env=env, check=True)
+    subprocess.run(["git", "config", "--global", "init.defaultBranch", "master"], env=env, check=True)
+    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=env, check=True, capture_output=True)
+    return client
+
+
+def _auth(server: GitLfsServer, token: str | None = None) -> tuple[str, str]:
+    return ("oauth2", server.token if token is None else token)
+
+
+def _lfs_batch(
+    server: GitLfsServer,
+    name: str,
+    operation: str,
+    objects: list[dict[str, object]],
+    token: str | None = None,
+) -> requests.Response:
+    return requests.post(
+        f"{server.lfs_url(OWNER, name)}/objects/batch",
+        json={"operation": operation, "transfers": ["basic"], "objects": objects, "hash_algo": "sha256"},
+        headers={"Accept": LFS_JSON, "Content-Type": LFS_JSON},
+        auth=_auth(server, token),
+        timeout=10,
+    )
+
+
+def _commit_lfs_file(git: GitClient, work: Path, path: str, data: bytes) -> str:
+    """Track *.bin, write *data* at *path*, commit, and return the object's oid."""
+    git.run("lfs", "track", "*.bin", cwd=work)
+    (work / path).write_bytes(data)
+    git.run("add", ".gitattributes", path, cwd=work)
+    git.run("commit", "-q", "-m", f"add {path}", cwd=work)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _clone(git: GitClient, server: GitLfsServer, name: str, dest: Path) -> Path:
+    git.run("clone", "-q", server.remote_url(OWNER, name), str(dest))
+    return dest
+
+
+def _assert_no_token_in_git_config(work: Path, token: str) -> None:
+    config = (work / ".git" / "config").read_text()
+    assert token not in config
+    assert "@127.0.0.1" not in config
+
+
+def test_clone_of_an_empty_repo(server: GitLfsServer, git: GitClient, tmp_path: Path) -> None:
+    server.new_repo(OWNER, "empty")
+    result = git.run("clone", server.remote_url(OWNER, "empty"), str(tmp_path / "empty"))
+    assert "empty repository" in result.stderr
+    assert (tmp_path / "empty" / ".git").is_dir()
+    assert server.branch_head(OWNER, "empty") is None
+    auths = [e.header("Authorization") for e in server.request_log.snapshot() if e.status == 200]
+    assert auths and all(a == "Basic [redacted]" for a in auths)
+
+
+def test_push_stores_lfs_object_and_fresh_clone_smudges_it(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "model")
+    work = _clone(git, server, "model", tmp_path / "work")
+    data = os.urandom(1024 * 1024 + 17)
+    oid = _commit_lfs_file(git, work, "weights.bin", data)
+    (work / "config.json").write_text('{"inline": true}\n')
+    git.run("add", "config.json", cwd=work)
+    git.run("commit", "-q", "-m", "config", cwd=work)
+
+    git.run("push", "-q", "origin", "master", cwd=work)
+
+    assert list(server.objects(OWNER, "model")) == [oid]
+    assert hashlib.sha256(server.read_object(OWNER, "model", oid)).hexdigest() == oid
+    assert server.show_file(OWNER, "model", "weights.bin") == lfs_pointer(oid, len(data))
+    assert server.show_file(OWNER, "model", "config.json") == b'{"inline": true}\n'
+    local_head = git.run("rev-parse", "HEAD", cwd=work).stdout.strip()
+    assert server.branch_head(OWNER, "model") == local_head
+    counters = server.counters()
+    assert (counters.puts, counters.puts_stored, counters.verifies) == (1, 1, 1)
+    assert counters.put_bytes_by_oid == {oid: len(data)}
+    assert server.batches()[-1].operation == "upload"
+    assert server.batches()[-1].ref == "refs/heads/master"
+    # The PUT carried the action's own short-lived token, never the user's Basic credentials.
+    puts = [e for e in server.request_log.snapshot() if e.method == "PUT"]
+    assert [e.header("Authorization") for e in puts] == ["Bearer [redacted]"]
+
+    clone = _clone(git, server, "model", tmp_path / "fresh")
+    assert (clone / "weights.bin").read_bytes() == data
+    assert server.counters().downloads == 1
+    for checkout in (work, clone):
+        _assert_no_token_in_git_config(checkout, server.token)
+
+
+def test_second_push_of_a_stored_object_batches_without_put(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "dedupe")
+    work = _clone(git, server, "dedupe", tmp_path / "work")
+    data = os.urandom(300_000)
+    oid = _commit_lfs_file(git, work, "a.bin", data)
+    git.run("push", "-q", "origin", "master", cwd=work)
+    before = server.counters()
+
+    # A scratch repo with unrelated history (as relayd builds one per publish) knows nothing of the
+    # remote, so git-lfs must ask the batch API, which omits the actions for the stored object.
+    scratch = tmp_path / "scratch"
+    git.run("init", "-q", str(scratch))
+    _commit_lfs_file(git, scratch, "copy-of-a.bin", data)
+    git.run("push", "-q", server.remote_url(OWNER, "dedupe"), "master:refs/heads/second", cwd=scratch)
+
+    after = server.counters()
+    assert after.batch_requests == before.batch_requests + 1
+    assert server.batches()[-1].oids == (oid,)
+    assert (after.puts, after.put_bytes) == (before.puts, before.put_bytes)
+    assert (
+        server.branch_head(OWNER, "dedupe", "second")
+        == git.run("rev-parse", "HEAD", cwd=scratch).stdout.strip()
+    )
+
+
+def test_put_of_wrong_bytes_is_rejected_and_nothing_stored(server: GitLfsServer) -> None:
+    server.new_repo(OWNER, "strict")
+    data = os.urandom(200_000)
+    oid = hashlib.sha256(data).hexdigest()
+    answer = _lfs_batch(server, "strict", "upload", [{"oid": oid, "size": len(data)}])
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == LFS_JSON
+    actions = answer.json()["objects"][0]["actions"]
+    upload, verify = actions["upload"], actions["verify"]
+    assert upload["expires_in"] > 0
+    assert server.token not in str(answer.json())
+
+    wrong = requests.put(upload["href"], data=os.urandom(len(data)), headers=upload["header"], timeout=10)
+    assert wrong.status_code == 422
+    assert "sha256" in wrong.json()["message"]
+    short = requests.put(upload["href"], data=data[:-1], headers=upload["header"], timeout=10)
+    assert short.status_code == 422
+    user_creds = requests.put(upload["href"], data=data, auth=_auth(server), timeout=10)
+    assert user_creds.status_code == 403
+    assert server.objects(OWNER, "strict") == {}
+    assert server.incoming(OWNER, "strict") == []
+    checked = requests.post(
+        verify["href"], json={"oid": oid, "size": len(data)}, headers=verify["header"], timeout=10
+    )
+    assert checked.status_code == 404
+
+    good = requests.put(upload["href"], data=data, headers=upload["header"], timeout=10)
+    assert good.status_code == 200
+    checked = requests.post(
+        verify["href"], json={"oid": oid, "size": len(data)}, headers=verify["header"], timeout=10
+    )
+    assert checked.status_code == 200
+    assert server.read_object(OWNER, "strict", oid) == data
+
+    again = _lfs_batch(server, "strict", "upload", [{"oid": oid, "size": len(data)}]).json()["objects"][0]
+    assert "actions" not in again
+    missing = "0" * 64
+    download = _lfs_batch(
+        server, "strict", "download", [{"oid": oid, "size": len(data)}, {"oid": missing, "size": 1}]
+    )
+    found, absent = download.json()["objects"]
+    assert absent["error"]["code"] == 404
+    get = found["actions"]["download"]
+    ranged = requests.get(get["href"], headers={**get["header"], "Range": "bytes=100-199"}, timeout=10)
+    assert ranged.status_code == 206
+    assert ranged.content == data[100:200]
+    assert ranged.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    # A token is bound to its operation and object: the download token cannot upload.
+    assert requests.put(get["href"], data=data, headers=get["header"], timeout=10).status_code == 403
+
+    server.action_lifetime = 0
+    other = os.urandom(10)
+    other_oid = hashlib.sha256(other).hexdigest()
+    stale = _lfs_batch(server, "strict", "upload", [{"oid": other_oid, "size": 10}]).json()["objects"][0]
+    late = requests.put(
+        stale["actions"]["upload"]["href"],
+        data=other,
+        headers=stale["actions"]["upload"]["header"],
+        timeout=10,
+    )
+    assert late.status_code == 403
+    assert "expired" in late.json()["message"]
+
+
+def test_bad_or_missing_token_gets_401_on_both_legs(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "private")
+    result = git.run("ls-remote", server.remote_url(OWNER, "private"), check=False, token="not-the-token")
+    assert result.returncode != 0
+    assert "Authentication failed" in result.stderr
+
+    refs = f"{server.remote_url(OWNER, 'private')}/info/refs?service=git-upload-pack"
+    for auth in (None, _auth(server, "wrong")):
+        answer = requests.get(refs, auth=auth, timeout=10)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith("Basic realm=")
+    bad = _lfs_batch(server, "private", "upload", [{"oid": "0" * 64, "size": 1}], token="wrong")
+    assert bad.status_code == 401
+    assert bad.headers["Content-Type"] == LFS_JSON
+    assert bad.headers["WWW-Authenticate"].startswith("Basic realm=")
+    assert "oauth2" in bad.json()["message"]
+    assert server.counters().batch_requests == 0
+
+
+def test_missing_repo_fails_clearly_unless_created_on_demand(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    result = git.run("clone", server.remote_url(OWNER, "nope"), str(tmp_path / "nope"), check=False)
+    assert result.returncode != 0
+    assert "not found" in result.stderr
+    missing = _lfs_batch(server, "nope", "upload", [{"oid": "0" * 64, "size": 1}])
+    assert missing.status_code == 404
+    assert missing.json()["message"] == f"Repository {OWNER}/nope not found"
+
+    server.auto_create_repos = True
+    work = tmp_path / "work"
+    git.run("init", "-q", str(work))
+    oid = _commit_lfs_file(git, work, "w.bin", b"on demand\n" * 1000)
+    git.run("push", "-q", server.remote_url(OWNER, "fresh"), "master", cwd=work)
+    assert server.has_repo(OWNER, "fresh")
+    assert list(server.objects(OWNER, "fresh")) == [oid]
+
+
+def test_interrupted_throttled_push_restarts_the_object_and_completes(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "big")
+    work = _clone(git, server, "big", tmp_path / "work")
+    data = os.urandom(4 * 1024 * 1024)
+    oid = _commit_lfs_file(git, work, "shard.bin", data)
+    server.put_bytes_per_second = 1024 * 1024
+
+    push = git.popen("push", "origin", "master", cwd=work)
+    deadline = time.monotonic() + 20
+    while server.counters().put_bytes_by_oid.get(oid, 0) < 256 * 1024:
+        assert push.poll() is None, push.communicate()
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    os.killpg(push.pid, signal.SIGTERM)
+    push.communicate(timeout=10)
+    server.put_bytes_per_second = None  # let the server drain the dead connection quickly
+    assert server.wait_idle(timeout=10)
+    partial = server.counters().put_bytes_by_oid[oid]
+    assert partial < len(data)
+    assert server.objects(OWNER, "big") == {}
+    assert server.incoming(OWNER, "big") == []
+    assert server.branch_head(OWNER, "big") is None
+
+    git.run("push", "-q", "origin", "master", cwd=work)
+    counters = server.counters()
+    assert server.read_object(OWNER, "big", oid) == data
+    assert counters.puts == 2
+    assert counters.put_bytes_by_oid[oid] == partial + len(data)  # basic transfer restarts at byte 0
+    assert server.branch_head(OWNER, "big") == git.run("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+def test_server_restarts_on_the_same_port(server: GitLfsServer, git: GitClient, tmp_path: Path) -> None:
+    server.new_repo(OWNER, "bounce")
+    work = _clone(git, server, "bounce", tmp_path / "work")
+    data = os.urandom(100_000)
+    _commit_lfs_file(git, work, "w.bin", data)
+    port = server.port
+
+    server.stop()
+    down = git.run("push", "origin", "master", cwd=work, check=False)
+    assert down.returncode != 0
+    assert "Failed to connect" in down.stderr or "Connection refused" in down.stderr
+    server.start()
+
+    assert server.port == port
+    git.run("push", "-q", "origin", "master", cwd=work)
+    clone = tmp_path / "clone"
+    git.run("clone", "-q", server.remote_url(OWNER, "bounce", models_prefix=True), str(clone))
+    assert (clone / "w.bin").read_bytes() == data
+
+
+def test_non_fast_forward_push_is_rejected_after_a_server_side_commit(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "race")
+    work = _clone(git, server, "race", tmp_path / "work")
+    _commit_lfs_file(git, work, "one.bin", b"first\n")
+    git.run("push", "-q", "origin", "master", cwd=work)
+    server.commit_server_side(
+        OWNER, "race", {"README.md": b"# edited on the hub\n", "docs/a/b.md": b"deep\n"}
+    )
+    server_commit = server.commit_server_side(OWNER, "race", {"docs/a/b.md": None}, message="delete")
+    (work / "notes.txt").write_text("local change\n")
+    git.run("add", "notes.txt", cwd=work)
+    git.run("commit", "-q", "-m", "local", cwd=work)
+
+    rejected = git.run("push", "origin", "master", cwd=work, check=False)
+    assert rejected.returncode != 0
+    assert "rejected" in rejected.stderr
+    assert server.branch_head(OWNER, "race") == server_commit
+
+    git.run("pull", "-q", "--rebase", "origin", "master", cwd=work)
+    git.run("push", "-q", "origin", "master", cwd=work)
+    assert server.show_file(OWNER, "race", "README.md") == b"# edited on the hub\n"
+    assert server.show_file(OWNER, "race", "notes.txt") == b"local change\n"
+    assert not (work / "docs").exists()
+
+
+def test_injected_batch_failure_aborts_the_push_then_it_succeeds(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "quota")
+    work = _clone(git, server, "quota", tmp_path / "work")
+    oid = _commit_lfs_file(git, work, "w.bin", b"x" * 5000)
+    server.fail_next("batch", 507, message="quota exceeded for relay/quota")
+
+    failed = git.run("push", "origin", "master", cwd=work, check=False)
+    assert failed.returncode != 0
+    assert "quota exceeded" in failed.stderr
+    assert server.branch_head(OWNER, "quota") is None
+    assert server.objects(OWNER, "quota") == {}
+
+    git.run("push", "-q", "origin", "master", cwd=work)
+    assert list(server.objects(OWNER, "quota")) == [oid]
+
+    server.fail_next("git", 503, message="maintenance")
+    assert git.run("ls-remote", "origin", cwd=work, check=False).returncode != 0
+    assert git.run("ls-remote", "origin", cwd=work).stdout.split()[0] == server.branch_head(OWNER, "quota")
+
+    server.fail_next("batch", 429, message="slow down", retry_after=7)
+    limited = _lfs_batch(server, "quota", "download", [{"oid": oid, "size": 5000}])
+    assert (limited.status_code, limited.headers["Retry-After"]) == (429, "7")
+    assert limited.json()["message"] == "slow down"
+
+
+def test_chunked_pack_upload_and_locks_verify_404(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    """A pack above http.postBuffer goes up chunked; git-lfs's locks/verify gets 404 and carries on."""
+    git.locksverify = True
+    server.new_repo(OWNER, "plain")
+    work = _clone(git, server, "plain", tmp_path / "work")
+    (work / "noise.dat").write_bytes(os.urandom(1536 * 1024))  # incompressible, not LFS
+    git.run("add", "noise.dat", cwd=work)
+    _commit_lfs_file(git, work, "w.bin", b"tiny lfs object\n")
+
+    git.run("push", "-q", "origin", "master", cwd=work)
+
+    log = server.request_log.snapshot()
+    packs = [
+        e for e in log if e.method == "POST" and e.path.endswith("/git-receive-pack") and e.status == 200
+    ]
+    assert packs and packs[-1].header("Transfer-Encoding") == "chunked"
+    assert any(e.path.endswith("/info/lfs/locks/verify") and e.status == 404 for e in log)
+    clone = _clone(git, server, "plain", tmp_path / "clone")
+    assert (clone / "noise.dat").read_bytes() == (work / "noise.dat").read_bytes()
+    assert len(server.objects(OWNER, "plain")) == 1
