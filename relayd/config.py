@@ -174,6 +174,7 @@ class ModelScopeConfig:
 
 @dataclass(frozen=True)
 class LocalCopyConfig:
+    source: Path
     dest: Path
     piece_size: int
     concurrency: int
@@ -534,6 +535,7 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
 
 def _local_copy(reader: SectionReader, state_dir: Path) -> LocalCopyConfig:
     config = LocalCopyConfig(
+        source=reader.required_path("source", str(state_dir / "source")),
         dest=reader.required_path("dest", str(state_dir / "copies")),
         piece_size=reader.size("piece_size", "64 MiB", minimum=1),
         concurrency=reader.integer("concurrency", 2, minimum=1, maximum=64),

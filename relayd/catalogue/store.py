@@ -26,10 +26,12 @@ from relayd.catalogue.schema import (
     BLOCKED,
     DONE,
     PENDING,
+    POLL_BLOCKED,
     POLL_OK,
     RUNNING,
     SNAPSHOT_ACTIVE,
     SNAPSHOT_DONE,
+    SNAPSHOT_REFUSED,
     SNAPSHOT_SUPERSEDED,
     WAITING,
     Blob,
@@ -296,6 +298,7 @@ class Store:
                 repo.head_commit = commit
                 repo.poll_state = POLL_OK
                 repo.poll_error = repo.poll_hint = None
+                repo.next_poll_at = None
                 return SnapshotResult(existing.id, False, 0, 0, 0)
             snapshot = Snapshot(
                 repo_id=repo_id,
@@ -339,9 +342,38 @@ class Store:
             repo.head_commit = commit
             repo.poll_state = POLL_OK
             repo.poll_error = repo.poll_hint = None
+            repo.next_poll_at = None
             session.flush()
             self._maybe_finish_snapshot(session, repo, snapshot, now)
             return SnapshotResult(snapshot.id, True, len(new_file_ids), linked, removed)
+
+    def refuse_snapshot(self, repo_id: int, commit: str, reason: str, hint: str) -> None:
+        """Record that the head *commit* was refused (hostile or broken listing) and block the poll.
+
+        The head is remembered so an unchanged head is not listed again; a new commit is.
+        """
+        now = utcnow()
+        with self._write() as session:
+            repo = session.get(Repo, repo_id)
+            if repo is None:
+                raise CatalogueError(f"repo {repo_id} does not exist")
+            snapshot = session.scalar(
+                select(Snapshot).where(Snapshot.repo_id == repo_id, Snapshot.commit == commit)
+            )
+            if snapshot is None:
+                session.add(
+                    Snapshot(
+                        repo_id=repo_id, commit=commit, state=SNAPSHOT_REFUSED, reason=reason, seen_at=now
+                    )
+                )
+            else:
+                snapshot.state = SNAPSHOT_REFUSED
+                snapshot.reason = reason
+            repo.head_commit = commit
+            repo.poll_state = POLL_BLOCKED
+            repo.poll_error = reason
+            repo.poll_hint = hint
+            repo.next_poll_at = None
 
     def _find_or_create_blob(self, session: Session, spec: FileSpec) -> Blob:
         blob: Blob | None = None

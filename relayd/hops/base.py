@@ -82,6 +82,14 @@ class _Rate:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class JobLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefix a job's log lines with its repo and path, so each line stands on its own."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"{extra.get('repo')}: {extra.get('path')}: {msg}", kwargs
+
+
 class Job:
     """One claimed transfer as a hop sees it: what to move, where it came from, and how to report."""
 
@@ -99,7 +107,7 @@ class Job:
         self.handles: dict[str, Any] = dict(data.transfer.handles or {})
         self.locations: dict[str, dict[str, Any]] = data.locations
         self.pieces: list[PieceSpec] = list(data.pieces)
-        self.log = logging.LoggerAdapter(
+        self.log = JobLog(
             logging.getLogger(f"relayd.hops.{self.hop}"),
             {"repo": self.repo.name, "path": self.file.path if self.file else f"snapshot {self.commit[:12]}"},
         )

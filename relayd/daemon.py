@@ -1,0 +1,456 @@
+"""relayd, the daemon: lock → config → catalogue check → hops → scheduler and engine → wait → drain.
+
+`relayd run` serves until SIGTERM (first: stop claiming and let in-flight pieces reach a durable point
+within the grace; second: exit at once). SIGHUP and edits of the config file reload it through one code
+path. `relayd run --once` polls every repo once and runs until nothing is runnable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from relayd import __version__
+from relayd.catalogue import migrate
+from relayd.catalogue.db import is_sqlite, sqlite_path
+from relayd.catalogue.schema import Repo
+from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
+from relayd.config import Config, load_config
+from relayd.engine import Engine, EngineSettings
+from relayd.errors import ConfigError, InstanceLocked, RelayError
+from relayd.hops import hop_names, load_hop_class
+from relayd.hops.base import Hop, HopContext
+from relayd.logs import SCRUBBER, setup_logging
+from relayd.poll import Poller, Source, load_source
+from relayd.sdnotify import Notifier
+from relayd.staging import Staging
+
+log = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL = 2.0
+HEARTBEAT_INTERVAL = 10.0
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+@contextmanager
+def instance_lock(config: Config) -> Iterator[Path | None]:
+    """Hold the one-daemon-per-catalogue lock (SQLite catalogues only; a shared server database is
+    built for several daemons). Raise InstanceLocked naming the holder."""
+    database = sqlite_path(config.catalogue.url)
+    if database is None:
+        yield None
+        return
+    lock_path = database.with_name(database.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise InstanceLocked(
+            f"another relayd (pid {holder}) is already running for {database} (lock file {lock_path}); "
+            "stop it first, or give this one its own catalogue"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield lock_path
+    finally:
+        handle.close()
+
+
+def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
+    """Build every registered hop with its own config section; a hop that cannot load is skipped
+    (its transfers wait) with a log line saying why."""
+    hops: dict[str, Hop] = {}
+    for name in hop_names():
+        try:
+            hop_class = load_hop_class(name)
+            hops[name] = hop_class(config.section_for(name), ctx)
+        except (ConfigError, ImportError) as exc:
+            log.warning("hop %s is unavailable: %s", name, exc)
+    return hops
+
+
+def hop_rules(hops: dict[str, Hop]) -> HopRules:
+    return HopRules(
+        reads_staging=frozenset(name for name, hop in hops.items() if hop.reads_staging),
+        finishes_snapshot=frozenset(name for name, hop in hops.items() if hop.finishes_snapshot),
+    )
+
+
+def build_sources(config: Config, hops: dict[str, Hop]) -> tuple[dict[str, Source], dict[str, str]]:
+    """Build the sources that the loaded first hops need; return them and hop → source kind."""
+    source_for_hop = {name: hop.source for name, hop in hops.items() if hop.source}
+    sources: dict[str, Source] = {}
+    for kind in sorted(set(source_for_hop.values())):
+        try:
+            sources[kind] = load_source(kind, config)
+        except (ImportError, ConfigError) as exc:
+            log.warning("source %s is unavailable: %s", kind, exc)
+    return sources, source_for_hop
+
+
+def register_secrets(config: Config) -> None:
+    """Teach the log scrubber every configured secret value."""
+    for ref in config.secrets():
+        try:
+            SCRUBBER.add(ref.resolve())
+        except ConfigError:
+            continue
+
+
+@dataclass
+class _ScheduledRepo:
+    every: float
+    requested_at: datetime | None
+
+
+class Daemon:
+    """One relayd process serving one catalogue."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._signals = 0
+        self._scheduled: dict[str, _ScheduledRepo] = {}
+        self._started_at = utcnow()
+
+    # -- signals -----------------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            # Second signal: no more waiting. Durable pieces are recorded; nothing else is trusted.
+            os.write(2, b"relayd: second stop signal, exiting at once\n")
+            os._exit(EXIT_RUNTIME)
+        log.info("received %s: stopping after in-flight pieces", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> int:
+        config = self.config
+        register_secrets(config)
+        with instance_lock(config):
+            store = Store(config.catalogue.url)
+            try:
+                migrate.ensure_schema(
+                    store.engine, auto_upgrade=config.catalogue.auto_upgrade, config_path=self.config_path
+                )
+                if is_sqlite(config.catalogue.url):
+                    orphans = store.reset_orphaned()
+                    if orphans:
+                        log.info(
+                            "%d transfer(s) were running when relayd last stopped; they continue now", orphans
+                        )
+                return self._serve(store, once=once)
+            finally:
+                store.close()
+
+    def _serve(self, store: Store, *, once: bool) -> int:
+        config = self.config
+        staging = Staging(config.staging)
+        owner = new_owner_id()
+        ctx = HopContext(
+            store=store,
+            staging=staging,
+            state_dir=config.daemon.state_dir,
+            cancel=threading.Event(),
+            owner=owner,
+        )
+        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        hops = build_hops(config, ctx)
+        store.rules = hop_rules(hops)
+        sources, source_for_hop = build_sources(config, hops)
+        self.poller = Poller(store, sources, source_for_hop)
+        self.store = store
+        self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
+        if once:
+            return self._run_once()
+        return self._run_forever()
+
+    @staticmethod
+    def _engine_settings(config: Config, hops: dict[str, Hop]) -> EngineSettings:
+        return EngineSettings(
+            workers=config.daemon.workers,
+            lease=config.daemon.lease,
+            idle_wait=config.daemon.idle_wait,
+            retry=config.retry,
+            limits={name: config.concurrency_for(name) for name in hops},
+        )
+
+    def _run_once(self) -> int:
+        for repo in self.store.repos():
+            if not repo.paused:
+                self.poller.poll(repo)
+        self.engine.run_until_idle()
+        self.engine.drain(self.config.daemon.shutdown_grace)
+        log.info("nothing is runnable any more; exiting (--once)")
+        return EXIT_OK
+
+    def _run_forever(self) -> int:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.install_signals()
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
+        )
+        self.scheduler.start()
+        self.engine.start()
+        watcher = self._watch_config()
+        self._reconcile()
+        self._heartbeat()
+        self.notifier.ready(f"serving {len(self._scheduled)} repos")
+        log.info("relayd %s serving %s (pid %d)", __version__, self.config.catalogue.url, os.getpid())
+        last_reconcile = last_heartbeat = last_watchdog = time.monotonic()
+        try:
+            while not self._stop.wait(0.25):
+                now = time.monotonic()
+                if self.notifier.watchdog_interval and now - last_watchdog >= self.notifier.watchdog_interval:
+                    self.notifier.watchdog()
+                    last_watchdog = now
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if now - last_reconcile >= RECONCILE_INTERVAL:
+                    last_reconcile = now
+                    self._safely(self._reconcile)
+                if now - last_heartbeat >= HEARTBEAT_INTERVAL:
+                    last_heartbeat = now
+                    self._safely(self._heartbeat)
+        finally:
+            self.notifier.stopping()
+            if watcher is not None:
+                watcher.stop()
+            self.scheduler.shutdown(wait=False)
+            drained = self.engine.drain(self.config.daemon.shutdown_grace)
+            if not drained:
+                log.warning(
+                    "some transfers did not reach a durable point within the grace; they resume next start"
+                )
+            self._safely(lambda: self.store.publish("daemon", {**self._daemon_facts(), "state": "stopped"}))
+        log.info("stopped")
+        return EXIT_OK
+
+    @staticmethod
+    def _safely(action: Any) -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("periodic task failed; trying again later")
+
+    def _daemon_facts(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self._started_at.isoformat(),
+            "running": self.engine.running_count(),
+            "state": "running",
+            "config": str(self.config_path),
+        }
+
+    def _heartbeat(self) -> None:
+        self.store.publish("daemon", self._daemon_facts())
+
+    # -- scheduling --------------------------------------------------------------------------------
+
+    def _poll_job(self, name: str) -> None:
+        repo = self.store.repo(name)
+        if repo is None or repo.paused:
+            return
+        self.poller.poll(repo)
+        self.engine.wake()
+
+    def _reconcile(self) -> None:
+        """Bring the scheduler in line with the catalogue's repos (added, removed, paused, changed),
+        and run polls that relayctl asked for (add, resume, retry)."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if not repo.paused}
+        now = utcnow()
+        for name in list(self._scheduled):
+            if name not in repos:
+                self._remove_job(name)
+                del self._scheduled[name]
+                log.info("%s: no longer polled", name)
+        for name, repo in repos.items():
+            job_id = f"poll:{name}"
+            known = self._scheduled.get(name)
+            if known is None or known.every != repo.every:
+                self.scheduler.add_job(
+                    self._poll_job,
+                    IntervalTrigger(
+                        seconds=repo.every, jitter=self.config.daemon.poll_jitter or None, timezone=UTC
+                    ),
+                    id=job_id,
+                    args=[name],
+                    replace_existing=True,
+                    next_run_time=now,
+                )
+                if known is None:
+                    log.info("%s: polling every %.0fs", name, repo.every)
+                self._scheduled[name] = _ScheduledRepo(repo.every, repo.next_poll_at)
+                continue
+            if (
+                repo.next_poll_at is not None
+                and repo.next_poll_at <= now
+                and known.requested_at != repo.next_poll_at
+            ):
+                known.requested_at = repo.next_poll_at
+                self.scheduler.modify_job(job_id, next_run_time=now)
+        self.engine.wake()
+
+    def _remove_job(self, name: str) -> None:
+        from apscheduler.jobstores.base import JobLookupError
+
+        with suppress(JobLookupError):
+            self.scheduler.remove_job(f"poll:{name}")
+
+    # -- reload ------------------------------------------------------------------------------------
+
+    def _watch_config(self) -> Any:
+        """Watch the config file; an edit requests the same reload as SIGHUP (debounced)."""
+        if not self.config.daemon.watch_config:
+            return None
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        target = self.config_path.resolve()
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
+                if str(target) in paths:
+                    daemon._request_reload_debounced()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(target.parent), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    _debounce_timer: threading.Timer | None = None
+
+    def _request_reload_debounced(self) -> None:
+        if self._debounce_timer is not None:
+            self._debounce_timer.cancel()
+        self._debounce_timer = threading.Timer(0.5, self._reload.set)
+        self._debounce_timer.daemon = True
+        self._debounce_timer.start()
+
+    def reload(self) -> bool:
+        """Load the config again; keep the running one if the new one is invalid. Return success."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.status("reload refused: invalid config")
+            self.notifier.notify("READY=1")
+            return False
+        if (
+            new.catalogue.url != self.config.catalogue.url
+            or new.daemon.state_dir != self.config.daemon.state_dir
+        ):
+            log.warning("catalogue.url and daemon.state_dir take effect only after a restart")
+        register_secrets(new)
+        ctx = self.engine.ctx
+        hops = build_hops(new, ctx)
+        self.engine.hops = hops
+        self.store.rules = hop_rules(hops)
+        self.engine.settings = self._engine_settings(new, hops)
+        self.engine.staging.config = new.staging
+        sources, source_for_hop = build_sources(new, hops)
+        self.poller.sources, self.poller.source_for_route = sources, source_for_hop
+        self.config = new
+        self._scheduled.clear()
+        self._reconcile()
+        log.info("reloaded %s", self.config_path)
+        self.notifier.ready(f"serving {len(self._scheduled)} repos (reloaded)")
+        return True
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+DEFAULT_CONFIG = "/etc/relayd/relayd.toml"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="relayd")
+def main() -> None:
+    """relayd: a resumable, hash-verified relay for model files (Hugging Face → Aliyun Drive → VM →
+    ModelScope). Manage it with relayctl."""
+
+
+@main.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("RELAYD_CONFIG", DEFAULT_CONFIG),
+    show_default="$RELAYD_CONFIG or " + DEFAULT_CONFIG,
+    help="The config file.",
+)
+@click.option("--once", is_flag=True, help="Poll every repo once, run until nothing is runnable, then exit.")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Override daemon.log_level."
+)
+def run(config_path: Path, once: bool, log_level: str | None) -> None:
+    """Serve the catalogue: poll repos on their schedules and move their files along their routes."""
+    setup_logging(log_level or "info")
+    try:
+        daemon = Daemon(config_path)
+        setup_logging(log_level or daemon.config.daemon.log_level)
+        code = daemon.run(once=once)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_CONFIG)
+    except RelayError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_RUNTIME)
+    sys.exit(code)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Run a whole relay on the local sandbox and verify it (see `relayd demo --help`)."""
+    from relayd.demo import demo_main
+
+    sys.exit(demo_main(ctx.args))

@@ -1,0 +1,359 @@
+"""The engine: a bounded worker pool that claims runnable transfers and runs their hops.
+
+One dispatcher thread claims transfers with leases while each hop is under its concurrency limit, and
+hands them to a thread pool; a heartbeat thread renews the leases of what is running, so a crashed
+process's claims come back when they expire. Each failure is classified by its error class: retryable
+(``waiting`` with exponential backoff and jitter, or the server's Retry-After), needs a person
+(``blocked`` with a reason and a hint) or permanent (``blocked``). Downloads are held while the staging
+disk is over its budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from relayd.catalogue.schema import BLOCKED, WAITING
+from relayd.catalogue.store import LeaseLost, Store, utcnow
+from relayd.config import RetryConfig
+from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Hop, HopContext, Job, Outcome
+from relayd.staging import Staging, disk_full_error, is_disk_full
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempts: int, retry: RetryConfig, retry_after: float | None = None) -> float:
+    """Return seconds to wait before attempt *attempts* + 1: exponential with full jitter on the upper
+    half, capped, and never sooner than a server's Retry-After."""
+    exponent = max(0, attempts - 1)
+    ceiling = min(retry.maximum, retry.initial * retry.multiplier**exponent)
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not cryptography
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    workers: int
+    lease: float
+    idle_wait: float
+    retry: RetryConfig
+    limits: dict[str, int]
+
+
+def run_hop(hop: Hop, job: Job) -> Outcome:
+    """Run one transfer through its hop: plan if needed, move the missing pieces, verify."""
+    if job.snapshot is not None and job.file is None:
+        return hop.finish_snapshot(job)
+    if not job.pieces:
+        planned = list(hop.plan(job))
+        job.replan(planned, job.file_or_fail.size)
+    missing = [piece for piece in job.pieces if not piece.done]
+    if missing:
+        job.check_cancelled()
+        hop.move(job, missing)
+    job.check_cancelled()
+    return hop.verify(job)
+
+
+class Engine:
+    """Claims and runs transfers until stopped. ``run_until_idle`` serves `relayd run --once`."""
+
+    def __init__(
+        self,
+        store: Store,
+        staging: Staging,
+        hops: dict[str, Hop],
+        ctx: HopContext,
+        settings: EngineSettings,
+        *,
+        on_event: Callable[[str, dict[str, object]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.staging = staging
+        self.hops = hops
+        self.ctx = ctx
+        self.settings = settings
+        self.owner = ctx.owner
+        self._on_event = on_event
+        self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="relayd-worker")
+        self._lock = threading.Lock()
+        self._running: dict[int, str] = {}
+        self._wake = threading.Event()
+        self._stop_claiming = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.hold_reason: str | None = None
+        self._last_budget_check = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatcher and heartbeat threads."""
+        for target, name in (
+            (self._dispatch_loop, "relayd-dispatch"),
+            (self._heartbeat_loop, "relayd-heartbeat"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Look for runnable work now (new transfers, a retry, a reload)."""
+        self._wake.set()
+
+    def stop_claiming(self) -> None:
+        self._stop_claiming.set()
+        self._wake.set()
+
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def drain(self, grace: float) -> bool:
+        """Stop claiming, ask running hops to stop at their next durable point, and wait up to
+        *grace* seconds; return True if everything stopped in time."""
+        self.stop_claiming()
+        self.ctx.cancel.set()
+        deadline = time.monotonic() + grace
+        while self.running_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped = self.running_count() == 0
+        self._pool.shutdown(wait=stopped, cancel_futures=True)
+        for hop in self.hops.values():
+            try:
+                hop.close()
+            except Exception:
+                log.exception("closing hop %s failed", hop.name)
+        return stopped
+
+    def run_until_idle(self, *, poll: Callable[[], None] | None = None, timeout: float | None = None) -> None:
+        """Claim and run until nothing is runnable and nothing is running (for --once and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop_claiming.is_set():
+            if poll is not None:
+                poll()
+            claimed = self._claim_round()
+            if not claimed and self.running_count() == 0:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the engine did not become idle in time")
+            self._wake.wait(0.05 if claimed else self.settings.idle_wait / 4)
+            self._wake.clear()
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop_claiming.is_set():
+            try:
+                claimed = self._claim_round()
+            except Exception:
+                log.exception("claiming transfers failed; trying again shortly")
+                claimed = 0
+            if not claimed:
+                self._wake.wait(self.settings.idle_wait)
+                self._wake.clear()
+
+    def _downloads_held(self) -> bool:
+        """Check the staging budget at most once a second; publish why downloads wait."""
+        now = time.monotonic()
+        if now - self._last_budget_check < 1.0:
+            return self.hold_reason is not None
+        self._last_budget_check = now
+        budget = self.staging.budget()
+        reason = budget.hold_reason
+        if reason != self.hold_reason:
+            if reason:
+                log.warning("holding new downloads: %s", reason)
+            elif self.hold_reason:
+                log.info("staging has room again; downloads continue")
+            self.store.publish(
+                "staging",
+                {
+                    "used": budget.used,
+                    "free": budget.free,
+                    "max_bytes": budget.max_bytes,
+                    "min_free": budget.min_free,
+                    "held": reason,
+                },
+            )
+        self.hold_reason = reason
+        return reason is not None
+
+    def _claim_round(self) -> int:
+        """Claim as much as the limits allow; return how many transfers were started."""
+        started = 0
+        for hop_name in sorted(self.hops, key=lambda name: -self._route_position(name)):
+            while not self._stop_claiming.is_set():
+                with self._lock:
+                    if len(self._running) >= self.settings.workers:
+                        return started
+                    in_hop = sum(1 for name in self._running.values() if name == hop_name)
+                    busy = list(self._running)
+                if in_hop >= self.settings.limits.get(hop_name, 1):
+                    break
+                if hop_name == "download" and self._downloads_held():
+                    break
+                transfer = self.store.claim(hop_name, self.owner, self.settings.lease, exclude=busy)
+                if transfer is None:
+                    break
+                with self._lock:
+                    self._running[transfer.id] = hop_name
+                self._pool.submit(self._run, transfer.id, hop_name)
+                started += 1
+        return started
+
+    @staticmethod
+    def _route_position(hop_name: str) -> int:
+        # Later hops first: finishing files frees staging and shows progress sooner.
+        order = ("local_copy", "download", "pan_upload", "vm_pull", "lfs_push")
+        return order.index(hop_name) if hop_name in order else 0
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(1.0, self.settings.lease / 3)
+        while not self._stop_claiming.wait(interval):
+            self._renew()
+        # Keep renewing while draining, so a slow last piece does not lose its lease.
+        while self.running_count():
+            time.sleep(min(interval, 1.0))
+            self._renew()
+
+    def _renew(self) -> None:
+        with self._lock:
+            ids = list(self._running)
+        try:
+            lost = self.store.renew_leases(self.owner, ids, self.settings.lease)
+        except Exception:
+            log.exception("renewing leases failed")
+            return
+        for transfer_id in lost:
+            log.warning("transfer %s: lease lost to another worker", transfer_id)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _run(self, transfer_id: int, hop_name: str) -> None:
+        try:
+            self._run_transfer(transfer_id, hop_name)
+        except Exception:
+            log.exception("transfer %s: unexpected failure while recording its outcome", transfer_id)
+        finally:
+            with self._lock:
+                self._running.pop(transfer_id, None)
+            self._wake.set()
+
+    def _run_transfer(self, transfer_id: int, hop_name: str) -> None:
+        hop = self.hops[hop_name]
+        job = Job(self.store.load_job(transfer_id), self.ctx)
+        try:
+            outcome = run_hop(hop, job)
+        except Cancelled:
+            job.finish_progress()
+            self.store.release(transfer_id, self.owner)
+            job.log.info("stopped at a durable point; will continue on the next start")
+            return
+        except Retryable as exc:
+            self._defer(
+                job, WAITING, str(exc), error_class=exc.error_class, hint=None, retry_after=exc.retry_after
+            )
+            return
+        except NeedsPerson as exc:
+            self._defer(job, BLOCKED, str(exc), error_class=exc.error_class, hint=exc.hint, retry_after=None)
+            return
+        except Permanent as exc:
+            self._defer(job, BLOCKED, str(exc), error_class=exc.error_class, hint=exc.hint, retry_after=None)
+            return
+        except OSError as exc:
+            if is_disk_full(exc):
+                blocked = disk_full_error(exc.filename or self.staging.root)
+                self._defer(
+                    job,
+                    BLOCKED,
+                    str(blocked),
+                    error_class=blocked.error_class,
+                    hint=blocked.hint,
+                    retry_after=None,
+                )
+            else:
+                self._defer(
+                    job,
+                    WAITING,
+                    f"{type(exc).__name__}: {exc}",
+                    error_class="io",
+                    hint=None,
+                    retry_after=None,
+                )
+            return
+        except Exception as exc:
+            job.log.exception("hop %s failed unexpectedly", hop_name)
+            self._defer(
+                job,
+                WAITING,
+                f"internal error: {type(exc).__name__}: {exc}",
+                error_class="internal",
+                hint=None,
+                retry_after=None,
+            )
+            return
+        job.finish_progress()
+        try:
+            releasable = self.store.complete(
+                transfer_id,
+                self.owner,
+                outcome.handles,
+                sha256=outcome.sha256,
+                sha1=outcome.sha1,
+                staged_path=outcome.staged_path,
+            )
+        except LeaseLost as exc:
+            job.log.warning("finished, but %s; the other worker's result stands", exc)
+            return
+        job.log.info("done (%s)", hop_name)
+        self._emit("transfer_done", {"transfer": transfer_id, "hop": hop_name, "repo": job.repo.name})
+        for staged in releasable:
+            self.store.unstage(staged.blob_id)
+            self.staging.remove(staged.staged_path)
+
+    def _defer(
+        self,
+        job: Job,
+        state: str,
+        message: str,
+        *,
+        error_class: str,
+        hint: str | None,
+        retry_after: float | None,
+    ) -> None:
+        job.finish_progress()
+        next_at = None
+        if state == WAITING:
+            delay = backoff_delay(job.attempts, self.settings.retry, retry_after)
+            next_at = utcnow() + timedelta(seconds=delay)
+            job.log.warning("%s; retrying in %.0fs (attempt %d)", message, delay, job.attempts)
+        else:
+            job.log.error("blocked: %s; %s", message, hint)
+            self._emit(
+                "blocked", {"repo": job.repo.name, "hop": job.hop, "error": message, "hint": hint or ""}
+            )
+        self.store.defer(
+            job.id,
+            self.owner,
+            state=state,
+            error=message,
+            error_class=error_class,
+            hint=hint,
+            next_attempt_at=next_at,
+        )
+
+    def _emit(self, kind: str, payload: dict[str, object]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(kind, payload)
+            except Exception:
+                log.exception("event handler for %s failed", kind)
