@@ -1,0 +1,1 @@
+"""The drive boundary: relayd's adapter over Aliyun Drive (aligo) and what it needs to run headless."""

@@ -1,0 +1,700 @@
+"""A fake Aliyun Drive web API on 127.0.0.1, faithful enough that the real ``aligo`` library and
+relayd's own upload and download loops run against it unchanged (reference/aliyun-drive.md §8).
+
+Two loopback servers: the API host (what ``https://api.aliyundrive.com`` is rewritten to, see
+``relayd.drive._redirect``) and a data host for the signed part-upload and download URLs the API
+hands out, as OSS and the CDN would. Bytes are streamed to and from disk under the given directory,
+so multi-GB files work with flat memory. State, knobs and counters live in ``drive_store``.
+
+Typical use::
+
+    with FakeDrive(tmp_path / "drive") as drive:
+        token = drive.issue_refresh_token()
+        drive.fail_next("/v2/file/complete", 429, retry_after=3)
+        ...
+        assert drive.lookup("/relayd/owner/name/x.bin").content_hash == sha1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
+
+from relayd.sandbox._http import LoggedRequest, LoopbackServer, RequestLog
+from relayd.sandbox.drive_store import (
+    DOWNLOAD_PREFIX,
+    JSON,
+    UPLOAD_PREFIX,
+    ApiError,
+    DownloadTicket,
+    DriveSettings,
+    DriveStats,
+    DriveStore,
+    DriveUser,
+    Injection,
+    StoredFile,
+    UploadInfo,
+    pre_hash,
+    proof_code,
+    proof_offset,
+)
+
+__all__ = [
+    "DOWNLOAD_PREFIX",
+    "UPLOAD_PREFIX",
+    "DriveSettings",
+    "DriveStats",
+    "DriveUser",
+    "FakeDrive",
+    "StoredFile",
+    "UploadInfo",
+    "pre_hash",
+    "proof_code",
+    "proof_offset",
+    "sha1_hex_upper",
+]
+
+_log = logging.getLogger(__name__)
+
+_CHUNK = 256 * 1024
+_MAX_API_BODY = 8 * 1024 * 1024
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class _ClientGoneError(Exception):
+    """The client closed the connection before sending the whole body."""
+
+
+class _Server(LoopbackServer):
+    def __init__(self, fake: FakeDrive, role: str, port: int) -> None:
+        super().__init__(_Handler, port)
+        self.fake = fake
+        self.role = role
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection to either server; keeps HTTP/1.1 connections alive as real hosts do."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    status_sent = 0
+    body_cut = False
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without this, Nagle plus the client's
+        # delayed ACK add ~40 ms to every keep-alive exchange.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @property
+    def _srv(self) -> _Server:
+        return cast(_Server, self.server)
+
+    @property
+    def _store(self) -> DriveStore:
+        return self._srv.fake.store
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s %s", self._srv.role, format % args)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.status_sent = code
+        super().send_response(code, message)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        self.status_sent = 0
+        url = urlsplit(self.path)
+        try:
+            if self._srv.role == "api":
+                self._api(url.path)
+            elif self.command == "PUT" and url.path.startswith(UPLOAD_PREFIX + "/"):
+                self._put(url.path, url.query)
+            elif self.command in {"GET", "HEAD"} and url.path.startswith(DOWNLOAD_PREFIX + "/"):
+                self._download(url.path, url.query)
+            else:
+                self._drain()
+                self._send_error(ApiError(404, "NoSuchKey", "The specified key does not exist."))
+        except (ConnectionError, TimeoutError, _ClientGoneError) as exc:
+            _log.debug("%s %s: connection ended: %r", self.command, url.path, exc)
+            self.close_connection = True
+        finally:
+            self._srv.fake.requests.add(
+                LoggedRequest(self.command, self.path, dict(self.headers.items()), self.status_sent)
+            )
+
+    # -- bodies -----------------------------------------------------------------------------
+
+    def _body(self, stop_after: int | None = None, paced: bool = False) -> Iterator[bytes]:
+        """Yield the request body (Content-Length or chunked), at most *stop_after* bytes of it,
+        at ``settings.upload_bandwidth`` when *paced*."""
+        self.body_cut = False
+        budget = stop_after if stop_after is not None else -1
+        pacer = _Pacer()
+        seen = 0
+        for piece in self._raw_body():
+            if budget >= 0 and seen + len(piece) > budget:
+                self.body_cut = True
+                if budget > seen:
+                    yield piece[: budget - seen]
+                return
+            seen += len(piece)
+            yield piece
+            if paced:
+                pacer.pace(len(piece), self._store.settings.upload_bandwidth)
+
+    def _raw_body(self) -> Iterator[bytes]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline(1024)
+                if not line:
+                    raise _ClientGoneError("chunked body cut short")
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                left = size
+                while left:
+                    data = self.rfile.read(min(_CHUNK, left))
+                    if not data:
+                        raise _ClientGoneError("chunked body cut short")
+                    left -= len(data)
+                    yield data
+                self.rfile.readline(16)
+        left = int(self.headers.get("Content-Length") or 0)
+        while left:
+            data = self.rfile.read(min(_CHUNK, left))
+            if not data:
+                raise _ClientGoneError(f"body cut short with {left} bytes to go")
+            left -= len(data)
+            yield data
+
+    def _drain(self) -> None:
+        """Read and discard the request body; on a PUT, its bytes still count as received."""
+        for data in self._raw_body():
+            if self.command == "PUT":
+                self._store.count("put_bytes", len(data))
+
+    def _drop(self) -> None:
+        """Close the connection at once, without (the rest of) an answer."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- answers ----------------------------------------------------------------------------
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        if body or status not in {204, 304}:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-ca-request-id", os.urandom(8).hex())
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, payload: JSON | None, headers: dict[str, str] | None = None) -> None:
+        body = (
+            b""
+            if payload is None
+            else json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        )
+        self._send(status, body, "application/json;charset=UTF-8", headers)
+
+    def _send_error(self, error: ApiError) -> None:
+        if self._srv.role == "api":
+            payload = {"code": error.code, "message": error.message, "requestId": os.urandom(8).hex()}
+            self._send_json(error.status, payload, error.headers)
+            return
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+            f"  <Code>{escape(error.code)}</Code>\n  <Message>{escape(error.message)}</Message>\n"
+            f"  <RequestId>{os.urandom(12).hex().upper()}</RequestId>\n"
+            "  <HostId>cn-beijing-data.aliyundrive.net</HostId>\n</Error>\n"
+        )
+        self._send(error.status, xml.encode(), "application/xml", error.headers)
+
+    def _send_injected(self, injection: Injection) -> None:
+        """Answer with an injected failure: a given body as-is, or the default error for its role."""
+        headers = dict(injection.headers)
+        if isinstance(injection.body, str):
+            body = injection.body.encode()
+            kind = "application/xml" if injection.body.startswith("<") else "text/html"
+            if injection.body.startswith("{"):
+                kind = "application/json;charset=UTF-8"
+            self._send(injection.status, body, kind, headers)
+        elif isinstance(injection.body, dict):
+            self._send_json(injection.status, injection.body, headers)
+        else:
+            self._send_error(ApiError(injection.status, injection.code, injection.message, headers))
+
+    # -- the API host -----------------------------------------------------------------------
+
+    def _api(self, path: str) -> None:
+        raw = b"".join(self._body(stop_after=_MAX_API_BODY))
+        injection = self._store.take_injection(path)
+        if injection is not None:
+            if injection.drop_after is not None:
+                self._drop()
+            else:
+                self._send_injected(injection)
+            return
+        if self.command != "POST":
+            self._send_error(ApiError(405, "MethodNotAllowed", f"{self.command} is not allowed here."))
+            return
+        try:
+            status, payload = self._store.handle_api(path, self.headers.get("Authorization"), raw)
+        except ApiError as exc:
+            self._send_error(exc)
+            return
+        self._send_json(status, payload)
+
+    # -- the data host: part uploads ----------------------------------------------------------
+
+    def _put(self, path: str, query: str) -> None:
+        store = self._store
+        injection = store.take_injection(path)
+        if injection is not None and injection.drop_after is None:
+            self._drain()
+            self._send_injected(injection)
+            return
+        try:
+            ticket = store.begin_put(path, query)
+        except ApiError as exc:
+            self._drain()
+            self._send_error(exc)
+            return
+        stop_after = injection.drop_after if injection is not None else None
+        received = 0
+        try:
+            with ticket.data_path.open("r+b") as out:
+                out.seek(ticket.offset)
+                try:
+                    for data in self._body(stop_after, paced=True):
+                        out.write(data)
+                        ticket.sha1.update(data)
+                        ticket.md5.update(data)
+                        received += len(data)
+                        store.count_put_bytes(ticket.upload_id, len(data))
+                except _ClientGoneError:
+                    out.truncate(ticket.offset)
+                    raise
+                if self.body_cut:
+                    # Dropped mid-part: nothing of this part is kept.
+                    out.truncate(ticket.offset)
+                    self._drop()
+                    return
+            try:
+                etag = store.commit_put(ticket, received)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            if stop_after is not None:
+                # The whole part arrived and was kept, but the answer is lost on the way back.
+                self._drop()
+                return
+            self._send(200, b"", "application/octet-stream", {"ETag": etag, "x-oss-request-id": etag[1:17]})
+        finally:
+            store.end_put(ticket)
+
+    # -- the data host: downloads -------------------------------------------------------------
+
+    def _download(self, path: str, query: str) -> None:
+        store = self._store
+        injection = store.take_injection(path)
+        if injection is not None and injection.drop_after is None:
+            self._send_injected(injection)
+            return
+        try:
+            ticket = store.open_download(
+                path, query, self.headers.get("Referer"), counted=self.command == "GET"
+            )
+        except ApiError as exc:
+            self._send_error(exc)
+            return
+        sent = 0
+        try:
+            sent = self._send_file(ticket, injection.drop_after if injection is not None else None)
+        finally:
+            store.close_download(ticket, sent)
+
+    def _send_file(self, ticket: DownloadTicket, drop_after: int | None) -> int:
+        """Answer a download GET/HEAD (Range → 206, past EOF → 416); return the body bytes sent."""
+        settings = self._store.settings
+        size = ticket.size
+        first, last = 0, size - 1
+        status = 200
+        header = self.headers.get("Range")
+        if header and not settings.ignore_range:
+            try:
+                wanted = _parse_range(header, size)
+            except ApiError as exc:
+                self._send_error(exc)
+                return 0
+            if wanted is not None:
+                first, last = wanted
+                status = 206
+        length = max(0, last - first + 1)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", ticket.etag)
+        self.send_header("x-oss-hash-sha1", ticket.content_hash)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.end_headers()
+        if self.command == "HEAD" or length == 0:
+            return 0
+        self._store.count("downloads")
+        with ticket.path.open("rb") as source:
+            if drop_after is None and not settings.download_bandwidth:
+                self.wfile.flush()
+                sent = int(self.connection.sendfile(source, first, length))
+                if sent < length:
+                    self._drop()
+                return sent
+            source.seek(first)
+            return self._send_paced(source, length, drop_after)
+
+    def _send_paced(self, source: BinaryIO, length: int, drop_after: int | None) -> int:
+        """Send *length* bytes of *source* at ``settings.download_bandwidth`` (re-read per chunk),
+        dropping the connection after *drop_after* bytes; return the bytes sent."""
+        pacer = _Pacer()
+        sent = 0
+        while sent < length:
+            bandwidth = self._store.settings.download_bandwidth
+            data = source.read(min(pacer.chunk(bandwidth), length - sent))
+            if not data:
+                break
+            if drop_after is not None and sent + len(data) >= drop_after:
+                self.wfile.write(data[: max(0, drop_after - sent)])
+                sent = drop_after
+                break
+            self.wfile.write(data)
+            sent += len(data)
+            pacer.pace(len(data), bandwidth)
+        if sent < length:
+            self._drop()
+        return sent
+
+
+class _Pacer:
+    """Sleeps so that bytes flow at a bandwidth that may change between calls."""
+
+    def __init__(self) -> None:
+        self._bandwidth: float | None = None
+        self._started = time.monotonic()
+        self._moved = 0
+
+    @staticmethod
+    def chunk(bandwidth: float | None) -> int:
+        """Return a chunk size that keeps pacing smooth (about 20 chunks a second)."""
+        return _CHUNK if not bandwidth else max(1024, min(_CHUNK, int(bandwidth / 20)))
+
+    def pace(self, amount: int, bandwidth: float | None) -> None:
+        if bandwidth != self._bandwidth:
+            self._bandwidth, self._started, self._moved = bandwidth, time.monotonic(), 0
+        self._moved += amount
+        if bandwidth:
+            ahead = self._moved / bandwidth - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """Given a Range header, return (first, last), or None to ignore it (RFC 9110).
+
+    Raise ApiError 416 when the range starts at or past the end.
+    """
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None
+    start, end = match.groups()
+    unsatisfiable = ApiError(
+        416, "InvalidRange", "The requested range is not satisfiable", {"Content-Range": f"bytes */{size}"}
+    )
+    if not start:
+        if not end or int(end) == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - int(end)), size - 1
+    first = int(start)
+    if first >= size:
+        raise unsatisfiable
+    last = min(int(end), size - 1) if end else size - 1
+    if last < first:
+        return None
+    return first, last
+
+
+class FakeDrive:
+    """A fake Aliyun Drive: an API server plus a data server for part-upload and download URLs.
+
+    *root* holds the stored bytes. One user exists from the start (``user``); add more with
+    ``add_user``. Knobs that act on "the next N" requests are methods; standing behaviour is in
+    ``settings`` (a DriveSettings), which may be changed at any time.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        settings: DriveSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        user_name: str = "relayd",
+        api_port: int = 0,
+        data_port: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.settings = settings or DriveSettings()
+        self.store = DriveStore(self.root, self.settings, clock)
+        self.requests = RequestLog()
+        self.user = self.store.add_user(user_name)
+        self._api_port = api_port
+        self._data_port = data_port
+        self._api: _Server | None = None
+        self._data: _Server | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> FakeDrive:
+        """Bind both servers on 127.0.0.1 and serve in background threads."""
+        self._api = _Server(self, "api", self._api_port)
+        self._data = _Server(self, "data", self._data_port)
+        self.store.data_base_url = self._data.base_url
+        self._api.start()
+        self._data.start()
+        _log.info("fake drive: api %s, data %s", self._api.base_url, self._data.base_url)
+        return self
+
+    def stop(self) -> None:
+        for server in (self._api, self._data):
+            if server is not None:
+                server.stop()
+        self._api = self._data = None
+
+    def __enter__(self) -> FakeDrive:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def api_url(self) -> str:
+        """The base that ``https://api.aliyundrive.com`` (and the user and auth hosts) map to."""
+        if self._api is None:
+            raise RuntimeError("FakeDrive is not started")
+        return self._api.base_url
+
+    @property
+    def data_url(self) -> str:
+        """The base of the part-upload and download URLs the API hands out."""
+        if self._data is None:
+            raise RuntimeError("FakeDrive is not started")
+        return self._data.base_url
+
+    @property
+    def default_drive_id(self) -> str:
+        return self.user.default_drive_id
+
+    # -- accounts and tokens ----------------------------------------------------------------
+
+    def add_user(self, user_name: str) -> DriveUser:
+        """Create another account (its own drives; the content store is shared)."""
+        return self.store.add_user(user_name)
+
+    def issue_refresh_token(self, user: DriveUser | None = None) -> str:
+        """Return a valid bootstrap refresh token; it dies at its first use (rotation)."""
+        return self.store.issue_refresh_token(user or self.user)
+
+    def issue_access_token(self, user: DriveUser | None = None) -> str:
+        return self.store.issue_access_token(user or self.user)
+
+    def token_payload(self, user: DriveUser | None = None, *, valid_access_token: bool = True) -> JSON:
+        """Return a token answer as aligo stores it in ``<config>/<name>.json``: a live refresh
+        token, and a live access token unless *valid_access_token* is false (then the first API
+        call gets a 401 and drives a refresh)."""
+        payload = self.store.token_response(user or self.user)
+        if not valid_access_token:
+            payload["access_token"] = "expired-" + payload["access_token"]
+        return payload
+
+    def expire_access_tokens(self, user: DriveUser | None = None) -> None:
+        """Expire every current access token: the next API call answers 401 AccessTokenExpired."""
+        self.store.expire_access_tokens(user)
+
+    def revoke_refresh_tokens(self, user: DriveUser | None = None) -> None:
+        """Invalidate live refresh tokens: the next refresh answers 400 InvalidParameter.RefreshToken."""
+        self.store.revoke_refresh_tokens(user)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the fake's clock: tokens, URLs and upload ids expire as if time had passed."""
+        self.store.advance_clock(seconds)
+
+    # -- content ----------------------------------------------------------------------------
+
+    def seed_content(self, source: bytes | Path | str) -> str:
+        """Make content known (as if another user had uploaded it) and return its content_hash."""
+        return self.store.seed_content(source if isinstance(source, bytes) else Path(source))
+
+    # -- knobs: the next N requests ---------------------------------------------------------
+
+    def fail_next(
+        self,
+        path: str,
+        status: int,
+        *,
+        code: str | None = None,
+        message: str = "",
+        body: str | JSON | None = None,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+        count: int = 1,
+    ) -> None:
+        """Answer the next *count* requests on *path* with *status*.
+
+        *path* is an API path ("/v2/file/complete") or a data prefix (UPLOAD_PREFIX,
+        DOWNLOAD_PREFIX); it also matches everything below it. The body is the service's error
+        for the role (JSON on the API host, XML on the data host) with *code* (default from the
+        status, e.g. 429 → TooManyRequests), or *body* verbatim (a str, e.g. an HTML gateway page,
+        or a dict sent as JSON).
+        """
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = f"{retry_after:g}"
+        self.store.inject(
+            Injection(
+                path=path,
+                remaining=count,
+                status=status,
+                code=code or _DEFAULT_CODES.get(status, f"Status{status}"),
+                message=message,
+                body=body,
+                headers=extra,
+            )
+        )
+
+    def drop_next(self, path: str, *, after_bytes: int = 0, count: int = 1) -> None:
+        """Drop the connection of the next *count* requests on *path*.
+
+        On a part PUT: after *after_bytes* bytes of the body (nothing of the part is kept); when
+        the whole body is shorter, the part IS kept and only the answer is lost. On a download
+        GET: after *after_bytes* bytes of the answer body. On the API host: before any answer.
+        """
+        self.store.inject(Injection(path=path, remaining=count, drop_after=after_bytes))
+
+    def reject_next_proofs(self, count: int = 1) -> None:
+        """Refuse the next *count* rapid-upload proofs (400) even when they are right."""
+        self.store.reject_next_proofs(count)
+
+    def expire_upload_urls(self, upload_id: str | None = None) -> None:
+        """Make every part URL issued so far (for one upload, or all) answer 403 "expired"."""
+        self.store.expire_upload_urls(upload_id)
+
+    def expire_download_urls(self) -> None:
+        """Make every download URL issued so far answer 403 "Request has expired."."""
+        self.store.expire_download_urls()
+
+    def expire_upload_ids(self, upload_id: str | None = None) -> None:
+        """Forget open uploads (one, or all): their calls answer 404 NotFound.UploadId."""
+        self.store.expire_upload_ids(upload_id)
+
+    def corrupt_file(
+        self, path_or_id: str, *, offset: int | None = None, drive_id: str | None = None
+    ) -> None:
+        """Flip one stored byte of a file (same size, same content_hash), so downloads are wrong."""
+        found = self.lookup(path_or_id, drive_id=drive_id) if path_or_id.startswith("/") else None
+        self.store.corrupt(found.file_id if found is not None else path_or_id, offset)
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def stats(self) -> DriveStats:
+        return self.store.stats()
+
+    def lookup(self, path: str, *, drive_id: str | None = None) -> StoredFile | None:
+        """Return the visible file or folder at *path* ("/relayd/owner/name/x.bin"), or None."""
+        return self.store.lookup(path, drive_id or self.default_drive_id)
+
+    def file(self, file_id: str) -> StoredFile | None:
+        return self.store.view(file_id)
+
+    def files(self, *, drive_id: str | None = None, include_hidden: bool = False) -> list[StoredFile]:
+        """Return every file and folder (all drives unless *drive_id*), sorted by path; hidden ones
+        (trashed, or still uploading) only with *include_hidden*."""
+        return self.store.all_files(drive_id, include_hidden)
+
+    def upload(self, upload_id: str) -> UploadInfo | None:
+        return self.store.upload_info(upload_id)
+
+    def uploads(self) -> list[UploadInfo]:
+        return [info for uid in self.store.upload_ids() if (info := self.store.upload_info(uid))]
+
+    def authorized_data_requests(self) -> list[LoggedRequest]:
+        """Return the part PUTs and download GETs that carried an Authorization header (relayd
+        must send none: the access token must not reach OSS or CDN hosts)."""
+        return [
+            entry
+            for entry in self.requests.snapshot()
+            if entry.path.startswith((UPLOAD_PREFIX + "/", DOWNLOAD_PREFIX + "/"))
+            and entry.header("Authorization") is not None
+        ]
+
+
+_DEFAULT_CODES = {
+    400: "InvalidParameter",
+    401: "AccessTokenInvalid",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+def sha1_hex_upper(path: Path) -> str:
+    """Return the uppercase SHA-1 of a file, streaming it (the drive's content_hash)."""
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        while data := handle.read(1024 * 1024):
+            digest.update(data)
+    return digest.hexdigest().upper()
