@@ -4,6 +4,11 @@
 basic transfer, verify); every other ``/<owner>/<name>.git/*`` request goes through a CGI bridge to
 ``git http-backend``. Both legs require HTTP Basic ``oauth2:<token>``, as ModelScope does, so the
 real git and git-lfs clients discover the LFS endpoint and authenticate exactly as in production.
+``/models/<owner>/<name>.git`` (the newer SDK's URL form) reaches the same repository.
+
+Batch actions carry their own ``Authorization: Bearer <token>``: an HMAC over operation, repo, oid,
+size and expiry, valid ``action_lifetime`` seconds. Object PUT/GET and verify accept only that
+token, never the user's Basic credentials, so a client that ignores the action headers fails here.
 
 Layout under *root*::
 

@@ -370,6 +370,35 @@ def test_server_restarts_on_the_same_port(server: GitLfsServer, git: GitClient, 
     assert (clone / "w.bin").read_bytes() == data
 
 
+def test_outage_mid_put_aborts_the_push_and_a_retry_after_restart_completes(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo(OWNER, "outage")
+    work = _clone(git, server, "outage", tmp_path / "work")
+    data = os.urandom(2 * 1024 * 1024)
+    oid = _commit_lfs_file(git, work, "w.bin", data)
+    server.put_bytes_per_second = 512 * 1024
+
+    push = git.popen("push", "origin", "master", cwd=work)
+    deadline = time.monotonic() + 20
+    while server.counters().put_bytes_by_oid.get(oid, 0) < 128 * 1024:
+        assert push.poll() is None, push.communicate()
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    server.stop()  # cuts the PUT's connection, as a crash would
+    _, stderr = push.communicate(timeout=40)
+    assert push.returncode != 0, stderr
+    assert server.wait_idle(timeout=10)
+    assert server.objects(OWNER, "outage") == {}
+    assert server.incoming(OWNER, "outage") == []
+
+    server.put_bytes_per_second = None
+    server.start()
+    git.run("push", "-q", "origin", "master", cwd=work)
+    assert server.read_object(OWNER, "outage", oid) == data
+    assert server.branch_head(OWNER, "outage") == git.run("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
 def test_non_fast_forward_push_is_rejected_after_a_server_side_commit(
     server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
