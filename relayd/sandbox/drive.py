@@ -17,12 +17,14 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -78,10 +80,23 @@ class _ClientGoneError(Exception):
 
 
 class _Server(LoopbackServer):
+    """A LoopbackServer that knows its FakeDrive and role, and cuts its open connections on stop,
+    so a stopped fake really stops answering (even on keep-alive connections)."""
+
     def __init__(self, fake: FakeDrive, role: str, port: int) -> None:
         super().__init__(_Handler, port)
         self.fake = fake
         self.role = role
+        self.live: set[socket.socket] = set()
+        self.live_lock = threading.Lock()
+
+    def stop(self) -> None:
+        super().stop()
+        with self.live_lock:
+            live, self.live = self.live, set()
+        for conn in live:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -97,6 +112,14 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes; without this, Nagle plus the client's
         # delayed ACK add ~40 ms to every keep-alive exchange.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._srv.live_lock:
+            self._srv.live.add(self.connection)
+
+    def finish(self) -> None:
+        with self._srv.live_lock:
+            self._srv.live.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     @property
     def _srv(self) -> _Server:
@@ -266,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str) -> None:
         raw = b"".join(self._body(stop_after=_MAX_API_BODY))
+        if self.body_cut:
+            self.close_connection = True
         injection = self._store.take_injection(path)
         if injection is not None:
             if injection.drop_after is not None:
@@ -493,9 +518,14 @@ class FakeDrive:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> FakeDrive:
-        """Bind both servers on 127.0.0.1 and serve in background threads."""
+        """Bind both servers on 127.0.0.1 and serve in background threads.
+
+        After a stop(), start() binds the same ports again with all state kept, so a test can
+        take the service down and bring it back while URLs already handed out stay valid.
+        """
         self._api = _Server(self, "api", self._api_port)
         self._data = _Server(self, "data", self._data_port)
+        self._api_port, self._data_port = self._api.port, self._data.port
         self.store.data_base_url = self._data.base_url
         self._api.start()
         self._data.start()
@@ -503,6 +533,7 @@ class FakeDrive:
         return self
 
     def stop(self) -> None:
+        """Stop both servers and cut every open connection."""
         for server in (self._api, self._data):
             if server is not None:
                 server.stop()

@@ -750,3 +750,19 @@ def test_concurrent_refresh_race_is_reproduced(
     stats = drive.stats()
     assert stats.refreshes >= 1
     assert stats.refresh_failures == len(errors)
+
+
+def test_restart_keeps_state_and_ports(
+    ali: Any, aligo_mod: ModuleType, drive: FakeDrive, data_client: requests.Session
+) -> None:
+    data = os.urandom(5000)
+    done = _upload(aligo_mod, ali, data_client, "kept.bin", data)
+    url = ali.get_download_url(file_id=done.file_id).url
+    api_url = drive.api_url
+    drive.stop()
+    with pytest.raises(requests.ConnectionError):
+        data_client.get(url, headers=REFERER, timeout=10)  # the pooled keep-alive connection is cut
+    drive.start()
+    assert drive.api_url == api_url
+    assert data_client.get(url, headers=REFERER, timeout=10).content == data
+    assert ali.get_file(done.file_id).content_hash == _sha1(data)
