@@ -46,6 +46,7 @@ from relayd.sandbox.drive_store import (
     DriveStore,
     DriveUser,
     Injection,
+    PutTicket,
     StoredFile,
     UploadInfo,
     pre_hash,
@@ -324,25 +325,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(exc)
             return
         stop_after = injection.drop_after if injection is not None else None
-        received = 0
         try:
-            with ticket.data_path.open("r+b") as out:
-                out.seek(ticket.offset)
-                try:
-                    for data in self._body(stop_after, paced=True):
-                        out.write(data)
-                        ticket.sha1.update(data)
-                        ticket.md5.update(data)
-                        received += len(data)
-                        store.count_put_bytes(ticket.upload_id, len(data))
-                except _ClientGoneError:
-                    out.truncate(ticket.offset)
-                    raise
-                if self.body_cut:
-                    # Dropped mid-part: nothing of this part is kept.
-                    out.truncate(ticket.offset)
-                    self._drop()
-                    return
+            received = self._receive_part(ticket, stop_after)
+            if received is None:
+                return
             try:
                 etag = store.commit_put(ticket, received)
             except ApiError as exc:
@@ -355,6 +341,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"", "application/octet-stream", {"ETag": etag, "x-oss-request-id": etag[1:17]})
         finally:
             store.end_put(ticket)
+
+    def _receive_part(self, ticket: PutTicket, stop_after: int | None) -> int | None:
+        """Stream a part's body into the upload's file at its offset, hashing it; return its size.
+
+        Return None after dropping the connection at *stop_after* bytes. Unless the whole body
+        arrived, the file is cut back to the offset: nothing of a broken part is kept.
+        """
+        received = 0
+        kept = False
+        with ticket.data_path.open("r+b") as out:
+            out.seek(ticket.offset)
+            try:
+                for data in self._body(stop_after, paced=True):
+                    out.write(data)
+                    ticket.sha1.update(data)
+                    ticket.md5.update(data)
+                    received += len(data)
+                    self._store.count_put_bytes(ticket.upload_id, len(data))
+                if self.body_cut:
+                    self._drop()
+                    return None
+                kept = True
+            finally:
+                if not kept:
+                    out.truncate(ticket.offset)
+        return received
 
     # -- the data host: downloads -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import pwd
+import socket
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -766,3 +768,24 @@ def test_restart_keeps_state_and_ports(
     assert drive.api_url == api_url
     assert data_client.get(url, headers=REFERER, timeout=10).content == data
     assert ali.get_file(done.file_id).content_hash == _sha1(data)
+
+
+def test_client_abort_mid_part_keeps_nothing(
+    ali: Any, aligo_mod: ModuleType, drive: FakeDrive, data_client: requests.Session
+) -> None:
+    data = os.urandom(2 * PART)
+    created = _create(aligo_mod, ali, "abort.bin", data)
+    url = urlsplit(created.part_info_list[0].upload_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as raw:
+        head = f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Length: {PART}\r\n\r\n"
+        raw.sendall(head.encode() + data[: PART // 2])
+    for info in created.part_info_list:  # the retry waits for the aborted PUT to be cleaned up
+        start = (info.part_number - 1) * PART
+        assert data_client.put(info.upload_url, data=data[start : start + PART], timeout=10).ok
+    done = ali.complete_file(
+        aligo_mod.CompleteFileRequest(
+            drive_id=created.drive_id, file_id=created.file_id, upload_id=created.upload_id
+        )
+    )
+    assert done.content_hash == _sha1(data)
+    assert drive.lookup("/abort.bin").read_bytes() == data  # type: ignore[union-attr]
