@@ -8,6 +8,7 @@ path. `relayd run --once` polls every repo once and runs until nothing is runnab
 from __future__ import annotations
 
 import fcntl
+import importlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
-from relayd.hops.base import Hop, HopContext
+from relayd.hops.base import Hop, HopContext, Services
 from relayd.logs import SCRUBBER, setup_logging
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
@@ -90,6 +91,20 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
+
+
+def build_services(config: Config, store: Store) -> Services:
+    """Register the shared clients hops may ask for; each is built on first use."""
+
+    def drive() -> Any:
+        return importlib.import_module("relayd.drive").make_drive(
+            config.drive, config.daemon.state_dir, store
+        )
+
+    def vm() -> Any:
+        return importlib.import_module("relayd.vm.executor").make_executor(config.vm)
+
+    return Services({"drive": drive, "vm": vm})
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
@@ -189,6 +204,7 @@ class Daemon:
             state_dir=config.daemon.state_dir,
             cancel=threading.Event(),
             owner=owner,
+            services=build_services(config, store),
         )
         config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
         hops = build_hops(config, ctx)

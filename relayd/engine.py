@@ -132,6 +132,10 @@ class Engine:
                 hop.close()
             except Exception:
                 log.exception("closing hop %s failed", hop.name)
+        try:
+            self.ctx.services.close()
+        except Exception:
+            log.exception("closing shared clients failed")
         return stopped
 
     def run_until_idle(self, *, poll: Callable[[], None] | None = None, timeout: float | None = None) -> None:

@@ -24,21 +24,57 @@ if TYPE_CHECKING:
     from relayd.catalogue.store import Store
     from relayd.staging import Staging
 
-__all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "plan_ranges"]
+__all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "Services", "plan_ranges"]
 
 PROGRESS_INTERVAL = 1.0
 
 
+class Services:
+    """Shared clients built once per daemon, on first use: a hop asks for the drive or the VM executor
+    by name instead of reading another hop's config section.
+
+    The daemon registers ``"drive"`` (``relayd.drive.make_drive(DriveConfig, state_dir, store)``) and
+    ``"vm"`` (``relayd.vm.executor.make_executor(VmConfig)``).
+    """
+
+    def __init__(self, factories: dict[str, Callable[[], Any]] | None = None) -> None:
+        self._factories = dict(factories or {})
+        self._built: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, factory: Callable[[], Any]) -> None:
+        with self._lock:
+            self._factories[name] = factory
+            self._built.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        """Return the shared client *name*, building it on first use. Raise KeyError if unknown."""
+        with self._lock:
+            if name not in self._built:
+                self._built[name] = self._factories[name]()
+            return self._built[name]
+
+    def close(self) -> None:
+        """Close every client built so far (those with a close() method)."""
+        with self._lock:
+            built, self._built = self._built, {}
+        for client in built.values():
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+
+
 @dataclass(frozen=True)
 class HopContext:
-    """Services every hop of one daemon shares. ``cancel`` is set when work must stop at the next
-    durable point (the daemon is stopping)."""
+    """What every hop of one daemon shares. ``cancel`` is set when work must stop at the next durable
+    point (the daemon is stopping); ``services`` hands out shared clients (the drive, the VM executor)."""
 
     store: Store
     staging: Staging
     state_dir: Path
     cancel: threading.Event
     owner: str
+    services: Services = field(default_factory=Services)
 
 
 @dataclass(frozen=True)
