@@ -106,6 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 60
     status_sent = 0
+    recorded = False
     body_cut = False
 
     def setup(self) -> None:
@@ -135,7 +136,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self.status_sent = code
+        # Logged before any byte of the answer leaves, so a client that has its answer always
+        # finds its request in the log.
+        self._record()
         super().send_response(code, message)
+
+    def _record(self) -> None:
+        if not self.recorded:
+            self.recorded = True
+            self._srv.fake.requests.add(
+                LoggedRequest(self.command, self.path, dict(self.headers.items()), self.status_sent)
+            )
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -154,6 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.status_sent = 0
+        self.recorded = False
         url = urlsplit(self.path)
         try:
             if self._srv.role == "api":
@@ -169,9 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             _log.debug("%s %s: connection ended: %r", self.command, url.path, exc)
             self.close_connection = True
         finally:
-            self._srv.fake.requests.add(
-                LoggedRequest(self.command, self.path, dict(self.headers.items()), self.status_sent)
-            )
+            self._record()  # a dropped connection is logged with status 0
 
     # -- bodies -----------------------------------------------------------------------------
 
