@@ -178,6 +178,7 @@ class LocalCopyConfig:
     dest: Path
     piece_size: int
     concurrency: int
+    max_rate: int
 
 
 @dataclass(frozen=True)
@@ -539,6 +540,7 @@ def _local_copy(reader: SectionReader, state_dir: Path) -> LocalCopyConfig:
         dest=reader.required_path("dest", str(state_dir / "copies")),
         piece_size=reader.size("piece_size", "64 MiB", minimum=1),
         concurrency=reader.integer("concurrency", 2, minimum=1, maximum=64),
+        max_rate=reader.size("max_rate", 0),
     )
     reader.finish()
     return config

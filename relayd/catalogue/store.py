@@ -439,7 +439,7 @@ class Store:
             hop: state
             for hop, state in session.execute(
                 select(Transfer.hop, Transfer.state).where(Transfer.file_id == file_id)
-            ).tuples()
+            )
         }
         for step, hop in enumerate(route):
             state = done_hops.get(hop)
@@ -650,7 +650,7 @@ class Store:
     def _locations(session: Session, file_id: int) -> dict[str, dict[str, Any]]:
         rows = session.execute(
             select(Transfer.hop, Transfer.handles).where(Transfer.file_id == file_id, Transfer.state == DONE)
-        ).tuples()
+        )
         return {hop: dict(handles or {}) for hop, handles in rows}
 
     def record_plan(self, transfer_id: int, pieces: Sequence[PieceSpec], bytes_total: int) -> None:
@@ -847,17 +847,18 @@ class Store:
         readers = set(self.rules.reads_staging) | {"download"}
         files = session.execute(
             select(File.id, Repo.route).join(Repo, Repo.id == File.repo_id).where(File.blob_id == blob.id)
-        ).tuples()
+        ).all()
         for file_id, route in files:
             if route and route[-1] == "download":
                 return []  # a mirror route: staging is the destination
             if not self._live_snapshots(session, file_id):
                 continue
-            states = dict(
-                session.execute(
+            states: dict[str, str] = {
+                hop: state
+                for hop, state in session.execute(
                     select(Transfer.hop, Transfer.state).where(Transfer.file_id == file_id)
-                ).tuples()
-            )
+                ).all()
+            }
             for hop in route:
                 if hop in readers and states.get(hop) != DONE:
                     return []

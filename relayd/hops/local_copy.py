@@ -9,6 +9,7 @@ copied again.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,9 +82,9 @@ class LocalCopyHop(Hop):
             os.close(source_fd)
             os.close(target_fd)
 
-    @staticmethod
-    def _copy_range(job: Job, source_fd: int, target_fd: int, piece: PieceSpec) -> None:
+    def _copy_range(self, job: Job, source_fd: int, target_fd: int, piece: PieceSpec) -> None:
         position, end = piece.offset, piece.offset + piece.length
+        started = time.monotonic()
         while position < end:
             data = os.pread(source_fd, min(CHUNK, end - position), position)
             if not data:
@@ -93,6 +94,10 @@ class LocalCopyHop(Hop):
             written = os.pwrite(target_fd, data, position)
             position += written
             job.add_progress(written)
+            if self.section.max_rate:
+                ahead = (position - piece.offset) / self.section.max_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
 
     def verify(self, job: Job) -> Outcome:
         file = job.file_or_fail

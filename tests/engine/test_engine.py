@@ -1,0 +1,350 @@
+"""The engine with real SQLite: claims with leases, per-hop limits, error classification, linking of
+unchanged content, staging release, and the local_copy reference hop's resume and repair."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from relayd.catalogue import migrate
+from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Piece, Snapshot, Transfer
+from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
+from relayd.config import LocalCopyConfig, RetryConfig, StagingConfig
+from relayd.engine import Engine, EngineSettings, backoff_delay
+from relayd.errors import NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.local_copy import LocalCopyHop
+from relayd.staging import Staging
+
+RETRY = RetryConfig(initial=5.0, maximum=3600.0, multiplier=2.0)
+
+
+class World:
+    """A catalogue, staging, and an engine factory in a temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.store = Store(f"sqlite:///{root / 'catalogue.db'}")
+        migrate.ensure_schema(self.store.engine, auto_upgrade=False)
+        self.staging = Staging(StagingConfig(dir=root / "staging", max_bytes=10**12, min_free=0))
+        self.source = root / "source"
+        self.dest = root / "dest"
+
+    def ctx(self, owner: str = "test-owner") -> HopContext:
+        return HopContext(self.store, self.staging, self.root / "state", threading.Event(), owner)
+
+    def engine(
+        self,
+        hops: Callable[[HopContext], dict[str, Hop]],
+        *,
+        owner: str = "test-owner",
+        limits: dict[str, int] | None = None,
+        workers: int = 4,
+        lease: float = 30.0,
+    ) -> Engine:
+        ctx = self.ctx(owner)
+        built = hops(ctx)
+        self.store.rules = HopRules(
+            reads_staging=frozenset(n for n, h in built.items() if h.reads_staging),
+            finishes_snapshot=frozenset(n for n, h in built.items() if h.finishes_snapshot),
+        )
+        settings = EngineSettings(
+            workers=workers,
+            lease=lease,
+            idle_wait=0.05,
+            retry=RETRY,
+            limits=limits or dict.fromkeys(built, 2),
+        )
+        return Engine(self.store, self.staging, built, ctx, settings)
+
+    def local_copy(
+        self, piece_size: int = 64 * 1024, max_rate: int = 0
+    ) -> Callable[[HopContext], dict[str, Hop]]:
+        section = LocalCopyConfig(
+            source=self.source, dest=self.dest, piece_size=piece_size, concurrency=2, max_rate=max_rate
+        )
+        return lambda ctx: {"local_copy": LocalCopyHop(section, ctx)}
+
+    def add_files(self, repo: str, files: dict[str, bytes], route: Sequence[str] = ("local_copy",)) -> int:
+        base = self.source / repo
+        specs = []
+        for path, data in files.items():
+            target = base / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            specs.append(
+                FileSpec(path=path, size=len(data), lfs=True, sha256=hashlib.sha256(data).hexdigest())
+            )
+        repo_row, _ = self.store.add_repo(RepoSpec(name=repo, every=3600, route=tuple(route)))
+        commit = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+        return self.store.record_snapshot(repo_row.id, commit, specs).snapshot_id
+
+    def transfers(self) -> list[Transfer]:
+        with self.store.read() as session:
+            return list(session.query(Transfer).order_by(Transfer.id))
+
+    def pieces(self) -> list[Piece]:
+        with self.store.read() as session:
+            return list(session.query(Piece).order_by(Piece.transfer_id, Piece.idx))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def test_local_copy_relays_and_verifies_every_file(world: World) -> None:
+    files = {"model.bin": os.urandom(300_000), "sub/config.json": b'{"a": 1}', "empty.txt": b""}
+    snapshot_id = world.add_files("acme/tiny", files)
+    world.engine(world.local_copy()).run_until_idle(timeout=30)
+    for path, data in files.items():
+        assert (world.dest / "acme/tiny" / path).read_bytes() == data
+    assert all(t.state == DONE for t in world.transfers())
+    with world.store.read() as session:
+        assert session.get(Snapshot, snapshot_id).state == "done"  # type: ignore[union-attr]
+    assert not list(world.dest.rglob("*.relayd-partial"))
+
+
+def test_an_unchanged_file_is_linked_not_moved_again(world: World) -> None:
+    world.add_files("acme/tiny", {"a.bin": b"A" * 1000, "b.bin": b"B" * 1000})
+    world.engine(world.local_copy()).run_until_idle(timeout=30)
+    assert len(world.transfers()) == 2
+    (world.source / "acme/tiny/b.bin").unlink()
+    # A new snapshot: a.bin unchanged, b.bin removed, c.bin new.
+    repo = world.store.repo("acme/tiny")
+    assert repo is not None
+    result = world.store.record_snapshot(
+        repo.id,
+        "1" * 40,
+        [
+            FileSpec("a.bin", 1000, True, hashlib.sha256(b"A" * 1000).hexdigest()),
+            FileSpec("c.bin", 5, True, hashlib.sha256(b"CCCCC").hexdigest()),
+        ],
+    )
+    assert (result.new_files, result.linked_files, result.removed_files) == (1, 1, 1)
+    assert len(world.transfers()) == 3  # only c.bin got a transfer
+
+
+def test_a_corrupted_destination_is_detected_and_only_bad_pieces_are_copied_again(world: World) -> None:
+    data = os.urandom(64 * 1024 * 8)
+    world.add_files("acme/tiny", {"model.bin": data})
+    world.engine(world.local_copy()).run_until_idle(timeout=30)
+    target = world.dest / "acme/tiny/model.bin"
+    # Simulate a transfer whose copy rotted before verification: un-done the transfer, corrupt a piece.
+    with world.store._write() as session:
+        transfer = session.query(Transfer).one()
+        transfer.state = PENDING
+    corrupted = bytearray(target.read_bytes())
+    corrupted[3 * 64 * 1024 + 10] ^= 0xFF
+    target.rename(target.with_name("model.bin.relayd-partial"))
+    target.with_name("model.bin.relayd-partial").write_bytes(bytes(corrupted))
+    engine = world.engine(world.local_copy())
+    engine.run_until_idle(timeout=30)
+    transfer = world.transfers()[0]
+    assert transfer.state == WAITING and transfer.error_class == "integrity"
+    with world.store._write() as session:
+        session.query(Transfer).update({"next_attempt_at": None})
+    engine.run_until_idle(timeout=30)
+    assert target.read_bytes() == data
+    sends = {p.idx: p.sends for p in world.pieces()}
+    # Every piece travelled once; only the corrupted one a second time.
+    assert sends == {i: (2 if i == 3 else 1) for i in range(8)}
+
+
+def test_an_expired_lease_makes_the_transfer_runnable_for_another_worker(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": os.urandom(10_000)})
+    crashed = world.store.claim("local_copy", "crashed-worker", lease=0.5)
+    assert crashed is not None and crashed.state == RUNNING
+    assert world.store.claim("local_copy", "other", lease=30) is None  # the lease still holds
+    threading.Event().wait(0.6)
+    world.engine(world.local_copy(), owner="survivor").run_until_idle(timeout=30)
+    transfer = world.transfers()[0]
+    assert transfer.state == DONE
+    assert transfer.attempts == 2
+
+
+def test_a_live_lease_is_not_taken_over(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": os.urandom(10_000)})
+    assert world.store.claim("local_copy", "alive", lease=60) is not None
+    assert world.store.claim("local_copy", "other", lease=60) is None
+
+
+def test_a_paused_repo_is_not_claimed(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 100})
+    world.store.set_paused("acme/tiny", True)
+    assert world.store.claim("local_copy", "w", lease=60) is None
+    world.store.set_paused("acme/tiny", False)
+    assert world.store.claim("local_copy", "w", lease=60) is not None
+
+
+class ScriptedHop(Hop):
+    """A hop that fails the way a test tells it to."""
+
+    name = "scripted"
+
+    def __init__(self, section: object, ctx: HopContext, failure: BaseException | None) -> None:
+        super().__init__(section, ctx)
+        self.failure = failure
+
+    def plan(self, job: Job) -> Sequence[PieceSpec]:
+        return plan_ranges(job.file_or_fail.size, 1 << 20)
+
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        if self.failure is not None:
+            raise self.failure
+        for piece in missing:
+            job.piece_done(piece.index)
+
+    def verify(self, job: Job) -> Outcome:
+        return Outcome(handles={"ok": True})
+
+
+@pytest.mark.parametrize(
+    ("failure", "state", "error_class", "hint"),
+    [
+        (Retryable("server said 503", error_class="server", retry_after=120), WAITING, "server", None),
+        (
+            NeedsPerson("token refused", hint="set a new token", error_class="auth"),
+            BLOCKED,
+            "auth",
+            "set a new token",
+        ),
+        (
+            Permanent("upstream file is broken"),
+            BLOCKED,
+            "permanent",
+            "fix the cause, then run `relayctl retry`",
+        ),
+        (OSError(errno.ENOSPC, "No space left on device"), BLOCKED, "disk", "free space"),
+        (OSError(errno.EIO, "I/O error"), WAITING, "io", None),
+        (ValueError("a bug"), WAITING, "internal", None),
+    ],
+)
+def test_failures_are_classified(
+    world: World, failure: BaseException, state: str, error_class: str, hint: str | None
+) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 100}, route=("scripted",))
+    before = utcnow()
+    engine = world.engine(lambda ctx: {"scripted": ScriptedHop(None, ctx, failure)})
+    engine.run_until_idle(timeout=30)
+    transfer = world.transfers()[0]
+    assert transfer.state == state
+    assert transfer.error_class == error_class
+    assert transfer.last_error
+    if hint:
+        assert hint in (transfer.hint or "")
+    if state == WAITING:
+        assert transfer.next_attempt_at is not None and transfer.next_attempt_at > before
+    if isinstance(failure, Retryable):
+        assert transfer.next_attempt_at is not None
+        assert transfer.next_attempt_at >= before + timedelta(seconds=119)
+
+
+def test_retry_makes_blocked_transfers_runnable(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 100}, route=("scripted",))
+    world.engine(
+        lambda ctx: {"scripted": ScriptedHop(None, ctx, NeedsPerson("no", hint="h"))}
+    ).run_until_idle(timeout=30)
+    assert world.transfers()[0].state == BLOCKED
+    assert world.store.retry("acme/tiny") == 1
+    world.engine(lambda ctx: {"scripted": ScriptedHop(None, ctx, None)}).run_until_idle(timeout=30)
+    assert world.transfers()[0].state == DONE
+
+
+def test_backoff_grows_exponentially_is_capped_and_honours_retry_after() -> None:
+    delays = [backoff_delay(n, RETRY) for n in range(1, 12)]
+    assert 2.5 <= delays[0] <= 5
+    assert 20 <= delays[3] <= 40
+    assert all(d <= 3600 for d in delays)
+    assert backoff_delay(1, RETRY, retry_after=600) >= 600
+
+
+def test_per_hop_limits_are_respected(world: World) -> None:
+    started = threading.Semaphore(0)
+    release = threading.Event()
+    peak = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class SlowHop(ScriptedHop):
+        def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+            with lock:
+                peak["now"] += 1
+                peak["max"] = max(peak["max"], peak["now"])
+            started.release()
+            release.wait(10)
+            with lock:
+                peak["now"] -= 1
+            super().move(job, missing)
+
+    world.add_files("acme/tiny", {f"f{i}.bin": b"x" for i in range(6)}, route=("scripted",))
+    engine = world.engine(
+        lambda ctx: {"scripted": SlowHop(None, ctx, None)}, limits={"scripted": 2}, workers=8
+    )
+    runner = threading.Thread(target=engine.run_until_idle, kwargs={"timeout": 30})
+    runner.start()
+    assert started.acquire(timeout=10) and started.acquire(timeout=10)
+    assert not started.acquire(timeout=0.3)
+    release.set()
+    runner.join(30)
+    assert peak["max"] == 2
+    assert all(t.state == DONE for t in world.transfers())
+
+
+class StagingHop(ScriptedHop):
+    """A first hop that puts the content into staging, like the download hop does."""
+
+    name = "download"
+
+    def verify(self, job: Job) -> Outcome:
+        file = job.file_or_fail
+        data = (self.ctx.staging.root.parent / "source" / job.repo.name / file.path).read_bytes()
+        partial = self.ctx.staging.partial_path(f"t{job.id}")
+        partial.write_bytes(data)
+        target = self.ctx.staging.promote(partial, hashlib.sha256(data).hexdigest())
+        return Outcome(handles={}, staged_path=self.ctx.staging.relative(target))
+
+
+class ReaderHop(ScriptedHop):
+    name = "reader"
+    reads_staging = True
+
+
+def test_a_staged_copy_is_released_once_every_reader_is_done(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"payload" * 100}, route=("download", "reader"))
+    held = threading.Event()
+
+    class BlockingReader(ReaderHop):
+        def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+            if not held.is_set():
+                held.set()
+                raise Retryable("not yet")
+            super().move(job, missing)
+
+    engine = world.engine(
+        lambda ctx: {"download": StagingHop(None, ctx, None), "reader": BlockingReader(None, ctx, None)}
+    )
+    engine.run_until_idle(timeout=30)
+    staged = list((world.staging.blobs).rglob("*"))
+    assert any(p.is_file() for p in staged), "kept while the reader is not done"
+    world.store.retry("acme/tiny")
+    engine.run_until_idle(timeout=30)
+    assert not any(p.is_file() for p in world.staging.blobs.rglob("*")), "released after the reader"
+
+
+def test_downloads_wait_while_staging_is_over_budget(world: World) -> None:
+    world.staging.config = StagingConfig(dir=world.staging.root, max_bytes=1, min_free=0)
+    (world.staging.partial / "filler").write_bytes(b"x" * 10_000)
+    world.add_files("acme/tiny", {"model.bin": b"payload"}, route=("download",))
+    engine = world.engine(lambda ctx: {"download": StagingHop(None, ctx, None)})
+    engine.run_until_idle(timeout=30)
+    assert world.transfers()[0].state == PENDING
+    assert engine.hold_reason and "staging.max_bytes" in engine.hold_reason
+    facts = world.store.service_state()
+    assert facts["staging"][0]["held"] == engine.hold_reason
