@@ -1,0 +1,5 @@
+"""python -m relayd: the daemon's command line."""
+
+from relayd.daemon import main
+
+main()
