@@ -789,3 +789,26 @@ def test_client_abort_mid_part_keeps_nothing(
     )
     assert done.content_hash == _sha1(data)
     assert drive.lookup("/abort.bin").read_bytes() == data  # type: ignore[union-attr]
+
+
+def test_expired_part_urls_and_gateway_statuses(
+    ali: Any, aligo_mod: ModuleType, drive: FakeDrive, data_client: requests.Session
+) -> None:
+    data = os.urandom(PART)
+    created = _create(aligo_mod, ali, "urls.bin", data)
+    drive.expire_upload_urls()
+    expired = data_client.put(created.part_info_list[0].upload_url, data=data, timeout=10)
+    assert expired.status_code == 403 and "Request has expired." in expired.text
+    drive.advance_clock(drive.settings.upload_url_ttl + 1)
+    fresh = ali.get_upload_url(
+        aligo_mod.GetUploadUrlRequest(
+            drive_id=created.drive_id, file_id=created.file_id, upload_id=created.upload_id
+        )
+    )
+    assert data_client.put(fresh.part_info_list[0].upload_url, data=data, timeout=10).ok
+
+    drive.fail_next("/v2/file/get", 502, count=2)
+    assert ali.get_file("root").file_id == "root"  # aligo retries 502 (§7)
+    drive.fail_next("/v2/file/get", 500)
+    with pytest.raises(_aligo_error("AligoStatus500")):
+        ali.get_file("root")
