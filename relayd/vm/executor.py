@@ -1,0 +1,604 @@
+"""The VM executor: run one agent operation on the VM (this machine, or a host reached over SSH).
+
+Every hop's VM-side work runs in relayd's agent (``relayd/vm/agent``, stdlib only). Nothing is
+installed on the VM beforehand: each call starts ``python3 -c <bootstrap> <sha256> <length>`` there
+(locally as a child process in its own process group, or as the remote command of an OpenSSH
+``ssh`` client), the bootstrap answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already
+cached, the daemon sends the zipped agent only if it is not, then one JSON request line (with the
+secrets, which never appear in argv, files or logs). The agent streams JSON events back and ends
+with a result line; stdin EOF (the daemon or the link is gone) makes it SIGKILL its own process
+group, so nothing keeps running on the VM after a kill -9 or a dropped connection.
+
+Use::
+
+    executor = make_executor(config.vm)
+    facts = executor.check()                       # NeedsPerson if python3/git/git-lfs is missing
+    result = executor.call("sha256", {"path": p}, on_event=print_progress, cancel=ctx.cancel)
+    executor.close()
+
+``call`` raises relayd.errors: the agent's error kinds map to Retryable / NeedsPerson / Permanent /
+Cancelled; a dropped connection is Retryable(error_class="network"); an SSH host-key or login
+failure is NeedsPerson with a hint. Calls are independent (one process or connection each) and may
+run from several threads at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+from relayd.config import VmConfig
+from relayd.errors import Cancelled, HopError, NeedsPerson, Permanent, Retryable
+
+log = logging.getLogger(__name__)
+
+AGENT_DIR = Path(__file__).resolve().parent / "agent"
+AGENT_PACKAGE = "relayd_agent"
+#: Every process the agent runs carries this in its command line (tests scan /proc for it).
+AGENT_MARKER = "relayd-agent"
+#: How long a cancelled call may take to reach a durable point before its process is killed.
+CANCEL_GRACE = 10.0
+MIN_PYTHON = (3, 8)
+
+# Python 3.8 compatible, no quotes of its own kind inside (it is shell-quoted for ssh). Reads the
+# agent zip from stdin unless the cached copy has the right sha256, then serves one request.
+BOOTSTRAP = """\
+import hashlib,io,os,sys,tempfile
+h,n=sys.argv[1],int(sys.argv[2])
+d=os.path.join(os.path.expanduser("~"),".cache","relayd")
+p=os.path.join(d,"agent-%s.zip"%h)
+i=sys.stdin.buffer
+def same(f):
+    try:
+        with open(f,"rb") as x:
+            return hashlib.sha256(x.read()).hexdigest()==h
+    except OSError:
+        return False
+c=same(p)
+sys.stdout.write("{\\"event\\":\\"agent\\",\\"cached\\":%s}\\n"%("true" if c else "false"))
+sys.stdout.flush()
+if not c:
+    b=i.read(n)
+    if len(b)!=n or hashlib.sha256(b).hexdigest()!=h:
+        sys.exit(3)
+    try:
+        os.makedirs(d,mode=0o700,exist_ok=True)
+        f,t=tempfile.mkstemp(dir=d,prefix=".agent-")
+    except OSError:
+        f,t=tempfile.mkstemp(prefix="relayd-agent-")
+        p=t+".zip"
+    with os.fdopen(f,"wb") as x:
+        x.write(b)
+    os.replace(t,p)
+sys.path.insert(0,p)
+import relayd_agent.__main__
+from relayd_agent.core import serve
+r=serve(io.TextIOWrapper(i,encoding="utf-8"))
+sys.stdout.flush()
+os._exit(r)
+"""
+
+
+@dataclass(frozen=True)
+class AgentBundle:
+    """The agent package zipped in memory, and its sha256 (the cache key on the VM)."""
+
+    data: bytes
+    sha256: str
+
+
+@cache
+def agent_bundle() -> AgentBundle:
+    """Return the agent (every ``relayd/vm/agent/*.py``) as a deterministic zip of package
+    ``relayd_agent``, so the same relayd always has the same cache key."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for source in sorted(AGENT_DIR.glob("*.py")):
+            info = zipfile.ZipInfo(f"{AGENT_PACKAGE}/{source.name}", date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, source.read_bytes())
+    data = buffer.getvalue()
+    return AgentBundle(data, hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
+class VmFacts:
+    """What ``check`` found on the VM (for vm_pull's readiness check and `relayctl doctor`)."""
+
+    executor: str
+    host: str
+    python: str
+    git: str
+    git_lfs: str
+    free: int
+    root: str
+    root_exists: bool
+
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class Executor(abc.ABC):
+    """Runs agent operations on the VM. Subclasses say how the bootstrap is started there."""
+
+    kind: str = ""
+
+    def __init__(self, config: VmConfig) -> None:
+        self.config = config
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def host(self) -> str:
+        """Where the VM is, for handles and messages ("localhost" for the local executor)."""
+        return "localhost"
+
+    def describe(self) -> str:
+        return f"{self.kind} VM {self.host}"
+
+    @abc.abstractmethod
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
+        """Return the argv (and environment, None to inherit) that starts the bootstrap on the VM."""
+
+    @abc.abstractmethod
+    def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
+        """Return the error for an agent that never answered (the VM could not be reached, or
+        python3 is missing there)."""
+
+    # -- the one entry point ----------------------------------------------------------------------
+
+    def call(
+        self,
+        op: str,
+        params: dict[str, Any],
+        *,
+        secrets: dict[str, str] | None = None,
+        on_event: EventHandler | None = None,
+        cancel: threading.Event | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run agent operation *op* with *params* on the VM and return its result.
+
+        *secrets* travel only in the request line on stdin. *on_event* receives every event line
+        but the result, in the calling thread. When *cancel* is set, the agent is asked to stop at
+        its next durable point (and killed after CANCEL_GRACE seconds); after *timeout* seconds it
+        is killed. Raise Retryable, NeedsPerson, Permanent or Cancelled (see the module doc).
+        """
+        if self._closed:
+            raise Cancelled("the VM executor is closed")
+        bundle = agent_bundle()
+        argv, env = self._command(bundle)
+        request = json.dumps({"op": op, "params": params, "secrets": secrets or {}}, separators=(",", ":"))
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # its own process group: killed as one, never by our signals
+            )
+        except FileNotFoundError as exc:
+            raise self._missing_program(argv[0]) from exc
+        with self._lock:
+            self._live.add(process)
+        call = _Call(process, op, cancel, timeout)
+        try:
+            return call.run(bundle, request, on_event, self._start_failure)
+        finally:
+            call.finish()
+            with self._lock:
+                self._live.discard(process)
+
+    def _missing_program(self, program: str) -> HopError:
+        return NeedsPerson(
+            f"{program} was not found on this machine",
+            hint=f"install it (or set vm.python / vm.path), then `relayctl retry`: {program}",
+            error_class="setup",
+        )
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    def facts(self, *, timeout: float = 60.0) -> VmFacts:
+        """Return what the VM has (python, git, git-lfs, free space under vm.root), unchecked."""
+        result = self.call("check", {"root": self.config.root}, timeout=timeout)
+        return VmFacts(
+            executor=self.kind,
+            host=self.host,
+            python=str(result.get("python") or ""),
+            git=str(result.get("git") or ""),
+            git_lfs=str(result.get("git_lfs") or ""),
+            free=int(result.get("free") or 0),
+            root=self.config.root,
+            root_exists=bool(result.get("root_exists")),
+        )
+
+    def check(self, *, need: Iterable[str] = ("git", "git_lfs"), timeout: float = 60.0) -> VmFacts:
+        """Return the VM's facts; raise NeedsPerson naming what to install when python3 (>= 3.8) or
+        a tool in *need* ("git", "git_lfs") is missing, Retryable when the VM cannot be reached."""
+        facts = self.facts(timeout=timeout)
+        version = tuple(int(part) for part in facts.python.split(".")[:2] if part.isdigit())
+        if version < MIN_PYTHON:
+            raise NeedsPerson(
+                f"the VM's python is {facts.python or 'unknown'}; relayd's agent needs python ≥ 3.8",
+                hint=f"install python3 ≥ 3.8 on {self.describe()} (apt-get install python3) or set vm.python",
+                error_class="setup",
+            )
+        wanted = set(need)
+        if "git" in wanted and not facts.git:
+            raise NeedsPerson(
+                f"git is not installed on {self.describe()}",
+                hint="install git on the VM (apt-get install git), then `relayctl retry`",
+                error_class="setup",
+            )
+        if "git_lfs" in wanted and not facts.git_lfs:
+            raise NeedsPerson(
+                f"git-lfs is not installed on {self.describe()}",
+                hint="install git-lfs on the VM (apt-get install git-lfs), then `relayctl retry`",
+                error_class="setup",
+            )
+        return facts
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill every call still running (its process group here; over SSH the remote agent then
+        sees EOF and kills its own group). Later calls raise Cancelled."""
+        self._closed = True
+        with self._lock:
+            live = list(self._live)
+        for process in live:
+            _kill_group(process)
+
+
+class _Call:
+    """One running agent process: feeds its stdin, reads its events, enforces cancel and timeout."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        op: str,
+        cancel: threading.Event | None,
+        timeout: float | None,
+    ) -> None:
+        self.process = process
+        self.op = op
+        self.cancel = cancel
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.stderr_tail: deque[str] = deque(maxlen=40)
+        self.killed_for: str | None = None
+        self.cancel_sent = False
+        self._done = threading.Event()
+        self._stdin_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def run(
+        self,
+        bundle: AgentBundle,
+        request: str,
+        on_event: EventHandler | None,
+        start_failure: Callable[[int | None, str], HopError],
+    ) -> dict[str, Any]:
+        assert self.process.stdout is not None  # noqa: S101 - created with PIPE
+        for target, name in ((self._drain_stderr, "stderr"), (self._watch, "watch")):
+            thread = threading.Thread(target=target, name=f"relayd-vm-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        stdout = self.process.stdout
+        hello = self._read_event(stdout)
+        if hello is None or hello.get("event") != "agent":
+            raise self._ended_early(start_failure, started=False)
+        payload = b"" if hello.get("cached") else bundle.data
+        if not self._write(payload + request.encode() + b"\n"):
+            raise self._ended_early(start_failure, started=True)
+        while True:
+            event = self._read_event(stdout)
+            if event is None:
+                raise self._ended_early(start_failure, started=True)
+            if event.get("event") == "result":
+                return self._result(event)
+            if on_event is not None:
+                on_event(event)
+
+    def _read_event(self, stdout: IO[bytes]) -> dict[str, Any] | None:
+        while True:
+            line = stdout.readline()
+            if not line:
+                return None
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.debug("agent %s printed a non-event line: %r", self.op, line[:200])
+                continue
+            if isinstance(event, dict):
+                return event
+
+    def _write(self, data: bytes) -> bool:
+        stdin = self.process.stdin
+        assert stdin is not None  # noqa: S101 - created with PIPE
+        with self._stdin_lock:
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                return False
+        return True
+
+    def _result(self, event: dict[str, Any]) -> dict[str, Any]:
+        if event.get("ok"):
+            result = event.get("result")
+            return result if isinstance(result, dict) else {}
+        error = event.get("error") or {}
+        kind = str(error.get("kind") or "retryable")
+        message = str(error.get("message") or "the agent failed without a message")
+        error_class = str(error.get("class") or "error")
+        hint = str(error.get("hint") or "")
+        if kind == "cancelled":
+            raise Cancelled(message)
+        if kind == "blocked":
+            raise NeedsPerson(
+                message, hint=hint or "see the message, then `relayctl retry`", error_class=error_class
+            )
+        if kind == "permanent":
+            raise Permanent(message, hint=hint, error_class=error_class)
+        retry_after = error.get("retry_after")
+        raise Retryable(
+            message,
+            error_class=error_class,
+            retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+        )
+
+    def _ended_early(
+        self, start_failure: Callable[[int | None, str], HopError], *, started: bool
+    ) -> HopError:
+        """Return the error for an agent whose output ended without a result."""
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.process)
+        self._join_stderr()
+        if self.killed_for == "cancel":
+            return Cancelled("the daemon is stopping; the VM agent was stopped")
+        if self.killed_for == "timeout":
+            return Retryable(f"the VM agent ({self.op}) timed out", error_class="timeout")
+        stderr = "\n".join(self.stderr_tail)
+        if not started:
+            return start_failure(self.process.returncode, stderr)
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {self.process.returncode}"
+        return Retryable(
+            f"the connection to the VM agent ({self.op}) was lost: {last}", error_class="network"
+        )
+
+    def _drain_stderr(self) -> None:
+        stderr = self.process.stderr
+        assert stderr is not None  # noqa: S101 - created with PIPE
+        for raw in stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.stderr_tail.append(line)
+                log.debug("vm agent %s: %s", self.op, line)
+
+    def _join_stderr(self) -> None:
+        for thread in self._threads:
+            if thread.name.endswith("stderr"):
+                thread.join(timeout=2)
+
+    def _watch(self) -> None:
+        """Send a cancel request when asked to stop; kill the process after the grace or timeout."""
+        cancel_deadline: float | None = None
+        while not self._done.wait(0.1):
+            now = time.monotonic()
+            if self.cancel is not None and self.cancel.is_set() and not self.cancel_sent:
+                self.cancel_sent = True
+                cancel_deadline = now + CANCEL_GRACE
+                if not self._write(b'{"cancel":true}\n'):
+                    cancel_deadline = now
+            if cancel_deadline is not None and now >= cancel_deadline:
+                self.killed_for = "cancel"
+                _kill_group(self.process)
+                return
+            if self.deadline is not None and now >= self.deadline:
+                self.killed_for = "timeout"
+                _kill_group(self.process)
+                return
+
+    def finish(self) -> None:
+        """Close stdin (the agent exits at EOF), make sure the process is gone, reap it."""
+        self._done.set()
+        with self._stdin_lock, contextlib.suppress(OSError, ValueError):
+            assert self.process.stdin is not None  # noqa: S101 - created with PIPE
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.process)
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group *process* leads (it was started in its own session)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _bootstrap_argv(python: str, bundle: AgentBundle) -> list[str]:
+    return [python, "-c", BOOTSTRAP, bundle.sha256, str(len(bundle.data)), AGENT_MARKER]
+
+
+# -- the VM is this machine -------------------------------------------------------------------------
+
+
+class LocalExecutor(Executor):
+    """The VM is this machine: the agent runs as a child in its own session and process group, with
+    ``vm.python`` (found on ``vm.path`` when set, else on this process's PATH)."""
+
+    kind = "local"
+
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
+        env = dict(os.environ)
+        if self.config.path:
+            env["PATH"] = self.config.path
+        python = shutil.which(self.config.python, path=env.get("PATH")) or self.config.python
+        return _bootstrap_argv(python, bundle), env
+
+    def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
+        return Retryable(f"the VM agent did not start: {last}", error_class="agent")
+
+    def _missing_program(self, program: str) -> HopError:
+        return NeedsPerson(
+            f"python ({program}) was not found on this machine (the local VM)",
+            hint="install python3 ≥ 3.8 (apt-get install python3) or set vm.python to its path",
+            error_class="setup",
+        )
+
+
+# -- the VM is reached over SSH ---------------------------------------------------------------------
+
+_HOST_KEY_ERRORS = (
+    "Host key verification failed",
+    "REMOTE HOST IDENTIFICATION HAS CHANGED",
+    "No matching host key",
+    "host key for",
+)
+_AUTH_ERRORS = ("Permission denied", "Too many authentication failures", "no mutual signature")
+_CONFIG_ERRORS = ("Bad configuration option", "Can't open user config file", "bad configuration", "Bad owner")
+_MISSING_PYTHON = re.compile(r"(command not found|No such file or directory|not found)", re.IGNORECASE)
+
+
+class SshExecutor(Executor):
+    """The VM is reached with the OpenSSH client: host-key checking on, BatchMode, keep-alives, and
+    the user's OpenSSH configuration honoured (``-F vm.ssh_config_file`` when set, else ssh's own
+    defaults such as ``~/.ssh/config``)."""
+
+    kind = "ssh"
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    def destination_options(self) -> list[str]:
+        """Return the ssh options that say where and how to connect (everything before ``--``)."""
+        config = self.config
+        options: list[str] = ["-T", "-x", "-a"]
+        if config.ssh_config_file is not None:
+            options += ["-F", str(config.ssh_config_file)]
+        for option in config.ssh_options:  # the user's own options win: ssh keeps the first value
+            options += ["-o", option]
+        if config.port != 22:
+            options += ["-p", str(config.port)]
+        if config.user:
+            options += ["-l", config.user]
+        if config.identity_file is not None:
+            options += ["-i", str(config.identity_file), "-o", "IdentitiesOnly=yes"]
+        if config.known_hosts_file is not None:
+            options += ["-o", f"UserKnownHostsFile={config.known_hosts_file}"]
+        strict = "yes" if config.strict_host_key_checking else "no"
+        options += [
+            "-o",
+            f"StrictHostKeyChecking={strict}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+            "-o",
+            "ClearAllForwardings=yes",
+        ]
+        return options
+
+    def remote_command(self, bundle: AgentBundle) -> str:
+        """Return the command line the VM's shell runs: ``exec`` so the agent replaces the shell
+        (and leads the session's process group), with ``env PATH=vm.path`` applied after any
+        startup file."""
+        words = ["exec"]
+        if self.config.path:
+            words += ["env", f"PATH={self.config.path}"]
+        words += _bootstrap_argv(self.config.python, bundle)
+        return shlex.join(words)
+
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
+        return ["ssh", *self.destination_options(), "--", self.config.host, self.remote_command(bundle)], None
+
+    def _missing_program(self, program: str) -> HopError:
+        return NeedsPerson(
+            "the OpenSSH client (ssh) is not installed on this machine",
+            hint="install it (apt-get install openssh-client), then `relayctl retry`",
+            error_class="setup",
+        )
+
+    def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
+        where = f"{self.config.user + '@' if self.config.user else ''}{self.config.host}"
+        text = stderr.strip()
+        last = text.splitlines()[-1] if text else f"exit status {returncode}"
+        if any(marker in text for marker in _HOST_KEY_ERRORS):
+            known = self.config.known_hosts_file or "~/.ssh/known_hosts"
+            return NeedsPerson(
+                f"ssh refused {where}: its host key is unknown or has changed ({last})",
+                hint=(
+                    f"check the VM's host key fingerprint, then add it to {known} "
+                    f"(e.g. ssh-keyscan -p {self.config.port} {self.config.host} and compare), "
+                    "or set vm.known_hosts_file"
+                ),
+                error_class="host_key",
+            )
+        if any(marker in text for marker in _AUTH_ERRORS):
+            return NeedsPerson(
+                f"ssh could not log in to {where}: {last}",
+                hint="check vm.user and vm.identity_file (or the ssh agent), and the VM's authorized_keys",
+                error_class="auth",
+            )
+        if any(marker in text for marker in _CONFIG_ERRORS):
+            return NeedsPerson(
+                f"ssh rejected its configuration: {last}",
+                hint="fix vm.ssh_config_file / vm.ssh_options",
+                error_class="config",
+            )
+        if "Could not resolve hostname" in text and "Temporary failure" not in text:
+            return NeedsPerson(
+                f"ssh cannot resolve {self.config.host}: {last}", hint="check vm.host", error_class="config"
+            )
+        if returncode == 127 or (returncode != 255 and _MISSING_PYTHON.search(text)):
+            return NeedsPerson(
+                f"{self.config.python} is not available on {where}: {last}",
+                hint="install python3 ≥ 3.8 on the VM (apt-get install python3), or set vm.python / vm.path",
+                error_class="setup",
+            )
+        return Retryable(f"cannot reach the VM {where} over ssh: {last}", error_class="network")
+
+
+def make_executor(config: VmConfig) -> Executor:
+    """Return the executor ``vm.executor`` names ("local" or "ssh")."""
+    if config.executor == "ssh":
+        return SshExecutor(config)
+    return LocalExecutor(config)
