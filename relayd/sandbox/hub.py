@@ -63,6 +63,7 @@ from relayd.sandbox.hub_store import (
 )
 
 __all__ = [
+    "Commit",
     "FakeHub",
     "FaultKind",
     "FaultRule",
@@ -359,6 +360,12 @@ class FakeHub:
         with self._lock:
             return self._resolve(self._repo(repo_id, repo_type), revision)
 
+    def get_commit(self, repo_id: str, revision: str = "main", *, repo_type: RepoType = "model") -> Commit:
+        """Return the commit *revision* names now (parent, title, date, files, git tree ids)."""
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            return repo.commits[self._resolve(repo, revision)]
+
     def files(
         self, repo_id: str, revision: str = "main", *, repo_type: RepoType = "model"
     ) -> dict[str, FileEntry]:
@@ -532,6 +539,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
     protocol_version = "HTTP/1.1"
 
     _status = 0
+    _logged = False
     _target = ""
     _query: dict[str, list[str]]
     _body = b""
@@ -567,6 +575,10 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
         self._status = code
         super().send_response(code, message)
 
+    def end_headers(self) -> None:
+        self._record()  # before the client can see the response, so tests never race the log
+        super().end_headers()
+
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() in {name.lower() for name in self.hub.suppressed_headers}:
             return
@@ -578,6 +590,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
 
     def _handle(self) -> None:
         self._status = 0
+        self._logged = False
         length = int(self.headers.get("Content-Length") or 0)
         self._body = self.rfile.read(length) if length > 0 else b""
         split = urlsplit(self.path)
@@ -595,9 +608,14 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
             else:
                 self.close_connection = True
         finally:
-            self._server.log.add(
-                LoggedRequest(self.command, self.path, dict(self.headers.items()), self._status)
-            )
+            self._record()
+
+    def _record(self) -> None:
+        """Add this request to its origin's log, once (status 0 if it got no status line)."""
+        if not self._logged:
+            self._logged = True
+            entry = LoggedRequest(self.command, self.path, dict(self.headers.items()), self._status)
+            self._server.log.add(entry)
 
     # -- replies ------------------------------------------------------------------------------------
 
@@ -620,6 +638,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
 
     def _reset_connection(self) -> None:
         """Drop the connection with a TCP RST, as a crashing proxy or a flaky link would."""
+        self._record()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -735,12 +754,18 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
     def _sendfile(self, source: BinaryIO, sha256: str, offset: int, length: int) -> None:
         out = self.connection.fileno()
         while length > 0:
-            sent = os.sendfile(out, source.fileno(), offset, min(length, _SENDFILE_CHUNK))
+            chunk = min(length, _SENDFILE_CHUNK)
+            self.hub._count(sha256, chunk)  # counted before the client can have it; undone below
+            try:
+                sent = os.sendfile(out, source.fileno(), offset, chunk)
+            except OSError:
+                self.hub._count(sha256, -chunk)
+                raise
+            self.hub._count(sha256, sent - chunk)
             if sent == 0:
                 raise ConnectionError(f"blob {sha256} is shorter than announced")
             offset += sent
             length -= sent
-            self.hub._count(sha256, sent)
 
     def _send_slowly(
         self,
@@ -754,6 +779,8 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
     ) -> None:
         """Send *limit* bytes from *start*, chunk by chunk: paced to the bandwidth cap read before
         every chunk, one byte inverted at *flip_at*, and a stall after ``stall.after`` bytes."""
+        if stall is not None and (stall.after or 0) > limit:
+            stall = None  # this body ends before the stall point
         position = 0
         paced_since, paced_bytes, paced_cap = time.monotonic(), 0, self.hub.bandwidth_cap
         while position < limit or (stall is not None and position == limit):
@@ -777,9 +804,13 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
                 changed = bytearray(data)
                 changed[flip_at - start - position] ^= 0xFF
                 data = bytes(changed)
-            self.wfile.write(data)
-            position += len(data)
             self.hub._count(sha256, len(data))
+            try:
+                self.wfile.write(data)
+            except OSError:
+                self.hub._count(sha256, -len(data))
+                raise
+            position += len(data)
             if cap:
                 paced_bytes += len(data)
                 ahead = paced_bytes / cap - (time.monotonic() - paced_since)
