@@ -1,0 +1,72 @@
+"""An installed relayd (from its wheel, without the checkout) has both commands and its migrations,
+and can create and upgrade a catalogue."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (built,) = out.glob("relayd-*.whl")
+    return built
+
+
+def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        text = archive.read(entry_points).decode()
+    assert "relayd/_migrations/env.py" in names
+    assert any(n.startswith("relayd/_migrations/versions/") and n.endswith(".py") for n in names)
+    assert "relayd = relayd.daemon:main" in text
+    assert "relayctl = relayd.cli:main" in text
+    assert "[relayd.hops.v1]" in text
+
+
+def test_an_installed_relayd_creates_and_upgrades_its_catalogue(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    database = tmp_path / "catalogue.db"
+    script = f"""
+import relayd, sys
+from pathlib import Path
+assert Path(relayd.__file__).is_relative_to({str(target)!r}), relayd.__file__
+from relayd.catalogue import migrate
+from relayd.catalogue.db import make_engine
+assert migrate.migrations_dir() == Path({str(target)!r}) / "relayd" / "_migrations", migrate.migrations_dir()
+engine = make_engine("sqlite:///{database}")
+migrate.ensure_schema(engine, auto_upgrade=False)
+print(migrate.current_revision(engine), migrate.head_revision())
+"""
+    # Run outside the checkout, with the wheel's copy first on the path.
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    current, head = result.stdout.split()
+    assert current == head
+    assert database.exists()
