@@ -83,7 +83,9 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         """Serve in a background thread until stop()."""
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
