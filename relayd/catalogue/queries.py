@@ -1,0 +1,588 @@
+"""Read-only queries behind `relayctl status`: aggregates, not rows loaded one by one.
+
+``relayctl status`` must answer in a fraction of a second on a catalogue of 100,000 files, and on a
+small machine importing SQLAlchemy alone takes most of that budget. So the queries are plain, portable
+SQL (named ``:params``, standard GROUP BY, no dialect functions) run through a ``Reader``: the standard
+library's sqlite3 for a SQLite catalogue, SQLAlchemy's ``text()`` for any other URL. Nothing here writes.
+
+How a repo's progress is counted without a join over every file: transfers are created one hop at a
+time (the *frontier*: a file has a transfer for hop *k* only once hops before *k* are done, and has at
+most one transfer that is not done), and unstarted work on files that left the repo is deleted when a
+new snapshot supersedes the old one. So for the current snapshot of N files and B bytes, a hop is done
+for every file except those whose frontier is at this hop or an earlier one, and those are exactly the
+repo's transfers that are not done, which the covering index ``ix_transfers_summary`` counts cheaply.
+Done transfers (the bulk of a mature catalogue, including the history of older snapshots) are never
+read.
+
+Only ``:name`` placeholders (for IN lists) and fixed fragments are ever formatted into the SQL text,
+never values, hence the ``noqa: S608`` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+# The catalogue's state names (relayd.catalogue.schema holds the same constants; importing it would pull
+# in SQLAlchemy, which the status path avoids).
+PENDING = "pending"
+RUNNING = "running"
+WAITING = "waiting"
+BLOCKED = "blocked"
+DONE = "done"
+OPEN_STATES = (PENDING, RUNNING, WAITING, BLOCKED)
+POLL_BLOCKED = "blocked"
+CURRENT_SNAPSHOT_STATES = ("active", "done")
+
+# What "blocked first" means when files or hops are sorted: the state that needs a person leads.
+STATE_ORDER = {BLOCKED: 0, WAITING: 1, RUNNING: 2, PENDING: 3, DONE: 4}
+
+BUSY_TIMEOUT_S = 30.0
+
+
+class Reader(Protocol):
+    """Runs one SELECT and returns its rows as tuples."""
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def has_table(self, name: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteReader:
+    """A Reader over a SQLite file through the standard library (no SQLAlchemy import)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # isolation_level=None: plain autocommit reads; under WAL they never wait for the daemon's writes.
+        self._connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self._connection.execute(sql, dict(params or {})).fetchall()
+
+    def has_table(self, name: str) -> bool:
+        found = self.rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name", {"name": name})
+        return bool(found)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class EngineReader:
+    """A Reader over any SQLAlchemy engine (PostgreSQL, or SQLite when a test wants this path)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql), dict(params or {}))]
+
+    def has_table(self, name: str) -> bool:
+        from sqlalchemy import inspect
+
+        return inspect(self.engine).has_table(name)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+_SQLITE_URL = re.compile(r"^sqlite(?:\+pysqlite)?:///(?P<path>[^?%]+)$")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """Return the file of a plain SQLite URL (``sqlite:///rel`` or ``sqlite:////abs``), else None.
+
+    URLs with query options or escapes return None, so they go through SQLAlchemy, which reads them fully.
+    """
+    match = _SQLITE_URL.match(url)
+    if match is None or match.group("path") == ":memory:":
+        return None
+    return Path(match.group("path"))
+
+
+def open_reader(url: str) -> Reader:
+    """Return a Reader for the catalogue at *url*: sqlite3 for a plain SQLite file, else SQLAlchemy."""
+    path = sqlite_file(url)
+    if path is not None:
+        return SqliteReader(path)
+    from relayd.catalogue.db import make_engine
+
+    return EngineReader(make_engine(url, immediate=False))
+
+
+# -- value conversion (SQLite hands back text for datetimes and JSON, other databases objects) ---------
+
+
+def _when(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _params(prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """Return ``:p0, :p1, …`` and their values, for an IN list (empty lists never reach SQL)."""
+    names = {f"{prefix}{i}": value for i, value in enumerate(values)}
+    return ", ".join(f":{name}" for name in names), names
+
+
+# -- results (named tuples: a repo's detail builds tens of thousands, and they are cheap to make) -------
+
+
+class SnapshotInfo(NamedTuple):
+    id: int
+    commit: str
+    state: str
+    files: int
+    bytes: int
+    seen_at: datetime | None
+    done_at: datetime | None
+
+
+class HopSummary(NamedTuple):
+    """One hop of a repo's current snapshot: files and bytes done, and files in each open state.
+
+    ``not_reached`` counts files still at an earlier hop, so ``files_done`` + the open states +
+    ``not_reached`` = ``files_total``.
+    """
+
+    hop: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    states: dict[str, int]
+    not_reached: int
+    rate: float
+
+
+class FinishInfo(NamedTuple):
+    """The transfer that finishes a whole snapshot (e.g. the commit naming all its files)."""
+
+    hop: str
+    state: str
+    error: str | None
+    error_class: str | None
+    hint: str | None
+    updated_at: datetime | None
+
+
+class RepoSummary(NamedTuple):
+    id: int
+    name: str
+    repo_type: str
+    revision: str
+    route: list[str]
+    every: float
+    paused: bool
+    head_commit: str | None
+    poll_state: str
+    poll_error: str | None
+    poll_hint: str | None
+    next_poll_at: datetime | None
+    snapshot: SnapshotInfo | None
+    hops: list[HopSummary]
+    finish: FinishInfo | None
+    blocked: int
+    rate: float
+
+
+class BlockedItem(NamedTuple):
+    """Something that needs a person: a file's transfer, a snapshot's finishing transfer, or a repo's poll
+    (gated, token refused, listing refused)."""
+
+    kind: str  # "transfer" (one file's), "snapshot" (a transfer finishing a snapshot), "poll" (the repo's)
+    repo: str
+    hop: str | None
+    path: str | None
+    error: str | None
+    error_class: str | None
+    hint: str | None
+    since: datetime | None
+
+
+class ServiceFact(NamedTuple):
+    key: str
+    value: dict[str, Any]
+    updated_at: datetime | None
+
+
+class Summary(NamedTuple):
+    repos: list[RepoSummary]
+    blocked: list[BlockedItem]
+    blocked_total: int
+    service: list[ServiceFact]
+
+
+class FileHop(NamedTuple):
+    """One hop of one file; ``state`` is None while the file has not reached the hop."""
+
+    hop: str
+    state: str | None
+    bytes_done: int
+    bytes_total: int
+    rate: float | None
+    eta_seconds: float | None
+    attempts: int
+    next_attempt_at: datetime | None
+    error: str | None
+    error_class: str | None
+    hint: str | None
+
+
+class FileStatus(NamedTuple):
+    path: str
+    size: int
+    state: str
+    hops: list[FileHop]
+
+
+class RepoDetail(NamedTuple):
+    repo: RepoSummary
+    blocked: list[BlockedItem]
+    files: list[FileStatus]
+    service: list[ServiceFact]
+
+
+# -- queries -------------------------------------------------------------------------------------------
+
+
+def schema_revision(reader: Reader) -> str | None:
+    """Return the catalogue's Alembic revision, or None when it has none (a new or foreign database)."""
+    if not reader.has_table("alembic_version"):
+        return None
+    rows = reader.rows("SELECT version_num FROM alembic_version")
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
+_REPOS = (
+    "SELECT id, name, repo_type, revision, route, every, paused, head_commit, "
+    "poll_state, poll_error, poll_hint, next_poll_at FROM repos"
+)
+
+
+def _repo_rows(reader: Reader, name: str | None) -> list[tuple[Any, ...]]:
+    if name is None:
+        return reader.rows(_REPOS + " ORDER BY name")
+    return reader.rows(_REPOS + " WHERE name = :name", {"name": name})
+
+
+def _current_snapshots(reader: Reader, repo_id: int | None) -> dict[int, SnapshotInfo]:
+    """Return each repo's newest snapshot that is active or done (what status reports on)."""
+    where, params = ("", {}) if repo_id is None else (" AND repo_id = :repo_id", {"repo_id": repo_id})
+    rows = reader.rows(
+        'SELECT repo_id, id, "commit", state, file_count, total_bytes, seen_at, done_at FROM snapshots '  # noqa: S608
+        "WHERE id IN (SELECT MAX(id) FROM snapshots WHERE state IN ('active', 'done')"
+        f"{where} GROUP BY repo_id)",
+        params,
+    )
+    return {
+        row[0]: SnapshotInfo(row[1], row[2], row[3], int(row[4]), int(row[5]), _when(row[6]), _when(row[7]))
+        for row in rows
+    }
+
+
+def _open_counts(
+    reader: Reader, repo_ids: Sequence[int], hops: Sequence[str]
+) -> dict[tuple[int, str, str], tuple[int, int, int]]:
+    """Return (repo, hop, state) → (transfers, bytes_total, bytes_done) over transfers that are not done.
+
+    The IN lists on the leading columns of ``ix_transfers_summary`` let the database seek to each
+    (repo, hop, open state) range of the covering index and never visit done transfers.
+    """
+    if not repo_ids or not hops:
+        return {}
+    repo_list, params = _params("r", repo_ids)
+    hop_list, hop_params = _params("h", hops)
+    state_list, state_params = _params("s", OPEN_STATES)
+    rows = reader.rows(
+        "SELECT repo_id, hop, state, COUNT(*), SUM(bytes_total), SUM(bytes_done) FROM transfers "  # noqa: S608
+        f"WHERE repo_id IN ({repo_list}) AND hop IN ({hop_list}) AND state IN ({state_list}) "
+        "GROUP BY repo_id, hop, state",
+        {**params, **hop_params, **state_params},
+    )
+    return {(row[0], row[1], row[2]): (int(row[3]), int(row[4] or 0), int(row[5] or 0)) for row in rows}
+
+
+def _snapshot_transfers(reader: Reader, repo_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    """Return the snapshot-level transfers (few: one per finished snapshot and hop) of the repos.
+
+    The repos are filtered here, not in SQL: given an IN list on ``repo_id`` SQLite would walk every
+    transfer of those repos instead of the few rows the (snapshot_id, hop) index holds. And the range
+    is "> 0", not "IS NOT NULL", because SQLite uses that index only for a range.
+    """
+    wanted = set(repo_ids)
+    rows = reader.rows(
+        "SELECT repo_id, snapshot_id, hop, state, last_error, error_class, hint, updated_at "
+        "FROM transfers WHERE snapshot_id > 0"
+    )
+    return [row for row in rows if row[0] in wanted]
+
+
+def _running_rates(reader: Reader, hops: Sequence[str], repo_id: int | None) -> dict[tuple[int, str], float]:
+    """Return (repo, hop) → the summed current rate of its running transfers (few rows: the workers')."""
+    if not hops:
+        return {}
+    hop_list, params = _params("h", hops)
+    where = ""
+    if repo_id is not None:
+        where = " AND repo_id = :repo_id"
+        params["repo_id"] = repo_id
+    rows = reader.rows(
+        "SELECT repo_id, hop, SUM(rate) FROM transfers "  # noqa: S608
+        f"WHERE hop IN ({hop_list}) AND state = 'running'{where} GROUP BY repo_id, hop",
+        params,
+    )
+    return {(row[0], row[1]): float(row[2] or 0.0) for row in rows}
+
+
+def _blocked_transfers(
+    reader: Reader, hops: Sequence[str], repo_id: int | None, limit: int | None
+) -> list[tuple[Any, ...]]:
+    """Return blocked file transfers, oldest first: repo_id, hop, path, error, class, hint, since."""
+    if not hops:
+        return []
+    hop_list, params = _params("h", hops)
+    where = ""
+    if repo_id is not None:
+        where = " AND t.repo_id = :repo_id"
+        params["repo_id"] = repo_id
+    limit_sql = ""
+    if limit is not None:
+        limit_sql = " LIMIT :limit"
+        params["limit"] = limit
+    return reader.rows(
+        "SELECT t.repo_id, t.hop, f.path, t.last_error, t.error_class, t.hint, t.updated_at "  # noqa: S608
+        "FROM transfers t JOIN files f ON f.id = t.file_id "
+        f"WHERE t.hop IN ({hop_list}) AND t.state = 'blocked'{where} "
+        f"ORDER BY t.updated_at, t.id{limit_sql}",
+        params,
+    )
+
+
+def service_facts(reader: Reader) -> list[ServiceFact]:
+    """Return what the daemon publishes for relayctl (heartbeat, staging budget, token lifetime, …)."""
+    rows = reader.rows("SELECT key, value, updated_at FROM service_state ORDER BY key")
+    facts = []
+    for key, value, updated_at in rows:
+        data = _json(value)
+        facts.append(
+            ServiceFact(str(key), data if isinstance(data, dict) else {"value": data}, _when(updated_at))
+        )
+    return facts
+
+
+def _summarise(
+    reader: Reader, repo_rows: list[tuple[Any, ...]], repo_id: int | None
+) -> tuple[list[RepoSummary], list[BlockedItem]]:
+    """Build each repo's summary; return them with the non-transfer blocked items (polls, snapshots)."""
+    repo_ids = [row[0] for row in repo_rows]
+    routes = {row[0]: [str(hop) for hop in (_json(row[4]) or [])] for row in repo_rows}
+    all_hops = sorted({hop for route in routes.values() for hop in route})
+    snapshots = _current_snapshots(reader, repo_id)
+    open_counts = _open_counts(reader, repo_ids, all_hops)
+    rates = _running_rates(reader, all_hops, repo_id)
+    # Snapshot-level transfers are not per file: keep them out of the per-file arithmetic.
+    finishes: dict[int, FinishInfo] = {}
+    snapshot_level: dict[tuple[int, str, str], int] = {}
+    for repo, snapshot_id, hop, state, error, error_class, hint, updated in _snapshot_transfers(
+        reader, repo_ids
+    ):
+        if state != DONE:
+            key = (repo, hop, state)
+            snapshot_level[key] = snapshot_level.get(key, 0) + 1
+        current = snapshots.get(repo)
+        if current is not None and current.id == snapshot_id:
+            finishes[repo] = FinishInfo(hop, state, error, error_class, hint, _when(updated))
+
+    summaries: list[RepoSummary] = []
+    extra_blocked: list[BlockedItem] = []
+    for row in repo_rows:
+        rid, name = row[0], str(row[1])
+        route = routes[rid]
+        snapshot = snapshots.get(rid)
+        files_total = snapshot.files if snapshot else 0
+        bytes_total = snapshot.bytes if snapshot else 0
+        hops: list[HopSummary] = []
+        earlier_files = 0  # files whose frontier is at an earlier hop
+        earlier_bytes = 0
+        blocked = 0
+        for hop in route:
+            states: dict[str, int] = {}
+            here_files = here_remaining = 0
+            for state in OPEN_STATES:
+                count, total, done = open_counts.get((rid, hop, state), (0, 0, 0))
+                count -= snapshot_level.get((rid, hop, state), 0)
+                states[state] = max(count, 0)
+                here_files += max(count, 0)
+                here_remaining += max(total - done, 0)
+            blocked += states[BLOCKED]
+            files_done = max(files_total - earlier_files - here_files, 0)
+            hops.append(
+                HopSummary(
+                    hop=hop,
+                    files_done=files_done,
+                    files_total=files_total,
+                    bytes_done=max(bytes_total - earlier_bytes - here_remaining, 0),
+                    bytes_total=bytes_total,
+                    states=states,
+                    not_reached=min(earlier_files, files_total),
+                    rate=rates.get((rid, hop), 0.0),
+                )
+            )
+            earlier_files += here_files
+            earlier_bytes += sum(open_counts.get((rid, hop, s), (0, 0, 0))[1] for s in OPEN_STATES)
+        finish = finishes.get(rid)
+        if finish is not None and finish.state == BLOCKED:
+            blocked += 1
+            extra_blocked.append(
+                BlockedItem(
+                    "snapshot",
+                    name,
+                    finish.hop,
+                    None,
+                    finish.error,
+                    finish.error_class,
+                    finish.hint,
+                    finish.updated_at,
+                )
+            )
+        if row[8] == POLL_BLOCKED:
+            blocked += 1
+            extra_blocked.append(BlockedItem("poll", name, None, None, row[9], None, row[10], None))
+        summaries.append(
+            RepoSummary(
+                id=rid,
+                name=name,
+                repo_type=str(row[2]),
+                revision=str(row[3]),
+                route=route,
+                every=float(row[5]),
+                paused=bool(row[6]),
+                head_commit=row[7],
+                poll_state=str(row[8]),
+                poll_error=row[9],
+                poll_hint=row[10],
+                next_poll_at=_when(row[11]),
+                snapshot=snapshot,
+                hops=hops,
+                finish=finish,
+                blocked=blocked,
+                rate=sum(hop.rate for hop in hops),
+            )
+        )
+    return summaries, extra_blocked
+
+
+def _blocked_items(
+    reader: Reader, repos: Iterable[RepoSummary], repo_id: int | None, limit: int | None
+) -> list[BlockedItem]:
+    names = {repo.id: repo.name for repo in repos}
+    hops = sorted({hop for repo in repos for hop in repo.route})
+    return [
+        BlockedItem("transfer", names.get(rid, str(rid)), hop, path, error, error_class, hint, _when(since))
+        for rid, hop, path, error, error_class, hint, since in _blocked_transfers(
+            reader, hops, repo_id, limit
+        )
+    ]
+
+
+def summary(reader: Reader, *, blocked_limit: int = 50) -> Summary:
+    """Return every repo's summary, blocked items (at most *blocked_limit* file transfers) and service facts.
+
+    Repos with something blocked come first, then by name.
+    """
+    repos, extra_blocked = _summarise(reader, _repo_rows(reader, None), None)
+    transfers_blocked = _blocked_items(reader, repos, None, blocked_limit)
+    repos.sort(key=lambda repo: (repo.blocked == 0, repo.name))
+    return Summary(
+        repos=repos,
+        blocked=extra_blocked + transfers_blocked,
+        blocked_total=sum(repo.blocked for repo in repos),
+        service=service_facts(reader),
+    )
+
+
+def _eta(state: str | None, remaining: int, rate: float | None) -> float | None:
+    if state != RUNNING or not rate or rate <= 0:
+        return None
+    return round(remaining / rate, 1)
+
+
+def repo_detail(reader: Reader, name: str) -> RepoDetail | None:
+    """Return the repo's summary and every file of its current snapshot with each hop's state, files
+    with something blocked first (then waiting, running, pending, done, by path); None if no such repo."""
+    rows = _repo_rows(reader, name)
+    if not rows:
+        return None
+    repo_id = rows[0][0]
+    repos, extra_blocked = _summarise(reader, rows, repo_id)
+    repo = repos[0]
+    blocked = extra_blocked + _blocked_items(reader, repos, repo_id, None)
+    files: list[FileStatus] = []
+    if repo.snapshot is not None:
+        params = {"snapshot_id": repo.snapshot.id}
+        file_rows = reader.rows(
+            "SELECT f.id, f.path, f.size FROM snapshot_files sf JOIN files f ON f.id = sf.file_id "
+            "WHERE sf.snapshot_id = :snapshot_id",
+            params,
+        )
+        transfers: dict[int, dict[str, tuple[Any, ...]]] = {}
+        for row in reader.rows(
+            "SELECT t.file_id, t.hop, t.state, t.bytes_done, t.bytes_total, t.rate, t.attempts, "
+            "t.next_attempt_at, t.last_error, t.error_class, t.hint "
+            "FROM snapshot_files sf JOIN transfers t ON t.file_id = sf.file_id "
+            "WHERE sf.snapshot_id = :snapshot_id",
+            params,
+        ):
+            transfers.setdefault(row[0], {})[row[1]] = row
+        route = repo.route
+        for file_id, path, size in file_rows:
+            by_hop = transfers.get(file_id, {})
+            hops: list[FileHop] = []
+            overall = DONE
+            for hop in route:
+                found = by_hop.get(hop)
+                if found is None:
+                    hops.append(FileHop(hop, None, 0, size, None, None, 0, None, None, None, None))
+                    if overall == DONE:
+                        overall = PENDING
+                    continue
+                _, _, state, done, total, rate, attempts, next_at, error, error_class, hint = found
+                running = state == RUNNING
+                hops.append(
+                    FileHop(
+                        hop,
+                        state,
+                        done,
+                        total,
+                        rate if running else None,
+                        _eta(state, total - done, rate) if running else None,
+                        attempts,
+                        None if next_at is None else _when(next_at),
+                        error,
+                        error_class,
+                        hint,
+                    )
+                )
+                if state != overall and STATE_ORDER.get(state, 3) < STATE_ORDER[overall]:
+                    overall = state
+            files.append(FileStatus(path, size, overall, hops))
+        files.sort(key=lambda item: (STATE_ORDER.get(item.state, 3), item.path))
+    return RepoDetail(repo=repo, blocked=blocked, files=files, service=service_facts(reader))

@@ -1,0 +1,229 @@
+"""The relayctl click group, its shared context and its error and exit-code rules.
+
+Commands reach the config and the catalogue through ``App``, which loads each lazily, so a command
+imports only what it uses: ``status`` reads a SQLite catalogue with the standard library alone, while
+commands that write go through ``relayd.catalogue.store``.
+
+Exit codes: 0 success, 1 runtime failure (the catalogue cannot be read or written, its schema is out of
+date, a database error), 2 usage or config error (bad arguments, an invalid config naming the key, an
+unknown repo or hop). Expected errors print ``relayctl: error: <message>`` and no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from relayd.errors import ConfigError, RelayError, UsageError
+
+if TYPE_CHECKING:
+    from relayd.catalogue.queries import Reader
+    from relayd.catalogue.store import Store
+    from relayd.config import Config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "/etc/relayd/relayd.toml"
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = (
+    "Data goes to stdout, logs and errors to stderr. "
+    "Exit status: 0 success; 1 runtime error (catalogue unreadable or at an old schema: run "
+    "`relayctl db upgrade`, database errors); 2 usage or config error (bad arguments, invalid config, "
+    "unknown repo or hop). The config file is -c/--config, else $RELAYD_CONFIG, else "
+    f"{DEFAULT_CONFIG}."
+)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Write to whatever ``sys.stderr`` is at the time of each record (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup_logging(verbose: int) -> None:
+    """Send log records to stderr: warnings by default, info with -v, debug with -vv."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("relayctl: %(levelname)s: %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+@dataclass
+class App:
+    """What every command shares: the config path, loaded lazily, and the catalogue, opened lazily."""
+
+    config_path: Path
+    verbose: int = 0
+    _config: Config | None = None
+    _store: Store | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        """The validated config. Raise ConfigError (exit 2) naming the file and key."""
+        if self._config is None:
+            from relayd.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def store(self) -> Store:
+        """Return the catalogue's Store, after making sure its schema is the one this relayd expects."""
+        if self._store is None:
+            from relayd.catalogue.store import Store
+
+            store = Store(self.config.catalogue.url)
+            self._closers.append(store.close)
+            self._check_schema(store)
+            self._store = store
+        return self._store
+
+    def reader(self) -> Reader:
+        """Return a read-only view of the catalogue for status, after the same schema check."""
+        from relayd.catalogue.queries import open_reader, sqlite_file
+
+        url = self.config.catalogue.url
+        path = sqlite_file(url)
+        if path is not None and not path.exists():
+            # A brand-new catalogue: let the migration code create it at head first.
+            self.store()
+        reader = open_reader(url)
+        self._closers.append(reader.close)
+        if self._store is None and not _at_head(reader):
+            self.store()
+        return reader
+
+    def _check_schema(self, store: Store) -> None:
+        """Create a new catalogue at head, or raise SchemaMismatch (exit 1) naming `relayctl db upgrade`.
+
+        The common case (already at head) is answered without importing Alembic.
+        """
+        from relayd.catalogue.queries import open_reader
+
+        reader = open_reader(self.config.catalogue.url)
+        try:
+            if _at_head(reader):
+                return
+        finally:
+            reader.close()
+        from relayd.catalogue import migrate
+
+        migrate.ensure_schema(store.engine, auto_upgrade=False, config_path=self.config_path)
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
+
+
+_REVISION = re.compile(r"^revision\s*(?::[^=]+)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision\s*(?::[^=]+)?=\s*(None|['\"]([^'\"]+)['\"])\s*$", re.MULTILINE)
+
+
+def fast_head_revision() -> str | None:
+    """Return the migration head read straight from the revision files, or None if unsure.
+
+    Alembic's own answer (``migrate.head_revision``) costs its import, several times longer than
+    `relayctl status` may take. This reads each file's ``revision`` and ``down_revision`` lines and gives
+    up (None: ask Alembic) on anything unusual, such as merges or a file it cannot parse, so it can only
+    ever confirm a catalogue that Alembic would also call current.
+    """
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            versions = candidate / "versions"
+            break
+    else:
+        return None
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in versions.glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        revision, down = _REVISION.search(text), _DOWN.search(text)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        if down.group(2):
+            parents.add(down.group(2))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(reader: Reader) -> bool:
+    from relayd.catalogue.queries import schema_revision
+
+    head = fast_head_revision()
+    return head is not None and schema_revision(reader) == head
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def json_option(function: F) -> F:
+    """Add ``--json``: one complete JSON document on stdout instead of text."""
+    option = click.option("--json", "as_json", is_flag=True, help="Write one JSON document to stdout.")
+    return option(function)
+
+
+def echo_json(data: Any) -> None:
+    """Write *data* as one JSON document: indented for a terminal, compact for a pipe.
+
+    Compact output also keeps to json's C encoder, several times faster on a 5,000-file status.
+    """
+    if sys.stdout.isatty():
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return True
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.SQLAlchemyError)
+
+
+class RelayctlGroup(click.Group):
+    """A click group that turns relayd's expected errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, UsageError) as exc:
+            self._fail(ctx, str(exc), EXIT_USAGE)
+        except RelayError as exc:
+            self._fail(ctx, str(exc), EXIT_RUNTIME)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            log.debug("database error", exc_info=True)
+            self._fail(ctx, f"catalogue: {exc}", EXIT_RUNTIME)
+        finally:
+            app = ctx.find_object(App)
+            if app is not None:
+                app.close()
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: int) -> None:
+        click.echo(f"relayctl: error: {message}", err=True)
+        ctx.exit(code)
