@@ -312,7 +312,10 @@ class FakeHub:
             added[path] = FileEntry(path, blob.sha256, blob.size, lfs, blob_id)
         with self._lock:
             repo = self._repo(repo_id, repo_type)
-            parent = repo.resolve(branch) or repo.branches.get("main")
+            pull = int(branch.removeprefix("refs/pr/")) if branch.startswith("refs/pr/") else None
+            name = branch.removeprefix("refs/heads/")
+            parent = repo.pull_requests.get(pull) if pull is not None else repo.branches.get(name)
+            parent = parent or repo.branches.get("main")
             tree = apply_changes(repo.commits[parent].files if parent else {}, added, delete)
             trees = git_trees(tree)
             clash = set(tree) & set(trees)
@@ -325,10 +328,10 @@ class FakeHub:
                 tree=trees[""], parent=parent, author=author, date=date, title=message, message=description
             )
             repo.commits[sha] = Commit(sha, parent, message, description, author, date, tree, trees)
-            if branch.startswith("refs/pr/"):
-                repo.pull_requests[int(branch.removeprefix("refs/pr/"))] = sha
+            if pull is not None:
+                repo.pull_requests[pull] = sha
             else:
-                repo.branches[branch.removeprefix("refs/heads/")] = sha
+                repo.branches[name] = sha
         logger.info("fake hub: %s %s is now at %s (%s)", repo_id, branch, sha[:12], message)
         return sha
 
@@ -424,7 +427,8 @@ class FakeHub:
     # -- counters -----------------------------------------------------------------------------------
 
     def bytes_served(self, sha256: str | None = None) -> int:
-        """Return the payload bytes sent so far for *sha256* (CDN and resolve-cache), or for all."""
+        """Return the body bytes handed to the kernel so far for *sha256* (CDN and resolve-cache), or
+        for all blobs; a send that fails is not counted."""
         with self._lock:
             return self._served.get(sha256, 0) if sha256 is not None else sum(self._served.values())
 
