@@ -36,6 +36,8 @@ from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext, Services
 from relayd.logs import SCRUBBER, setup_logging
+from relayd.metrics import MetricsServer
+from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.staging import Staging
@@ -111,6 +113,9 @@ def hop_rules(hops: dict[str, Hop]) -> HopRules:
     return HopRules(
         reads_staging=frozenset(name for name, hop in hops.items() if hop.reads_staging),
         finishes_snapshot=frozenset(name for name, hop in hops.items() if hop.finishes_snapshot),
+        staging_unneeded_after={
+            name: hop.staging_unneeded_after for name, hop in hops.items() if hop.staging_unneeded_after
+        },
     )
 
 
@@ -209,6 +214,7 @@ class Daemon:
         config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
         hops = build_hops(config, ctx)
         store.rules = hop_rules(hops)
+        store.webhooks = config.notify.webhooks
         sources, source_for_hop = build_sources(config, hops)
         self.poller = Poller(store, sources, source_for_hop)
         self.store = store
@@ -245,6 +251,9 @@ class Daemon:
         )
         self.scheduler.start()
         self.engine.start()
+        self.notifier_thread = WebhookNotifier(self.store, self.config.notify)
+        self.notifier_thread.start()
+        metrics = self._start_metrics()
         watcher = self._watch_config()
         self._reconcile()
         self._heartbeat()
@@ -270,6 +279,9 @@ class Daemon:
             self.notifier.stopping()
             if watcher is not None:
                 watcher.stop()
+            if metrics is not None:
+                metrics.stop()
+            self.notifier_thread.stop()
             self.scheduler.shutdown(wait=False)
             drained = self.engine.drain(self.config.daemon.shutdown_grace)
             if not drained:
@@ -279,6 +291,17 @@ class Daemon:
             self._safely(lambda: self.store.publish("daemon", {**self._daemon_facts(), "state": "stopped"}))
         log.info("stopped")
         return EXIT_OK
+
+    def _start_metrics(self) -> MetricsServer | None:
+        if not self.config.metrics.listen:
+            return None
+        try:
+            server = MetricsServer(self.store, self.config.metrics.listen)
+        except (ValueError, OSError) as exc:
+            log.error("metrics are off: %s", exc)
+            return None
+        server.start()
+        return server
 
     @staticmethod
     def _safely(action: Any) -> None:
@@ -405,6 +428,8 @@ class Daemon:
         ):
             log.warning("catalogue.url and daemon.state_dir take effect only after a restart")
         register_secrets(new)
+        self.store.webhooks = new.notify.webhooks
+        self.notifier_thread.config = new.notify
         ctx = self.engine.ctx
         hops = build_hops(new, ctx)
         self.engine.hops = hops

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,6 +36,7 @@ from relayd.catalogue.schema import (
     WAITING,
     Blob,
     File,
+    Notification,
     Piece,
     Repo,
     ServiceState,
@@ -89,6 +90,8 @@ class HopRules:
 
     reads_staging: frozenset[str] = frozenset()
     finishes_snapshot: frozenset[str] = frozenset()
+    # hop → hops that, when earlier in the route, mean it does not read the staged copy there.
+    staging_unneeded_after: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,8 @@ class Store:
     def __init__(self, url: str, *, rules: HopRules | None = None) -> None:
         self.url = url
         self.rules = rules or HopRules()
+        # Webhook URLs that receive every repo's notifications (config notify.webhooks).
+        self.webhooks: tuple[str, ...] = ()
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -271,11 +276,21 @@ class Store:
     ) -> None:
         """Record how the last poll of the repo went (only called when something changed)."""
         with self._write() as session:
-            session.execute(
-                update(Repo)
-                .where(Repo.id == repo_id)
-                .values(poll_state=state, poll_error=error, poll_hint=hint, next_poll_at=next_poll_at)
-            )
+            repo = session.get(Repo, repo_id)
+            if repo is None:
+                return
+            if state == POLL_BLOCKED and (repo.poll_state != POLL_BLOCKED or repo.poll_error != error):
+                self._enqueue(
+                    session,
+                    repo,
+                    "blocked",
+                    {"hop": "poll", "path": None, "error": error, "hint": hint},
+                    utcnow(),
+                )
+            repo.poll_state = state
+            repo.poll_error = error
+            repo.poll_hint = hint
+            repo.next_poll_at = next_poll_at
 
     def record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
         """Record a new head of the repo and its files; start moving what is new.
@@ -370,6 +385,9 @@ class Store:
                 snapshot.state = SNAPSHOT_REFUSED
                 snapshot.reason = reason
             repo.head_commit = commit
+            self._enqueue(
+                session, repo, "blocked", {"hop": "poll", "path": None, "error": reason, "hint": hint}, now
+            )
             repo.poll_state = POLL_BLOCKED
             repo.poll_error = reason
             repo.poll_hint = hint
@@ -500,6 +518,77 @@ class Store:
             return
         snapshot.state = SNAPSHOT_DONE
         snapshot.done_at = now
+        self._notify_snapshot_done(session, repo, snapshot, {}, now)
+
+    # -- notifications -----------------------------------------------------------------------------
+
+    def _enqueue(
+        self, session: Session, repo: Repo, kind: str, payload: dict[str, Any], now: datetime
+    ) -> None:
+        """Queue a webhook notification for each URL that wants it (the repo's own and the global ones)."""
+        urls = list(dict.fromkeys([*(repo.options or {}).get("webhooks", []), *self.webhooks]))
+        for url in urls:
+            session.add(
+                Notification(
+                    repo_id=repo.id,
+                    kind=kind,
+                    payload={
+                        "url": url,
+                        "body": {"event": kind, "repo": repo.name, "at": now.isoformat(), **payload},
+                    },
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                )
+            )
+
+    def _notify_snapshot_done(
+        self, session: Session, repo: Repo, snapshot: Snapshot, handles: dict[str, Any], now: datetime
+    ) -> None:
+        self._enqueue(
+            session,
+            repo,
+            "snapshot_done",
+            {
+                "commit": snapshot.commit,
+                "files": snapshot.file_count,
+                "bytes": snapshot.total_bytes,
+                "route": list(repo.route),
+                "destination": handles,
+            },
+            now,
+        )
+
+    def due_notifications(self, limit: int = 50) -> list[Notification]:
+        """Return undelivered notifications whose time has come."""
+        with self.read() as session:
+            return list(
+                session.scalars(
+                    select(Notification)
+                    .where(Notification.delivered_at.is_(None), Notification.next_attempt_at <= utcnow())
+                    .order_by(Notification.id)
+                    .limit(limit)
+                )
+            )
+
+    def notification_result(
+        self,
+        notification_id: int,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        """Record a delivery attempt: delivered, retry at *retry_at*, or given up (retry_at None)."""
+        now = utcnow()
+        with self._write() as session:
+            values: dict[str, Any] = {"attempts": Notification.attempts + 1, "last_error": error}
+            if delivered or retry_at is None:
+                values["delivered_at"] = now
+                values["next_attempt_at"] = None
+            else:
+                values["next_attempt_at"] = retry_at
+            session.execute(update(Notification).where(Notification.id == notification_id).values(**values))
 
     # -- the engine --------------------------------------------------------------------------------
 
@@ -779,6 +868,7 @@ class Store:
                 if snapshot is not None and snapshot.state == SNAPSHOT_ACTIVE:
                     snapshot.state = SNAPSHOT_DONE
                     snapshot.done_at = now
+                    self._notify_snapshot_done(session, repo, snapshot, handles, now)
                 return []
             assert transfer.file_id is not None  # noqa: S101 - a transfer has a file or a snapshot
             file = session.get(File, transfer.file_id)
@@ -859,7 +949,10 @@ class Store:
                     select(Transfer.hop, Transfer.state).where(Transfer.file_id == file_id)
                 ).all()
             }
-            for hop in route:
+            for step, hop in enumerate(route):
+                unneeded = self.rules.staging_unneeded_after.get(hop, frozenset())
+                if unneeded.intersection(route[:step]):
+                    continue
                 if hop in readers and states.get(hop) != DONE:
                     return []
         return [StagedBlob(blob.id, blob.staged_path)]
@@ -884,6 +977,8 @@ class Store:
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
         with self._write() as session:
+            if state == BLOCKED:
+                self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
             session.execute(
                 update(Transfer)
                 .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
@@ -899,6 +994,30 @@ class Store:
                     updated_at=utcnow(),
                 )
             )
+
+    def _notify_blocked(
+        self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
+    ) -> None:
+        transfer = session.get(Transfer, transfer_id)
+        if transfer is None or transfer.state == BLOCKED:
+            return
+        repo = session.get(Repo, transfer.repo_id)
+        if repo is None:
+            return
+        file = session.get(File, transfer.file_id) if transfer.file_id is not None else None
+        self._enqueue(
+            session,
+            repo,
+            "blocked",
+            {
+                "hop": transfer.hop,
+                "path": file.path if file else None,
+                "error": error,
+                "error_class": error_class,
+                "hint": hint,
+            },
+            utcnow(),
+        )
 
     def release(self, transfer_id: int, owner: str) -> None:
         """Give the transfer back untouched (the daemon is stopping); the attempt does not count."""
