@@ -13,7 +13,7 @@ import re
 from relayd.errors import UsageError
 
 MAX_PART = 96
-_PART = re.compile(r"^[A-Za-z0-9._-]+$")
+_PART = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def _part_problem(part: str) -> str | None:
@@ -22,8 +22,8 @@ def _part_problem(part: str) -> str | None:
         return "an empty part"
     if len(part) > MAX_PART:
         return f"a part longer than {MAX_PART} characters"
-    if not _PART.match(part):
-        bad = sorted({ch for ch in part if not re.match(r"[A-Za-z0-9._-]", ch)})
+    if not _PART.fullmatch(part):
+        bad = sorted({ch for ch in part if not _PART.fullmatch(ch)})
         shown = ", ".join(repr(ch) for ch in bad)
         return f"characters other than letters, digits, '.', '_' and '-' ({shown})"
     if ".." in part or "--" in part:

@@ -11,11 +11,8 @@ from pathlib import Path
 import click
 
 from relayd import __version__
+from relayd.cli import config_cmd, db, repos, status
 from relayd.cli.app import DEFAULT_CONFIG, EPILOG, App, RelayctlGroup, setup_logging
-from relayd.cli.config_cmd import config_group
-from relayd.cli.db import db_group
-from relayd.cli.repos import add, list_repos, pause, remove, resume, retry
-from relayd.cli.status import status
 
 
 @click.group(cls=RelayctlGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,7 +35,17 @@ def cli(ctx: click.Context, config_path: Path, verbose: int) -> None:
     ctx.obj = App(config_path=config_path, verbose=verbose)
 
 
-for command in (add, list_repos, remove, pause, resume, retry, status, config_group, db_group):
+for command in (
+    repos.add,
+    repos.list_repos,
+    repos.remove,
+    repos.pause,
+    repos.resume,
+    repos.retry,
+    status.status,
+    config_cmd.config_group,
+    db.db_group,
+):
     cli.add_command(command)
 
 

@@ -1,0 +1,47 @@
+"""relayctl under click's CliRunner, over a config and a SQLite catalogue in tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from relayd.catalogue import migrate
+from relayd.catalogue.store import Store
+from relayd.cli import cli
+
+
+class Relayctl:
+    """Runs relayctl against one config; opens the same catalogue for setup and checks."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        self.root = root
+        self.config = config
+        self.db = root / "catalogue.db"
+        self.url = f"sqlite:///{self.db}"
+        self._store: Store | None = None
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(
+            cli, ["-c", str(self.config), *args], input=input, catch_exceptions=False, prog_name="relayctl"
+        )
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.url)
+            migrate.ensure_schema(self._store.engine, auto_upgrade=False)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+@pytest.fixture
+def relayctl(tmp_path: Path, make_config: Callable[..., Path]) -> Iterator[Relayctl]:
+    runner = Relayctl(tmp_path, make_config(tmp_path))
+    yield runner
+    runner.close()

@@ -1,0 +1,333 @@
+"""relayctl status: blocked first, the per-hop arithmetic, the documented JSON shape, the live view, and
+what the status path imports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from relayd.catalogue import migrate, queries
+from relayd.catalogue.db import make_engine
+from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, WAITING
+from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
+
+if TYPE_CHECKING:
+    from conftest import Relayctl
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
+OWNER = "test-worker"
+
+
+# -- catalogue builders ------------------------------------------------------------------------------
+
+
+def add_repo(
+    store: Store, name: str, route: tuple[str, ...], files: dict[str, int], commit: str = "a"
+) -> int:
+    store.add_repo(RepoSpec(name=name, every=600, route=route))
+    repo = store.repo(name)
+    assert repo is not None
+    specs = [
+        FileSpec(path=path, size=size, lfs=False, git_blob_id=f"{name}:{path}:{size}")
+        for path, size in files.items()
+    ]
+    store.record_snapshot(repo.id, commit * 40, specs)
+    return repo.id
+
+
+def claim(store: Store, hop: str, path: str) -> int:
+    """Claim the transfer of *hop* for the file at *path* (skipping others); return its id."""
+    skipped: list[int] = []
+    while True:
+        transfer = store.claim(hop, OWNER, 600, exclude=skipped)
+        assert transfer is not None, f"no runnable {hop} transfer for {path}"
+        job = store.load_job(transfer.id)
+        if job.file is not None and job.file.path == path:
+            return transfer.id
+        store.release(transfer.id, OWNER)
+        skipped.append(transfer.id)
+
+
+def finish(store: Store, hop: str, path: str) -> None:
+    store.complete(claim(store, hop, path), OWNER, {"where": hop})
+
+
+def block(store: Store, hop: str, path: str, error: str, hint: str) -> None:
+    transfer_id = claim(store, hop, path)
+    store.defer(transfer_id, OWNER, state=BLOCKED, error=error, error_class="auth", hint=hint)
+
+
+# -- the documented shape ------------------------------------------------------------------------------
+
+
+def documented_tables() -> dict[str, dict[str, str]]:
+    """Parse docs/status-json.md: section name → field path → type."""
+    tables: dict[str, dict[str, str]] = {}
+    section = ""
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+            tables[section] = {}
+        match = re.match(r"^\| `([^`]+)` \| ([^|]+) \|", line)
+        if match and section:
+            tables[section][match.group(1)] = match.group(2).strip()
+    return tables
+
+
+def check_shape(
+    value: Any, table: str, tables: dict[str, dict[str, str]], seen: set[tuple[str, str]]
+) -> None:
+    """Assert that *value* has exactly the fields documented in *table*, of the documented types."""
+    rows = tables[table]
+
+    def json_type(item: Any) -> str:
+        if item is None:
+            return "null"
+        if isinstance(item, bool):
+            return "boolean"
+        if isinstance(item, int):
+            return "integer"
+        if isinstance(item, float):
+            return "number"
+        if isinstance(item, str):
+            return "string"
+        return "array" if isinstance(item, list) else "object"
+
+    def walk(item: Any, path: str) -> None:
+        seen.add((table, path))
+        allowed = [part.strip() for part in rows[path].split(" or ")] if path else ["object"]
+        kind = json_type(item)
+        named = [name for name in allowed if name in tables]
+        if kind == "object" and named:
+            check_shape(item, named[0], tables, seen)
+            return
+        free_form = "object (free-form)" in allowed
+        ok = (
+            kind in allowed or (kind == "integer" and "number" in allowed) or (kind == "object" and free_form)
+        )
+        assert ok, f"{table} {path}: {kind} is not {rows[path]}"
+        if kind == "object" and not free_form:
+            prefix = f"{path}." if path else ""
+            expected = {
+                p[len(prefix) :] for p in rows if p.startswith(prefix) and "." not in p[len(prefix) :]
+            }
+            expected = {p for p in expected if not p.endswith("[]")}
+            assert set(item) == expected, f"{table} {path or '(top)'}: {sorted(item)} != {sorted(expected)}"
+            for key, child in item.items():
+                walk(child, f"{prefix}{key}")
+        elif kind == "array":
+            for element in item:
+                walk(element, f"{path}[]")
+
+    walk(value, "")
+
+
+# -- tests ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed(relayctl: Relayctl) -> Relayctl:
+    """org/calm: two pending files. org/stuck: one blocked, one done, one pending."""
+    store = relayctl.store
+    add_repo(store, "org/calm", ("local_copy",), {"a.bin": 10, "b.bin": 20})
+    add_repo(store, "org/stuck", ("local_copy",), {"done.bin": 100, "stuck.bin": 200, "later.bin": 300})
+    finish(store, "local_copy", "done.bin")
+    block(store, "local_copy", "stuck.bin", "the token expired", "log in again with `relayd login`")
+    store.publish("daemon", {"pid": 4242, "state": "running"})
+    store.publish("drive.token", {"expires_at": "2026-12-01T00:00:00Z", "token": "s3cr3t-value"})
+    return relayctl
+
+
+def test_status_summary_lists_blocked_items_first(mixed: Relayctl) -> None:
+    result = mixed("status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "BLOCKED 1"
+    assert lines[1].startswith("  org/stuck  local_copy  stuck.bin: the token expired [auth]")
+    assert lines[2] == "      hint: log in again with `relayd login`"
+    repos = [line.split()[0] for line in lines if line.startswith("  org/")][1:]
+    assert repos == ["org/stuck", "org/calm"]  # the repo with something blocked first
+    stuck = next(line for line in lines if line.startswith("  org/stuck  model@main"))
+    assert "3 files 600 B" in stuck
+    assert "local_copy 1/3 100 B/600 B (1 pending, 1 blocked)" in stuck
+    service = lines[lines.index("SERVICE") :]
+    assert any(line.startswith("  daemon") and "pid=4242" in line for line in service)
+    assert "s3cr3t-value" not in result.stdout
+
+
+def test_status_repo_lists_files_blocked_first(mixed: Relayctl) -> None:
+    result = mixed("status", "org/stuck")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    files = lines[lines.index("FILES 3") + 1 :]
+    assert files[0].startswith("  stuck.bin  200 B  local_copy blocked")
+    assert files[1] == "      local_copy: the token expired [auth] (attempt 1)"
+    assert files[2] == "      hint: log in again with `relayd login`"
+    assert files[3].startswith("  later.bin  300 B  local_copy pending")
+    assert files[4].startswith("  done.bin  100 B  local_copy done")
+
+
+def test_status_json_matches_the_documented_shape(mixed: Relayctl) -> None:
+    tables = documented_tables()
+    seen: set[tuple[str, str]] = set()
+    summary = json.loads(mixed("status", "--json").stdout)
+    check_shape(summary, "Summary document", tables, seen)
+    assert summary["format"] == 1
+    assert [item["path"] for item in summary["blocked"]] == ["stuck.bin"]
+    assert [repo["name"] for repo in summary["repos"]] == ["org/stuck", "org/calm"]
+    hop = summary["repos"][0]["hops"][0]
+    assert (hop["files_done"], hop["bytes_done"], hop["states"]["blocked"]) == (1, 100, 1)
+    token = next(fact for fact in summary["service"] if fact["key"] == "drive.token")
+    assert token["value"] == {"expires_at": "2026-12-01T00:00:00Z", "token": "***"}
+
+    detail = json.loads(mixed("status", "--json", "org/stuck").stdout)
+    check_shape(detail, "Repo document", tables, seen)
+    assert [item["path"] for item in detail["files"]] == ["stuck.bin", "later.bin", "done.bin"]
+    assert [item["state"] for item in detail["files"]] == ["blocked", "pending", "done"]
+
+
+def test_every_documented_field_appears(relayctl: Relayctl) -> None:
+    """A catalogue with a poll blocked, a finished snapshot and a running, waiting file uses every field."""
+    store = Store(relayctl.url, rules=HopRules(finishes_snapshot=frozenset({"push"})))
+    relayctl.store  # noqa: B018 - creates the catalogue at head
+    route = ("fetch", "push")
+    add_repo(store, "org/full", route, {"one.bin": 1000, "two.bin": 2000})
+    for path in ("one.bin", "two.bin"):
+        finish(store, "fetch", path)
+        finish(store, "push", path)
+    finish_id = store.claim("push", OWNER, 600)
+    assert finish_id is not None and finish_id.snapshot_id is not None
+    store.defer(finish_id.id, OWNER, state=BLOCKED, error="push refused", error_class="auth", hint="fix it")
+    add_repo(store, "org/busy", route, {"run.bin": 5000, "wait.bin": 100})
+    running = claim(store, "fetch", "run.bin")
+    store.progress(running, moved=1000, rate=500.0, bytes_done=1000)
+    waiting = claim(store, "fetch", "wait.bin")
+    later = utcnow() + timedelta(minutes=5)
+    store.defer(waiting, OWNER, state=WAITING, error="reset", error_class="network", next_attempt_at=later)
+    busy = store.repo("org/busy")
+    assert busy is not None
+    store.record_poll_state(busy.id, state=POLL_BLOCKED, error="gated", hint="accept the terms")
+    store.publish("staging", {"used": 1, "free": 2})
+    store.close()
+
+    tables = documented_tables()
+    seen: set[tuple[str, str]] = set()
+    check_shape(json.loads(relayctl("status", "--json").stdout), "Summary document", tables, seen)
+    for name in ("org/full", "org/busy"):
+        check_shape(json.loads(relayctl("status", "--json", name).stdout), "Repo document", tables, seen)
+    documented = {(table, path) for table, rows in tables.items() for path in rows}
+    assert documented - seen == set()
+
+    full = json.loads(relayctl("status", "--json", "org/full").stdout)
+    assert full["repo"]["finish"]["state"] == "blocked"
+    assert full["repo"]["blocked"] == 1
+    assert [hop["files_done"] for hop in full["repo"]["hops"]] == [2, 2]
+    assert [hop["states"]["blocked"] for hop in full["repo"]["hops"]] == [0, 0]
+    busy_doc = json.loads(relayctl("status", "--json", "org/busy").stdout)
+    run = next(item for item in busy_doc["files"] if item["path"] == "run.bin")
+    assert run["hops"][0]["rate"] == 500.0
+    assert run["hops"][0]["eta_seconds"] == 8.0
+    text = relayctl("status", "org/busy").stdout
+    assert "fetch running 1000 B/4.9 KiB 500 B/s ETA 8s" in text
+    assert "retry in 4m" in text
+
+
+def test_summary_arithmetic_agrees_with_the_files(relayctl: Relayctl) -> None:
+    """The summary derives each hop's progress from the open transfers; check it against a file-by-file
+    count, across a second snapshot that keeps, changes, adds and drops files."""
+    store = relayctl.store
+    route = ("fetch", "upload", "pull")
+    first = {"keep.bin": 100, "change.bin": 200, "drop.bin": 300, "partial.bin": 400}
+    repo_id = add_repo(store, "org/hist", route, first)
+    for hop in route:
+        finish(store, hop, "keep.bin")
+    finish(store, "fetch", "change.bin")
+    finish(store, "fetch", "drop.bin")
+    finish(store, "upload", "drop.bin")
+    second = [
+        FileSpec(path="keep.bin", size=100, lfs=False, git_blob_id="org/hist:keep.bin:100"),
+        FileSpec(path="change.bin", size=250, lfs=False, git_blob_id="changed"),
+        FileSpec(path="partial.bin", size=400, lfs=False, git_blob_id="org/hist:partial.bin:400"),
+        FileSpec(path="new.bin", size=50, lfs=False, git_blob_id="new"),
+    ]
+    store.record_snapshot(repo_id, "b" * 40, second)
+    finish(store, "fetch", "partial.bin")
+    partial = claim(store, "upload", "partial.bin")
+    store.progress(partial, moved=150, rate=10.0, bytes_done=150)
+    block(store, "fetch", "new.bin", "no", "yes")
+
+    data = json.loads(relayctl("status", "--json", "org/hist").stdout)
+    assert data["repo"]["snapshot"]["files"] == 4
+    assert data["repo"]["snapshot"]["bytes"] == 800
+    for index, hop in enumerate(data["repo"]["hops"]):
+        states = [item["hops"][index]["state"] for item in data["files"]]
+        assert hop["files_total"] == len(data["files"])
+        assert hop["files_done"] == states.count("done")
+        assert hop["not_reached"] == states.count(None)
+        for state in ("pending", "running", "waiting", "blocked"):
+            assert hop["states"][state] == states.count(state), (hop["hop"], state)
+        assert hop["bytes_done"] == sum(item["hops"][index]["bytes_done"] for item in data["files"])
+    assert [hop["files_done"] for hop in data["repo"]["hops"]] == [2, 1, 1]
+    assert [hop["bytes_done"] for hop in data["repo"]["hops"]] == [500, 250, 100]
+
+
+def test_the_sqlalchemy_reader_agrees_with_sqlite3(mixed: Relayctl) -> None:
+    """Other databases go through SQLAlchemy's text(); the same SQL must give the same answers."""
+    direct = queries.SqliteReader(mixed.db)
+    engine = queries.EngineReader(make_engine(mixed.url, immediate=False))
+    try:
+        assert queries.summary(direct) == queries.summary(engine)
+        assert queries.repo_detail(direct, "org/stuck") == queries.repo_detail(engine, "org/stuck")
+        assert queries.schema_revision(direct) == queries.schema_revision(engine) is not None
+    finally:
+        direct.close()
+        engine.close()
+
+
+def test_status_creates_a_new_catalogue_at_head(relayctl: Relayctl) -> None:
+    result = relayctl("status")
+    assert result.exit_code == 0
+    assert "REPOS 0" in result.stdout
+    assert "no heartbeat published" in result.stdout
+    head = migrate.head_revision()
+    assert relayctl("db", "current").stdout.splitlines() == [f"current: {head}", f"head: {head}"]
+
+
+def test_watch_redraws_until_ctrl_c(mixed: Relayctl, monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("relayd.cli.status.time.sleep", sleep)
+    result = mixed("status", "--watch", "--interval", "0.5")
+    assert result.exit_code == 0
+    assert sleeps == [0.5, 0.5]
+    assert "BLOCKED 1" in result.stdout
+    assert "Ctrl-C to quit" in result.stdout
+    assert mixed("status", "--watch", "--json").exit_code == 2
+    assert mixed("status", "--watch", "--interval", "0").exit_code == 2
+
+
+def test_the_status_path_imports_no_heavy_modules(mixed: Relayctl) -> None:
+    """status must answer fast: no SQLAlchemy (for SQLite), rich, huggingface_hub, aligo, Alembic or hop."""
+    code = (
+        "import sys\n"
+        "from relayd.cli import cli\n"
+        f"cli.main(['-c', {str(mixed.config)!r}, 'status', '--json'], standalone_mode=False)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlalchemy', 'rich', 'huggingface_hub', 'aligo', 'alembic') or m.startswith('relayd.hops'))\n"
+        "print(heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout)["kind"] == "summary"
+    assert result.stderr.strip() == "[]"

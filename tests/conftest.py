@@ -1,0 +1,54 @@
+"""Fixtures shared by every test package. Keep each one small and generic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ConfigFactory = Callable[..., Path]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))  # JSON string escapes are valid TOML
+
+
+def write_config(root: Path, *, raw: str = "", mode: int = 0o600, **sections: Mapping[str, Any]) -> Path:
+    """Write ``root/relayd.toml``: a minimal valid config whose catalogue, state, staging and local_copy
+    directories live under *root*, with each keyword's keys merged over (or added as) that section.
+
+    A section name may be dotted (``**{"hops.mine": {...}}``); *raw* TOML is appended as is (for
+    malformed files). Return the path. The file is mode 0600 unless *mode* says otherwise.
+    """
+    merged: dict[str, dict[str, Any]] = {
+        "daemon": {"state_dir": str(root / "state")},
+        "catalogue": {"url": f"sqlite:///{root / 'catalogue.db'}"},
+        "staging": {"dir": str(root / "staging"), "max_bytes": "10 GB", "min_free": "0"},
+        "local_copy": {"source": str(root / "source"), "dest": str(root / "copies")},
+    }
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in merged.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    path = root / "relayd.toml"
+    path.write_text("\n".join(lines) + raw, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def make_config() -> ConfigFactory:
+    """Return ``write_config(root, **sections)``: a config file pointing at a catalogue under *root*."""
+    return write_config
