@@ -251,6 +251,9 @@ class Hop(abc.ABC):
     name: ClassVar[str]
     reads_staging: ClassVar[bool] = False
     finishes_snapshot: ClassVar[bool] = False
+    # With reads_staging: hops that, when earlier in a repo's route, make this one read their copy
+    # instead of the staged one (so staging need not wait for it on that route).
+    staging_unneeded_after: ClassVar[frozenset[str]] = frozenset()
     source: ClassVar[str | None] = None
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
