@@ -21,6 +21,7 @@ import abc
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -129,7 +130,8 @@ class FakeHub:
     CDN URL lives), ``bandwidth_cap`` (bytes/s per connection for file bodies, None = unlimited),
     ``advertise_xet`` (send Xet headers and ``xetHash``), ``xet_only`` (sha256s the CDN refuses with
     400), ``suppressed_headers`` (names never sent, for header ablation) and
-    ``cdn_reject_authorization`` (the CDN answers 400 when ``Authorization`` arrives).
+    ``cdn_reject_authorization`` (the CDN answers 400 when ``Authorization`` arrives) and ``tree_hook``
+    (rewrites each page of tree entries before it is sent, to serve hostile or broken listings).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class FakeHub:
         self.xet_only: set[str] = set()
         self.suppressed_headers: set[str] = set()
         self.cdn_reject_authorization = False
+        self.tree_hook: Callable[[str, str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
         self._clock = clock
         self._lock = threading.RLock()
         self._repos: dict[tuple[RepoType, str], Repo] = {}
@@ -334,6 +337,26 @@ class FakeHub:
                 repo.branches[name] = sha
         logger.info("fake hub: %s %s is now at %s (%s)", repo_id, branch, sha[:12], message)
         return sha
+
+    def rewrite_commit(
+        self, repo_id: str, sha: str, files: Mapping[str, Content], *, repo_type: RepoType = "model"
+    ) -> None:
+        """Make the existing commit *sha* serve *files* (replaced or added) without changing its sha:
+        a broken upstream whose tree changes under a pinned commit, for tests that must refuse it."""
+        changed: dict[str, FileEntry] = {}
+        for path, content in files.items():
+            validate_repo_path(path)
+            blob = self.store.add(content)
+            lfs = self._is_lfs(path, blob.size)
+            blob_id = (
+                git_blob_sha1(lfs_pointer(blob.sha256, blob.size)) if lfs else self.store.git_blob_id(blob)
+            )
+            changed[path] = FileEntry(path, blob.sha256, blob.size, lfs, blob_id)
+        with self._lock:
+            repo = self._repo(repo_id, repo_type)
+            commit = repo.commits[sha]
+            tree = {**commit.files, **changed}
+            repo.commits[sha] = dataclasses.replace(commit, files=tree, trees=git_trees(tree))
 
     def create_branch(
         self, repo_id: str, branch: str, *, revision: str = "main", repo_type: RepoType = "model"
@@ -1022,7 +1045,11 @@ class _HubHandler(_Handler):
         if first + size < len(paths):
             token = base64.urlsafe_b64encode(json.dumps({"file_name": page[-1]}).encode()).decode()
             headers["Link"] = f'<{self._next_url({"cursor": token})}>; rel="next"'
-        self._json([self._entry(repo, commit, path, expand=expand) for path in page], headers)
+        entries = [self._entry(repo, commit, path, expand=expand) for path in page]
+        hook = self.hub.tree_hook
+        if hook is not None:
+            entries = hook(repo.repo_id, commit.sha, entries)
+        self._json(entries, headers)
 
     def _next_url(self, changes: Mapping[str, str]) -> str:
         """Return the absolute URL of this request with *changes* to its query (the client follows

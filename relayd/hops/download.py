@@ -1,0 +1,577 @@
+"""download: Hugging Face → the staging disk, in ranged pieces over several connections, resumable
+across restarts, verified by hash, staged once per sha256.
+
+Per file: the Hub's metadata (a fresh signed location, checked against the pinned tree), then the missing
+pieces with HTTP Range over ``hub.connections`` keep-alive connections into a preallocated partial file
+with positional writes. A piece is recorded only once fsynced. sha256 and sha1 (and the git blob sha1
+of a non-LFS file) follow the contiguous written prefix as it grows, reading it back from the page cache,
+so the file is never read again just to hash it; after a restart only the durable prefix is re-hashed.
+A verified file moves atomically to ``blobs/<aa>/<sha256>``; a mismatch is quarantined and downloaded
+again, and a second mismatch blocks the transfer.
+
+Content already staged and verified is not downloaded again: the catalogue's record of a staged blob is
+trusted (it is written only after a hash check) once the file is there with the right size; a blob
+file the catalogue does not know about (a crash between the rename and the catalogue write) is hashed
+once before it is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relayd.config import HubConfig
+from relayd.digest import PrefixHasher, hash_file
+from relayd.errors import HopError, NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.http_ranges import (
+    LocationRefused,
+    RangeClient,
+    RangeError,
+    RangeNotSatisfiable,
+    RateLimited,
+    Stopped,
+)
+from relayd.hub import FileMetadata, HubClient
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+RECEIVE_BUFFER = 1 * MiB  # per connection: memory stays flat whatever the file size
+HASH_BUFFER = 4 * MiB  # per file: how much of the written prefix is read back at once to hash it
+MIN_PIECE = 1 * MiB
+MAX_PIECE_FAILURES = 6  # consecutive failed attempts at one piece without a byte of progress
+MAX_FRESH_REFUSALS = 3  # fresh signed locations refused in a row before giving up
+MAX_INLINE_WAIT = 30.0  # a 429 asking for longer parks the transfer instead of holding connections
+MAX_RATE_LIMITS = 10
+
+
+def piece_length(size: int, piece_size: int, connections: int) -> int:
+    """Return the piece length for a file of *size* bytes: ``piece_size``, or less for a file too
+    small to keep every connection busy (never under 1 MiB unless piece_size is)."""
+    share = -(-size // max(1, connections))
+    share = -(-share // MiB) * MiB
+    return max(1, min(piece_size, max(MIN_PIECE, share)))
+
+
+def partial_key(job: Job) -> str:
+    """Return the partial file's name: from the transfer id only, never from upstream paths."""
+    return f"download-{job.id}.part"
+
+
+@dataclass
+class _Location:
+    """One signed location of the file; ``generation`` tells a refresh from a stale copy."""
+
+    url: str
+    generation: int
+    xet: bool
+    good: bool = False
+
+
+@dataclass
+class _Digest:
+    size: int
+    sha256: str
+    sha1: str
+    git_blob_id: str | None
+
+
+@dataclass
+class _Run:
+    """The shared state of one move(): pieces to fetch, written progress, the location, errors."""
+
+    job: Job
+    fd: int
+    path: Path
+    size: int
+    pieces: list[PieceSpec]
+    written: list[int]
+    location: _Location
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    stop: threading.Event = field(default_factory=threading.Event)
+    queue: deque[PieceSpec] = field(default_factory=deque)
+    errors: list[BaseException] = field(default_factory=list)
+    fresh_refusals: int = 0
+    head: int = 0  # first piece not yet wholly written (the hash frontier is inside it)
+    workers_done: bool = False
+
+    def frontier(self) -> int:
+        """Return the end of the contiguous written prefix (call under ``cond``)."""
+        while self.head < len(self.pieces) and self.written[self.head] >= self.pieces[self.head].length:
+            self.head += 1
+        if self.head >= len(self.pieces):
+            return self.size
+        return self.pieces[self.head].offset + self.written[self.head]
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.errors.append(exc)
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+
+
+class DownloadHop(Hop):
+    """Bring one file of a Hub repo, pinned to its snapshot's commit, into content-addressed staging."""
+
+    name = "download"
+    source = "hub"
+    section: HubConfig
+
+    def __init__(self, section: HubConfig, ctx: HopContext) -> None:
+        super().__init__(section, ctx)
+        self.hub = HubClient(section)
+        self._digests: dict[int, _Digest] = {}
+        self._active: dict[str, int] = {}
+        self._active_lock = threading.Lock()
+        self._reused: dict[int, Outcome] = {}
+
+    # -- the contract ------------------------------------------------------------------------------
+
+    def plan(self, job: Job) -> Sequence[PieceSpec]:
+        file = job.file_or_fail
+        length = piece_length(file.size, self.section.piece_size, self.section.connections)
+        pieces = plan_ranges(file.size, length)
+        if self._reusable(job) is not None:
+            return [PieceSpec(p.index, p.offset, p.length, True) for p in pieces]
+        return pieces
+
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        if self._reusable(job) is not None:
+            return
+        with self._content_claim(job):
+            self._download(job)
+
+    def verify(self, job: Job) -> Outcome:
+        reused = self._reusable(job)
+        self._reused.pop(job.id, None)
+        if reused is not None:
+            job.log.info("already staged and verified; nothing to download")
+            return reused
+        file = job.file_or_fail
+        partial = self.ctx.staging.partial_path(partial_key(job))
+        digest = self._digests.pop(job.id, None)
+        if digest is None:
+            if not partial.is_file():
+                job.reset_pieces()
+                raise Retryable(f"the partial file {partial} vanished; downloading again", error_class="io")
+            # Every piece was durable before a restart: the durable prefix is the whole file.
+            hashed = hash_file(partial, git_blob=not file.lfs)
+            digest = _Digest(partial.stat().st_size, hashed.sha256, hashed.sha1, hashed.git_blob_id)
+        if not self._matches(job, digest):
+            self._mismatch(job, partial, digest)
+        target = self.ctx.staging.promote(partial, digest.sha256)
+        relative = self.ctx.staging.relative(target)
+        job.log.info("verified (sha256 %s) and staged as %s", digest.sha256[:16], relative)
+        return Outcome(
+            handles={
+                "staged": relative,
+                "commit": job.commit,
+                "etag": file.sha256 if file.lfs else file.git_blob_id,
+                "size": digest.size,
+            },
+            sha256=digest.sha256,
+            sha1=digest.sha1,
+            staged_path=relative,
+        )
+
+    # -- reuse and deduplication -------------------------------------------------------------------
+
+    def _reusable(self, job: Job) -> Outcome | None:
+        """Return the Outcome of an already staged, verified copy of this content, or None."""
+        file = job.file_or_fail
+        staging = self.ctx.staging
+        if job.id in self._reused:
+            return self._reused[job.id]
+        if file.staged_path and file.sha256:
+            try:
+                path = staging.resolve(file.staged_path)
+            except ValueError:
+                path = None
+            if path is not None and path.is_file() and path.stat().st_size == file.size:
+                sha1 = file.sha1
+                if sha1 is None:
+                    sha1 = hash_file(path).sha1
+                return self._reuse_outcome(job, path, file.sha256, sha1)
+        if file.sha256:
+            path = staging.blob_path(file.sha256)
+            if path.is_file() and path.stat().st_size == file.size:
+                hashed = hash_file(path, git_blob=not file.lfs)
+                if hashed.sha256 == file.sha256 and (file.lfs or hashed.git_blob_id == file.git_blob_id):
+                    outcome = self._reuse_outcome(job, path, hashed.sha256, hashed.sha1)
+                    self._reused[job.id] = outcome
+                    return outcome
+                staging.quarantine_file(path, f"mislabelled-{job.id}")
+        return None
+
+    def _reuse_outcome(self, job: Job, path: Path, sha256: str, sha1: str) -> Outcome:
+        file = job.file_or_fail
+        relative = self.ctx.staging.relative(path)
+        return Outcome(
+            handles={
+                "staged": relative,
+                "commit": job.commit,
+                "etag": file.sha256 if file.lfs else file.git_blob_id,
+                "size": file.size,
+                "reused": True,
+            },
+            sha256=sha256,
+            sha1=sha1,
+            staged_path=relative,
+        )
+
+    @contextlib.contextmanager
+    def _content_claim(self, job: Job) -> Iterator[None]:
+        """Let one transfer at a time download a given content; the others wait and then reuse it."""
+        file = job.file_or_fail
+        key = file.sha256 or f"git:{file.git_blob_id}"
+        with self._active_lock:
+            holder = self._active.get(key)
+            if holder is not None and holder != job.id:
+                raise Retryable(
+                    f"the same content is being downloaded by transfer {holder}; it will be reused",
+                    retry_after=5,
+                    error_class="duplicate",
+                )
+            self._active[key] = job.id
+        try:
+            yield
+        finally:
+            with self._active_lock:
+                if self._active.get(key) == job.id:
+                    del self._active[key]
+
+    # -- metadata ----------------------------------------------------------------------------------
+
+    def _metadata(self, job: Job) -> FileMetadata:
+        """Return fresh metadata of the file at the pinned commit; refuse it if it contradicts the tree."""
+        file = job.file_or_fail
+        repo = job.repo
+        meta = self.hub.file_metadata(repo.name, repo.repo_type, job.commit, file.path)
+        expected = file.sha256 if file.lfs else file.git_blob_id
+        problems = []
+        if meta.commit and job.commit and meta.commit != job.commit:
+            problems.append(f"it resolved at commit {meta.commit[:12]}, not the pinned {job.commit[:12]}")
+        if meta.etag and expected and meta.etag.lower() != expected:
+            problems.append(f"its etag is {meta.etag}, the tree said {expected}")
+        if meta.size is not None and meta.size != file.size:
+            problems.append(f"its size is {meta.size}, the tree said {file.size}")
+        if problems:
+            raise Permanent(
+                f"the Hub's metadata for {file.path} contradicts the tree of the pinned commit "
+                f"({'; '.join(problems)}): the tree changed under a pinned commit",
+                hint="the Hub (or mirror) is inconsistent; check the repo there, then `relayctl retry`",
+                error_class="changed",
+            )
+        return meta
+
+    def _refresh(self, run: _Run, stale: _Location, reason: RangeError) -> None:
+        """Replace an expired or refused location by a fresh one (once, however many workers saw it)."""
+        with run.lock:
+            if run.location.generation != stale.generation:
+                return
+            run.fresh_refusals = 0 if stale.good else run.fresh_refusals + 1
+            if run.fresh_refusals >= MAX_FRESH_REFUSALS:
+                raise self._refused_for_good(run, reason)
+            run.job.log.info("fetching a fresh signed location (%s)", reason)
+            meta = self._metadata(run.job)
+            run.location = _Location(meta.location, stale.generation + 1, meta.xet)
+
+    def _refused_for_good(self, run: _Run, reason: RangeError) -> HopError:
+        body = reason.body if isinstance(reason, LocationRefused) else ""
+        if run.location.xet or "xet" in body.lower():
+            return Permanent(
+                f"{run.job.file_or_fail.path} is served only through Xet: plain HTTP downloads of it are "
+                f"refused ({reason}). relayd downloads over HTTP Range only",
+                hint="exclude the file from the repo's globs, or fetch it with `hf download` (hf_xet) "
+                "outside relayd",
+                error_class="xet",
+            )
+        return Retryable(
+            f"{MAX_FRESH_REFUSALS} fresh signed locations in a row were refused ({reason})",
+            error_class="upstream",
+        )
+
+    # -- moving the bytes --------------------------------------------------------------------------
+
+    def _download(self, job: Job) -> None:
+        file = job.file_or_fail
+        staging = self.ctx.staging
+        partial = staging.partial_path(partial_key(job))
+        meta = self._metadata(job) if file.size else None
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            done = [p for p in job.pieces if p.done]
+            if done and os.fstat(fd).st_size != file.size:
+                job.log.warning(
+                    "the partial file has %d bytes, expected %d; its recorded pieces are not trusted",
+                    os.fstat(fd).st_size,
+                    file.size,
+                )
+                job.reset_pieces()
+                done = []
+            if not done:
+                os.ftruncate(fd, 0)
+                _preallocate(fd, file.size)
+            pieces = sorted(job.pieces, key=lambda p: p.offset)
+            run = _Run(
+                job=job,
+                fd=fd,
+                path=partial,
+                size=file.size,
+                pieces=pieces,
+                written=[p.length if p.done else 0 for p in pieces],
+                location=_Location(meta.location if meta else "", 0, meta.xet if meta else False),
+            )
+            run.queue.extend(p for p in pieces if not p.done)
+            if file.size == 0:
+                os.fsync(fd)
+                for piece in run.queue:
+                    job.piece_done(piece.index)
+                run.queue.clear()
+            digest = self._run(run, git_blob=not file.lfs)
+        finally:
+            os.close(fd)
+        if digest is not None:
+            self._digests[job.id] = digest
+
+    def _run(self, run: _Run, *, git_blob: bool) -> _Digest | None:
+        """Fetch the queued pieces over the configured connections while hashing the written prefix;
+        return the digest of the whole file, or raise the first failure."""
+        job = run.job
+        connections = min(self.section.connections, len(run.queue))
+        if run.queue:
+            job.log.info(
+                "downloading %d of %d pieces over %d connection(s)",
+                len(run.queue),
+                len(run.pieces),
+                connections,
+            )
+        hasher = PrefixHasher(run.size, git_blob=git_blob)
+        hash_thread = threading.Thread(
+            target=self._hash_loop, args=(run, hasher), name=f"relayd-hash-{job.id}", daemon=True
+        )
+        hash_thread.start()
+        workers = [
+            threading.Thread(target=self._worker, args=(run,), name=f"relayd-get-{job.id}-{n}", daemon=True)
+            for n in range(connections)
+        ]
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(0.2)
+                    if job.cancelled:
+                        run.stop.set()
+            with run.cond:
+                run.workers_done = True
+                run.cond.notify_all()
+            hash_thread.join()
+        finally:
+            run.stop.set()
+            with run.cond:
+                run.cond.notify_all()
+            hash_thread.join()
+            hasher.close()
+        if run.errors:
+            raise _first(run.errors)
+        job.check_cancelled()
+        if hasher.offset != run.size:
+            raise Retryable(
+                f"hashed {hasher.offset} of {run.size} bytes; trying again", error_class="internal"
+            )
+        return _Digest(run.size, hasher.sha256, hasher.sha1, hasher.git_blob_id)
+
+    def _hash_loop(self, run: _Run, hasher: PrefixHasher) -> None:
+        """Hash the contiguous written prefix as it grows, reading it back in bounded chunks."""
+        buffer = memoryview(bytearray(HASH_BUFFER))
+        try:
+            fd = os.open(run.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            run.fail(exc)
+            return
+        try:
+            while hasher.offset < run.size:
+                with run.cond:
+                    while True:
+                        if run.stop.is_set():
+                            return
+                        target = run.frontier()
+                        ready = target - hasher.offset
+                        if ready >= HASH_BUFFER or (ready > 0 and (run.workers_done or target == run.size)):
+                            break
+                        if run.workers_done:
+                            return
+                        run.cond.wait(0.5)
+                while hasher.offset < target:
+                    want = min(len(buffer), target - hasher.offset)
+                    got = os.preadv(fd, [buffer[:want]], hasher.offset)
+                    if got <= 0:
+                        raise OSError(errno.EIO, f"{run.path} is shorter than its written prefix")
+                    hasher.update(buffer[:got])
+        except Exception as exc:  # noqa: BLE001 - any failure is handed to the run, which re-raises it
+            run.fail(exc)
+        finally:
+            os.close(fd)
+
+    def _worker(self, run: _Run) -> None:
+        section = self.section
+        client = RangeClient(
+            connect_timeout=section.timeout,
+            stall_timeout=section.stall_timeout,
+            buffer_size=RECEIVE_BUFFER,
+            authorize=self.hub.authorization_for,
+        )
+        try:
+            while not run.stop.is_set():
+                with run.lock:
+                    piece = run.queue.popleft() if run.queue else None
+                if piece is None:
+                    return
+                self._fetch_piece(run, client, piece)
+        except Stopped:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the run, which re-raises it
+            run.fail(exc)
+        finally:
+            client.close()
+
+    def _fetch_piece(self, run: _Run, client: RangeClient, piece: PieceSpec) -> None:
+        """Fetch one piece, resuming inside it after a failure, then fsync and record it."""
+        job = run.job
+        position = run.pieces.index(piece)
+        end = piece.offset + piece.length
+        job.begin_piece(piece.index)
+        failures = rate_limits = 0
+
+        def write(offset: int, data: memoryview) -> None:
+            view, at = data, offset
+            while view:
+                written = os.pwrite(run.fd, view, at)
+                view, at = view[written:], at + written
+            with run.cond:
+                run.written[position] = offset + len(data) - piece.offset
+                if position == run.head:
+                    run.cond.notify_all()
+            job.add_progress(len(data))
+
+        while True:
+            start = piece.offset + run.written[position]
+            if start >= end:
+                break
+            location = run.location
+            try:
+                client.fetch(location.url, start, end, run.size, write, stop=run.stop)
+                location.good = True
+                continue
+            except Stopped:
+                raise
+            except RateLimited as exc:
+                rate_limits += 1
+                wait = exc.retry_after if exc.retry_after is not None else min(60.0, 2.0**rate_limits)
+                if wait > MAX_INLINE_WAIT or rate_limits > MAX_RATE_LIMITS:
+                    raise Retryable(
+                        f"the CDN rate-limits the download of {job.file_or_fail.path} ({exc})",
+                        retry_after=wait,
+                        error_class="rate_limit",
+                    ) from exc
+                job.log.info("piece %d: %s; waiting %.0fs", piece.index, exc, wait)
+                self._sleep(run, wait)
+                continue
+            except (LocationRefused, RangeNotSatisfiable) as exc:
+                if exc.received:
+                    location.good = True
+                self._refresh(run, location, exc)
+                continue
+            except RangeError as exc:
+                failures = 1 if exc.received else failures + 1
+                if failures > MAX_PIECE_FAILURES:
+                    raise Retryable(
+                        f"piece {piece.index} of {job.file_or_fail.path} failed {failures - 1} times "
+                        f"in a row without progress: {exc}",
+                        error_class="network",
+                    ) from exc
+                delay = min(10.0, 0.1 * 2**failures)
+                job.log.info("piece %d: %s; retrying from byte %d", piece.index, exc, start + exc.received)
+                self._sleep(run, delay)
+        os.fdatasync(run.fd)
+        with run.lock:
+            job.piece_done(piece.index)
+
+    @staticmethod
+    def _sleep(run: _Run, seconds: float) -> None:
+        if run.stop.wait(seconds):
+            raise Stopped("stopped while waiting")
+
+    # -- verification ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _matches(job: Job, digest: _Digest) -> bool:
+        file = job.file_or_fail
+        if digest.size != file.size:
+            return False
+        if file.lfs:
+            return digest.sha256 == file.sha256
+        if file.git_blob_id and digest.git_blob_id != file.git_blob_id:
+            return False
+        return not file.sha256 or digest.sha256 == file.sha256
+
+    def _mismatch(self, job: Job, partial: Path, digest: _Digest) -> None:
+        """Quarantine a file that failed verification and download it again; block the second time."""
+        file = job.file_or_fail
+        got = digest.sha256 if file.lfs else f"git blob {digest.git_blob_id} (sha256 {digest.sha256})"
+        expected = f"sha256 {file.sha256}" if file.lfs else f"git blob {file.git_blob_id}"
+        count = int(job.handles.get("mismatches", 0)) + 1
+        seen = [*list(job.handles.get("bad", []))[-1:], got]
+        quarantined = self.ctx.staging.quarantine_file(partial, f"t{job.id}-{count}")
+        job.handles.update(mismatches=count, bad=seen)
+        job.save_handles()
+        job.reset_pieces()
+        if count >= 2:
+            raise NeedsPerson(
+                f"{file.path} failed verification twice: got {' then '.join(seen)}, expected {expected} "
+                f"({digest.size} of {file.size} bytes); the copies are kept in {quarantined.parent}",
+                hint="the Hub (or mirror) serves content that does not match its own hash; check the file "
+                "there, then `relayctl retry` to download it again",
+                error_class="integrity",
+            )
+        raise Retryable(
+            f"{file.path} failed verification: got {got}, expected {expected}; quarantined as "
+            f"{quarantined.name}, downloading it again",
+            retry_after=0,
+            error_class="integrity",
+        )
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve *size* bytes for the partial file, so a full disk shows before any byte is fetched."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        os.ftruncate(fd, size)  # the filesystem cannot preallocate: a sparse file will do
+
+
+def _first(errors: Sequence[BaseException]) -> BaseException:
+    """Return the error that explains a failed run best: a full disk or a person's job first."""
+    for exc in errors:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+    for kind in (NeedsPerson, Permanent):
+        for exc in errors:
+            if isinstance(exc, kind):
+                return exc
+    return errors[0]

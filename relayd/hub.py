@@ -1,0 +1,346 @@
+"""The Hugging Face Hub as relayd sees it: head commits, pinned listings, per-file metadata, and the
+Hub's errors translated into what should happen next (wait, retry, or ask a person).
+
+huggingface_hub describes files; it never moves their bytes (reference/hf-hub.md §5: no resume across
+process death, size-only checks). The endpoint and the token are always passed explicitly, so neither an
+``HF_ENDPOINT`` nor a token cached in ``~/.cache/huggingface`` is picked up by accident.
+
+Head check: one ``HEAD /{repo}/resolve/{revision}/.gitattributes`` without following redirects, read from
+``X-Repo-Commit``. It is the cheapest request the Hub answers with the commit a revision names (the
+resolver quota is far larger than the API quota), it carries no file list (``model_info`` lists every
+file), and it fails with the gate error when the token may not read the files. A repo without a
+``.gitattributes`` falls back to ``repo_info(revision=…).sha``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+# Read once by huggingface_hub at import: relayd moves bytes itself over plain HTTP Range, and a
+# daemon has no terminal for progress bars.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+import httpx2
+from huggingface_hub import HfApi, get_hf_file_metadata, get_session, hf_hub_url, hf_raise_for_status
+from huggingface_hub.errors import (
+    DisabledRepoError,
+    FileMetadataError,
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+
+from relayd import __version__
+from relayd.catalogue.schema import Repo
+from relayd.catalogue.store import FileSpec
+from relayd.config import HubConfig
+from relayd.errors import HopError, NeedsPerson, Permanent, Retryable
+from relayd.http_ranges import origin_of, retry_after_seconds
+from relayd.poll import Source
+
+log = logging.getLogger(__name__)
+
+REPO_TYPES = ("model", "dataset")
+HEAD_PROBE = ".gitattributes"
+# Listings remembered per (type, repo, commit) to notice a tree that changes under a pinned commit.
+_LISTINGS_KEPT = 512
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    """What the Hub says about one file at a pinned commit: where to fetch it now (a signed location
+    that expires), the commit it resolved at, its etag (sha256 for LFS, git blob id otherwise), its size,
+    and whether the Hub advertises it through Xet."""
+
+    location: str
+    commit: str | None
+    etag: str | None
+    size: int | None
+    xet: bool
+
+
+def repo_page(endpoint: str, repo_id: str, repo_type: str) -> str:
+    """Return the web page of a repo (where a person accepts a gated repo's licence)."""
+    prefix = {"dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
+    return f"{endpoint}/{prefix}{repo_id}"
+
+
+class HubClient:
+    """One Hub endpoint and the token relayd was configured with (resolved when used, never logged)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.endpoint = config.endpoint.rstrip("/")
+        self.origin = origin_of(self.endpoint)
+
+    # -- credentials -------------------------------------------------------------------------------
+
+    def token(self) -> str | None:
+        """Return the configured token, or None to go anonymous (never an implicit one)."""
+        return self.config.token.resolve()
+
+    def authorization_for(self, url: str) -> dict[str, str]:
+        """Return the Authorization header for *url*: only when it is on the Hub endpoint's origin."""
+        token = self.token()
+        if token and origin_of(url) == self.origin:
+            return {"Authorization": f"Bearer {token}"}
+        return {}
+
+    def _api(self) -> HfApi:
+        return HfApi(endpoint=self.endpoint, token=self.token() or False)
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def head_commit(self, repo_id: str, repo_type: str, revision: str) -> str:
+        """Return the commit *revision* names now, with one request. Raise a relayd HopError."""
+        url = hf_hub_url(repo_id, HEAD_PROBE, repo_type=repo_type, revision=revision, endpoint=self.endpoint)
+        headers = {"User-Agent": f"relayd/{__version__}", **self.authorization_for(url)}
+        try:
+            response = get_session().head(
+                url, headers=headers, follow_redirects=False, timeout=self.config.timeout
+            )
+            hf_raise_for_status(response)
+            commit = response.headers.get("X-Repo-Commit")
+            if commit:
+                return commit.strip().lower()
+            raise FileMetadataError("no X-Repo-Commit header")
+        except RemoteEntryNotFoundError:
+            log.debug("%s has no %s at %s; asking repo_info", repo_id, HEAD_PROBE, revision)
+        except Exception as exc:
+            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=revision) from exc
+        try:
+            info = self._api().repo_info(
+                repo_id, repo_type=repo_type, revision=revision, timeout=self.config.timeout
+            )
+        except Exception as exc:
+            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=revision) from exc
+        if not info.sha:
+            raise Permanent(
+                f"{self.endpoint} named no commit for {repo_id}@{revision}", error_class="upstream"
+            )
+        return info.sha.lower()
+
+    def list_tree(self, repo_id: str, repo_type: str, commit: str) -> list[FileSpec]:
+        """Return every file of the repo at the 40-hex *commit* (all pages). Raise a relayd HopError."""
+        try:
+            entries = list(
+                self._api().list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, HfHubHTTPError):
+                raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=commit) from exc
+            raise Permanent(
+                f"the tree listing of {repo_id}@{commit[:12]} is malformed ({type(exc).__name__}: {exc})",
+                error_class="hostile",
+            ) from exc
+        except Exception as exc:
+            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=commit) from exc
+        return [spec for spec in (file_spec(entry) for entry in entries) if spec is not None]
+
+    def file_metadata(self, repo_id: str, repo_type: str, commit: str, path: str) -> FileMetadata:
+        """Return the metadata of *path* at *commit*, including a fresh signed location."""
+        url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=commit, endpoint=self.endpoint)
+        try:
+            meta = get_hf_file_metadata(
+                url,
+                token=self.token() or False,
+                timeout=self.config.timeout,
+                endpoint=self.endpoint,
+                retry_on_errors=False,
+            )
+        except Exception as exc:
+            raise self.translate(
+                exc, repo_id=repo_id, repo_type=repo_type, revision=commit, path=path
+            ) from exc
+        return FileMetadata(
+            location=urljoin(url, meta.location),
+            commit=meta.commit_hash.lower() if meta.commit_hash else None,
+            etag=meta.etag,
+            size=meta.size,
+            xet=meta.xet_file_data is not None,
+        )
+
+    # -- errors ------------------------------------------------------------------------------------
+
+    def translate(
+        self,
+        exc: BaseException,
+        *,
+        repo_id: str,
+        repo_type: str,
+        revision: str,
+        path: str | None = None,
+    ) -> HopError:
+        """Return the relayd error for a failed Hub call: what happened and what to do about it."""
+        if isinstance(exc, HopError):
+            return exc
+        token_ref = self.config.token
+        where = f"{repo_id}@{revision[:12] if len(revision) == 40 else revision}"
+        token_keys = "hub.token_env, hub.token_file or hub.token"  # noqa: S105 - names of settings
+        if isinstance(exc, GatedRepoError):
+            who = "with the configured token" if self.token() else "anonymously (no token is set)"
+            return NeedsPerson(
+                f"{repo_id} is gated and cannot be read {who}",
+                hint=(
+                    f"accept the licence at {repo_page(self.endpoint, repo_id, repo_type)}, then set the "
+                    f"token ({token_keys}; now {token_ref.describe()}) to one of the account that accepted it"
+                ),
+                error_class="gated",
+            )
+        if isinstance(exc, DisabledRepoError):
+            return NeedsPerson(
+                f"{repo_id} is disabled on {self.endpoint}",
+                hint="the repo's owner or the Hub disabled it; remove it (`relayctl remove`) or wait",
+                error_class="not_found",
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            return NeedsPerson(
+                f"{repo_id} has no revision {revision!r}",
+                hint="check the branch, tag or commit name of the repo (`relayctl add … --revision`)",
+                error_class="not_found",
+            )
+        if isinstance(exc, RemoteEntryNotFoundError):
+            return Permanent(
+                f"{path or 'a file'} is listed in the tree of {where} but the Hub does not serve it there: "
+                "the tree changed under a pinned commit",
+                hint="check the repo on the Hub; `relayctl retry` once it is consistent",
+                error_class="changed",
+            )
+        if isinstance(exc, RepositoryNotFoundError):
+            return NeedsPerson(
+                f"{self._kind(repo_type)} {repo_id} was not found on {self.endpoint}",
+                hint=(
+                    f"check the name and the type (model or dataset); if it is private, set a token that can "
+                    f"read it ({token_keys}; now {token_ref.describe()})"
+                ),
+                error_class="not_found",
+            )
+        if isinstance(exc, FileMetadataError):
+            return NeedsPerson(
+                f"{self.endpoint} did not answer like a Hugging Face Hub ({exc})",
+                hint="check hub.endpoint (a mirror must pass X-Repo-Commit and ETag through)",
+                error_class="upstream",
+            )
+        if isinstance(exc, OfflineModeIsEnabled):
+            return NeedsPerson(
+                "HF_HUB_OFFLINE is set in relayd's environment",
+                hint="unset HF_HUB_OFFLINE for the relayd service",
+                error_class="config",
+            )
+        if isinstance(exc, HfHubHTTPError):
+            return self._http_error(exc, where)
+        if isinstance(exc, (httpx2.TransportError, OSError, TimeoutError)):
+            return Retryable(f"cannot reach {self.endpoint} for {where}: {type(exc).__name__}: {exc}")
+        return Retryable(
+            f"unexpected error from the Hub for {where}: {type(exc).__name__}: {exc}", error_class="upstream"
+        )
+
+    def _http_error(self, exc: HfHubHTTPError, where: str) -> HopError:
+        response = exc.response
+        status = response.status_code if response is not None else 0
+        detail = (exc.server_message or "").strip().splitlines()
+        said = f": {detail[0][:200]}" if detail else ""
+        if status == 401:
+            return NeedsPerson(
+                f"{self.endpoint} refused the token (401 invalid credentials) for {where}",
+                hint=(
+                    "set a valid token (hub.token_env, hub.token_file or hub.token; now "
+                    f"{self.config.token.describe()}), or remove it for public repos"
+                ),
+                error_class="auth",
+            )
+        if status == 429:
+            retry_after = retry_after_seconds(response.headers) if response is not None else None
+            return Retryable(
+                f"{self.endpoint} rate-limited the request for {where} (429){said}",
+                retry_after=retry_after,
+                error_class="rate_limit",
+            )
+        if status >= 500 or status in (408, 425):
+            return Retryable(f"{self.endpoint} failed for {where} ({status}){said}", error_class="server")
+        if status == 403:
+            return NeedsPerson(
+                f"{self.endpoint} refused access to {where} (403){said}",
+                hint="check that the token has read access to the repo",
+                error_class="auth",
+            )
+        return Permanent(f"{self.endpoint} answered {status} for {where}{said}", error_class="upstream")
+
+    @staticmethod
+    def _kind(repo_type: str) -> str:
+        return "dataset" if repo_type == "dataset" else "model"
+
+
+def file_spec(entry: Any) -> FileSpec | None:
+    """Return the FileSpec of a tree entry (None for folders). Raise Permanent for a malformed one."""
+    if not isinstance(entry, RepoFile):
+        return None
+    if entry.lfs is not None:
+        if entry.lfs.size != entry.size:
+            raise Permanent(
+                f"upstream gives {entry.path!r} two sizes ({entry.size} and LFS {entry.lfs.size})",
+                error_class="hostile",
+            )
+        return FileSpec(path=entry.path, size=entry.size, lfs=True, sha256=str(entry.lfs.sha256).lower())
+    return FileSpec(path=entry.path, size=entry.size, lfs=False, git_blob_id=str(entry.blob_id).lower())
+
+
+def listing_digest(files: Iterable[FileSpec]) -> str:
+    """Return a digest of a listing (paths, sizes and content ids), to compare two listings."""
+    digest = hashlib.sha256()
+    for spec in sorted(files, key=lambda item: item.path):
+        digest.update(f"{spec.path}\0{spec.size}\0{spec.sha256}\0{spec.git_blob_id}\n".encode())
+    return digest.hexdigest()
+
+
+class HubSource(Source):
+    """The ``hub`` source: repos on a Hugging Face Hub endpoint (or a mirror of one)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.client = HubClient(config)
+        self._listings: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    @staticmethod
+    def _repo_type(repo: Repo) -> str:
+        if repo.repo_type not in REPO_TYPES:
+            raise NeedsPerson(
+                f"{repo.name} has the type {repo.repo_type!r}; relayd relays models and datasets",
+                hint="add it again with --type model or --type dataset",
+                error_class="config",
+            )
+        return repo.repo_type
+
+    def head(self, repo: Repo) -> str:
+        return self.client.head_commit(repo.name, self._repo_type(repo), repo.revision)
+
+    def list_files(self, repo: Repo, commit: str) -> list[FileSpec]:
+        repo_type = self._repo_type(repo)
+        files = self.client.list_tree(repo.name, repo_type, commit)
+        key = (repo_type, repo.name, commit)
+        digest = listing_digest(files)
+        previous = self._listings.get(key)
+        if previous is not None and previous != digest:
+            raise Permanent(
+                f"two listings of {repo.name}@{commit[:12]} disagree: the tree changed under a pinned commit",
+                hint="the Hub (or mirror) is inconsistent; check the repo there, then `relayctl retry`",
+                error_class="hostile",
+            )
+        self._listings[key] = digest
+        self._listings.move_to_end(key)
+        while len(self._listings) > _LISTINGS_KEPT:
+            self._listings.popitem(last=False)
+        log.debug("%s@%s: %d files listed", repo.name, commit[:12], len(files))
+        return files
