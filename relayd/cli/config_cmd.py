@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.errors import ConfigError
 
 if TYPE_CHECKING:
     from relayd.config import Config
@@ -57,7 +58,12 @@ def config_warnings(config: Config) -> list[str]:
     for ref in config.secrets():
         if not ref.configured:
             warnings.append(f"{ref.key} is not set; hops that need it will block")
-        elif ref.resolve() is None:
+            continue
+        try:
+            value = ref.resolve()
+        except ConfigError as exc:
+            raise ConfigError(f"{config.path}: {exc}") from exc
+        if value is None:
             warnings.append(f"{ref.key} comes {ref.describe()}, which is empty; hops that need it will block")
     known = set(hop_names())
     missing = [hop for hop in DEFAULT_ROUTE if hop not in known]
