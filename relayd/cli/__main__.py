@@ -1,0 +1,5 @@
+"""python -m relayd.cli: relayctl."""
+
+from relayd.cli import main
+
+main()
