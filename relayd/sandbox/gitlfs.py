@@ -19,7 +19,7 @@ Layout under *root*::
 
 Knobs for fault-injection tests (all may be changed while serving): ``token``,
 ``auto_create_repos``, ``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``,
-``fail_next()``, and ``stop()``/``start()`` on the same port. Locking is not implemented:
+``before_git``, ``fail_next()``, and ``stop()``/``start()`` on the same port. Locking is not implemented:
 ``/info/lfs/locks/verify`` (and every other locks URL) answers 404, which git-lfs tolerates with a
 warning; clients should set ``lfs.locksverify=false`` as they must for ModelScope.
 """
@@ -35,7 +35,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -178,6 +178,9 @@ class GitLfsServer:
         self.action_lifetime = action_lifetime
         self.realm = realm
         self.git = git
+        # Called as (owner, name, path, service) before each authorized git request is served, e.g.
+        # to commit on the server between a client's fetch and its push (a non-fast-forward race).
+        self.before_git: Callable[[str, str, str, str], None] | None = None
         self.request_log = RequestLog()
         self.store = ObjectStore(root / "lfs")
         self.signer = ActionSigner()

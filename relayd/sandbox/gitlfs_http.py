@@ -307,6 +307,9 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         app.count("git")
         if self._injected("git", lfs=False):
             return
+        hook = app.before_git
+        if hook is not None:
+            hook(owner, name, rest, parse_qs(query).get("service", [""])[0])
         if not app.has_repo(owner, name):
             service = parse_qs(query).get("service", [""])[0]
             pushing = rest == "/git-receive-pack" or (rest == "/info/refs" and service == "git-receive-pack")

@@ -12,6 +12,7 @@ Output: JSON lines ``{"event": "<name>", ...}``; the last is ``{"event": "result
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,23 @@ from typing import Any, Callable, Dict
 
 OpFunction = Callable[[Dict[str, Any], Dict[str, str], "Context"], Dict[str, Any]]
 OPS: dict[str, OpFunction] = {}
+
+# Process groups of children an op started in their own session (git, git-lfs): the agent's own
+# group kill would miss them, so they are killed by id when the link dies.
+_CHILD_GROUPS: set[int] = set()
+_CHILD_GROUPS_LOCK = threading.Lock()
+
+
+def track_child_group(pgid: int) -> None:
+    """Remember a child's process group so that it dies with the link too."""
+    with _CHILD_GROUPS_LOCK:
+        _CHILD_GROUPS.add(pgid)
+
+
+def untrack_child_group(pgid: int) -> None:
+    """Forget a child's process group (it has exited)."""
+    with _CHILD_GROUPS_LOCK:
+        _CHILD_GROUPS.discard(pgid)
 
 
 def op(name: str) -> Callable[[OpFunction], OpFunction]:
@@ -96,6 +114,11 @@ def _die_with_link() -> None:
     """The daemon or the connection is gone: take the whole process group down now (only when the
     agent leads its group, as the executors start it; never the group of whoever ran it by hand)."""
     try:
+        with _CHILD_GROUPS_LOCK:
+            groups = list(_CHILD_GROUPS)
+        for pgid in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
         if os.getpgrp() == os.getpid():
             os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
