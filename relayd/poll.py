@@ -64,8 +64,10 @@ def load_source(kind: str, config: Config) -> Source:
     return source
 
 
-def unsafe_path_reason(path: str) -> str | None:
+def unsafe_path_reason(path: object) -> str | None:
     """Return why *path* from upstream must not be written anywhere, or None if it is safe."""
+    if not isinstance(path, str):
+        return "a path that is not text"
     if not path:
         return "an empty path"
     if "\0" in path:
@@ -153,6 +155,8 @@ class Poller:
             return self._failed(
                 repo, Permanent(f"no source can feed a route starting with {repo.route[0]!r}")
             )
+        refusal: Permanent | None = None
+        listing: list[FileSpec] = []
         try:
             head = source.head(repo)
             if not _COMMIT.match(head):
@@ -161,10 +165,19 @@ class Poller:
                 if repo.poll_state != POLL_OK or repo.next_poll_at is not None:
                     self.store.record_poll_state(repo.id, state=POLL_OK)
                 return PollResult(repo.name, head, changed=False)
-            listing = source.list_files(repo, head)
+            try:
+                listing = source.list_files(repo, head)
+            except Permanent as exc:
+                if exc.error_class != "hostile":
+                    raise
+                # The source found the listing hostile or inconsistent: refuse the snapshot, so the
+                # same head is not listed again.
+                refusal = exc
         except (NeedsPerson, Retryable, Permanent) as exc:
             return self._failed(repo, exc)
         try:
+            if refusal is not None:
+                raise refusal
             check_listing(listing)
         except Permanent as exc:
             log.error("%s: refusing snapshot %s: %s", repo.name, head[:12], exc)
