@@ -1,7 +1,8 @@
 """relayctl: the control CLI of relayd (add, remove, pause, resume, retry, status, config, db).
 
 Control is rows in the catalogue: relayctl writes them through the Store and the daemon notices. This
-package imports only click and relayd's light modules at start; each command imports what it needs.
+package imports only click and relayd's light modules at start; a command's module is imported when
+that command runs, and each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -11,11 +12,27 @@ from pathlib import Path
 import click
 
 from relayd import __version__
-from relayd.cli import config_cmd, db, repos, status
 from relayd.cli.app import DEFAULT_CONFIG, EPILOG, App, RelayctlGroup, setup_logging
 
+COMMANDS = {
+    "add": "relayd.cli.repos:add",
+    "list": "relayd.cli.repos:list_repos",
+    "remove": "relayd.cli.repos:remove",
+    "pause": "relayd.cli.repos:pause",
+    "resume": "relayd.cli.repos:resume",
+    "retry": "relayd.cli.repos:retry",
+    "status": "relayd.cli.status:status",
+    "config": "relayd.cli.config_cmd:config_group",
+    "db": "relayd.cli.db:db_group",
+}
 
-@click.group(cls=RelayctlGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(
+    cls=RelayctlGroup,
+    lazy_commands=COMMANDS,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "-c",
     "--config",
@@ -33,20 +50,6 @@ def cli(ctx: click.Context, config_path: Path, verbose: int) -> None:
     """Control relayd: watch repos, inspect and steer their transfers."""
     setup_logging(verbose)
     ctx.obj = App(config_path=config_path, verbose=verbose)
-
-
-for command in (
-    repos.add,
-    repos.list_repos,
-    repos.remove,
-    repos.pause,
-    repos.resume,
-    repos.retry,
-    status.status,
-    config_cmd.config_group,
-    db.db_group,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

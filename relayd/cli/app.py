@@ -11,12 +11,13 @@ unknown repo or hop). Expected errors print ``relayctl: error: <message>`` and n
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -204,7 +205,24 @@ def _is_database_error(exc: BaseException) -> bool:
 
 
 class RelayctlGroup(click.Group):
-    """A click group that turns relayd's expected errors into one line on stderr and an exit code."""
+    """A click group that imports each command's module only when it runs, and turns relayd's expected
+    errors into one line on stderr and an exit code."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # command name → "module:attribute"
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy_commands.get(cmd_name)
+        if target is not None and cmd_name not in self.commands:
+            module_name, _, attribute = target.partition(":")
+            command = getattr(importlib.import_module(module_name), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
