@@ -363,7 +363,12 @@ class _Handler(BaseHTTPRequestHandler):
         with ticket.data_path.open("r+b") as out:
             out.seek(ticket.offset)
             try:
-                for data in self._body(stop_after, paced=True):
+                damage = self._store.take_part_corruption()
+                for chunk in self._body(stop_after, paced=True):
+                    data = chunk
+                    if damage and data:
+                        # Damaged in transit: stored, hashed and acknowledged as received.
+                        data, damage = bytes([data[0] ^ 0xFF]) + data[1:], False
                     out.write(data)
                     ticket.sha1.update(data)
                     ticket.md5.update(data)
@@ -676,6 +681,11 @@ class FakeDrive:
     def reject_next_proofs(self, count: int = 1) -> None:
         """Refuse the next *count* rapid-upload proofs (400) even when they are right."""
         self.store.reject_next_proofs(count)
+
+    def corrupt_next_parts(self, count: int = 1) -> None:
+        """Flip the first byte of each of the next *count* part PUTs as they arrive (damage in
+        transit): the part is acknowledged, and complete reports the content hash of what it got."""
+        self.store.corrupt_next_parts(count)
 
     def expire_upload_urls(self, upload_id: str | None = None) -> None:
         """Make every part URL issued so far (for one upload, or all) answer 403 "expired"."""

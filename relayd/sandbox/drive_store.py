@@ -361,6 +361,7 @@ class DriveStore:
         self._download_url_floor = 0
         self._injections: list[Injection] = []
         self._reject_proofs = 0
+        self._corrupt_parts = 0
         self._inflight: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
         self._put_by_upload: Counter[str] = Counter()
@@ -533,6 +534,18 @@ class DriveStore:
     def reject_next_proofs(self, count: int) -> None:
         with self.lock:
             self._reject_proofs += count
+
+    def corrupt_next_parts(self, count: int) -> None:
+        with self.lock:
+            self._corrupt_parts += count
+
+    def take_part_corruption(self) -> bool:
+        """Return True (using up one count) if the part being received must be damaged in transit."""
+        with self.lock:
+            if self._corrupt_parts <= 0:
+                return False
+            self._corrupt_parts -= 1
+            return True
 
     def expire_upload_urls(self, upload_id: str | None = None) -> None:
         with self.lock:
