@@ -1,1 +1,56 @@
-"""The drive boundary: relayd's adapter over Aliyun Drive (aligo) and what it needs to run headless."""
+"""The drive boundary: relayd's adapter over Aliyun Drive (aligo) and what it needs to run headless.
+
+Hops use the ``Drive`` interface (``relayd.drive.base``) and get the daemon's shared instance from
+``ctx.services.get("drive")``, which calls ``make_drive``. The backend is imported only then, so
+importing this package costs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relayd.drive.base import (
+    LOGIN_HINT,
+    ContentMismatch,
+    DownloadLink,
+    Drive,
+    DriveFile,
+    LocalFile,
+    NameTaken,
+    TokenLifetime,
+    UploadCallbacks,
+    UploadGone,
+    UploadResult,
+)
+from relayd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from relayd.catalogue.store import Store
+    from relayd.config import DriveConfig
+
+__all__ = [
+    "LOGIN_HINT",
+    "ContentMismatch",
+    "DownloadLink",
+    "Drive",
+    "DriveFile",
+    "LocalFile",
+    "NameTaken",
+    "TokenLifetime",
+    "UploadCallbacks",
+    "UploadGone",
+    "UploadResult",
+    "make_drive",
+]
+
+
+def make_drive(config: DriveConfig, state_dir: Path, store: Store | None = None) -> Drive:
+    """Return the drive backend *config* names, keeping its login under ``<state_dir>/drive`` and
+    publishing the access token's lifetime as ``drive.token`` through *store*. No network call is made
+    until the drive is used. Raise ConfigError for an unknown backend."""
+    if config.backend == "aligo":
+        from relayd.drive.aligo_backend import AligoDrive
+
+        return AligoDrive(config, Path(state_dir), publish=store.publish if store is not None else None)
+    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo')")
