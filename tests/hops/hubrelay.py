@@ -180,8 +180,10 @@ timeout = "{timeout}"
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         log = self.log_path.open("ab")
+        script = Path(sys.executable).with_name("relayd")  # .venv/bin/relayd, as a service runs it
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "relayd"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "relayd", "run", "-c", str(self.config_path), *args],
+            [*command, "run", "-c", str(self.config_path), *args],
             stdout=log,
             stderr=log,
         )
