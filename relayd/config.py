@@ -530,6 +530,12 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
         activity_timeout=reader.duration("activity_timeout", "1h", minimum=30),
         work_dir=reader.string("work_dir", ""),
     )
+    if config.work_dir and not config.work_dir.startswith("/"):
+        raise reader.error(
+            "work_dir", "an absolute path on the VM (or '' for <vm.root>/.relayd-lfs)", config.work_dir
+        )
+    if not config.branch or config.branch.startswith(("-", "/")) or ".." in config.branch:
+        raise reader.error("branch", "a branch name such as 'master'", config.branch)
     reader.finish()
     return config
 

@@ -1,0 +1,346 @@
+"""lfs_push: the files on the VM become one commit per snapshot in a ModelScope repo (git + Git LFS).
+
+The VM's side runs in relayd's agent (``relayd/vm/agent/lfs.py``) through the VM executor, where
+vm_pull put the files; on a route without vm_pull (``download,lfs_push``) it runs on this machine
+from the staged copies. Nothing large is copied: objects are uploaded from the files themselves and
+the commit holds pointers written directly (see docs/modelscope.md).
+
+Per file (``move``/``verify``, one piece = one LFS object, since the basic transfer cannot resume
+inside an object): an LFS file's object goes up through the batch API as soon as the file is there;
+one the server already has is skipped. A small or metadata file is stored as a git blob in the
+scratch repository (checked against its upstream git blob id). Handles: ``{"oid", "size",
+"skipped"}`` or ``{"plain": true, "blob", "size"}``.
+
+Per snapshot (``finish_snapshot``): one commit on top of the branch tip (pointers, plain files,
+merged ``.gitattributes``, files removed upstream deleted, a message naming the HF repo and commit),
+pushed without force unless ``force_push``, rebuilt on the new tip when the remote moved, and every
+object confirmed on the server before the snapshot is done. Handles: ``{"commit", "branch", "remote",
+"paths"}`` (``paths``: what this relay put there, so the next snapshot knows what upstream removed).
+
+The token is sent to the agent in the request's secrets only; the agent hands it to git through the
+environment and a credential helper, never in a URL, argv or ``.git/config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from relayd import __version__
+from relayd.config import ModelScopeConfig
+from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable, UsageError
+from relayd.hops.base import Check, FileRow, Hop, HopContext, Job, Outcome, PieceSpec
+from relayd.names import validate_repo_id
+from relayd.vm.agent.lfs import wants_lfs
+from relayd.vm.executor import Executor, LocalExecutor
+
+#: How long one call for a small file may take.
+SMALL_CALL_TIMEOUT = 600.0
+
+
+class LfsPushHop(Hop):
+    """VM (or staging) → ModelScope via the LFS batch API and one plumbing commit; see the module doc."""
+
+    name = "lfs_push"
+    finishes_snapshot = True
+    # On a route without vm_pull the files are pushed from staging, which must wait for this hop.
+    reads_staging = True
+    staging_unneeded_after = frozenset({"vm_pull"})
+    section: ModelScopeConfig
+
+    def __init__(self, section: ModelScopeConfig, ctx: HopContext) -> None:
+        super().__init__(section, ctx)
+        self._lock = threading.Lock()
+        self._local: Executor | None = None
+
+    # -- where the files are ----------------------------------------------------------------------
+
+    def _vm(self) -> Executor:
+        try:
+            executor = self.ctx.services.get("vm")
+        except KeyError as exc:
+            raise NeedsPerson(
+                "lfs_push runs on the VM, and this relayd has no VM executor",
+                hint="configure [vm] (lfs_push pushes from where vm_pull put the files)",
+                error_class="config",
+            ) from exc
+        except ConfigError as exc:
+            raise NeedsPerson(f"the VM cannot be used: {exc}", hint="fix [vm] in the config") from exc
+        if not isinstance(executor, Executor):
+            raise Permanent(f"the 'vm' service is a {type(executor).__name__}, not a VM executor")
+        return executor
+
+    def _staging_executor(self) -> Executor:
+        """Return an executor on this machine (for routes without vm_pull: the files are staged here)."""
+        with self._lock:
+            if self._local is None:
+                config = dataclasses.replace(
+                    self._vm().config, executor="local", python=sys.executable, path=""
+                )
+                self._local = LocalExecutor(config)
+            return self._local
+
+    @staticmethod
+    def _on_vm(job: Job) -> bool:
+        return "vm_pull" in list(job.repo.route)
+
+    def _executor_for(self, job: Job) -> Executor:
+        return self._vm() if self._on_vm(job) else self._staging_executor()
+
+    def _work_dir(self, job: Job, executor: Executor) -> str:
+        if self.section.work_dir:
+            return self.section.work_dir
+        if self._on_vm(job):
+            return posixpath.join(executor.config.root, ".relayd-lfs")
+        return str(self.ctx.state_dir / "lfs")
+
+    def _source(self, job: Job, file: FileRow, locations: dict[str, dict[str, Any]]) -> str | None:
+        """Return where *file* is: its path on the VM (vm_pull's handle), or its staged copy."""
+        if self._on_vm(job):
+            path = locations.get("vm_pull", {}).get("path")
+            return str(path) if path else None
+        if file.staged_path:
+            return str(self.ctx.staging.resolve(file.staged_path))
+        return None
+
+    # -- where it goes ----------------------------------------------------------------------------
+
+    def destination(self, job: Job) -> str:
+        """Return the ModelScope repo id (``owner/name``) of the job's repo."""
+        target = str(job.repo.destinations.get("modelscope_repo") or job.repo.name)
+        try:
+            validate_repo_id(target)
+        except UsageError as exc:
+            raise NeedsPerson(
+                f"the ModelScope repo {target!r} is not a valid repo id: {exc}",
+                hint="set the repo's modelscope_repo destination to OWNER/NAME",
+                error_class="config",
+            ) from exc
+        if "/" not in target:
+            raise NeedsPerson(
+                f"the ModelScope repo {target!r} has no owner",
+                hint="set the repo's modelscope_repo destination to OWNER/NAME (your ModelScope user "
+                "or organisation)",
+                error_class="config",
+            )
+        return target
+
+    def remote(self, job: Job) -> str:
+        """Return the git remote URL of the job's repo (never with credentials)."""
+        owner, name = self.destination(job).split("/", 1)
+        return self.section.remote.format(owner=owner, name=name)
+
+    def _token(self) -> str:
+        try:
+            token = self.section.token.resolve()
+        except ConfigError as exc:
+            raise NeedsPerson(
+                f"the ModelScope token cannot be read: {exc}", hint="fix [modelscope] token"
+            ) from exc
+        if not token:
+            raise NeedsPerson(
+                f"no ModelScope access token ({self.section.token.describe()})",
+                hint="set MODELSCOPE_TOKEN (or [modelscope] token_env, token_file or token_credential) to "
+                "an access token with write access, then `relayctl retry`",
+                error_class="auth",
+            )
+        return token
+
+    def _common(self, job: Job, executor: Executor) -> dict[str, Any]:
+        return {
+            "remote": self.remote(job),
+            "work_dir": self._work_dir(job, executor),
+            "activity_timeout": self.section.activity_timeout,
+            "concurrency": self.section.concurrency,
+        }
+
+    # -- per file ---------------------------------------------------------------------------------
+
+    def plan(self, job: Job) -> Sequence[PieceSpec]:
+        return [PieceSpec(0, 0, job.file_or_fail.size)]
+
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        file = job.file_or_fail
+        executor = self._executor_for(job)
+        source = self._source(job, file, job.locations)
+        if source is None:
+            where = "vm_pull left no path on the VM" if self._on_vm(job) else "no staged copy is recorded"
+            raise NeedsPerson(
+                f"the file is not where lfs_push can read it ({where})",
+                hint="`relayctl retry` the earlier hops of the route, so that the file is there again",
+                error_class="missing",
+            )
+        params = self._common(job, executor)
+        secrets = {"token": self._token()}
+        job.begin_piece(0)
+        if not wants_lfs(file.path, file.size, file.lfs):
+            result = executor.call(
+                "git_blob",
+                {**params, "path": source, "expect_blob": file.git_blob_id},
+                secrets=secrets,
+                cancel=self.ctx.cancel,
+                timeout=SMALL_CALL_TIMEOUT,
+            )
+            job.handles = {"plain": True, "blob": result["blob"], "size": file.size}
+            job.save_handles()
+            job.piece_done(0)
+            return
+        oid = file.sha256 or self._hash(job, executor, source)
+        sent: dict[str, int] = {}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "progress":
+                now = int(event.get("sent") or 0)
+                before = sent.get("n", 0)
+                job.add_progress(now - before if now >= before else now)
+                sent["n"] = now
+            elif event.get("event") == "retry":
+                job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
+
+        result = executor.call(
+            "lfs_upload",
+            {
+                **params,
+                "ref": f"refs/heads/{self.section.branch}",
+                "objects": [{"oid": oid, "size": file.size, "path": source}],
+            },
+            secrets=secrets,
+            on_event=on_event,
+            cancel=self.ctx.cancel,
+        )
+        answer = result["objects"][0]
+        if answer["skipped"]:
+            job.log.info("the server already has object %s; skipped", oid[:12])
+        job.handles = {"oid": oid, "size": file.size, "skipped": bool(answer["skipped"])}
+        job.save_handles()
+        job.piece_done(0)
+
+    def _hash(self, job: Job, executor: Executor, source: str) -> str:
+        job.log.info("the file's sha256 is unknown; hashing it where it is")
+        result = executor.call("sha256", {"path": source}, cancel=self.ctx.cancel)
+        return str(result["sha256"])
+
+    def verify(self, job: Job) -> Outcome:
+        file = job.file_or_fail
+        handles = dict(job.handles)
+        if handles.get("plain") and handles.get("blob"):
+            return Outcome(handles=handles)
+        if handles.get("oid") and handles.get("size") == file.size:
+            return Outcome(handles=handles, sha256=str(handles["oid"]))
+        job.reset_pieces()
+        raise Retryable("no upload of this file is recorded; uploading it again", error_class="integrity")
+
+    # -- per snapshot -----------------------------------------------------------------------------
+
+    def finish_snapshot(self, job: Job) -> Outcome:
+        executor = self._executor_for(job)
+        remote = self.remote(job)
+        files: list[dict[str, Any]] = []
+        for file, locations in job.snapshot_files:
+            pushed = locations.get(self.name, {})
+            entry: dict[str, Any] = {
+                "path": file.path,
+                "size": file.size,
+                "source": self._source(job, file, locations),
+            }
+            if wants_lfs(file.path, file.size, file.lfs):
+                oid = pushed.get("oid") or file.sha256
+                if not oid:
+                    raise Retryable(f"{file.path} has no recorded LFS object yet", error_class="integrity")
+                entry.update(lfs=True, oid=oid)
+            else:
+                entry.update(lfs=False, blob=pushed.get("blob") or file.git_blob_id)
+            files.append(entry)
+        paths = sorted(f["path"] for f in files)
+        previous = job.previous_snapshot_handles or {}
+        removed: list[str] = []
+        if previous.get("remote") == remote and previous.get("branch") == self.section.branch:
+            removed = sorted(set(previous.get("paths") or []) - set(paths))
+        params = {
+            **self._common(job, executor),
+            "branch": self.section.branch,
+            "files": files,
+            "removed": removed,
+            "force_push": self.section.force_push,
+            "message": self._message(job),
+        }
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "stage":
+                job.log.info("publish: %s", " ".join(f"{k}={v}" for k, v in event.items() if k != "event"))
+            elif kind == "progress":
+                job.add_progress(0)
+            elif kind == "retry":
+                job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
+
+        result = executor.call(
+            "git_publish", params, secrets={"token": self._token()}, on_event=on_event, cancel=self.ctx.cancel
+        )
+        commit = str(result["commit"])
+        job.log.info(
+            "published %s to %s %s (%s, %d removed, %d object(s) confirmed)",
+            commit[:12],
+            self.destination(job),
+            self.section.branch,
+            "pushed" if result.get("pushed") else "already there",
+            len(removed),
+            int(result.get("confirmed") or 0),
+        )
+        return Outcome(
+            handles={
+                "commit": commit,
+                "branch": self.section.branch,
+                "remote": remote,
+                "parent": result.get("parent") or None,
+                "paths": paths,
+            }
+        )
+
+    def _message(self, job: Job) -> str:
+        kind = job.repo.repo_type or "model"
+        return (
+            f"Relay {job.repo.name} at {job.commit[:12]} from Hugging Face\n\n"
+            f"Hugging Face {kind} {job.repo.name}, commit {job.commit} (revision {job.repo.revision}).\n\n"
+            f"Relayed-by: relayd {__version__}\n"
+            f"HF-Repo: {job.repo.name}\n"
+            f"HF-Commit: {job.commit}\n"
+        )
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def checks(self) -> list[Check]:
+        token = self.section.token
+        checks = [
+            Check(
+                "modelscope token",
+                bool(token.configured),
+                token.describe(),
+                "" if token.configured else "set MODELSCOPE_TOKEN or [modelscope] token_file",
+            )
+        ]
+        try:
+            resolved = token.resolve()
+        except ConfigError as exc:
+            return [*checks, Check("modelscope token readable", False, str(exc), "fix [modelscope] token")]
+        if token.configured and not resolved:
+            checks.append(
+                Check("modelscope token readable", False, "the source is empty", "put the token there")
+            )
+        try:
+            facts = self._vm().check(need=("git", "git_lfs"))
+        except HopError as exc:
+            checks.append(Check("lfs_push on the VM", False, str(exc), getattr(exc, "hint", "")))
+        else:
+            checks.append(Check("lfs_push on the VM", True, f"{facts.git}, {facts.git_lfs}"))
+        return checks
+
+    def close(self) -> None:
+        with self._lock:
+            local, self._local = self._local, None
+        if local is not None:
+            local.close()

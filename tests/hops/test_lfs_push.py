@@ -1,0 +1,521 @@
+"""The lfs_push hop with the real engine, store and VM executor against the sandbox git + LFS server.
+
+The catalogue is seeded through the Store: a snapshot is recorded and the earlier hop's transfers
+(vm_pull, or download for a route without vm_pull) are completed with handles pointing at files placed
+in a VM directory (or in staging), so nothing depends on the other hops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayd.catalogue import migrate
+from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
+from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
+from relayd.config import Config, parse_config
+from relayd.daemon import hop_rules
+from relayd.engine import Engine, EngineSettings
+from relayd.hops import load_hop_class
+from relayd.hops.base import HopContext, Services
+from relayd.hops.lfs_push import LfsPushHop
+from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd.staging import Staging
+from relayd.vm.executor import make_executor
+
+if shutil.which("git") is None or shutil.which("git-lfs") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("git and git-lfs are required in CI")
+    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(180)
+
+OWNER = "relay"
+HF_REPO = "acme/model"
+HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class PushWorld:
+    """A catalogue, a VM directory, the lfs_push hop and an engine, against one sandbox server."""
+
+    def __init__(self, root: Path, server: GitLfsServer, *, token: str | None = None) -> None:
+        self.root = root
+        self.server = server
+        self.vm_root = root / "vm"
+        self.vm_root.mkdir(parents=True)
+        self.token_file = root / "ms-token"
+        self.token_file.write_text((token or server.token) + "\n")
+        self.token_file.chmod(0o600)
+        self.store = Store(f"sqlite:///{root / 'catalogue.db'}")
+        migrate.ensure_schema(self.store.engine, auto_upgrade=False)
+        self.owner = new_owner_id()
+        self.engine: Engine | None = None
+        self.cancel = threading.Event()
+        self.build()
+
+    def config(self, **modelscope: Any) -> Config:
+        data = {
+            "daemon": {"state_dir": str(self.root / "state")},
+            "catalogue": {"url": f"sqlite:///{self.root / 'catalogue.db'}"},
+            "staging": {"dir": str(self.root / "staging"), "max_bytes": "10 GB", "min_free": "0"},
+            "retry": {"initial": "0.05s", "maximum": "0.5s"},
+            "vm": {"executor": "local", "root": str(self.vm_root)},
+            "modelscope": {
+                "remote": self.server.base_url + "/{owner}/{name}.git",
+                "token_file": str(self.token_file),
+                **modelscope,
+            },
+        }
+        return parse_config(data, self.root / "relayd.toml")
+
+    def build(self, **modelscope: Any) -> LfsPushHop:
+        config = self.config(**modelscope)
+        self.staging = Staging(config.staging)
+        self.cancel = threading.Event()
+        services = Services({"vm": lambda: make_executor(config.vm)})
+        ctx = HopContext(self.store, self.staging, config.daemon.state_dir, self.cancel, self.owner, services)
+        hop = load_hop_class("lfs_push")(config.section_for("lfs_push"), ctx)
+        assert isinstance(hop, LfsPushHop)
+        self.hop = hop
+        self.store.rules = hop_rules({"lfs_push": hop})
+        settings = EngineSettings(
+            workers=4, lease=30, idle_wait=0.05, retry=config.retry, limits={"lfs_push": 2}
+        )
+        if self.engine is not None:
+            self.engine.drain(5)
+        self.engine = Engine(self.store, self.staging, {"lfs_push": hop}, ctx, settings)
+        return hop
+
+    # -- seeding -----------------------------------------------------------------------------------
+
+    def add_repo(self, route: tuple[str, ...] = ("vm_pull", "lfs_push"), name: str = "model") -> None:
+        self.route = route
+        self.store.add_repo(
+            RepoSpec(
+                name=HF_REPO, every=3600, route=route, destinations={"modelscope_repo": f"{OWNER}/{name}"}
+            ),
+            replace=True,
+        )
+
+    def snapshot(self, files: dict[str, bytes], commit: str) -> int:
+        """Record a snapshot of *files* and complete the hop before lfs_push for each new file."""
+        repo = self.store.repo(HF_REPO)
+        assert repo is not None
+        specs = []
+        for path, data in files.items():
+            lfs = path.endswith((".safetensors", ".bin"))
+            specs.append(
+                FileSpec(
+                    path, len(data), lfs, sha256=sha(data), git_blob_id=None if lfs else git_blob_id(data)
+                )
+            )
+        snapshot = self.store.record_snapshot(repo.id, commit, specs).snapshot_id
+        first = self.route[0]
+        while (transfer := self.store.claim(first, "seeder", 30)) is not None:
+            job = self.store.load_job(transfer.id)
+            assert job.file is not None
+            data = files[job.file.path]
+            if first == "vm_pull":
+                target = self.vm_root / HF_REPO / commit[:8] / job.file.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                self.store.complete(transfer.id, "seeder", {"path": str(target)}, sha256=sha(data))
+            else:
+                target = self.staging.blob_path(sha(data))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                self.store.complete(
+                    transfer.id, "seeder", {}, sha256=sha(data), staged_path=self.staging.relative(target)
+                )
+        return snapshot
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def transfers(self, hop: str = "lfs_push") -> list[Transfer]:
+        with self.store.read() as session:
+            return list(session.query(Transfer).filter(Transfer.hop == hop).order_by(Transfer.id))
+
+    def run(self, timeout: float = 60, *, until_blocked: bool = False) -> list[Transfer]:
+        assert self.engine is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            self.engine.run_until_idle(timeout=max(0.1, deadline - time.monotonic()))
+            transfers = self.transfers()
+            busy = [t for t in transfers if t.state in (PENDING, RUNNING, WAITING)]
+            if not busy or (until_blocked and any(t.state == BLOCKED for t in transfers)):
+                return transfers
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still busy: {[(t.id, t.state, t.last_error) for t in busy]}")
+            time.sleep(0.05)
+
+    def snapshot_transfer(self) -> Transfer:
+        found = [t for t in self.transfers() if t.snapshot_id is not None]
+        assert found, "no snapshot-level transfer"
+        return found[-1]
+
+    def file_transfer(self, path: str) -> Transfer:
+        from relayd.catalogue.schema import File
+
+        with self.store.read() as session:
+            found = (
+                session.query(Transfer)
+                .join(File, File.id == Transfer.file_id)
+                .filter(File.path == path, Transfer.hop == "lfs_push")
+                .order_by(Transfer.id.desc())
+                .first()
+            )
+            assert found is not None, path
+            return found
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.drain(5)
+        self.store.close()
+
+
+class Git:
+    """The real git + git-lfs, for cloning what was pushed (token only in $MS_TOKEN)."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        home = root / "git-home"
+        home.mkdir()
+        self.env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": str(home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_TERMINAL_PROMPT": "0",
+            "MS_TOKEN": token,
+        }
+        subprocess.run(
+            ["git", "lfs", "install", "--skip-repo"], env=self.env, check=True, capture_output=True
+        )
+
+    def run(self, *args: str, cwd: Path | None = None) -> str:
+        argv = [
+            "git",
+            "-c",
+            "credential.helper=",
+            "-c",
+            f"credential.helper={HELPER}",
+            "-c",
+            "lfs.locksverify=false",
+        ]
+        result = subprocess.run(
+            [*argv, *args], cwd=cwd, env=self.env, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def clone_tree(self, url: str, dest: Path) -> dict[str, str]:
+        self.run("clone", "-q", url, str(dest))
+        return {
+            str(p.relative_to(dest)): sha(p.read_bytes())
+            for p in dest.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(dest).parts
+        }
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GitLfsServer]:
+    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
+        srv.new_repo(OWNER, "model")
+        yield srv
+
+
+@pytest.fixture
+def world(tmp_path: Path, server: GitLfsServer) -> Iterator[PushWorld]:
+    box = PushWorld(tmp_path / "world", server)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+@pytest.fixture
+def git(tmp_path: Path, server: GitLfsServer) -> Git:
+    return Git(tmp_path, server.token)
+
+
+FIRST = {
+    "model.safetensors": os.urandom(300_000),
+    "tokenizer.json": os.urandom(70_000),  # over 64 KiB, plain on HF: LFS on ModelScope
+    "vocab.txt": b"a\nb\nc\n",
+    "README.md": b"# acme/model\n",
+    "config.json": b'{"hidden_size": 8}\n',
+    ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+}
+
+
+def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
+    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+) -> None:
+    world.add_repo()
+    world.snapshot(FIRST, "1" * 40)
+    world.run()
+    assert all(t.state == DONE for t in world.transfers())
+    finish = world.snapshot_transfer()
+    commit = finish.handles["commit"]
+    assert server.branch_head(OWNER, "model") == commit
+    assert finish.handles["remote"] == server.remote_url(OWNER, "model")
+    assert finish.handles["branch"] == "master"
+    model = world.file_transfer("model.safetensors").handles
+    assert model == {"oid": sha(FIRST["model.safetensors"]), "size": 300_000, "skipped": False}
+    assert world.file_transfer("README.md").handles["plain"] is True
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone1")
+    assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {
+        k: sha(v) for k, v in FIRST.items() if k != ".gitattributes"
+    }
+    for path in ("README.md", "config.json", "vocab.txt"):
+        assert server.show_file(OWNER, "model", path) == FIRST[path]
+    for path in ("model.safetensors", "tokenizer.json"):
+        assert server.show_file(OWNER, "model", path) == lfs_pointer(sha(FIRST[path]), len(FIRST[path]))
+    message = git.run("log", "-1", "--format=%B", cwd=tmp_path / "clone1")
+    assert HF_REPO in message and "1" * 40 in message
+
+    # Second snapshot: the model changes, vocab.txt goes, tokenizer.json moves (same content).
+    before = server.counters()
+    second = dict(FIRST)
+    second["model.safetensors"] = os.urandom(300_000)
+    del second["vocab.txt"]
+    second["tok/tokenizer.json"] = second.pop("tokenizer.json")
+    world.snapshot(second, "2" * 40)
+    world.run()
+    after = server.counters()
+    assert after.put_bytes - before.put_bytes == 300_000  # only the changed object
+    assert world.file_transfer("tok/tokenizer.json").handles["skipped"] is True
+    finish2 = world.snapshot_transfer()
+    assert finish2.handles["parent"] == commit
+    tree2 = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone2")
+    assert {k: v for k, v in tree2.items() if k != ".gitattributes"} == {
+        k: sha(v) for k, v in second.items() if k != ".gitattributes"
+    }
+    assert "vocab.txt" not in tree2 and "tokenizer.json" not in tree2
+
+
+def test_the_token_never_shows(
+    world: PushWorld, server: GitLfsServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Not in any process's argv during a push (read from /proc), not in .git/config, not in logs,
+    not in the catalogue."""
+    caplog.set_level(logging.DEBUG)
+    world.add_repo()
+    files = {"model.safetensors": os.urandom(4 * 1024 * 1024), "README.md": b"# m\n"}
+    world.snapshot(files, "3" * 40)
+    server.put_bytes_per_second = 2 * 1024 * 1024
+    token = server.token.encode()
+    seen: list[str] = []
+    leaks: list[str] = []
+    stop = threading.Event()
+
+    def scan() -> None:
+        while not stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    argv = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"git" in argv or b"relayd-agent" in argv:
+                    seen.append(argv.decode(errors="replace"))
+                if token in argv:
+                    leaks.append(argv.decode(errors="replace"))
+            time.sleep(0.005)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        world.run()
+    finally:
+        stop.set()
+        scanner.join()
+    assert world.snapshot_transfer().state == DONE
+    assert leaks == []
+    assert any("push" in argv for argv in seen), "the scan never saw the git push"
+    assert any("relayd-agent" in argv for argv in seen)
+    for config in (world.root / "vm").rglob("config"):
+        assert token not in config.read_bytes()
+    scratch_configs = list((world.root / "vm" / ".relayd-lfs").rglob("config"))
+    assert scratch_configs
+    for path in (world.root / "vm" / ".relayd-lfs").rglob("*"):
+        if path.is_file():
+            assert token not in path.read_bytes(), path
+    assert server.token not in caplog.text
+    with world.store.read() as session:
+        handles = [t.handles for t in session.query(Transfer)]
+    assert server.token not in json.dumps(handles)
+
+
+def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLfsServer) -> None:
+    """The daemon stops mid-object: the objects done are not sent again, the interrupted one starts
+    again from byte 0, and the snapshot completes."""
+    world.add_repo()
+    small = {f"small-{i}.bin": os.urandom(50_000) for i in range(3)}
+    big = os.urandom(24 * 1024 * 1024)
+    world.snapshot({**small, "big.safetensors": big}, "4" * 40)
+    server.put_bytes_per_second = 4 * 1024 * 1024
+
+    def stop_mid_object() -> None:
+        deadline = time.monotonic() + 60
+        while server.counters().put_bytes_by_oid.get(sha(big), 0) < 1_000_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        world.cancel.set()  # the daemon is stopping
+
+    stopper = threading.Thread(target=stop_mid_object)
+    stopper.start()
+    assert world.engine is not None
+    world.engine.run_until_idle(timeout=60)
+    stopper.join()
+    server.put_bytes_per_second = None
+    assert server.wait_idle()
+    first = server.counters().put_bytes_by_oid
+    assert 0 < first[sha(big)] < len(big)
+    assert world.file_transfer("big.safetensors").state == PENDING  # given back, not failed
+
+    world.build()
+    world.run()
+    assert world.snapshot_transfer().state == DONE
+    second = server.counters().put_bytes_by_oid
+    for data in small.values():
+        assert second[sha(data)] == len(data)  # each small object went up once
+    assert second[sha(big)] == first[sha(big)] + len(big)
+    assert server.read_object(OWNER, "model", sha(big)) == big
+
+
+def test_the_server_down_for_a_while_then_success(
+    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+) -> None:
+    world.add_repo()
+    files = {"model.safetensors": os.urandom(200_000), "README.md": b"# m\n"}
+    world.snapshot(files, "5" * 40)
+    server.stop()
+    restarter = threading.Timer(2.0, server.start)
+    restarter.start()
+    try:
+        world.run(timeout=90)
+    finally:
+        restarter.join()
+    assert world.snapshot_transfer().state == DONE
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    assert tree["model.safetensors"] == sha(files["model.safetensors"])
+
+
+@pytest.mark.parametrize(
+    ("problem", "error_class", "hint"),
+    [
+        ("token", "auth", "token"),
+        ("repo", "not_found", "create the model repo relay/missing"),
+        ("quota", "quota", "quota"),
+        ("no_owner", "config", "OWNER/NAME"),
+    ],
+)
+def test_what_only_a_person_can_fix_blocks_with_a_hint(
+    tmp_path: Path, server: GitLfsServer, problem: str, error_class: str, hint: str
+) -> None:
+    wrong = "wrong-token-" + secrets.token_hex(8)
+    world = PushWorld(tmp_path / "world", server, token=wrong if problem == "token" else None)
+    try:
+        name = {"repo": "missing", "no_owner": ""}.get(problem, "model")
+        world.add_repo(name=name)
+        if problem == "no_owner":
+            world.store.add_repo(
+                RepoSpec(
+                    name=HF_REPO, every=3600, route=world.route, destinations={"modelscope_repo": "noowner"}
+                ),
+                replace=True,
+            )
+        if problem == "quota":
+            server.fail_next("batch", 507, message="quota exceeded")
+        world.snapshot({"model.safetensors": os.urandom(10_000)}, "6" * 40)
+        transfers = world.run(until_blocked=True)
+        blocked = [t for t in transfers if t.state == BLOCKED]
+        assert blocked, [(t.state, t.last_error) for t in transfers]
+        assert blocked[0].error_class == error_class
+        assert hint in (blocked[0].hint or "")
+        assert "relayctl retry" in (blocked[0].hint or "") or problem == "no_owner"
+        assert wrong not in (blocked[0].last_error or "") and server.token not in (
+            blocked[0].last_error or ""
+        )
+    finally:
+        world.close()
+
+
+def test_a_missing_token_blocks(world: PushWorld) -> None:
+    world.token_file.write_text("")
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(1000)}, "7" * 40)
+    transfers = world.run(until_blocked=True)
+    assert transfers[0].state == BLOCKED and transfers[0].error_class == "auth"
+    assert "MODELSCOPE_TOKEN" in (transfers[0].hint or "")
+
+
+def test_the_remote_moved_so_the_commit_is_rebuilt_on_top(
+    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+) -> None:
+    world.add_repo()
+    raced: list[str] = []
+
+    def race(owner: str, name: str, path: str, service: str) -> None:
+        if service == "git-receive-pack" and not raced:
+            raced.append(server.commit_server_side(OWNER, "model", {"NOTES.md": b"from the hub\n"}))
+
+    server.before_git = race
+    world.snapshot({"model.safetensors": os.urandom(90_000), "README.md": b"# m\n"}, "8" * 40)
+    world.run()
+    finish = world.snapshot_transfer()
+    assert finish.state == DONE and raced
+    assert finish.handles["parent"] == raced[0]
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    assert tree["NOTES.md"] == sha(b"from the hub\n")
+
+
+def test_a_route_without_vm_pull_pushes_from_staging(
+    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+) -> None:
+    world.add_repo(route=("download", "lfs_push"))
+    files = {"model.safetensors": os.urandom(120_000), "README.md": b"# staged\n", "vocab.txt": b"x\n"}
+    world.snapshot(files, "9" * 40)
+    staged = [world.staging.blob_path(sha(d)) for d in files.values()]
+    assert all(p.exists() for p in staged)  # kept for lfs_push (it reads staging on this route)
+    world.run()
+    assert world.snapshot_transfer().state == DONE
+    assert not any(p.exists() for p in staged)  # released once lfs_push had them
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {k: sha(v) for k, v in files.items()}
+
+
+def test_on_a_vm_route_staging_is_not_held_for_lfs_push(world: PushWorld) -> None:
+    world.add_repo(route=("download", "vm_pull", "lfs_push"))
+    data = os.urandom(1000)
+    repo = world.store.repo(HF_REPO)
+    assert repo is not None
+    world.store.record_snapshot(repo.id, "a" * 40, [FileSpec("w.bin", len(data), True, sha256=sha(data))])
+    transfer = world.store.claim("download", "seeder", 30)
+    assert transfer is not None
+    target = world.staging.blob_path(sha(data))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    released = world.store.complete(
+        transfer.id, "seeder", {}, sha256=sha(data), staged_path=world.staging.relative(target)
+    )
+    assert [r.staged_path for r in released] == [world.staging.relative(target)]
