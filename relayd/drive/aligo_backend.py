@@ -1179,7 +1179,7 @@ class AligoDrive(Drive):
         file = self._file(done)
         if not file.matches(local.size, local.sha1):
             raise ContentMismatch(
-                f"the drive computed {file.content_hash} over {file.size} bytes for {name}, "
+                f"the drive computed content hash {file.content_hash} over {file.size} bytes for {name}, "
                 f"expected {local.sha1.upper()} over {local.size}",
                 file,
             )
