@@ -24,6 +24,7 @@ COMMANDS = {
     "status": "relayd.cli.status:status",
     "config": "relayd.cli.config_cmd:config_group",
     "db": "relayd.cli.db:db_group",
+    "drive": "relayd.cli.drive:drive_group",
 }
 
 

@@ -53,7 +53,7 @@ class RedirectAdapter(HTTPAdapter):
                 return self.base_url + url[len(prefix) :]
         return url
 
-    def send(  # noqa: PLR0917 - HTTPAdapter.send's own signature
+    def send(
         self,
         request: PreparedRequest,
         stream: bool = False,

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from relayd.errors import Retryable
+from relayd.errors import Retryable, UsageError
 
 LOGIN_HINT = (
     "give relayd a new refresh token: `relayctl drive login --refresh-token-file PATH`, then `relayctl retry`"
@@ -229,6 +229,12 @@ class Drive(abc.ABC):
     @abc.abstractmethod
     def download_url(self, file_id: str) -> DownloadLink:
         """Return a fresh download link for the file (the vm_pull hop's source)."""
+
+    def login(self, refresh_token: str, *, bootstrap_sha256: str | None = None) -> TokenLifetime:
+        """Exchange a refresh token a person supplied for a saved login, and return its lifetime
+        (`relayctl drive login`). Raise NeedsPerson if the service refuses it; backends that log in
+        another way raise UsageError."""
+        raise UsageError(f"the {self.backend} drive backend does not log in with a refresh token")
 
     @abc.abstractmethod
     def token_lifetime(self) -> TokenLifetime:

@@ -1,0 +1,169 @@
+"""`relayctl drive`: give relayd its Aliyun Drive login, and show how long the access token has left.
+
+relayd never logs in interactively (no QR code, no prompt, no browser). A person copies a refresh
+token from the Aliyun Drive web app into a file readable only by them and runs
+``relayctl drive login --refresh-token-file PATH``: relayd exchanges it at once (the drive rotates it)
+and keeps the new pair in ``<daemon.state_dir>/drive/token.json`` (mode 0600), where the daemon picks
+it up. The token never appears on the command line, in the catalogue or in logs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relayd.cli.app import EXIT_RUNTIME, App, echo_json, json_option, pass_app
+from relayd.errors import ConfigError, NeedsPerson, RelayError, UsageError
+
+LOGIN_EPILOG = (
+    "Get a refresh token from the Aliyun Drive web app (developer tools: localStorage 'token', field "
+    "refresh_token), write it to a file only you can read (chmod 600), and pass that file. Then run "
+    "`relayctl retry` so transfers blocked on the login continue."
+)
+
+
+@click.group("drive")
+def drive_group() -> None:
+    """Manage relayd's Aliyun Drive login (a refresh token; never a QR code)."""
+
+
+def _read_token(path: Path) -> str:
+    """Return the refresh token in the file at *path*. Raise UsageError for an empty or odd file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    token = text.strip()
+    if not token or any(char.isspace() for char in token):
+        raise UsageError(f"{path} must hold exactly one refresh token (one word, no spaces)")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        click.echo(f"relayctl: warning: {path} is readable by others (mode {mode:o}); chmod 600 it", err=True)
+    return token
+
+
+def _configured_fingerprint(app: App) -> str | None:
+    from relayd.drive.tokens import fingerprint
+
+    try:
+        configured = app.config.drive.refresh_token.resolve()
+    except ConfigError:
+        return None
+    return fingerprint(configured) if configured else None
+
+
+def _publish(app: App, fact: dict[str, Any]) -> None:
+    """Show the new lifetime in `relayctl status` at once (best effort: the daemon republishes)."""
+    try:
+        app.store().publish("drive.token", fact)
+    except (RelayError, OSError) as exc:
+        click.echo(f"relayctl: note: the catalogue was not updated ({exc})", err=True)
+
+
+def _describe(fact: dict[str, Any], now: datetime) -> str:
+    expires = fact.get("expires_at")
+    if not expires:
+        return fact.get("state") or "unknown"
+    remaining = (datetime.fromisoformat(expires) - now).total_seconds()
+    when = "expired" if remaining <= 0 else f"valid for {remaining / 60:.0f} more minutes"
+    return f"{fact.get('state')}: access token {when} (until {expires})"
+
+
+@drive_group.command("login", epilog=LOGIN_EPILOG)
+@click.option(
+    "--refresh-token-file",
+    "token_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file holding the refresh token (the token itself never goes on the command line).",
+)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Only save the token; the daemon exchanges it on first use (default: exchange it now).",
+)
+@pass_app
+def login(app: App, token_file: Path, no_check: bool) -> None:
+    """Give relayd a new Aliyun Drive refresh token, saved atomically with mode 0600."""
+    from relayd.drive.tokens import TokenStore, new_record
+
+    token = _read_token(token_file)
+    config = app.config
+    tokens = TokenStore(config.daemon.state_dir / "drive")
+    bootstrap = _configured_fingerprint(app)
+    if no_check:
+        with tokens.locked():
+            previous = tokens.load()
+            tokens.save(
+                new_record(
+                    token,
+                    source="login",
+                    previous=previous,
+                    bootstrap_sha256=bootstrap or (previous or {}).get("bootstrap_sha256"),
+                )
+            )
+        lifetime = tokens.lifetime()
+    else:
+        from relayd.drive import make_drive
+
+        drive = make_drive(config.drive, config.daemon.state_dir)
+        try:
+            lifetime = drive.login(token, bootstrap_sha256=bootstrap)
+        except NeedsPerson as exc:
+            click.echo(
+                "relayctl: error: the drive refused this refresh token (expired, revoked or already "
+                "used); get a fresh one and try again",
+                err=True,
+            )
+            raise click.exceptions.Exit(EXIT_RUNTIME) from exc
+        finally:
+            drive.close()
+    _publish(app, lifetime.as_fact())
+    click.echo(f"saved the drive login to {tokens.path} (mode {tokens.mode() or 0:o})")
+    click.echo(_describe(lifetime.as_fact(), datetime.now(UTC)))
+    click.echo("run `relayctl retry` to continue transfers that waited for the login")
+
+
+@drive_group.command("status")
+@json_option
+@pass_app
+def status(app: App, as_json: bool) -> None:
+    """Show relayd's drive login and the access token's remaining lifetime (no network calls).
+
+    Exit status 1 when there is no login or the drive refused it.
+    """
+    from relayd.drive.tokens import TokenStore
+
+    config = app.config
+    tokens = TokenStore(config.daemon.state_dir / "drive")
+    readable = not tokens.directory.exists() or os.access(tokens.directory, os.R_OK | os.X_OK)
+    if not readable:
+        raise UsageError(f"cannot read {tokens.directory}: run this as the user relayd runs as")
+    lifetime = tokens.lifetime()
+    now = datetime.now(UTC)
+    remaining = lifetime.remaining(now)
+    data = {
+        **lifetime.as_fact(),
+        "remaining_seconds": None if remaining is None else round(remaining),
+        "token_file": str(tokens.path),
+        "mode": None if tokens.mode() is None else f"{tokens.mode():o}",
+        "backend": config.drive.backend,
+        "drive": config.drive.drive,
+        "api_url": config.drive.api_url,
+    }
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(f"drive login: {_describe(lifetime.as_fact(), now)}")
+        if lifetime.refreshed_at is not None:
+            click.echo(f"last refreshed: {lifetime.refreshed_at.isoformat()}")
+        click.echo(f"token file: {tokens.path} (mode {data['mode'] or '-'})")
+        if lifetime.state in ("missing", "refused"):
+            click.echo("give relayd a login: relayctl drive login --refresh-token-file PATH")
+    if lifetime.state in ("missing", "refused"):
+        raise click.exceptions.Exit(EXIT_RUNTIME)

@@ -1,0 +1,98 @@
+"""`relayctl drive login` and `relayctl drive status`: a refresh token from a file, exchanged at once,
+saved 0600 in the state directory, never echoed; the lifetime shown by `drive status` and `status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from drivebox import DriveBox
+
+from relayd.cli import cli
+from relayd.sandbox.drive import FakeDrive
+
+
+@pytest.fixture
+def config(box: DriveBox) -> Path:
+    return box.write_daemon_config()
+
+
+def _run(config: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["-c", str(config), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "new-token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_status_without_a_login_says_how_to_log_in(config: Path) -> None:
+    code, out, _ = _run(config, "drive", "status")
+    assert code == 1
+    assert "missing" in out and "relayctl drive login --refresh-token-file" in out
+
+
+def test_login_exchanges_and_saves_the_token(
+    config: Path, box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    token = fake.issue_refresh_token()
+    code, out, err = _run(config, "drive", "login", "--refresh-token-file", str(_token_file(tmp_path, token)))
+    assert code == 0, err
+    assert fake.stats().refreshes == 1
+    saved = box.state_dir / "drive" / "token.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    record = json.loads(saved.read_text())
+    assert record["source"] == "login" and record["refresh_token"] != token  # rotated at once
+    assert token not in out + err and record["refresh_token"] not in out + err
+    assert "valid for" in out and "relayctl retry" in out
+
+    code, out, _ = _run(config, "drive", "status", "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["state"] == "valid" and 7000 < status["remaining_seconds"] <= 7200
+    assert status["mode"] == "600"
+    assert token not in out and record["access_token"] not in out
+
+    code, out, _ = _run(config, "status")
+    assert code == 0
+    assert "drive.token" in out and "state=valid" in out
+
+    # The daemon side uses the login rather than the config's bootstrap token.
+    assert box.drive().ensure_folder("/relayd/after-login")
+    assert fake.stats().refreshes == 1 and fake.stats().refresh_failures == 0
+
+
+def test_a_refused_login_saves_nothing(config: Path, box: DriveBox, fake: FakeDrive, tmp_path: Path) -> None:
+    code, _, err = _run(
+        config, "drive", "login", "--refresh-token-file", str(_token_file(tmp_path, "dead-token"))
+    )
+    assert code == 1
+    assert "refused" in err and "dead-token" not in err
+    assert not (box.state_dir / "drive" / "token.json").exists()
+
+
+def test_login_without_check_saves_for_the_daemon(
+    config: Path, box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    token = fake.issue_refresh_token()
+    code, out, _ = _run(
+        config, "drive", "login", "--no-check", "--refresh-token-file", str(_token_file(tmp_path, token))
+    )
+    assert code == 0
+    assert fake.stats().refreshes == 0
+    code, out, _ = _run(config, "drive", "status")
+    assert code == 0 and "expired" in out
+    box.drive().ensure_folder("/relayd/x")
+    assert fake.stats().refreshes == 1
+
+
+def test_a_token_file_with_junk_is_refused(config: Path, tmp_path: Path) -> None:
+    path = tmp_path / "junk"
+    path.write_text("two words\n")
+    code, _, err = _run(config, "drive", "login", "--refresh-token-file", str(path))
+    assert code == 2 and "one refresh token" in err
