@@ -506,12 +506,20 @@ def _vm(reader: SectionReader) -> VmConfig:
         ssh_options=reader.strings("ssh_options"),
         python=reader.string("python", "python3"),
         path=reader.string("path", ""),
-        concurrency=reader.integer("concurrency", 2, minimum=1, maximum=16),
+        # One file at a time with two connections: the drive allows 2 live download links per app
+        # (3 per user) and answers 403 beyond; files × connections should stay within that.
+        concurrency=reader.integer("concurrency", 1, minimum=1, maximum=16),
         connections=reader.integer("connections", 2, minimum=1, maximum=16),
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
     )
     reader.finish()
+    if config.concurrency * config.connections > 3:
+        log.warning(
+            "vm.concurrency × vm.connections = %d download links at once; the drive allows 2 per app and "
+            "3 per user (403 beyond): the VM agent drops the connections the drive refuses",
+            config.concurrency * config.connections,
+        )
     return config
 
 

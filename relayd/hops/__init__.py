@@ -19,6 +19,7 @@ ENTRY_POINT_GROUP = "relayd.hops.v1"
 # The built-in hops, so that a checkout without installed metadata still finds them.
 BUILTIN: dict[str, str] = {
     "local_copy": "relayd.hops.local_copy:LocalCopyHop",
+    "vm_pull": "relayd.hops.vm_pull:VmPullHop",
     "lfs_push": "relayd.hops.lfs_push:LfsPushHop",
     "download": "relayd.hops.download:DownloadHop",
 }

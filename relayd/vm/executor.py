@@ -148,6 +148,8 @@ class Executor(abc.ABC):
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        #: Put in every agent's command line, so its processes can be found (tests use their own).
+        self.marker = AGENT_MARKER
 
     @property
     def host(self) -> str:
@@ -448,8 +450,8 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _bootstrap_argv(python: str, bundle: AgentBundle) -> list[str]:
-    return [python, "-c", BOOTSTRAP, bundle.sha256, str(len(bundle.data)), AGENT_MARKER]
+def _bootstrap_argv(python: str, bundle: AgentBundle, marker: str) -> list[str]:
+    return [python, "-c", BOOTSTRAP, bundle.sha256, str(len(bundle.data)), marker]
 
 
 # -- the VM is this machine -------------------------------------------------------------------------
@@ -466,7 +468,7 @@ class LocalExecutor(Executor):
         if self.config.path:
             env["PATH"] = self.config.path
         python = shutil.which(self.config.python, path=env.get("PATH")) or self.config.python
-        return _bootstrap_argv(python, bundle), env
+        return _bootstrap_argv(python, bundle, self.marker), env
 
     def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
@@ -510,8 +512,7 @@ class SshExecutor(Executor):
         options: list[str] = ["-T", "-x", "-a"]
         if config.ssh_config_file is not None:
             options += ["-F", str(config.ssh_config_file)]
-        for option in config.ssh_options:  # the user's own options win: ssh keeps the first value
-            options += ["-o", option]
+        options += config.ssh_options  # the user's own words first: ssh keeps an option's first value
         if config.port != 22:
             options += ["-p", str(config.port)]
         if config.user:
@@ -544,7 +545,7 @@ class SshExecutor(Executor):
         words = ["exec"]
         if self.config.path:
             words += ["env", f"PATH={self.config.path}"]
-        words += _bootstrap_argv(self.config.python, bundle)
+        words += _bootstrap_argv(self.config.python, bundle, self.marker)
         return shlex.join(words)
 
     def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:

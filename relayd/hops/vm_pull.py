@@ -1,0 +1,375 @@
+"""vm_pull: bring each file from the drive onto the VM, resumable, and verified on the VM itself.
+
+The VM's side runs in relayd's agent (``relayd/vm/agent/pull.py``) through the VM executor (local, or
+over SSH). For each call the hop asks the drive for a fresh download link and hands the agent the
+missing pieces; the agent fetches them with Range GETs over ``vm.connections`` keep-alive connections
+into ``<vm.root>/<vm_dir>/<path>.relayd-partial`` and reports each piece only after fsync, and the hop
+records it then. While pieces land, the agent hashes the growing prefix, so when the last one is in,
+the sha256 computed on the VM is compared with the file's and the file is renamed into place.
+
+Failures: an expired link (403, or close to its expiry) → a new link and the remaining pieces; a
+dropped SSH connection or a dead agent → reconnect and continue (at most one piece per connection is
+fetched again); a sha256 mismatch → the bad pieces (found against a staged copy when there is one) or
+all pieces again, and a second mismatch in a row blocks with both hashes. With ``vm.executor = "local"``
+and the per-repo option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this
+machine is hard-linked (or copied) from staging instead, verified the same way.
+
+Handles: ``{"path": <absolute path on the VM>, "executor": "local" | "ssh", "host": ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from relayd.config import VmConfig
+from relayd.digest import sha256_of_range
+from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.units import format_size
+from relayd.vm.executor import Executor, make_executor
+
+log = logging.getLogger(__name__)
+
+#: Reconnections to the VM within one attempt, counted since the last piece that landed.
+RECONNECTS = 5
+#: Fresh links the drive may refuse in a row (no piece landing in between) before a person looks.
+REFUSED_LINKS = 3
+#: How long a good readiness check of the VM (python3, git, git-lfs) is trusted.
+READY_TTL = 300.0
+#: Handle keys that survive between attempts.
+MISMATCHES = "mismatches"
+
+
+def _expires_in(link: Any) -> float | None:
+    """Return the seconds a download link has left (the agent applies them to its own clock, so a
+    skewed VM clock does not matter), or None when unknown."""
+    expires = getattr(link, "expires_at", None)
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        moment = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+        return moment.timestamp() - time.time()
+    return float(expires) - time.time()
+
+
+class VmPullHop(Hop):
+    """Drive → VM disk, through the VM agent; see the module doc."""
+
+    name = "vm_pull"
+    section: VmConfig
+
+    def __init__(self, section: VmConfig, ctx: HopContext) -> None:
+        super().__init__(section, ctx)
+        self._own_executor: Executor | None = None
+        self._lock = threading.Lock()
+        self._ready_until = 0.0
+        self._results: dict[int, dict[str, Any]] = {}
+
+    @property
+    def reads_staging(self) -> bool:  # type: ignore[override]
+        """Keep staged copies until this hop is done only when the short path may use them."""
+        return self.section.executor == "local" and self.section.from_staging
+
+    # -- shared clients ---------------------------------------------------------------------------
+
+    def _executor(self) -> Executor:
+        try:
+            executor = self.ctx.services.get("vm")
+        except KeyError:
+            executor = None
+        if isinstance(executor, Executor):
+            return executor
+        with self._lock:
+            if self._own_executor is None:
+                self._own_executor = make_executor(self.section)
+            return self._own_executor
+
+    def _drive(self) -> Any:
+        try:
+            return self.ctx.services.get("drive")
+        except KeyError as exc:
+            raise NeedsPerson(
+                "vm_pull needs the drive, and this relayd has no drive client",
+                hint="configure [drive] (vm_pull reads the files pan_upload put there)",
+                error_class="config",
+            ) from exc
+        except ConfigError as exc:
+            raise NeedsPerson(f"the drive cannot be used: {exc}", hint="fix [drive] in the config") from exc
+
+    def _ready(self, executor: Executor) -> None:
+        """Check once in a while that the VM has python3 ≥ 3.8, git and git-lfs (NeedsPerson if not)."""
+        if time.monotonic() < self._ready_until:
+            return
+        facts = executor.check(need=("git", "git_lfs"), timeout=120)
+        log.info(
+            "%s ready: python %s, %s, %s; %s free under %s",
+            executor.describe(),
+            facts.python,
+            facts.git,
+            facts.git_lfs,
+            format_size(facts.free),
+            facts.root,
+        )
+        self._ready_until = time.monotonic() + READY_TTL
+
+    # -- where ------------------------------------------------------------------------------------
+
+    def _relpath(self, job: Job) -> str:
+        """Return the file's path under vm.root: ``<vm_dir or owner/name>/<path>``."""
+        vm_dir = str(job.repo.destinations.get("vm_dir") or job.repo.name).strip("/")
+        relative = posixpath.join(vm_dir, job.file_or_fail.path)
+        parts = relative.split("/")
+        if posixpath.isabs(relative) or any(part in ("", ".", "..") for part in parts):
+            raise Permanent(f"refusing the VM path {relative!r}", hint="fix the repo's vm_dir destination")
+        return relative
+
+    def _from_staging(self, job: Job, executor: Executor) -> str | None:
+        """Return the staged copy's path when the short path applies, else None."""
+        option = job.repo.options.get("vm_from_staging")
+        wanted = self.section.from_staging if option is None else bool(option)
+        staged = job.file_or_fail.staged_path
+        if not wanted or executor.kind != "local" or not staged:
+            return None
+        path = self.ctx.staging.resolve(staged)
+        return str(path) if path.is_file() else None
+
+    # -- the contract -----------------------------------------------------------------------------
+
+    def plan(self, job: Job) -> Sequence[PieceSpec]:
+        return plan_ranges(job.file_or_fail.size, self.section.piece_size)
+
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        file = job.file_or_fail
+        if not file.sha256:
+            raise Permanent(
+                "the file's sha256 is unknown, so its copy on the VM cannot be verified",
+                hint="the download hop records it; run the route from download",
+            )
+        executor = self._executor()
+        self._ready(executor)
+        self._results.pop(job.id, None)
+        source = self._from_staging(job, executor)
+        if source is not None:
+            self._place(job, executor, source, missing)
+            return
+        self._pull(job, executor, missing)
+
+    def _base_params(self, job: Job, missing: Sequence[PieceSpec]) -> dict[str, Any]:
+        file = job.file_or_fail
+        return {
+            "root": self.section.root,
+            "relpath": self._relpath(job),
+            "size": file.size,
+            "plan": [[p.index, p.offset, p.length] for p in job.pieces],
+            "missing": sorted(p.index for p in missing),
+            "fresh": len(missing) == len(job.pieces),
+            "expected_sha256": file.sha256,
+        }
+
+    def _events(self, job: Job, landed: list[int]) -> Any:
+        wanted = {piece.index for piece in job.pieces}
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event.get("event")
+            if kind == "progress":
+                job.add_progress(int(event.get("bytes") or 0))
+            elif kind == "piece_start" and event.get("index") in wanted:
+                job.begin_piece(int(event["index"]))
+            elif kind == "piece_done" and event.get("index") in wanted:
+                job.piece_done(int(event["index"]))
+                landed.append(int(event["index"]))
+            elif kind == "retry":
+                job.log.info("the VM retries piece %s: %s", event.get("index"), event.get("reason"))
+
+        return on_event
+
+    def _place(self, job: Job, executor: Executor, source: str, missing: Sequence[PieceSpec]) -> None:
+        params = {**self._base_params(job, missing), "source": source}
+        landed: list[int] = []
+        job.log.info("taking it from staging on this machine (vm_from_staging)")
+        result = executor.call(
+            "place_file", params, on_event=self._events(job, landed), cancel=self.ctx.cancel
+        )
+        self._results[job.id] = result
+
+    def _pull(self, job: Job, executor: Executor, missing: Sequence[PieceSpec]) -> None:
+        file = job.file_or_fail
+        file_id = job.locations.get("pan_upload", {}).get("file_id") or job.previous.get("file_id")
+        if not file_id:
+            raise NeedsPerson(
+                "no drive copy of this file is recorded (pan_upload left no file_id)",
+                hint="put pan_upload before vm_pull in the repo's route, then `relayctl retry`",
+                error_class="config",
+            )
+        drive = self._drive()
+        params = self._base_params(job, missing)
+        params["connections"] = self.section.connections
+        params["stall_timeout"] = 60
+        landed: list[int] = []
+        on_event = self._events(job, landed)
+        reconnects = refused = lost = 0
+        while True:
+            job.check_cancelled()
+            link = drive.download_url(file_id)
+            if link.size != file.size:
+                raise NeedsPerson(
+                    f"the drive's copy is {link.size} bytes, expected {file.size}",
+                    hint="the drive holds another file under this id: `relayctl retry` the pan_upload",
+                    error_class="integrity",
+                )
+            params["headers"] = dict(link.headers)
+            params["expires_in"] = _expires_in(link)
+            before = len(landed)
+            try:
+                result = executor.call(
+                    "pull", params, secrets={"url": link.url}, on_event=on_event, cancel=self.ctx.cancel
+                )
+            except Retryable as exc:
+                progressed = len(landed) > before
+                if progressed:
+                    params["fresh"] = False
+                    reconnects = refused = 0
+                params["missing"] = sorted(p.index for p in job.pieces if not p.done)
+                if exc.error_class == "url_expired":
+                    refused = 0 if progressed else refused + 1
+                    if refused >= REFUSED_LINKS:
+                        raise NeedsPerson(
+                            f"the drive refuses fresh download links: {exc}",
+                            hint="check drive.referer (the drive checks the Referer) and the drive login",
+                            error_class="auth",
+                        ) from exc
+                    job.log.info("the download link expired; asking the drive for a new one")
+                    continue
+                if exc.error_class == "partial_lost":
+                    lost += 1
+                    if lost > 1:
+                        raise
+                    job.log.warning("%s; fetching the whole file again", exc)
+                    job.reset_pieces()
+                    params["missing"] = [p.index for p in job.pieces]
+                    params["fresh"] = True
+                    continue
+                if exc.error_class in ("network", "stall", "timeout", "agent") and reconnects < RECONNECTS:
+                    reconnects += 1
+                    delay = min(2.0**reconnects, 20.0)
+                    job.log.warning(
+                        "%s; reconnecting in %.0fs (%d of %d) for the %d missing piece(s)",
+                        exc,
+                        delay,
+                        reconnects,
+                        RECONNECTS,
+                        len(params["missing"]),
+                    )
+                    if self.ctx.cancel.wait(delay):
+                        job.check_cancelled()
+                    continue
+                raise
+            self._results[job.id] = result
+            return
+
+    def verify(self, job: Job) -> Outcome:
+        file = job.file_or_fail
+        executor = self._executor()
+        result = self._results.pop(job.id, None)
+        if result is None or not result.get("sha256"):
+            params = {
+                "root": self.section.root,
+                "relpath": self._relpath(job),
+                "size": file.size,
+                "expected_sha256": file.sha256,
+            }
+            try:
+                result = executor.call("pull_finish", params, cancel=self.ctx.cancel)
+            except Retryable as exc:
+                if exc.error_class == "partial_lost":
+                    job.reset_pieces()
+                    raise Retryable(f"{exc}; fetching it again", error_class="integrity") from exc
+                raise
+        if result.get("sha256") != file.sha256 or not result.get("renamed"):
+            self._mismatch(job, executor, result)
+        handles = {"path": str(result["path"]), "executor": executor.kind, "host": executor.host}
+        if result.get("method"):
+            handles["via"] = f"staging ({result['method']})"
+        return Outcome(
+            handles=handles, sha256=str(result["sha256"]), sha1=str(result.get("sha1") or "") or None
+        )
+
+    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> None:
+        """Reset the bad pieces (or all) and raise Retryable; block on the second mismatch in a row."""
+        file = job.file_or_fail
+        got = str(result.get("sha256"))
+        count = int(job.handles.get(MISMATCHES) or 0) + 1
+        drive_note = ""
+        if file.sha1 and result.get("sha1") and str(result["sha1"]).lower() != file.sha1.lower():
+            drive_note = f" (sha1 {result['sha1']}, expected {file.sha1})"
+        if count >= 2:
+            job.handles[MISMATCHES] = 0
+            job.save_handles()
+            job.reset_pieces()  # after a person's fix, `relayctl retry` fetches everything again
+            raise NeedsPerson(
+                f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}, twice in a row",
+                hint=(
+                    "the drive's copy is probably corrupt: check it, upload it again "
+                    "(`relayctl retry` the repo's pan_upload), then `relayctl retry`"
+                ),
+                error_class="integrity",
+            )
+        job.handles[MISMATCHES] = count
+        job.save_handles()
+        bad = self._bad_pieces(job, executor)
+        job.reset_pieces(bad or None)
+        raise Retryable(
+            f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}; "
+            f"fetching {len(bad) if bad else 'all'} piece(s) again",
+            error_class="integrity",
+        )
+
+    def _bad_pieces(self, job: Job, executor: Executor) -> list[int]:
+        """Return the pieces whose sha256 on the VM differs from the staged copy's ([] when there is
+        no staged copy to compare with, or the VM's partial file is gone)."""
+        staged = job.file_or_fail.staged_path
+        if not staged:
+            return []
+        source = self.ctx.staging.resolve(staged)
+        if not source.is_file():
+            return []
+        pieces = [[p.index, p.offset, p.length] for p in job.pieces]
+        try:
+            remote = executor.call(
+                "piece_hashes",
+                {"root": self.section.root, "relpath": self._relpath(job), "pieces": pieces},
+                cancel=self.ctx.cancel,
+            )["hashes"]
+        except HopError:
+            return []
+        return [
+            p.index
+            for p in job.pieces
+            if remote.get(str(p.index)) != sha256_of_range(source, p.offset, p.length)
+        ]
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def checks(self) -> list[Check]:
+        executor = self._executor()
+        try:
+            facts = executor.check(need=("git", "git_lfs"))
+        except HopError as exc:
+            return [Check("vm", False, f"{executor.describe()}: {exc}", getattr(exc, "hint", ""))]
+        detail = (
+            f"{executor.describe()}: python {facts.python}, {facts.git}, {facts.git_lfs}; "
+            f"{format_size(facts.free)} free under {facts.root}"
+        )
+        return [Check("vm", True, detail)]
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._own_executor = self._own_executor, None
+        if executor is not None:
+            executor.close()

@@ -1,0 +1,395 @@
+"""The vm_pull hop against the fake drive, with the local executor and through a real sshd: pieces
+durable on the VM, verified there by sha256, resumed after an expired link, a dropped connection or a
+kill -9 of the daemon, corruption caught, and the short path from staging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayd.catalogue import migrate
+from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Piece, Transfer
+from relayd.catalogue.store import HopRules, Store
+from relayd.config import RetryConfig, StagingConfig
+from relayd.engine import Engine, EngineSettings
+from relayd.hops.base import HopContext, Services
+from relayd.hops.vm_pull import VmPullHop
+from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
+from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
+from relayd.staging import Staging
+from relayd.vm.executor import Executor, make_executor
+from relayd.vm.testkit import (
+    FakeDriveLinks,
+    no_agent_left,
+    seed_pulls,
+    upload_to_fake_drive,
+    vm_config,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+VM_PATH = "/usr/local/bin:/usr/bin:/bin"
+PIECE = 256 * 1024
+
+
+def _require(path: str, what: str) -> None:
+    if os.access(path, os.X_OK):
+        return
+    message = f"{what} ({path}) is not installed: run scripts/dev setup"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SandboxSshd]:
+    _require(SSHD_PATH, "OpenSSH server")
+    with SandboxSshd() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_drive(tmp_path: Path) -> Iterator[FakeDrive]:
+    with FakeDrive(tmp_path / "drive") as drive:
+        yield drive
+
+
+class World:
+    """A catalogue, staging, the fake drive and a VM (local or over SSH) for one test."""
+
+    def __init__(self, root: Path, drive: FakeDrive, sshd: SandboxSshd | None = None, **vm: Any) -> None:
+        self.root = root
+        self.drive = drive
+        self.url = f"sqlite:///{root / 'catalogue.db'}"
+        self.store = Store(self.url)
+        migrate.ensure_schema(self.store.engine, auto_upgrade=False)
+        self.staging = Staging(StagingConfig(dir=root / "staging", max_bytes=10**12, min_free=0))
+        self.vm_root = root / "vm"
+        self.marker = f"relayd-agent-test-{uuid.uuid4().hex[:12]}"
+        values: dict[str, Any] = {"root": str(self.vm_root), "piece_size": PIECE}
+        if sshd is not None:
+            values.update(
+                executor="ssh",
+                host="127.0.0.1",
+                ssh_config_file=sshd.ssh_config_file,
+                python="python3",
+                path=VM_PATH,
+            )
+        values.update(vm)
+        self.section = vm_config(**values)
+        self.links = FakeDriveLinks(
+            drive.api_url, drive.issue_access_token(), drive_id=drive.default_drive_id
+        )
+        self.executor: Executor = make_executor(self.section)
+        self.executor.marker = self.marker
+        self.files: dict[str, bytes] = {}
+
+    def add(self, repo: str, files: dict[str, bytes], **seed: Any) -> None:
+        ids = {path: upload_to_fake_drive(self.drive, data, f"{repo}/{path}") for path, data in files.items()}
+        facts = {
+            path: (len(data), hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest())
+            for path, data in files.items()
+        }
+        seed_pulls(self.store, repo, facts, ids, **seed)
+        self.files.update({f"{repo}/{path}": data for path, data in files.items()})
+
+    def engine(self) -> Engine:
+        self.executor = make_executor(self.section)  # the engine's drain closes the one before
+        self.executor.marker = self.marker
+        services = Services({"drive": lambda: self.links, "vm": lambda: self.executor})
+        ctx = HopContext(self.store, self.staging, self.root / "state", threading.Event(), "test", services)
+        hop = VmPullHop(self.section, ctx)
+        self.store.rules = HopRules(
+            reads_staging=frozenset({"vm_pull"}) if hop.reads_staging else frozenset()
+        )
+        settings = EngineSettings(
+            workers=2,
+            lease=30.0,
+            idle_wait=0.05,
+            retry=RetryConfig(initial=0.05, maximum=0.2, multiplier=2.0),
+            limits={"vm_pull": 1},
+        )
+        return Engine(self.store, self.staging, {"vm_pull": hop}, ctx, settings)
+
+    def run(self, timeout: float = 120) -> None:
+        """Run the engine until every vm_pull transfer is done or blocked (waiting ones are retried)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            engine = self.engine()
+            try:
+                engine.run_until_idle(timeout=max(1.0, deadline - time.monotonic()))
+            finally:
+                engine.drain(5)
+            if not any(t.state == WAITING for t in self.pulls()) or time.monotonic() > deadline:
+                return
+            time.sleep(0.3)
+
+    def pulls(self) -> list[Transfer]:
+        with self.store.read() as session:
+            return list(session.query(Transfer).filter(Transfer.hop == "vm_pull").order_by(Transfer.id))
+
+    def pieces(self, transfer_id: int) -> list[Piece]:
+        with self.store.read() as session:
+            return list(session.query(Piece).filter(Piece.transfer_id == transfer_id).order_by(Piece.idx))
+
+    def check_landed(self) -> None:
+        for name, data in self.files.items():
+            assert (self.vm_root / name).read_bytes() == data, name
+        assert not list(self.vm_root.rglob("*.relayd-partial"))
+        for transfer in self.pulls():
+            assert transfer.state == DONE, (transfer.state, transfer.last_error)
+            assert transfer.handles["executor"] == self.section.executor
+            assert Path(transfer.handles["path"]).is_file()
+        assert no_agent_left(self.marker)
+        assert self.drive.authorized_data_requests() == []
+
+    def downloads(self) -> int:
+        return sum(1 for r in self.drive.requests.snapshot() if r.path.startswith(DOWNLOAD_PREFIX + "/"))
+
+
+def sample() -> dict[str, bytes]:
+    return {
+        "model.safetensors": os.urandom(5 * PIECE + 1234),
+        "sub/config.json": b'{"hidden_size": 8}',
+        "empty.txt": b"",
+    }
+
+
+@pytest.mark.parametrize("executor", ["local", "ssh"])
+def test_pulls_every_file_onto_the_vm(executor: str, tmp_path: Path, fake_drive: FakeDrive) -> None:
+    sshd = None
+    if executor == "ssh":
+        _require(SSHD_PATH, "OpenSSH server")
+        sshd = SandboxSshd().start()
+    try:
+        world = World(tmp_path, fake_drive, sshd)
+        world.add("acme/tiny", sample())
+        world.run()
+        world.check_landed()
+        for transfer in world.pulls():
+            assert all(p.sends == 1 and p.done for p in world.pieces(transfer.id))
+        big = next(t for t in world.pulls() if t.bytes_total > PIECE)
+        assert big.handles["path"] == str(world.vm_root / "acme/tiny/model.safetensors")
+        assert big.handles["host"] == ("127.0.0.1" if sshd else "localhost")
+        for request in fake_drive.requests.snapshot():
+            if request.path.startswith(DOWNLOAD_PREFIX + "/") and request.method == "GET":
+                assert request.header("Referer") == "https://www.aliyundrive.com/"
+                assert (request.header("Range") or "").startswith("bytes=")
+    finally:
+        if sshd is not None:
+            sshd.stop()
+
+
+def test_vm_dir_destination(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    world.add("acme/tiny", {"a.bin": b"a" * 1000}, destinations={"vm_dir": "mirror/tiny"})
+    world.files = {"mirror/tiny/a.bin": b"a" * 1000}
+    world.run()
+    world.check_landed()
+
+
+def test_expired_link_mid_pull_gets_a_new_one(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    world.add("acme/tiny", {"model.bin": os.urandom(8 * PIECE)})
+    fake_drive.settings.download_bandwidth = 1024 * 1024  # per connection: about 2 s for the file
+    engine_thread = threading.Thread(target=world.run)
+    engine_thread.start()
+    try:
+        assert wait_until(lambda: any(p.done for t in world.pulls() for p in world.pieces(t.id)), 30)
+        fake_drive.expire_download_urls()
+        fake_drive.settings.download_bandwidth = None
+    finally:
+        engine_thread.join(120)
+    world.check_landed()
+    assert world.links.minted >= 2
+    (transfer,) = world.pulls()
+    assert sum(p.sends for p in world.pieces(transfer.id)) <= 8 + world.section.connections
+
+
+def test_corruption_is_caught_by_the_vm_hash(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    data = os.urandom(4 * PIECE)
+    world.add("acme/tiny", {"model.bin": data})
+    fake_drive.corrupt_file("/acme/tiny/model.bin", offset=2 * PIECE + 7)
+    world.run()
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED
+    assert transfer.error_class == "integrity"
+    assert hashlib.sha256(data).hexdigest() in (transfer.last_error or "")
+    assert "twice" in (transfer.last_error or "") and "upload it again" in (transfer.hint or "")
+    assert not (world.vm_root / "acme/tiny/model.bin").exists()  # never renamed into place
+    assert no_agent_left(world.marker)
+
+
+def test_bad_pieces_are_found_against_the_staged_copy(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    data = os.urandom(4 * PIECE)
+    sha256 = hashlib.sha256(data).hexdigest()
+    staged = world.staging.blob_path(sha256)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    world.add("acme/tiny", {"model.bin": data}, staged={"model.bin": world.staging.relative(staged)})
+    fake_drive.corrupt_file("/acme/tiny/model.bin", offset=2 * PIECE + 7)
+    world.run()
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED
+    sends = [p.sends for p in world.pieces(transfer.id)]
+    assert sends == [1, 1, 2, 1]  # only the corrupt piece was fetched again
+
+
+def test_ssh_connection_dropped_mid_pull_reconnects(
+    tmp_path: Path, fake_drive: FakeDrive, sshd: SandboxSshd
+) -> None:
+    world = World(tmp_path, fake_drive, sshd)
+    world.add("acme/tiny", {"model.bin": os.urandom(12 * PIECE)})
+    fake_drive.settings.download_bandwidth = 512 * 1024
+    engine_thread = threading.Thread(target=world.run)
+    engine_thread.start()
+    try:
+        assert wait_until(lambda: any(p.done for t in world.pulls() for p in world.pieces(t.id)), 60)
+        assert sshd.kill_sessions()
+        fake_drive.settings.download_bandwidth = 4 * 1024 * 1024
+    finally:
+        engine_thread.join(150)
+    world.check_landed()
+    (transfer,) = world.pulls()
+    resent = sum(p.sends for p in world.pieces(transfer.id)) - 12
+    assert 0 < resent <= world.section.connections
+    assert transfer.attempts == 1  # reconnected within the attempt
+
+
+def test_vm_without_git_lfs_blocks_with_what_to_install(
+    tmp_path: Path, fake_drive: FakeDrive, sshd: SandboxSshd
+) -> None:
+    vm_path = restricted_path(tmp_path / "bin", hide=["git-lfs"], path=VM_PATH)
+    world = World(tmp_path, fake_drive, sshd, path=vm_path)
+    world.add("acme/tiny", {"a.bin": b"x" * 100})
+    world.run()
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED and transfer.error_class == "setup"
+    assert "git-lfs is not installed" in (transfer.last_error or "")
+    assert "apt-get install git-lfs" in (transfer.hint or "")
+    assert world.downloads() == 0
+
+
+def test_wrong_host_key_blocks_with_a_hint(tmp_path: Path, fake_drive: FakeDrive, sshd: SandboxSshd) -> None:
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    key_type, key_data = Path(f"{other}.pub").read_text().split()[:2]
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
+    world = World(tmp_path, fake_drive, sshd, known_hosts_file=wrong)
+    world.add("acme/tiny", {"a.bin": b"x" * 100})
+    world.run()
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED and transfer.error_class == "host_key"
+    assert "host key" in (transfer.last_error or "") and "known_hosts" in (transfer.hint or "")
+    assert "Traceback" not in (transfer.last_error or "")
+
+
+def test_from_staging_links_the_staged_copy(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    data = os.urandom(3 * PIECE)
+    staged = world.staging.blob_path(hashlib.sha256(data).hexdigest())
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    inode = staged.stat().st_ino
+    world.add(
+        "acme/tiny",
+        {"model.bin": data},
+        options={"vm_from_staging": True},
+        staged={"model.bin": world.staging.relative(staged)},
+    )
+    world.run()
+    world.check_landed()
+    assert (world.vm_root / "acme/tiny/model.bin").stat().st_ino == inode  # a hard link
+    assert world.downloads() == 0
+    (transfer,) = world.pulls()
+    assert transfer.handles["via"] == "staging (link)"
+
+
+def test_from_staging_is_off_by_default(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    data = os.urandom(2 * PIECE)
+    staged = world.staging.blob_path(hashlib.sha256(data).hexdigest())
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_bytes(data)
+    inode = staged.stat().st_ino
+    world.add("acme/tiny", {"model.bin": data}, staged={"model.bin": world.staging.relative(staged)})
+    world.run()
+    world.check_landed()
+    assert world.downloads() >= 2
+    assert (world.vm_root / "acme/tiny/model.bin").stat().st_ino != inode
+
+
+@pytest.mark.parametrize("executor", ["local", "ssh"])
+def test_kill_9_of_the_daemon_mid_pull_then_resume(
+    executor: str, tmp_path: Path, fake_drive: FakeDrive, request: pytest.FixtureRequest
+) -> None:
+    sshd = request.getfixturevalue("sshd") if executor == "ssh" else None
+    world = World(tmp_path, fake_drive, sshd)
+    pieces = 16
+    world.add("acme/tiny", {"model.bin": os.urandom(pieces * PIECE)})
+    fake_drive.settings.download_bandwidth = 512 * 1024
+    vm = {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in world.section.__dict__.items()
+    }
+    vm["ssh_options"] = list(world.section.ssh_options)
+    spec = {
+        "catalogue": world.url,
+        "staging": str(world.staging.root),
+        "state_dir": str(tmp_path / "state"),
+        "api_url": fake_drive.api_url,
+        "access_token": world.links.access_token,
+        "drive_id": fake_drive.default_drive_id,
+        "vm": vm,
+        "marker": world.marker,
+    }
+    spec_path = tmp_path / "runner.json"
+    spec_path.write_text(json.dumps(spec))
+    log_path = tmp_path / "runner.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "relayd.vm.testkit", str(spec_path)], stdout=log, stderr=log
+            )
+
+    def done_pieces() -> int:
+        return sum(1 for t in world.pulls() for p in world.pieces(t.id) if p.done)
+
+    daemon = start()
+    try:
+        assert wait_until(lambda: done_pieces() >= 3, 60), log_path.read_text()[-3000:]
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        assert no_agent_left(world.marker), "an agent outlived the daemon"
+        partial = world.vm_root / "acme/tiny/model.bin.relayd-partial"
+        assert partial.exists() and not (world.vm_root / "acme/tiny/model.bin").exists()
+        before = done_pieces()
+        fake_drive.settings.download_bandwidth = None
+        daemon = start()
+        assert daemon.wait(120) == 0, log_path.read_text()[-3000:]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    world.check_landed()
+    (transfer,) = world.pulls()
+    sends = [p.sends for p in world.pieces(transfer.id)]
+    assert before < pieces
+    assert 0 <= sum(sends) - pieces <= world.section.connections

@@ -1,0 +1,262 @@
+"""The VM executor: the agent shipped over the link and cached, events and errors, secrets only on
+stdin, cancel and timeouts, and the readiness check, locally and through a real sshd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
+from relayd.sandbox.sshd import SandboxSshd, processes_with_cmdline, restricted_path
+from relayd.vm.executor import (
+    BOOTSTRAP,
+    Executor,
+    LocalExecutor,
+    SshExecutor,
+    agent_bundle,
+    make_executor,
+)
+from relayd.vm.testkit import no_agent_left, vm_config, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+VM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def ssh_executor(sshd: SandboxSshd, tmp_path: Path, marker: str, **overrides: Any) -> Executor:
+    values: dict[str, Any] = {
+        "executor": "ssh",
+        "host": "127.0.0.1",
+        "root": str(tmp_path / "vm"),
+        "ssh_config_file": sshd.ssh_config_file,
+        "python": "python3",
+        "path": VM_PATH,
+    }
+    values.update(overrides)
+    executor = make_executor(vm_config(**values))
+    executor.marker = marker
+    return executor
+
+
+def local_executor(tmp_path: Path, marker: str, **overrides: Any) -> Executor:
+    executor = make_executor(vm_config(root=str(tmp_path / "vm"), **overrides))
+    executor.marker = marker
+    return executor
+
+
+@pytest.fixture(params=["local", "ssh"])
+def executor(request: pytest.FixtureRequest, tmp_path: Path, marker: str) -> Executor:
+    if request.param == "ssh":
+        return ssh_executor(request.getfixturevalue("sshd"), tmp_path, marker)
+    return local_executor(tmp_path, marker)
+
+
+def test_bundle_is_deterministic_and_holds_the_agent() -> None:
+    bundle = agent_bundle()
+    agent_bundle.cache_clear()
+    assert agent_bundle() == bundle
+    assert len(bundle.sha256) == 64
+    assert "'" not in BOOTSTRAP  # it travels shell-quoted
+
+
+def test_call_returns_results_and_streams_events(executor: Executor, tmp_path: Path, marker: str) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    events: list[dict[str, Any]] = []
+    result = executor.call("sha256", {"path": str(path)}, on_event=events.append)
+    import hashlib
+
+    assert result == {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha1": hashlib.sha1(data).hexdigest(),
+        "size": len(data),
+    }
+    assert events and all(event["event"] == "hashed" for event in events)
+    assert (Path.home() / ".cache/relayd" / f"agent-{agent_bundle().sha256}.zip").is_file()
+    assert executor.call("stat", {"path": str(tmp_path / "absent")}) == {"size": None}
+    assert no_agent_left(marker)
+
+
+def test_agent_errors_map_to_relayd_errors(executor: Executor, tmp_path: Path) -> None:
+    with pytest.raises(Permanent, match="unknown agent operation"):
+        executor.call("no-such-op", {})
+    with pytest.raises(Retryable) as caught:
+        executor.call("sha256", {"path": str(tmp_path / "absent")})
+    assert caught.value.error_class == "missing"
+
+
+def test_check_reports_the_tools(executor: Executor, tmp_path: Path) -> None:
+    facts = executor.check()
+    assert facts.python.startswith("3.")
+    assert facts.git.startswith("git version")
+    assert facts.git_lfs.startswith("git-lfs/")
+    assert facts.free > 0 and facts.executor == executor.kind
+
+
+def test_secrets_travel_only_on_stdin(executor: Executor, tmp_path: Path, marker: str) -> None:
+    secret = "s3cret-" + os.urandom(8).hex()
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(32 * 1024 * 1024))
+    seen: list[list[int]] = []
+
+    def look(_event: dict[str, Any]) -> None:
+        seen.append(processes_with_cmdline(secret))
+
+    executor.call("sha256", {"path": str(path)}, secrets={"token": secret}, on_event=look)
+    assert seen and not any(seen)
+    assert processes_with_cmdline(marker) == [] or no_agent_left(marker)
+
+
+def test_cancel_stops_the_agent_and_leaves_nothing(executor: Executor, tmp_path: Path, marker: str) -> None:
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)  # sparse: hashing it takes long enough to cancel
+    cancel = threading.Event()
+    timer = threading.Timer(1.5, cancel.set)
+    timer.start()
+    try:
+        with pytest.raises(Cancelled):
+            executor.call("sha256", {"path": str(path)}, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert no_agent_left(marker)
+
+
+def test_timeout_kills_the_agent(tmp_path: Path, marker: str) -> None:
+    executor = local_executor(tmp_path, marker)
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)
+    with pytest.raises(Retryable) as caught:
+        executor.call("sha256", {"path": str(path)}, timeout=1.0)
+    assert caught.value.error_class == "timeout"
+    assert no_agent_left(marker)
+
+
+def test_close_kills_running_calls(tmp_path: Path, marker: str) -> None:
+    executor = local_executor(tmp_path, marker)
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            executor.call("sha256", {"path": str(path)})
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert wait_until(lambda: processes_with_cmdline(marker))
+    executor.close()
+    thread.join(10)
+    assert errors and isinstance(errors[0], Retryable)
+    assert no_agent_left(marker)
+    with pytest.raises(Cancelled):
+        executor.call("stat", {"path": "/"})
+
+
+def test_local_python_missing_is_blocked(tmp_path: Path, marker: str) -> None:
+    executor = local_executor(tmp_path, marker, python="python3-not-installed")
+    with pytest.raises(NeedsPerson) as caught:
+        executor.check()
+    assert "python" in caught.value.hint
+
+
+# -- over SSH ---------------------------------------------------------------------------------------
+
+
+def test_ssh_command_line(sshd: SandboxSshd, tmp_path: Path) -> None:
+    executor = ssh_executor(
+        sshd,
+        tmp_path,
+        "m",
+        port=2222,
+        user="relay",
+        identity_file=tmp_path / "key",
+        known_hosts_file=tmp_path / "known",
+        ssh_options=("-o", "ProxyJump=none"),
+    )
+    assert isinstance(executor, SshExecutor)
+    options = executor.destination_options()
+    joined = " ".join(options)
+    assert f"-F {sshd.ssh_config_file}" in joined
+    assert "-p 2222" in joined and "-l relay" in joined
+    assert f"-i {tmp_path / 'key'}" in joined
+    assert f"UserKnownHostsFile={tmp_path / 'known'}" in joined
+    assert "StrictHostKeyChecking=yes" in joined and "BatchMode=yes" in joined
+    assert options.index("ProxyJump=none") < options.index("StrictHostKeyChecking=yes")
+    remote = executor.remote_command(agent_bundle())
+    assert remote.startswith(f"exec env PATH={VM_PATH} python3 -c ")
+    lax = ssh_executor(sshd, tmp_path, "m", strict_host_key_checking=False)
+    assert "StrictHostKeyChecking=no" in lax.destination_options()  # type: ignore[attr-defined]
+    assert isinstance(make_executor(vm_config()), LocalExecutor)
+
+
+def test_wrong_host_key_is_blocked_with_a_hint(sshd: SandboxSshd, tmp_path: Path, marker: str) -> None:
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    key_type, key_data = Path(f"{other}.pub").read_text().split()[:2]
+    wrong = tmp_path / "known_hosts_wrong"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
+    executor = ssh_executor(sshd, tmp_path, marker, known_hosts_file=wrong)
+    with pytest.raises(NeedsPerson) as caught:
+        executor.check()
+    assert caught.value.error_class == "host_key"
+    assert "host key" in str(caught.value)
+    assert "known_hosts" in caught.value.hint and str(wrong) in caught.value.hint
+
+
+def test_vm_without_git_lfs_is_blocked(sshd: SandboxSshd, tmp_path: Path, marker: str) -> None:
+    vm_path = restricted_path(tmp_path / "bin", hide=["git-lfs"], path=VM_PATH)
+    executor = ssh_executor(sshd, tmp_path, marker, path=vm_path)
+    facts = executor.facts()
+    assert facts.git and not facts.git_lfs
+    with pytest.raises(NeedsPerson) as caught:
+        executor.check()
+    assert "git-lfs is not installed" in str(caught.value)
+    assert "apt-get install git-lfs" in caught.value.hint
+    executor.check(need=("git",))  # a hop that needs no git-lfs passes
+
+
+def test_vm_without_python_is_blocked(sshd: SandboxSshd, tmp_path: Path, marker: str) -> None:
+    executor = ssh_executor(sshd, tmp_path, marker, python="python3-not-installed")
+    with pytest.raises(NeedsPerson) as caught:
+        executor.check()
+    assert caught.value.error_class == "setup"
+    assert "install python3" in caught.value.hint
+
+
+def test_unreachable_vm_is_retryable(tmp_path: Path, marker: str, sshd: SandboxSshd) -> None:
+    from relayd.sandbox._http import free_port
+
+    executor = ssh_executor(sshd, tmp_path, marker, ssh_options=("-p", str(free_port())))
+    with pytest.raises(Retryable) as caught:
+        executor.check()
+    assert caught.value.error_class == "network"
+
+
+def test_dropped_connection_is_retryable_and_leaves_no_agent(
+    sshd: SandboxSshd, tmp_path: Path, marker: str
+) -> None:
+    executor = ssh_executor(sshd, tmp_path, marker)
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)
+    timer = threading.Timer(1.5, sshd.kill_sessions)
+    timer.start()
+    try:
+        with pytest.raises(Retryable) as caught:
+            executor.call("sha256", {"path": str(path)})
+    finally:
+        timer.cancel()
+    assert caught.value.error_class == "network"
+    assert no_agent_left(marker), "the agent outlived its SSH connection"
+    assert executor.call("stat", {"path": "/"})["size"] is not None  # reconnects
