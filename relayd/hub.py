@@ -52,6 +52,9 @@ from relayd.http_ranges import origin_of, retry_after_seconds
 from relayd.poll import Source
 
 log = logging.getLogger(__name__)
+# huggingface_hub's HTTP client logs every request at INFO; keep its warnings only, unless configured.
+if logging.getLogger("httpx2").level == logging.NOTSET:
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 REPO_TYPES = ("model", "dataset")
 HEAD_PROBE = ".gitattributes"
@@ -172,6 +175,14 @@ class HubClient:
             size=meta.size,
             xet=meta.xet_file_data is not None,
         )
+
+    def whoami(self) -> str:
+        """Return the name of the account the token belongs to. Raise a relayd HopError."""
+        try:
+            info = self._api().whoami()
+        except Exception as exc:
+            raise self.translate(exc, repo_id="(whoami)", repo_type="model", revision="-") from exc
+        return str(info.get("name", "?"))
 
     # -- errors ------------------------------------------------------------------------------------
 

@@ -27,10 +27,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import select
+
+from relayd.catalogue.schema import Snapshot, SnapshotFile
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
 from relayd.errors import HopError, NeedsPerson, Permanent, Retryable
-from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
     RangeClient,
@@ -175,7 +178,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": job.commit,
+                "commit": self._commit(job),
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": digest.size,
             },
@@ -183,6 +186,24 @@ class DownloadHop(Hop):
             sha1=digest.sha1,
             staged_path=relative,
         )
+
+    def checks(self) -> list[Check]:
+        """Check that the Hub answers and accepts the configured token."""
+        endpoint = self.hub.endpoint
+        if not self.section.token.configured or not self.hub.token():
+            return [
+                Check(
+                    "hub token",
+                    True,
+                    f"none ({self.section.token.describe()}): public repos of {endpoint} only",
+                    hint="set hub.token_env, hub.token_file or hub.token for gated and private repos",
+                )
+            ]
+        try:
+            user = self.hub.whoami()
+        except HopError as exc:
+            return [Check("hub token", False, str(exc), hint=getattr(exc, "hint", "") or "")]
+        return [Check("hub token", True, f"valid for {user} on {endpoint}")]
 
     # -- reuse and deduplication -------------------------------------------------------------------
 
@@ -219,7 +240,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": job.commit,
+                "commit": self._commit(job),
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": file.size,
                 "reused": True,
@@ -252,15 +273,31 @@ class DownloadHop(Hop):
 
     # -- metadata ----------------------------------------------------------------------------------
 
+    def _commit(self, job: Job) -> str:
+        """Return the commit to fetch the file at: the newest snapshot that lists this file (path and
+        content). ``job.commit`` is the repo's latest head, which may no longer hold this content when
+        the head moved while the transfer was running."""
+        file = job.file_or_fail
+        with self.ctx.store.read() as session:
+            commit = session.scalar(
+                select(Snapshot.commit)
+                .join(SnapshotFile, SnapshotFile.snapshot_id == Snapshot.id)
+                .where(SnapshotFile.file_id == file.id)
+                .order_by(Snapshot.id.desc())
+                .limit(1)
+            )
+        return commit or job.commit
+
     def _metadata(self, job: Job) -> FileMetadata:
         """Return fresh metadata of the file at the pinned commit; refuse it if it contradicts the tree."""
         file = job.file_or_fail
         repo = job.repo
-        meta = self.hub.file_metadata(repo.name, repo.repo_type, job.commit, file.path)
+        commit = self._commit(job)
+        meta = self.hub.file_metadata(repo.name, repo.repo_type, commit, file.path)
         expected = file.sha256 if file.lfs else file.git_blob_id
         problems = []
-        if meta.commit and job.commit and meta.commit != job.commit:
-            problems.append(f"it resolved at commit {meta.commit[:12]}, not the pinned {job.commit[:12]}")
+        if meta.commit and commit and meta.commit != commit:
+            problems.append(f"it resolved at commit {meta.commit[:12]}, not the pinned {commit[:12]}")
         if meta.etag and expected and meta.etag.lower() != expected:
             problems.append(f"its etag is {meta.etag}, the tree said {expected}")
         if meta.size is not None and meta.size != file.size:

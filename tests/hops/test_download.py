@@ -375,3 +375,39 @@ def test_pieces_recorded_only_when_durable(relay: HubRelay, hub: FakeHub) -> Non
     assert len(pieces) == 12 and all(p.done and p.sends == 1 for p in pieces)
     assert sum(p.length for p in pieces) == 3 * MiB
     assert sha256_of(relay.staged(sha256)) == sha256
+
+
+def test_a_transfer_running_when_the_head_moves_fetches_its_own_commit(relay: HubRelay, hub: FakeHub) -> None:
+    old = one_file_repo(hub)
+    relay.add_repo("alice/one", include=(WEIGHTS,))
+    relay.poll()
+    # A worker claimed the transfer and died: it stays running (its lease expired) when the head moves.
+    assert relay.store.claim("download", "dead-worker", -1.0) is not None
+    hub.commit("alice/one", {WEIGHTS: Generated(2 * MiB, seed=2)})
+    new = hub.file("alice/one", WEIGHTS).sha256
+    relay.poll()
+
+    transfers = relay.run()
+
+    assert [t.state for t in transfers] == [DONE, DONE], [t.last_error for t in transfers]
+    assert sha256_of(relay.staged(old)) == old
+    assert sha256_of(relay.staged(new)) == new
+
+
+@pytest.mark.parametrize(
+    ("token", "ok", "detail"),
+    [
+        (TOKEN, True, "valid for alice"),
+        ("hf_revoked", False, "refused the token"),
+        (None, True, "public repos"),
+    ],
+)
+def test_doctor_checks_the_token(relay: HubRelay, token: str | None, ok: bool, detail: str) -> None:
+    relay.write_config(token=token)
+    relay.build()
+    assert relay.engine is not None
+
+    (check,) = relay.engine.hops["download"].checks()
+
+    assert check.ok is ok and detail in check.detail
+    assert "hf_revoked" not in check.detail + check.hint
