@@ -32,6 +32,7 @@ from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services
 from relayd.hops.lfs_push import LfsPushHop
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 
@@ -58,8 +59,11 @@ def git_blob_id(data: bytes) -> str:
 class PushWorld:
     """A catalogue, a VM directory, the lfs_push hop and an engine, against one sandbox server."""
 
-    def __init__(self, root: Path, server: GitLfsServer, *, token: str | None = None) -> None:
+    def __init__(
+        self, root: Path, server: GitLfsServer, *, token: str | None = None, vm: dict[str, Any] | None = None
+    ) -> None:
         self.root = root
+        self.vm = vm or {"executor": "local"}
         self.server = server
         self.vm_root = root / "vm"
         self.vm_root.mkdir(parents=True)
@@ -79,7 +83,7 @@ class PushWorld:
             "catalogue": {"url": f"sqlite:///{self.root / 'catalogue.db'}"},
             "staging": {"dir": str(self.root / "staging"), "max_bytes": "10 GB", "min_free": "0"},
             "retry": {"initial": "0.05s", "maximum": "0.5s"},
-            "vm": {"executor": "local", "root": str(self.vm_root)},
+            "vm": {**self.vm, "root": str(self.vm_root)},
             "modelscope": {
                 "remote": self.server.base_url + "/{owner}/{name}.git",
                 "token_file": str(self.token_file),
@@ -519,3 +523,37 @@ def test_on_a_vm_route_staging_is_not_held_for_lfs_push(world: PushWorld) -> Non
         transfer.id, "seeder", {}, sha256=sha(data), staged_path=world.staging.relative(target)
     )
     assert [r.staged_path for r in released] == [world.staging.relative(target)]
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SandboxSshd]:
+    if not os.access(SSHD_PATH, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail("the OpenSSH server is required in CI")
+        pytest.skip("the OpenSSH server is not installed")
+    with SandboxSshd() as server:
+        yield server
+
+
+def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSshd, git: Git) -> None:
+    """The VM reached over OpenSSH: the agent is shipped as a zip, uploads and publishes there."""
+    vm = {
+        "executor": "ssh",
+        "host": sshd.host,
+        "ssh_config_file": str(sshd.ssh_config_file),
+        "path": "/usr/local/bin:/usr/bin:/bin",
+    }
+    world = PushWorld(tmp_path / "world", server, vm=vm)
+    try:
+        world.add_repo()
+        files = {"model.safetensors": os.urandom(150_000), "README.md": b"# over ssh\n"}
+        world.snapshot(files, "b" * 40)
+        world.run(timeout=120)
+        finish = world.snapshot_transfer()
+        assert finish.state == DONE, finish.last_error
+        assert server.branch_head(OWNER, "model") == finish.handles["commit"]
+        tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+        assert tree["model.safetensors"] == sha(files["model.safetensors"])
+        assert (world.vm_root / ".relayd-lfs" / "repos").is_dir()
+    finally:
+        world.close()

@@ -545,3 +545,69 @@ def test_the_agent_ops_run_on_python_3_8(server: GitLfsServer, git: GitClient, t
     assert server.branch_head(OWNER, "m") == publish.ok["commit"]
     clone = git.clone(server.remote_url(OWNER, "m"), tmp_path / "clone")
     assert (clone / "w.bin").read_bytes() == files["w.bin"].read_bytes()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("how", ["link", "cancel"])
+def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: str) -> None:
+    """A push hanging in git (and its git-lfs pre-push hook) is killed as a whole when the link dies
+    or the daemon cancels; nothing keeps running on the VM."""
+    server.new_repo(OWNER, "m")
+    files = put_files(tmp_path / "vm", {"README.md": b"# m\n"})
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hang(owner: str, name: str, path: str, service: str) -> None:
+        if service == "git-receive-pack":
+            entered.set()
+            release.wait(30)
+
+    server.before_git = hang
+    remote = server.remote_url(OWNER, "m")
+    request = {
+        "op": "git_publish",
+        "params": publish_params(server, "m", tmp_path / "work", files),
+        "secrets": {"token": server.token},
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "relayd.vm.agent"],
+        cwd=REPO_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        child.stdin.write(json.dumps(request) + "\n")
+        child.stdin.flush()
+        assert entered.wait(30), "the push never reached the server"
+        assert processes_mentioning(remote), "git push is not running"
+        if how == "link":
+            child.stdin.close()  # the daemon or the SSH connection is gone
+        else:
+            child.stdin.write('{"cancel": true}\n')
+            child.stdin.flush()
+            lines = [json.loads(line) for line in child.stdout]
+            assert lines[-1]["event"] == "result" and lines[-1]["error"]["kind"] == "cancelled"
+        child.wait(15)
+        deadline = time.monotonic() + 10
+        while processes_mentioning(remote) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_mentioning(remote) == []
+    finally:
+        release.set()
+        if child.poll() is None:
+            child.kill()
+    assert server.branch_head(OWNER, "m") is None
