@@ -214,7 +214,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="relayd-lfs-bench-", dir=args.dir))
     try:
         vm = root / "vm" / "acme" / "model"
-        work = root / "vm" / ".relayd-lfs"
+        work = root / "vm" / ".relayd-git"
         agent_cache = Path.home() / ".cache" / "relayd"
         print(f"writing a {format_size(size)} model in {args.shards} shards under {vm}")
         files = make_model(vm, size, args.shards)

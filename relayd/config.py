@@ -540,7 +540,7 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
     )
     if config.work_dir and not config.work_dir.startswith("/"):
         raise reader.error(
-            "work_dir", "an absolute path on the VM (or '' for <vm.root>/.relayd-lfs)", config.work_dir
+            "work_dir", "an absolute path on the VM (or '' for <vm.root>/.relayd-git)", config.work_dir
         )
     if not config.branch or config.branch.startswith(("-", "/")) or ".." in config.branch:
         raise reader.error("branch", "a branch name such as 'master'", config.branch)

@@ -95,7 +95,7 @@ class LfsPushHop(Hop):
         if self.section.work_dir:
             return self.section.work_dir
         if self._on_vm(job):
-            return posixpath.join(executor.config.root, ".relayd-lfs")
+            return posixpath.join(executor.config.root, ".relayd-git")
         return str(self.ctx.state_dir / "lfs")
 
     def _source(self, job: Job, file: FileRow, locations: dict[str, dict[str, Any]]) -> str | None:

@@ -359,9 +359,9 @@ def test_the_token_never_shows(
     assert any("relayd-agent" in argv for argv in seen)
     for config in (world.root / "vm").rglob("config"):
         assert token not in config.read_bytes()
-    scratch_configs = list((world.root / "vm" / ".relayd-lfs").rglob("config"))
+    scratch_configs = list((world.root / "vm" / ".relayd-git").rglob("config"))
     assert scratch_configs
-    for path in (world.root / "vm" / ".relayd-lfs").rglob("*"):
+    for path in (world.root / "vm" / ".relayd-git").rglob("*"):
         if path.is_file():
             assert token not in path.read_bytes(), path
     assert server.token not in caplog.text
@@ -554,6 +554,6 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         assert server.branch_head(OWNER, "model") == finish.handles["commit"]
         tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
         assert tree["model.safetensors"] == sha(files["model.safetensors"])
-        assert (world.vm_root / ".relayd-lfs" / "repos").is_dir()
+        assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:
         world.close()
