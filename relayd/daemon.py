@@ -157,6 +157,8 @@ class Daemon:
         self._reload = threading.Event()
         self._signals = 0
         self._scheduled: dict[str, _ScheduledRepo] = {}
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._next_due: datetime | None = None
         self._started_at = utcnow()
 
     # -- signals -----------------------------------------------------------------------------------
@@ -337,8 +339,16 @@ class Daemon:
         and run polls that relayctl asked for (add, resume, retry)."""
         from apscheduler.triggers.interval import IntervalTrigger
 
-        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if not repo.paused}
+        fingerprint = self.store.repos_fingerprint()
         now = utcnow()
+        if fingerprint == self._fingerprint and (self._next_due is None or self._next_due > now):
+            return  # nothing changed and no requested poll has come due: no need to read every repo
+        self._fingerprint = fingerprint
+        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if not repo.paused}
+        future = [
+            repo.next_poll_at for repo in repos.values() if repo.next_poll_at and repo.next_poll_at > now
+        ]
+        self._next_due = min(future) if future else None
         for name in list(self._scheduled):
             if name not in repos:
                 self._remove_job(name)
@@ -440,6 +450,7 @@ class Daemon:
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
         self.config = new
         self._scheduled.clear()
+        self._fingerprint = None
         self._reconcile()
         log.info("reloaded %s", self.config_path)
         self.notifier.ready(f"serving {len(self._scheduled)} repos (reloaded)")

@@ -194,7 +194,8 @@ class Engine:
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
-        for hop_name in sorted(self.hops, key=lambda name: -self._route_position(name)):
+        candidates = self.store.runnable_hops() & set(self.hops)
+        for hop_name in sorted(candidates, key=lambda name: -self._route_position(name)):
             while not self._stop_claiming.is_set():
                 with self._lock:
                     if len(self._running) >= self.settings.workers:

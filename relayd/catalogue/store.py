@@ -651,6 +651,36 @@ class Store:
             transfer.rate = None
             return transfer
 
+    def runnable_hops(self) -> set[str]:
+        """Return the hops that have a transfer claimable now (a cheap read, so an idle daemon never
+        takes the write lock just to find nothing)."""
+        now = utcnow()
+        with self.read() as session:
+            rows = session.execute(
+                select(Transfer.hop)
+                .join(Repo, Repo.id == Transfer.repo_id)
+                .where(
+                    Repo.paused.is_(False),
+                    or_(
+                        and_(
+                            Transfer.state.in_((PENDING, WAITING)),
+                            or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
+                        ),
+                        and_(Transfer.state == RUNNING, Transfer.lease_expires_at < now),
+                    ),
+                )
+                .distinct()
+            ).all()
+        return {hop for (hop,) in rows}
+
+    def repos_fingerprint(self) -> tuple[Any, ...]:
+        """Return a value that changes whenever a repo is added, removed, changed or asks for a poll."""
+        with self.read() as session:
+            row = session.execute(
+                select(func.count(Repo.id), func.max(Repo.updated_at), func.max(Repo.next_poll_at))
+            ).one()
+        return tuple(row)
+
     def renew_leases(self, owner: str, transfer_ids: Sequence[int], lease: float) -> set[int]:
         """Extend our leases; return the ids we no longer own."""
         if not transfer_ids:
