@@ -148,8 +148,9 @@ class Executor(abc.ABC):
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._closed = False
-        #: Put in every agent's command line, so its processes can be found (tests use their own).
-        self.marker = AGENT_MARKER
+        #: Put in every agent's command line, so its processes can be found (`pgrep -f relayd-agent`);
+        #: $RELAYD_AGENT_MARKER replaces it (tests give each daemon its own).
+        self.marker = os.environ.get("RELAYD_AGENT_MARKER") or AGENT_MARKER
 
     @property
     def host(self) -> str:

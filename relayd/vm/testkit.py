@@ -4,16 +4,12 @@ runner process, shared by the tests, the benchmark and anyone trying the hop by 
 ``FakeDriveLinks`` is the part of a ``relayd.drive`` Drive that vm_pull uses (``download_url``),
 spoken over the fake drive's HTTP API; ``upload_to_fake_drive`` puts bytes on the fake drive (rapid
 upload with a proof) and returns the file id; ``seed_pulls`` records a snapshot whose files already
-went through ``pan_upload``, so only their ``vm_pull`` transfers are left. ``python -m
-relayd.vm.testkit SPEC.json`` runs an engine with just the vm_pull hop until it is idle (the kill -9
-tests kill that process mid-pull).
+went through ``pan_upload``, so only their ``vm_pull`` transfers are left.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import sys
 import threading
 import time
@@ -28,7 +24,7 @@ from sqlalchemy import select
 
 from relayd.catalogue.schema import File
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
-from relayd.config import RetryConfig, StagingConfig, VmConfig
+from relayd.config import VmConfig
 from relayd.errors import NeedsPerson, Retryable
 
 DEFAULT_REFERER = "https://www.aliyundrive.com/"
@@ -93,9 +89,9 @@ class FakeDriveLinks:
         self._session.close()
 
 
-def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str) -> str:
-    """Put *data* on the FakeDrive *drive* as ``/<name>`` (rapid upload with a proof) and return its
-    file id."""
+def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str, *, drive_id: str = "") -> str:
+    """Put *data* on the FakeDrive *drive* as ``/<name>`` (rapid upload with a proof) in *drive_id*
+    (default: the user's default drive) and return its file id."""
     from relayd.sandbox.drive import proof_code
 
     content_hash = drive.seed_content(data)
@@ -107,7 +103,7 @@ def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str) -> str:
             "name": name,
             "type": "file",
             "parent_file_id": "root",
-            "drive_id": drive.default_drive_id,
+            "drive_id": drive_id or drive.default_drive_id,
             "size": size,
             "content_hash": content_hash,
             "content_hash_name": "sha1",
@@ -206,60 +202,3 @@ def vm_config(**overrides: Any) -> VmConfig:
     }
     values.update(overrides)
     return VmConfig(**values)
-
-
-def run_engine(spec: Mapping[str, Any]) -> None:
-    """Run an engine with only the vm_pull hop over the catalogue in *spec* until nothing is left
-    (spec: catalogue, staging, state_dir, api_url, access_token, drive_id, vm: VmConfig fields)."""
-    from relayd.catalogue.store import HopRules
-    from relayd.engine import Engine, EngineSettings
-    from relayd.hops.base import HopContext, Services
-    from relayd.hops.vm_pull import VmPullHop
-    from relayd.staging import Staging
-    from relayd.vm.executor import make_executor
-
-    vm_fields = dict(spec["vm"])
-    for key in ("identity_file", "known_hosts_file", "ssh_config_file"):
-        if vm_fields.get(key):
-            vm_fields[key] = Path(vm_fields[key])
-    vm_fields["ssh_options"] = tuple(vm_fields.get("ssh_options") or ())
-    section = vm_config(**vm_fields)
-    store = Store(str(spec["catalogue"]))
-    staging = Staging(StagingConfig(dir=Path(spec["staging"]), max_bytes=10**12, min_free=0))
-    links = FakeDriveLinks(str(spec["api_url"]), str(spec["access_token"]), drive_id=str(spec["drive_id"]))
-
-    def executor() -> Any:
-        built = make_executor(section)
-        built.marker = str(spec.get("marker") or built.marker)
-        return built
-
-    services = Services({"drive": lambda: links, "vm": executor})
-    ctx = HopContext(store, staging, Path(spec["state_dir"]), threading.Event(), "runner", services)
-    hop = VmPullHop(section, ctx)
-    store.rules = HopRules(reads_staging=frozenset({"vm_pull"}) if hop.reads_staging else frozenset())
-    settings = EngineSettings(
-        workers=2,
-        lease=30.0,
-        idle_wait=0.05,
-        retry=RetryConfig(initial=0.1, maximum=1.0, multiplier=2.0),
-        limits={"vm_pull": section.concurrency},
-    )
-    engine = Engine(store, staging, {"vm_pull": hop}, ctx, settings)
-    store.reset_orphaned()
-    try:
-        engine.run_until_idle(timeout=float(spec.get("timeout", 600)))
-    finally:
-        engine.drain(5.0)
-        store.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m relayd.vm.testkit SPEC.json``: run the vm_pull engine described there."""
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_engine(json.loads(Path(args[0]).read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,6 @@ kill -9 of the daemon, corruption caught, and the short path from staging."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -335,38 +334,82 @@ def test_from_staging_is_off_by_default(tmp_path: Path, fake_drive: FakeDrive) -
     assert (world.vm_root / "acme/tiny/model.bin").stat().st_ino != inode
 
 
+def daemon_config(world: World, tmp_path: Path, token_file: Path) -> Path:
+    """Write a relayd.toml whose [drive] is the fake drive and whose [vm] is *world*'s VM."""
+    section = world.section
+    vm_lines = [
+        f'executor = "{section.executor}"',
+        f'root = "{section.root}"',
+        f'python = "{section.python}"',
+        f'path = "{section.path}"',
+        f'piece_size = "{section.piece_size}"',
+        f"connections = {section.connections}",
+    ]
+    if section.executor == "ssh":
+        vm_lines += [f'host = "{section.host}"', f'ssh_config_file = "{section.ssh_config_file}"']
+    vm_block = "\n".join(vm_lines)
+    path = tmp_path / "relayd.toml"
+    path.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+workers = 2
+lease = "10s"
+shutdown_grace = "5s"
+poll_jitter = "0s"
+idle_wait = "0.2s"
+watch_config = false
+[catalogue]
+url = "{world.url}"
+[retry]
+initial = "0.2s"
+maximum = "2s"
+[staging]
+dir = "{world.staging.root}"
+max_bytes = "10 GB"
+min_free = "0"
+[hub]
+endpoint = "http://127.0.0.1:9"
+[drive]
+api_url = "{world.drive.api_url}"
+refresh_token_file = "{token_file}"
+timeout = "10s"
+[vm]
+{vm_block}
+"""
+    )
+    path.chmod(0o600)
+    return path
+
+
 @pytest.mark.parametrize("executor", ["local", "ssh"])
-def test_kill_9_of_the_daemon_mid_pull_then_resume(
+def test_kill_9_of_relayd_run_mid_pull_then_restart(
     executor: str, tmp_path: Path, fake_drive: FakeDrive, request: pytest.FixtureRequest
 ) -> None:
     sshd = request.getfixturevalue("sshd") if executor == "ssh" else None
     world = World(tmp_path, fake_drive, sshd)
     pieces = 16
-    world.add("acme/tiny", {"model.bin": os.urandom(pieces * PIECE)})
+    data = os.urandom(pieces * PIECE)
+    file_id = upload_to_fake_drive(
+        fake_drive, data, "relayd/acme/tiny/model.bin", drive_id=fake_drive.user.resource_drive_id
+    )
+    facts = {"model.bin": (len(data), hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest())}
+    seed_pulls(world.store, "acme/tiny", facts, {"model.bin": file_id})
+    world.files = {"acme/tiny/model.bin": data}
+    token_file = tmp_path / "refresh-token"
+    token_file.write_text(fake_drive.issue_refresh_token())
+    token_file.chmod(0o600)
+    config = daemon_config(world, tmp_path, token_file)
     fake_drive.settings.download_bandwidth = 512 * 1024
-    vm = {
-        key: (str(value) if isinstance(value, Path) else value)
-        for key, value in world.section.__dict__.items()
-    }
-    vm["ssh_options"] = list(world.section.ssh_options)
-    spec = {
-        "catalogue": world.url,
-        "staging": str(world.staging.root),
-        "state_dir": str(tmp_path / "state"),
-        "api_url": fake_drive.api_url,
-        "access_token": world.links.access_token,
-        "drive_id": fake_drive.default_drive_id,
-        "vm": vm,
-        "marker": world.marker,
-    }
-    spec_path = tmp_path / "runner.json"
-    spec_path.write_text(json.dumps(spec))
-    log_path = tmp_path / "runner.log"
+    log_path = tmp_path / "daemon.log"
 
     def start() -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "relayd.vm.testkit", str(spec_path)], stdout=log, stderr=log
+                [sys.executable, "-m", "relayd", "run", "-c", str(config)],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "RELAYD_AGENT_MARKER": world.marker},
             )
 
     def done_pieces() -> int:
@@ -381,9 +424,12 @@ def test_kill_9_of_the_daemon_mid_pull_then_resume(
         partial = world.vm_root / "acme/tiny/model.bin.relayd-partial"
         assert partial.exists() and not (world.vm_root / "acme/tiny/model.bin").exists()
         before = done_pieces()
+        assert before < pieces
         fake_drive.settings.download_bandwidth = None
         daemon = start()
-        assert daemon.wait(120) == 0, log_path.read_text()[-3000:]
+        assert wait_until(lambda: world.pulls()[0].state == DONE, 120), log_path.read_text()[-3000:]
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log_path.read_text()[-3000:]
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -391,5 +437,4 @@ def test_kill_9_of_the_daemon_mid_pull_then_resume(
     world.check_landed()
     (transfer,) = world.pulls()
     sends = [p.sends for p in world.pieces(transfer.id)]
-    assert before < pieces
-    assert 0 <= sum(sends) - pieces <= world.section.connections
+    assert 0 <= sum(sends) - pieces <= world.section.connections, sends
