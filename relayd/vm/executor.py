@@ -190,6 +190,8 @@ class Executor(abc.ABC):
         """
         if self._closed:
             raise Cancelled("the VM executor is closed")
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the daemon is stopping")
         bundle = agent_bundle()
         argv, env = self._command(bundle)
         request = json.dumps({"op": op, "params": params, "secrets": secrets or {}}, separators=(",", ":"))
@@ -293,6 +295,7 @@ class _Call:
         self.killed_for: str | None = None
         self.cancel_sent = False
         self._done = threading.Event()
+        self._request_sent = threading.Event()
         self._stdin_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -315,6 +318,7 @@ class _Call:
         payload = b"" if hello.get("cached") else bundle.data
         if not self._write(payload + request.encode() + b"\n"):
             raise self._ended_early(start_failure, started=True)
+        self._request_sent.set()
         while True:
             event = self._read_event(stdout)
             if event is None:
@@ -415,7 +419,8 @@ class _Call:
             if self.cancel is not None and self.cancel.is_set() and not self.cancel_sent:
                 self.cancel_sent = True
                 cancel_deadline = now + CANCEL_GRACE
-                if not self._write(b'{"cancel":true}\n'):
+                # Before the request is out the agent reads the zip: nothing to stop gently yet.
+                if not self._request_sent.is_set() or not self._write(b'{"cancel":true}\n'):
                     cancel_deadline = now
             if cancel_deadline is not None and now >= cancel_deadline:
                 self.killed_for = "cancel"

@@ -118,13 +118,8 @@ def test_cancel_stops_the_agent_and_leaves_nothing(executor: Executor, tmp_path:
     with path.open("wb") as handle:
         handle.truncate(8 * 1024**3)  # sparse: hashing it takes long enough to cancel
     cancel = threading.Event()
-    timer = threading.Timer(1.5, cancel.set)
-    timer.start()
-    try:
-        with pytest.raises(Cancelled):
-            executor.call("sha256", {"path": str(path)}, cancel=cancel)
-    finally:
-        timer.cancel()
+    with pytest.raises(Cancelled):
+        executor.call("sha256", {"path": str(path)}, cancel=cancel, on_event=lambda _e: cancel.set())
     assert no_agent_left(marker)
 
 
@@ -250,13 +245,15 @@ def test_dropped_connection_is_retryable_and_leaves_no_agent(
     path = tmp_path / "huge"
     with path.open("wb") as handle:
         handle.truncate(8 * 1024**3)
-    timer = threading.Timer(1.5, sshd.kill_sessions)
-    timer.start()
-    try:
-        with pytest.raises(Retryable) as caught:
-            executor.call("sha256", {"path": str(path)})
-    finally:
-        timer.cancel()
+    killer = threading.Thread(target=sshd.kill_sessions)
+
+    def drop_once(_event: dict[str, Any]) -> None:
+        if not killer.is_alive() and killer.ident is None:
+            killer.start()  # the agent is hashing on the VM: drop the connection now
+
+    with pytest.raises(Retryable) as caught:
+        executor.call("sha256", {"path": str(path)}, on_event=drop_once)
+    killer.join(10)
     assert caught.value.error_class == "network"
     assert no_agent_left(marker), "the agent outlived its SSH connection"
     assert executor.call("stat", {"path": "/"})["size"] is not None  # reconnects
