@@ -28,12 +28,14 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -405,7 +407,7 @@ class LfsClient:
         headers = self._action_headers(action)
         headers["Content-Length"] = str(size)
         headers.setdefault("Content-Type", "application/octet-stream")
-        digest = hashlib.sha256()
+        hasher = Hasher()
         sent = 0
         with open(path, "rb") as source:
             if os.fstat(source.fileno()).st_size != size:
@@ -423,10 +425,13 @@ class LfsClient:
                     chunk = source.read(min(CHUNK, size - sent))
                     if not chunk:
                         raise _changed(path, oid, "it ended at %d bytes, expected %d" % (sent, size))
-                    digest.update(chunk)
-                    if sent + len(chunk) == size and digest.hexdigest() != oid:
-                        # Hold back the last bytes: the server never sees a complete wrong object.
-                        raise _changed(path, oid, "its sha256 is %s" % digest.hexdigest())
+                    if sent + len(chunk) == size:
+                        got = hasher.finish(chunk)
+                        if got != oid:
+                            # Hold back the last bytes: the server never sees a complete wrong object.
+                            raise _changed(path, oid, "its sha256 is %s" % got)
+                    else:
+                        hasher.feed(chunk)
                     connection.send(chunk)
                     sent += len(chunk)
                     progress(sent)
@@ -440,6 +445,7 @@ class LfsClient:
                     error_class="network",
                 ) from None
             finally:
+                hasher.stop()
                 connection.close()
         if response.status >= 300:
             message = _message_of(payload, self.scrub)
@@ -474,6 +480,38 @@ class LfsClient:
                 # 404/422 from verify: the object did not arrive whole; upload it again.
                 exc.kind, exc.error_class = "retryable", "integrity"
             raise
+
+
+class Hasher:
+    """sha256 of an upload, computed in a thread while the chunks are sent (hashlib releases the
+    GIL, so hashing and sending overlap on two cores)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="relayd-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self._chunks.get()
+            if chunk is None:
+                return
+            self._digest.update(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self._chunks.put(chunk)
+
+    def finish(self, last: bytes) -> str:
+        """Add the *last* chunk and return the hex digest of everything fed."""
+        self._chunks.put(last)
+        self.stop()
+        return self._digest.hexdigest()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()
 
 
 class Progress:
