@@ -43,6 +43,7 @@ from relayd.http_ranges import (
     Stopped,
 )
 from relayd.hub import FileMetadata, HubClient
+from relayd.staging import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +360,7 @@ class DownloadHop(Hop):
             if not done:
                 os.ftruncate(fd, 0)
                 _preallocate(fd, file.size)
+                fsync_dir(partial.parent)  # the recorded pieces must not outlive the file's name
             pieces = sorted(job.pieces, key=lambda p: p.offset)
             run = _Run(
                 job=job,
