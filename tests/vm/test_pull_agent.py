@@ -1,0 +1,144 @@
+"""The agent's pull operations called directly through the local executor against the fake drive:
+strict Range handling, the download cap, refused links, paths that leave vm.root, and a file already
+renamed into place."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relayd.errors import Permanent, Retryable
+from relayd.sandbox.drive import FakeDrive
+from relayd.vm.executor import Executor, make_executor
+from relayd.vm.testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+
+pytestmark = pytest.mark.timeout(120)
+
+PIECE = 128 * 1024
+
+
+class Pull:
+    """One file on the fake drive and the parameters of a pull of it."""
+
+    def __init__(self, tmp_path: Path, drive: FakeDrive, pieces: int = 6) -> None:
+        self.data = os.urandom(pieces * PIECE - 100)
+        self.file_id = upload_to_fake_drive(drive, self.data, "f.bin")
+        self.links = FakeDriveLinks(
+            drive.api_url, drive.issue_access_token(), drive_id=drive.default_drive_id
+        )
+        self.root = tmp_path / "vm"
+        self.executor: Executor = make_executor(vm_config(root=str(self.root)))
+        self.plan = [
+            [i, o, min(PIECE, len(self.data) - o)] for i, o in enumerate(range(0, len(self.data), PIECE))
+        ]
+        self.events: list[dict[str, Any]] = []
+
+    def params(self, **changes: Any) -> dict[str, Any]:
+        values = {
+            "root": str(self.root),
+            "relpath": "acme/tiny/f.bin",
+            "size": len(self.data),
+            "plan": self.plan,
+            "missing": [p[0] for p in self.plan],
+            "fresh": True,
+            "expected_sha256": hashlib.sha256(self.data).hexdigest(),
+            "connections": 2,
+            "headers": {"Referer": "https://www.aliyundrive.com/"},
+            "expires_in": 3600,
+            "max_tries": 2,
+        }
+        values.update(changes)
+        return values
+
+    def call(self, **changes: Any) -> dict[str, Any]:
+        url = self.links.download_url(self.file_id).url
+        return self.executor.call(
+            "pull", self.params(**changes), secrets={"url": url}, on_event=self.events.append
+        )
+
+    def done(self) -> list[int]:
+        return sorted(e["index"] for e in self.events if e["event"] == "piece_done")
+
+
+@pytest.fixture
+def fake_drive(tmp_path: Path) -> Any:
+    with FakeDrive(tmp_path / "drive") as drive:
+        yield drive
+
+
+def test_pull_fetches_hashes_and_renames(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    result = pull.call()
+    assert result["renamed"] and result["sha1"] == hashlib.sha1(pull.data).hexdigest()
+    assert (pull.root / "acme/tiny/f.bin").read_bytes() == pull.data
+    assert pull.done() == [p[0] for p in pull.plan]
+
+
+def test_range_ignored_is_never_taken_as_data(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    fake_drive.settings.ignore_range = True
+    with pytest.raises(Retryable) as caught:
+        pull.call()
+    assert caught.value.error_class == "range_ignored"
+    assert pull.done() == []
+    assert not (pull.root / "acme/tiny/f.bin").exists()
+
+
+def test_download_cap_drops_a_connection_and_carries_on(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive, pieces=8)
+    fake_drive.settings.download_link_cap = 1
+    fake_drive.settings.download_bandwidth = 2 * 1024 * 1024
+    result = pull.call(connections=3, max_tries=8)
+    assert result["renamed"]
+    assert any(e["event"] == "connection_dropped" for e in pull.events)
+
+
+def test_a_refused_link_asks_for_a_new_one(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    with pytest.raises(Retryable) as caught:
+        pull.call(headers={"Referer": "https://elsewhere.example/"})
+    assert caught.value.error_class == "url_expired"
+    assert "referer" in str(caught.value).lower()
+    assert "x-oss-signature" not in str(caught.value)  # the signed URL never shows up in errors
+    with pytest.raises(Retryable) as caught:
+        pull.call(expires_in=10)  # too close to its expiry to start
+    assert caught.value.error_class == "url_expired"
+
+
+def test_resume_needs_the_partial_file(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    with pytest.raises(Retryable) as caught:
+        pull.call(fresh=False, missing=[1, 2])
+    assert caught.value.error_class == "partial_lost"
+
+
+def test_a_file_renamed_before_a_crash_is_recognised(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    pull.call()
+    fake_drive.requests.clear()
+    pull.events.clear()
+    result = pull.call(fresh=False, missing=[len(pull.plan) - 1])
+    assert result["renamed"] and result["fetched"] == 0
+    assert pull.done() == [len(pull.plan) - 1]
+    assert not [r for r in fake_drive.requests.snapshot() if r.path.startswith("/download")]
+
+
+@pytest.mark.parametrize("relpath", ["../escape.bin", "/abs.bin", "a/../../b.bin", "a//b"])
+def test_paths_leaving_the_root_are_refused(tmp_path: Path, fake_drive: FakeDrive, relpath: str) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    with pytest.raises(Permanent):
+        pull.call(relpath=relpath)
+
+
+def test_a_symlink_out_of_the_root_is_refused(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    (pull.root / "acme").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (pull.root / "acme/tiny").symlink_to(tmp_path / "outside")
+    with pytest.raises(Exception, match="leads out of"):
+        pull.call()
+    assert not list((tmp_path / "outside").iterdir())
