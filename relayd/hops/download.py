@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import threading
 from collections import deque
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 RECEIVE_BUFFER = 1 * MiB  # per connection: memory stays flat whatever the file size
-HASH_BUFFER = 4 * MiB  # per file: how much of the written prefix is read back at once to hash it
+HASH_WINDOW = 4 * MiB  # per file: how much of the written prefix is mapped at once to hash it
 MIN_PIECE = 1 * MiB
 MAX_PIECE_FAILURES = 6  # consecutive failed attempts at one piece without a byte of progress
 MAX_FRESH_REFUSALS = 3  # fresh signed locations refused in a row before giving up
@@ -432,13 +433,14 @@ class DownloadHop(Hop):
         return _Digest(run.size, hasher.sha256, hasher.sha1, hasher.git_blob_id)
 
     def _hash_loop(self, run: _Run, hasher: PrefixHasher) -> None:
-        """Hash the contiguous written prefix as it grows, reading it back in bounded chunks."""
-        buffer = memoryview(bytearray(HASH_BUFFER))
+        """Hash the contiguous written prefix as it grows, a bounded window at a time, straight from
+        the page cache (mmap: no copy), or with pread where the filesystem cannot map files."""
         try:
             fd = os.open(run.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             run.fail(exc)
             return
+        reader = _WindowReader(fd, run.path)
         try:
             while hasher.offset < run.size:
                 with run.cond:
@@ -447,17 +449,13 @@ class DownloadHop(Hop):
                             return
                         target = run.frontier()
                         ready = target - hasher.offset
-                        if ready >= HASH_BUFFER or (ready > 0 and (run.workers_done or target == run.size)):
+                        if ready >= HASH_WINDOW or (ready > 0 and (run.workers_done or target == run.size)):
                             break
                         if run.workers_done:
                             return
                         run.cond.wait(0.5)
                 while hasher.offset < target:
-                    want = min(len(buffer), target - hasher.offset)
-                    got = os.preadv(fd, [buffer[:want]], hasher.offset)
-                    if got <= 0:
-                        raise OSError(errno.EIO, f"{run.path} is shorter than its written prefix")
-                    hasher.update(buffer[:got])
+                    reader.feed(hasher, min(target, hasher.offset + HASH_WINDOW))
         except Exception as exc:  # noqa: BLE001 - any failure is handed to the run, which re-raises it
             run.fail(exc)
         finally:
@@ -590,6 +588,40 @@ class DownloadHop(Hop):
             retry_after=0,
             error_class="integrity",
         )
+
+
+class _WindowReader:
+    """Feed a hasher the bytes of a file up to an offset, through a short-lived read-only mapping
+    of at most HASH_WINDOW bytes (so RSS stays bounded), or through pread when mapping fails."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self.buffer: memoryview | None = None
+
+    def feed(self, hasher: PrefixHasher, end: int) -> None:
+        start = hasher.offset
+        if self.buffer is None:
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            try:
+                window = mmap.mmap(
+                    self.fd,
+                    end - base,
+                    flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                    prot=mmap.PROT_READ,
+                    offset=base,
+                )
+            except OSError:
+                log.debug("%s cannot be mapped; hashing it through pread", self.path)
+                self.buffer = memoryview(bytearray(HASH_WINDOW))
+            else:
+                with window, memoryview(window) as view, view[start - base :] as part:
+                    hasher.update(part)
+                return
+        got = os.preadv(self.fd, [self.buffer[: end - start]], start)
+        if got <= 0:
+            raise OSError(errno.EIO, f"{self.path} is shorter than its written prefix")
+        hasher.update(self.buffer[:got])
 
 
 def _preallocate(fd: int, size: int) -> None:
