@@ -19,9 +19,10 @@ ENTRY_POINT_GROUP = "relayd.hops.v1"
 # The built-in hops, so that a checkout without installed metadata still finds them.
 BUILTIN: dict[str, str] = {
     "local_copy": "relayd.hops.local_copy:LocalCopyHop",
+    "download": "relayd.hops.download:DownloadHop",
+    "pan_upload": "relayd.hops.pan_upload:PanUploadHop",
     "vm_pull": "relayd.hops.vm_pull:VmPullHop",
     "lfs_push": "relayd.hops.lfs_push:LfsPushHop",
-    "download": "relayd.hops.download:DownloadHop",
 }
 
 
