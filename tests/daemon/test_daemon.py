@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DaemonSandbox
+from daemonbox import DaemonSandbox
 
 from relayd.catalogue.schema import DONE, RUNNING
 
