@@ -47,7 +47,7 @@ from relayd import __version__
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import FileSpec
 from relayd.config import HubConfig
-from relayd.errors import HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
 from relayd.http_ranges import origin_of, retry_after_seconds
 from relayd.poll import Source
 
@@ -92,8 +92,16 @@ class HubClient:
     # -- credentials -------------------------------------------------------------------------------
 
     def token(self) -> str | None:
-        """Return the configured token, or None to go anonymous (never an implicit one)."""
-        return self.config.token.resolve()
+        """Return the configured token, or None to go anonymous (never an implicit one). Raise
+        NeedsPerson when the configured file or credential cannot be read."""
+        try:
+            return self.config.token.resolve()
+        except ConfigError as exc:
+            raise NeedsPerson(
+                f"the Hub token cannot be read: {exc}",
+                hint="fix hub.token_file or hub.token_credential (or the service's credentials)",
+                error_class="config",
+            ) from exc
 
     def authorization_for(self, url: str) -> dict[str, str]:
         """Return the Authorization header for *url*: only when it is on the Hub endpoint's origin."""
@@ -202,7 +210,11 @@ class HubClient:
         where = f"{repo_id}@{revision[:12] if len(revision) == 40 else revision}"
         token_keys = "hub.token_env, hub.token_file or hub.token"  # noqa: S105 - names of settings
         if isinstance(exc, GatedRepoError):
-            who = "with the configured token" if self.token() else "anonymously (no token is set)"
+            try:
+                anonymous = not self.token()
+            except NeedsPerson:
+                anonymous = True
+            who = "anonymously (no token is set)" if anonymous else "with the configured token"
             return NeedsPerson(
                 f"{repo_id} is gated and cannot be read {who}",
                 hint=(

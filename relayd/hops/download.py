@@ -192,7 +192,11 @@ class DownloadHop(Hop):
     def checks(self) -> list[Check]:
         """Check that the Hub answers and accepts the configured token."""
         endpoint = self.hub.endpoint
-        if not self.section.token.configured or not self.hub.token():
+        try:
+            token = self.hub.token()
+        except NeedsPerson as exc:
+            return [Check("hub token", False, str(exc), hint=exc.hint)]
+        if not token:
             return [
                 Check(
                     "hub token",

@@ -411,3 +411,31 @@ def test_doctor_checks_the_token(relay: HubRelay, token: str | None, ok: bool, d
 
     assert check.ok is ok and detail in check.detail
     assert "hf_revoked" not in check.detail + check.hint
+
+
+def test_dataset_files_download(relay: HubRelay, hub: FakeHub) -> None:
+    hub.create_repo("alice/data", repo_type="dataset", files={"train.parquet": Generated(3 * MiB, seed=8)})
+    relay.add_repo("alice/data", repo_type="dataset")
+
+    transfers = relay.relay()
+
+    assert {t.state for t in transfers} == {DONE}
+    sha256 = hub.file("alice/data", "train.parquet", repo_type="dataset").sha256
+    assert sha256_of(relay.staged(sha256)) == sha256
+    assert any(e.path.startswith("/datasets/alice/data/resolve/") for e in hub.hub_log.snapshot())
+
+
+def test_an_unreadable_token_file_blocks_with_a_hint(relay: HubRelay, hub: FakeHub) -> None:
+    one_file_repo(hub)
+    relay.write_config(token=None, extra="")
+    text = relay.config_path.read_text().replace(
+        'token_env = "RELAYD_TEST_NO_SUCH_TOKEN"', f'token_file = "{relay.root / "missing-token"}"'
+    )
+    relay.config_path.write_text(text)
+    relay.add_repo("alice/one")
+
+    relay.poll()
+
+    repo = relay.repo("alice/one")
+    assert repo.poll_state == "blocked" and "cannot be read" in (repo.poll_error or "")
+    assert "hub.token_file" in (repo.poll_hint or "")
