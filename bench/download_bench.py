@@ -109,7 +109,6 @@ def run_relayd(
     repo: str,
     size: int,
     connections: int | None = None,
-    time_v: bool = False,
 ) -> dict[str, Any]:
     """Relay *repo* with `relayd run --once` (connections None = relayd's default); return the result."""
     root = work / f"relayd-{label}"
@@ -138,9 +137,9 @@ min_free = "0"
     store = Store(f"sqlite:///{root / 'catalogue.db'}")
     migrate.ensure_schema(store.engine, auto_upgrade=False)
     store.add_repo(RepoSpec(name=repo, every=3600, route=("download",), include=(WEIGHTS,)))
-    command = [str(BIN / "relayd"), "run", "--once", "-c", str(config), "--log-level", "warning"]
-    if time_v:
-        command = ["/usr/bin/time", "-v", *command]
+    command = ["/usr/bin/time", "-v", str(BIN / "relayd"), "run", "--once", "-c", str(config)]
+    command += ["--log-level", "warning"]
+    load = os.getloadavg()[0]
     served = hub.bytes_served()
     started = time.perf_counter()
     process = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -161,12 +160,25 @@ min_free = "0"
         "wall": wall,
         "MB/s": size / seconds / MB,
         "served_MiB": (hub.bytes_served() - served) / MiB,
+        "load": load,
+        **time_v(process.stderr),
     }
-    if time_v:
-        match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", process.stderr)
-        result["peak_rss_MiB"] = int(match.group(1)) / 1024 if match else None
     shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def time_v(stderr: str) -> dict[str, float]:
+    """Return peak RSS (MiB) and CPU seconds from /usr/bin/time -v's report."""
+    found: dict[str, float] = {}
+    for key, pattern, scale in (
+        ("peak_rss_MiB", r"Maximum resident set size \(kbytes\): (\d+)", 1 / 1024),
+        ("user_s", r"User time \(seconds\): ([\d.]+)", 1.0),
+        ("sys_s", r"System time \(seconds\): ([\d.]+)", 1.0),
+    ):
+        match = re.search(pattern, stderr)
+        if match:
+            found[key] = float(match.group(1)) * scale
+    return found
 
 
 def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, Any]:
@@ -174,6 +186,8 @@ def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, A
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     command = [
+        "/usr/bin/time",
+        "-v",
         "aria2c",
         "-x",
         str(connections),
@@ -191,8 +205,9 @@ def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, A
         "out.bin",
         url,
     ]
+    load = os.getloadavg()[0]
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    process = subprocess.run(command, check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     assert (target / "out.bin").stat().st_size == size
     shutil.rmtree(target, ignore_errors=True)
@@ -202,6 +217,8 @@ def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, A
         "connections": connections,
         "seconds": seconds,
         "MB/s": size / seconds / MB,
+        "load": load,
+        **time_v(process.stderr),
     }
 
 
@@ -258,6 +275,7 @@ def main() -> int:
     parser.add_argument("--cap", type=float, default=20 * MB, help="bytes/s per connection (default 20 MB/s)")
     parser.add_argument("--sweep", default="1,4,8,16,32", help="connection counts to try")
     parser.add_argument("--skip-hf", action="store_true", help="skip hf_hub_download (slow when capped)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the head-to-head runs")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
     size, big = parse_size(args.size), parse_size(args.big)
@@ -271,9 +289,7 @@ def main() -> int:
             "cpu": _cpu_name(),
             "python": platform.python_version(),
             "load_at_start": os.getloadavg(),
-            "aria2c": subprocess.run(["aria2c", "--version"], capture_output=True, text=True).stdout.split(
-                "\n"
-            )[0],
+            "aria2c": _version(["aria2c", "--version"]),
         },
         "size": size,
         "big": big,
@@ -286,40 +302,44 @@ def main() -> int:
         hub.create_repo(BIG_REPO, files={WEIGHTS: Generated(big, seed=2)})
         url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
 
+        def relayd(label: str, connections: int | None = None) -> dict[str, Any]:
+            result = run_relayd(hub, work, label, repo=REPO, size=size, connections=connections)
+            log(f"  {label}: {result['MB/s']:.0f} MB/s (load {result['load']:.1f})")
+            return result
+
+        def aria2c(label: str) -> dict[str, Any]:
+            result = run_aria2c(url, work, size, 16)
+            log(f"  {label}: {result['MB/s']:.0f} MB/s (load {result['load']:.1f})")
+            return result
+
         log("references: disk write rate, hashing rate")
         results["disk_write_Bps"] = disk_write_rate(work, size)
         results["hash_Bps"] = hash_rates(size)
 
         log("uncapped")
-        uncapped: list[dict[str, Any]] = []
-        for n in sweep:
-            uncapped.append(run_relayd(hub, work, f"uncapped-{n}", repo=REPO, size=size, connections=n))
-            log(f"  relayd {n}: {uncapped[-1]['MB/s']:.0f} MB/s")
-        uncapped.append(run_relayd(hub, work, "uncapped-default", repo=REPO, size=size))
-        log(f"  relayd defaults: {uncapped[-1]['MB/s']:.0f} MB/s")
-        uncapped.append(run_aria2c(url, work, size, 16))
-        log(f"  aria2c 16: {uncapped[-1]['MB/s']:.0f} MB/s")
-        results["uncapped"] = uncapped
+        results["uncapped_sweep"] = [relayd(f"relayd, {n} connections", n) for n in sweep]
+        results["uncapped"] = []
+        for _ in range(args.repeat):
+            results["uncapped"].append(relayd("relayd, defaults"))
+            results["uncapped"].append(aria2c("aria2c -x 16 -s 16"))
+        results["disk_write_Bps_after"] = disk_write_rate(work, size)
+        results["hash_Bps_after"] = hash_rates(size)
 
         log(f"peak RSS on {big / MiB:.0f} MiB")
-        results["memory"] = run_relayd(hub, work, "rss", repo=BIG_REPO, size=big, time_v=True)
+        results["memory"] = run_relayd(hub, work, "rss", repo=BIG_REPO, size=big)
         log(f"  {results['memory']['peak_rss_MiB']:.0f} MiB at {results['memory']['MB/s']:.0f} MB/s")
 
         log(f"capped at {args.cap / MB:.0f} MB/s per connection")
         hub.bandwidth_cap = args.cap
-        capped: list[dict[str, Any]] = [run_aria2c(url, work, size, 16)]
-        log(f"  aria2c 16: {capped[-1]['MB/s']:.0f} MB/s")
-        for n in sweep:
-            if n == 1 and not args.skip_hf:
-                continue  # hf_hub_download stands for one connection
-            capped.append(run_relayd(hub, work, f"capped-{n}", repo=REPO, size=size, connections=n))
-            log(f"  relayd {n}: {capped[-1]['MB/s']:.0f} MB/s")
-        capped.append(run_relayd(hub, work, "capped-default", repo=REPO, size=size))
-        log(f"  relayd defaults: {capped[-1]['MB/s']:.0f} MB/s")
+        results["capped_sweep"] = [relayd(f"relayd, {n} connections", n) for n in sweep if n not in (1, 16)]
+        results["capped"] = []
+        for _ in range(args.repeat):
+            results["capped"].append(aria2c("aria2c -x 16 -s 16"))
+            results["capped"].append(relayd("relayd, 16 connections", 16))
+            results["capped"].append(relayd("relayd, defaults"))
         if not args.skip_hf:
-            capped.append(run_hf(hub, work, size))
-            log(f"  hf_hub_download: {capped[-1]['MB/s']:.0f} MB/s")
-        results["capped"] = capped
+            results["capped"].append(run_hf(hub, work, size))
+            log(f"  hf_hub_download: {results['capped'][-1]['MB/s']:.0f} MB/s")
     finally:
         hub.stop()
         if not args.keep:
@@ -327,6 +347,11 @@ def main() -> int:
     (Path(args.workdir.parent) / "download-bench-results.json").write_text(json.dumps(results, indent=2))
     print(report(results))
     return 0
+
+
+def _version(command: list[str]) -> str:
+    process = subprocess.run(command, check=False, capture_output=True, text=True)
+    return process.stdout.split("\n")[0]
 
 
 def _cpu_name() -> str:
@@ -341,24 +366,37 @@ def _cpu_name() -> str:
 
 def report(results: dict[str, Any]) -> str:
     """Return the results as Markdown tables."""
-    lines = [f"size {results['size'] / MiB:.0f} MiB, cap {results['cap'] / MB:.0f} MB/s per connection", ""]
-    lines += ["| capped | connections | seconds | MB/s |", "| --- | --- | --- | --- |"]
-    for row in results.get("capped", []):
-        lines.append(
-            f"| {row['label']} | {row['connections'] or 'default'} | {row['seconds']:.1f} | {row['MB/s']:.0f} |"
-        )
-    lines += ["", "| uncapped | connections | seconds | MB/s |", "| --- | --- | --- | --- |"]
-    for row in results.get("uncapped", []):
-        lines.append(
-            f"| {row['label']} | {row['connections'] or 'default'} | {row['seconds']:.2f} | {row['MB/s']:.0f} |"
-        )
-    lines += ["", f"disk write (write + fsync): {results['disk_write_Bps'] / MB:.0f} MB/s"]
+    lines = [f"file {results['size'] / MiB:.0f} MiB; cap {results['cap'] / MB:.0f} MB/s per connection", ""]
+    header = [
+        "| run | seconds | MB/s | CPU user+sys s | peak RSS MiB | load |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for title, key in (
+        ("capped, head to head", "capped"),
+        ("capped, connection sweep", "capped_sweep"),
+        ("uncapped, head to head", "uncapped"),
+        ("uncapped, connection sweep", "uncapped_sweep"),
+    ):
+        lines += [f"**{title}**", "", *header]
+        for row in results.get(key, []):
+            cpu = row.get("user_s", 0.0) + row.get("sys_s", 0.0)
+            rss = row.get("peak_rss_MiB")
+            lines.append(
+                f"| {row['label']} | {row['seconds']:.2f} | {row['MB/s']:.0f} | {cpu:.1f} | "
+                f"{'' if rss is None else f'{rss:.0f}'} | {row.get('load', 0):.1f} |"
+            )
+        lines.append("")
+    lines.append(
+        f"disk write (write + fsync): {results['disk_write_Bps'] / MB:.0f} MB/s, "
+        f"after the uncapped runs {results['disk_write_Bps_after'] / MB:.0f} MB/s"
+    )
     for name, rate in results["hash_Bps"].items():
-        lines.append(f"{name}: {rate / MB:.0f} MB/s")
+        after = results["hash_Bps_after"][name]
+        lines.append(f"{name}: {rate / MB:.0f} MB/s, after the uncapped runs {after / MB:.0f} MB/s")
     memory = results.get("memory")
     if memory:
         lines.append(
-            f"peak RSS, {results['big'] / MiB:.0f} MiB at defaults: {memory['peak_rss_MiB']:.0f} MiB "
+            f"peak RSS, {results['big'] / MiB:.0f} MiB file at defaults: {memory['peak_rss_MiB']:.0f} MiB "
             f"({memory['MB/s']:.0f} MB/s)"
         )
     return "\n".join(lines)
