@@ -1,13 +1,17 @@
 """`relayd demo`: a whole relay on the local sandbox, verified end to end.
 
-The demo builds a small generated model, starts a real daemon on a temporary catalogue, adds the repo
-with relayctl, shows live progress, and ends with a verification table of every file's sha256 at the
-source and at each place it landed. Then it commits a change upstream (one shard changed, one file
-removed) and shows that only the changed shard travels. It exits 0 only if everything verified.
+The demo starts the sandbox (a fake Hub with a generated model, the fake drive, the VM through SSH when
+an sshd is available or locally, and a git + LFS server), a real daemon on a temporary catalogue, adds
+the repo with relayctl, shows live progress per file and hop, and ends with a verification table: each
+file's sha256 at the Hub, on the drive, on the VM and in a fresh clone of the pushed repo. Then it
+commits a change upstream (one shard changed, one file removed) and shows that only that shard travels
+and that the pushed repo matches the new revision. It exits 0 only if everything verified.
+``--local`` runs the short local_copy route instead (no network services at all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +41,8 @@ class DemoOptions:
     keep: bool
     timeout: float
     change: bool
+    local: bool
+    ssh: bool | None
 
 
 def sha256_file(path: Path) -> str:
@@ -59,6 +65,16 @@ def write_random(path: Path, size: int, seed: int) -> None:
             handle.write(chunk)
             written += len(chunk)
             counter += 1
+
+
+def progress_line(document: dict[str, Any]) -> str:
+    """One line per change of progress, for output that is not a terminal (logs, CI)."""
+    repo = document.get("repo") or {}
+    snapshot = repo.get("snapshot") or {}
+    if not snapshot:
+        return ""
+    parts = [f"{hop['hop']} {hop['files_done']}/{hop['files_total']}" for hop in repo.get("hops") or []]
+    return f"snapshot {str(snapshot.get('commit', ''))[:12]} {snapshot.get('state')}: " + ", ".join(parts)
 
 
 class LocalDemo:
@@ -154,15 +170,26 @@ concurrency = 2
 
         deadline = time.monotonic() + self.options.timeout
         console = Console(stderr=False)
-        with Live(Text("waiting for the first poll…"), console=console, refresh_per_second=4) as live:
+        last_line = ""
+        live_view = (
+            Live(Text("waiting for the first poll…"), console=console, refresh_per_second=4, transient=True)
+            if console.is_terminal
+            else contextlib.nullcontext(None)
+        )
+        with live_view as live:
             while time.monotonic() < deadline:
                 if self.daemon is not None and self.daemon.poll() is not None:
                     raise RuntimeError(
                         f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}"
                     )
-                text = self.relayctl("status", DEMO_REPO, check=False).stdout
-                live.update(Text(text))
                 document = self.status()
+                if live is not None:
+                    live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
+                else:
+                    line = progress_line(document)
+                    if line and line != last_line:
+                        say(line)
+                        last_line = line
                 snapshot = (document.get("repo") or {}).get("snapshot") or {}
                 if snapshot.get("state") == "done" and snapshot.get("commit") != previous:
                     return document
@@ -208,6 +235,118 @@ concurrency = 2
         return changed, removed
 
 
+class RouteDemo:
+    """The default route on the route sandbox: Hub → staging → drive → VM → git + LFS."""
+
+    def __init__(self, options: DemoOptions, root: Path) -> None:
+        from relayd.sandbox.route import RouteSandbox
+
+        self.options = options
+        self.sandbox = RouteSandbox(
+            root, shards=options.shards, shard_size=options.shard_size, ssh=options.ssh
+        )
+        self.config_path = self.sandbox.config_path
+        self.log_path = self.sandbox.log_path
+        self.daemon: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.sandbox.start()
+        self.daemon = self.sandbox.start_daemon()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.sandbox.stop_daemon(self.daemon)
+        self.sandbox.stop()
+
+    def relayctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = self.sandbox.relayctl(*args)
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
+        return result
+
+    def bytes_moved(self, hop: str) -> int:
+        from sqlalchemy import func, select
+
+        from relayd.catalogue.schema import Transfer
+        from relayd.catalogue.store import Store
+
+        store = Store(f"sqlite:///{self.sandbox.root / 'state' / 'catalogue.db'}")
+        try:
+            with store.read() as session:
+                query = select(func.coalesce(func.sum(Transfer.bytes_moved), 0)).where(Transfer.hop == hop)
+                return int(session.scalar(query) or 0)
+        finally:
+            store.close()
+
+
+def print_route_table(rows: list[Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("file", "Hub", "drive", "VM", "clone", "ok"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.path, row.hub[:12], row.drive[:12], row.vm[:12], row.clone[:12], "✔" if row.ok else "✘"
+        )
+    Console().print(table)
+
+
+def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None]) -> bool:
+    demo = RouteDemo(options, root)
+    sandbox = demo.sandbox
+    watcher = LocalDemo(options, root)  # reuses the live status view
+    watcher.config_path = demo.config_path
+    watcher.log_path = demo.log_path
+    try:
+        say(f"generating {options.shards} shards of {format_size(options.shard_size)} on the fake Hub")
+        demo.start()
+        watcher.daemon = demo.daemon
+        hub, drive, git = sandbox.hub, sandbox.drive, sandbox.git
+        assert hub is not None and drive is not None and git is not None  # noqa: S101
+        say(
+            f"fake Hub {hub.endpoint} (CDN {hub.cdn_url}), fake drive {drive.api_url}, git+LFS {git.base_url}"
+        )
+        say(
+            "VM: "
+            + (f"over SSH to {sandbox.sshd.host}:{sandbox.sshd.port}" if sandbox.use_ssh else "this machine")
+        )
+        say(f"daemon started; log in {demo.log_path}")
+        added = demo.relayctl("add", DEMO_REPO, "--every", "10s")
+        say(added.stdout.strip().splitlines()[0] if added.stdout.strip() else f"added {DEMO_REPO}")
+        first = watcher.wait_for_snapshot(say, previous=None)
+        rows, extra = sandbox.verify()
+        print_route_table(rows, f"revision {sandbox.head[:12]}: sha256 at every place")
+        ok = all(row.ok for row in rows) and not extra
+        if extra:
+            say(f"the pushed repo holds files the Hub does not: {sorted(extra)}")
+        if ok and options.change:
+            moved_before = demo.bytes_moved("download")
+            changed, removed, commit = sandbox.change_upstream()
+            say(f"upstream commit {commit[:12]}: {changed} changed, {removed} removed")
+            previous = ((first.get("repo") or {}).get("snapshot") or {}).get("commit")
+            demo.relayctl("retry", DEMO_REPO)
+            watcher.wait_for_snapshot(say, previous=previous)
+            moved = demo.bytes_moved("download") - moved_before
+            rows, extra = sandbox.verify()
+            print_route_table(rows, f"revision {commit[:12]}: sha256 at every place")
+            shard = format_size(options.shard_size)
+            say(f"the new revision downloaded {format_size(moved)} (one shard is {shard})")
+            only_shard = moved == options.shard_size
+            gone = removed not in {row.path for row in rows} and removed not in extra
+            ok = all(row.ok for row in rows) and not extra and only_shard and gone
+            if not gone:
+                say(f"{removed} is still in the pushed repo")
+        if options.keep and ok:
+            say(f"the sandbox keeps running; try: relayctl -c {demo.config_path} status. Ctrl-C to stop.")
+            while True:
+                time.sleep(3600)
+        return ok
+    finally:
+        demo.stop()
+
+
 def print_table(rows: list[tuple[str, str, str, bool]], columns: tuple[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -230,6 +369,21 @@ def run_demo(options: DemoOptions) -> int:
     def say(message: str) -> None:
         click.echo(f"relayd demo: {message}")
 
+    if not options.local:
+        say(f"sandbox in {root}")
+        try:
+            ok = run_route_demo(options, root, say)
+        except KeyboardInterrupt:
+            return 0
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            say(f"failed: {exc} {detail}".strip())
+            ok = False
+        finally:
+            if not options.keep and options.workdir is None:
+                shutil.rmtree(root, ignore_errors=True)
+        say("everything verified" if ok else "VERIFICATION FAILED")
+        return 0 if ok else 1
     try:
         say(f"sandbox in {root}")
         say(f"generating {options.shards} shards of {format_size(options.shard_size)} plus config files")
@@ -282,8 +436,19 @@ def run_demo(options: DemoOptions) -> int:
 @click.option("--keep", is_flag=True, help="Keep the sandbox and daemon running for exploration.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for each revision.")
 @click.option("--no-change", is_flag=True, help="Skip the second revision.")
+@click.option("--local", is_flag=True, help="Relay through local_copy only (no Hub, drive, VM or git).")
+@click.option(
+    "--ssh/--no-ssh", default=None, help="Reach the VM over SSH (default: when an sshd is installed)."
+)
 def demo_command(
-    shards: int, shard_size: str, workdir: Path | None, keep: bool, timeout: float, no_change: bool
+    shards: int,
+    shard_size: str,
+    workdir: Path | None,
+    keep: bool,
+    timeout: float,
+    no_change: bool,
+    local: bool,
+    ssh: bool | None,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
     options = DemoOptions(
@@ -293,6 +458,8 @@ def demo_command(
         keep=keep,
         timeout=timeout,
         change=not no_change,
+        local=local,
+        ssh=ssh,
     )
     os.environ.setdefault("RELAYD_DEMO", "1")
     return run_demo(options)
