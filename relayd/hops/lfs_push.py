@@ -207,6 +207,10 @@ class LfsPushHop(Hop):
                 **params,
                 "ref": f"refs/heads/{self.section.branch}",
                 "objects": [{"oid": oid, "size": file.size, "path": source}],
+                # The file was sha256-verified where it landed (vm_pull, or download for staging):
+                # guard it by size, mtime and inode while it is sent; the server checks the bytes
+                # and a refusal makes the agent hash it (blocked if it changed).
+                "verify": "stat",
             },
             secrets=secrets,
             on_event=on_event,

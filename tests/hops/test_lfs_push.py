@@ -383,12 +383,13 @@ def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLf
         deadline = time.monotonic() + 60
         while server.counters().put_bytes_by_oid.get(sha(big), 0) < 1_000_000 and time.monotonic() < deadline:
             time.sleep(0.01)
-        world.cancel.set()  # the daemon is stopping
+        assert engine.drain(15)  # the daemon is stopping: stop claiming, cancel, wait
 
+    engine = world.engine
+    assert engine is not None
     stopper = threading.Thread(target=stop_mid_object)
     stopper.start()
-    assert world.engine is not None
-    world.engine.run_until_idle(timeout=60)
+    engine.run_until_idle(timeout=90)
     stopper.join()
     server.put_bytes_per_second = None
     assert server.wait_idle()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OWNER, REPO_ROOT, GitClient, run_agent
+from lfs_support import OWNER, REPO_ROOT, GitClient, run_agent
 
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
@@ -119,11 +119,14 @@ def test_upload_sends_missing_objects_and_skips_stored_ones(server: GitLfsServer
     assert after.batch_requests == before.batch_requests + 1
 
 
-def test_a_changed_file_never_completes_an_upload(server: GitLfsServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("verify", ["sha256", "stat"])
+def test_a_changed_file_never_completes_an_upload(server: GitLfsServer, tmp_path: Path, verify: str) -> None:
+    """Wrong bytes on the VM: with sha256 the last chunk is held back; with stat the server refuses
+    them (422) and the agent, hashing the file then, blocks instead of retrying forever."""
     server.new_repo(OWNER, "m")
     data = os.urandom(3 * 1024 * 1024 + 5)
     files = put_files(tmp_path / "vm", {"w.bin": data})
-    params = upload_params(server, "m", files)
+    params = upload_params(server, "m", files, verify=verify)
     files["w.bin"].write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, wrong bytes
     run = run_agent("lfs_upload", params, server.token)
     assert run.error is not None
@@ -132,7 +135,31 @@ def test_a_changed_file_never_completes_an_upload(server: GitLfsServer, tmp_path
     assert server.wait_idle()
     assert server.objects(OWNER, "m") == {}
     assert server.counters().puts_stored == 0
-    assert server.counters().put_bytes < len(data)  # the last chunk was held back
+    if verify == "sha256":
+        assert server.counters().put_bytes < len(data)  # the last chunk was held back
+
+
+def test_stat_mode_refuses_a_file_that_changes_while_it_is_sent(server: GitLfsServer, tmp_path: Path) -> None:
+    server.new_repo(OWNER, "m")
+    data = os.urandom(24 * 1024 * 1024)
+    files = put_files(tmp_path / "vm", {"w.bin": data})
+    server.put_bytes_per_second = 8 * 1024 * 1024
+    touched = []
+
+    def touch(event: dict[str, Any]) -> None:
+        if event["event"] == "progress" and not touched:
+            os.utime(files["w.bin"], ns=(time.time_ns(), time.time_ns()))
+            touched.append(True)
+
+    run = run_agent(
+        "lfs_upload", upload_params(server, "m", files, verify="stat"), server.token, on_event=touch
+    )
+    assert touched and run.error is not None
+    assert (run.error["kind"], run.error["class"]) == ("blocked", "integrity")
+    assert "changed while it was sent" in run.error["message"]
+    server.put_bytes_per_second = None
+    assert server.wait_idle()
+    assert server.objects(OWNER, "m") == {}
 
 
 def test_wrong_bytes_refused_by_the_server_are_sent_again(server: GitLfsServer, tmp_path: Path) -> None:

@@ -214,7 +214,13 @@ class LfsClient:
     """The batch API, basic transfer and verify against one repository's LFS endpoint."""
 
     def __init__(
-        self, remote: str, token: str, context: Context, *, activity_timeout: float = 3600.0
+        self,
+        remote: str,
+        token: str,
+        context: Context,
+        *,
+        activity_timeout: float = 3600.0,
+        verify: str = "sha256",
     ) -> None:
         if not remote.startswith(("http://", "https://")) or "@" in urlsplit(remote).netloc:
             raise AgentError(
@@ -237,6 +243,10 @@ class LfsClient:
         self.context = context
         self.scrub = Scrubber(token)
         self.activity_timeout = activity_timeout
+        # How a file is checked while it is sent: "sha256" hashes it (the last chunk is held back
+        # unless it matches the oid); "stat" (for a file sha256-verified where it landed) only checks
+        # that its size, mtime and inode did not change, and hashes it only if the server refuses.
+        self.verify = verify
         self._basic = "Basic " + base64.b64encode(("oauth2:" + token).encode()).decode()
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -407,13 +417,12 @@ class LfsClient:
         headers = self._action_headers(action)
         headers["Content-Length"] = str(size)
         headers.setdefault("Content-Type", "application/octet-stream")
-        hasher = Hasher()
+        hasher = Hasher() if self.verify == "sha256" else None
         sent = 0
         with open(path, "rb") as source:
-            if os.fstat(source.fileno()).st_size != size:
-                raise _changed(
-                    path, oid, "its size is %d, not %d" % (os.fstat(source.fileno()).st_size, size)
-                )
+            opened = os.fstat(source.fileno())
+            if opened.st_size != size:
+                raise _changed(path, oid, "its size is %d, not %d" % (opened.st_size, size))
             connection, target = self._connect(str(action.get("href")))
             try:
                 connection.putrequest("PUT", target, skip_accept_encoding=True)
@@ -425,10 +434,14 @@ class LfsClient:
                     chunk = source.read(min(CHUNK, size - sent))
                     if not chunk:
                         raise _changed(path, oid, "it ended at %d bytes, expected %d" % (sent, size))
-                    if sent + len(chunk) == size:
+                    # Hold back the last bytes unless the file is right: the server never sees a
+                    # complete wrong object.
+                    if hasher is None:
+                        if sent + len(chunk) == size and _fingerprint(os.stat(path)) != _fingerprint(opened):
+                            raise _changed(path, oid, "it changed while it was sent")
+                    elif sent + len(chunk) == size:
                         got = hasher.finish(chunk)
                         if got != oid:
-                            # Hold back the last bytes: the server never sees a complete wrong object.
                             raise _changed(path, oid, "its sha256 is %s" % got)
                     else:
                         hasher.feed(chunk)
@@ -445,7 +458,8 @@ class LfsClient:
                     error_class="network",
                 ) from None
             finally:
-                hasher.stop()
+                if hasher is not None:
+                    hasher.stop()
                 connection.close()
         if response.status >= 300:
             message = _message_of(payload, self.scrub)
@@ -456,6 +470,10 @@ class LfsClient:
                     error_class="auth",
                 )
             if response.status == 422:
+                if hasher is None:
+                    got = _sha256_file(path, self.context)
+                    if got != oid:
+                        raise _changed(path, oid, "its sha256 is %s" % got)
                 raise AgentError(
                     "the server rejected the bytes of %s: %s" % (oid[:12], message),
                     kind="retryable",
@@ -534,6 +552,21 @@ class Progress:
             self.context.emit("progress", oid=self.oid, sent=sent, size=self.size)
 
 
+def _fingerprint(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
+
+
+def _sha256_file(path: str, context: Context) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while True:
+            context.check_cancelled()
+            chunk = source.read(CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+
+
 def _changed(path: str, oid: str, what: str) -> AgentError:
     return AgentError(
         "the file %s on the VM does not match object %s: %s" % (path, oid[:12], what),
@@ -575,6 +608,7 @@ def _client(params: dict[str, Any], secrets: dict[str, str], context: Context) -
         secrets.get("token") or "",
         context,
         activity_timeout=float(params.get("activity_timeout") or 3600.0),
+        verify="stat" if params.get("verify") == "stat" else "sha256",
     )
 
 
@@ -640,6 +674,9 @@ def upload_objects(
 @op("lfs_upload")
 def lfs_upload(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
     """Upload ``objects`` ([{oid, size, path}]) to ``remote``'s LFS store unless it has them.
+
+    ``verify``: "sha256" (default) hashes each file as it is sent; "stat" trusts a file verified
+    where it landed as long as its size, mtime and inode do not change.
 
     Events: ``progress`` {oid, sent, size}, ``object`` {oid, skipped, sent}, ``retry``. Result:
     ``{"objects": [{oid, size, skipped, sent}]}``.

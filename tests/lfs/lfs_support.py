@@ -1,0 +1,123 @@
+"""Helpers for the lfs_push agent tests: the agent run as the executors run it, and a hermetic git
+client for checking what was pushed (a uniquely named module: every test folder has a conftest)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if shutil.which("git") is None or shutil.which("git-lfs") is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("git and git-lfs are required in CI")
+    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+
+OWNER = "relay"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CREDENTIAL_HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
+
+
+@dataclass
+class AgentRun:
+    """What one agent run reported: its events and its result (or error)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    returncode: int | None = None
+    stderr: str = ""
+
+    @property
+    def ok(self) -> dict[str, Any]:
+        assert self.error is None, self.error
+        assert self.result is not None, self.stderr
+        return self.result
+
+
+def run_agent(
+    op: str,
+    params: dict[str, Any],
+    token: str | None,
+    *,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> AgentRun:
+    """Run the agent as the executors do (own process group, request on stdin) and collect its output."""
+    request = {"op": op, "params": params, "secrets": {"token": token} if token is not None else {}}
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen(
+            [python, "-m", "relayd.vm.agent"],
+            cwd=REPO_ROOT,
+            env=env or dict(os.environ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            start_new_session=True,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        # stdin stays open until the result: its end means "the link died" to the agent.
+        child.stdin.write(json.dumps(request) + "\n")
+        child.stdin.flush()
+        run = AgentRun()
+        timer = threading.Timer(timeout, lambda: os.killpg(child.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            for line in child.stdout:
+                event = json.loads(line)
+                if on_event is not None:
+                    on_event(event)
+                if event.get("event") == "result":
+                    if event.get("ok"):
+                        run.result = event["result"]
+                    else:
+                        run.error = event["error"]
+                    break
+                run.events.append(event)
+        except BaseException:
+            # As when the link dies: the agent sees the end of its stdin and kills its group.
+            child.stdin.close()
+            child.wait(timeout=30)
+            raise
+        finally:
+            timer.cancel()
+        child.stdin.close()
+        run.returncode = child.wait(timeout=30)
+        errors.seek(0)
+        run.stderr = errors.read()
+    return run
+
+
+@dataclass
+class GitClient:
+    """A hermetic git for checking what the server holds: private HOME, token only in $MS_TOKEN."""
+
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, cwd: Path | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["git", "-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}", *args]
+        result = subprocess.run(
+            argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=60, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def clone(self, url: str, dest: Path) -> Path:
+        self.run("-c", "lfs.locksverify=false", "clone", "-q", url, str(dest))
+        return dest
