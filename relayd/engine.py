@@ -25,8 +25,12 @@ from relayd.config import RetryConfig
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.staging import Staging, disk_full_error, is_disk_full
+from relayd.units import format_size
 
 log = logging.getLogger(__name__)
+
+DISK_RECHECK = 10.0  # seconds between looks for room after a full disk (staging)
+REMOTE_DISK_RECHECK = 60.0  # ... and for hops writing elsewhere (the VM's disk)
 
 
 def backoff_delay(attempts: int, retry: RetryConfig, retry_after: float | None = None) -> float:
@@ -92,6 +96,9 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self.hold_reason: str | None = None
         self._last_budget_check = 0.0
+        self._reserved: dict[int, int] = {}
+        self._last_disk_check = 0.0
+        self._last_remote_disk_check = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -191,9 +198,55 @@ class Engine:
         self.hold_reason = reason
         return reason is not None
 
+    def _admit_download(self, transfer_id: int, size: int) -> bool:
+        """Keep a claimed download only if staging can hold it beside what is staged and what running
+        downloads will write; else give it back. The first download is always admitted, so a file
+        larger than the budget cannot wait forever."""
+        with self._lock:
+            reserved = sum(self._reserved.values())
+        projected = self.staging.used_bytes(include_partial=False) + reserved
+        if projected == 0 or projected + size <= self.staging.config.max_bytes:
+            with self._lock:
+                self._reserved[transfer_id] = size
+            return True
+        self.store.release(transfer_id, self.owner)
+        reason = (
+            f"staging would hold {format_size(projected + size)} with the next file, "
+            f"its maximum is {format_size(self.staging.config.max_bytes)}: downloads wait until later hops "
+            "free space (staging.max_bytes)"
+        )
+        if reason != self.hold_reason:
+            log.info("holding new downloads: %s", reason)
+            self.store.publish(
+                "staging", {"used": projected, "max_bytes": self.staging.config.max_bytes, "held": reason}
+            )
+        self.hold_reason = reason
+        self._last_budget_check = time.monotonic()
+        return False
+
+    def _unblock_disk(self) -> None:
+        """Give transfers blocked by a full disk another try once there may be room: local downloads as
+        soon as the staging budget allows, hops writing elsewhere (the VM) every minute."""
+        now = time.monotonic()
+        if now - self._last_disk_check < DISK_RECHECK:
+            return
+        self._last_disk_check = now
+        hops = [name for name in self.hops if name != "download"]
+        if now - self._last_remote_disk_check >= REMOTE_DISK_RECHECK:
+            self._last_remote_disk_check = now
+        else:
+            hops = []
+        if "download" in self.hops and self.staging.budget().hold_reason is None:
+            hops.append("download")
+        if hops:
+            count = self.store.unblock(error_class="disk", hops=hops)
+            if count:
+                log.info("%d transfer(s) blocked by a full disk try again", count)
+
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
+        self._unblock_disk()
         candidates = self.store.runnable_hops() & set(self.hops)
         for hop_name in sorted(candidates, key=lambda name: -self._route_position(name)):
             while not self._stop_claiming.is_set():
@@ -208,6 +261,8 @@ class Engine:
                     break
                 transfer = self.store.claim(hop_name, self.owner, self.settings.lease, exclude=busy)
                 if transfer is None:
+                    break
+                if hop_name == "download" and not self._admit_download(transfer.id, transfer.bytes_total):
                     break
                 with self._lock:
                     self._running[transfer.id] = hop_name
@@ -251,6 +306,7 @@ class Engine:
         finally:
             with self._lock:
                 self._running.pop(transfer_id, None)
+                self._reserved.pop(transfer_id, None)
             self._wake.set()
 
     def _run_transfer(self, transfer_id: int, hop_name: str) -> None:

@@ -123,10 +123,12 @@ class Staging:
         except FileNotFoundError:
             pass
 
-    def used_bytes(self) -> int:
+    def used_bytes(self, *, include_partial: bool = True) -> int:
         """Return the bytes allocated under the staging root (partial, verified and quarantined)."""
         total = 0
-        for directory, _dirs, files in os.walk(self.root):
+        for directory, dirs, files in os.walk(self.root):
+            if not include_partial and Path(directory) == self.root and "partial" in dirs:
+                dirs.remove("partial")
             for name in files:
                 try:
                     total += os.lstat(os.path.join(directory, name)).st_blocks * 512

@@ -1093,6 +1093,16 @@ class Store:
                 session.execute(repo_query.values(next_poll_at=now, updated_at=now))
             return int(result.rowcount)  # type: ignore[attr-defined]
 
+    def unblock(self, *, error_class: str, hops: Sequence[str]) -> int:
+        """Make transfers of *hops* blocked for *error_class* (e.g. a full disk) runnable again."""
+        with self._write() as session:
+            result = session.execute(
+                update(Transfer)
+                .where(Transfer.state == BLOCKED, Transfer.error_class == error_class, Transfer.hop.in_(hops))
+                .values(state=PENDING, next_attempt_at=None, updated_at=utcnow())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
     # -- service state -----------------------------------------------------------------------------
 
     def publish(self, key: str, value: dict[str, Any]) -> None:

@@ -348,3 +348,42 @@ def test_downloads_wait_while_staging_is_over_budget(world: World) -> None:
     assert engine.hold_reason and "staging.max_bytes" in engine.hold_reason
     facts = world.store.service_state()
     assert facts["staging"][0]["held"] == engine.hold_reason
+
+
+def test_downloads_are_admitted_only_while_staging_can_hold_them(world: World) -> None:
+    size = 64 * 1024
+    world.staging.config = StagingConfig(dir=world.staging.root, max_bytes=2 * size, min_free=0)
+    world.add_files(
+        "acme/tiny", {f"s{i}.bin": os.urandom(size) for i in range(4)}, route=("download", "reader")
+    )
+
+    class StuckReader(ReaderHop):
+        def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+            raise Retryable("the drive is slow today")
+
+    engine = world.engine(
+        lambda ctx: {"download": StagingHop(None, ctx, None), "reader": StuckReader(None, ctx, None)},
+        limits={"download": 4, "reader": 1},
+    )
+    engine.run_until_idle(timeout=30)
+    downloads = [t for t in world.transfers() if t.hop == "download"]
+    assert sum(1 for t in downloads if t.state == DONE) == 2
+    assert sum(1 for t in downloads if t.state == PENDING) == 2
+    assert all(t.attempts == 1 for t in downloads if t.state == DONE)
+    assert all(t.attempts == 0 for t in downloads if t.state == PENDING), "a held claim does not count"
+    assert engine.hold_reason and "with the next file" in engine.hold_reason
+    staged = sum(p.stat().st_size for p in world.staging.blobs.rglob("*") if p.is_file())
+    assert staged == 2 * size
+
+
+def test_a_transfer_blocked_by_a_full_disk_tries_again_when_there_is_room(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 100}, route=("download",))
+    engine = world.engine(
+        lambda ctx: {"download": StagingHop(None, ctx, OSError(errno.ENOSPC, "No space left on device"))}
+    )
+    engine.run_until_idle(timeout=30)
+    assert world.transfers()[0].state == BLOCKED
+    assert world.transfers()[0].error_class == "disk"
+    healthy = world.engine(lambda ctx: {"download": StagingHop(None, ctx, None)})
+    healthy.run_until_idle(timeout=30)
+    assert world.transfers()[0].state == DONE
