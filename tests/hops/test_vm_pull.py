@@ -438,3 +438,26 @@ def test_kill_9_of_relayd_run_mid_pull_then_restart(
     (transfer,) = world.pulls()
     sends = [p.sends for p in world.pieces(transfer.id)]
     assert 0 <= sum(sends) - pieces <= world.section.connections, sends
+
+
+def test_daemon_stop_mid_pull_stops_at_a_durable_point(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    world = World(tmp_path, fake_drive)
+    world.add("acme/tiny", {"model.bin": os.urandom(12 * PIECE)})
+    fake_drive.settings.download_bandwidth = 256 * 1024
+    engine = world.engine()
+    runner = threading.Thread(target=engine.run_until_idle, kwargs={"timeout": 120})
+    runner.start()
+    assert wait_until(lambda: any(p.done for t in world.pulls() for p in world.pieces(t.id)), 60)
+    started = time.monotonic()
+    assert engine.drain(15), "the pull did not stop within the grace"
+    runner.join(10)
+    assert time.monotonic() - started < 10
+    assert no_agent_left(world.marker)
+    (transfer,) = world.pulls()
+    assert transfer.state == "pending"  # released with its durable pieces kept
+    kept = sum(p.done for p in world.pieces(transfer.id))
+    assert 0 < kept < 12
+    fake_drive.settings.download_bandwidth = None
+    world.run()
+    world.check_landed()
+    assert sum(p.sends for p in world.pieces(transfer.id)) - 12 <= world.section.connections
