@@ -270,6 +270,12 @@ class AligoDrive(Drive):
         self.tokens.prepare()
         self._aligo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         load_aligo(self._aligo_dir)
+        # `relayctl status` shows the login's state from the start, before the first drive call: a
+        # configured bootstrap token not yet exchanged counts as an expired access token.
+        lifetime = self.tokens.lifetime()
+        if lifetime.state == "missing" and config.refresh_token.configured:
+            lifetime = TokenLifetime("expired")
+        self._publish(lifetime)
 
     # -- the client and its token ---------------------------------------------------------------
 

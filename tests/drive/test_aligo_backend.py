@@ -588,3 +588,15 @@ def test_a_wrong_content_hash_after_complete_is_detected(
     assert caught.value.file.content_hash != hashlib.sha1(data).hexdigest().upper()
     assert caught.value.file.size == len(data)
     assert caught.value.error_class == "integrity"
+
+
+def test_aligo_giving_up_on_connections_is_retryable(box: DriveBox, fake: FakeDrive) -> None:
+    drive = box.drive()
+    assert box.store.service_state()["drive.token"][0]["state"] == "expired"  # published at start
+    folder = drive.ensure_folder("/relayd/gone")
+    # aligo retries a dropped connection five times, then fails with an AttributeError of its own.
+    fake.drop_next("/adrive/v3/file/list", count=5)
+    with pytest.raises(Retryable) as caught:
+        drive.find(folder, "x")
+    assert caught.value.error_class == "client"
+    assert drive.find(folder, "x") is None
