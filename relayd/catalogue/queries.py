@@ -298,10 +298,23 @@ def _current_snapshots(reader: Reader, repo_id: int | None) -> dict[int, Snapsho
     }
 
 
-def _open_counts(
-    reader: Reader, repo_ids: Sequence[int], hops: Sequence[str]
-) -> dict[tuple[int, str, str], tuple[int, int, int]]:
-    """Return (repo, hop, state) → (transfers, bytes_total, bytes_done) over transfers that are not done.
+class _OpenWork(NamedTuple):
+    """A (repo, hop)'s file transfers that are not done: count by state, their bytes, what is left."""
+
+    states: dict[str, int]
+    files: int
+    size: int
+    remaining: int
+
+
+def _open_work(
+    reader: Reader,
+    repo_ids: Sequence[int],
+    hops: Sequence[str],
+    snapshot_level: Mapping[tuple[int, str, str], int],
+) -> dict[tuple[int, str], _OpenWork]:
+    """Return (repo, hop) → its open file transfers, from transfers that are not done (less the
+    snapshot-level ones counted in *snapshot_level*, which are not per file).
 
     The IN lists on the leading columns of ``ix_transfers_summary`` let the database seek to each
     (repo, hop, open state) range of the covering index and never visit done transfers.
@@ -317,7 +330,18 @@ def _open_counts(
         "GROUP BY repo_id, hop, state",
         {**params, **hop_params, **state_params},
     )
-    return {(row[0], row[1], row[2]): (int(row[3]), int(row[4] or 0), int(row[5] or 0)) for row in rows}
+    work: dict[tuple[int, str], _OpenWork] = {}
+    for repo_id, hop, state, count, size_sum, done_sum in rows:
+        entry = work.get((repo_id, hop))
+        if entry is None:
+            entry = _OpenWork(dict.fromkeys(OPEN_STATES, 0), 0, 0, 0)
+        files = max(int(count) - snapshot_level.get((repo_id, hop, state), 0), 0)
+        size, done = int(size_sum or 0), int(done_sum or 0)
+        entry.states[state] = files
+        work[(repo_id, hop)] = _OpenWork(
+            entry.states, entry.files + files, entry.size + size, entry.remaining + max(size - done, 0)
+        )
+    return work
 
 
 def _snapshot_transfers(reader: Reader, repo_ids: Sequence[int]) -> list[tuple[Any, ...]]:
@@ -355,13 +379,17 @@ def _running_rates(reader: Reader, hops: Sequence[str], repo_id: int | None) -> 
 def _blocked_transfers(
     reader: Reader, hops: Sequence[str], repo_id: int | None, limit: int | None
 ) -> list[tuple[Any, ...]]:
-    """Return blocked file transfers, oldest first: repo_id, hop, path, error, class, hint, since."""
+    """Return blocked file transfers, oldest first: repo_id, hop, path, error, class, hint, since.
+
+    The inner query picks the transfers (through ``ix_transfers_claim``) before any file is joined,
+    so with a *limit* only that many paths are looked up however many transfers are blocked.
+    """
     if not hops:
         return []
     hop_list, params = _params("h", hops)
     where = ""
     if repo_id is not None:
-        where = " AND t.repo_id = :repo_id"
+        where = " AND repo_id = :repo_id"
         params["repo_id"] = repo_id
     limit_sql = ""
     if limit is not None:
@@ -369,9 +397,11 @@ def _blocked_transfers(
         params["limit"] = limit
     return reader.rows(
         "SELECT t.repo_id, t.hop, f.path, t.last_error, t.error_class, t.hint, t.updated_at "  # noqa: S608
-        "FROM transfers t JOIN files f ON f.id = t.file_id "
-        f"WHERE t.hop IN ({hop_list}) AND t.state = 'blocked'{where} "
-        f"ORDER BY t.updated_at, t.id{limit_sql}",
+        "FROM (SELECT id FROM transfers "
+        f"WHERE hop IN ({hop_list}) AND state = 'blocked' AND file_id IS NOT NULL{where} "
+        f"ORDER BY updated_at, id{limit_sql}) b "
+        "JOIN transfers t ON t.id = b.id JOIN files f ON f.id = t.file_id "
+        "ORDER BY t.updated_at, t.id",
         params,
     )
 
@@ -396,7 +426,6 @@ def _summarise(
     routes = {row[0]: [str(hop) for hop in (_json(row[4]) or [])] for row in repo_rows}
     all_hops = sorted({hop for route in routes.values() for hop in route})
     snapshots = _current_snapshots(reader, repo_id)
-    open_counts = _open_counts(reader, repo_ids, all_hops)
     rates = _running_rates(reader, all_hops, repo_id)
     # Snapshot-level transfers are not per file: keep them out of the per-file arithmetic.
     finishes: dict[int, FinishInfo] = {}
@@ -410,6 +439,7 @@ def _summarise(
         current = snapshots.get(repo)
         if current is not None and current.id == snapshot_id:
             finishes[repo] = FinishInfo(hop, state, error, error_class, hint, _when(updated))
+    open_work = _open_work(reader, repo_ids, all_hops, snapshot_level)
 
     summaries: list[RepoSummary] = []
     extra_blocked: list[BlockedItem] = []
@@ -424,30 +454,24 @@ def _summarise(
         earlier_bytes = 0
         blocked = 0
         for hop in route:
-            states: dict[str, int] = {}
-            here_files = here_remaining = 0
-            for state in OPEN_STATES:
-                count, total, done = open_counts.get((rid, hop, state), (0, 0, 0))
-                count -= snapshot_level.get((rid, hop, state), 0)
-                states[state] = max(count, 0)
-                here_files += max(count, 0)
-                here_remaining += max(total - done, 0)
-            blocked += states[BLOCKED]
-            files_done = max(files_total - earlier_files - here_files, 0)
+            here = open_work.get((rid, hop))
+            if here is None:
+                here = _OpenWork(dict.fromkeys(OPEN_STATES, 0), 0, 0, 0)
+            blocked += here.states[BLOCKED]
             hops.append(
                 HopSummary(
                     hop=hop,
-                    files_done=files_done,
+                    files_done=max(files_total - earlier_files - here.files, 0),
                     files_total=files_total,
-                    bytes_done=max(bytes_total - earlier_bytes - here_remaining, 0),
+                    bytes_done=max(bytes_total - earlier_bytes - here.remaining, 0),
                     bytes_total=bytes_total,
-                    states=states,
+                    states=here.states,
                     not_reached=min(earlier_files, files_total),
                     rate=rates.get((rid, hop), 0.0),
                 )
             )
-            earlier_files += here_files
-            earlier_bytes += sum(open_counts.get((rid, hop, s), (0, 0, 0))[1] for s in OPEN_STATES)
+            earlier_files += here.files
+            earlier_bytes += here.size
         finish = finishes.get(rid)
         if finish is not None and finish.state == BLOCKED:
             blocked += 1
