@@ -2,21 +2,23 @@
 
 Usage: .venv/bin/python bench/lfs_bench.py [--size "4 GiB"] [--shards 4] [--dir /work]
 
-LFS_BENCH_LANES (default 2) sets how many objects relayd uploads at once (the hop's concurrency).
+LFS_BENCH_LANES (default 2, the hop's default concurrency) sets how many objects are uploaded at once,
+by relayd and by git-lfs (lfs.concurrenttransfers) alike.
 
-One sandbox git + LFS server (relayd/sandbox/gitlfs.py) on 127.0.0.1 serves both runs:
+One sandbox git + LFS server (relayd/sandbox/gitlfs.py) on 127.0.0.1, in its own process, serves
+both sides:
 
 1. relayd: the agent's ``lfs_upload`` (two objects at a time, as the hop runs with concurrency 2) and
    ``git_publish``, through the local VM executor, from a "VM" directory holding a model of --size
    bytes in --shards safetensors shards. The VM side's disk (the model's directory, the scratch work
-   directory and the agent cache) is sampled every 50 ms; its peak is compared with the model size.
+   directory and the agent cache) is sampled every 200 ms; its peak is compared with the model size.
 2. The same two ops again: the server must receive 0 object bytes.
 3. ``git lfs push --object-id`` of the same objects to a fresh repository on the same server, the
    objects hard-linked into ``.git/lfs/objects`` (the baseline's own setup, not timed).
 
 Throughput is object bytes / wall time of the object uploads only (batch + PUT + verify), for both,
-over --rounds rounds to fresh repos in alternating order (the first relayd push is round 1's); the
-median ratio is reported, since a shared machine's load varies from one minute to the next.
+over --rounds rounds to fresh repos in alternating order; the median ratio is reported, since a
+shared machine's load varies from one minute to the next.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import secrets
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +45,65 @@ from relayd.vm.executor import LocalExecutor
 OWNER = "bench"
 LANES = int(os.environ.get("LFS_BENCH_LANES", "2"))
 HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
+
+
+class ServerProcess:
+    """The sandbox server in its own process (as a real server is: it must not share this
+    harness's interpreter lock), driven by one-line commands on its stdin."""
+
+    def __init__(self, root: Path) -> None:
+        self.token = secrets.token_hex(16)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "LFS_BENCH_TOKEN": self.token},
+        )
+        self.base_url = self._ask("url")
+
+    def _ask(self, command: str) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.process.stdout.readline().strip()
+
+    def remote_url(self, owner: str, name: str) -> str:
+        return f"{self.base_url}/{owner}/{name}.git"
+
+    def new_repo(self, owner: str, name: str) -> None:
+        self._ask(f"new {owner} {name}")
+
+    def drop_objects(self, owner: str, name: str) -> None:
+        self._ask(f"drop {owner} {name}")
+
+    def put_bytes(self) -> int:
+        return int(self._ask("put_bytes"))
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+def serve(root: Path) -> int:
+    """Serve the sandbox until stdin ends, answering the commands of ServerProcess."""
+    with GitLfsServer(root, token=os.environ["LFS_BENCH_TOKEN"]) as server:
+        for line in sys.stdin:
+            words = line.split()
+            if words[0] == "url":
+                answer = server.base_url
+            elif words[0] == "new":
+                server.new_repo(words[1], words[2])
+                answer = "ok"
+            elif words[0] == "drop":
+                shutil.rmtree(server.store.repo_dir(words[1], words[2]), ignore_errors=True)
+                answer = "ok"
+            else:
+                answer = str(server.counters().put_bytes)
+            sys.stdout.write(answer + "\n")
+            sys.stdout.flush()
+    return 0
 
 
 def disk_usage(paths: list[Path]) -> int:
@@ -74,7 +136,7 @@ class PeakDisk:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, disk_usage(self.paths))
-            self._stop.wait(0.05)
+            self._stop.wait(0.2)
 
     def __enter__(self) -> PeakDisk:
         self._thread.start()
@@ -109,7 +171,7 @@ def make_model(folder: Path, size: int, shards: int) -> dict[str, tuple[str, int
 
 def relayd_push(
     executor: LocalExecutor,
-    server: GitLfsServer,
+    server: ServerProcess,
     name: str,
     vm: Path,
     work: Path,
@@ -159,7 +221,7 @@ def relayd_push(
 
 
 def git_lfs_push(
-    server: GitLfsServer, root: Path, vm: Path, files: dict[str, tuple[str, int]], name: str
+    server: ServerProcess, root: Path, vm: Path, files: dict[str, tuple[str, int]], name: str
 ) -> float:
     """Time `git lfs push --object-id` of the same objects to the fresh repo *name*; return seconds."""
     server.new_repo(OWNER, name)
@@ -186,6 +248,8 @@ def git_lfs_push(
                 "lfs.locksverify=false",
                 "-c",
                 "lfs.activitytimeout=3600",
+                "-c",
+                f"lfs.concurrenttransfers={LANES}",  # the same concurrency as relayd's lanes
                 *args,
             ],
             cwd=repo,
@@ -215,7 +279,10 @@ def main() -> int:
     parser.add_argument(
         "--dir", default=None, help="where to put the model and the server (default: a temp dir)"
     )
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve(Path(args.serve))
     size = parse_size(args.size)
     root = Path(tempfile.mkdtemp(prefix="relayd-lfs-bench-", dir=args.dir))
     try:
@@ -225,7 +292,8 @@ def main() -> int:
         print(f"writing a {format_size(size)} model in {args.shards} shards under {vm}")
         files = make_model(vm, size, args.shards)
         model_bytes = disk_usage([vm])
-        with GitLfsServer(root / "server", token=secrets.token_hex(16)) as server:
+        server = ServerProcess(root / "server")
+        try:
             server.new_repo(OWNER, "model")
             executor = LocalExecutor(
                 VmConfig(
@@ -248,12 +316,12 @@ def main() -> int:
                 )
             )
             with PeakDisk([root / "vm", agent_cache]) as peak:
-                upload_seconds, first = relayd_push(executor, server, "model", vm, work, files)
-            pushed = server.counters()
-            assert pushed.put_bytes == size, (pushed.put_bytes, size)
-            before = server.counters().put_bytes
+                _, first = relayd_push(executor, server, "model", vm, work, files)
+            pushed = server.put_bytes()
+            assert pushed == size, (pushed, size)
+            before = server.put_bytes()
             rerun_upload, second = relayd_push(executor, server, "model", vm, work, files)
-            rerun_bytes = server.counters().put_bytes - before
+            rerun_bytes = server.put_bytes() - before
             # Throughput rounds, each to fresh repos on the same server, in alternating order so that
             # both sides see the same load (the machine may be shared).
             rounds: list[tuple[float, float]] = []
@@ -261,19 +329,19 @@ def main() -> int:
                 times: dict[str, float] = {}
                 order = ("relayd", "git-lfs") if number % 2 else ("git-lfs", "relayd")
                 for side in order:
+                    os.sync()  # start each side with the same (empty) writeback queue
                     if side == "relayd":
-                        if number == 0:
-                            times[side] = upload_seconds
-                            continue
                         server.new_repo(OWNER, f"model-{number}")
                         times[side] = relayd_push(executor, server, f"model-{number}", vm, work, files)[0]
                     else:
-                        mark = server.counters().put_bytes
+                        mark = server.put_bytes()
                         times[side] = git_lfs_push(server, root, vm, files, f"baseline-{number}")
-                        assert server.counters().put_bytes - mark == size  # the baseline sent everything
+                        assert server.put_bytes() - mark == size  # the baseline sent everything
                 rounds.append((times["relayd"], times["git-lfs"]))
                 for repo in (f"model-{number}", f"baseline-{number}"):
-                    shutil.rmtree(server.store.repo_dir(OWNER, repo), ignore_errors=True)
+                    server.drop_objects(OWNER, repo)
+        finally:
+            server.close()
         print(f"model: {format_size(size)} ({args.shards} objects), on disk {format_size(model_bytes)}")
         print(
             f"VM-side disk peak during the push: {format_size(peak.peak)} = "
