@@ -111,9 +111,9 @@ def test_recovers_from_each_injected_failure(relay: HubRelay, hub: FakeHub, faul
 
 
 def test_signed_urls_expiring_mid_download_are_renewed(relay: HubRelay, hub: FakeHub) -> None:
-    sha256 = one_file_repo(hub, size=3 * MiB)
-    hub.url_ttl = 0.4
-    hub.bandwidth_cap = 1.5 * MiB
+    sha256 = one_file_repo(hub, size=4 * MiB)
+    hub.url_ttl = 0.3
+    hub.bandwidth_cap = 1 * MiB  # four connections: about a second, so every location expires
     relay.add_repo("alice/one")
 
     transfers = relay.relay()
