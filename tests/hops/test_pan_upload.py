@@ -152,20 +152,24 @@ def test_a_missing_sha1_is_computed_once_and_recorded(box: DriveBox, fake: FakeD
 # -- verification and collisions --------------------------------------------------------------------
 
 
-def test_a_wrong_content_hash_after_complete_is_detected_and_repaired(box: DriveBox, fake: FakeDrive) -> None:
+def test_a_wrong_content_hash_after_complete_is_detected_and_repaired(
+    box: DriveBox, fake: FakeDrive, caplog: pytest.LogCaptureFixture
+) -> None:
     data = os.urandom(4 * PART)
     box.stage("acme/rot", {"w.bin": data})
     fake.corrupt_next_parts(1)
-    engine = box.engine()
-    engine.run_until_idle(timeout=60)
-    (transfer,) = box.transfers()
-    assert transfer.state == WAITING and transfer.error_class == "integrity"
-    assert "content hash" in (transfer.last_error or "")
-    assert _resource(fake, "/relayd/acme/rot/w.bin") is None  # the wrong copy went to the recycle bin
-    trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
-    assert len(trashed) == 1
-    box.run(engine)
+    box.run()
     _done(box)
+    (transfer,) = box.transfers()
+    assert transfer.attempts == 2
+    detected = [r for r in caplog.records if "the drive's copy is wrong" in r.getMessage()]
+    assert len(detected) == 1 and "content hash" in detected[0].getMessage()
+    assert any(
+        "uploading again" in r.getMessage() and r.name == "relayd.hops.pan_upload" for r in caplog.records
+    )
+    # The wrong copy went to the recycle bin; the one at the path has the right bytes.
+    trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
+    assert len(trashed) == 1 and trashed[0].content_hash != hashlib.sha1(data).hexdigest().upper()
     stored = _resource(fake, "/relayd/acme/rot/w.bin")
     assert stored is not None and stored.read_bytes() == data
 
