@@ -176,7 +176,6 @@ class LfsPushHop(Hop):
             )
         params = self._common(job, executor)
         secrets = {"token": self._token()}
-        job.begin_piece(0)
         if not wants_lfs(file.path, file.size, file.lfs):
             result = executor.call(
                 "git_blob",
@@ -195,8 +194,11 @@ class LfsPushHop(Hop):
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") == "progress":
                 now = int(event.get("sent") or 0)
-                before = sent.get("n", 0)
-                job.add_progress(now - before if now >= before else now)
+                before = sent.get("n", -1)
+                if now < before or before < 0:
+                    job.begin_piece(0)  # a PUT of the object starts (again): count the send
+                    before = 0
+                job.add_progress(now - before)
                 sent["n"] = now
             elif event.get("event") == "retry":
                 job.log.info("retrying %s: %s", event.get("what"), event.get("error"))

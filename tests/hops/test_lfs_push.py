@@ -191,6 +191,14 @@ class PushWorld:
             assert found is not None, path
             return found
 
+    def sends(self, path: str) -> int:
+        """Return how often the lfs_push piece of *path* was sent."""
+        from relayd.catalogue.schema import Piece
+
+        transfer = self.file_transfer(path)
+        with self.store.read() as session:
+            return sum(p.sends for p in session.query(Piece).filter(Piece.transfer_id == transfer.id))
+
     def close(self) -> None:
         if self.engine is not None:
             self.engine.drain(5)
@@ -307,6 +315,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     after = server.counters()
     assert after.put_bytes - before.put_bytes == 300_000  # only the changed object
     assert world.file_transfer("tok/tokenizer.json").handles["skipped"] is True
+    assert world.sends("tok/tokenizer.json") == 0  # skipped: nothing was sent
     finish2 = world.snapshot_transfer()
     assert finish2.handles["parent"] == commit
     tree2 = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone2")
@@ -405,6 +414,8 @@ def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLf
         assert second[sha(data)] == len(data)  # each small object went up once
     assert second[sha(big)] == first[sha(big)] + len(big)
     assert server.read_object(OWNER, "model", sha(big)) == big
+    assert world.sends("big.safetensors") == 2  # the piece (the object) was sent twice
+    assert {world.sends(path) for path in small} == {1}
 
 
 def test_the_server_down_for_a_while_then_success(
