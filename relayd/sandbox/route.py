@@ -74,12 +74,17 @@ class RouteSandbox:
         ssh: bool | None = None,
         piece_size: str = "8 MiB",
         staging_max: str = "50 GB",
+        connections: int | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.root = root
         self.shards = shards
         self.shard_size = shard_size
         self.piece_size = piece_size
         self.staging_max = staging_max
+        # Optional overrides of every hop's connections per file and files at once (tests slow the route).
+        self.connections = connections
+        self.concurrency = concurrency
         self.use_ssh = (shutil.which("sshd") or os.path.exists("/usr/sbin/sshd")) if ssh is None else ssh
         self.hub_token = "hf_" + secrets.token_hex(12)
         self.ms_token = secrets.token_hex(16)
@@ -143,6 +148,11 @@ class RouteSandbox:
     def write_config(self, *, extra: str = "") -> None:
         assert self.hub is not None and self.drive is not None and self.git is not None  # noqa: S101
         remote = self.git.remote_url("{owner}", "{name}")
+        tuning = ""
+        if self.concurrency is not None:
+            tuning += f"concurrency = {self.concurrency}\n"
+        hub_tuning = tuning + (f"connections = {self.connections}\n" if self.connections is not None else "")
+        vm_tuning = hub_tuning
         self.config_path.write_text(
             f"""# Written by relayd's route sandbox: every service is a local stand-in on 127.0.0.1.
 [daemon]
@@ -164,16 +174,17 @@ min_free = "0"
 endpoint = "{self.hub.endpoint}"
 token_env = "RELAYD_DEMO_HF_TOKEN"
 piece_size = "{self.piece_size}"
-[drive]
+{hub_tuning}[drive]
 api_url = "{self.drive.api_url}"
 refresh_token_file = "{self.root / "drive-refresh-token"}"
-[vm]
+{tuning}[vm]
 {self.vm_section()}
 piece_size = "{self.piece_size}"
-[modelscope]
+{vm_tuning}[modelscope]
 remote = "{remote}"
 token_env = "RELAYD_DEMO_MS_TOKEN"
 activity_timeout = "60s"
+{tuning}
 {extra}
 """
         )

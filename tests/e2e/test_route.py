@@ -1,0 +1,267 @@
+"""The whole default route under the real daemon on the loopback sandbox (fake Hub, fake drive, VM over
+SSH, git + LFS): overlap of hops, staging released, webhooks, metrics, twenty kill -9s, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from relayd.catalogue.schema import DONE, RUNNING, Piece, Snapshot, Transfer
+from relayd.catalogue.store import Store
+from relayd.sandbox._http import free_port
+from relayd.sandbox.route import REPO, RouteSandbox
+
+MiB = 1024 * 1024
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-5000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def serving(box: RouteSandbox) -> int:
+    """How many times a daemon of this sandbox has started serving."""
+    return box.log_path.read_text().count(" serving ") if box.log_path.exists() else 0
+
+
+class Catalogue:
+    """Read-only views of the sandbox daemon's catalogue."""
+
+    def __init__(self, box: RouteSandbox) -> None:
+        self.store = Store(f"sqlite:///{box.root / 'state' / 'catalogue.db'}")
+
+    def snapshot_done(self, commit: str) -> bool:
+        with self.store.read() as session:
+            state = session.scalar(select(Snapshot.state).where(Snapshot.commit == commit))
+        return state == "done"
+
+    def progress(self, commit: str) -> float:
+        """The share of the route's bytes done for the snapshot *commit* (every file × every hop)."""
+        with self.store.read() as session:
+            snapshot = session.scalar(select(Snapshot).where(Snapshot.commit == commit))
+            if snapshot is None or not snapshot.total_bytes:
+                return 0.0
+            done = session.scalar(
+                select(func.coalesce(func.sum(Transfer.bytes_done), 0)).where(
+                    Transfer.repo_id == snapshot.repo_id, Transfer.file_id.is_not(None)
+                )
+            )
+        return float(done or 0) / (4 * snapshot.total_bytes)
+
+    def retried_in_flight(self) -> bool:
+        """True while a piece that was already cut once is not yet done again."""
+        with self.store.read() as session:
+            return bool(
+                session.scalar(
+                    select(func.count()).select_from(Piece).where(Piece.sends >= 2, Piece.done.is_(False))
+                )
+            )
+
+    def transfers(self) -> list[Transfer]:
+        with self.store.read() as session:
+            return list(session.scalars(select(Transfer).order_by(Transfer.id)))
+
+    def pieces(self) -> list[Piece]:
+        with self.store.read() as session:
+            return list(session.scalars(select(Piece)))
+
+    def bytes_moved(self, hop: str) -> int:
+        with self.store.read() as session:
+            return int(
+                session.scalar(
+                    select(func.coalesce(func.sum(Transfer.bytes_moved), 0)).where(Transfer.hop == hop)
+                )
+                or 0
+            )
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[RouteSandbox]:
+    sandbox = RouteSandbox(tmp_path / "route", shards=3, shard_size=2 * MiB, ssh=True, piece_size="512 KiB")
+    sandbox.start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    bodies: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        Receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_route_overlaps_hops_releases_staging_notifies_and_exports_metrics(box: RouteSandbox) -> None:
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    Receiver.bodies = []
+    metrics_port = free_port()
+    box.write_config(extra=f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"')
+    assert box.hub is not None and box.drive is not None
+    box.hub.bandwidth_cap = 4 * MiB  # slow enough for hops to overlap visibly
+    daemon = box.start_daemon()
+    try:
+        hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        added = box.relayctl("add", REPO, "--every", "10s", "--webhook", hook)
+        assert added.returncode == 0, added.stderr
+        catalogue = Catalogue(box)
+        wait_for(lambda: catalogue.snapshot_done(box.head), 180, "the snapshot", box.log_path)
+        rows, extra = box.verify()
+        assert all(row.ok for row in rows), rows
+        assert not extra
+        transfers = catalogue.transfers()
+        downloads = [t for t in transfers if t.hop == "download" and t.started_at and t.finished_at]
+        later = [t for t in transfers if t.hop != "download" and t.started_at and t.finished_at]
+        assert any(
+            d.started_at < o.finished_at and o.started_at < d.finished_at  # type: ignore[operator]
+            for d in downloads
+            for o in later
+        ), "some file moved on a later hop while another was still downloading"
+        assert not [p for p in (box.root / "staging" / "blobs").rglob("*") if p.is_file()], "staging released"
+        wait_for(lambda: any(b.get("event") == "snapshot_done" for b in Receiver.bodies), 30, "the webhook")
+        done = next(b for b in Receiver.bodies if b["event"] == "snapshot_done")
+        assert done["repo"] == REPO and done["commit"] == box.head
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'relayd_transfers{hop="lfs_push",state="done"}' in metrics
+        assert "relayd_drive_token_expiry_timestamp_seconds" in metrics
+        status = json.loads(box.relayctl("status", "--json").stdout)
+        assert status["repos"][0]["snapshot"]["state"] == "done"
+        assert box.ms_token not in box.log_path.read_text()
+        assert box.hub_token not in box.log_path.read_text()
+    finally:
+        box.stop_daemon(daemon)
+        receiver.shutdown()
+
+
+def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> None:
+    # One file and one connection at a time with download and vm_pull throttled, so that progress is
+    # gradual; the hops that move whole units (a drive part, an LFS object) stay fast, so a restart
+    # finishes an interrupted unit before the next kill.
+    box = RouteSandbox(
+        tmp_path / "route",
+        shards=4,
+        shard_size=4 * MiB,
+        ssh=False,
+        piece_size="256 KiB",
+        connections=1,
+        concurrency=1,
+    )
+    box.start()
+    try:
+        assert box.hub is not None and box.drive is not None
+        box.hub.bandwidth_cap = 1.5 * MiB
+        box.drive.settings.download_bandwidth = 1.5 * MiB
+        added = box.relayctl("add", REPO, "--every", "10s")
+        assert added.returncode == 0, added.stderr
+        catalogue = Catalogue(box)
+        rng = random.Random(20261126)
+        # Twenty random moments spread over the whole route: one in each twentieth of its progress.
+        moments = [(index + rng.random()) / 21 for index in range(20)]
+        kills: list[tuple[float, set[str]]] = []
+        for moment in moments:
+            if catalogue.snapshot_done(box.head):
+                break
+            daemon = box.start_daemon()
+            wait_for(lambda: serving(box) > len(kills), 60, "the start", box.log_path)
+            time.sleep(1.0)  # at least one second of work between kills
+            deadline = time.monotonic() + 60
+            # The moment: when the route's progress reaches it, and once the pieces the previous kill
+            # cut have been moved again (a kill costs at most the pieces in flight; this checks that,
+            # rather than what two kills in a row inside one retried piece would cost).
+            while time.monotonic() < deadline and (
+                catalogue.progress(box.head) < moment or catalogue.retried_in_flight()
+            ):
+                time.sleep(0.05)
+            running = {t.hop for t in catalogue.transfers() if t.state == RUNNING}
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(30)
+            kills.append((catalogue.progress(box.head), running))
+        daemon = box.start_daemon()
+        try:
+            wait_for(
+                lambda: catalogue.snapshot_done(box.head), 240, "the snapshot after the crashes", box.log_path
+            )
+        finally:
+            box.stop_daemon(daemon)
+        assert len(kills) == 20, f"the route finished after only {len(kills)} kills: {kills}"
+        hit = set().union(*(running for _, running in kills))
+        assert {"download", "vm_pull"} <= hit and len(hit) >= 3, kills
+        assert kills[0][0] < 0.2 and kills[-1][0] > 0.8, f"the kills did not spread over the route: {kills}"
+        rows, extra = box.verify()
+        assert all(row.ok for row in rows), rows
+        assert not extra
+        hops = {t.id: t.hop for t in catalogue.transfers()}
+        resent = [(hops[p.transfer_id], p.idx, p.sends) for p in catalogue.pieces() if p.sends > 2]
+        assert not resent, f"pieces moved more than twice: {resent}; kills: {kills}"
+        assert not [t for t in catalogue.transfers() if t.state == RUNNING]
+        assert all(t.state == DONE for t in catalogue.transfers())
+    finally:
+        box.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_full_staging_disk_blocks_then_resumes_when_space_comes_back(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(staging)], check=True)
+    box = RouteSandbox(tmp_path / "route", shards=2, shard_size=3 * MiB, ssh=False, piece_size="256 KiB")
+    try:
+        box.start()
+        box.write_config(extra="")
+        # A download-only route keeps its staged copies (a verified mirror), so the disk stays full.
+        text = box.config_path.read_text().replace(f'dir = "{box.root / "staging"}"', f'dir = "{staging}"')
+        box.config_path.write_text(text)
+        assert box.relayctl("add", REPO, "--route", "download", "--every", "10s").returncode == 0
+        daemon = box.start_daemon()
+        catalogue = Catalogue(box)
+        try:
+            wait_for(
+                lambda: any(t.state == "blocked" and t.error_class == "disk" for t in catalogue.transfers()),
+                120,
+                "a transfer blocked by the full disk",
+                box.log_path,
+            )
+            status = box.relayctl("status", REPO).stdout
+            assert "no space left" in status and "free space" in status
+            done_before = {(p.transfer_id, p.idx) for p in catalogue.pieces() if p.done}
+            subprocess.run(["mount", "-o", "remount,size=64m", str(staging)], check=True)
+            wait_for(
+                lambda: catalogue.snapshot_done(box.head), 120, "the resume after freeing space", box.log_path
+            )
+        finally:
+            box.stop_daemon(daemon)
+        done_after = {(p.transfer_id, p.idx) for p in catalogue.pieces() if p.done}
+        assert done_before <= done_after, "pieces durable before the disk filled stayed done"
+        assert max(piece.sends for piece in catalogue.pieces()) <= 2
+        hub = box.hub_files()
+        staged = {
+            path: (staging / "blobs" / digest[:2] / digest).exists() for path, digest in hub.items() if digest
+        }
+        assert all(staged.values()), staged
+    finally:
+        box.stop()
+        subprocess.run(["umount", "-l", str(staging)], check=False)
