@@ -6,7 +6,8 @@ spread over the hops' frontiers as pending, running, waiting and a few blocked; 
 done history of an older snapshot. Then it times `relayctl status` (text and --json) and
 `relayctl status REPO` for the big repo, each run in a fresh process, and prints the medians.
 
-Goals (docs/benchmarks.md): the summary ≤ 0.3 s, the big repo ≤ 0.5 s. Exit status 1 if one is missed.
+Goals (docs/benchmarks.md): the summary ≤ 0.3 s (text and --json), the big repo ≤ 0.5 s (text); the
+big repo's --json is timed too. Exit status 1 if a goal is missed.
 
     .venv/bin/python bench/status_bench.py [--dir DIR] [--runs 5]
 """
@@ -29,7 +30,8 @@ from typing import Any
 
 ROUTE = ["download", "pan_upload", "vm_pull", "lfs_push"]
 BIG_REPO = "bench-org/big-model"
-GOALS = {"summary": 0.3, "summary --json": 0.3, "repo": 0.5, "repo --json": 0.5}
+# The issue's goals; `status REPO --json` (a 4 MB document for 5,000 files) is timed but has none.
+GOALS: dict[str, float | None] = {"summary": 0.3, "summary --json": 0.3, "repo": 0.5, "repo --json": None}
 
 
 def build(url: str, *, repos: int, files: int, big: int, history: float, seed: int) -> None:
@@ -330,11 +332,12 @@ def main() -> int:
     for label, command in cases.items():
         median, times, cpu = time_command(relayctl, config, command, args.runs, env)
         goal = GOALS[label]
-        verdict = "ok" if median <= goal else "MISSED"
-        if median > goal:
+        verdict = "-" if goal is None else "ok" if median <= goal else "MISSED"
+        if verdict == "MISSED":
             missed.append(label)
         runs = " ".join(f"{t:.3f}" for t in times)
-        print(f"{label:<16} {median:>7.3f}s {goal:>5.1f}s {cpu:>6.3f}s  {runs}  {verdict}")
+        shown = "-" if goal is None else f"{goal:.1f}s"
+        print(f"{label:<16} {median:>7.3f}s {shown:>6} {cpu:>6.3f}s  {runs}  {verdict}")
     startup, _, startup_cpu = time_argv([sys.executable, "-c", "pass"], args.runs, env)
     print(f"(for scale: a bare `python -c pass` takes {startup:.3f}s, {startup_cpu:.3f}s CPU)")
     load = os.getloadavg()
