@@ -222,6 +222,8 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     check_shape(json.loads(relayctl("status", "--json").stdout), "Summary document", tables, seen)
     for name in ("org/full", "org/busy"):
         check_shape(json.loads(relayctl("status", "--json", name).stdout), "Repo document", tables, seen)
+    relayctl("add", "org/globs", "--route", "local_copy", "--include", "*.json", "--exclude", "*.bin")
+    check_shape(json.loads(relayctl("list", "--json").stdout), "List document", tables, seen)
     documented = {(table, path) for table, rows in tables.items() for path in rows}
     assert documented - seen == set()
 
