@@ -366,6 +366,10 @@ def test_the_token_never_shows(
     assert leaks == []
     assert any("push" in argv for argv in seen), "the scan never saw the git push"
     assert any("relayd-agent" in argv for argv in seen)
+    # git runs with the activity timeout raised for big objects (config: 1h), and the credential
+    # helper reads the token from the environment.
+    assert any("lfs.activitytimeout=3600" in argv for argv in seen if "push" in argv)
+    assert any("$RELAYD_MS_TOKEN" in argv for argv in seen if "push" in argv)
     for config in (world.root / "vm").rglob("config"):
         assert token not in config.read_bytes()
     scratch_configs = list((world.root / "vm" / ".relayd-git").rglob("config"))

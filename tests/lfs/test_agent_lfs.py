@@ -638,3 +638,33 @@ def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: 
         if child.poll() is None:
             child.kill()
     assert server.branch_head(OWNER, "m") is None
+
+
+def test_the_publish_is_done_only_when_every_object_is_confirmed(
+    server: GitLfsServer, tmp_path: Path
+) -> None:
+    """An object lost by the server after the pre-push check: the push lands, the batch download
+    check finds the object missing and the publish fails (retryable); the next publish sends the
+    object again from the VM's file and succeeds without a new commit."""
+    server.new_repo(OWNER, "m")
+    data = os.urandom(70_000)
+    files = put_files(tmp_path / "vm", {"w.bin": data, "README.md": b"# m\n"})
+    assert run_agent("lfs_upload", upload_params(server, "m", {"w.bin": files["w.bin"]}), server.token).ok
+    lost: list[bool] = []
+
+    def lose(owner: str, name: str, path: str, service: str) -> None:
+        if path == "/git-receive-pack" and not lost:
+            server.store.path(OWNER, "m", oid_of(data)).unlink()
+            lost.append(True)
+
+    server.before_git = lose
+    failed = run_agent("git_publish", publish_params(server, "m", tmp_path / "work", files), server.token)
+    assert lost and failed.error is not None
+    assert (failed.error["kind"], failed.error["class"]) == ("retryable", "integrity")
+    assert "not on the server after the push" in failed.error["message"]
+    pushed = server.branch_head(OWNER, "m")
+    assert pushed is not None
+
+    again = run_agent("git_publish", publish_params(server, "m", tmp_path / "work", files), server.token).ok
+    assert again["uploaded"] == 1 and again["pushed"] is False and again["commit"] == pushed
+    assert server.read_object(OWNER, "m", oid_of(data)) == data
