@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from sqlalchemy import Connection, Engine
 
 # The catalogue's state names (relayd.catalogue.schema holds the same constants; importing it would pull
 # in SQLAlchemy, which the status path avoids).
@@ -40,7 +41,6 @@ BLOCKED = "blocked"
 DONE = "done"
 OPEN_STATES = (PENDING, RUNNING, WAITING, BLOCKED)
 POLL_BLOCKED = "blocked"
-CURRENT_SNAPSHOT_STATES = ("active", "done")
 
 # What "blocked first" means when files or hops are sorted: the state that needs a person leads.
 STATE_ORDER = {BLOCKED: 0, WAITING: 1, RUNNING: 2, PENDING: 3, DONE: 4}
@@ -49,9 +49,11 @@ BUSY_TIMEOUT_S = 30.0
 
 
 class Reader(Protocol):
-    """Runs one SELECT and returns its rows as tuples."""
+    """Runs SELECTs and returns their rows as tuples; inside ``consistent()`` they all see one snapshot."""
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]: ...
+
+    def consistent(self) -> AbstractContextManager[None]: ...
 
     def has_table(self, name: str) -> bool: ...
 
@@ -63,11 +65,21 @@ class SqliteReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # isolation_level=None: plain autocommit reads; under WAL they never wait for the daemon's writes.
+        # isolation_level=None: we say when a transaction begins. Under WAL a reader never waits for the
+        # daemon's writes, nor they for it.
         self._connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self._connection.execute(sql, dict(params or {})).fetchall()
+
+    @contextmanager
+    def consistent(self) -> Iterator[None]:
+        """Run the reads inside one read transaction, so a summary's numbers agree with each other."""
+        self._connection.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._connection.execute("COMMIT")
 
     def has_table(self, name: str) -> bool:
         found = self.rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name", {"name": name})
@@ -82,12 +94,28 @@ class EngineReader:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._connection: Connection | None = None
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         from sqlalchemy import text
 
+        if self._connection is not None:
+            return [tuple(row) for row in self._connection.execute(text(sql), dict(params or {}))]
         with self.engine.connect() as connection:
             return [tuple(row) for row in connection.execute(text(sql), dict(params or {}))]
+
+    @contextmanager
+    def consistent(self) -> Iterator[None]:
+        """Run the reads on one connection in one repeatable-read transaction (one snapshot)."""
+        options: dict[str, Any] = {}
+        if self.engine.dialect.name != "sqlite":
+            options["isolation_level"] = "REPEATABLE READ"
+        with self.engine.connect().execution_options(**options) as connection, connection.begin():
+            self._connection = connection
+            try:
+                yield
+            finally:
+                self._connection = None
 
     def has_table(self, name: str) -> bool:
         from sqlalchemy import inspect
@@ -98,7 +126,7 @@ class EngineReader:
         self.engine.dispose()
 
 
-_SQLITE_URL = re.compile(r"^sqlite(?:\+pysqlite)?:///(?P<path>[^?%]+)$")
+_SQLITE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?%\n]+)")
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -106,7 +134,7 @@ def sqlite_file(url: str) -> Path | None:
 
     URLs with query options or escapes return None, so they go through SQLAlchemy, which reads them fully.
     """
-    match = _SQLITE_URL.match(url)
+    match = _SQLITE_URL.fullmatch(url)
     if match is None or match.group("path") == ":memory:":
         return None
     return Path(match.group("path"))
@@ -528,10 +556,14 @@ def _blocked_items(
 
 
 def summary(reader: Reader, *, blocked_limit: int = 50) -> Summary:
-    """Return every repo's summary, blocked items (at most *blocked_limit* file transfers) and service facts.
-
-    Repos with something blocked come first, then by name.
+    """Return every repo's summary, blocked items (at most *blocked_limit* file transfers) and service facts,
+    all read from one snapshot of the catalogue. Repos with something blocked come first, then by name.
     """
+    with reader.consistent():
+        return _summary(reader, blocked_limit)
+
+
+def _summary(reader: Reader, blocked_limit: int) -> Summary:
     repos, extra_blocked = _summarise(reader, _repo_rows(reader, None), None)
     transfers_blocked = _blocked_items(reader, repos, None, blocked_limit)
     repos.sort(key=lambda repo: (repo.blocked == 0, repo.name))
@@ -551,7 +583,13 @@ def _eta(state: str | None, remaining: int, rate: float | None) -> float | None:
 
 def repo_detail(reader: Reader, name: str) -> RepoDetail | None:
     """Return the repo's summary and every file of its current snapshot with each hop's state, files
-    with something blocked first (then waiting, running, pending, done, by path); None if no such repo."""
+    with something blocked first (then waiting, running, pending, done, by path), read from one snapshot
+    of the catalogue; None if no such repo."""
+    with reader.consistent():
+        return _repo_detail(reader, name)
+
+
+def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
     rows = _repo_rows(reader, name)
     if not rows:
         return None
@@ -610,3 +648,254 @@ def repo_detail(reader: Reader, name: str) -> RepoDetail | None:
             files.append(FileStatus(path, size, overall, hops))
         files.sort(key=lambda item: (STATE_ORDER.get(item.state, 3), item.path))
     return RepoDetail(repo=repo, blocked=blocked, files=files, service=service_facts(reader))
+
+
+# -- whereis: the location log -------------------------------------------------------------------------
+
+
+class TransferRecord(NamedTuple):
+    """One file's transfer on one hop; ``handles`` only once it is done (they name the verified copy;
+    an unfinished transfer's handles are work in progress such as upload ids, and are not returned)."""
+
+    hop: str
+    state: str
+    handles: dict[str, Any] | None
+    attempts: int
+    error: str | None
+    error_class: str | None
+    hint: str | None
+    next_attempt_at: datetime | None
+    finished_at: datetime | None
+
+
+class SnapshotTransfer(NamedTuple):
+    """A transfer that finishes a whole snapshot (e.g. lfs_push's commit), with its handles when done."""
+
+    snapshot_id: int
+    commit: str
+    hop: str
+    state: str
+    handles: dict[str, Any] | None
+    error: str | None
+    error_class: str | None
+    hint: str | None
+    updated_at: datetime | None
+
+
+class FileLocations(NamedTuple):
+    """Where one file (a path with one content) has verified copies."""
+
+    path: str
+    size: int
+    sha256: str | None
+    sha1: str | None
+    staged_path: str | None
+    commit: str  # the newest snapshot that lists the file: the Hub commit it is pinned to
+    current: bool  # listed in the repo's current snapshot
+    transfers: dict[str, TransferRecord]  # by hop
+    pushed: SnapshotTransfer | None  # the newest done snapshot-level transfer of a snapshot listing it
+
+
+class WhereIs(NamedTuple):
+    repo: RepoSummary
+    snapshot: SnapshotInfo | None
+    finish: SnapshotTransfer | None  # the current snapshot's finishing transfer, if it has one yet
+    files: list[FileLocations]
+
+
+def _snapshot_level(reader: Reader, repo_id: int, commits: Mapping[int, str]) -> list[SnapshotTransfer]:
+    """Return the repo's snapshot-level transfers, newest snapshot first (see _snapshot_transfers for
+    why the filter on the repo is applied here)."""
+    rows = reader.rows(
+        "SELECT repo_id, snapshot_id, hop, state, handles, last_error, error_class, hint, updated_at "
+        "FROM transfers WHERE snapshot_id > 0"
+    )
+    found = [
+        SnapshotTransfer(
+            snapshot_id=int(row[1]),
+            commit=commits.get(int(row[1]), ""),
+            hop=str(row[2]),
+            state=str(row[3]),
+            handles=(_json(row[4]) or {}) if row[3] == DONE else None,
+            error=row[5],
+            error_class=row[6],
+            hint=row[7],
+            updated_at=_when(row[8]),
+        )
+        for row in rows
+        if row[0] == repo_id
+    ]
+    found.sort(key=lambda item: item.snapshot_id, reverse=True)
+    return found
+
+
+def whereis(
+    reader: Reader, name: str, *, path: str | None = None, all_snapshots: bool = False
+) -> WhereIs | None:
+    """Return where each file of the repo *name* has verified copies: the files of its current snapshot
+    (every file the repo ever had with *all_snapshots*), only those at *path* when given, by path.
+
+    Return None if there is no such repo. Reads the done transfers of the chosen files only.
+    """
+    rows = _repo_rows(reader, name)
+    if not rows:
+        return None
+    repo_id = int(rows[0][0])
+    repos, _ = _summarise(reader, rows, repo_id)
+    repo = repos[0]
+    snapshot = repo.snapshot
+    commits = {
+        int(row[0]): str(row[1])
+        for row in reader.rows('SELECT id, "commit" FROM snapshots WHERE repo_id = :r', {"r": repo_id})
+    }
+    finishers = _snapshot_level(reader, repo_id, commits)
+    finish = next((item for item in finishers if snapshot and item.snapshot_id == snapshot.id), None)
+
+    columns = "f.id, f.path, f.size, COALESCE(f.sha256, b.sha256), COALESCE(f.sha1, b.sha1), b.staged_path"
+    where_path = " AND f.path = :path" if path is not None else ""
+    params: dict[str, Any] = {"r": repo_id, "path": path}
+    if all_snapshots:
+        file_rows = reader.rows(
+            f"SELECT {columns} FROM files f JOIN blobs b ON b.id = f.blob_id "  # noqa: S608
+            f"WHERE f.repo_id = :r{where_path}",
+            params,
+        )
+    elif snapshot is not None:
+        params["s"] = snapshot.id
+        file_rows = reader.rows(
+            f"SELECT {columns} FROM snapshot_files sf JOIN files f ON f.id = sf.file_id "  # noqa: S608
+            f"JOIN blobs b ON b.id = f.blob_id WHERE sf.snapshot_id = :s{where_path}",
+            params,
+        )
+    else:
+        file_rows = []
+    if not file_rows:
+        return WhereIs(repo, snapshot, finish, [])
+    file_ids = [int(row[0]) for row in file_rows]
+
+    # Which snapshots list each file: the newest is its pin; the current one makes it current.
+    newest: dict[int, int] = {}
+    current: set[int] = set()
+    if all_snapshots:
+        for file_id, snapshot_id in reader.rows(
+            "SELECT sf.file_id, MAX(sf.snapshot_id) FROM snapshot_files sf "
+            "JOIN snapshots s ON s.id = sf.snapshot_id WHERE s.repo_id = :r GROUP BY sf.file_id",
+            {"r": repo_id},
+        ):
+            newest[int(file_id)] = int(snapshot_id)
+        if snapshot is not None:
+            current = {
+                int(row[0])
+                for row in reader.rows(
+                    "SELECT file_id FROM snapshot_files WHERE snapshot_id = :s", {"s": snapshot.id}
+                )
+            }
+    else:
+        assert snapshot is not None  # noqa: S101 - files were found in it
+        newest = dict.fromkeys(file_ids, snapshot.id)
+        current = set(file_ids)
+
+    # The transfers of those files (one short IN list for a single path, else the snapshot's or repo's).
+    columns = (
+        "t.file_id, t.hop, t.state, t.handles, t.attempts, t.last_error, t.error_class, t.hint, "
+        "t.next_attempt_at, t.finished_at"
+    )
+    if path is not None:
+        id_list, id_params = _params("f", file_ids)
+        transfer_rows = reader.rows(
+            f"SELECT {columns} FROM transfers t WHERE t.file_id IN ({id_list})",  # noqa: S608
+            id_params,
+        )
+    elif all_snapshots:
+        transfer_rows = reader.rows(
+            f"SELECT {columns} FROM transfers t WHERE t.repo_id = :r AND t.file_id IS NOT NULL",  # noqa: S608
+            {"r": repo_id},
+        )
+    else:
+        transfer_rows = reader.rows(
+            f"SELECT {columns} FROM snapshot_files sf JOIN transfers t ON t.file_id = sf.file_id "  # noqa: S608
+            "WHERE sf.snapshot_id = :s",
+            {"s": params["s"]},
+        )
+    transfers: dict[int, dict[str, TransferRecord]] = {}
+    for row in transfer_rows:
+        state = str(row[2])
+        transfers.setdefault(int(row[0]), {})[str(row[1])] = TransferRecord(
+            hop=str(row[1]),
+            state=state,
+            handles=(_json(row[3]) or {}) if state == DONE else None,
+            attempts=int(row[4] or 0),
+            error=row[5],
+            error_class=row[6],
+            hint=row[7],
+            next_attempt_at=_when(row[8]),
+            finished_at=_when(row[9]),
+        )
+
+    # The newest finished snapshot commit holding each file: look through the done snapshot-level
+    # transfers newest first, reading each one's members, until every file has one.
+    pushed: dict[int, SnapshotTransfer] = {}
+    wanted = set(file_ids)
+    for item in finishers:
+        if not wanted:
+            break
+        if item.state != DONE:
+            continue
+        members = reader.rows(
+            "SELECT file_id FROM snapshot_files WHERE snapshot_id = :s", {"s": item.snapshot_id}
+        )
+        for (file_id,) in members:
+            if int(file_id) in wanted:
+                pushed[int(file_id)] = item
+                wanted.discard(int(file_id))
+
+    ordered: list[tuple[tuple[str, bool, int], FileLocations]] = []
+    for row in file_rows:
+        file_id = int(row[0])
+        location = FileLocations(
+            path=str(row[1]),
+            size=int(row[2]),
+            sha256=row[3],
+            sha1=row[4],
+            staged_path=row[5],
+            commit=commits.get(newest.get(file_id, -1), ""),
+            current=file_id in current,
+            transfers=transfers.get(file_id, {}),
+            pushed=pushed.get(file_id),
+        )
+        # By path; for one path, the current content first, then newer before older.
+        ordered.append(((location.path, not location.current, -newest.get(file_id, 0)), location))
+    ordered.sort(key=lambda pair: pair[0])
+    return WhereIs(repo, snapshot, finish, [location for _, location in ordered])
+
+
+# -- doctor: what the repos need -----------------------------------------------------------------------
+
+
+class RepoTarget(NamedTuple):
+    """A repo as `relayctl doctor` sees it: where it comes from and where its route takes it."""
+
+    name: str
+    repo_type: str
+    revision: str
+    route: list[str]
+    destinations: dict[str, Any]
+    paused: bool
+
+
+def repo_targets(reader: Reader) -> list[RepoTarget]:
+    """Return every watched repo's source, route and destinations, by name."""
+    rows = reader.rows(
+        "SELECT name, repo_type, revision, route, destinations, paused FROM repos ORDER BY name"
+    )
+    return [
+        RepoTarget(
+            name=str(row[0]),
+            repo_type=str(row[1]),
+            revision=str(row[2]),
+            route=[str(hop) for hop in (_json(row[3]) or [])],
+            destinations=dict(_json(row[4]) or {}),
+            paused=bool(row[5]),
+        )
+        for row in rows
+    ]

@@ -333,3 +333,20 @@ def test_the_status_path_imports_no_heavy_modules(mixed: Relayctl) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout)["kind"] == "summary"
     assert result.stderr.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:////var/lib/relayd/catalogue.db", "/var/lib/relayd/catalogue.db"),
+        ("sqlite:///relative.db", "relative.db"),
+        ("sqlite+pysqlite:////tmp/c.db", "/tmp/c.db"),
+        ("sqlite:///:memory:", None),
+        ("sqlite://", None),
+        ("sqlite:////tmp/c.db?mode=ro", None),  # options: SQLAlchemy reads the URL
+        ("sqlite:////tmp/with%20space.db", None),
+        ("postgresql://relay@db/relayd", None),
+    ],
+)
+def test_which_urls_are_read_with_sqlite3(url: str, path: str | None) -> None:
+    assert queries.sqlite_file(url) == (None if path is None else Path(path))
