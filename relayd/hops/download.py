@@ -23,9 +23,9 @@ import logging
 import mmap
 import os
 import threading
-from collections import deque
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -52,6 +52,7 @@ MiB = 1024 * 1024
 RECEIVE_BUFFER = 1 * MiB  # per connection: memory stays flat whatever the file size
 HASH_WINDOW = 4 * MiB  # per file: how much of the written prefix is mapped at once to hash it
 MIN_PIECE = 1 * MiB
+BLOCK = 4 * MiB  # the smallest request: pieces are fetched in spans of blocks, in file order
 MAX_PIECE_FAILURES = 6  # consecutive failed attempts at one piece without a byte of progress
 MAX_FRESH_REFUSALS = 3  # fresh signed locations refused in a row before giving up
 MAX_INLINE_WAIT = 30.0  # a 429 asking for longer parks the transfer instead of holding connections
@@ -90,38 +91,164 @@ class _Digest:
 
 
 @dataclass
-class _Run:
-    """The shared state of one move(): pieces to fetch, written progress, the location, errors."""
+class _Span:
+    """One ranged request: consecutive blocks ``[first, last)`` of one piece, fetched by one worker;
+    ``current`` is the block being written."""
 
-    job: Job
-    fd: int
-    path: Path
-    size: int
-    pieces: list[PieceSpec]
-    written: list[int]
-    location: _Location
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    stop: threading.Event = field(default_factory=threading.Event)
-    queue: deque[PieceSpec] = field(default_factory=deque)
-    errors: list[BaseException] = field(default_factory=list)
-    fresh_refusals: int = 0
-    head: int = 0  # first piece not yet wholly written (the hash frontier is inside it)
-    workers_done: bool = False
+    piece: int
+    first: int
+    last: int
+    current: int
+
+
+class _Run:
+    """The shared state of one move(): what to fetch, what is written, the location, the errors.
+
+    The missing pieces are cut into blocks and handed out in file order, a span of blocks per request:
+    one block per connection first, then doubling up to whole pieces while much is left, and smaller
+    spans again towards the end. Requests then complete roughly in
+    file order, so the contiguous written prefix (what can be hashed) follows the download closely and
+    little is left to hash after the last byte; the last spans are small, so a slow connection does not
+    hold the end back. At most ``connections`` pieces are started and not yet durable at a time, so a
+    crash loses at most one piece per connection.
+    """
+
+    def __init__(
+        self, job: Job, fd: int, path: Path, size: int, pieces: list[PieceSpec], connections: int
+    ) -> None:
+        self.job = job
+        self.fd = fd
+        self.path = path
+        self.size = size
+        self.pieces = pieces
+        self.connections = max(1, connections)
+        self.location = _Location("", 0, False)
+        self.cond = threading.Condition()
+        self.record_lock = threading.Lock()
+        self.refresh_lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.fresh_refusals = 0
+        self.workers_done = False
+        longest = max((p.length for p in pieces), default=0)
+        self.block = max(1, min(BLOCK, longest))
+        self.block_start: list[int] = []
+        self.block_len: list[int] = []
+        self.block_piece: list[int] = []
+        self.written: list[int] = []
+        self.missing_blocks: list[int] = []
+        self.state: list[str] = []  # per piece: "todo", "open", "closing", "done"
+        self.undispatched = 0
+        for position, piece in enumerate(pieces):
+            count = 0
+            for offset in range(piece.offset, piece.offset + piece.length, self.block):
+                length = min(self.block, piece.offset + piece.length - offset)
+                self.block_start.append(offset)
+                self.block_len.append(length)
+                self.block_piece.append(position)
+                self.written.append(length if piece.done else 0)
+                count += 1
+            self.missing_blocks.append(0 if piece.done else count)
+            self.state.append("done" if piece.done else "todo")
+            if not piece.done:
+                self.undispatched += piece.length
+        self.cursor = 0
+        self.head = 0
+        self.open_pieces = 0
+        self.spans = 0
+
+    @property
+    def missing(self) -> int:
+        return sum(1 for state in self.state if state != "done")
 
     def frontier(self) -> int:
         """Return the end of the contiguous written prefix (call under ``cond``)."""
-        while self.head < len(self.pieces) and self.written[self.head] >= self.pieces[self.head].length:
+        count = len(self.block_len)
+        while self.head < count and self.written[self.head] >= self.block_len[self.head]:
             self.head += 1
-        if self.head >= len(self.pieces):
+        if self.head >= count:
             return self.size
-        return self.pieces[self.head].offset + self.written[self.head]
+        return self.block_start[self.head] + self.written[self.head]
+
+    def take(self) -> tuple[_Span, bool] | None:
+        """Return the next span to fetch and whether it starts its piece, or None when all is handed
+        out (or the run stops). Wait while ``connections`` pieces are open."""
+        with self.cond:
+            while not self.stop.is_set():
+                count = len(self.block_len)
+                while self.cursor < count and self.state[self.block_piece[self.cursor]] == "done":
+                    self.cursor += 1
+                if self.cursor >= count:
+                    return None
+                position = self.block_piece[self.cursor]
+                starts = self.state[position] == "todo"
+                if starts and self.open_pieces >= self.connections:
+                    self.cond.wait(0.5)
+                    continue
+                piece = self.pieces[position]
+                piece_end = piece.offset + piece.length
+                # Spans grow from one block (so there is something to hash at once) to half of what
+                # each connection has left, and shrink again towards the end.
+                share = self.undispatched // (2 * self.connections)
+                ramp = 2 ** min(16, self.spans // self.connections)
+                blocks = max(1, min(ramp, -(-share // self.block)))
+                last = self.cursor
+                while last < count and self.block_piece[last] == position and last - self.cursor < blocks:
+                    last += 1
+                span = _Span(position, self.cursor, last, self.cursor)
+                self.spans += 1
+                self.undispatched -= (
+                    min(self.block_start[last - 1] + self.block_len[last - 1], piece_end)
+                    - (self.block_start[self.cursor])
+                )
+                self.cursor = last
+                if starts:
+                    self.state[position] = "open"
+                    self.open_pieces += 1
+                return span, starts
+            return None
+
+    def position(self, span: _Span) -> int:
+        """Return the file offset the span resumes at (call under ``cond``)."""
+        return self.block_start[span.current] + self.written[span.current]
+
+    def end(self, span: _Span) -> int:
+        return self.block_start[span.last - 1] + self.block_len[span.last - 1]
+
+    def advance(self, span: _Span, offset: int, length: int) -> None:
+        """Record *length* bytes written at *offset* by *span* (they continue its written part)."""
+        with self.cond:
+            moved = span.current == self.head
+            while length > 0:
+                block = span.current
+                take = min(length, self.block_len[block] - self.written[block])
+                self.written[block] += take
+                length -= take
+                if self.written[block] == self.block_len[block]:
+                    self.missing_blocks[span.piece] -= 1
+                    span.current += 1
+                    moved = True
+            if moved:
+                self.cond.notify_all()
+
+    def closing(self, span: _Span) -> bool:
+        """Return True if the span's piece is now wholly written and this caller must record it."""
+        with self.cond:
+            if self.missing_blocks[span.piece] == 0 and self.state[span.piece] == "open":
+                self.state[span.piece] = "closing"
+                return True
+            return False
+
+    def recorded(self, span: _Span) -> None:
+        with self.cond:
+            self.state[span.piece] = "done"
+            self.open_pieces -= 1
+            self.cond.notify_all()
 
     def fail(self, exc: BaseException) -> None:
-        with self.lock:
-            self.errors.append(exc)
-        self.stop.set()
         with self.cond:
+            self.errors.append(exc)
+            self.stop.set()
             self.cond.notify_all()
 
 
@@ -319,7 +446,7 @@ class DownloadHop(Hop):
 
     def _refresh(self, run: _Run, stale: _Location, reason: RangeError) -> None:
         """Replace an expired or refused location by a fresh one (once, however many workers saw it)."""
-        with run.lock:
+        with run.refresh_lock:
             if run.location.generation != stale.generation:
                 return
             run.fresh_refusals = 0 if stale.good else run.fresh_refusals + 1
@@ -367,21 +494,15 @@ class DownloadHop(Hop):
                 _preallocate(fd, file.size)
                 fsync_dir(partial.parent)  # the recorded pieces must not outlive the file's name
             pieces = sorted(job.pieces, key=lambda p: p.offset)
-            run = _Run(
-                job=job,
-                fd=fd,
-                path=partial,
-                size=file.size,
-                pieces=pieces,
-                written=[p.length if p.done else 0 for p in pieces],
-                location=_Location(meta.location if meta else "", 0, meta.xet if meta else False),
-            )
-            run.queue.extend(p for p in pieces if not p.done)
             if file.size == 0:
                 os.fsync(fd)
-                for piece in run.queue:
-                    job.piece_done(piece.index)
-                run.queue.clear()
+                for piece in pieces:
+                    if not piece.done:
+                        job.piece_done(piece.index)
+                pieces = [PieceSpec(p.index, p.offset, p.length, True) for p in pieces]
+            run = _Run(job, fd, partial, file.size, pieces, self.section.connections)
+            if meta is not None:
+                run.location = _Location(meta.location, 0, meta.xet)
             digest = self._run(run, git_blob=not file.lfs)
         finally:
             os.close(fd)
@@ -392,13 +513,11 @@ class DownloadHop(Hop):
         """Fetch the queued pieces over the configured connections while hashing the written prefix;
         return the digest of the whole file, or raise the first failure."""
         job = run.job
-        connections = min(self.section.connections, len(run.queue))
-        if run.queue:
+        missing = run.missing
+        connections = min(run.connections, -(-run.undispatched // run.block)) if missing else 0
+        if missing:
             job.log.info(
-                "downloading %d of %d pieces over %d connection(s)",
-                len(run.queue),
-                len(run.pieces),
-                connections,
+                "downloading %d of %d pieces over %d connection(s)", missing, len(run.pieces), connections
             )
         hasher = PrefixHasher(run.size, git_blob=git_blob)
         hash_thread = threading.Thread(
@@ -409,6 +528,7 @@ class DownloadHop(Hop):
             threading.Thread(target=self._worker, args=(run,), name=f"relayd-get-{job.id}-{n}", daemon=True)
             for n in range(connections)
         ]
+        started = time.monotonic()
         try:
             for worker in workers:
                 worker.start()
@@ -420,7 +540,13 @@ class DownloadHop(Hop):
             with run.cond:
                 run.workers_done = True
                 run.cond.notify_all()
+            received = time.monotonic()
             hash_thread.join()
+            job.log.debug(
+                "pieces received in %.2fs; hashing ended %.2fs later",
+                received - started,
+                time.monotonic() - received,
+            )
         finally:
             run.stop.set()
             with run.cond:
@@ -475,11 +601,18 @@ class DownloadHop(Hop):
         )
         try:
             while not run.stop.is_set():
-                with run.lock:
-                    piece = run.queue.popleft() if run.queue else None
-                if piece is None:
+                taken = run.take()
+                if taken is None:
                     return
-                self._fetch_piece(run, client, piece)
+                span, starts = taken
+                if starts:
+                    run.job.begin_piece(run.pieces[span.piece].index)
+                self._fetch_span(run, client, span)
+                if run.closing(span):
+                    os.fdatasync(run.fd)
+                    with run.record_lock:
+                        run.job.piece_done(run.pieces[span.piece].index)
+                    run.recorded(span)
         except Stopped:
             return
         except BaseException as exc:  # noqa: BLE001 - handed to the run, which re-raises it
@@ -487,12 +620,11 @@ class DownloadHop(Hop):
         finally:
             client.close()
 
-    def _fetch_piece(self, run: _Run, client: RangeClient, piece: PieceSpec) -> None:
-        """Fetch one piece, resuming inside it after a failure, then fsync and record it."""
+    def _fetch_span(self, run: _Run, client: RangeClient, span: _Span) -> None:
+        """Fetch one span of blocks, resuming from its last written byte after a failure."""
         job = run.job
-        position = run.pieces.index(piece)
-        end = piece.offset + piece.length
-        job.begin_piece(piece.index)
+        piece = run.pieces[span.piece]
+        end = run.end(span)
         failures = rate_limits = 0
 
         def write(offset: int, data: memoryview) -> None:
@@ -500,16 +632,14 @@ class DownloadHop(Hop):
             while view:
                 written = os.pwrite(run.fd, view, at)
                 view, at = view[written:], at + written
-            with run.cond:
-                run.written[position] = offset + len(data) - piece.offset
-                if position == run.head:
-                    run.cond.notify_all()
+            run.advance(span, offset, len(data))
             job.add_progress(len(data))
 
         while True:
-            start = piece.offset + run.written[position]
+            with run.cond:
+                start = run.position(span) if span.current < span.last else end
             if start >= end:
-                break
+                return
             location = run.location
             try:
                 client.fetch(location.url, start, end, run.size, write, stop=run.stop)
@@ -545,9 +675,6 @@ class DownloadHop(Hop):
                 delay = min(10.0, 0.1 * 2**failures)
                 job.log.info("piece %d: %s; retrying from byte %d", piece.index, exc, start + exc.received)
                 self._sleep(run, delay)
-        os.fdatasync(run.fd)
-        with run.lock:
-            job.piece_done(piece.index)
 
     @staticmethod
     def _sleep(run: _Run, seconds: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import re
 import threading
@@ -16,7 +17,8 @@ import pytest
 from hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
-from relayd.hops.download import piece_length
+from relayd.hops.base import plan_ranges
+from relayd.hops.download import _Run, piece_length
 from relayd.sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
 
 MiB = 1024 * 1024
@@ -439,3 +441,43 @@ def test_an_unreadable_token_file_blocks_with_a_hint(relay: HubRelay, hub: FakeH
     repo = relay.repo("alice/one")
     assert repo.poll_state == "blocked" and "cannot be read" in (repo.poll_error or "")
     assert "hub.token_file" in (repo.poll_hint or "")
+
+
+def _schedule(size: int, piece: int, connections: int) -> _Run:
+    pieces = plan_ranges(size, piece)
+    return _Run(None, -1, Path("/nonexistent"), size, pieces, connections)  # type: ignore[arg-type]
+
+
+def test_spans_are_handed_out_in_file_order_growing_then_shrinking() -> None:
+    run = _schedule(512 * MiB, 64 * MiB, 4)
+    spans = []
+    while (taken := run.take()) is not None:
+        span, _starts = taken
+        spans.append((run.block_start[span.first], run.end(span)))
+        for block in range(span.first, span.last):  # pretend the span arrived and its piece is durable
+            run.written[block] = run.block_len[block]
+        run.missing_blocks[span.piece] -= span.last - span.first
+        if run.missing_blocks[span.piece] == 0:
+            run.state[span.piece] = "done"
+            run.open_pieces -= 1
+    assert spans[0] == (0, 4 * MiB)
+    assert all(end == next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    assert spans[-1][1] == 512 * MiB
+    lengths = [end - start for start, end in spans]
+    assert lengths[:4] == [4 * MiB] * 4 and 32 * MiB <= max(lengths) <= 64 * MiB and lengths[-1] == 4 * MiB
+    assert all(start // (64 * MiB) == (end - 1) // (64 * MiB) for start, end in spans), "within a piece"
+    assert run.frontier() == 512 * MiB
+
+
+def test_no_more_pieces_are_open_than_connections() -> None:
+    run = _schedule(256 * MiB, 16 * MiB, 2)
+    opened = set()
+    for _ in range(40):  # take spans without ever finishing them
+        timer = threading.Timer(0.7, run.stop.set)
+        timer.start()
+        taken = run.take()
+        timer.cancel()
+        if taken is None:
+            break
+        opened.add(taken[0].piece)
+    assert opened == {0, 1}
