@@ -735,8 +735,14 @@ def whereis(
     """Return where each file of the repo *name* has verified copies: the files of its current snapshot
     (every file the repo ever had with *all_snapshots*), only those at *path* when given, by path.
 
-    Return None if there is no such repo. Reads the done transfers of the chosen files only.
+    Return None if there is no such repo. Reads the transfers of the chosen files only, all from one
+    snapshot of the catalogue.
     """
+    with reader.consistent():
+        return _whereis(reader, name, path, all_snapshots)
+
+
+def _whereis(reader: Reader, name: str, path: str | None, all_snapshots: bool) -> WhereIs | None:
     rows = _repo_rows(reader, name)
     if not rows:
         return None

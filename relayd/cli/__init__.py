@@ -22,6 +22,7 @@ COMMANDS = {
     "resume": "relayd.cli.repos:resume",
     "retry": "relayd.cli.repos:retry",
     "status": "relayd.cli.status:status",
+    "whereis": "relayd.cli.whereis:whereis",
     "config": "relayd.cli.config_cmd:config_group",
     "db": "relayd.cli.db:db_group",
     "drive": "relayd.cli.drive:drive_group",
