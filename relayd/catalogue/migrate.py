@@ -76,11 +76,12 @@ def _migration_connection(engine: Engine) -> Iterator[Connection]:
 
 
 def create_fresh(engine: Engine) -> None:
-    """Create every table of an empty catalogue and stamp it at head."""
-    Base.metadata.create_all(engine)
-    with _migration_connection(engine) as connection:
+    """Create every table of an empty catalogue and stamp it at head, in one transaction: a daemon and
+    relayctl starting together never see tables without a version (and both may try; the second finds
+    the tables there and only re-stamps)."""
+    with _migration_connection(engine) as connection, connection.begin():
+        Base.metadata.create_all(connection)
         command.stamp(alembic_config(connection), "head")
-        connection.commit()
     log.info("created a new catalogue at schema %s", head_revision())
 
 

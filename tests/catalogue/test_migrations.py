@@ -113,3 +113,19 @@ def test_auto_upgrade_upgrades_instead_of_refusing(tmp_path: Path) -> None:
         connection.commit()
     migrate.ensure_schema(engine, auto_upgrade=True)
     assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_processes_creating_a_new_catalogue_at_once_all_see_a_complete_schema(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'c{round_}.db'}"
+        code = (
+            "from relayd.catalogue.db import make_engine; from relayd.catalogue import migrate; "
+            f"migrate.ensure_schema(make_engine({url!r}), auto_upgrade=False)"
+        )
+        processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(3)]
+        for process in processes:
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err.decode()
