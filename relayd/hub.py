@@ -192,6 +192,14 @@ class HubClient:
             raise self.translate(exc, repo_id="(whoami)", repo_type="model", revision="-") from exc
         return str(info.get("name", "?"))
 
+    def check_access(self, repo_id: str, repo_type: str) -> None:
+        """Check that the configured token (or none) may read *repo_id*'s files, with huggingface_hub's
+        ``auth_check``. Raise a relayd HopError (NeedsPerson with the licence URL for a gated repo)."""
+        try:
+            self._api().auth_check(repo_id, repo_type=repo_type)
+        except Exception as exc:
+            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision="-") from exc
+
     # -- errors ------------------------------------------------------------------------------------
 
     def translate(

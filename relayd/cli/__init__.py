@@ -23,6 +23,7 @@ COMMANDS = {
     "retry": "relayd.cli.repos:retry",
     "status": "relayd.cli.status:status",
     "whereis": "relayd.cli.whereis:whereis",
+    "doctor": "relayd.cli.doctor:doctor",
     "config": "relayd.cli.config_cmd:config_group",
     "db": "relayd.cli.db:db_group",
     "drive": "relayd.cli.drive:drive_group",

@@ -1261,8 +1261,16 @@ def lfs_check(params: dict[str, Any], secrets: dict[str, str], context: Context)
     client.batch("upload", [], "refs/heads/" + str(params.get("branch") or "master"))
     runner = _open_scratch(params, secrets, context)
     tip = _remote_tip(runner, client.remote, str(params.get("branch") or "master"), client.repo)
+    code, out, err = runner.run(["lfs", "version"], check=False)
+    if code != 0:
+        raise AgentError(
+            "git-lfs is not usable on the VM: %s" % _tail(err, 300),
+            kind="blocked",
+            error_class="setup",
+            hint="install git-lfs on the VM (e.g. apt-get install git-lfs)",
+        )
     return {
         "branch_head": tip,
         "git": runner.output(["--version"]),
-        "git_lfs": runner.output(["lfs", "version"]),
+        "git_lfs": out.decode("utf-8", "replace").strip(),
     }

@@ -1,0 +1,337 @@
+"""relayctl doctor against the route sandbox: everything up passes; then one thing broken at a time (the
+HF token, a gated repo, the drive login, git-lfs on the VM, the ModelScope token, the staging floor, a
+host that never answers) fails that check with its fix, and never shows a secret."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from relayd.catalogue import migrate
+from relayd.catalogue.store import RepoSpec, Store
+from relayd.cli import cli
+from relayd.sandbox.route import HUB_USER, REPO, RouteSandbox
+from relayd.sandbox.sshd import restricted_path
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "doctor-json.md"
+SHAPES = ("Doctor document", "Check")
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouteSandbox]:
+    """The sandbox (VM over SSH when an sshd is installed), started once for this module."""
+    sandbox = RouteSandbox(tmp_path_factory.mktemp("doctor") / "route", shards=1, shard_size=64 * 1024)
+    with sandbox:
+        yield sandbox
+
+
+class Doctor:
+    """Runs `relayctl doctor --json` in this process against the sandbox's config."""
+
+    def __init__(self, box: RouteSandbox) -> None:
+        self.box = box
+        self.secrets = [box.hub_token, box.ms_token, (box.root / "drive-refresh-token").read_text().strip()]
+
+    def run(self, *args: str) -> Result:
+        return CliRunner().invoke(
+            cli, ["-c", str(self.box.config_path), "doctor", *args], catch_exceptions=False
+        )
+
+    def json(self, *args: str, code: int | None = None) -> dict[str, Any]:
+        result = self.run("--json", "--timeout", "20", *args)
+        for secret in self.secrets:
+            assert secret not in result.output
+        if code is not None:
+            assert result.exit_code == code, result.output
+        document: dict[str, Any] = json.loads(result.stdout)
+        assert document["ok"] is (result.exit_code == 0)
+        return document
+
+    def edit(self, old: str, new: str) -> None:
+        text = self.box.config_path.read_text()
+        assert old in text, old
+        self.box.config_path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture
+def doctor(box: RouteSandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Doctor]:
+    """A fresh sandbox config and its tokens in the environment; the repo added."""
+    box.write_config()
+    for key, value in box.env().items():
+        if key.startswith("RELAYD_DEMO_"):
+            monkeypatch.setenv(key, value)
+    store = Store(f"sqlite:///{box.root / 'state' / 'catalogue.db'}")
+    migrate.ensure_schema(store.engine, auto_upgrade=False)
+    if store.repo(REPO) is None:
+        store.add_repo(
+            RepoSpec(name=REPO, every=3600, route=("download", "pan_upload", "vm_pull", "lfs_push"))
+        )
+    store.close()
+    yield Doctor(box)
+
+
+def check(document: dict[str, Any], name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [item for item in document["checks"] if item["name"] == name]
+    assert len(found) == 1, (name, [item["name"] for item in document["checks"]])
+    return found[0]
+
+
+def failed(document: dict[str, Any]) -> set[str]:
+    return {item["name"] for item in document["checks"] if item["status"] == "fail"}
+
+
+# -- the documented shape ------------------------------------------------------------------------------
+
+
+def documented(doc: Path) -> dict[str, dict[str, str]]:
+    """Return section → field → type for the shape tables of *doc*."""
+    import re
+
+    tables: dict[str, dict[str, str]] = {}
+    section = ""
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        match = re.match(r"^\| `([^`]+)` \| ([^|]+) \|", line)
+        if match and section in SHAPES:
+            tables.setdefault(section, {})[match.group(1)] = match.group(2).strip()
+    return tables
+
+
+def assert_documented(document: dict[str, Any]) -> None:
+    """The document has exactly the documented fields, of the documented types (two levels deep)."""
+    tables = documented(DOC)
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+    def same(value: Any, declared: str) -> bool:
+        allowed = {part.strip() for part in declared.split(" or ")}
+        kind = "null" if value is None else kinds[type(value)]
+        return kind in allowed or (kind == "integer" and "number" in allowed) or kind in tables
+
+    top = {field for field in tables["Doctor document"] if "." not in field and "[]" not in field}
+    assert set(document) == top
+    for field, declared in tables["Doctor document"].items():
+        if "." in field or "[]" in field:
+            continue
+        assert same(document[field], declared), field
+    assert set(document["counts"]) == {"ok", "warn", "fail", "skip"}
+    for item in document["checks"]:
+        assert set(item) == set(tables["Check"])
+        for field, declared in tables["Check"].items():
+            assert same(item[field], declared), (field, item)
+        assert item["status"] in ("ok", "warn", "fail", "skip")
+
+
+# -- tests ---------------------------------------------------------------------------------------------
+
+
+def test_everything_up_passes(doctor: Doctor) -> None:
+    document = doctor.json(code=0)
+    assert_documented(document)
+    assert document["hops"] == ["download", "pan_upload", "vm_pull", "lfs_push"]
+    assert document["repos"] == [REPO]
+    statuses = {item["name"]: item["status"] for item in document["checks"]}
+    assert statuses.pop("daemon") == "warn"  # no daemon runs here: a warning, not a failure
+    assert set(statuses.values()) == {"ok"}, statuses
+    for name in (
+        "config",
+        "catalogue",
+        "hub token",
+        f"hub {REPO}",
+        "drive login",
+        "drive api",
+        "vm",
+        "vm python3",
+        "vm git",
+        "vm git-lfs",
+        "vm disk",
+        "modelscope token",
+        f"modelscope {REPO}",
+        "staging disk",
+    ):
+        assert name in statuses
+    assert check(document, "hub token")["detail"].startswith(f"valid for {HUB_USER} on ")
+    assert "accepts the token" in check(document, f"modelscope {REPO}")["detail"]
+
+    text = doctor.run()
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith(f"relayctl doctor: {doctor.box.config_path} (hops: download, pan_upload")
+    assert any(line.startswith("WARN    daemon") for line in lines)
+    assert any(line.lstrip().startswith("hint: start it") for line in lines)
+    assert lines[-1].endswith("1 warning(s), 0 failed")
+
+    # A daemon's heartbeat turns the warning into a pass.
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.publish("daemon", {"pid": 4242, "version": "test", "state": "running", "running": 0})
+    store.close()
+    assert check(doctor.json(code=0), "daemon")["status"] == "ok"
+
+
+def test_a_revoked_hub_token_fails_with_a_hint(doctor: Doctor) -> None:
+    hub = doctor.box.hub
+    assert hub is not None
+    hub.revoke_token(doctor.box.hub_token)
+    try:
+        document = doctor.json(code=1)
+    finally:
+        hub.add_token(doctor.box.hub_token, HUB_USER)
+    token = check(document, "hub token")
+    assert token["status"] == "fail"
+    assert "refused the token" in token["detail"]
+    assert token["hint"].startswith("set a valid token (hub.token_env")
+    assert failed(document) == {"hub token", f"hub {REPO}"}
+
+
+def test_a_gated_repo_without_approval_points_at_the_licence(doctor: Doctor) -> None:
+    hub = doctor.box.hub
+    assert hub is not None
+    gated = "other/gated-model"
+    hub.create_repo(gated, gated="manual", files={"config.json": "{}\n"})
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.add_repo(RepoSpec(name=gated, every=3600, route=("download",)))
+    try:
+        document = doctor.json(code=1)
+        access = check(document, f"hub {gated}")
+        assert access["status"] == "fail"
+        assert "is gated" in access["detail"]
+        assert access["hint"].startswith(f"accept the licence at {hub.endpoint}/{gated}, then set the token")
+        assert failed(document) == {f"hub {gated}"}
+        hub.approve(gated, doctor.box.hub_token)
+        approved = doctor.json(code=0)
+        assert check(approved, f"hub {gated}")["detail"].startswith("readable; main is at ")
+    finally:
+        store.remove_repo(gated)
+        store.close()
+
+
+def test_a_missing_drive_login_names_relayctl_drive_login(doctor: Doctor) -> None:
+    token_file = doctor.box.root / "drive-refresh-token"
+    doctor.edit(f'refresh_token_file = "{token_file}"\n', "")
+    document = doctor.json(code=1)
+    login = check(document, "drive login")
+    assert login["status"] == "fail"
+    assert "no Aliyun Drive login" in login["detail"]
+    assert "relayctl drive login --refresh-token-file PATH" in login["hint"]
+    assert failed(document) == {"drive login"}
+
+
+def test_a_vm_without_git_lfs_asks_to_install_it(doctor: Doctor, tmp_path: Path) -> None:
+    vm_path = restricted_path(tmp_path / "bin", hide=["git-lfs"])
+    doctor.edit("[vm]\n", f'[vm]\npath = "{vm_path}"\n')
+    document = doctor.json(code=1)
+    lfs = check(document, "vm git-lfs")
+    assert lfs["status"] == "fail"
+    assert "git-lfs is not installed" in lfs["detail"]
+    assert "install git-lfs" in lfs["hint"]
+    assert check(document, "vm git")["status"] == "ok"
+    # The destination check runs git-lfs on the VM as well, and says the same.
+    assert "install git-lfs" in check(document, f"modelscope {REPO}")["hint"]
+    assert failed(document) == {"vm git-lfs", f"modelscope {REPO}"}
+
+
+def test_a_wrong_modelscope_token_fails_the_destination(
+    doctor: Doctor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "ms-wrong-token-0123456789"
+    monkeypatch.setenv("RELAYD_DEMO_MS_TOKEN", wrong)
+    result = doctor.run("--json")
+    assert result.exit_code == 1
+    assert wrong not in result.output
+    document = json.loads(result.stdout)
+    destination = check(document, f"modelscope {REPO}")
+    assert destination["status"] == "fail"
+    assert "401" in destination["detail"]
+    assert destination["hint"].startswith(f"ModelScope refused the access token for {REPO}")
+    assert failed(document) == {f"modelscope {REPO}"}
+
+    monkeypatch.delenv("RELAYD_DEMO_MS_TOKEN")
+    unset = doctor.json(code=1)
+    assert check(unset, "modelscope token")["hint"].startswith("set MODELSCOPE_TOKEN")
+    assert failed(unset) == {"modelscope token"}
+
+
+def test_a_staging_floor_above_the_free_space_fails_the_disk_check(doctor: Doctor) -> None:
+    doctor.edit('min_free = "0"', 'min_free = "1000 TB"')
+    document = doctor.json(code=1)
+    disk = check(document, "staging disk")
+    assert disk["status"] == "fail"
+    assert "floor" in disk["detail"]
+    assert "staging.min_free" in disk["hint"]
+    assert failed(document) == {"staging disk"}
+
+
+def test_an_invalid_config_exits_2_with_the_key(doctor: Doctor) -> None:
+    doctor.edit("[staging]\n", '[staging]\nmax_bytes_typo = "1 GB"\n')
+    result = doctor.run("--json")
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert [item["name"] for item in document["checks"]] == ["config"]
+    assert "max_bytes_typo" in document["checks"][0]["detail"]
+    assert document["ok"] is False
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_a_host_that_never_answers_cannot_hang_doctor(doctor: Doctor, silent_port: int) -> None:
+    doctor.edit('endpoint = "', f'endpoint = "http://127.0.0.1:{silent_port}"\n# was: endpoint = "')
+    started = time.monotonic()
+    result = doctor.run("--json", "--timeout", "1")
+    assert time.monotonic() - started < 15
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert {"hub token", f"hub {REPO}"} <= failed(document)
+    assert check(document, f"hub {REPO}")["hint"].startswith("check hub.endpoint")
+
+
+def test_without_repos_the_default_route_is_checked(doctor: Doctor) -> None:
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.remove_repo(REPO)
+    try:
+        document = doctor.json(code=0)
+    finally:
+        store.add_repo(
+            RepoSpec(name=REPO, every=3600, route=("download", "pan_upload", "vm_pull", "lfs_push"))
+        )
+        store.close()
+    assert document["repos"] == []
+    assert document["hops"] == ["download", "pan_upload", "vm_pull", "lfs_push"]
+    assert check(document, "catalogue")["detail"].endswith("; 0 repos")
+    assert check(document, "modelscope repos")["status"] == "skip"
+    assert not [
+        item for item in document["checks"] if item["name"].startswith("hub ") and "/" in item["name"]
+    ]
+    assert check(document, "vm git-lfs")["status"] == "ok"
