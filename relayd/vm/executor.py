@@ -208,6 +208,13 @@ class Executor(abc.ABC):
             raise self._missing_program(argv[0]) from exc
         with self._lock:
             self._live.add(process)
+            closed = self._closed
+        if closed:  # close() ran while the process was starting: it could not see it
+            _kill_group(process)
+            process.communicate(timeout=10)
+            with self._lock:
+                self._live.discard(process)
+            raise Cancelled("the VM executor is closed")
         call = _Call(process, op, cancel, timeout)
         try:
             return call.run(bundle, request, on_event, self._start_failure)
@@ -270,8 +277,8 @@ class Executor(abc.ABC):
     def close(self) -> None:
         """Kill every call still running (its process group here; over SSH the remote agent then
         sees EOF and kills its own group). Later calls raise Cancelled."""
-        self._closed = True
         with self._lock:
+            self._closed = True
             live = list(self._live)
         for process in live:
             _kill_group(process)

@@ -152,7 +152,8 @@ def test_close_kills_running_calls(tmp_path: Path, marker: str) -> None:
     assert wait_until(lambda: processes_with_cmdline(marker))
     executor.close()
     thread.join(10)
-    assert errors and isinstance(errors[0], Retryable)
+    # Killed while running (the link died: Retryable), or caught by close() while starting (Cancelled).
+    assert errors and isinstance(errors[0], Retryable | Cancelled)
     assert no_agent_left(marker)
     with pytest.raises(Cancelled):
         executor.call("stat", {"path": "/"})
