@@ -153,6 +153,11 @@ class Executor(abc.ABC):
         self.marker = os.environ.get("RELAYD_AGENT_MARKER") or AGENT_MARKER
 
     @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
+    @property
     def host(self) -> str:
         """Where the VM is, for handles and messages ("localhost" for the local executor)."""
         return "localhost"
@@ -208,8 +213,7 @@ class Executor(abc.ABC):
             raise self._missing_program(argv[0]) from exc
         with self._lock:
             self._live.add(process)
-            closed = self._closed
-        if closed:  # close() ran while the process was starting: it could not see it
+        if self.closed:  # close() ran while the process was starting: it could not see it
             _kill_group(process)
             process.communicate(timeout=10)
             with self._lock:
