@@ -3,9 +3,10 @@ across restarts, verified by hash, staged once per sha256.
 
 Per file: the Hub's metadata (a fresh signed location, checked against the pinned tree), then the missing
 pieces with HTTP Range over ``hub.connections`` keep-alive connections into a preallocated partial file
-with positional writes. A piece is recorded only once fsynced. sha256 and sha1 (and the git blob sha1
-of a non-LFS file) follow the contiguous written prefix as it grows, reading it back from the page cache,
-so the file is never read again just to hash it; after a restart only the durable prefix is re-hashed.
+with positional writes, handed out in file order (see ``_Run``). A piece is recorded only once fsynced.
+sha256 and sha1 (and the git blob sha1 of a non-LFS file) follow the contiguous written prefix as it
+grows, mapping it back from the page cache, so the file is never read again just to hash it; after a
+restart only the durable prefix is re-hashed.
 A verified file moves atomically to ``blobs/<aa>/<sha256>``; a mismatch is quarantined and downloaded
 again, and a second mismatch blocks the transfer.
 
