@@ -335,3 +335,20 @@ def test_hostile_listings_refuse_the_snapshot(world: World, hub: FakeHub, change
 def test_check_listing_refuses_non_text_paths() -> None:
     with pytest.raises(Permanent, match="not text"):
         check_listing([FileSpec(path=7, size=1, lfs=False, git_blob_id="0" * 40)])  # type: ignore[arg-type]
+
+
+def test_the_token_can_come_from_the_environment(
+    world: World, hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_model_repo(hub, "alice/private", shards=1, shard_size=1024, private=True)
+    world.add("alice/private")
+    config = hub_config(hub.endpoint, token=None)
+    world.use(HubConfig(**{**config.__dict__, "token": SecretRef("hub.token", env="RELAYD_TEST_HF_TOKEN")}))
+
+    world.poll("alice/private")
+    assert world.repo("alice/private").poll_state == "blocked"
+
+    monkeypatch.setenv("RELAYD_TEST_HF_TOKEN", TOKEN)
+    world.store.retry("alice/private")
+    result = world.poll("alice/private")
+    assert result.changed and result.error is None

@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 import re
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -481,3 +482,22 @@ def test_no_more_pieces_are_open_than_connections() -> None:
             break
         opened.add(taken[0].piece)
     assert opened == {0, 1}
+
+
+def test_the_token_never_reaches_the_logs_or_the_catalogue(
+    relay: HubRelay, hub: FakeHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    make_model_repo(hub, "alice/private", shards=1, shard_size=MiB, private=True)
+    hub.create_repo("meta/gated", gated="manual", files={WEIGHTS: Generated(MiB, seed=3)})
+    hub.faults.expire(times=1)
+    hub.faults.truncate(1000, times=1)
+    relay.add_repo("alice/private")
+    relay.add_repo("meta/gated")
+
+    relay.relay()
+
+    assert TOKEN not in caplog.text
+    dump = "\n".join(sqlite3.connect(relay.db).iterdump())
+    assert TOKEN not in dump
+    assert "gated" in (relay.repo("meta/gated").poll_error or "")
