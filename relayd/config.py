@@ -455,7 +455,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         endpoint=endpoint,
         token=reader.secret("token", default_env="HF_TOKEN"),
         concurrency=reader.integer("concurrency", 4, minimum=1, maximum=64),
-        connections=reader.integer("connections", 8, minimum=1, maximum=64),
+        connections=reader.integer("connections", 16, minimum=1, maximum=64),
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         timeout=reader.duration("timeout", "60s", minimum=1),
         default_every=reader.duration("default_every", "1h", minimum=10),
