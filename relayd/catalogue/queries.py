@@ -272,6 +272,24 @@ class FileHop(NamedTuple):
     error: str | None
     error_class: str | None
     hint: str | None
+    # Done without moving the payload: the destination already had it (an LFS object on the server,
+    # the drive's rapid upload, content already staged for another file).
+    skipped: bool = False
+
+
+SKIP_MARKERS = ("skipped", "rapid", "reused")
+
+
+def _skipped(state: str, handles: Any) -> bool:
+    """Return True when a done transfer's handles say nothing had to be moved."""
+    if state != DONE or not handles:
+        return False
+    if isinstance(handles, str):
+        try:
+            handles = json.loads(handles)
+        except ValueError:
+            return False
+    return isinstance(handles, dict) and any(handles.get(key) is True for key in SKIP_MARKERS)
 
 
 class FileStatus(NamedTuple):
@@ -608,7 +626,7 @@ def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
         transfers: dict[int, dict[str, tuple[Any, ...]]] = {}
         for row in reader.rows(
             "SELECT t.file_id, t.hop, t.state, t.bytes_done, t.bytes_total, t.rate, t.attempts, "
-            "t.next_attempt_at, t.last_error, t.error_class, t.hint "
+            "t.next_attempt_at, t.last_error, t.error_class, t.hint, t.handles "
             "FROM snapshot_files sf JOIN transfers t ON t.file_id = sf.file_id "
             "WHERE sf.snapshot_id = :snapshot_id",
             params,
@@ -626,7 +644,7 @@ def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
                     if overall == DONE:
                         overall = PENDING
                     continue
-                _, _, state, done, total, rate, attempts, next_at, error, error_class, hint = found
+                _, _, state, done, total, rate, attempts, next_at, error, error_class, hint, handles = found
                 running = state == RUNNING
                 hops.append(
                     FileHop(
@@ -641,6 +659,7 @@ def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
                         error,
                         error_class,
                         hint,
+                        _skipped(state, handles),
                     )
                 )
                 if state != overall and STATE_ORDER.get(state, 3) < STATE_ORDER[overall]:

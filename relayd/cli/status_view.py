@@ -158,6 +158,7 @@ def _file_hop_json(hop: FileHop) -> dict[str, Any]:
         "error": hop.error,
         "error_class": hop.error_class,
         "hint": hop.hint,
+        "skipped": hop.skipped,
     }
 
 
@@ -300,7 +301,7 @@ def _file_hop_text(step: FileHop) -> str:
     if step.state is None:
         return "-"
     if step.state == DONE:
-        return DONE
+        return "done (already there)" if step.skipped else DONE
     text = step.state
     if step.bytes_done:
         text += f" {format_size(step.bytes_done)}/{format_size(step.bytes_total)}"

@@ -350,3 +350,16 @@ def test_the_status_path_imports_no_heavy_modules(mixed: Relayctl) -> None:
 )
 def test_which_urls_are_read_with_sqlite3(url: str, path: str | None) -> None:
     assert queries.sqlite_file(url) == (None if path is None else Path(path))
+
+
+def test_a_transfer_the_destination_already_had_shows_as_skipped(relayctl: Relayctl) -> None:
+    store = relayctl.store
+    add_repo(store, "org/dedup", ("local_copy",), {"known.bin": 100, "new.bin": 200})
+    store.complete(claim(store, "local_copy", "known.bin"), OWNER, {"oid": "x", "skipped": True})
+    finish(store, "local_copy", "new.bin")
+    document = json.loads(relayctl("status", "org/dedup", "--json").stdout)
+    skipped = {item["path"]: item["hops"][0]["skipped"] for item in document["files"]}
+    assert skipped == {"known.bin": True, "new.bin": False}
+    text = relayctl("status", "org/dedup").stdout
+    assert "known.bin  100 B  local_copy done (already there)" in text
+    assert "new.bin  200 B  local_copy done" in text and "new.bin  200 B  local_copy done (" not in text
