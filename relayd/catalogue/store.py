@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from relayd.catalogue.db import is_sqlite, make_engine
@@ -301,6 +302,14 @@ class Store:
         paths = [spec.path for spec in files]
         if len(set(paths)) != len(paths):
             raise CatalogueError(f"snapshot {commit} lists a path twice")
+        try:
+            return self._record_snapshot(repo_id, commit, files)
+        except IntegrityError:
+            # Another worker sharing the catalogue recorded the same head (or content) at the same
+            # moment; its transaction won, so ours finds the snapshot there now.
+            return self._record_snapshot(repo_id, commit, files)
+
+    def _record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
         now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)

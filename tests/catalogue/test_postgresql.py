@@ -1,0 +1,187 @@
+"""Several relayd workers sharing one PostgreSQL catalogue (the server this machine runs): the schema
+and migrations, claims that never hand one transfer to two workers, leases that come back, and two
+real daemons splitting one repo's work."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from relayd.catalogue import migrate
+from relayd.catalogue.schema import DONE, Base, Transfer
+from relayd.catalogue.store import FileSpec, RepoSpec, Store
+
+ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+def postgres_available() -> bool:
+    try:
+        psycopg.connect(ADMIN, connect_timeout=3).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    if not postgres_available():
+        if os.environ.get("CI"):
+            raise AssertionError("PostgreSQL on 127.0.0.1:5432 is required in CI")
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (CI has one)")
+    name = f"relayd_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_migrations_build_the_same_schema_as_the_models_on_postgresql(pg_url: str) -> None:
+    store = Store(pg_url)
+    try:
+        with store.engine.connect() as connection:
+            command.upgrade(migrate.alembic_config(connection), "head")
+            connection.commit()
+        with store.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+        migrate.ensure_schema(store.engine, auto_upgrade=False)
+    finally:
+        store.close()
+
+
+def seed(store: Store, files: int) -> None:
+    repo, _ = store.add_repo(RepoSpec(name="acme/shared", every=3600, route=("local_copy",)))
+    specs = [
+        FileSpec(f"f{i}.bin", 10, True, hashlib.sha256(f"content {i}".encode()).hexdigest())
+        for i in range(files)
+    ]
+    store.record_snapshot(repo.id, "c" * 40, specs)
+
+
+def test_concurrent_workers_never_claim_the_same_transfer(pg_url: str) -> None:
+    setup = Store(pg_url)
+    migrate.ensure_schema(setup.engine, auto_upgrade=False)
+    seed(setup, 60)
+    claimed: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def worker(owner: str) -> None:
+        store = Store(pg_url)
+        mine: list[int] = []
+        try:
+            while (transfer := store.claim("local_copy", owner, lease=60)) is not None:
+                mine.append(transfer.id)
+        finally:
+            store.close()
+        with lock:
+            claimed[owner] = mine
+
+    threads = [threading.Thread(target=worker, args=(f"worker-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    every = [transfer_id for ids in claimed.values() for transfer_id in ids]
+    assert len(every) == 60
+    assert len(set(every)) == 60, "a transfer was claimed twice"
+    assert sum(1 for ids in claimed.values() if ids) >= 2, "the work was shared"
+    setup.close()
+
+
+def test_an_expired_lease_on_postgresql_comes_back(pg_url: str) -> None:
+    store = Store(pg_url)
+    migrate.ensure_schema(store.engine, auto_upgrade=False)
+    seed(store, 1)
+    first = store.claim("local_copy", "crashed", lease=0.5)
+    assert first is not None
+    assert store.claim("local_copy", "other", lease=60) is None
+    time.sleep(0.7)
+    again = store.claim("local_copy", "other", lease=60)
+    assert again is not None and again.id == first.id and again.attempts == 2
+    store.close()
+
+
+def test_two_daemons_share_one_postgresql_catalogue(pg_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "source" / "acme" / "shared"
+    source.mkdir(parents=True)
+    for i in range(12):
+        (source / f"f{i:02d}.bin").write_bytes(os.urandom(300_000))
+    processes = []
+    for n in range(2):
+        config = tmp_path / f"relayd{n}.toml"
+        config.write_text(
+            f"""[daemon]
+state_dir = "{tmp_path / f"state{n}"}"
+idle_wait = "0.1s"
+poll_jitter = "0s"
+[catalogue]
+url = "{pg_url}"
+[staging]
+dir = "{tmp_path / f"staging{n}"}"
+min_free = "0"
+[local_copy]
+source = "{tmp_path / "source"}"
+dest = "{tmp_path / "dest"}"
+piece_size = "64 KiB"
+max_rate = "3 MB"
+"""
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "relayd", "run", "-c", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / f"daemon{n}.log").open("wb"),
+            )
+        )
+    store = Store(pg_url)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if store.repos() or migrate.current_revision(store.engine):
+                    break
+            except Exception:  # the first daemon may still be creating the schema
+                time.sleep(0.2)
+                continue
+            time.sleep(0.2)
+        store.add_repo(RepoSpec(name="acme/shared", every=3600, route=("local_copy",)))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with store.read() as session:
+                transfers = list(session.scalars(select(Transfer)))
+            if len(transfers) == 12 and all(t.state == DONE for t in transfers):
+                break
+            time.sleep(0.3)
+        else:
+            logs = "\n".join((tmp_path / f"daemon{n}.log").read_text()[-2000:] for n in range(2))
+            raise AssertionError(f"the two daemons did not finish\n{logs}")
+        for i in range(12):
+            name = f"f{i:02d}.bin"
+            assert (tmp_path / "dest" / "acme/shared" / name).read_bytes() == (source / name).read_bytes()
+        logs = [(tmp_path / f"daemon{n}.log").read_text() for n in range(2)]
+        assert all("done (local_copy)" in log for log in logs), "both daemons took a share of the work"
+        assert "already running" not in "".join(logs)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+        store.close()
