@@ -307,6 +307,7 @@ def main() -> int:
                     ssh_config_file=None,
                     strict_host_key_checking=True,
                     ssh_options=(),
+                    ssh_multiplex=False,
                     python="python3",
                     path="",
                     concurrency=2,

@@ -153,6 +153,7 @@ class VmConfig:
     ssh_config_file: Path | None
     strict_host_key_checking: bool
     ssh_options: tuple[str, ...]
+    ssh_multiplex: bool
     python: str
     path: str
     concurrency: int
@@ -504,6 +505,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         ssh_config_file=reader.path("ssh_config_file", ""),
         strict_host_key_checking=reader.boolean("strict_host_key_checking", True),
         ssh_options=reader.strings("ssh_options"),
+        ssh_multiplex=reader.boolean("ssh_multiplex", True),
         python=reader.string("python", "python3"),
         path=reader.string("path", ""),
         # One file at a time with two connections: the drive allows 2 live download links per app

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import zipfile
@@ -539,6 +540,15 @@ class SshExecutor(Executor):
         if config.known_hosts_file is not None:
             options += ["-o", f"UserKnownHostsFile={config.known_hosts_file}"]
         strict = "yes" if config.strict_host_key_checking else "no"
+        if config.ssh_multiplex:
+            options += [
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={self._control_path()}",
+                "-o",
+                "ControlPersist=60",
+            ]
         options += [
             "-o",
             f"StrictHostKeyChecking={strict}",
@@ -554,6 +564,39 @@ class SshExecutor(Executor):
             "ClearAllForwardings=yes",
         ]
         return options
+
+    def _control_path(self) -> str:
+        """Where the shared SSH connection's socket lives: one per set of connection settings, so a
+        changed key, known_hosts file or option never rides an older connection."""
+        config = self.config
+        settings = repr(
+            (
+                config.host,
+                config.port,
+                config.user,
+                config.identity_file,
+                config.known_hosts_file,
+                config.ssh_config_file,
+                config.strict_host_key_checking,
+                config.ssh_options,
+            )
+        )
+        tag = hashlib.sha256(settings.encode()).hexdigest()[:12]
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"relayd-ssh-{os.getuid()}"
+        base.mkdir(mode=0o700, exist_ok=True)
+        return str(base / f"{tag}-%C")
+
+    def close(self) -> None:
+        super().close()
+        if self.config.ssh_multiplex:
+            # Ask the shared connection to end now rather than linger for ControlPersist.
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    ["ssh", *self.destination_options(), "-O", "exit", "--", self.config.host],
+                    capture_output=True,
+                    timeout=5,
+                    check=False,
+                )
 
     def remote_command(self, bundle: AgentBundle) -> str:
         """Return the command line the VM's shell runs: ``exec`` so the agent replaces the shell

@@ -193,6 +193,7 @@ def vm_config(**overrides: Any) -> VmConfig:
         "ssh_config_file": None,
         "strict_host_key_checking": True,
         "ssh_options": (),
+        "ssh_multiplex": True,
         "python": sys.executable,
         "path": "",
         "concurrency": 1,
