@@ -155,6 +155,21 @@ class LeaseLost(CatalogueError):
     """Another worker owns this transfer now (our lease expired); drop the result."""
 
 
+def _runnable(now: datetime) -> tuple[Any, ...]:
+    """The conditions of a claimable transfer: pending, or waiting whose time has come, or running
+    with an expired lease (its worker died), in a repo that is not paused."""
+    return (
+        Repo.paused.is_(False),
+        or_(
+            and_(
+                Transfer.state.in_((PENDING, WAITING)),
+                or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
+            ),
+            and_(Transfer.state == RUNNING, Transfer.lease_expires_at < now),
+        ),
+    )
+
+
 def _file_row(file: File, blob: Blob) -> FileRow:
     return FileRow(
         id=file.id,
@@ -625,14 +640,7 @@ class Store:
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     Transfer.hop == hop,
-                    Repo.paused.is_(False),
-                    or_(
-                        and_(
-                            Transfer.state.in_((PENDING, WAITING)),
-                            or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
-                        ),
-                        and_(Transfer.state == RUNNING, Transfer.lease_expires_at < now),
-                    ),
+                    *_runnable(now),
                 )
                 .order_by(Transfer.id)
                 .limit(1)
@@ -669,14 +677,7 @@ class Store:
                 select(Transfer.hop)
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
-                    Repo.paused.is_(False),
-                    or_(
-                        and_(
-                            Transfer.state.in_((PENDING, WAITING)),
-                            or_(Transfer.next_attempt_at.is_(None), Transfer.next_attempt_at <= now),
-                        ),
-                        and_(Transfer.state == RUNNING, Transfer.lease_expires_at < now),
-                    ),
+                    *_runnable(now),
                 )
                 .distinct()
             ).all()

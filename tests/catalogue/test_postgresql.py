@@ -124,7 +124,7 @@ def test_two_daemons_share_one_postgresql_catalogue(pg_url: str, tmp_path: Path)
     source = tmp_path / "source" / "acme" / "shared"
     source.mkdir(parents=True)
     for i in range(12):
-        (source / f"f{i:02d}.bin").write_bytes(os.urandom(300_000))
+        (source / f"f{i:02d}.bin").write_bytes(os.urandom(1_000_000))
     processes = []
     for n in range(2):
         config = tmp_path / f"relayd{n}.toml"
@@ -142,7 +142,7 @@ min_free = "0"
 source = "{tmp_path / "source"}"
 dest = "{tmp_path / "dest"}"
 piece_size = "64 KiB"
-max_rate = "3 MB"
+max_rate = "2 MB"
 """
         )
         processes.append(
@@ -154,15 +154,10 @@ max_rate = "3 MB"
         )
     store = Store(pg_url)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if store.repos() or migrate.current_revision(store.engine):
-                    break
-            except Exception:  # the first daemon may still be creating the schema
-                time.sleep(0.2)
-                continue
-            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        logs = [tmp_path / f"daemon{n}.log" for n in range(2)]
+        while time.monotonic() < deadline and not all(" serving " in log.read_text() for log in logs):
+            time.sleep(0.2)  # both daemons up (and the schema created) before there is work to share
         store.add_repo(RepoSpec(name="acme/shared", every=3600, route=("local_copy",)))
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
