@@ -95,8 +95,10 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
     return hops
 
 
-def build_services(config: Config, store: Store) -> Services:
-    """Register the shared clients hops may ask for; each is built on first use."""
+def build_services(config: Config, store: Store, services: Services | None = None) -> Services:
+    """Register the shared clients hops may ask for; each is built on first use. Given *services*
+    (a reload), replace its factories: new calls get clients built from the new config, while
+    transfers already running finish with the clients they hold."""
 
     def drive() -> Any:
         return importlib.import_module("relayd.drive").make_drive(
@@ -106,7 +108,11 @@ def build_services(config: Config, store: Store) -> Services:
     def vm() -> Any:
         return importlib.import_module("relayd.vm.executor").make_executor(config.vm)
 
-    return Services({"drive": drive, "vm": vm})
+    if services is None:
+        return Services({"drive": drive, "vm": vm})
+    services.register("drive", drive)
+    services.register("vm", vm)
+    return services
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
@@ -441,6 +447,7 @@ class Daemon:
         self.store.webhooks = new.notify.webhooks
         self.notifier_thread.config = new.notify
         ctx = self.engine.ctx
+        build_services(new, self.store, ctx.services)
         hops = build_hops(new, ctx)
         self.engine.hops = hops
         self.store.rules = hop_rules(hops)
