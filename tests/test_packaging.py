@@ -70,3 +70,42 @@ print(migrate.current_revision(engine), migrate.head_revision())
     current, head = result.stdout.split()
     assert current == head
     assert database.exists()
+
+
+def test_relayctl_from_the_wheel_upgrades_an_older_catalogue(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    database = tmp_path / "catalogue.db"
+    config = tmp_path / "relayd.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[catalogue]\nurl = "sqlite:///{database}"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    older = (
+        "from alembic import command; from relayd.catalogue import migrate; "
+        "from relayd.catalogue.db import make_engine; "
+        f"c = make_engine('sqlite:///{database}').connect(); "
+        "command.upgrade(migrate.alembic_config(c), '0001'); c.commit()"
+    )
+    subprocess.run([sys.executable, "-c", older], cwd=tmp_path, env=env, check=True, capture_output=True)
+    relayctl = [sys.executable, "-c", "from relayd.cli import main; main()", "-c", str(config)]
+    refused = subprocess.run(
+        [*relayctl, "status"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 1
+    assert "db upgrade" in refused.stderr
+    upgraded = subprocess.run(
+        [*relayctl, "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert list(tmp_path.glob("catalogue.db.backup-*")), "a backup was taken first"
+    current = subprocess.run(
+        [*relayctl, "db", "current"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+    )
+    assert current.returncode == 0
+    lines = dict(line.split(": ", 1) for line in current.stdout.splitlines())
+    assert lines["current"] == lines["head"] != "0001"
