@@ -4,14 +4,15 @@ what the status path imports."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from claimkit import OWNER, claim
+from doctables import check_shape, documented_tables
 
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.db import make_engine
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from conftest import Relayctl
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
-OWNER = "test-worker"
 
 
 # -- catalogue builders ------------------------------------------------------------------------------
@@ -42,19 +42,6 @@ def add_repo(
     return repo.id
 
 
-def claim(store: Store, hop: str, path: str) -> int:
-    """Claim the transfer of *hop* for the file at *path* (skipping others); return its id."""
-    skipped: list[int] = []
-    while True:
-        transfer = store.claim(hop, OWNER, 600, exclude=skipped)
-        assert transfer is not None, f"no runnable {hop} transfer for {path}"
-        job = store.load_job(transfer.id)
-        if job.file is not None and job.file.path == path:
-            return transfer.id
-        store.release(transfer.id, OWNER)
-        skipped.append(transfer.id)
-
-
 def finish(store: Store, hop: str, path: str) -> None:
     store.complete(claim(store, hop, path), OWNER, {"where": hop})
 
@@ -62,71 +49,6 @@ def finish(store: Store, hop: str, path: str) -> None:
 def block(store: Store, hop: str, path: str, error: str, hint: str) -> None:
     transfer_id = claim(store, hop, path)
     store.defer(transfer_id, OWNER, state=BLOCKED, error=error, error_class="auth", hint=hint)
-
-
-# -- the documented shape ------------------------------------------------------------------------------
-
-
-def documented_tables() -> dict[str, dict[str, str]]:
-    """Parse docs/status-json.md: section name → field path → type."""
-    tables: dict[str, dict[str, str]] = {}
-    section = ""
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-            tables[section] = {}
-        match = re.match(r"^\| `([^`]+)` \| ([^|]+) \|", line)
-        if match and section:
-            tables[section][match.group(1)] = match.group(2).strip()
-    return tables
-
-
-def check_shape(
-    value: Any, table: str, tables: dict[str, dict[str, str]], seen: set[tuple[str, str]]
-) -> None:
-    """Assert that *value* has exactly the fields documented in *table*, of the documented types."""
-    rows = tables[table]
-
-    def json_type(item: Any) -> str:
-        if item is None:
-            return "null"
-        if isinstance(item, bool):
-            return "boolean"
-        if isinstance(item, int):
-            return "integer"
-        if isinstance(item, float):
-            return "number"
-        if isinstance(item, str):
-            return "string"
-        return "array" if isinstance(item, list) else "object"
-
-    def walk(item: Any, path: str) -> None:
-        seen.add((table, path))
-        allowed = [part.strip() for part in rows[path].split(" or ")] if path else ["object"]
-        kind = json_type(item)
-        named = [name for name in allowed if name in tables]
-        if kind == "object" and named:
-            check_shape(item, named[0], tables, seen)
-            return
-        free_form = "object (free-form)" in allowed
-        ok = (
-            kind in allowed or (kind == "integer" and "number" in allowed) or (kind == "object" and free_form)
-        )
-        assert ok, f"{table} {path}: {kind} is not {rows[path]}"
-        if kind == "object" and not free_form:
-            prefix = f"{path}." if path else ""
-            expected = {
-                p[len(prefix) :] for p in rows if p.startswith(prefix) and "." not in p[len(prefix) :]
-            }
-            expected = {p for p in expected if not p.endswith("[]")}
-            assert set(item) == expected, f"{table} {path or '(top)'}: {sorted(item)} != {sorted(expected)}"
-            for key, child in item.items():
-                walk(child, f"{prefix}{key}")
-        elif kind == "array":
-            for element in item:
-                walk(element, f"{path}[]")
-
-    walk(value, "")
 
 
 # -- tests ---------------------------------------------------------------------------------------------
@@ -175,7 +97,7 @@ def test_status_repo_lists_files_blocked_first(mixed: Relayctl) -> None:
 
 
 def test_status_json_matches_the_documented_shape(mixed: Relayctl) -> None:
-    tables = documented_tables()
+    tables = documented_tables(DOC)
     seen: set[tuple[str, str]] = set()
     summary = json.loads(mixed("status", "--json").stdout)
     check_shape(summary, "Summary document", tables, seen)
@@ -217,7 +139,7 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     store.publish("staging", {"used": 1, "free": 2})
     store.close()
 
-    tables = documented_tables()
+    tables = documented_tables(DOC)
     seen: set[tuple[str, str]] = set()
     check_shape(json.loads(relayctl("status", "--json").stdout), "Summary document", tables, seen)
     for name in ("org/full", "org/busy"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from doctables import documented_tables
 
 from relayd.catalogue import migrate
 from relayd.catalogue.store import RepoSpec, Store
@@ -91,24 +92,9 @@ def failed(document: dict[str, Any]) -> set[str]:
 # -- the documented shape ------------------------------------------------------------------------------
 
 
-def documented(doc: Path) -> dict[str, dict[str, str]]:
-    """Return section → field → type for the shape tables of *doc*."""
-    import re
-
-    tables: dict[str, dict[str, str]] = {}
-    section = ""
-    for line in doc.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        match = re.match(r"^\| `([^`]+)` \| ([^|]+) \|", line)
-        if match and section in SHAPES:
-            tables.setdefault(section, {})[match.group(1)] = match.group(2).strip()
-    return tables
-
-
 def assert_documented(document: dict[str, Any]) -> None:
     """The document has exactly the documented fields, of the documented types (two levels deep)."""
-    tables = documented(DOC)
+    tables = documented_tables(DOC, SHAPES)
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
     def same(value: Any, declared: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from claimkit import OWNER, claim
+from doctables import check_shape, documented_tables
 
 from relayd.catalogue.schema import BLOCKED
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "whereis-json.md"
 SHAPES = ("Whereis document", "File location", "Hop location")
-OWNER = "test-worker"
 ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
 RULES = HopRules(
     reads_staging=frozenset({"pan_upload", "lfs_push"}),
@@ -45,20 +45,6 @@ def sha1(text: str) -> str:
 
 
 # -- a catalogue seeded the way the hops leave it -----------------------------------------------------
-
-
-def claim(store: Store, hop: str, path: str | None) -> int:
-    """Claim the transfer of *hop* for the file at *path* (None: the snapshot's); return its id."""
-    skipped: list[int] = []
-    while True:
-        transfer = store.claim(hop, OWNER, 600, exclude=skipped)
-        assert transfer is not None, f"no runnable {hop} transfer for {path}"
-        job = store.load_job(transfer.id)
-        found = None if job.file is None else job.file.path
-        if found == path:
-            return transfer.id
-        store.release(transfer.id, OWNER)
-        skipped.append(transfer.id)
 
 
 def download(store: Store, path: str, commit: str, content: str) -> str:
@@ -178,70 +164,6 @@ def seeded(relayctl: Relayctl) -> Iterator[Relayctl]:
 # -- the documented shape ------------------------------------------------------------------------------
 
 
-def documented_tables(doc: Path, sections: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """Parse *doc*'s tables in *sections*: section → field path → type."""
-    tables: dict[str, dict[str, str]] = {}
-    section = ""
-    for line in doc.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-            if section in sections:
-                tables[section] = {}
-        match = re.match(r"^\| `([^`]+)` \| ([^|]+) \|", line)
-        if match and section in tables:
-            tables[section][match.group(1)] = match.group(2).strip()
-    assert set(tables) == set(sections)
-    return tables
-
-
-def check_shape(
-    value: Any, table: str, tables: dict[str, dict[str, str]], seen: set[tuple[str, str]]
-) -> None:
-    """Assert that *value* has exactly the fields documented in *table*, of the documented types."""
-    rows = tables[table]
-
-    def json_type(item: Any) -> str:
-        if item is None:
-            return "null"
-        if isinstance(item, bool):
-            return "boolean"
-        if isinstance(item, int):
-            return "integer"
-        if isinstance(item, float):
-            return "number"
-        if isinstance(item, str):
-            return "string"
-        return "array" if isinstance(item, list) else "object"
-
-    def walk(item: Any, path: str) -> None:
-        seen.add((table, path))
-        allowed = [part.strip() for part in rows[path].split(" or ")] if path else ["object"]
-        kind = json_type(item)
-        named = [name for name in allowed if name in tables]
-        if kind == "object" and named:
-            check_shape(item, named[0], tables, seen)
-            return
-        free_form = "object (free-form)" in allowed
-        ok = (
-            kind in allowed or (kind == "integer" and "number" in allowed) or (kind == "object" and free_form)
-        )
-        assert ok, f"{table} {path}: {kind} is not {rows[path]}"
-        if kind == "object" and not free_form:
-            prefix = f"{path}." if path else ""
-            expected = {
-                p[len(prefix) :] for p in rows if p.startswith(prefix) and "." not in p[len(prefix) :]
-            }
-            expected = {p for p in expected if not p.endswith("[]")}
-            assert set(item) == expected, f"{table} {path or '(top)'}: {sorted(item)} != {sorted(expected)}"
-            for key, child in item.items():
-                walk(child, f"{prefix}{key}")
-        elif kind == "array":
-            for element in item:
-                walk(element, f"{path}[]")
-
-    walk(value, "")
-
-
 def whereis_json(relayctl: Relayctl, *args: str) -> dict[str, Any]:
     result = relayctl("whereis", "--json", *args)
     assert result.exit_code == 0, result.output
@@ -280,6 +202,7 @@ def test_whereis_shows_every_place_of_every_file(seeded: Relayctl) -> None:
 
 def test_whereis_json_matches_the_documented_shape(seeded: Relayctl) -> None:
     tables = documented_tables(DOC, SHAPES)
+    assert set(tables) == set(SHAPES)
     seen: set[tuple[str, str]] = set()
     current = whereis_json(seeded, "org/model")
     check_shape(current, "Whereis document", tables, seen)
