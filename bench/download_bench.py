@@ -17,7 +17,7 @@ Measured:
 
 relayd's time is its transfer's started_at → finished_at in the catalogue (metadata, pieces, hash
 verification, rename into staging); aria2c's is its process's wall time; hf_hub_download's is the call
-itself, timed inside its process. Results go to <workdir>/results.json and are printed as Markdown.
+itself, timed inside its process. Results go to --results (JSON) and are printed as Markdown.
 """
 
 from __future__ import annotations
@@ -278,6 +278,9 @@ def main() -> int:
     parser.add_argument("--skip-hf", action="store_true", help="skip hf_hub_download (slow when capped)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the head-to-head runs")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument(
+        "--results", type=Path, default=Path("/tmp/download-bench-results.json"), help="where to write JSON"
+    )
     args = parser.parse_args()
     size, big = parse_size(args.size), parse_size(args.big)
     sweep = [int(n) for n in args.sweep.split(",")]
@@ -347,7 +350,7 @@ def main() -> int:
         hub.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    (Path(args.workdir.parent) / "download-bench-results.json").write_text(json.dumps(results, indent=2))
+    args.results.write_text(json.dumps(results, indent=2))
     print(report(results))
     return 0
 
