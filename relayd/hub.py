@@ -189,7 +189,7 @@ class HubClient:
         try:
             info = self._api().whoami()
         except Exception as exc:
-            raise self.translate(exc, repo_id="(whoami)", repo_type="model", revision="-") from exc
+            raise self.translate(exc, repo_id="the token check", repo_type="model", revision="") from exc
         return str(info.get("name", "?"))
 
     def check_access(self, repo_id: str, repo_type: str) -> None:
@@ -215,7 +215,7 @@ class HubClient:
         if isinstance(exc, HopError):
             return exc
         token_ref = self.config.token
-        where = f"{repo_id}@{revision[:12] if len(revision) == 40 else revision}"
+        where = f"{repo_id}@{revision[:12] if len(revision) == 40 else revision}" if revision else repo_id
         token_keys = "hub.token_env, hub.token_file or hub.token"  # noqa: S105 - names of settings
         if isinstance(exc, GatedRepoError):
             try:
