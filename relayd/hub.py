@@ -198,7 +198,7 @@ class HubClient:
         try:
             self._api().auth_check(repo_id, repo_type=repo_type)
         except Exception as exc:
-            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision="-") from exc
+            raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision="") from exc
 
     # -- errors ------------------------------------------------------------------------------------
 
