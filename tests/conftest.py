@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from systools import require
+
+from relayd.sandbox.drive import FakeDrive
+from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd
 
 ConfigFactory = Callable[..., Path]
 
@@ -52,3 +56,19 @@ def write_config(root: Path, *, raw: str = "", mode: int = 0o600, **sections: Ma
 def make_config() -> ConfigFactory:
     """Return ``write_config(root, **sections)``: a config file pointing at a catalogue under *root*."""
     return write_config
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SandboxSshd]:
+    """A sandbox OpenSSH server on 127.0.0.1, one per test module (skipped, or failed under CI, without
+    sshd)."""
+    require(SSHD_PATH, "OpenSSH server")
+    with SandboxSshd() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_drive(tmp_path: Path) -> Iterator[FakeDrive]:
+    """A fake Aliyun Drive for this test, its files under ``tmp_path / "drive"``."""
+    with FakeDrive(tmp_path / "drive") as drive:
+        yield drive

@@ -32,7 +32,7 @@ from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services
 from relayd.hops.lfs_push import LfsPushHop
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd
+from relayd.sandbox.sshd import SandboxSshd
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 
@@ -539,16 +539,6 @@ def test_on_a_vm_route_staging_is_not_held_for_lfs_push(world: PushWorld) -> Non
         transfer.id, "seeder", {}, sha256=sha(data), staged_path=world.staging.relative(target)
     )
     assert [r.staged_path for r in released] == [world.staging.relative(target)]
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SandboxSshd]:
-    if not os.access(SSHD_PATH, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail("the OpenSSH server is required in CI")
-        pytest.skip("the OpenSSH server is not installed")
-    with SandboxSshd() as server:
-        yield server
 
 
 def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSshd, git: Git) -> None:

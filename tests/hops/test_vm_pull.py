@@ -12,11 +12,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from systools import require
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Piece, Transfer
@@ -42,28 +42,6 @@ pytestmark = pytest.mark.timeout(180)
 
 VM_PATH = "/usr/local/bin:/usr/bin:/bin"
 PIECE = 256 * 1024
-
-
-def _require(path: str, what: str) -> None:
-    if os.access(path, os.X_OK):
-        return
-    message = f"{what} ({path}) is not installed: run scripts/dev setup"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SandboxSshd]:
-    _require(SSHD_PATH, "OpenSSH server")
-    with SandboxSshd() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_drive(tmp_path: Path) -> Iterator[FakeDrive]:
-    with FakeDrive(tmp_path / "drive") as drive:
-        yield drive
 
 
 class World:
@@ -171,7 +149,7 @@ def sample() -> dict[str, bytes]:
 def test_pulls_every_file_onto_the_vm(executor: str, tmp_path: Path, fake_drive: FakeDrive) -> None:
     sshd = None
     if executor == "ssh":
-        _require(SSHD_PATH, "OpenSSH server")
+        require(SSHD_PATH, "OpenSSH server")
         sshd = SandboxSshd().start()
     try:
         world = World(tmp_path, fake_drive, sshd)

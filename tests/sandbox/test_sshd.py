@@ -10,12 +10,13 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from systools import require
 
 from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd, processes_with_cmdline, restricted_path
+from relayd.vm.testkit import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,22 +32,6 @@ GUARD = (
 )
 
 
-def _require(path: str, what: str) -> None:
-    if os.access(path, os.X_OK):
-        return
-    message = f"{what} ({path}) is not installed: run scripts/dev setup"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SandboxSshd]:
-    _require(SSHD_PATH, "OpenSSH server")
-    with SandboxSshd() as server:
-        yield server
-
-
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False
@@ -55,15 +40,6 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 def marker() -> str:
     return f"relayd-marker-{uuid.uuid4().hex[:12]}"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def start_session(sshd: SandboxSshd, *remote: str) -> subprocess.Popen[bytes]:
@@ -132,14 +108,15 @@ def test_kill_sessions_drops_the_connection(sshd: SandboxSshd, script: str, dies
 
         # The client has exited, so only the remote command can carry the tag now.
         if dies:
-            assert wait_until(lambda: not processes_with_cmdline(tag)), "remote command outlived its session"
+            gone = wait_until(lambda: not processes_with_cmdline(tag), 5.0)
+            assert gone, "remote command outlived its session"
         else:
             time.sleep(0.5)
             survivors = processes_with_cmdline(tag)
             assert survivors, "a silent command now dies with its session: update the module doc"
             for pid in survivors:  # sshd made it a session (and group) leader: take its children too
                 os.killpg(pid, signal.SIGKILL)
-            assert wait_until(lambda: not processes_with_cmdline(tag))
+            assert wait_until(lambda: not processes_with_cmdline(tag), 5.0)
     finally:
         if client.poll() is None:
             client.kill()
@@ -156,7 +133,8 @@ def test_guarded_command_dies_with_its_session(sshd: SandboxSshd) -> None:
         sshd.kill_sessions()
         client.communicate(timeout=10)
         assert client.returncode == 255
-        assert wait_until(lambda: not processes_with_cmdline(tag)), "guarded command outlived its session"
+        gone = wait_until(lambda: not processes_with_cmdline(tag), 5.0)
+        assert gone, "guarded command outlived its session"
     finally:
         if client.poll() is None:
             client.kill()
@@ -185,7 +163,7 @@ def test_guard_passes_output_and_exit_status_through(sshd: SandboxSshd) -> None:
 
 def test_a_path_without_git_lfs_hides_it_from_the_vm(sshd: SandboxSshd, tmp_path: Path) -> None:
     git_lfs = shutil.which("git-lfs")
-    _require(git_lfs or "/usr/bin/git-lfs", "git-lfs")
+    require(git_lfs or "/usr/bin/git-lfs", "git-lfs")
     assert run(sshd.ssh_command("git", "lfs", "version")).stdout.startswith("git-lfs/")
 
     vm_path = restricted_path(tmp_path / "bin", hide=["git-lfs"])
@@ -198,7 +176,7 @@ def test_a_path_without_git_lfs_hides_it_from_the_vm(sshd: SandboxSshd, tmp_path
 
 
 def test_stop_leaves_no_sshd_behind() -> None:
-    _require(SSHD_PATH, "OpenSSH server")
+    require(SSHD_PATH, "OpenSSH server")
     server = SandboxSshd().start()
     tag = marker()
     client = start_session(server, "sh", "-c", "echo ready; while :; do echo tick; sleep 0.1; done", tag)
@@ -215,7 +193,7 @@ def test_stop_leaves_no_sshd_behind() -> None:
         assert not workdir.exists()
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
-        assert wait_until(lambda: not processes_with_cmdline(tag))
+        assert wait_until(lambda: not processes_with_cmdline(tag), 5.0)
     finally:
         if client.poll() is None:
             client.kill()

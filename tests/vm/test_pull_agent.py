@@ -64,12 +64,6 @@ class Pull:
         return sorted(e["index"] for e in self.events if e["event"] == "piece_done")
 
 
-@pytest.fixture
-def fake_drive(tmp_path: Path) -> Any:
-    with FakeDrive(tmp_path / "drive") as drive:
-        yield drive
-
-
 def test_pull_fetches_hashes_and_renames(tmp_path: Path, fake_drive: FakeDrive) -> None:
     pull = Pull(tmp_path, fake_drive)
     result = pull.call()
