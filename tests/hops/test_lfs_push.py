@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hermetic_git import GitClient, hermetic_git
+from systools import require_git_lfs
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
@@ -36,16 +36,12 @@ from relayd.sandbox.sshd import SandboxSshd
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 
-if shutil.which("git") is None or shutil.which("git-lfs") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("git and git-lfs are required in CI")
-    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+require_git_lfs()
 
 pytestmark = pytest.mark.timeout(180)
 
 OWNER = "relay"
 HF_REPO = "acme/model"
-HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
 
 
 def sha(data: bytes) -> str:
@@ -205,46 +201,14 @@ class PushWorld:
         self.store.close()
 
 
-class Git:
-    """The real git + git-lfs, for cloning what was pushed (token only in $MS_TOKEN)."""
-
-    def __init__(self, root: Path, token: str) -> None:
-        home = root / "git-home"
-        home.mkdir()
-        self.env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": str(home),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_TERMINAL_PROMPT": "0",
-            "MS_TOKEN": token,
-        }
-        subprocess.run(
-            ["git", "lfs", "install", "--skip-repo"], env=self.env, check=True, capture_output=True
-        )
-
-    def run(self, *args: str, cwd: Path | None = None) -> str:
-        argv = [
-            "git",
-            "-c",
-            "credential.helper=",
-            "-c",
-            f"credential.helper={HELPER}",
-            "-c",
-            "lfs.locksverify=false",
-        ]
-        result = subprocess.run(
-            [*argv, *args], cwd=cwd, env=self.env, capture_output=True, text=True, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def clone_tree(self, url: str, dest: Path) -> dict[str, str]:
-        self.run("clone", "-q", url, str(dest))
-        return {
-            str(p.relative_to(dest)): sha(p.read_bytes())
-            for p in dest.rglob("*")
-            if p.is_file() and ".git" not in p.relative_to(dest).parts
-        }
+def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
+    """Clone *url* into *dest* with the real git + git-lfs; return path → sha256 of its files."""
+    git.clone(url, dest)
+    return {
+        str(p.relative_to(dest)): sha(p.read_bytes())
+        for p in dest.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(dest).parts
+    }
 
 
 @pytest.fixture
@@ -264,8 +228,8 @@ def world(tmp_path: Path, server: GitLfsServer) -> Iterator[PushWorld]:
 
 
 @pytest.fixture
-def git(tmp_path: Path, server: GitLfsServer) -> Git:
-    return Git(tmp_path, server.token)
+def git(tmp_path: Path, server: GitLfsServer) -> GitClient:
+    return hermetic_git(tmp_path / "git-home", server.token)
 
 
 FIRST = {
@@ -279,7 +243,7 @@ FIRST = {
 
 
 def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
-    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+    world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
     world.add_repo()
     world.snapshot(FIRST, "1" * 40)
@@ -293,7 +257,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     model = world.file_transfer("model.safetensors").handles
     assert model == {"oid": sha(FIRST["model.safetensors"]), "size": 300_000, "skipped": False}
     assert world.file_transfer("README.md").handles["plain"] is True
-    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone1")
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone1")
     assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {
         k: sha(v) for k, v in FIRST.items() if k != ".gitattributes"
     }
@@ -301,7 +265,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
         assert server.show_file(OWNER, "model", path) == FIRST[path]
     for path in ("model.safetensors", "tokenizer.json"):
         assert server.show_file(OWNER, "model", path) == lfs_pointer(sha(FIRST[path]), len(FIRST[path]))
-    message = git.run("log", "-1", "--format=%B", cwd=tmp_path / "clone1")
+    message = git.run("log", "-1", "--format=%B", cwd=tmp_path / "clone1").stdout
     assert HF_REPO in message and "1" * 40 in message
 
     # Second snapshot: the model changes, vocab.txt goes, tokenizer.json moves (same content).
@@ -318,7 +282,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     assert world.sends("tok/tokenizer.json") == 0  # skipped: nothing was sent
     finish2 = world.snapshot_transfer()
     assert finish2.handles["parent"] == commit
-    tree2 = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone2")
+    tree2 = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone2")
     assert {k: v for k, v in tree2.items() if k != ".gitattributes"} == {
         k: sha(v) for k, v in second.items() if k != ".gitattributes"
     }
@@ -423,7 +387,7 @@ def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLf
 
 
 def test_the_server_down_for_a_while_then_success(
-    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+    world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
     world.add_repo()
     files = {"model.safetensors": os.urandom(200_000), "README.md": b"# m\n"}
@@ -436,7 +400,7 @@ def test_the_server_down_for_a_while_then_success(
     finally:
         restarter.join()
     assert world.snapshot_transfer().state == DONE
-    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model.safetensors"] == sha(files["model.safetensors"])
 
 
@@ -490,7 +454,7 @@ def test_a_missing_token_blocks(world: PushWorld) -> None:
 
 
 def test_the_remote_moved_so_the_commit_is_rebuilt_on_top(
-    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+    world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
     world.add_repo()
     raced: list[str] = []
@@ -505,12 +469,12 @@ def test_the_remote_moved_so_the_commit_is_rebuilt_on_top(
     finish = world.snapshot_transfer()
     assert finish.state == DONE and raced
     assert finish.handles["parent"] == raced[0]
-    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["NOTES.md"] == sha(b"from the hub\n")
 
 
 def test_a_route_without_vm_pull_pushes_from_staging(
-    world: PushWorld, server: GitLfsServer, git: Git, tmp_path: Path
+    world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
     world.add_repo(route=("download", "lfs_push"))
     files = {"model.safetensors": os.urandom(120_000), "README.md": b"# staged\n", "vocab.txt": b"x\n"}
@@ -520,7 +484,7 @@ def test_a_route_without_vm_pull_pushes_from_staging(
     world.run()
     assert world.snapshot_transfer().state == DONE
     assert not any(p.exists() for p in staged)  # released once lfs_push had them
-    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {k: sha(v) for k, v in files.items()}
 
 
@@ -541,7 +505,7 @@ def test_on_a_vm_route_staging_is_not_held_for_lfs_push(world: PushWorld) -> Non
     assert [r.staged_path for r in released] == [world.staging.relative(target)]
 
 
-def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSshd, git: Git) -> None:
+def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSshd, git: GitClient) -> None:
     """The VM reached over OpenSSH: the agent is shipped as a zip, uploads and publishes there."""
     vm = {
         "executor": "ssh",
@@ -558,7 +522,7 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         finish = world.snapshot_transfer()
         assert finish.state == DONE, finish.last_error
         assert server.branch_head(OWNER, "model") == finish.handles["commit"]
-        tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
+        tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
         assert tree["model.safetensors"] == sha(files["model.safetensors"])
         assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:

@@ -1,11 +1,11 @@
-"""Helpers for the lfs_push agent tests: the agent run as the executors run it, and a hermetic git
-client for checking what was pushed (a uniquely named module: every test folder has a conftest)."""
+"""Helpers for the lfs_push agent tests: the agent run as the executors run it (the hermetic git client
+for checking what was pushed is tests/hermetic_git.py; a uniquely named module: every test folder has a
+conftest)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,16 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
+from systools import require_git_lfs
 
-if shutil.which("git") is None or shutil.which("git-lfs") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("git and git-lfs are required in CI")
-    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+require_git_lfs()
 
 OWNER = "relay"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CREDENTIAL_HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
 
 
 @dataclass
@@ -99,25 +95,3 @@ def run_agent(
         errors.seek(0)
         run.stderr = errors.read()
     return run
-
-
-@dataclass
-class GitClient:
-    """A hermetic git for checking what the server holds: private HOME, token only in $MS_TOKEN."""
-
-    env: dict[str, str]
-
-    def run(
-        self, *args: str, cwd: Path | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        argv = ["git", "-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}", *args]
-        result = subprocess.run(
-            argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=60, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def clone(self, url: str, dest: Path) -> Path:
-        self.run("-c", "lfs.locksverify=false", "clone", "-q", url, str(dest))
-        return dest

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lfs_support import OWNER, REPO_ROOT, GitClient, run_agent
+from hermetic_git import CREDENTIAL_HELPER, GitClient
+from lfs_support import OWNER, REPO_ROOT, run_agent
 
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
@@ -531,12 +532,11 @@ def test_the_pre_push_hook_is_a_safety_net(server: GitLfsServer, tmp_path: Path)
         .stdout.decode()
         .strip()
     )
-    helper = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
     pushed = subprocess.run(
         [
             "git",
             "-c",
-            f"credential.helper={helper}",
+            f"credential.helper={CREDENTIAL_HELPER}",
             "-c",
             "lfs.locksverify=false",
             "push",

@@ -10,68 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from hermetic_git import GitClient, hermetic_git
+from systools import require_git_lfs
 
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 
-if shutil.which("git") is None or shutil.which("git-lfs") is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("git and git-lfs are required in CI")
-    pytest.skip("git and git-lfs are not installed", allow_module_level=True)
+require_git_lfs()
 
 pytestmark = pytest.mark.timeout(60)
 
 OWNER = "relay"
 LFS_JSON = "application/vnd.git-lfs+json"
-CREDENTIAL_HELPER = '!f() { test "$1" = get && echo username=oauth2 && echo "password=$MS_TOKEN"; }; f'
-
-
-@dataclass
-class GitClient:
-    """git as relayd runs it: its own environment, token only in $MS_TOKEN, config passed with -c."""
-
-    env: dict[str, str]
-    locksverify: bool = False
-
-    def argv(self, *args: str) -> list[str]:
-        config = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"]
-        if not self.locksverify:
-            config += ["-c", "lfs.locksverify=false"]
-        return ["git", *config, *args]
-
-    def run(
-        self, *args: str, cwd: Path | None = None, check: bool = True, token: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        env = dict(self.env)
-        if token is not None:
-            env["MS_TOKEN"] = token
-        result = subprocess.run(
-            self.argv(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=45, check=False
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def popen(self, *args: str, cwd: Path) -> subprocess.Popen[str]:
-        """Start git in its own process group, so a test can kill it with all its children."""
-        return subprocess.Popen(
-            self.argv(*args),
-            cwd=cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
 
 
 @pytest.fixture
@@ -82,23 +38,7 @@ def server(tmp_path: Path) -> Iterator[GitLfsServer]:
 
 @pytest.fixture
 def git(tmp_path: Path, server: GitLfsServer) -> GitClient:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-        "LC_ALL": "C",
-        "MS_TOKEN": server.token,
-    }
-    client = GitClient(env)
-    for key, value in (("user.name", "relayd test"), ("user.email", "test@relayd.invalid")):
-        subprocess.run(["git", "config", "--global", key, value], env=env, check=True)
-    subprocess.run(["git", "config", "--global", "init.defaultBranch", "master"], env=env, check=True)
-    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=env, check=True, capture_output=True)
-    return client
+    return hermetic_git(tmp_path / "home", server.token)
 
 
 def _auth(server: GitLfsServer, token: str | None = None) -> tuple[str, str]:
