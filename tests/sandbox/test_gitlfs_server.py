@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 import requests
@@ -79,6 +80,18 @@ def _assert_no_token_in_git_config(work: Path, token: str) -> None:
     config = (work / ".git" / "config").read_text()
     assert token not in config
     assert "@127.0.0.1" not in config
+
+
+def _push_until_put(git: GitClient, server: GitLfsServer, work: Path, oid: str, amount: int) -> Popen[str]:
+    """Start `git push origin master` in *work* in its own process group; return it once the server has
+    received *amount* bytes of the object *oid*. Fail if the push ends first or 20 s pass."""
+    push = git.popen("push", "origin", "master", cwd=work)
+    deadline = time.monotonic() + 20
+    while server.counters().put_bytes_by_oid.get(oid, 0) < amount:
+        assert push.poll() is None, push.communicate()
+        assert time.monotonic() < deadline, "the upload never started"
+        time.sleep(0.02)
+    return push
 
 
 def test_clone_of_an_empty_repo(server: GitLfsServer, git: GitClient, tmp_path: Path) -> None:
@@ -266,12 +279,7 @@ def test_interrupted_throttled_push_restarts_the_object_and_completes(
     oid = _commit_lfs_file(git, work, "shard.bin", data)
     server.put_bytes_per_second = 1024 * 1024
 
-    push = git.popen("push", "origin", "master", cwd=work)
-    deadline = time.monotonic() + 20
-    while server.counters().put_bytes_by_oid.get(oid, 0) < 256 * 1024:
-        assert push.poll() is None, push.communicate()
-        assert time.monotonic() < deadline, "the upload never started"
-        time.sleep(0.02)
+    push = _push_until_put(git, server, work, oid, 256 * 1024)
     os.killpg(push.pid, signal.SIGTERM)
     push.communicate(timeout=10)
     server.put_bytes_per_second = None  # let the server drain the dead connection quickly
@@ -319,12 +327,7 @@ def test_outage_mid_put_aborts_the_push_and_a_retry_after_restart_completes(
     oid = _commit_lfs_file(git, work, "w.bin", data)
     server.put_bytes_per_second = 512 * 1024
 
-    push = git.popen("push", "origin", "master", cwd=work)
-    deadline = time.monotonic() + 20
-    while server.counters().put_bytes_by_oid.get(oid, 0) < 128 * 1024:
-        assert push.poll() is None, push.communicate()
-        assert time.monotonic() < deadline, "the upload never started"
-        time.sleep(0.02)
+    push = _push_until_put(git, server, work, oid, 128 * 1024)
     server.stop()  # cuts the PUT's connection, as a crash would
     _, stderr = push.communicate(timeout=40)
     assert push.returncode != 0, stderr
