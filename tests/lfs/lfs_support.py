@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from systools import require_git_lfs
 
@@ -41,6 +41,35 @@ class AgentRun:
         return self.result
 
 
+def start_agent(
+    op: str,
+    params: dict[str, Any],
+    token: str | None,
+    *,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    stderr: IO[str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start the agent as the executors do (own process group, text pipes on stdin and stdout), send it
+    the request for *op*, and return the child. Its stdin stays open: its end means "the link died" to
+    the agent, so the caller closes it (or writes ``{"cancel": true}``) when done."""
+    request = {"op": op, "params": params, "secrets": {"token": token} if token is not None else {}}
+    child = subprocess.Popen(
+        [python, "-m", "relayd.vm.agent"],
+        cwd=REPO_ROOT,
+        env=env or dict(os.environ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
+    assert child.stdin is not None
+    child.stdin.write(json.dumps(request) + "\n")
+    child.stdin.flush()
+    return child
+
+
 def run_agent(
     op: str,
     params: dict[str, Any],
@@ -52,22 +81,9 @@ def run_agent(
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> AgentRun:
     """Run the agent as the executors do (own process group, request on stdin) and collect its output."""
-    request = {"op": op, "params": params, "secrets": {"token": token} if token is not None else {}}
     with tempfile.TemporaryFile("w+") as errors:
-        child = subprocess.Popen(
-            [python, "-m", "relayd.vm.agent"],
-            cwd=REPO_ROOT,
-            env=env or dict(os.environ),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            start_new_session=True,
-        )
+        child = start_agent(op, params, token, python=python, env=env, stderr=errors)
         assert child.stdin is not None and child.stdout is not None
-        # stdin stays open until the result: its end means "the link died" to the agent.
-        child.stdin.write(json.dumps(request) + "\n")
-        child.stdin.flush()
         run = AgentRun()
         timer = threading.Timer(timeout, lambda: os.killpg(child.pid, signal.SIGKILL))
         timer.start()

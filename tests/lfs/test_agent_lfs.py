@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 from hermetic_git import CREDENTIAL_HELPER, GitClient
-from lfs_support import OWNER, REPO_ROOT, run_agent
+from lfs_support import OWNER, run_agent, start_agent
 
 from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
@@ -295,22 +294,8 @@ def test_cancel_stops_an_upload_at_once(server: GitLfsServer, tmp_path: Path) ->
     server.new_repo(OWNER, "m")
     files = put_files(tmp_path / "vm", {"b.bin": os.urandom(24 * 1024 * 1024)})
     server.put_bytes_per_second = 1024 * 1024
-    request = {
-        "op": "lfs_upload",
-        "params": upload_params(server, "m", files),
-        "secrets": {"token": server.token},
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "relayd.vm.agent"],
-        cwd=REPO_ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = start_agent("lfs_upload", upload_params(server, "m", files), server.token)
     assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(json.dumps(request) + "\n")
-    child.stdin.flush()
     for line in child.stdout:
         if json.loads(line)["event"] == "progress":
             break
@@ -602,23 +587,9 @@ def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: 
 
     server.before_git = hang
     remote = server.remote_url(OWNER, "m")
-    request = {
-        "op": "git_publish",
-        "params": publish_params(server, "m", tmp_path / "work", files),
-        "secrets": {"token": server.token},
-    }
-    child = subprocess.Popen(
-        [sys.executable, "-m", "relayd.vm.agent"],
-        cwd=REPO_ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    child = start_agent("git_publish", publish_params(server, "m", tmp_path / "work", files), server.token)
     assert child.stdin is not None and child.stdout is not None
     try:
-        child.stdin.write(json.dumps(request) + "\n")
-        child.stdin.flush()
         assert entered.wait(30), "the push never reached the server"
         assert processes_mentioning(remote), "git push is not running"
         if how == "link":
