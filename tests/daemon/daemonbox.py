@@ -7,16 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from daemonlog import DaemonLog
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Piece, Snapshot, Transfer
 from relayd.catalogue.store import RepoSpec, Store
 
 
-class DaemonSandbox:
+class DaemonSandbox(DaemonLog):
     """Paths, config, catalogue access and daemon processes for one test."""
 
     def __init__(self, root: Path) -> None:
@@ -83,9 +83,6 @@ max_rate = "{max_rate}"
         self.processes.append(process)
         return process
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def transfers(self) -> list[Transfer]:
         with self.store.read() as session:
             return list(session.query(Transfer).order_by(Transfer.id))
@@ -97,14 +94,6 @@ max_rate = "{max_rate}"
     def snapshots(self) -> list[Snapshot]:
         with self.store.read() as session:
             return list(session.query(Snapshot).order_by(Snapshot.id))
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log()[-4000:]}")
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -2,7 +2,8 @@
 them), and relayd's drive pieces wired to both: the real AligoDrive (real aligo, headless, through the
 redirect adapter), the real pan_upload hop and engine in process, or the real daemon in a subprocess.
 
-Used by tests/drive and tests/hops/test_pan_upload.py (which puts this directory on sys.path).
+Used by tests/drive (its conftest takes the fixtures at the end) and tests/hops/test_pan_upload.py
+(which puts this directory on sys.path and takes them too).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
+from daemonlog import DaemonLog
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Piece, Transfer
@@ -55,8 +59,10 @@ def sha1_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class DriveBox:
+class DriveBox(DaemonLog):
     """One test's world: *fake*, a catalogue and staging under *root*, a bootstrap token file."""
+
+    wait_timeout = 60.0
 
     def __init__(self, root: Path, fake: FakeDrive, *, part_size: int = PART) -> None:
         self.root = root
@@ -280,17 +286,6 @@ timeout = "10s"
         self.processes.append(process)
         return process
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log()[-4000:]}")
-
     def stop_daemon(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> bytes:
         """Stop *process* with *sig* and return what it wrote to stdout (must be nothing)."""
         process.send_signal(sig)
@@ -322,3 +317,27 @@ def record_secrets(fake: FakeDrive) -> list[str]:
 
         setattr(store, name, issue)
     return issued
+
+
+# -- fixtures (taken by tests/drive/conftest.py and tests/hops/test_pan_upload.py) -------------------
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDrive]:
+    with FakeDrive(tmp_path / "fake-drive") as drive:
+        yield drive
+
+
+@pytest.fixture
+def secrets(fake: FakeDrive) -> list[str]:
+    """Every token the fake issues during the test (for leak checks)."""
+    return record_secrets(fake)
+
+
+@pytest.fixture
+def box(tmp_path: Path, fake: FakeDrive, secrets: list[str]) -> Iterator[DriveBox]:
+    world = DriveBox(tmp_path / "box", fake)
+    try:
+        yield world
+    finally:
+        world.close()

@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "drive"))
 
-from drivebox import PART, DriveBox, record_secrets
+import drivebox
+from drivebox import PART, DriveBox
 
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING
 from relayd.drive.base import (
@@ -39,25 +39,8 @@ from relayd.sandbox.drive import FakeDrive
 
 MIB = 1024 * 1024
 
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDrive]:
-    with FakeDrive(tmp_path / "fake-drive") as drive:
-        yield drive
-
-
-@pytest.fixture
-def secrets(fake: FakeDrive) -> list[str]:
-    return record_secrets(fake)
-
-
-@pytest.fixture
-def box(tmp_path: Path, fake: FakeDrive, secrets: list[str]) -> Iterator[DriveBox]:
-    world = DriveBox(tmp_path / "box", fake)
-    try:
-        yield world
-    finally:
-        world.close()
+# tests/drive's fixtures, for this module's tests: the fake drive, the tokens it issues, a DriveBox over it.
+fake, secrets, box = drivebox.fake, drivebox.secrets, drivebox.box
 
 
 def _resource(fake: FakeDrive, path: str) -> Any:
