@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +29,20 @@ class Relayctl:
         return CliRunner().invoke(
             cli, ["-c", str(self.config), *args], input=input, catch_exceptions=False, prog_name="relayctl"
         )
+
+    def heavy_imports_of(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run relayctl with *args* in a new Python process that then writes to stderr the sorted list of
+        heavy modules it imported (SQLAlchemy, rich, huggingface_hub, aligo, Alembic, any hop). Return the
+        finished process; raise CalledProcessError if it failed."""
+        code = (
+            "import sys\n"
+            "from relayd.cli import cli\n"
+            f"cli.main({['-c', str(self.config), *args]!r}, standalone_mode=False)\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('sqlalchemy', 'rich', 'huggingface_hub', 'aligo', 'alembic') or m.startswith('relayd.hops'))\n"
+            "print(heavy, file=sys.stderr)\n"
+        )
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     @property
     def store(self) -> Store:

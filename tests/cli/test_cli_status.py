@@ -4,8 +4,6 @@ what the status path imports."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -244,15 +242,7 @@ def test_watch_redraws_until_ctrl_c(mixed: Relayctl, monkeypatch: pytest.MonkeyP
 
 def test_the_status_path_imports_no_heavy_modules(mixed: Relayctl) -> None:
     """status must answer fast: no SQLAlchemy (for SQLite), rich, huggingface_hub, aligo, Alembic or hop."""
-    code = (
-        "import sys\n"
-        "from relayd.cli import cli\n"
-        f"cli.main(['-c', {str(mixed.config)!r}, 'status', '--json'], standalone_mode=False)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('sqlalchemy', 'rich', 'huggingface_hub', 'aligo', 'alembic') or m.startswith('relayd.hops'))\n"
-        "print(heavy, file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = mixed.heavy_imports_of("status", "--json")
     assert json.loads(result.stdout)["kind"] == "summary"
     assert result.stderr.strip() == "[]"
 

@@ -291,15 +291,7 @@ def test_whereis_refuses_unknown_repos_and_paths(seeded: Relayctl) -> None:
 
 
 def test_the_whereis_path_imports_no_heavy_modules(seeded: Relayctl) -> None:
-    code = (
-        "import sys\n"
-        "from relayd.cli import cli\n"
-        f"cli.main(['-c', {str(seeded.config)!r}, 'whereis', 'org/model', '--json'], standalone_mode=False)\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('sqlalchemy', 'rich', 'huggingface_hub', 'aligo', 'alembic') or m.startswith('relayd.hops'))\n"
-        "print(heavy, file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = seeded.heavy_imports_of("whereis", "org/model", "--json")
     assert json.loads(result.stdout)["kind"] == "whereis"
     assert result.stderr.strip() == "[]"
 
