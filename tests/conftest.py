@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,17 @@ def sshd() -> Iterator[SandboxSshd]:
     require(SSHD_PATH, "OpenSSH server")
     with SandboxSshd() as server:
         yield server
+
+
+@pytest.fixture
+def wrong_known_hosts(sshd: SandboxSshd, tmp_path: Path) -> Path:
+    """A known_hosts file that pins a freshly made ed25519 key, not the sandbox sshd's, to its address."""
+    other = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    key_type, key_data = Path(f"{other}.pub").read_text().split()[:2]
+    wrong = tmp_path / "known_hosts_wrong"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
+    return wrong
 
 
 @pytest.fixture

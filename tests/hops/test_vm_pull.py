@@ -262,13 +262,10 @@ def test_vm_without_git_lfs_blocks_with_what_to_install(
     assert world.downloads() == 0
 
 
-def test_wrong_host_key_blocks_with_a_hint(tmp_path: Path, fake_drive: FakeDrive, sshd: SandboxSshd) -> None:
-    other = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    key_type, key_data = Path(f"{other}.pub").read_text().split()[:2]
-    wrong = tmp_path / "known_hosts"
-    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
-    world = World(tmp_path, fake_drive, sshd, known_hosts_file=wrong)
+def test_wrong_host_key_blocks_with_a_hint(
+    tmp_path: Path, fake_drive: FakeDrive, sshd: SandboxSshd, wrong_known_hosts: Path
+) -> None:
+    world = World(tmp_path, fake_drive, sshd, known_hosts_file=wrong_known_hosts)
     world.add("acme/tiny", {"a.bin": b"x" * 100})
     world.run()
     (transfer,) = world.pulls()

@@ -64,17 +64,14 @@ def test_command_runs_with_host_key_checking_on(sshd: SandboxSshd) -> None:
     assert (result.returncode, result.stdout) == (0, f"{sshd.user}\n")
 
 
-def test_unknown_or_wrong_host_key_is_refused(sshd: SandboxSshd, tmp_path: Path) -> None:
+def test_unknown_or_wrong_host_key_is_refused(
+    sshd: SandboxSshd, tmp_path: Path, wrong_known_hosts: Path
+) -> None:
     witness = tmp_path / "ran"
-    other_key = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
-    key_type, key_data = Path(f"{other_key}.pub").read_text().split()[:2]
-    wrong = tmp_path / "known_hosts_wrong"
-    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
     empty = tmp_path / "known_hosts_empty"
     empty.write_text("")
 
-    for known_hosts in (wrong, empty):
+    for known_hosts in (wrong_known_hosts, empty):
         argv = sshd.ssh_command(
             "touch", str(witness), ssh_options=["-o", f"UserKnownHostsFile={known_hosts}"]
         )

@@ -4,7 +4,6 @@ stdin, cancel and timeouts, and the readiness check, locally and through a real 
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -196,18 +195,15 @@ def test_ssh_command_line(sshd: SandboxSshd, tmp_path: Path) -> None:
     assert isinstance(make_executor(vm_config()), LocalExecutor)
 
 
-def test_wrong_host_key_is_blocked_with_a_hint(sshd: SandboxSshd, tmp_path: Path, marker: str) -> None:
-    other = tmp_path / "other_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
-    key_type, key_data = Path(f"{other}.pub").read_text().split()[:2]
-    wrong = tmp_path / "known_hosts_wrong"
-    wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
-    executor = ssh_executor(sshd, tmp_path, marker, known_hosts_file=wrong)
+def test_wrong_host_key_is_blocked_with_a_hint(
+    sshd: SandboxSshd, tmp_path: Path, marker: str, wrong_known_hosts: Path
+) -> None:
+    executor = ssh_executor(sshd, tmp_path, marker, known_hosts_file=wrong_known_hosts)
     with pytest.raises(NeedsPerson) as caught:
         executor.check()
     assert caught.value.error_class == "host_key"
     assert "host key" in str(caught.value)
-    assert "known_hosts" in caught.value.hint and str(wrong) in caught.value.hint
+    assert "known_hosts" in caught.value.hint and str(wrong_known_hosts) in caught.value.hint
 
 
 def test_vm_without_git_lfs_is_blocked(sshd: SandboxSshd, tmp_path: Path, marker: str) -> None:
