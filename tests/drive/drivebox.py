@@ -51,14 +51,6 @@ class Staged:
     sha1: str
 
 
-def sha1_of(path: Path) -> str:
-    digest = hashlib.sha1()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class DriveBox(DaemonLog):
     """One test's world: *fake*, a catalogue and staging under *root*, a bootstrap token file."""
 
