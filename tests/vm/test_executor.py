@@ -48,6 +48,15 @@ def local_executor(tmp_path: Path, marker: str, **overrides: Any) -> Executor:
     return executor
 
 
+@pytest.fixture
+def huge(tmp_path: Path) -> Path:
+    """An 8 GiB sparse file: hashing it takes long enough to cancel, time out or drop the connection."""
+    path = tmp_path / "huge"
+    with path.open("wb") as handle:
+        handle.truncate(8 * 1024**3)
+    return path
+
+
 @pytest.fixture(params=["local", "ssh"])
 def executor(request: pytest.FixtureRequest, tmp_path: Path, marker: str) -> Executor:
     if request.param == "ssh":
@@ -112,37 +121,28 @@ def test_secrets_travel_only_on_stdin(executor: Executor, tmp_path: Path, marker
     assert processes_with_cmdline(marker) == [] or no_agent_left(marker)
 
 
-def test_cancel_stops_the_agent_and_leaves_nothing(executor: Executor, tmp_path: Path, marker: str) -> None:
-    path = tmp_path / "huge"
-    with path.open("wb") as handle:
-        handle.truncate(8 * 1024**3)  # sparse: hashing it takes long enough to cancel
+def test_cancel_stops_the_agent_and_leaves_nothing(executor: Executor, huge: Path, marker: str) -> None:
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        executor.call("sha256", {"path": str(path)}, cancel=cancel, on_event=lambda _e: cancel.set())
+        executor.call("sha256", {"path": str(huge)}, cancel=cancel, on_event=lambda _e: cancel.set())
     assert no_agent_left(marker)
 
 
-def test_timeout_kills_the_agent(tmp_path: Path, marker: str) -> None:
+def test_timeout_kills_the_agent(tmp_path: Path, huge: Path, marker: str) -> None:
     executor = local_executor(tmp_path, marker)
-    path = tmp_path / "huge"
-    with path.open("wb") as handle:
-        handle.truncate(8 * 1024**3)
     with pytest.raises(Retryable) as caught:
-        executor.call("sha256", {"path": str(path)}, timeout=1.0)
+        executor.call("sha256", {"path": str(huge)}, timeout=1.0)
     assert caught.value.error_class == "timeout"
     assert no_agent_left(marker)
 
 
-def test_close_kills_running_calls(tmp_path: Path, marker: str) -> None:
+def test_close_kills_running_calls(tmp_path: Path, huge: Path, marker: str) -> None:
     executor = local_executor(tmp_path, marker)
-    path = tmp_path / "huge"
-    with path.open("wb") as handle:
-        handle.truncate(8 * 1024**3)
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            executor.call("sha256", {"path": str(path)})
+            executor.call("sha256", {"path": str(huge)})
         except BaseException as exc:
             errors.append(exc)
 
@@ -236,12 +236,9 @@ def test_unreachable_vm_is_retryable(tmp_path: Path, marker: str, sshd: SandboxS
 
 
 def test_dropped_connection_is_retryable_and_leaves_no_agent(
-    sshd: SandboxSshd, tmp_path: Path, marker: str
+    sshd: SandboxSshd, tmp_path: Path, huge: Path, marker: str
 ) -> None:
     executor = ssh_executor(sshd, tmp_path, marker)
-    path = tmp_path / "huge"
-    with path.open("wb") as handle:
-        handle.truncate(8 * 1024**3)
     killer = threading.Thread(target=sshd.kill_sessions)
 
     def drop_once(_event: dict[str, Any]) -> None:
@@ -249,7 +246,7 @@ def test_dropped_connection_is_retryable_and_leaves_no_agent(
             killer.start()  # the agent is hashing on the VM: drop the connection now
 
     with pytest.raises(Retryable) as caught:
-        executor.call("sha256", {"path": str(path)}, on_event=drop_once)
+        executor.call("sha256", {"path": str(huge)}, on_event=drop_once)
     killer.join(10)
     assert caught.value.error_class == "network"
     assert no_agent_left(marker), "the agent outlived its SSH connection"
