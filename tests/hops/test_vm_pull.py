@@ -74,6 +74,13 @@ class World:
         self.executor.marker = self.marker
         self.files: dict[str, bytes] = {}
 
+    def stage(self, data: bytes) -> Path:
+        """Put *data* in staging under its sha256, as the download hop leaves it; return its path."""
+        staged = self.staging.blob_path(hashlib.sha256(data).hexdigest())
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(data)
+        return staged
+
     def add(self, repo: str, files: dict[str, bytes], **seed: Any) -> None:
         ids = {path: upload_to_fake_drive(self.drive, data, f"{repo}/{path}") for path, data in files.items()}
         facts = {
@@ -214,10 +221,7 @@ def test_corruption_is_caught_by_the_vm_hash(tmp_path: Path, fake_drive: FakeDri
 def test_bad_pieces_are_found_against_the_staged_copy(tmp_path: Path, fake_drive: FakeDrive) -> None:
     world = World(tmp_path, fake_drive)
     data = os.urandom(4 * PIECE)
-    sha256 = hashlib.sha256(data).hexdigest()
-    staged = world.staging.blob_path(sha256)
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_bytes(data)
+    staged = world.stage(data)
     world.add("acme/tiny", {"model.bin": data}, staged={"model.bin": world.staging.relative(staged)})
     fake_drive.corrupt_file("/acme/tiny/model.bin", offset=2 * PIECE + 7)
     world.run()
@@ -277,9 +281,7 @@ def test_wrong_host_key_blocks_with_a_hint(
 def test_from_staging_links_the_staged_copy(tmp_path: Path, fake_drive: FakeDrive) -> None:
     world = World(tmp_path, fake_drive)
     data = os.urandom(3 * PIECE)
-    staged = world.staging.blob_path(hashlib.sha256(data).hexdigest())
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_bytes(data)
+    staged = world.stage(data)
     inode = staged.stat().st_ino
     world.add(
         "acme/tiny",
@@ -298,9 +300,7 @@ def test_from_staging_links_the_staged_copy(tmp_path: Path, fake_drive: FakeDriv
 def test_from_staging_is_off_by_default(tmp_path: Path, fake_drive: FakeDrive) -> None:
     world = World(tmp_path, fake_drive)
     data = os.urandom(2 * PIECE)
-    staged = world.staging.blob_path(hashlib.sha256(data).hexdigest())
-    staged.parent.mkdir(parents=True, exist_ok=True)
-    staged.write_bytes(data)
+    staged = world.stage(data)
     inode = staged.stat().st_ino
     world.add("acme/tiny", {"model.bin": data}, staged={"model.bin": world.staging.relative(staged)})
     world.run()
