@@ -21,7 +21,7 @@ from drivebox import DriveBox
 
 from relayd.config import SecretRef
 from relayd.drive.aligo_backend import AligoDrive, retry_after_seconds
-from relayd.drive.base import LocalFile, NameTaken, UploadCallbacks
+from relayd.drive.base import LocalFile, NameTaken, UploadCallbacks, UploadResult
 from relayd.errors import Cancelled, NeedsPerson, Retryable
 from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
 
@@ -314,17 +314,26 @@ def test_retry_after_parsing() -> None:
 # -- rapid upload -----------------------------------------------------------------------------
 
 
-def test_rapid_upload_with_a_refused_proof_recomputes_it(
-    box: DriveBox, fake: FakeDrive, tmp_path: Path
-) -> None:
+def _rapid_candidate_upload(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path, refused_proofs: int
+) -> tuple[bytes, UploadResult]:
+    """Upload 200 kB whose content the fake already holds, the fake refusing the next *refused_proofs*
+    proofs of it; return the bytes and the result."""
     data = os.urandom(200_000)
     fake.seed_content(data)
     drive = box.drive()
     folder = drive.ensure_folder("/relayd/r")
-    fake.reject_next_proofs(1)
+    fake.reject_next_proofs(refused_proofs)
     result = drive.upload(
         _local(tmp_path, data), folder, "r.bin", {}, callbacks=UploadCallbacks(), cancel=threading.Event()
     )
+    return data, result
+
+
+def test_rapid_upload_with_a_refused_proof_recomputes_it(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    data, result = _rapid_candidate_upload(box, fake, tmp_path, refused_proofs=1)
     assert result.rapid and result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
     assert fake.stats().put_bytes == 0 and fake.stats().proofs_rejected == 1
 
@@ -332,14 +341,7 @@ def test_rapid_upload_with_a_refused_proof_recomputes_it(
 def test_rapid_upload_refused_twice_falls_back_to_the_bytes(
     box: DriveBox, fake: FakeDrive, tmp_path: Path
 ) -> None:
-    data = os.urandom(200_000)
-    fake.seed_content(data)
-    drive = box.drive()
-    folder = drive.ensure_folder("/relayd/r")
-    fake.reject_next_proofs(2)
-    result = drive.upload(
-        _local(tmp_path, data), folder, "r.bin", {}, callbacks=UploadCallbacks(), cancel=threading.Event()
-    )
+    data, result = _rapid_candidate_upload(box, fake, tmp_path, refused_proofs=2)
     assert not result.rapid
     assert fake.stats().put_bytes == len(data)
 
