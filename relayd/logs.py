@@ -74,5 +74,15 @@ def setup_logging(level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Third-party libraries talk too much at INFO; their warnings still come through.
-    for noisy in ("alembic", "apscheduler", "httpx", "httpcore", "urllib3", "aligo", "watchdog", "filelock"):
+    for noisy in (
+        "alembic",
+        "apscheduler",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "urllib3",
+        "aligo",
+        "watchdog",
+        "filelock",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

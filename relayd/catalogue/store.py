@@ -134,6 +134,8 @@ class JobData:
     snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]]
     # For a snapshot-level transfer: the handles of this repo's last finished snapshot on this hop.
     previous_snapshot_handles: dict[str, Any] | None
+    # The pinned commit the transfer belongs to: its snapshot's, or the newest snapshot listing its file.
+    commit: str = ""
 
 
 @dataclass(frozen=True)
@@ -720,9 +722,20 @@ class Store:
             assert repo is not None  # noqa: S101 - enforced by the foreign key
             file_row: FileRow | None = None
             locations: dict[str, dict[str, Any]] = {}
+            commit = ""
             if transfer.file_id is not None:
                 file_row = self._file_row(session, transfer.file_id)
                 locations = self._locations(session, transfer.file_id)
+                commit = (
+                    session.scalar(
+                        select(Snapshot.commit)
+                        .join(SnapshotFile, SnapshotFile.snapshot_id == Snapshot.id)
+                        .where(SnapshotFile.file_id == transfer.file_id)
+                        .order_by(Snapshot.id.desc())
+                        .limit(1)
+                    )
+                    or ""
+                )
             pieces = [
                 PieceSpec(p.idx, p.offset, p.length, p.done)
                 for p in session.scalars(
@@ -765,6 +778,7 @@ class Store:
                 locations=locations,
                 snapshot_files=snapshot_files,
                 previous_snapshot_handles=previous_handles,
+                commit=snapshot.commit if snapshot is not None else commit,
             )
 
     @staticmethod

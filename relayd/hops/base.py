@@ -151,10 +151,9 @@ class Job:
 
     @property
     def commit(self) -> str:
-        """The pinned commit this transfer belongs to (its snapshot's, or the repo's last seen head)."""
-        if self.snapshot is not None:
-            return self.snapshot.commit
-        return self.repo.head_commit or ""
+        """The pinned commit this transfer belongs to: its snapshot's, or that of the newest snapshot
+        listing its file (never a branch head that moved on)."""
+        return self._data.commit or self.repo.head_commit or ""
 
     @property
     def previous(self) -> dict[str, Any]:
