@@ -141,6 +141,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
     timeout = 120  # idle keep-alive connections give their thread back eventually
 
     _status = 0
+    _logged = False
     _body: RequestBody | None = None
 
     @property
@@ -164,6 +165,18 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         self._status = code
         super().send_response(code, message)
 
+    def end_headers(self) -> None:
+        # Log before the answer leaves, so a client that has its answer always finds it in the log.
+        self._log_request()
+        super().end_headers()
+
+    def _log_request(self) -> None:
+        if not self._logged:
+            self._logged = True
+            self.app.request_log.add(
+                LoggedRequest(self.command, self.path, self._redacted_headers(), self._status)
+            )
+
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -177,6 +190,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         app = self.app
         app.request_started()
         self._status = 0
+        self._logged = False
         self._body = None
         try:
             self._body = RequestBody(cast(BinaryIO, self.rfile), self.headers)
@@ -191,9 +205,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
             if cast("_Listener", self.server).closing:
                 self.close_connection = True
             app.request_finished()
-            app.request_log.add(
-                LoggedRequest(self.command, self.path, self._redacted_headers(), self._status)
-            )
+            self._log_request()  # no answer was sent (the connection was lost)
 
     def _redacted_headers(self) -> dict[str, str]:
         headers = dict(self.headers.items())
