@@ -2,7 +2,13 @@
 lfs_push must finish in ≤ 1.3× the time of the slowest hop measured alone on the same shards, with the
 staging disk's peak ≤ 2 shards.
 
-Usage: .venv/bin/python bench/route_bench.py [--shard-size "256 MiB"] [--ssh/--no-ssh] [--dir DIR]
+Usage: .venv/bin/python bench/route_bench.py [--shard-size "256 MiB"] [--ssh/--no-ssh] [--drive-cap "20 MB"]
+                                             [--dir DIR]
+
+--drive-cap limits each download link of the fake drive (bytes/s), as the real drive throttles its
+links: then vm_pull is the route's bottleneck, as it is in practice. Without it every service shares
+this machine's two cores and all four hops run at similar speeds; a pipeline of 4 equal shards through
+4 equal stages cannot take less than (4 + 3) / 4 = 1.75× one stage.
 
 Each hop alone: one sandbox, one daemon; the download-only route first (it keeps its staged copies, a
 verified mirror), then for each later hop a repo with the same content whose earlier hops cost nothing
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from relayd.catalogue.schema import Snapshot
+from relayd.catalogue.schema import Repo, Snapshot, Transfer
 from relayd.catalogue.store import Store
 from relayd.sandbox.hub import make_model_repo
 from relayd.sandbox.route import REPO, RouteSandbox
@@ -49,13 +55,26 @@ def wait_done(box: RouteSandbox, name: str, timeout: float = 3600) -> None:
         store.close()
 
 
-def timed_relay(box: RouteSandbox, name: str, route: str) -> float:
-    started = time.monotonic()
+def timed_relay(box: RouteSandbox, name: str, route: str, hop: str | None = None) -> float:
+    """Relay *name* along *route*; return the seconds from the first transfer's start to the end of
+    *hop*'s last transfer (or of the whole snapshot), as the catalogue recorded them (so the poll's
+    pick-up delay is not counted)."""
     result = box.relayctl("add", name, "--route", route, "--every", "1h")
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     wait_done(box, name)
-    return time.monotonic() - started
+    store = Store(f"sqlite:///{box.root / 'state' / 'catalogue.db'}")
+    try:
+        with store.read() as session:
+            rows = session.execute(
+                select(Transfer.hop, Transfer.started_at, Transfer.finished_at)
+                .join(Repo, Repo.id == Transfer.repo_id)
+                .where(Repo.name == name)
+            ).all()
+    finally:
+        store.close()
+    spans = [(h, s, f) for h, s, f in rows if s is not None and f is not None and (hop is None or h == hop)]
+    return (max(f for _, _, f in spans) - min(s for _, s, _ in spans)).total_seconds()
 
 
 def du(path: Path) -> int:
@@ -73,21 +92,27 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shard-size", default="256 MiB")
     parser.add_argument("--ssh", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--drive-cap", default="0", help="bytes/s per drive download link (0 = none)")
     parser.add_argument("--dir", type=Path)
     args = parser.parse_args()
     shard = parse_size(args.shard_size)
+    cap = parse_size(args.drive_cap)
     root = args.dir or Path(tempfile.mkdtemp(prefix="relayd-route-bench-"))
+    capped = f"{format_size(cap)}/s" if cap else "nothing"
     print(
-        f"4 shards of {format_size(shard)}, VM over {'SSH' if args.ssh else 'the local executor'}, in {root}"
+        f"4 shards of {format_size(shard)}, VM over {'SSH' if args.ssh else 'the local executor'}, "
+        f"drive links capped at {capped}, in {root}"
     )
 
     # Each hop alone.
     alone: dict[str, float] = {}
     box = RouteSandbox(root / "alone", shards=4, shard_size=shard, ssh=args.ssh)
     box.start()
+    if cap and box.drive is not None:
+        box.drive.settings.download_bandwidth = cap
     daemon = box.start_daemon()
     try:
-        alone["download"] = timed_relay(box, REPO, "download")
+        alone["download"] = timed_relay(box, REPO, "download", "download")
         assert box.hub is not None and box.git is not None
         for hop, route in (
             ("pan_upload", "download,pan_upload"),
@@ -97,7 +122,7 @@ def main() -> int:
             name = f"demo/alone-{hop.replace('_', '-')}"
             make_model_repo(box.hub, name, shards=4, shard_size=shard)
             box.git.new_repo("demo", name.split("/")[1])
-            alone[hop] = timed_relay(box, name, route)
+            alone[hop] = timed_relay(box, name, route, hop)
     finally:
         box.stop_daemon(daemon)
         box.stop()
@@ -110,6 +135,8 @@ def main() -> int:
         root / "route", shards=4, shard_size=shard, ssh=args.ssh, staging_max=str(2 * shard + 2**20)
     )
     box.start()
+    if cap and box.drive is not None:
+        box.drive.settings.download_bandwidth = cap
     peak = 0
     stop = threading.Event()
 
