@@ -248,6 +248,7 @@ class AligoDrive(Drive):
         self.tokens = TokenStore(state_dir / "drive")
         self._aligo_dir = state_dir / "drive" / "aligo"
         self._publish_fact = publish
+        self._publish_lock = threading.Lock()
         self._preferred_part = part_size
         self._client_lock = threading.Lock()
         self._ali: Any = None
@@ -272,10 +273,8 @@ class AligoDrive(Drive):
         load_aligo(self._aligo_dir)
         # `relayctl status` shows the login's state from the start, before the first drive call: a
         # configured bootstrap token not yet exchanged counts as an expired access token.
-        lifetime = self.tokens.lifetime()
-        if lifetime.state == "missing" and config.refresh_token.configured:
-            lifetime = TokenLifetime("expired")
-        self._publish(lifetime)
+        missing = self.tokens.lifetime().state == "missing"
+        self._publish(TokenLifetime("expired") if missing and config.refresh_token.configured else None)
 
     # -- the client and its token ---------------------------------------------------------------
 
@@ -291,7 +290,7 @@ class AligoDrive(Drive):
                 record = self._initial_record()
                 self._ali = self._build(record)
                 self._stamp = self.tokens.stamp()
-        self._publish(self.tokens.lifetime())
+        self._publish()
         return self._ali
 
     def _initial_record(self) -> dict[str, Any]:
@@ -433,7 +432,7 @@ class AligoDrive(Drive):
                 saved["refused"] = True
                 self.tokens.save(saved)
                 self._stamp = self.tokens.stamp()
-                self._publish(TokenLifetime("refused", None, parse_time(saved.get("refreshed_at"))))
+                self._publish()
             raise self._refused_error() from None
         except _Throttled as exc:
             raise self._throttled_error("refreshing the access token", exc) from None
@@ -472,7 +471,7 @@ class AligoDrive(Drive):
             self.tokens.save(record)
             self._stamp = self.tokens.stamp()
         self._expires_at = expires_at
-        self._publish(TokenLifetime("valid", expires_at, now))
+        self._publish()
 
     def _ensure_token(self) -> Any:
         """Return the client with an access token that is not about to expire: adopt a newer saved
@@ -503,13 +502,18 @@ class AligoDrive(Drive):
             error_class="auth",
         )
 
-    def _publish(self, lifetime: TokenLifetime) -> None:
+    def _publish(self, lifetime: TokenLifetime | None = None) -> None:
+        """Publish the login's state as ``drive.token``. It is read from the token file under one lock
+        at publish time (*lifetime* only before any file exists), so a slow publish from one thread
+        can never overwrite a newer state another thread published."""
         if self._publish_fact is None:
             return
-        try:
-            self._publish_fact("drive.token", lifetime.as_fact())
-        except Exception:
-            log.warning("could not publish the drive token's lifetime", exc_info=True)
+        with self._publish_lock:
+            fact = (lifetime or self.tokens.lifetime()).as_fact()
+            try:
+                self._publish_fact("drive.token", fact)
+            except Exception:
+                log.warning("could not publish the drive token's lifetime", exc_info=True)
 
     def login(self, refresh_token: str, *, bootstrap_sha256: str | None = None) -> TokenLifetime:
         """Exchange *refresh_token* for a token pair now and save it (nothing is saved if the drive
