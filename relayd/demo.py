@@ -462,6 +462,9 @@ def demo_command(
         ssh=ssh,
     )
     os.environ.setdefault("RELAYD_DEMO", "1")
+    # A SIGTERM (an `--keep` sandbox stopped by kill, systemd, a CI timeout) unwinds like Ctrl-C, so
+    # the daemon, the sshd and the servers are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     return run_demo(options)
 
 
