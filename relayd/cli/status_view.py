@@ -22,6 +22,7 @@ from relayd.catalogue.queries import (
     RepoDetail,
     RepoSummary,
     ServiceFact,
+    SnapshotInfo,
     Summary,
 )
 from relayd.units import format_duration, format_rate, format_size
@@ -31,8 +32,23 @@ SECRET_NAMES = frozenset({"token", "refresh_token", "access_token", "password", 
 SIZE_NAMES = frozenset({"used", "free", "size"})
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
+    """Return *moment* as the JSON documents' UTC RFC 3339 form, or None."""
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def snapshot_json(snapshot: SnapshotInfo | None) -> dict[str, Any] | None:
+    """Return a snapshot as the status and whereis documents show it."""
+    if snapshot is None:
+        return None
+    return {
+        "commit": snapshot.commit,
+        "state": snapshot.state,
+        "files": snapshot.files,
+        "bytes": snapshot.bytes,
+        "seen_at": iso(snapshot.seen_at),
+        "done_at": iso(snapshot.done_at),
+    }
 
 
 def _scrub(value: Any) -> Any:
@@ -75,18 +91,9 @@ def repo_json(repo: RepoSummary) -> dict[str, Any]:
             "state": repo.poll_state,
             "error": repo.poll_error,
             "hint": repo.poll_hint,
-            "next_poll_at": _iso(repo.next_poll_at),
+            "next_poll_at": iso(repo.next_poll_at),
         },
-        "snapshot": None
-        if snapshot is None
-        else {
-            "commit": snapshot.commit,
-            "state": snapshot.state,
-            "files": snapshot.files,
-            "bytes": snapshot.bytes,
-            "seen_at": _iso(snapshot.seen_at),
-            "done_at": _iso(snapshot.done_at),
-        },
+        "snapshot": snapshot_json(snapshot),
         "hops": [_hop_json(hop) for hop in repo.hops],
         "finish": None
         if finish is None
@@ -96,7 +103,7 @@ def repo_json(repo: RepoSummary) -> dict[str, Any]:
             "error": finish.error,
             "error_class": finish.error_class,
             "hint": finish.hint,
-            "updated_at": _iso(finish.updated_at),
+            "updated_at": iso(finish.updated_at),
         },
         "blocked": repo.blocked,
         "rate": repo.rate,
@@ -112,7 +119,7 @@ def blocked_json(item: BlockedItem) -> dict[str, Any]:
         "error": item.error,
         "error_class": item.error_class,
         "hint": item.hint,
-        "since": _iso(item.since),
+        "since": iso(item.since),
     }
 
 
@@ -121,7 +128,7 @@ def service_json(facts: list[ServiceFact], now: datetime) -> list[dict[str, Any]
         {
             "key": fact.key,
             "value": _scrub(fact.value),
-            "updated_at": _iso(fact.updated_at),
+            "updated_at": iso(fact.updated_at),
             "age_seconds": None
             if fact.updated_at is None
             else round((now - fact.updated_at).total_seconds(), 3),
@@ -136,7 +143,7 @@ def summary_json(summary: Summary, now: datetime) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "kind": "summary",
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "blocked_total": summary.blocked_total,
         "blocked_truncated": others + transfers_listed < summary.blocked_total,
         "blocked": [blocked_json(item) for item in summary.blocked],
@@ -154,7 +161,7 @@ def _file_hop_json(hop: FileHop) -> dict[str, Any]:
         "rate": hop.rate,
         "eta_seconds": hop.eta_seconds,
         "attempts": hop.attempts,
-        "next_attempt_at": None if hop.next_attempt_at is None else _iso(hop.next_attempt_at),
+        "next_attempt_at": None if hop.next_attempt_at is None else iso(hop.next_attempt_at),
         "error": hop.error,
         "error_class": hop.error_class,
         "hint": hop.hint,
@@ -175,7 +182,7 @@ def detail_json(detail: RepoDetail, now: datetime) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "kind": "repo",
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "repo": repo_json(detail.repo),
         "blocked": [blocked_json(item) for item in detail.blocked],
         "files": [_file_json(item) for item in detail.files],

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.cli.status_view import iso, snapshot_json
 from relayd.errors import UsageError
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ def scrub(value: Any) -> Any:
     if isinstance(value, str):
         return public_url(value)
     return value
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _text(value: Any) -> str | None:
@@ -135,7 +132,7 @@ def _hop_json(item: FileLocations, hop: str) -> dict[str, Any]:
         "hop": hop,
         "state": record.state,
         "location": _location(item, hop),
-        "finished_at": _iso(record.finished_at),
+        "finished_at": iso(record.finished_at),
         "attempts": record.attempts,
         "error": record.error,
         "error_class": record.error_class,
@@ -173,7 +170,7 @@ def _finish_json(finish: SnapshotTransfer | None) -> dict[str, Any] | None:
         "error": finish.error,
         "error_class": finish.error_class,
         "hint": finish.hint,
-        "updated_at": _iso(finish.updated_at),
+        "updated_at": iso(finish.updated_at),
     }
 
 
@@ -185,7 +182,7 @@ def whereis_json(
     return {
         "format": FORMAT,
         "kind": "whereis",
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "all_snapshots": all_snapshots,
         "path": path,
         "repo": {
@@ -195,16 +192,7 @@ def whereis_json(
             "route": list(repo.route),
             "head_commit": repo.head_commit,
         },
-        "snapshot": None
-        if snapshot is None
-        else {
-            "commit": snapshot.commit,
-            "state": snapshot.state,
-            "files": snapshot.files,
-            "bytes": snapshot.bytes,
-            "seen_at": _iso(snapshot.seen_at),
-            "done_at": _iso(snapshot.done_at),
-        },
+        "snapshot": snapshot_json(snapshot),
         "finish": _finish_json(found.finish),
         "files": [_file_json(item, list(repo.route), staging_dir) for item in found.files],
     }
