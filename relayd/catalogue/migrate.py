@@ -20,19 +20,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect
 
 from relayd.catalogue.db import sqlite_path
+from relayd.catalogue.revisions import migrations_dir
 from relayd.catalogue.schema import Base
 from relayd.errors import CatalogueError, SchemaMismatch
 
 log = logging.getLogger(__name__)
-
-
-def migrations_dir() -> Path:
-    """Return the Alembic script directory: inside the installed package, else the checkout's."""
-    package_dir = Path(__file__).resolve().parent.parent
-    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise CatalogueError(f"the catalogue migrations are missing (looked in {package_dir / '_migrations'})")
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:

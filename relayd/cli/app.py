@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 import sqlite3
 import sys
 from collections.abc import Callable, Mapping
@@ -137,41 +136,9 @@ class App:
         self._closers.clear()
 
 
-_REVISION = re.compile(r"^revision\s*(?::[^=]+)?=\s*['\"]([^'\"]+)['\"]", re.MULTILINE)
-_DOWN = re.compile(r"^down_revision\s*(?::[^=]+)?=\s*(None|['\"]([^'\"]+)['\"])\s*$", re.MULTILINE)
-
-
-def fast_head_revision() -> str | None:
-    """Return the migration head read straight from the revision files, or None if unsure.
-
-    Alembic's own answer (``migrate.head_revision``) costs its import, several times longer than
-    `relayctl status` may take. This reads each file's ``revision`` and ``down_revision`` lines and gives
-    up (None: ask Alembic) on anything unusual, such as merges or a file it cannot parse, so it can only
-    ever confirm a catalogue that Alembic would also call current.
-    """
-    package_dir = Path(__file__).resolve().parent.parent
-    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
-        if (candidate / "env.py").is_file():
-            versions = candidate / "versions"
-            break
-    else:
-        return None
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for script in versions.glob("*.py"):
-        text = script.read_text(encoding="utf-8")
-        revision, down = _REVISION.search(text), _DOWN.search(text)
-        if revision is None or down is None:
-            return None
-        revisions.add(revision.group(1))
-        if down.group(2):
-            parents.add(down.group(2))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
-
-
 def _at_head(reader: Reader) -> bool:
     from relayd.catalogue.queries import schema_revision
+    from relayd.catalogue.revisions import fast_head_revision
 
     head = fast_head_revision()
     return head is not None and schema_revision(reader) == head

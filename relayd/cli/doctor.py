@@ -146,7 +146,7 @@ def config_rows(config: Config, load_warnings: Sequence[str], hops: Sequence[str
 
 
 def _head_revision() -> str:
-    from relayd.cli.app import fast_head_revision
+    from relayd.catalogue.revisions import fast_head_revision
 
     head = fast_head_revision()
     if head is None:
