@@ -92,6 +92,15 @@ def hash_file(path: Path | str, *, git_blob: bool = False) -> PrefixHasher:
     return hasher
 
 
+def sha256_file(path: Path | str) -> str:
+    """Return the sha256 of the whole file at *path* (where sha1 is not wanted: see hash_file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_of_range(path: Path | str, offset: int, length: int) -> str:
     """Return the sha256 of *length* bytes at *offset* in *path* (used to find corrupted pieces)."""
     digest = hashlib.sha256()

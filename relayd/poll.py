@@ -24,6 +24,7 @@ from typing import Any
 from relayd.catalogue.schema import POLL_BLOCKED, POLL_OK, POLL_WAITING, Repo
 from relayd.catalogue.store import FileSpec, Store, utcnow
 from relayd.config import Config, LocalCopyConfig
+from relayd.digest import sha256_file
 from relayd.errors import NeedsPerson, Permanent, Retryable
 
 log = logging.getLogger(__name__)
@@ -261,18 +262,10 @@ class LocalDirSource(Source):
             key = (f"{repo.name}/{path}", info.st_size, info.st_mtime_ns, info.st_ino)
             sha256 = self._cache.get(key)
             if sha256 is None:
-                sha256 = _sha256_file(self._repo_dir(repo) / path)
+                sha256 = sha256_file(self._repo_dir(repo) / path)
                 self._cache[key] = sha256
             specs.append(FileSpec(path=path, size=info.st_size, lfs=True, sha256=sha256))
         return specs
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def describe(result: PollResult) -> dict[str, Any]:

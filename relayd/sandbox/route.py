@@ -6,7 +6,6 @@ verify each file's sha256 at the Hub, on the drive, on the VM and in a fresh clo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayd.digest import sha256_file
 from relayd.sandbox.drive import FakeDrive
 from relayd.sandbox.gitlfs import GitLfsServer
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
@@ -30,14 +30,6 @@ HUB_USER = "demo"
 CREDENTIAL_HELPER = (
     '!f() { test "$1" = get && echo username=oauth2 && echo "password=$RELAYD_DEMO_MS_TOKEN"; }; f'
 )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

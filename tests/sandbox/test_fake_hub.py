@@ -43,6 +43,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from relayd.digest import sha256_file
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo, parse_range, write_generated_file
 from relayd.sandbox.hub_store import git_blob_sha1, lfs_pointer
 
@@ -116,14 +117,6 @@ def cdn_location(hub: FakeHub, path: str = SHARD, token: str = ALICE) -> str:
     )
     assert status == 302
     return headers["Location"]
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- metadata through the real client ---------------------------------------------------------------
