@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -179,24 +180,8 @@ class Engine:
             return self.hold_reason is not None
         self._last_budget_check = now
         budget = self.staging.budget()
-        reason = budget.hold_reason
-        if reason != self.hold_reason:
-            if reason:
-                log.warning("holding new downloads: %s", reason)
-            elif self.hold_reason:
-                log.info("staging has room again; downloads continue")
-            self.store.publish(
-                "staging",
-                {
-                    "used": budget.used,
-                    "free": budget.free,
-                    "max_bytes": budget.max_bytes,
-                    "min_free": budget.min_free,
-                    "held": reason,
-                },
-            )
-        self.hold_reason = reason
-        return reason is not None
+        self._set_hold(budget.hold_reason, budget.used)
+        return self.hold_reason is not None
 
     def _admit_download(self, transfer_id: int, size: int) -> bool:
         """Keep a claimed download only if staging can hold it beside what is staged and what running
@@ -210,19 +195,34 @@ class Engine:
                 self._reserved[transfer_id] = size
             return True
         self.store.release(transfer_id, self.owner)
-        reason = (
+        self._set_hold(
             f"staging would hold {format_size(projected + size)} with the next file, "
             f"its maximum is {format_size(self.staging.config.max_bytes)}: downloads wait until later hops "
-            "free space (staging.max_bytes)"
+            "free space (staging.max_bytes)",
+            projected,
         )
-        if reason != self.hold_reason:
-            log.info("holding new downloads: %s", reason)
-            self.store.publish(
-                "staging", {"used": projected, "max_bytes": self.staging.config.max_bytes, "held": reason}
-            )
-        self.hold_reason = reason
         self._last_budget_check = time.monotonic()
         return False
+
+    def _set_hold(self, reason: str | None, used: int) -> None:
+        """Record why new downloads wait (None: they don't); log and publish each change for status."""
+        if reason != self.hold_reason:
+            if reason:
+                log.warning("holding new downloads: %s", reason)
+            else:
+                log.info("staging has room again; downloads continue")
+            config = self.staging.config
+            self.store.publish(
+                "staging",
+                {
+                    "used": used,
+                    "free": shutil.disk_usage(self.staging.root).free,
+                    "max_bytes": config.max_bytes,
+                    "min_free": config.min_free,
+                    "held": reason,
+                },
+            )
+        self.hold_reason = reason
 
     def _unblock_disk(self) -> None:
         """Give transfers blocked by a full disk another try once there may be room: local downloads as
