@@ -11,6 +11,7 @@ and that the pushed repo matches the new revision. It exits 0 only if everything
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import os
@@ -56,7 +57,87 @@ def progress_line(document: dict[str, Any]) -> str:
     return f"snapshot {str(snapshot.get('commit', ''))[:12]} {snapshot.get('state')}: " + ", ".join(parts)
 
 
-class LocalDemo:
+class Demo(abc.ABC):
+    """What both demos share: relayctl against the sandbox's config, the daemon, and live progress."""
+
+    options: DemoOptions
+    config_path: Path
+    log_path: Path
+    catalogue: Path
+    daemon: subprocess.Popen[bytes] | None
+
+    @abc.abstractmethod
+    def relayctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run relayctl with the demo's config; raise CalledProcessError if *check* and it fails."""
+
+    # -- watching ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        result = self.relayctl("status", DEMO_REPO, "--json", check=False)
+        if result.returncode != 0:
+            return {}
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
+        """Show live progress until the repo's current snapshot (newer than *previous*) is done."""
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        deadline = time.monotonic() + self.options.timeout
+        console = Console(stderr=False)
+        last_line = ""
+        live_view = (
+            Live(Text("waiting for the first poll…"), console=console, refresh_per_second=4, transient=True)
+            if console.is_terminal
+            else contextlib.nullcontext(None)
+        )
+        with live_view as live:
+            while time.monotonic() < deadline:
+                if self.daemon is not None and self.daemon.poll() is not None:
+                    raise RuntimeError(
+                        f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}"
+                    )
+                document = self.status()
+                if live is not None:
+                    live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
+                else:
+                    line = progress_line(document)
+                    if line and line != last_line:
+                        say(line)
+                        last_line = line
+                snapshot = (document.get("repo") or {}).get("snapshot") or {}
+                if snapshot.get("state") == "done" and snapshot.get("commit") != previous:
+                    return document
+                if document.get("blocked"):
+                    say("blocked: " + "; ".join(str(item) for item in document["blocked"]))
+                time.sleep(1)
+        raise TimeoutError(
+            f"the relay did not finish within {self.options.timeout:.0f}s; see {self.log_path}"
+        )
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def bytes_moved(self, hop: str | None = None) -> int:
+        """Return the payload bytes the daemon moved (on *hop*, or on every hop), re-sends included."""
+        from sqlalchemy import func, select
+
+        from relayd.catalogue.schema import Transfer
+        from relayd.catalogue.store import Store
+
+        store = Store(f"sqlite:///{self.catalogue}")
+        try:
+            query = select(func.coalesce(func.sum(Transfer.bytes_moved), 0))
+            if hop is not None:
+                query = query.where(Transfer.hop == hop)
+            with store.read() as session:
+                return int(session.scalar(query) or 0)
+        finally:
+            store.close()
+
+
+class LocalDemo(Demo):
     """The local_copy route: source directory → destination directory, under the real daemon."""
 
     def __init__(self, options: DemoOptions, root: Path) -> None:
@@ -66,7 +147,8 @@ class LocalDemo:
         self.dest = root / "copies" / DEMO_REPO
         self.config_path = root / "relayd.toml"
         self.log_path = root / "relayd.log"
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.catalogue = root / "state" / "catalogue.db"
+        self.daemon = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -132,55 +214,6 @@ concurrency = 2
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
 
-    # -- watching ----------------------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        result = self.relayctl("status", DEMO_REPO, "--json", check=False)
-        if result.returncode != 0:
-            return {}
-        document: dict[str, Any] = json.loads(result.stdout)
-        return document
-
-    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
-        """Show live progress until the repo's current snapshot (newer than *previous*) is done."""
-        from rich.console import Console
-        from rich.live import Live
-        from rich.text import Text
-
-        deadline = time.monotonic() + self.options.timeout
-        console = Console(stderr=False)
-        last_line = ""
-        live_view = (
-            Live(Text("waiting for the first poll…"), console=console, refresh_per_second=4, transient=True)
-            if console.is_terminal
-            else contextlib.nullcontext(None)
-        )
-        with live_view as live:
-            while time.monotonic() < deadline:
-                if self.daemon is not None and self.daemon.poll() is not None:
-                    raise RuntimeError(
-                        f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}"
-                    )
-                document = self.status()
-                if live is not None:
-                    live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
-                else:
-                    line = progress_line(document)
-                    if line and line != last_line:
-                        say(line)
-                        last_line = line
-                snapshot = (document.get("repo") or {}).get("snapshot") or {}
-                if snapshot.get("state") == "done" and snapshot.get("commit") != previous:
-                    return document
-                if document.get("blocked"):
-                    say("blocked: " + "; ".join(str(item) for item in document["blocked"]))
-                time.sleep(1)
-        raise TimeoutError(
-            f"the relay did not finish within {self.options.timeout:.0f}s; see {self.log_path}"
-        )
-
-    # -- verification ------------------------------------------------------------------------------
-
     def verify(self) -> list[tuple[str, str, str, bool]]:
         rows = []
         for path in sorted(p for p in self.source.rglob("*") if p.is_file()):
@@ -191,20 +224,6 @@ concurrency = 2
             rows.append((relative, source, landed, source == landed))
         return rows
 
-    def bytes_moved(self) -> int:
-        from relayd.catalogue.store import Store
-
-        store = Store(f"sqlite:///{self.root / 'state' / 'catalogue.db'}")
-        try:
-            from sqlalchemy import func, select
-
-            from relayd.catalogue.schema import Transfer
-
-            with store.read() as session:
-                return int(session.scalar(select(func.coalesce(func.sum(Transfer.bytes_moved), 0))) or 0)
-        finally:
-            store.close()
-
     def change_upstream(self) -> tuple[str, str]:
         """Change one shard and remove the tokenizer; return (changed, removed)."""
         changed = f"model-00001-of-{self.options.shards:05d}.safetensors"
@@ -214,7 +233,7 @@ concurrency = 2
         return changed, removed
 
 
-class RouteDemo:
+class RouteDemo(Demo):
     """The default route on the route sandbox: Hub → staging → drive → VM → git + LFS."""
 
     def __init__(self, options: DemoOptions, root: Path) -> None:
@@ -226,7 +245,8 @@ class RouteDemo:
         )
         self.config_path = self.sandbox.config_path
         self.log_path = self.sandbox.log_path
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.catalogue = root / "state" / "catalogue.db"
+        self.daemon = None
 
     def start(self) -> None:
         self.sandbox.start()
@@ -242,20 +262,6 @@ class RouteDemo:
         if check and result.returncode != 0:
             raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
         return result
-
-    def bytes_moved(self, hop: str) -> int:
-        from sqlalchemy import func, select
-
-        from relayd.catalogue.schema import Transfer
-        from relayd.catalogue.store import Store
-
-        store = Store(f"sqlite:///{self.sandbox.root / 'state' / 'catalogue.db'}")
-        try:
-            with store.read() as session:
-                query = select(func.coalesce(func.sum(Transfer.bytes_moved), 0)).where(Transfer.hop == hop)
-                return int(session.scalar(query) or 0)
-        finally:
-            store.close()
 
 
 def print_route_table(rows: list[Any], title: str) -> None:
@@ -275,13 +281,9 @@ def print_route_table(rows: list[Any], title: str) -> None:
 def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None]) -> bool:
     demo = RouteDemo(options, root)
     sandbox = demo.sandbox
-    watcher = LocalDemo(options, root)  # reuses the live status view
-    watcher.config_path = demo.config_path
-    watcher.log_path = demo.log_path
     try:
         say(f"generating {options.shards} shards of {format_size(options.shard_size)} on the fake Hub")
         demo.start()
-        watcher.daemon = demo.daemon
         hub, drive, git = sandbox.hub, sandbox.drive, sandbox.git
         assert hub is not None and drive is not None and git is not None  # noqa: S101
         say(
@@ -294,7 +296,7 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
         say(f"daemon started; log in {demo.log_path}")
         added = demo.relayctl("add", DEMO_REPO, "--every", "10s")
         say(added.stdout.strip().splitlines()[0] if added.stdout.strip() else f"added {DEMO_REPO}")
-        first = watcher.wait_for_snapshot(say, previous=None)
+        first = demo.wait_for_snapshot(say, previous=None)
         rows, extra = sandbox.verify()
         print_route_table(rows, f"revision {sandbox.head[:12]}: sha256 at every place")
         ok = all(row.ok for row in rows) and not extra
@@ -305,8 +307,7 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
             changed, removed, commit = sandbox.change_upstream()
             say(f"upstream commit {commit[:12]}: {changed} changed, {removed} removed")
             previous = ((first.get("repo") or {}).get("snapshot") or {}).get("commit")
-            demo.relayctl("retry", DEMO_REPO)
-            watcher.wait_for_snapshot(say, previous=previous)
+            demo.wait_for_snapshot(say, previous=previous)
             moved = demo.bytes_moved("download") - moved_before
             rows, extra = sandbox.verify()
             print_route_table(rows, f"revision {commit[:12]}: sha256 at every place")
