@@ -165,6 +165,7 @@ class Daemon:
         self._scheduled: dict[str, _ScheduledRepo] = {}
         self._fingerprint: tuple[Any, ...] | None = None
         self._next_due: datetime | None = None
+        self._debounce_timer: threading.Timer | None = None
         self._started_at = utcnow()
 
     # -- signals -----------------------------------------------------------------------------------
@@ -418,8 +419,6 @@ class Daemon:
         observer.daemon = True
         observer.start()
         return observer
-
-    _debounce_timer: threading.Timer | None = None
 
     def _request_reload_debounced(self) -> None:
         if self._debounce_timer is not None:
