@@ -404,8 +404,13 @@ class SectionReader:
 
 def _catalogue(reader: SectionReader, state_default: Path) -> CatalogueConfig:
     url = reader.string("url", f"sqlite:///{state_default / 'catalogue.db'}")
-    if "://" not in url:
-        raise reader.error("url", "an SQLAlchemy URL such as 'sqlite:////var/lib/relayd/catalogue.db'", url)
+    if "://" not in url or url.split("://", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql"):
+        raise reader.error(
+            "url",
+            "a SQLite or PostgreSQL SQLAlchemy URL such as 'sqlite:////var/lib/relayd/catalogue.db' or "
+            "'postgresql+psycopg://relayd@db/relayd'",
+            url,
+        )
     config = CatalogueConfig(url=url, auto_upgrade=reader.boolean("auto_upgrade", False))
     reader.finish()
     return config

@@ -70,6 +70,7 @@ def test_defaults_need_no_file_content(tmp_path: Path) -> None:
         ("[vm]\nexecutor = 'docker'\n", "vm.executor", "one of 'local', 'ssh'"),
         ("[vm]\nexecutor = 'ssh'\n", "vm.host", "a host name"),
         ("[catalogue]\nurl = 'catalogue.db'\n", "catalogue.url", "SQLAlchemy URL"),
+        ("[catalogue]\nurl = 'mysql://db/relayd'\n", "catalogue.url", "SQLite or PostgreSQL"),
         ("[hub]\ntoken = 'a'\ntoken_file = '/x'\n", "hub.token_file", "only one of"),
         (
             "[modelscope]\nremote = 'https://oauth2:tok@ms.example/{owner}/{name}.git'\n",

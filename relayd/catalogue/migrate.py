@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 from relayd.catalogue.db import sqlite_path
 from relayd.catalogue.revisions import migrations_dir
@@ -25,6 +25,9 @@ from relayd.catalogue.schema import Base
 from relayd.errors import CatalogueError, SchemaMismatch
 
 log = logging.getLogger(__name__)
+
+# Any constant works: it names the lock that serialises schema changes on a shared PostgreSQL catalogue.
+_PG_SCHEMA_LOCK = 0x72656C6179  # "relay"
 
 
 def alembic_config(connection: Connection | None = None) -> AlembicConfig:
@@ -53,6 +56,13 @@ def _is_empty(engine: Engine) -> bool:
     return not inspect(engine).get_table_names()
 
 
+def _lock_schema(connection: Connection) -> None:
+    """On PostgreSQL, hold a transaction-scoped advisory lock so that relayd processes starting together
+    change the schema one after another (SQLite serialises the transactions by itself)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+
+
 @contextmanager
 def _migration_connection(engine: Engine) -> Iterator[Connection]:
     """Yield a connection for migrations; SQLite's foreign keys are off while batch mode rebuilds tables."""
@@ -72,6 +82,7 @@ def create_fresh(engine: Engine) -> None:
     relayctl starting together never see tables without a version (and both may try; the second finds
     the tables there and only re-stamps)."""
     with _migration_connection(engine) as connection, connection.begin():
+        _lock_schema(connection)
         Base.metadata.create_all(connection)
         command.stamp(alembic_config(connection), "head")
     log.info("created a new catalogue at schema %s", head_revision())
@@ -132,6 +143,7 @@ def upgrade(engine: Engine, *, revision: str = "head", backup: bool = True) -> P
         return None
     backup_path = backup_sqlite(engine) if backup else None
     with _migration_connection(engine) as connection:
+        _lock_schema(connection)
         command.upgrade(alembic_config(connection), revision)
         connection.commit()
     log.info("upgraded the catalogue to %s", current_revision(engine))

@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -1133,12 +1135,14 @@ class Store:
         """Set a fact the daemon publishes for relayctl (heartbeat, token lifetime, disk budget)."""
         now = utcnow()
         with self._write() as session:
-            row = session.get(ServiceState, key)
-            if row is None:
-                session.add(ServiceState(key=key, value=value, updated_at=now))
-            else:
-                row.value = value
-                row.updated_at = now
+            # One upsert: daemons sharing a catalogue publish the same keys at the same moment.
+            insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            statement = insert(ServiceState).values(key=key, value=value, updated_at=now)
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[ServiceState.key], set_={"value": value, "updated_at": now}
+                )
+            )
 
     def service_state(self) -> dict[str, tuple[dict[str, Any], datetime]]:
         with self.read() as session:
