@@ -152,8 +152,12 @@ class Engine:
         while not self._stop_claiming.is_set():
             if poll is not None:
                 poll()
+            # Read before claiming: a transfer that finishes during the round may create the next
+            # hop's transfer after the round looked, so only a round that began with nothing running
+            # and claimed nothing proves the engine idle.
+            was_running = self.running_count()
             claimed = self._claim_round()
-            if not claimed and self.running_count() == 0:
+            if not claimed and not was_running:
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("the engine did not become idle in time")
