@@ -287,7 +287,11 @@ class Daemon:
         finally:
             self.notifier.stopping()
             if watcher is not None:
+                # watchdog's inotify thread races its own stop() and logs a spurious ERROR about
+                # queue_events(); nothing is lost by muting it while the watcher goes away.
+                logging.getLogger("watchdog").setLevel(logging.CRITICAL)
                 watcher.stop()
+                watcher.join(5)
             if metrics is not None:
                 metrics.stop()
             self.notifier_thread.stop()
