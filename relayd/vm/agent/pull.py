@@ -164,12 +164,12 @@ class PrefixHasher(threading.Thread):
         return self.sha256.hexdigest(), self.sha1.hexdigest() if self.sha1 is not None else None
 
 
-def hash_file(path: str, context: Context, size: int | None = None) -> tuple[str, str | None, int]:
-    """Return sha256, sha1 and size of *path*, emitting ``hashing`` progress events."""
+def hash_file(path: str, context: Context, with_sha1: bool = True) -> tuple[str, str | None, int]:
+    """Return sha256, sha1 (None unless *with_sha1*) and size of *path*, emitting ``hashing`` events."""
     fd = os.open(path, os.O_RDONLY)
     try:
         total = os.fstat(fd).st_size
-        hasher = PrefixHasher(fd, [(0, 0, total)], {0}, context)
+        hasher = PrefixHasher(fd, [(0, 0, total)], {0}, context, with_sha1)
         hasher.start()
         last = time.monotonic()
         while hasher.is_alive():
@@ -483,7 +483,7 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
     missing = [piece for piece in plan if piece[0] in missing_set]
     if not fresh and not os.path.exists(partial) and os.path.isfile(target):
         # Renamed into place just before the daemon died (its last pieces unrecorded): check it.
-        sha256, sha1, found = hash_file(target, context)
+        sha256, sha1, found = hash_file(target, context, bool(params.get("sha1", True)))
         if found == size and sha256 == params.get("expected_sha256"):
             for piece in missing:
                 context.emit("piece_done", index=piece[0])
@@ -542,7 +542,7 @@ def pull_finish(params: dict[str, Any], secrets: dict[str, str], context: Contex
     source = partial if os.path.isfile(partial) else target
     if not os.path.isfile(source):
         raise AgentError("neither %s nor its partial file is on the VM" % target, error_class="partial_lost")
-    sha256, sha1, size = hash_file(source, context)
+    sha256, sha1, size = hash_file(source, context, bool(params.get("sha1", True)))
     renamed = source == target
     if sha256 == expected and size == int(params["size"]) and source == partial:
         fd = os.open(partial, os.O_RDONLY)
@@ -609,7 +609,7 @@ def place_file(params: dict[str, Any], secrets: dict[str, str], context: Context
         except OSError:
             method = "copy"
     if method == "link":
-        sha256, sha1, _ = hash_file(partial, context)
+        sha256, sha1, _ = hash_file(partial, context, bool(params.get("sha1", True)))
         for index in sorted(missing_set):
             context.emit("piece_done", index=index)
     else:
@@ -617,7 +617,9 @@ def place_file(params: dict[str, Any], secrets: dict[str, str], context: Context
         source_fd = os.open(source, os.O_RDONLY)
         try:
             _check_space(partial, size if params.get("fresh") else 0)
-            hasher = PrefixHasher(fd, plan, {p[0] for p in plan} - missing_set, context)
+            hasher = PrefixHasher(
+                fd, plan, {p[0] for p in plan} - missing_set, context, bool(params.get("sha1", True))
+            )
             hasher.start()
             try:
                 for index, offset, length in plan:
