@@ -275,7 +275,9 @@ def test_interrupted_throttled_push_restarts_the_object_and_completes(
 ) -> None:
     server.new_repo(OWNER, "big")
     work = _clone(git, server, "big", tmp_path / "work")
-    data = os.urandom(4 * 1024 * 1024)
+    # Larger than what loopback's socket buffers can hold (the tcp_wmem and tcp_rmem maxima, 36 MiB
+    # here): bytes already sent when the client dies still reach the server and must not be all of it.
+    data = os.urandom(48 * 1024 * 1024)
     oid = _commit_lfs_file(git, work, "shard.bin", data)
     server.put_bytes_per_second = 1024 * 1024
 
