@@ -260,8 +260,9 @@ def test_an_interrupted_upload_resumes_by_object(server: GitLfsServer, tmp_path:
     """Kill the agent mid-object (as a dead link does): the objects done stay done, the one
     interrupted starts again from byte 0, and nothing is sent twice otherwise."""
     server.new_repo(OWNER, "m")
-    # Big enough that the socket buffers cannot hold the rest when the agent dies.
-    small, big = os.urandom(200_000), os.urandom(24 * 1024 * 1024)
+    # Big enough that the socket buffers (up to 36 MiB on loopback here) cannot hold the rest when
+    # the agent dies.
+    small, big = os.urandom(200_000), os.urandom(48 * 1024 * 1024)
     files = put_files(tmp_path / "vm", {"a.bin": small, "b.bin": big})
     server.put_bytes_per_second = 4 * 1024 * 1024
     params = upload_params(server, "m", files)
@@ -292,7 +293,7 @@ def test_an_interrupted_upload_resumes_by_object(server: GitLfsServer, tmp_path:
 
 def test_cancel_stops_an_upload_at_once(server: GitLfsServer, tmp_path: Path) -> None:
     server.new_repo(OWNER, "m")
-    files = put_files(tmp_path / "vm", {"b.bin": os.urandom(24 * 1024 * 1024)})
+    files = put_files(tmp_path / "vm", {"b.bin": os.urandom(48 * 1024 * 1024)})
     server.put_bytes_per_second = 1024 * 1024
     child = start_agent("lfs_upload", upload_params(server, "m", files), server.token)
     assert child.stdin is not None and child.stdout is not None
