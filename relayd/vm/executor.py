@@ -1,25 +1,30 @@
-"""The VM executor: run one agent operation on the VM (this machine, or a host reached over SSH).
+"""The VM executor: run agent operations on the VM (this machine, or a host reached over SSH).
 
 Every hop's VM-side work runs in relayd's agent (``relayd/vm/agent``, stdlib only). Nothing is
-installed on the VM beforehand: each call starts ``python3 -c <bootstrap> <sha256> <length>`` there
+installed on the VM beforehand: a session starts ``python3 -c <bootstrap> <sha256> <length>`` there
 (locally as a child process in its own process group, or as the remote command of an OpenSSH
 ``ssh`` client), the bootstrap answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already
-cached, the daemon sends the zipped agent only if it is not, then one JSON request line (with the
-secrets, which never appear in argv, files or logs). The agent streams JSON events back and ends
-with a result line; stdin EOF (the daemon or the link is gone) makes it SIGKILL its own process
-group, so nothing keeps running on the VM after a kill -9 or a dropped connection.
+cached, the daemon sends the zipped agent only if it is not, then one JSON request line per call (with
+the secrets, which never appear in argv, files or logs). The agent streams JSON events back and ends
+each call with a result line; stdin EOF (the daemon or the link is gone) makes a busy agent SIGKILL its
+own process group, so nothing keeps running on the VM after a kill -9 or a dropped connection.
+
+A session that ended its call cleanly waits for the next one (at most IDLE_SESSIONS of them, each
+reused for REUSE_WITHIN seconds): a call then costs one request line instead of an SSH channel, the
+VM's login shell and python's start, which on a VM whose shell profile runs conda or pyenv is most of
+a small file's time. A session that failed, was cancelled or timed out is never reused, and a reused
+session found dead before it answered is replaced transparently.
 
 Use::
 
     executor = make_executor(config.vm)
     facts = executor.check()                       # NeedsPerson if python3/git/git-lfs is missing
     result = executor.call("sha256", {"path": p}, on_event=print_progress, cancel=ctx.cancel)
-    executor.close()
+    executor.close()                               # ends idle sessions, kills running calls
 
 ``call`` raises relayd.errors: the agent's error kinds map to Retryable / NeedsPerson / Permanent /
 Cancelled; a dropped connection is Retryable(error_class="network"); an SSH host-key or login
-failure is NeedsPerson with a hint. Calls are independent (one process or connection each) and may
-run from several threads at once.
+failure is NeedsPerson with a hint. Calls may run from several threads at once (a session each).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from relayd.config import VmConfig
 from relayd.errors import Cancelled, HopError, NeedsPerson, Permanent, Retryable
@@ -58,6 +63,11 @@ AGENT_PACKAGE = "relayd_agent"
 AGENT_MARKER = "relayd-agent"
 #: How long a cancelled call may take to reach a durable point before its process is killed.
 CANCEL_GRACE = 10.0
+#: Idle agent sessions kept for later calls, at most.
+IDLE_SESSIONS = 4
+#: An idle session is reused only this many seconds after its last call (the agent itself exits after
+#: 120 s without a request, relayd/vm/agent/core.py IDLE_EXIT).
+REUSE_WITHIN = 60.0
 MIN_PYTHON = (3, 8)
 
 # Python 3.8 compatible, no quotes of its own kind inside (it is shell-quoted for ssh). Reads the
@@ -146,9 +156,12 @@ class Executor(abc.ABC):
 
     def __init__(self, config: VmConfig) -> None:
         self.config = config
-        self._live: set[subprocess.Popen[bytes]] = set()
+        self._busy: set[_Session] = set()
+        self._idle: list[_Session] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: Agent processes started so far (each one a session; reuse keeps this low).
+        self.sessions_started = 0
         #: Put in every agent's command line, so its processes can be found (`pgrep -f relayd-agent`);
         #: $RELAYD_AGENT_MARKER replaces it (tests give each daemon its own).
         self.marker = os.environ.get("RELAYD_AGENT_MARKER") or AGENT_MARKER
@@ -194,13 +207,44 @@ class Executor(abc.ABC):
         its next durable point (and killed after CANCEL_GRACE seconds); after *timeout* seconds it
         is killed. Raise Retryable, NeedsPerson, Permanent or Cancelled (see the module doc).
         """
-        if self._closed:
-            raise Cancelled("the VM executor is closed")
         if cancel is not None and cancel.is_set():
             raise Cancelled("the daemon is stopping")
         bundle = agent_bundle()
-        argv, env = self._command(bundle)
         request = json.dumps({"op": op, "params": params, "secrets": secrets or {}}, separators=(",", ":"))
+        while True:
+            session = self._checkout(bundle)
+            call = _Call(session, op, cancel, timeout)
+            try:
+                return call.run(bundle, request, on_event, self._start_failure)
+            except _StaleSession:
+                # It died while idle (the VM rebooted, the link dropped, the agent idled out): the
+                # request never ran there. Each pass uses up an idle session; a new one is never stale.
+                log.debug("an idle VM agent session was gone; starting a new one for %s", op)
+            finally:
+                self._checkin(session, keep=call.clean)
+
+    def _checkout(self, bundle: AgentBundle) -> _Session:
+        """Return an idle session still worth reusing, or start a new one."""
+        expired: list[_Session] = []
+        chosen: _Session | None = None
+        with self._lock:
+            if self._closed:
+                raise Cancelled("the VM executor is closed")
+            now = time.monotonic()
+            for session in self._idle:
+                if session.alive and now - session.idle_since < REUSE_WITHIN:
+                    chosen = session  # the most recently used
+                else:
+                    expired.append(session)
+            self._idle = [s for s in self._idle if s is not chosen and s not in expired]
+            if chosen is not None:
+                self._busy.add(chosen)
+        for session in expired:
+            session.close()
+        return chosen or self._start(bundle)
+
+    def _start(self, bundle: AgentBundle) -> _Session:
+        argv, env = self._command(bundle)
         try:
             process = subprocess.Popen(
                 argv,
@@ -212,21 +256,27 @@ class Executor(abc.ABC):
             )
         except FileNotFoundError as exc:
             raise self._missing_program(argv[0]) from exc
+        session = _Session(process)
         with self._lock:
-            self._live.add(process)
-        if self.closed:  # close() ran while the process was starting: it could not see it
-            _kill_group(process)
-            process.communicate(timeout=10)
-            with self._lock:
-                self._live.discard(process)
+            self.sessions_started += 1
+            closed = self._closed
+            if not closed:
+                self._busy.add(session)
+        if closed:  # close() ran while the process was starting: it could not see it
+            session.kill()
+            session.close()
             raise Cancelled("the VM executor is closed")
-        call = _Call(process, op, cancel, timeout)
-        try:
-            return call.run(bundle, request, on_event, self._start_failure)
-        finally:
-            call.finish()
-            with self._lock:
-                self._live.discard(process)
+        return session
+
+    def _checkin(self, session: _Session, *, keep: bool) -> None:
+        """Keep *session* for the next call when *keep* and there is room; else end it."""
+        with self._lock:
+            self._busy.discard(session)
+            if keep and not self._closed and session.alive and len(self._idle) < IDLE_SESSIONS:
+                session.idle_since = time.monotonic()
+                self._idle.append(session)
+                return
+        session.close()
 
     def _missing_program(self, program: str) -> HopError:
         return NeedsPerson(
@@ -280,67 +330,46 @@ class Executor(abc.ABC):
     # -- shutdown ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Kill every call still running (its process group here; over SSH the remote agent then
-        sees EOF and kills its own group). Later calls raise Cancelled."""
+        """End the idle sessions and kill every call still running (its process group here; over SSH
+        the remote agent then sees EOF and kills its own group). Later calls raise Cancelled."""
         with self._lock:
             self._closed = True
-            live = list(self._live)
-        for process in live:
-            _kill_group(process)
+            busy = list(self._busy)
+            idle, self._idle = self._idle, []
+        for session in busy:
+            session.kill()
+        for session in idle:
+            session.close()
 
 
-class _Call:
-    """One running agent process: feeds its stdin, reads its events, enforces cancel and timeout."""
+class _StaleSession(Exception):
+    """A reused session ended before it answered: it had died while idle."""
 
-    def __init__(
-        self,
-        process: subprocess.Popen[bytes],
-        op: str,
-        cancel: threading.Event | None,
-        timeout: float | None,
-    ) -> None:
+
+class _Session:
+    """One agent process (a child here, or an ssh client whose remote command it is): serves calls one
+    at a time; its stderr is drained for as long as it lives."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
-        self.op = op
-        self.cancel = cancel
-        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.stderr_tail: deque[str] = deque(maxlen=40)
-        self.killed_for: str | None = None
-        self.cancel_sent = False
-        self._done = threading.Event()
-        self._request_sent = threading.Event()
+        self.greeted = False  # the agent said hello and has its code
+        self.calls = 0
+        self.reusable = False  # its last call ended with a result that lets it serve another
+        self.idle_since = 0.0
+        self.op = ""
         self._stdin_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._stderr = threading.Thread(target=self._drain_stderr, name="relayd-vm-stderr", daemon=True)
+        self._stderr.start()
 
-    def run(
-        self,
-        bundle: AgentBundle,
-        request: str,
-        on_event: EventHandler | None,
-        start_failure: Callable[[int | None, str], HopError],
-    ) -> dict[str, Any]:
-        assert self.process.stdout is not None  # noqa: S101 - created with PIPE
-        for target, name in ((self._drain_stderr, "stderr"), (self._watch, "watch")):
-            thread = threading.Thread(target=target, name=f"relayd-vm-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def read_event(self) -> dict[str, Any] | None:
+        """Return the next JSON event line, or None at the end of the agent's output."""
         stdout = self.process.stdout
-        hello = self._read_event(stdout)
-        if hello is None or hello.get("event") != "agent":
-            raise self._ended_early(start_failure, started=False)
-        payload = b"" if hello.get("cached") else bundle.data
-        if not self._write(payload + request.encode() + b"\n"):
-            raise self._ended_early(start_failure, started=True)
-        self._request_sent.set()
-        while True:
-            event = self._read_event(stdout)
-            if event is None:
-                raise self._ended_early(start_failure, started=True)
-            if event.get("event") == "result":
-                return self._result(event)
-            if on_event is not None:
-                on_event(event)
-
-    def _read_event(self, stdout: IO[bytes]) -> dict[str, Any] | None:
+        assert stdout is not None  # noqa: S101 - created with PIPE
         while True:
             line = stdout.readline()
             if not line:
@@ -353,7 +382,7 @@ class _Call:
             if isinstance(event, dict):
                 return event
 
-    def _write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> bool:
         stdin = self.process.stdin
         assert stdin is not None  # noqa: S101 - created with PIPE
         with self._stdin_lock:
@@ -363,6 +392,106 @@ class _Call:
             except (BrokenPipeError, OSError, ValueError):
                 return False
         return True
+
+    def _drain_stderr(self) -> None:
+        stderr = self.process.stderr
+        assert stderr is not None  # noqa: S101 - created with PIPE
+        for raw in stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.stderr_tail.append(line)
+                log.debug("vm agent %s: %s", self.op, line)
+
+    def join_stderr(self) -> None:
+        self._stderr.join(timeout=2)
+
+    def kill(self) -> None:
+        _kill_group(self.process)
+
+    def close(self) -> None:
+        """Close stdin (an idle agent exits at EOF, a busy one kills its group), make sure the process
+        is gone, reap it."""
+        with self._stdin_lock, contextlib.suppress(OSError, ValueError):
+            assert self.process.stdin is not None  # noqa: S101 - created with PIPE
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.process.wait(timeout=5)
+        self.join_stderr()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+class _Call:
+    """One call on a session: sends the request, reads its events, enforces cancel and timeout."""
+
+    def __init__(
+        self,
+        session: _Session,
+        op: str,
+        cancel: threading.Event | None,
+        timeout: float | None,
+    ) -> None:
+        self.session = session
+        self.op = op
+        self.cancel = cancel
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.reused = session.calls > 0
+        self.answered = False
+        self.killed_for: str | None = None
+        self.cancel_sent = False
+        self._done = threading.Event()
+        self._request_sent = threading.Event()
+
+    @property
+    def clean(self) -> bool:
+        """True when the session may serve another call: the agent said so, and nothing of this
+        call (a cancel, a kill) can reach the next one."""
+        return self.session.reusable and not self.cancel_sent and self.killed_for is None
+
+    def run(
+        self,
+        bundle: AgentBundle,
+        request: str,
+        on_event: EventHandler | None,
+        start_failure: Callable[[int | None, str], HopError],
+    ) -> dict[str, Any]:
+        session = self.session
+        session.op = self.op
+        session.reusable = False
+        watcher = threading.Thread(target=self._watch, name="relayd-vm-watch", daemon=True)
+        watcher.start()
+        try:
+            payload = b""
+            if not session.greeted:
+                hello = session.read_event()
+                if hello is None or hello.get("event") != "agent":
+                    raise self._ended_early(start_failure, started=False)
+                session.greeted = True
+                payload = b"" if hello.get("cached") else bundle.data
+            if not session.write(payload + request.encode() + b"\n"):
+                raise self._ended_early(start_failure, started=True)
+            self._request_sent.set()
+            while True:
+                event = session.read_event()
+                if event is None:
+                    raise self._ended_early(start_failure, started=True)
+                self.answered = True
+                if event.get("event") == "result":
+                    session.reusable = bool(event.get("ok")) and bool(event.get("reusable"))
+                    if event.get("left_behind"):
+                        log.debug("the VM agent (%s) left %s running", self.op, event["left_behind"])
+                    return self._result(event)
+                if on_event is not None:
+                    on_event(event)
+        finally:
+            self._done.set()
+            watcher.join()  # so that `clean` sees whatever it did
+            session.calls += 1
 
     def _result(self, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("ok"):
@@ -390,38 +519,27 @@ class _Call:
 
     def _ended_early(
         self, start_failure: Callable[[int | None, str], HopError], *, started: bool
-    ) -> HopError:
+    ) -> Exception:
         """Return the error for an agent whose output ended without a result."""
+        process = self.session.process
         try:
-            self.process.wait(timeout=5)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            _kill_group(self.process)
-        self._join_stderr()
+            self.session.kill()
+        self.session.join_stderr()
         if self.killed_for == "cancel":
             return Cancelled("the daemon is stopping; the VM agent was stopped")
         if self.killed_for == "timeout":
             return Retryable(f"the VM agent ({self.op}) timed out", error_class="timeout")
-        stderr = "\n".join(self.stderr_tail)
+        if self.reused and not self.answered:
+            return _StaleSession()
+        stderr = "\n".join(self.session.stderr_tail)
         if not started:
-            return start_failure(self.process.returncode, stderr)
-        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {self.process.returncode}"
+            return start_failure(process.returncode, stderr)
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {process.returncode}"
         return Retryable(
             f"the connection to the VM agent ({self.op}) was lost: {last}", error_class="network"
         )
-
-    def _drain_stderr(self) -> None:
-        stderr = self.process.stderr
-        assert stderr is not None  # noqa: S101 - created with PIPE
-        for raw in stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.stderr_tail.append(line)
-                log.debug("vm agent %s: %s", self.op, line)
-
-    def _join_stderr(self) -> None:
-        for thread in self._threads:
-            if thread.name.endswith("stderr"):
-                thread.join(timeout=2)
 
     def _watch(self) -> None:
         """Send a cancel request when asked to stop; kill the process after the grace or timeout."""
@@ -432,32 +550,16 @@ class _Call:
                 self.cancel_sent = True
                 cancel_deadline = now + CANCEL_GRACE
                 # Before the request is out the agent reads the zip: nothing to stop gently yet.
-                if not self._request_sent.is_set() or not self._write(b'{"cancel":true}\n'):
+                if not self._request_sent.is_set() or not self.session.write(b'{"cancel":true}\n'):
                     cancel_deadline = now
             if cancel_deadline is not None and now >= cancel_deadline:
                 self.killed_for = "cancel"
-                _kill_group(self.process)
+                self.session.kill()
                 return
             if self.deadline is not None and now >= self.deadline:
                 self.killed_for = "timeout"
-                _kill_group(self.process)
+                self.session.kill()
                 return
-
-    def finish(self) -> None:
-        """Close stdin (the agent exits at EOF), make sure the process is gone, reap it."""
-        self._done.set()
-        with self._stdin_lock, contextlib.suppress(OSError, ValueError):
-            assert self.process.stdin is not None  # noqa: S101 - created with PIPE
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _kill_group(self.process)
-            self.process.wait(timeout=5)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -3,8 +3,15 @@ stdin, cancel and timeouts, and the readiness check, locally and through a real 
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ from relayd.vm.executor import (
     Executor,
     LocalExecutor,
     SshExecutor,
+    _Session,
     agent_bundle,
     make_executor,
 )
@@ -58,10 +66,13 @@ def huge(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=["local", "ssh"])
-def executor(request: pytest.FixtureRequest, tmp_path: Path, marker: str) -> Executor:
+def executor(request: pytest.FixtureRequest, tmp_path: Path, marker: str) -> Iterator[Executor]:
     if request.param == "ssh":
-        return ssh_executor(request.getfixturevalue("sshd"), tmp_path, marker)
-    return local_executor(tmp_path, marker)
+        made = ssh_executor(request.getfixturevalue("sshd"), tmp_path, marker)
+    else:
+        made = local_executor(tmp_path, marker)
+    yield made
+    made.close()
 
 
 def test_bundle_is_deterministic_and_holds_the_agent() -> None:
@@ -88,6 +99,95 @@ def test_call_returns_results_and_streams_events(executor: Executor, tmp_path: P
     assert events and all(event["event"] == "hashed" for event in events)
     assert (Path.home() / ".cache/relayd" / f"agent-{agent_bundle().sha256}.zip").is_file()
     assert executor.call("stat", {"path": str(tmp_path / "absent")}) == {"size": None}
+    assert executor.sessions_started == 1, "the second call should reuse the first one's agent"
+    assert len(processes_with_cmdline(marker)) >= 1  # the agent waits for the next call
+    executor.close()
+    assert no_agent_left(marker)
+
+
+def test_a_failed_call_ends_its_session(executor: Executor, tmp_path: Path, marker: str) -> None:
+    assert executor.call("stat", {"path": "/"})["size"] is not None
+    with pytest.raises(Retryable):
+        executor.call("sha256", {"path": str(tmp_path / "absent")})
+    assert executor.call("stat", {"path": "/"})["size"] is not None
+    assert executor.sessions_started == 2, "a session that failed a call must not serve another"
+
+
+def test_calls_at_once_get_a_session_each(executor: Executor, tmp_path: Path, marker: str) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(64 * 1024 * 1024))
+    results: list[dict[str, Any]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(executor.call("sha256", {"path": str(path)})))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 2 and results[0] == results[1]
+    assert executor.sessions_started == 2
+    executor.call("stat", {"path": "/"})
+    assert executor.sessions_started == 2  # both were kept for later calls
+    executor.close()
+    assert no_agent_left(marker)
+
+
+def test_an_idle_session_that_died_is_replaced(
+    executor: Executor, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor.call("stat", {"path": "/"})
+    for pid in processes_with_cmdline(marker):  # the idle agent dies (and, over SSH, its client)
+        os.kill(pid, signal.SIGKILL)
+    assert executor.call("stat", {"path": "/"})["size"] is not None
+    assert executor.sessions_started == 2
+    # Its death not yet seen here (a dead TCP link whose ssh client lingers): the request finds no
+    # agent, and the call goes to a new session instead of failing.
+    monkeypatch.setattr(_Session, "alive", property(lambda _self: True))
+    for pid in processes_with_cmdline(marker):
+        os.kill(pid, signal.SIGKILL)
+    assert executor.call("stat", {"path": "/"})["size"] is not None
+    assert executor.sessions_started == 3
+
+
+def test_idle_agents_die_with_the_daemon(executor: Executor, marker: str) -> None:
+    """SIGKILL of the process holding idle sessions: their agents see EOF and exit."""
+    script = (
+        "import pickle, sys, time\n"
+        "from relayd.vm.executor import make_executor\n"
+        "executor = make_executor(pickle.loads(sys.stdin.buffer.read()))\n"
+        "executor.call('stat', {'path': '/'})\n"
+        "print('idle', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    config, kind = executor.config, executor.kind
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "RELAYD_AGENT_MARKER": marker},
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write(pickle.dumps(config))
+    holder.stdin.close()
+    try:
+        assert holder.stdout.readline() == b"idle\n"
+        assert processes_with_cmdline(marker), f"no idle {kind} agent"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert no_agent_left(marker), "an idle agent outlived the daemon"
+
+
+def test_an_old_idle_session_is_not_reused(
+    executor: Executor, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("relayd.vm.executor.REUSE_WITHIN", 0.2)
+    executor.call("stat", {"path": "/"})
+    time.sleep(0.3)
+    executor.call("stat", {"path": "/"})
+    assert executor.sessions_started == 2
+    executor.close()
     assert no_agent_left(marker)
 
 
@@ -118,7 +218,7 @@ def test_secrets_travel_only_on_stdin(executor: Executor, tmp_path: Path, marker
 
     executor.call("sha256", {"path": str(path)}, secrets={"token": secret}, on_event=look)
     assert seen and not any(seen)
-    assert processes_with_cmdline(marker) == [] or no_agent_left(marker)
+    assert not processes_with_cmdline(secret)  # nor in the agent waiting for the next call
 
 
 def test_cancel_stops_the_agent_and_leaves_nothing(executor: Executor, huge: Path, marker: str) -> None:
@@ -251,3 +351,14 @@ def test_dropped_connection_is_retryable_and_leaves_no_agent(
     assert caught.value.error_class == "network"
     assert no_agent_left(marker), "the agent outlived its SSH connection"
     assert executor.call("stat", {"path": "/"})["size"] is not None  # reconnects
+
+
+def test_an_idle_agent_exits_by_itself() -> None:
+    from relayd.vm.agent import core
+
+    read_end, write_end = os.pipe()
+    stdin = os.fdopen(read_end)
+    started = time.monotonic()
+    assert core.serve(stdin, io.StringIO(), idle_exit=0.3) == 0
+    assert 0.3 <= time.monotonic() - started < 5
+    os.close(write_end)

@@ -1,13 +1,19 @@
-"""The agent's protocol: one request in, events and one result out, and death when the link dies.
+"""The agent's protocol: requests in, events and one result per request out, and death when the link dies.
 
-Request (first stdin line): ``{"op": str, "params": {...}, "secrets": {...}}``. Secrets travel only
-here (never in argv or files). Later stdin lines may be ``{"cancel": true}``: stop at the next durable
-point. End of stdin means the daemon or the connection is gone: the agent kills its whole process group
-at once, so no runaway process keeps writing on the VM.
+Request (a stdin line): ``{"op": str, "params": {...}, "secrets": {...}}``. Secrets travel only here
+(never in argv or files). While a request runs, a stdin line ``{"cancel": true}`` asks it to stop at
+the next durable point. End of stdin means the daemon or the connection is gone: a running request
+makes the agent kill its whole process group at once, so no runaway process keeps writing on the VM.
 
-Output: JSON lines ``{"event": "<name>", ...}``; the last is ``{"event": "result", "ok": true,
-"result": {...}}`` or ``{"event": "result", "ok": false, "error": {"kind": "retryable" | "blocked" |
-"permanent", "class": str, "message": str, "hint": str, "retry_after": float | null}}``.
+Output: JSON lines ``{"event": "<name>", ...}``; each request ends with ``{"event": "result", "ok":
+true, "result": {...}, "reusable": bool}`` or ``{"event": "result", "ok": false, "error": {"kind":
+"retryable" | "blocked" | "permanent" | "cancelled", "class": str, "message": str, "hint": str,
+"retry_after": float | null}, "reusable": false}``.
+
+One agent serves requests one after another, so the daemon pays the VM login and python's start once
+per session rather than once per call. It stops serving after a request that failed or left a thread
+or child process behind (``reusable`` false: a fresh process is the only clean state), and when no
+request comes for IDLE_EXIT seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import sys
 import threading
@@ -125,28 +132,73 @@ def _die_with_link() -> None:
         os._exit(137)
 
 
-def _watch_stdin(stdin: Any, context: Context) -> None:
-    for line in stdin:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("cancel"):
-            context.request_cancel()
-    _die_with_link()
+#: An idle agent exits after this many seconds without a request (the daemon reuses one for less).
+IDLE_EXIT = 120.0
 
 
-def serve(stdin: Any = None, stdout: Any = None) -> int:
-    """Read one request, run it, report the result; return the exit code."""
+class _Link:
+    """The stdin side of a session: requests for the main thread, cancels for the running one."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.lock = threading.Lock()
+        self.running: Context | None = None
+
+    def read(self, stdin: Any) -> None:
+        for line in stdin:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if message.get("cancel"):
+                with self.lock:
+                    if self.running is not None:
+                        self.running.request_cancel()
+            elif "op" in message:
+                self.requests.put(message)
+        with self.lock:
+            if self.running is not None:
+                _die_with_link()
+            self.requests.put(None)  # idle at EOF: stop serving, cleanly
+
+
+def serve(stdin: Any = None, stdout: Any = None, idle_exit: float = IDLE_EXIT) -> int:
+    """Serve requests until stdin ends, one is not reusable, or none comes for *idle_exit* seconds;
+    return the exit code."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    context = Context(stdout)
-    line = stdin.readline()
-    if not line:
-        return 2
-    request = json.loads(line)
-    watcher = threading.Thread(target=_watch_stdin, args=(stdin, context), daemon=True)
-    watcher.start()
+    link = _Link()
+    reader = threading.Thread(target=link.read, args=(stdin,), name="relayd-agent-stdin", daemon=True)
+    reader.start()
+    baseline = {thread.ident for thread in threading.enumerate()}
+    while True:
+        try:
+            request = link.requests.get(timeout=idle_exit)
+        except queue.Empty:
+            return 0
+        if request is None:
+            return 0
+        context = Context(stdout)
+        with link.lock:
+            link.running = context
+        outcome, code = _run(request, context)
+        with link.lock:
+            link.running = None
+            leftover = [t.name for t in threading.enumerate() if t.ident not in baseline]
+            with _CHILD_GROUPS_LOCK:
+                leftover += ["pgid %d" % pgid for pgid in _CHILD_GROUPS]
+        reusable = bool(outcome["ok"]) and not leftover
+        if leftover:
+            outcome["left_behind"] = leftover[:8]
+        context.emit("result", reusable=reusable, **outcome)
+        if not reusable:
+            return code
+
+
+def _run(request: dict[str, Any], context: Context) -> tuple[dict[str, Any], int]:
+    """Run one request; return the result event's fields and the exit code should the agent stop."""
     name = request.get("op", "")
     function = OPS.get(name)
     try:
@@ -154,11 +206,9 @@ def serve(stdin: Any = None, stdout: Any = None) -> int:
             raise AgentError("unknown agent operation %r" % name, kind="permanent", error_class="internal")
         result = function(request.get("params") or {}, request.get("secrets") or {}, context)
     except Cancelled as exc:
-        context.emit("result", ok=False, error=AgentError(str(exc), kind="cancelled").as_dict())
-        return 0
+        return dict(ok=False, error=AgentError(str(exc), kind="cancelled").as_dict()), 0
     except AgentError as exc:
-        context.emit("result", ok=False, error=exc.as_dict())
-        return 0
+        return dict(ok=False, error=exc.as_dict()), 0
     except OSError as exc:
         kind, error_class, hint = "retryable", "io", ""
         if exc.errno in (28, 122):  # ENOSPC, EDQUOT
@@ -167,22 +217,10 @@ def serve(stdin: Any = None, stdout: Any = None) -> int:
                 "disk",
                 "free space on the VM's disk; relayd resumes by itself",
             )
-        context.emit(
-            "result",
-            ok=False,
-            error=AgentError(
-                "%s: %s" % (type(exc).__name__, exc), kind=kind, error_class=error_class, hint=hint
-            ).as_dict(),
-        )
-        return 0
+        message = "%s: %s" % (type(exc).__name__, exc)
+        error = AgentError(message, kind=kind, error_class=error_class, hint=hint)
+        return dict(ok=False, error=error.as_dict()), 0
     except Exception as exc:  # report anything to the daemon rather than die silently
-        context.emit(
-            "result",
-            ok=False,
-            error=AgentError(
-                "agent failure: %s: %s" % (type(exc).__name__, exc), error_class="internal"
-            ).as_dict(),
-        )
-        return 1
-    context.emit("result", ok=True, result=result)
-    return 0
+        message = "agent failure: %s: %s" % (type(exc).__name__, exc)
+        return dict(ok=False, error=AgentError(message, error_class="internal").as_dict()), 1
+    return dict(ok=True, result=result), 0
