@@ -3,6 +3,7 @@ stdin, cancel and timeouts, and the readiness check, locally and through a real 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -133,19 +134,25 @@ def test_calls_at_once_get_a_session_each(executor: Executor, tmp_path: Path, ma
     assert no_agent_left(marker)
 
 
+def kill_all(marker: str) -> None:
+    """SIGKILL every process carrying *marker* (over SSH one's death may take the other first)."""
+    for pid in processes_with_cmdline(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert no_agent_left(marker)
+
+
 def test_an_idle_session_that_died_is_replaced(
     executor: Executor, marker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     executor.call("stat", {"path": "/"})
-    for pid in processes_with_cmdline(marker):  # the idle agent dies (and, over SSH, its client)
-        os.kill(pid, signal.SIGKILL)
+    kill_all(marker)  # the idle agent dies (and, over SSH, its client)
     assert executor.call("stat", {"path": "/"})["size"] is not None
     assert executor.sessions_started == 2
     # Its death not yet seen here (a dead TCP link whose ssh client lingers): the request finds no
     # agent, and the call goes to a new session instead of failing.
     monkeypatch.setattr(_Session, "alive", property(lambda _self: True))
-    for pid in processes_with_cmdline(marker):
-        os.kill(pid, signal.SIGKILL)
+    kill_all(marker)
     assert executor.call("stat", {"path": "/"})["size"] is not None
     assert executor.sessions_started == 3
 
