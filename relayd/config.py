@@ -120,6 +120,7 @@ class HubConfig:
     endpoint: str
     token: SecretRef
     concurrency: int
+    large_concurrency: int
     connections: int
     piece_size: int
     timeout: float
@@ -461,6 +462,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         endpoint=endpoint,
         token=reader.secret("token", default_env="HF_TOKEN"),
         concurrency=reader.integer("concurrency", 4, minimum=1, maximum=64),
+        large_concurrency=reader.integer("large_concurrency", 1, minimum=1, maximum=64),
         connections=reader.integer("connections", 16, minimum=1, maximum=64),
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         timeout=reader.duration("timeout", "60s", minimum=1),

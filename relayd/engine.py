@@ -92,6 +92,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="relayd-worker")
         self._lock = threading.Lock()
         self._running: dict[int, str] = {}
+        self._large: set[int] = set()  # running transfers that count against their hop's large_files
         self._wake = threading.Event()
         self._stop_claiming = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -259,17 +260,24 @@ class Engine:
                         return started
                     in_hop = sum(1 for name in self._running.values() if name == hop_name)
                     busy = list(self._running)
+                    large_in_hop = sum(1 for tid in self._large if self._running.get(tid) == hop_name)
                 if in_hop >= self.settings.limits.get(hop_name, 1):
                     break
                 if hop_name == "download" and self._downloads_held():
                     break
-                transfer = self.store.claim(hop_name, self.owner, self.settings.lease, exclude=busy)
+                large = self.hops[hop_name].large_files
+                smaller_than = large[0] if large and large_in_hop >= large[1] else None
+                transfer = self.store.claim(
+                    hop_name, self.owner, self.settings.lease, exclude=busy, smaller_than=smaller_than
+                )
                 if transfer is None:
                     break
                 if hop_name == "download" and not self._admit_download(transfer.id, transfer.bytes_total):
                     break
                 with self._lock:
                     self._running[transfer.id] = hop_name
+                    if large and transfer.bytes_total >= large[0]:
+                        self._large.add(transfer.id)
                 self._pool.submit(self._run, transfer.id, hop_name)
                 started += 1
         return started
@@ -310,6 +318,7 @@ class Engine:
         finally:
             with self._lock:
                 self._running.pop(transfer_id, None)
+                self._large.discard(transfer_id)
                 self._reserved.pop(transfer_id, None)
             self._wake.set()
 

@@ -30,6 +30,7 @@ def hub_config(endpoint: str, token: str | None = TOKEN) -> HubConfig:
         endpoint=endpoint,
         token=SecretRef("hub.token", value=token),
         concurrency=2,
+        large_concurrency=1,
         connections=2,
         piece_size=1 << 20,
         timeout=5,

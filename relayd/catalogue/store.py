@@ -631,11 +631,22 @@ class Store:
             )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def claim(self, hop: str, owner: str, lease: float, *, exclude: Iterable[int] = ()) -> Transfer | None:
+    def claim(
+        self,
+        hop: str,
+        owner: str,
+        lease: float,
+        *,
+        exclude: Iterable[int] = (),
+        smaller_than: int | None = None,
+    ) -> Transfer | None:
         """Claim one runnable transfer of *hop* for *owner* with a lease; return it or None.
 
         Runnable: pending, or waiting whose time has come, or running with an expired lease (its
-        worker died), in a repo that is not paused.
+        worker died), in a repo that is not paused. *smaller_than*: only a transfer of fewer bytes.
+        The largest runnable transfer comes first (then the oldest): the slowest hop then ends on small
+        files, so little of the route is left after it (a large file last would still have to go
+        through every later hop alone).
         """
         now = utcnow()
         with self._write() as session:
@@ -646,12 +657,14 @@ class Store:
                     Transfer.hop == hop,
                     *_runnable(now),
                 )
-                .order_by(Transfer.id)
+                .order_by(Transfer.bytes_total.desc(), Transfer.id)
                 .limit(1)
             )
             excluded = list(exclude)
             if excluded:
                 query = query.where(Transfer.id.not_in(excluded))
+            if smaller_than is not None:
+                query = query.where(Transfer.bytes_total < smaller_than)
             if self._skip_locked:
                 query = query.with_for_update(of=Transfer, skip_locked=True)
             transfer_id = session.scalar(query)

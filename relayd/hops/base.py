@@ -244,7 +244,8 @@ class Hop(abc.ABC):
 
     Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
     done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
-    and ``source`` when they are a route's first hop and need a poller ("hub" or "local").
+    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), and
+    ``large_files`` when one large file already takes all they can move at once (see there).
     """
 
     name: ClassVar[str]
@@ -258,6 +259,12 @@ class Hop(abc.ABC):
     def __init__(self, section: Any, ctx: HopContext) -> None:
         self.section = section
         self.ctx = ctx
+
+    @property
+    def large_files(self) -> tuple[int, int] | None:
+        """``(size, at_once)``: files of at least *size* bytes run at most *at_once* at a time, smaller
+        ones beside them up to the hop's concurrency; None (the default) when size does not matter."""
+        return None
 
     @abc.abstractmethod
     def plan(self, job: Job) -> Sequence[PieceSpec]:

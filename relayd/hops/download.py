@@ -270,6 +270,13 @@ class DownloadHop(Hop):
 
     # -- the contract ------------------------------------------------------------------------------
 
+    @property
+    def large_files(self) -> tuple[int, int]:
+        """A file of ``connections`` blocks or more keeps every connection busy, so a second one at
+        the same time only shares the link: it would finish both later, hold back the next hops and
+        fill staging with partial files. Small files still go beside it."""
+        return self.section.connections * BLOCK, self.section.large_concurrency
+
     def plan(self, job: Job) -> Sequence[PieceSpec]:
         file = job.file_or_fail
         length = piece_length(file.size, self.section.piece_size, self.section.connections)

@@ -297,6 +297,38 @@ def test_per_hop_limits_are_respected(world: World) -> None:
     assert all(t.state == DONE for t in world.transfers())
 
 
+def test_large_files_go_one_at_a_time_with_small_ones_beside(world: World) -> None:
+    """A hop whose large files each fill its capacity (the download hop) runs one of them at a time and
+    small files beside it, up to its concurrency."""
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    seen: list[tuple[int, int]] = []  # (large, small) running, at each start
+
+    class SizedHop(ScriptedHop):
+        @property
+        def large_files(self) -> tuple[int, int]:
+            return 1000, 1
+
+        def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+            kind = "large" if job.file_or_fail.size >= 1000 else "small"
+            with lock:
+                running[kind] = running.get(kind, 0) + 1
+                seen.append((running.get("large", 0), running.get("small", 0)))
+            threading.Event().wait(0.3)
+            with lock:
+                running[kind] -= 1
+            super().move(job, missing)
+
+    files = {f"large{i}.bin": b"L" * 2000 for i in range(3)}
+    files.update({f"small{i}.json": b"s" * 10 for i in range(3)})
+    world.add_files("acme/sized", files, route=("scripted",))
+    engine = world.engine(lambda ctx: {"scripted": SizedHop(None, ctx, None)}, limits={"scripted": 4})
+    engine.run_until_idle(timeout=30)
+    assert all(t.state == DONE for t in world.transfers())
+    assert max(large for large, _ in seen) == 1, seen
+    assert any(large == 1 and small >= 1 for large, small in seen), "small files should run beside"
+
+
 class StagingHop(ScriptedHop):
     """A first hop that puts the content into staging, like the download hop does."""
 
