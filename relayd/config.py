@@ -405,6 +405,8 @@ class SectionReader:
 
 def _catalogue(reader: SectionReader, state_default: Path) -> CatalogueConfig:
     url = reader.string("url", f"sqlite:///{state_default / 'catalogue.db'}")
+    # The backend name by hand, as SQLAlchemy's make_url would give it: `relayctl status` reads the
+    # config and must not pay for importing SQLAlchemy.
     if "://" not in url or url.split("://", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql"):
         raise reader.error(
             "url",
