@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -50,6 +51,17 @@ def test_the_example_documents_every_key() -> None:
     # Each documented key is preceded by a comment somewhere in its section.
     for section, body in sections.items():
         assert "#" in body, f"section [{section}] has no comments"
+
+
+def test_large_downloads_default_to_one_at_a_time(tmp_path: Path) -> None:
+    from relayd.hops.base import HopContext
+    from relayd.hops.download import BLOCK, DownloadHop
+
+    hub = load_config(write(tmp_path, "")).hub
+    assert (hub.concurrency, hub.large_concurrency) == (4, 1)
+    hub = load_config(write(tmp_path, "[hub]\nconnections = 8\nlarge_concurrency = 2\n")).hub
+    hop = DownloadHop(hub, cast(HopContext, None))
+    assert hop.large_files == (8 * BLOCK, 2)  # a file that keeps every connection busy counts as large
 
 
 def test_defaults_need_no_file_content(tmp_path: Path) -> None:
