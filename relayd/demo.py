@@ -264,8 +264,18 @@ class RouteDemo(Demo):
         return result
 
 
-def print_route_table(rows: list[Any], title: str) -> None:
+def show_table(table: Any) -> None:
+    """Print a rich table: to a terminal at its width; elsewhere (a log, a pipe, CI) wide enough
+    that no path is cut."""
     from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    console.print(table)
+
+
+def print_route_table(rows: list[Any], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
@@ -275,7 +285,7 @@ def print_route_table(rows: list[Any], title: str) -> None:
         table.add_row(
             row.path, row.hub[:12], row.drive[:12], row.vm[:12], row.clone[:12], "✔" if row.ok else "✘"
         )
-    Console().print(table)
+    show_table(table)
 
 
 def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None]) -> bool:
@@ -328,7 +338,6 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
 
 
 def print_table(rows: list[tuple[str, str, str, bool]], columns: tuple[str, str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="verification (sha256)")
@@ -338,7 +347,7 @@ def print_table(rows: list[tuple[str, str, str, bool]], columns: tuple[str, str]
     table.add_column("ok")
     for path, source, landed, ok in rows:
         table.add_row(path, source[:16], landed[:16], "✔" if ok else "✘")
-    Console().print(table)
+    show_table(table)
 
 
 def run_demo(options: DemoOptions) -> int:

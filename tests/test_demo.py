@@ -29,6 +29,9 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
     tables = output.count("sha256 at every place")
     assert tables == 2
     assert len(re.findall(r"model-0000\d.*✔", output)) == 4
+    # Not a terminal here: the tables are printed wide enough that no path is cut.
+    assert len(re.findall(r"model-00001-of-00002\.safetensors .*✔", output)) == 2
+    assert "generation_config.json" in output and "…" not in output
     assert "tokenizer.json changed" not in output
     assert "the new revision downloaded 1.0 MiB (one shard is 1.0 MiB)" in output
 
