@@ -43,9 +43,14 @@ class Services:
         self._lock = threading.Lock()
 
     def register(self, name: str, factory: Callable[[], Any]) -> None:
+        """Use *factory* for *name* from now on. A client already built is retired (``retire()``,
+        when it has one): whoever holds it may finish with it, but it keeps nothing idle."""
         with self._lock:
             self._factories[name] = factory
-            self._built.pop(name, None)
+            old = self._built.pop(name, None)
+        retire = getattr(old, "retire", None)
+        if callable(retire):
+            retire()
 
     def get(self, name: str) -> Any:
         """Return the shared client *name*, building it on first use. Raise KeyError if unknown."""

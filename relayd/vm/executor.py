@@ -160,6 +160,7 @@ class Executor(abc.ABC):
         self._idle: list[_Session] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._retired = False
         #: Agent processes started so far (each one a session; reuse keeps this low).
         self.sessions_started = 0
         #: Put in every agent's command line, so its processes can be found (`pgrep -f relayd-agent`);
@@ -272,7 +273,8 @@ class Executor(abc.ABC):
         """Keep *session* for the next call when *keep* and there is room; else end it."""
         with self._lock:
             self._busy.discard(session)
-            if keep and not self._closed and session.alive and len(self._idle) < IDLE_SESSIONS:
+            pooling = not (self._closed or self._retired)
+            if keep and pooling and session.alive and len(self._idle) < IDLE_SESSIONS:
                 session.idle_since = time.monotonic()
                 self._idle.append(session)
                 return
@@ -328,6 +330,15 @@ class Executor(abc.ABC):
         return facts
 
     # -- shutdown ---------------------------------------------------------------------------------
+
+    def retire(self) -> None:
+        """End the idle sessions and keep no more (a reload replaced this executor); calls still
+        running finish normally, and later calls still work, each in a session of its own."""
+        with self._lock:
+            self._retired = True
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
 
     def close(self) -> None:
         """End the idle sessions and kill every call still running (its process group here; over SSH

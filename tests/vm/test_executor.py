@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Services
 from relayd.sandbox.sshd import SandboxSshd, processes_with_cmdline, restricted_path
 from relayd.vm.executor import (
     BOOTSTRAP,
@@ -369,3 +370,15 @@ def test_an_idle_agent_exits_by_itself() -> None:
     assert core.serve(stdin, io.StringIO(), idle_exit=0.3) == 0
     assert 0.3 <= time.monotonic() - started < 5
     os.close(write_end)
+
+
+def test_a_reload_retires_the_executor_it_replaces(executor: Executor, marker: str) -> None:
+    services = Services({"vm": lambda: executor})
+    services.get("vm").call("stat", {"path": "/"})
+    assert processes_with_cmdline(marker), "the idle session should be kept"
+    services.register("vm", lambda: make_executor(executor.config))
+    assert no_agent_left(marker), "the replaced executor's idle sessions should end"
+    # A transfer still holding the old executor finishes with it, in a session that is not kept.
+    assert executor.call("stat", {"path": "/"})["size"] is not None
+    assert executor.sessions_started == 2
+    assert no_agent_left(marker)
