@@ -240,8 +240,9 @@ class Executor(abc.ABC):
             self._idle = [s for s in self._idle if s is not chosen and s not in expired]
             if chosen is not None:
                 self._busy.add(chosen)
-        for session in expired:
-            session.close()
+        if expired:
+            # Off this call's path: over a link that died, an ssh client takes seconds to go.
+            threading.Thread(target=_close_all, args=(expired,), name="relayd-vm-reap", daemon=True).start()
         return chosen or self._start(bundle)
 
     def _start(self, bundle: AgentBundle) -> _Session:
@@ -571,6 +572,11 @@ class _Call:
                 self.killed_for = "timeout"
                 self.session.kill()
                 return
+
+
+def _close_all(sessions: list[_Session]) -> None:
+    for session in sessions:
+        session.close()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
