@@ -226,18 +226,14 @@ class Executor(abc.ABC):
 
     def _checkout(self, bundle: AgentBundle) -> _Session:
         """Return an idle session still worth reusing, or start a new one."""
-        expired: list[_Session] = []
-        chosen: _Session | None = None
         with self._lock:
             if self._closed:
                 raise Cancelled("the VM executor is closed")
             now = time.monotonic()
-            for session in self._idle:
-                if session.alive and now - session.idle_since < REUSE_WITHIN:
-                    chosen = session  # the most recently used
-                else:
-                    expired.append(session)
-            self._idle = [s for s in self._idle if s is not chosen and s not in expired]
+            fresh = [s for s in self._idle if s.alive and now - s.idle_since < REUSE_WITHIN]
+            expired = [s for s in self._idle if s not in fresh]
+            chosen = fresh.pop() if fresh else None  # the most recently used
+            self._idle = fresh
             if chosen is not None:
                 self._busy.add(chosen)
         if expired:
@@ -367,7 +363,6 @@ class _Session:
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.greeted = False  # the agent said hello and has its code
         self.calls = 0
-        self.reusable = False  # its last call ended with a result that lets it serve another
         self.idle_since = 0.0
         self.op = ""
         self._stdin_lock = threading.Lock()
@@ -454,6 +449,7 @@ class _Call:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.reused = session.calls > 0
         self.answered = False
+        self.reusable = False  # the agent's result lets the session serve another call
         self.killed_for: str | None = None
         self.cancel_sent = False
         self._done = threading.Event()
@@ -463,7 +459,7 @@ class _Call:
     def clean(self) -> bool:
         """True when the session may serve another call: the agent said so, and nothing of this
         call (a cancel, a kill) can reach the next one."""
-        return self.session.reusable and not self.cancel_sent and self.killed_for is None
+        return self.reusable and not self.cancel_sent and self.killed_for is None
 
     def run(
         self,
@@ -474,7 +470,6 @@ class _Call:
     ) -> dict[str, Any]:
         session = self.session
         session.op = self.op
-        session.reusable = False
         watcher = threading.Thread(target=self._watch, name="relayd-vm-watch", daemon=True)
         watcher.start()
         try:
@@ -494,7 +489,7 @@ class _Call:
                     raise self._ended_early(start_failure, started=True)
                 self.answered = True
                 if event.get("event") == "result":
-                    session.reusable = bool(event.get("ok")) and bool(event.get("reusable"))
+                    self.reusable = bool(event.get("reusable"))  # the agent says false after a failure
                     if event.get("left_behind"):
                         log.debug("the VM agent (%s) left %s running", self.op, event["left_behind"])
                     return self._result(event)

@@ -119,10 +119,19 @@ def test_calls_at_once_get_a_session_each(executor: Executor, tmp_path: Path, ma
     path = tmp_path / "blob"
     path.write_bytes(os.urandom(64 * 1024 * 1024))
     results: list[dict[str, Any]] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(executor.call("sha256", {"path": str(path)})))
-        for _ in range(2)
-    ]
+    both_running = threading.Barrier(2, timeout=30)  # neither call may end before the other began
+
+    def hash_it() -> None:
+        waited: list[bool] = []
+
+        def once(_event: dict[str, Any]) -> None:
+            if not waited:
+                waited.append(True)
+                both_running.wait()
+
+        results.append(executor.call("sha256", {"path": str(path)}, on_event=once))
+
+    threads = [threading.Thread(target=hash_it) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
