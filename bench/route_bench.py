@@ -3,7 +3,7 @@ lfs_push must finish in ≤ 1.3× the time of the slowest hop measured alone on 
 staging disk's peak ≤ 2 shards.
 
 Usage: .venv/bin/python bench/route_bench.py [--shard-size "256 MiB"] [--ssh/--no-ssh] [--drive-cap "20 MB"]
-                                             [--dir DIR]
+                                             [--dir DIR] [--timeline]
 
 --drive-cap limits each download link of the fake drive (bytes/s), as the real drive throttles its
 links: then vm_pull is the route's bottleneck, as it is in practice. Without it every service shares
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from relayd.catalogue.schema import Repo, Snapshot, Transfer
+from relayd.catalogue.schema import File, Repo, Snapshot, Transfer
 from relayd.catalogue.store import Store
 from relayd.sandbox.hub import make_model_repo
 from relayd.sandbox.route import REPO, RouteSandbox
@@ -55,10 +55,12 @@ def wait_done(box: RouteSandbox, name: str, timeout: float = 3600) -> None:
         store.close()
 
 
-def timed_relay(box: RouteSandbox, name: str, route: str, hop: str | None = None) -> float:
+def timed_relay(
+    box: RouteSandbox, name: str, route: str, hop: str | None = None, *, timeline: bool = False
+) -> float:
     """Relay *name* along *route*; return the seconds from the first transfer's start to the end of
     *hop*'s last transfer (or of the whole snapshot), as the catalogue recorded them (so the poll's
-    pick-up delay is not counted)."""
+    pick-up delay is not counted). With *timeline*, print every transfer's start and end."""
     result = box.relayctl("add", name, "--route", route, "--every", "1h")
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
@@ -67,14 +69,26 @@ def timed_relay(box: RouteSandbox, name: str, route: str, hop: str | None = None
     try:
         with store.read() as session:
             rows = session.execute(
-                select(Transfer.hop, Transfer.started_at, Transfer.finished_at)
+                select(Transfer.hop, File.path, Transfer.started_at, Transfer.finished_at)
                 .join(Repo, Repo.id == Transfer.repo_id)
+                .outerjoin(File, File.id == Transfer.file_id)
                 .where(Repo.name == name)
             ).all()
     finally:
         store.close()
-    spans = [(h, s, f) for h, s, f in rows if s is not None and f is not None and (hop is None or h == hop)]
-    return (max(f for _, _, f in spans) - min(s for _, s, _ in spans)).total_seconds()
+    spans = [
+        (hop_name, path, started, finished)
+        for hop_name, path, started, finished in rows
+        if started is not None and finished is not None and (hop is None or hop_name == hop)
+    ]
+    first = min(started for _, _, started, _ in spans)
+    if timeline:
+        for hop_name, path, started, finished in sorted(spans, key=lambda row: row[2]):
+            print(
+                f"    {hop_name:<10} {path or '(snapshot commit)':<40} "
+                f"{(started - first).total_seconds():6.2f} → {(finished - first).total_seconds():6.2f} s"
+            )
+    return (max(finished for _, _, _, finished in spans) - first).total_seconds()
 
 
 def du(path: Path) -> int:
@@ -94,6 +108,7 @@ def main() -> int:
     parser.add_argument("--ssh", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--drive-cap", default="0", help="bytes/s per drive download link (0 = none)")
     parser.add_argument("--dir", type=Path)
+    parser.add_argument("--timeline", action="store_true", help="print the whole route's transfers")
     args = parser.parse_args()
     shard = parse_size(args.shard_size)
     cap = parse_size(args.drive_cap)
@@ -150,7 +165,7 @@ def main() -> int:
     sampler.start()
     daemon = box.start_daemon()
     try:
-        whole = timed_relay(box, REPO, "download,pan_upload,vm_pull,lfs_push")
+        whole = timed_relay(box, REPO, "download,pan_upload,vm_pull,lfs_push", timeline=args.timeline)
     finally:
         stop.set()
         sampler.join()
