@@ -648,6 +648,10 @@ class FakeDrive:
         """Invalidate live refresh tokens: the next refresh answers 400 InvalidParameter.RefreshToken."""
         self.store.revoke_refresh_tokens(user)
 
+    def log_out_device(self, device_id: str, user: DriveUser | None = None) -> None:
+        """Log a device (an ``x-device-id``) out of the account, as a person does in the app."""
+        self.store.log_out_device(user or self.user, device_id)
+
     def advance_clock(self, seconds: float) -> None:
         """Move the fake's clock: tokens, URLs and upload ids expire as if time had passed."""
         self.store.advance_clock(seconds)

@@ -723,6 +723,15 @@ class DriveStore:
         if policy == "reject":
             raise ApiError(400, "DeviceSessionSignatureInvalid", "device session signature error")
 
+    def log_out_device(self, user: DriveUser, device_id: str) -> None:
+        """Forget *device_id* for *user*, as logging it out in the Aliyun Drive app does: its slot
+        goes to the next device, and it needs a new session."""
+        with self.lock:
+            seen = self._devices.get(user.user_id, [])
+            if device_id in seen:
+                seen.remove(device_id)
+            self._sessions.discard((user.user_id, device_id))
+
     def create_session(self, ctx: CallContext, device_id: str) -> tuple[int, JSON]:
         """/users/v1/users/device/create_session: register the device's key. A device past the
         limit gets ``result: false`` (tickstep/aliyunpan reads that as "too many devices")."""

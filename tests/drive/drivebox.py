@@ -302,8 +302,8 @@ def record_secrets(fake: FakeDrive) -> list[str]:
     for name in ("issue_refresh_token", "issue_access_token"):
         original = getattr(store, name)
 
-        def issue(user: Any, _original: Callable[[Any], str] = original) -> str:
-            token = _original(user)
+        def issue(user: Any, _original: Callable[..., str] = original, **kwargs: Any) -> str:
+            token = _original(user, **kwargs)
             issued.append(token)
             return token
 

@@ -766,6 +766,8 @@ def test_more_than_ten_devices_are_offline(drive: FakeDrive) -> None:
     session = _raw_call(drive, token, "device-10", "/users/v1/users/device/create_session")
     assert session.status_code == 200 and session.json()["result"] is False
     assert _raw_call(drive, token, "device-3").ok  # the first ten still work
+    drive.log_out_device("device-3")  # a person logs a device out in the app
+    assert _raw_call(drive, token, "device-10").ok
     other = drive.add_user("other")
     assert _raw_call(drive, drive.issue_access_token(other), "device-10").ok  # counted per user
 
