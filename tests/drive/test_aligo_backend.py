@@ -283,6 +283,10 @@ def test_throttling_and_server_errors_are_retryable_with_retry_after(box: DriveB
         with pytest.raises(Retryable) as caught:
             drive.find(folder, "x")
         assert caught.value.error_class == "server"
+    fake.fail_next("/adrive/v3/file/list", 502, body="Bad Gateway")  # plain text: throttled
+    with pytest.raises(Retryable) as caught:
+        drive.find(folder, "x")
+    assert caught.value.error_class == "server"
     fake.fail_next("/v2/file/get", 200, body="<html>gateway</html>")
     with pytest.raises(Retryable):
         drive.get("some-id")
@@ -544,6 +548,27 @@ def test_a_cancelled_upload_resumes_without_sending_a_part_twice(
     assert result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
 
 
+def test_listings_and_part_lists_are_followed_page_by_page(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    fake.settings.page_limit = fake.settings.parts_page_limit = 2
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/pages")
+    for n in range(5):
+        local = _local(tmp_path, os.urandom(100), f"f{n}")
+        drive.upload(local, folder, f"f{n}.txt", {}, callbacks=UploadCallbacks(), cancel=threading.Event())
+    listed = fake.stats().calls.get("/adrive/v3/file/list", 0)
+    assert drive.find(folder, "f4.txt") is not None
+    assert fake.stats().calls["/adrive/v3/file/list"] - listed == 3  # pages of 2, 2 and 1
+    local = _local(tmp_path, os.urandom(7 * PART))
+    first = Recorder(cancel_after=5)
+    with pytest.raises(Cancelled):
+        drive.upload(local, folder, "p.bin", {}, callbacks=first, cancel=first.cancel)
+    second = Recorder()
+    drive.upload(local, folder, "p.bin", first.saved, callbacks=second, cancel=second.cancel)
+    assert ("confirmed", 5) in second.events  # found over three pages of the drive's part list
+
+
 def test_an_expired_upload_id_starts_a_fresh_upload(box: DriveBox, fake: FakeDrive, tmp_path: Path) -> None:
     local = _local(tmp_path, os.urandom(4 * PART))
     drive = box.drive()
@@ -604,6 +629,25 @@ def test_an_oversized_error_from_the_upload_host_is_read_bounded(
     assert "400" in str(caught.value) and len(str(caught.value)) < 500
     # relayd read a few KiB and hung up: the fake could not hand over most of the answer.
     assert fake.stats().injected_bytes_sent < 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("code", ["PartNotSequential", "PartAlreadyExist"])
+def test_a_409_on_a_part_asks_the_drive_what_it_holds(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path, code: str
+) -> None:
+    """A part PUT may answer 409 (Aliyun's SDK counts 200 and 409 as sent); relayd asks the drive's
+    list of parts instead of trusting either."""
+    data = os.urandom(3 * PART)
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/conflict")
+    fake.fail_next(UPLOAD_PREFIX, 409, code=code)
+    recorder = Recorder()
+    result = drive.upload(
+        _local(tmp_path, data), folder, "c.bin", {}, callbacks=recorder, cancel=recorder.cancel
+    )
+    assert result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
+    assert fake.stats().calls["/v2/file/list_uploaded_parts"] == 1
+    assert ("confirmed", 0) in recorder.events  # the refused part was not counted as sent
 
 
 def test_a_429_on_a_part_is_retryable_with_retry_after(
