@@ -34,7 +34,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from relayd.config import DriveConfig
 from relayd.drive._redirect import redirect_session
@@ -244,10 +243,15 @@ class _PutOutcome:
 
 
 def _bounded_text(response: requests.Response) -> str:
-    """Return at most ERROR_BODY_LIMIT bytes of a streamed answer's body as text (the rest is never
-    read: closing the response drops the connection)."""
-    data = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
-    return data.decode("utf-8", "replace")
+    """Return at most ERROR_BODY_LIMIT bytes of a streamed answer's body as text. A short body is read
+    to its end (the connection goes back to the pool); of a longer one the rest is never read, and
+    closing the response drops its connection."""
+    data = bytearray()
+    for chunk in response.iter_content(ERROR_BODY_LIMIT):
+        data += chunk
+        if len(data) >= ERROR_BODY_LIMIT:
+            break
+    return bytes(data[:ERROR_BODY_LIMIT]).decode("utf-8", "replace")
 
 
 def _xml_code(text: str) -> str:
@@ -1207,13 +1211,8 @@ class AligoDrive(Drive):
             )
             with response:
                 status = response.status_code
-                text = _bounded_text(response) if status >= 300 else ""
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError,
-        ) as exc:
+                text = _bounded_text(response)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             log.debug("PUT %s: %s", _path_of(url), type(exc).__name__)
             return _PutOutcome.BROKEN, 0, None
         if 200 <= status < 300:

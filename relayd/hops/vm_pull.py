@@ -73,6 +73,12 @@ def _expires_in(link: Any) -> float | None:
     return float(expires) - time.time()
 
 
+def _worth_keeping(link: Any) -> bool:
+    """Return True while a download link has more than LINK_MARGIN left."""
+    left = _expires_in(link)
+    return left is not None and left > LINK_MARGIN
+
+
 class VmPullHop(Hop):
     """Drive → VM disk, through the VM agent; see the module doc."""
 
@@ -223,11 +229,12 @@ class VmPullHop(Hop):
         """Return a kept link for *file_id* with more than LINK_MARGIN left, else a new one."""
         with self._lock:
             link = self._links.get(file_id)
-        left = _expires_in(link) if link is not None else None
-        if link is not None and left is not None and left > LINK_MARGIN:
+        if link is not None and _worth_keeping(link):
             return link
         link = drive.download_url(file_id)
         with self._lock:
+            # Links of files that failed for good would otherwise stay here until the daemon stops.
+            self._links = {key: kept for key, kept in self._links.items() if _worth_keeping(kept)}
             self._links[file_id] = link
         return link
 
@@ -384,6 +391,7 @@ class VmPullHop(Hop):
             if accepted:
                 self._note_cap(min(accepted))
             self._good_headers = headers
+            self._forget_link(str(file_id))
             self._results[job.id] = result
             return
 
