@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import requests
-from drivebox import DriveBox
+from drivebox import DriveBox, sign_in_other_devices
 
 from relayd.config import SecretRef
 from relayd.drive.aligo_backend import AligoDrive, retry_after_seconds
@@ -360,19 +360,6 @@ def test_retry_after_parsing() -> None:
 # -- device sessions --------------------------------------------------------------------------------
 
 
-def _sign_in_other_devices(fake: FakeDrive, count: int) -> None:
-    """Use the account from *count* other devices (the user's phone, PC, web sessions)."""
-    token = fake.issue_access_token()
-    for n in range(count):
-        answer = requests.post(
-            fake.api_url + "/v2/user/get",
-            json={},
-            headers={"Authorization": token, "x-device-id": f"other-device-{n}"},
-            timeout=10,
-        )
-        assert answer.ok
-
-
 def test_a_device_without_a_session_gets_one_from_aligo(box: DriveBox, fake: FakeDrive) -> None:
     fake.settings.device_policy = "require_session"
     drive = box.drive()
@@ -394,7 +381,7 @@ def test_a_refused_device_signature_blocks_with_a_hint(box: DriveBox, fake: Fake
 
 
 def test_more_than_ten_devices_blocks_with_the_device_hint(box: DriveBox, fake: FakeDrive) -> None:
-    _sign_in_other_devices(fake, 10)
+    sign_in_other_devices(fake, 10)
     drive = box.drive()
     with pytest.raises(NeedsPerson) as caught:
         drive.ensure_folder("/relayd/devices")

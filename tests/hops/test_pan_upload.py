@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "drive"))
 
@@ -281,18 +280,6 @@ def test_429_backs_off_with_retry_after_and_continues(box: DriveBox, fake: FakeD
 # -- what only a person can fix blocks, once ----------------------------------------------------------
 
 
-def _sign_in_other_devices(fake: FakeDrive, count: int) -> None:
-    token = fake.issue_access_token()
-    for n in range(count):
-        answer = requests.post(
-            fake.api_url + "/v2/user/get",
-            json={},
-            headers={"Authorization": token, "x-device-id": f"phone-{n}"},
-            timeout=10,
-        )
-        assert answer.ok
-
-
 def _one_blocked(box: DriveBox, error_class: str) -> Any:
     (transfer,) = box.transfers()
     assert transfer.state == BLOCKED, (transfer.state, transfer.last_error)
@@ -304,13 +291,13 @@ def _one_blocked(box: DriveBox, error_class: str) -> Any:
 def test_too_many_devices_blocks_with_the_device_hint_and_retry_resumes(
     box: DriveBox, fake: FakeDrive
 ) -> None:
-    _sign_in_other_devices(fake, 10)
+    drivebox.sign_in_other_devices(fake, 10)
     box.stage("acme/devices", {"w.bin": os.urandom(2 * PART)})
     engine = box.run()
     transfer = _one_blocked(box, "device")
     assert "UserDeviceOffline" in (transfer.last_error or "")
     assert "log one out in the Aliyun Drive app" in (transfer.hint or "")
-    fake.log_out_device("phone-0")  # the person does what the hint says, then `relayctl retry`
+    fake.log_out_device("other-device-0")  # the person does what the hint says, then `relayctl retry`
     assert box.store.retry() == 1
     box.run(engine)
     _done(box)

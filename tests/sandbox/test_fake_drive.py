@@ -326,29 +326,20 @@ def test_rapid_upload_pre_hash_then_proof(
     matched = _create(aligo_mod, ali, "known.bin", data, pre_hash=pre_hash(data))
     assert not matched and matched.code == "PreHashMatched"
 
-    wrong = _create(
-        aligo_mod,
-        ali,
-        "known.bin",
-        data,
-        content_hash=_sha1(data),
-        proof_code="AAAAAAAAAAA=",
-        proof_version="v1",
-    )
-    assert not wrong and wrong.response.status_code == 400
-    assert wrong.code == "InvalidParameter.ProofCode"
-    assert drive.stats().proofs_rejected == 1
-    drive.settings.proof_refusal_code = "InvalidRapidProof"  # tickstep/aliyunpan-api's code 22
-    other = _create(
-        aligo_mod,
-        ali,
-        "known.bin",
-        data,
-        content_hash=_sha1(data),
-        proof_code="AAAAAAAAAAA=",
-        proof_version="v1",
-    )
-    assert (other.response.status_code, other.code) == (400, "InvalidRapidProof")
+    # aligo's code, then tickstep/aliyunpan-api's (its code 22): the knob picks which one refuses.
+    for refusals, code in enumerate(("InvalidParameter.ProofCode", "InvalidRapidProof"), start=1):
+        drive.settings.proof_refusal_code = code
+        wrong = _create(
+            aligo_mod,
+            ali,
+            "known.bin",
+            data,
+            content_hash=_sha1(data),
+            proof_code="AAAAAAAAAAA=",
+            proof_version="v1",
+        )
+        assert not wrong and (wrong.response.status_code, wrong.code) == (400, code)
+        assert drive.stats().proofs_rejected == refusals
 
     proof = ali._get_proof_code(str(path), len(data))
     assert proof == proof_code(ali._auth.token.access_token, data)
