@@ -525,10 +525,11 @@ def _vm(reader: SectionReader) -> VmConfig:
         from_staging=reader.boolean("from_staging", False),
     )
     reader.finish()
-    if config.concurrency * config.connections > 3:
+    if config.concurrency * config.connections > 2:
         log.warning(
-            "vm.concurrency × vm.connections = %d download links at once; the drive allows 2 per app and "
-            "3 per user (403 beyond): the VM agent drops the connections the drive refuses",
+            "vm.concurrency × vm.connections = %d downloads from the drive at once; it allows 2 per app "
+            "(3 per user) and refuses more (403 ExceedMaxConcurrency): relayd then drops connections and "
+            "waits",
             config.concurrency * config.connections,
         )
     return config

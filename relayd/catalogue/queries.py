@@ -26,6 +26,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -924,3 +925,70 @@ def repo_targets(reader: Reader) -> list[RepoTarget]:
         )
         for row in rows
     ]
+
+
+# -- measured throughput (`relayctl drive status`, `relayctl doctor`) -------------------------------------
+
+
+class HopRate(NamedTuple):
+    """What a hop moved lately: the bytes of the pieces that landed within the window, the time they
+    took (gaps longer than the idle gap, and the first piece of each run, are left out), and the summed
+    current rate of its running transfers (bytes/s)."""
+
+    hop: str
+    bytes: int
+    seconds: float
+    pieces: int
+    running: float
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes per second over the measured time; None when too little landed to tell."""
+        return self.bytes / self.seconds if self.seconds > 0 else None
+
+
+def measured_rates(
+    reader: Reader,
+    hops: Sequence[str],
+    *,
+    window: float = 3600.0,
+    idle_gap: float = 300.0,
+    now: datetime | None = None,
+) -> list[HopRate]:
+    """Return each hop's measured throughput over the last *window* seconds, from the times its pieces
+    were recorded durable. Transfers that moved nothing (rapid upload, a copy taken from staging) are
+    left out: their pieces are all recorded at one moment."""
+    moment = now or datetime.now(UTC)
+    rates = []
+    for hop in hops:
+        recent: list[int] = []
+        running = 0.0
+        for tid, state, rate, handles, updated in reader.rows(
+            "SELECT id, state, rate, handles, updated_at FROM transfers WHERE hop = :hop", {"hop": hop}
+        ):
+            when = _when(updated)
+            if state == RUNNING:
+                running += float(rate or 0.0)
+            moved = not any((_json(handles) or {}).get(key) for key in ("rapid", "via"))
+            if when is not None and (moment - when).total_seconds() <= window and moved:
+                recent.append(int(tid))
+        landed: list[tuple[datetime, int]] = []
+        for start in range(0, len(recent), 500):
+            names, params = _params("t", recent[start : start + 500])
+            for length, done_at in reader.rows(
+                f"SELECT length, done_at FROM pieces WHERE transfer_id IN ({names}) "  # noqa: S608
+                "AND done_at IS NOT NULL",
+                params,
+            ):
+                when = _when(done_at)
+                if when is not None and (moment - when).total_seconds() <= window:
+                    landed.append((when, int(length)))
+        landed.sort()
+        moved_bytes, seconds = 0, 0.0
+        for (before, _), (when, length) in pairwise(landed):
+            gap = (when - before).total_seconds()
+            if gap <= idle_gap:
+                moved_bytes += length
+                seconds += gap
+        rates.append(HopRate(hop, moved_bytes, seconds, len(landed), running))
+    return rates

@@ -211,6 +211,7 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
         try:
             rows, reader = catalogue_rows(config, probe)
             rows.append(daemon_row(reader, now))
+            rows += drive_rate_rows(reader)
             needed = _vm_bytes_needed(reader)
         except Exception as exc:
             log.debug("reading the catalogue failed", exc_info=True)
@@ -422,6 +423,22 @@ def drive_probes(config: Config) -> list[Probe]:
             "drive", "drive api", api, f"check drive.api_url ({config.drive.api_url}) and the network path"
         ),
     ]
+
+
+def drive_rate_rows(reader: Reader | None) -> list[Row]:
+    """Return how fast the drive moved bytes in the last hour (none when it moved nothing lately); a
+    warning when downloads look held to the third-party rate."""
+    from relayd.catalogue.queries import measured_rates
+    from relayd.cli.drive import DRIVE_HOPS, SLOW_HINT, THIRD_PARTY_RATE, rate_text
+
+    if reader is None:
+        return []
+    rates = [rate for rate in measured_rates(reader, list(DRIVE_HOPS)) if rate.rate or rate.running]
+    if not rates:
+        return []
+    slow = any(r.hop == "vm_pull" and r.rate is not None and r.rate < THIRD_PARTY_RATE for r in rates)
+    detail = "; ".join(rate_text(rate) for rate in rates)
+    return [Row("drive", "drive rate", WARN if slow else OK, detail, SLOW_HINT if slow else "")]
 
 
 # -- the VM --------------------------------------------------------------------------------------------

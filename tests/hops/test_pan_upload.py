@@ -277,6 +277,62 @@ def test_429_backs_off_with_retry_after_and_continues(box: DriveBox, fake: FakeD
     assert fake.stats().put_bytes_by_upload[fake.uploads()[0].upload_id] == len(data)
 
 
+# -- what only a person can fix blocks, once ----------------------------------------------------------
+
+
+def _one_blocked(box: DriveBox, error_class: str) -> Any:
+    (transfer,) = box.transfers()
+    assert transfer.state == BLOCKED, (transfer.state, transfer.last_error)
+    assert transfer.error_class == error_class
+    assert transfer.attempts == 1  # blocked at the first failure, never retried for ever
+    return transfer
+
+
+def test_too_many_devices_blocks_with_the_device_hint_and_retry_resumes(
+    box: DriveBox, fake: FakeDrive
+) -> None:
+    drivebox.sign_in_other_devices(fake, 10)
+    box.stage("acme/devices", {"w.bin": os.urandom(2 * PART)})
+    engine = box.run()
+    transfer = _one_blocked(box, "device")
+    assert "UserDeviceOffline" in (transfer.last_error or "")
+    assert "log one out in the Aliyun Drive app" in (transfer.hint or "")
+    fake.log_out_device("other-device-0")  # the person does what the hint says, then `relayctl retry`
+    assert box.store.retry() == 1
+    box.run(engine)
+    _done(box)
+
+
+def test_a_refused_device_signature_blocks_with_a_login_hint(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.device_policy = "reject"
+    box.stage("acme/signature", {"w.bin": os.urandom(PART)})
+    box.run()
+    transfer = _one_blocked(box, "device")
+    assert "relayctl drive login" in (transfer.hint or "")
+
+
+def test_an_api_the_drive_no_longer_has_blocks_instead_of_retrying(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.removed_endpoints = frozenset({"/adrive/v2/file/createWithFolders"})
+    box.stage("acme/changed", {"w.bin": os.urandom(PART)})
+    box.run()
+    transfer = _one_blocked(box, "api_changed")
+    assert "needs an update" in (transfer.hint or "")
+    assert fake.stats().calls["/adrive/v2/file/createWithFolders"] == 1
+
+
+def test_invalid_rapid_proof_is_a_refused_proof(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.proof_refusal_code = "InvalidRapidProof"
+    data = os.urandom(3 * PART)
+    fake.seed_content(data)
+    fake.reject_next_proofs(1)
+    box.stage("acme/proof", {"w.bin": data})
+    box.run()
+    _done(box)
+    assert (fake.stats().proofs_rejected, fake.stats().put_bytes) == (1, 0)
+    (transfer,) = box.transfers()
+    assert transfer.handles["rapid"] is True
+
+
 class CountingDrive(Drive):
     """Wraps a Drive and records how many uploads run at once."""
 
