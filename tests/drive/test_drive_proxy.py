@@ -1,0 +1,91 @@
+"""The drive adapter (real aligo on requests, whose trust_env aligo turns off) through a real forwarding
+proxy (tinyproxy): drive.proxy with credentials for the API and the part uploads, the environment's
+variables when none is configured, and NO_PROXY. The access token still never reaches a data host."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from drivebox import DriveBox
+from proxybox import Tinyproxy, clear_proxy_variables, running_tinyproxy, via_proxy
+
+from relayd.drive.base import LocalFile, UploadCallbacks
+from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
+
+PART = 64 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_proxy_variables(monkeypatch)
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    with running_tinyproxy(tmp_path / "proxy", user="relayd", password="dr1ve-proxy-pw") as proxy:
+        yield proxy
+
+
+def upload(box: DriveBox, tmp_path: Path, **config: str) -> None:
+    """Log in, make a folder and upload a file of several parts (no rapid upload: new content)."""
+    data = os.urandom(3 * PART + 17)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    drive = box.drive(**config)
+    folder = drive.ensure_folder("/relayd/proxied")
+    result = drive.upload(
+        LocalFile(path, len(data), hashlib.sha1(data).hexdigest()),
+        folder,
+        "blob.bin",
+        {},
+        callbacks=UploadCallbacks(),
+        cancel=threading.Event(),
+    )
+    assert not result.rapid and result.file.size == len(data)
+
+
+def test_drive_proxy_carries_the_api_calls_and_the_part_uploads(
+    box: DriveBox, fake: FakeDrive, tinyproxy: Tinyproxy, tmp_path: Path
+) -> None:
+    upload(box, tmp_path, proxy=tinyproxy.url)
+
+    seen = fake.requests.snapshot()
+    assert seen and all(via_proxy(entry.headers) for entry in seen)
+    # The token refresh and the file calls (aligo, redirected to the fake's API) and each part's PUT.
+    assert tinyproxy.carried(f"{fake.api_url}/v2/account/token", "POST")
+    assert tinyproxy.carried(f"{fake.api_url}/adrive/v2/file/createWithFolders", "POST")
+    assert len(tinyproxy.carried(f"{fake.data_url}{UPLOAD_PREFIX}/", "PUT")) == 4
+    assert fake.authorized_data_requests() == []
+
+
+def test_the_environment_variables_carry_the_drive_when_no_proxy_is_configured(
+    box: DriveBox,
+    fake: FakeDrive,
+    tinyproxy: Tinyproxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", tinyproxy.url)  # read as requests reads it (curl: http_proxy only)
+    upload(box, tmp_path)
+
+    assert all(via_proxy(entry.headers) for entry in fake.requests.snapshot())
+    assert tinyproxy.carried(fake.api_url) and tinyproxy.carried(fake.data_url, "PUT")
+
+
+def test_no_proxy_sends_the_drive_straight_even_past_drive_proxy(
+    box: DriveBox,
+    fake: FakeDrive,
+    tinyproxy: Tinyproxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    upload(box, tmp_path, proxy=tinyproxy.url)
+
+    assert fake.requests.snapshot() and not any(via_proxy(e.headers) for e in fake.requests.snapshot())
+    assert tinyproxy.requests() == []
