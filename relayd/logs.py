@@ -4,7 +4,8 @@ Two kinds of secret are scrubbed: the values relayd registers (tokens, as it rea
 cannot know in advance, which travel in URLs: the query of a signed URL (the Hub's CDN ``Signature``,
 ``Policy``, ``Key-Pair-Id``; S3's and OSS's ``X-Amz-*``/``x-oss-*``; the sandbox's ``sig``) and a
 URL's userinfo (a proxy's password). Libraries log both at debug level: httpcore2 prints response
-headers (a redirect's ``Location`` is a signed URL), urllib3 prints each request line.
+headers (a redirect's ``Location`` is a signed URL), urllib3 prints each request line. Their debug
+chatter is kept off, and whatever reaches a handler is scrubbed all the same.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def setup_logging(level: str = "info") -> None:
         "httpx",
         "httpx2",
         "httpcore",
+        "httpcore2",
         "urllib3",
         "aligo",
         "watchdog",
