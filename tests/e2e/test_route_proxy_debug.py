@@ -102,7 +102,7 @@ def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
         monkeypatch.setenv("http_proxy", tinyproxy.url)  # the daemon's environment: the webhooks
         daemon = box.start_daemon("--log-level", "debug")
         try:
-            added = box.relayctl("add", REPO, "--every", "1h", "--webhook", repo_hook)
+            added = box.relayctl("-vv", "add", REPO, "--every", "1h", "--webhook", repo_hook)
             assert added.returncode == 0, added.stderr
             wait_for(lambda: Catalogue(box).snapshot_done(box.head), 200, "the snapshot", box.log_path)
             wait_for(lambda: len(hooks.bodies) >= 2, 60, "both webhooks", box.log_path)
@@ -142,7 +142,7 @@ def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
             "a webhook URL": [urlsplit(hook).path.rsplit("/", 1)[1] for hook in (global_hook, repo_hook)],
             "the proxy password": [PROXY_PASSWORD],
         }
-        log = box.log_path.read_text(errors="replace")
+        log = box.log_path.read_text(errors="replace") + added.stderr
         assert re.search(r" DEBUG +\S+: ", log), "the daemon logged at debug level"
         for what, values in secret_values.items():
             leaked = [value for value in values if value and value in log]
