@@ -6,13 +6,14 @@ tinyproxy logs each request it carries (``GET http://host:port/path HTTP/1.1`` f
 absolute form a client sends it; ``CONNECT host:port HTTP/1.1`` for a tunnel) and adds
 ``Via: 1.1 relayd-test-proxy`` to every request it forwards, so a fake's request log shows which
 requests came through it. A helper module, not a test file (tests/conftest.py puts this directory on
-sys.path).
+sys.path); the conftest of each test folder that uses them takes the fixtures at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import socket
 import ssl
 import subprocess
@@ -112,20 +113,37 @@ class Tinyproxy:
         return [t for m, t in self.requests() if fragment in t and method in (None, m)]
 
 
-@contextlib.contextmanager
-def running_tinyproxy(root: Path, *, user: str = "", password: str = "") -> Iterator[Tinyproxy]:
-    """Run a Tinyproxy for the duration of a ``with`` block (a test module's fixture)."""
-    proxy = Tinyproxy(root, user=user, password=password).start()
+#: The credentials ``locked_proxy`` demands.
+LOCKED_USER = "relayd"
+LOCKED_PASSWORD = "pr0xy-" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every proxy variable for this test (it sets the ones it means)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    """A tinyproxy for this test that carries anything from 127.0.0.1."""
+    proxy = Tinyproxy(tmp_path / "tinyproxy").start()
     try:
         yield proxy
     finally:
         proxy.stop()
 
 
-def clear_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset every proxy variable for this test (it sets the ones it means)."""
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture
+def locked_proxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    """A tinyproxy for this test that answers 407 without LOCKED_USER and LOCKED_PASSWORD; its
+    ``url`` carries them."""
+    proxy = Tinyproxy(tmp_path / "locked-proxy", user=LOCKED_USER, password=LOCKED_PASSWORD).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 def via_proxy(headers: dict[str, str]) -> bool:

@@ -7,28 +7,18 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from drivebox import DriveBox
-from proxybox import Tinyproxy, clear_proxy_variables, running_tinyproxy, via_proxy
+from proxybox import Tinyproxy, via_proxy
 
 from relayd.drive.base import LocalFile, UploadCallbacks
 from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
 
+pytestmark = pytest.mark.usefixtures("no_proxy_variables")
+
 PART = 64 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_variables(monkeypatch)
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    with running_tinyproxy(tmp_path / "proxy", user="relayd", password="dr1ve-proxy-pw") as proxy:
-        yield proxy
 
 
 def upload(box: DriveBox, tmp_path: Path, **config: str) -> None:
@@ -50,16 +40,16 @@ def upload(box: DriveBox, tmp_path: Path, **config: str) -> None:
 
 
 def test_drive_proxy_carries_the_api_calls_and_the_part_uploads(
-    box: DriveBox, fake: FakeDrive, tinyproxy: Tinyproxy, tmp_path: Path
+    box: DriveBox, fake: FakeDrive, locked_proxy: Tinyproxy, tmp_path: Path
 ) -> None:
-    upload(box, tmp_path, proxy=tinyproxy.url)
+    upload(box, tmp_path, proxy=locked_proxy.url)
 
     seen = fake.requests.snapshot()
     assert seen and all(via_proxy(entry.headers) for entry in seen)
     # The token refresh and the file calls (aligo, redirected to the fake's API) and each part's PUT.
-    assert tinyproxy.carried(f"{fake.api_url}/v2/account/token", "POST")
-    assert tinyproxy.carried(f"{fake.api_url}/adrive/v2/file/createWithFolders", "POST")
-    assert len(tinyproxy.carried(f"{fake.data_url}{UPLOAD_PREFIX}/", "PUT")) == 4
+    assert locked_proxy.carried(f"{fake.api_url}/v2/account/token", "POST")
+    assert locked_proxy.carried(f"{fake.api_url}/adrive/v2/file/createWithFolders", "POST")
+    assert len(locked_proxy.carried(f"{fake.data_url}{UPLOAD_PREFIX}/", "PUT")) == 4
     assert fake.authorized_data_requests() == []
 
 

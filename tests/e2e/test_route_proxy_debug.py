@@ -10,22 +10,21 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from proxybox import Tinyproxy, clear_proxy_variables, running_tinyproxy, via_proxy
+from proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
 from test_route import Catalogue, wait_for
 
 from relayd.sandbox.route import REPO, RouteSandbox
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_proxy_variables")]
 
 MiB = 1024 * 1024
-PROXY_PASSWORD = "route-pr0xy-" + secrets.token_hex(6)
 
 
 class Hooks(ThreadingHTTPServer):
@@ -56,13 +55,6 @@ class _HookHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def tinyproxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tinyproxy]:
-    clear_proxy_variables(monkeypatch)
-    with running_tinyproxy(tmp_path / "proxy", user="relayd", password=PROXY_PASSWORD) as proxy:
-        yield proxy
-
-
 def issued_tokens(box: RouteSandbox) -> list[str]:
     """Record every access and refresh token the fake drive issues from now on."""
     assert box.drive is not None
@@ -85,7 +77,7 @@ def query_values(paths: list[str], name: str) -> set[str]:
 
 
 def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
-    tmp_path: Path, tinyproxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, locked_proxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     box = RouteSandbox(tmp_path / "route", shards=2, shard_size=MiB, ssh=False, piece_size="256 KiB")
     hooks = Hooks()
@@ -94,12 +86,12 @@ def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
         assert box.hub is not None and box.drive is not None and box.git is not None
         tokens = issued_tokens(box)
         global_hook, repo_hook = hooks.url(), hooks.url()
-        proxy = f'proxy = "{tinyproxy.url}"'
+        proxy = f'proxy = "{locked_proxy.url}"'
         config = box.config_path.read_text()
         for section in ("[hub]", "[drive]", "[vm]", "[modelscope]"):
             config = config.replace(f"{section}\n", f"{section}\n{proxy}\n", 1)
         box.config_path.write_text(config + f'\n[notify]\nwebhooks = ["{global_hook}"]\n')
-        monkeypatch.setenv("http_proxy", tinyproxy.url)  # the daemon's environment: the webhooks
+        monkeypatch.setenv("http_proxy", locked_proxy.url)  # the daemon's environment: the webhooks
         daemon = box.start_daemon("--log-level", "debug")
         try:
             added = box.relayctl("-vv", "add", REPO, "--every", "1h", "--webhook", repo_hook)
@@ -140,7 +132,7 @@ def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
             "a drive token": [*tokens, (box.root / "drive-refresh-token").read_text().strip()],
             "a URL signature": sorted(signatures),
             "a webhook URL": [urlsplit(hook).path.rsplit("/", 1)[1] for hook in (global_hook, repo_hook)],
-            "the proxy password": [PROXY_PASSWORD],
+            "the proxy password": [LOCKED_PASSWORD],
         }
         log = box.log_path.read_text(errors="replace") + added.stderr
         assert re.search(r" DEBUG +\S+: ", log), "the daemon logged at debug level"

@@ -6,36 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hubrelay import TOKEN, HubRelay
-from proxybox import (
-    Tinyproxy,
-    TlsFront,
-    clear_proxy_variables,
-    make_certificate,
-    running_tinyproxy,
-    via_proxy,
-)
+from proxybox import LOCKED_PASSWORD, Tinyproxy, TlsFront, make_certificate, via_proxy
 
 from relayd.catalogue.schema import DONE
 from relayd.http_ranges import ConnectionLost, ProxyUnusable, RangeClient, origin_of
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
 
+pytestmark = pytest.mark.usefixtures("no_proxy_variables")
+
 MiB = 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_variables(monkeypatch)
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    with running_tinyproxy(tmp_path / "proxy") as proxy:
-        yield proxy
 
 
 @pytest.fixture
@@ -43,13 +26,6 @@ def private_repo(hub: FakeHub) -> str:
     make_model_repo(hub, "alice/tiny", shards=2, shard_size=MiB, private=True)
     hub.cdn_reject_authorization = True  # the CDN answers 400 to a request that carries the token
     return "alice/tiny"
-
-
-@pytest.fixture
-def locked_proxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    """A tinyproxy that answers 407 without its credentials."""
-    with running_tinyproxy(tmp_path / "locked-proxy", user="relayd", password="pr0xy-s3cret") as proxy:
-        yield proxy
 
 
 def test_hub_proxy_carries_every_hub_and_cdn_request_and_the_token_only_to_the_hub(
@@ -164,10 +140,10 @@ def test_a_proxy_that_refuses_or_cannot_be_spoken_to_says_so(
     )
     assert not hub.cdn_log.snapshot()
 
-    monkeypatch.setenv("ALL_PROXY", "socks5://relayd:pr0xy-s3cret@127.0.0.1:1080")
+    monkeypatch.setenv("ALL_PROXY", f"socks5://relayd:{LOCKED_PASSWORD}@127.0.0.1:1080")
     with pytest.raises(ProxyUnusable) as unusable:
         RangeClient(connect_timeout=5, stall_timeout=5).fetch(url, 0, MiB, MiB, lambda offset, data: None)
-    assert "ALL_PROXY" in str(unusable.value) and "pr0xy-s3cret" not in str(unusable.value)
+    assert "ALL_PROXY" in str(unusable.value) and LOCKED_PASSWORD not in str(unusable.value)
 
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(ConnectionLost) as lost:

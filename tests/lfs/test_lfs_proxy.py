@@ -9,13 +9,12 @@ import hashlib
 import io
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from lfs_support import OWNER
-from proxybox import Tinyproxy, clear_proxy_variables, running_tinyproxy, via_proxy
+from proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
 
 from relayd.sandbox._http import LoggedRequest
 from relayd.sandbox.gitlfs import GitLfsServer
@@ -24,20 +23,7 @@ from relayd.vm.agent.lfs import GitRunner
 from relayd.vm.executor import Executor, make_executor
 from relayd.vm.testkit import vm_config
 
-pytestmark = pytest.mark.timeout(120)
-
-PROXY_PASSWORD = "ms-pr0xy-" + secrets.token_hex(4)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_variables(monkeypatch)
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    with running_tinyproxy(tmp_path / "proxy", user="relayd", password=PROXY_PASSWORD) as proxy:
-        yield proxy
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_proxy_variables")]
 
 
 class Push:
@@ -110,22 +96,22 @@ def requests_by_client(server: GitLfsServer) -> tuple[list[LoggedRequest], list[
 
 
 def test_modelscope_proxy_carries_the_lfs_requests_and_git_push(
-    tmp_path: Path, server: GitLfsServer, tinyproxy: Tinyproxy
+    tmp_path: Path, server: GitLfsServer, locked_proxy: Tinyproxy
 ) -> None:
     push = Push(tmp_path, server)
-    push.run(tinyproxy.url)
+    push.run(locked_proxy.url)
 
     ours, hook = requests_by_client(server)
     assert ours and all(via_proxy(entry.headers) for entry in ours)
     assert not any(via_proxy(entry.headers) for entry in hook)
     base = server.base_url
-    assert tinyproxy.carried(f"{base}/{OWNER}/m.git/info/lfs/objects/batch", "POST")  # the agent's client
-    assert tinyproxy.carried(f"{base}/{OWNER}/m.git/info/refs?service=git-receive-pack", "GET")  # git
-    assert tinyproxy.carried(f"{base}/{OWNER}/m.git/git-receive-pack", "POST")
+    assert locked_proxy.carried(f"{base}/{OWNER}/m.git/info/lfs/objects/batch", "POST")  # the agent's
+    assert locked_proxy.carried(f"{base}/{OWNER}/m.git/info/refs?service=git-receive-pack", "GET")  # git
+    assert locked_proxy.carried(f"{base}/{OWNER}/m.git/git-receive-pack", "POST")
 
 
 def test_the_proxy_reaches_git_through_its_environment_never_argv(tmp_path: Path) -> None:
-    proxy = f"http://relayd:{PROXY_PASSWORD}@proxy.example:3128"
+    proxy = f"http://relayd:{LOCKED_PASSWORD}@proxy.example:3128"
     runner = GitRunner(
         str(tmp_path / "scratch.git"),
         str(tmp_path / "home"),
@@ -134,7 +120,7 @@ def test_the_proxy_reaches_git_through_its_environment_never_argv(tmp_path: Path
         activity_timeout=60,
         proxy=proxy,
     )
-    assert PROXY_PASSWORD not in " ".join(runner.argv(["push", "origin", "HEAD"]))
+    assert LOCKED_PASSWORD not in " ".join(runner.argv(["push", "origin", "HEAD"]))
     assert (runner.env["GIT_CONFIG_KEY_0"], runner.env["GIT_CONFIG_VALUE_0"]) == ("http.proxy", proxy)
     assert runner.env["GIT_CONFIG_COUNT"] == "1"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxybox import Tinyproxy, clear_proxy_variables, running_tinyproxy, via_proxy
+from proxybox import Tinyproxy, via_proxy
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, Notification
@@ -24,6 +24,8 @@ from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.config import NotifyConfig
 from relayd.notify import ANSWER_LIMIT, DeliveryFailed, Notifier, post_json
 from relayd.sandbox._http import LoopbackServer
+
+pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 
 HUGE = 1 << 30  # what the hostile receiver announces
 
@@ -78,11 +80,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_variables(monkeypatch)
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
@@ -91,12 +88,6 @@ def receiver() -> Iterator[Receiver]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    with running_tinyproxy(tmp_path / "proxy") as proxy:
-        yield proxy
 
 
 def secret_url(receiver: Receiver) -> str:

@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proxybox import (
-    Tinyproxy,
-    TlsFront,
-    clear_proxy_variables,
-    make_certificate,
-    running_tinyproxy,
-    via_proxy,
-)
+from proxybox import Tinyproxy, TlsFront, make_certificate, via_proxy
 
 from relayd.errors import NeedsPerson
 from relayd.http_ranges import origin_of
@@ -27,20 +19,9 @@ from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
 from relayd.vm.executor import make_executor
 from relayd.vm.testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_proxy_variables")]
 
 PIECE = 128 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    clear_proxy_variables(monkeypatch)
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    with running_tinyproxy(tmp_path / "proxy", user="relayd", password="vm-pr0xy-pw") as proxy:
-        yield proxy
 
 
 def pull(
@@ -94,55 +75,55 @@ def downloads(drive: FakeDrive) -> list[Any]:
 
 
 def test_vm_proxy_carries_every_ranged_get_in_absolute_form(
-    tmp_path: Path, fake_drive: FakeDrive, tinyproxy: Tinyproxy
+    tmp_path: Path, fake_drive: FakeDrive, locked_proxy: Tinyproxy
 ) -> None:
-    pull(tmp_path, fake_drive, tinyproxy.url)
+    pull(tmp_path, fake_drive, locked_proxy.url)
 
     gets = downloads(fake_drive)
     assert len(gets) == 5 and all(via_proxy(e.headers) and e.header("Range") for e in gets)
-    assert len(tinyproxy.carried(f"{fake_drive.data_url}{DOWNLOAD_PREFIX}/", "GET")) == 5
+    assert len(locked_proxy.carried(f"{fake_drive.data_url}{DOWNLOAD_PREFIX}/", "GET")) == 5
     assert fake_drive.authorized_data_requests() == []
 
 
 def test_an_https_download_host_is_reached_through_a_connect_tunnel(
-    tmp_path: Path, fake_drive: FakeDrive, tinyproxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_drive: FakeDrive, locked_proxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = make_certificate(tmp_path / "tls")
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the agent's default context trusts it
     front = TlsFront(origin_of(fake_drive.data_url)[2], cert, key)
     try:
-        pull(tmp_path, fake_drive, tinyproxy.url, url_of=front.https)
+        pull(tmp_path, fake_drive, locked_proxy.url, url_of=front.https)
     finally:
         front.stop()
 
-    tunnels = tinyproxy.carried(f"127.0.0.1:{front.port}", "CONNECT")
+    tunnels = locked_proxy.carried(f"127.0.0.1:{front.port}", "CONNECT")
     assert 1 <= len(tunnels) <= 2 and len(tunnels) == front.connections  # one per connection
     assert len(downloads(fake_drive)) == 5
     assert not any(via_proxy(e.headers) for e in downloads(fake_drive))  # inside a tunnel
 
 
 def test_the_vms_proxy_variables_carry_the_pull_when_vm_proxy_is_empty(
-    tmp_path: Path, fake_drive: FakeDrive, tinyproxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_drive: FakeDrive, locked_proxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pull(tmp_path, fake_drive, "", agent_env={"ALL_PROXY": tinyproxy.url}, monkeypatch=monkeypatch)
+    pull(tmp_path, fake_drive, "", agent_env={"ALL_PROXY": locked_proxy.url}, monkeypatch=monkeypatch)
 
     assert all(via_proxy(e.headers) for e in downloads(fake_drive))
-    assert len(tinyproxy.carried(fake_drive.data_url, "GET")) == 5
+    assert len(locked_proxy.carried(fake_drive.data_url, "GET")) == 5
 
 
 def test_no_proxy_sends_the_pull_straight_even_past_vm_proxy(
-    tmp_path: Path, fake_drive: FakeDrive, tinyproxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake_drive: FakeDrive, locked_proxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pull(
         tmp_path,
         fake_drive,
-        tinyproxy.url,
+        locked_proxy.url,
         agent_env={"no_proxy": "localhost,127.0.0.0/8"},
         monkeypatch=monkeypatch,
     )
 
     assert downloads(fake_drive) and not any(via_proxy(e.headers) for e in downloads(fake_drive))
-    assert tinyproxy.requests() == []
+    assert locked_proxy.requests() == []
 
 
 def test_a_proxy_the_agent_cannot_use_blocks_with_a_hint(

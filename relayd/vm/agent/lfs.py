@@ -40,7 +40,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op, track_child_group, untrack_child_group
-from .proxy import ProxyError, route_for
+from .proxy import agent_route
 
 TOKEN_ENV = "RELAYD_MS_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 # Answers only "get", with the token read from the child's environment at that moment.
@@ -258,15 +258,7 @@ class LfsClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the server sent an unusable URL", kind="permanent", error_class="protocol")
-        try:
-            route = route_for(url, self.proxy, where="modelscope.proxy")
-        except ProxyError as exc:
-            raise AgentError(
-                str(exc),
-                kind="blocked",
-                error_class="config",
-                hint="set modelscope.proxy to an http:// proxy, or fix the proxy variables of the VM's login",
-            ) from None
+        route = agent_route(url, self.proxy, "modelscope.proxy")
         connection = route.connection(CONNECT_TIMEOUT)
         try:
             connection.connect()

@@ -22,6 +22,8 @@ import ssl
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
+from .core import AgentError
+
 _ENTRY_SPLIT = re.compile(r"[,\s]+")
 
 
@@ -233,3 +235,17 @@ def route_for(
     port = parts.port or (443 if scheme == "https" else 80)
     host = parts.hostname.lower()
     return Route(scheme, host, port, proxy_for(scheme, host, port, configured, environ, where))
+
+
+def agent_route(url: str, configured: str, key: str) -> Route:
+    """route_for on the VM: a proxy setting that cannot be used is an AgentError that blocks the
+    operation, with a hint naming the config *key* (``vm.proxy``, ``modelscope.proxy``)."""
+    try:
+        return route_for(url, configured, where=key)
+    except ProxyError as exc:
+        raise AgentError(
+            str(exc),
+            kind="blocked",
+            error_class="config",
+            hint="set %s to an http:// proxy, or fix the proxy variables of the VM's login" % key,
+        ) from None

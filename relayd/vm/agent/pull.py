@@ -31,7 +31,7 @@ from typing import Any, Tuple
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op
-from .proxy import ProxyError, route_for
+from .proxy import agent_route
 
 PARTIAL_SUFFIX = ".relayd-partial"
 CHUNK = 1024 * 1024
@@ -218,15 +218,7 @@ class _Link:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the download URL is not http(s)", kind="permanent", error_class="url")
-        try:
-            self.route = route_for(url, proxy, where="vm.proxy")
-        except ProxyError as exc:
-            raise AgentError(
-                str(exc),
-                kind="blocked",
-                error_class="config",
-                hint="set vm.proxy to an http:// proxy, or fix the proxy variables of the VM's login",
-            ) from None
+        self.route = agent_route(url, proxy, "vm.proxy")
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.headers = dict(headers)
         self.timeout = timeout
