@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from relayd.errors import ConfigError
 from relayd.units import parse_duration, parse_size
@@ -126,6 +127,8 @@ class HubConfig:
     timeout: float
     default_every: float
     stall_timeout: float
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class DriveConfig:
     on_conflict: str
     timeout: float
     url_lifetime: float
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +166,8 @@ class VmConfig:
     connections: int
     piece_size: int
     from_staging: bool
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,8 @@ class ModelScopeConfig:
     force_push: bool
     activity_timeout: float
     work_dir: str
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -403,6 +412,25 @@ class SectionReader:
             )
 
 
+def _proxy(reader: SectionReader) -> str:
+    """Read a section's ``proxy``: "" (the environment's HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) or an
+    http:// proxy URL with its port (curl, and so git, would assume 1080 where Python's clients assume
+    80). The error never repeats the value: it may hold a password."""
+    value = reader.string("proxy", "").strip()
+    if not value:
+        return ""
+    from relayd.vm.agent.proxy import ProxyError, parse_proxy
+
+    expected = "an http:// proxy URL with its port, such as 'http://proxy.example:3128'"
+    try:
+        parse_proxy(value)
+    except ProxyError as exc:
+        raise reader.error("proxy", f"{expected} ({exc})") from None
+    if not value.startswith("http://") or urlsplit(value).port is None:
+        raise reader.error("proxy", expected)
+    return value
+
+
 def _catalogue(reader: SectionReader, state_default: Path) -> CatalogueConfig:
     url = reader.string("url", f"sqlite:///{state_default / 'catalogue.db'}")
     # The backend name by hand, as SQLAlchemy's make_url would give it: `relayctl status` reads the
@@ -470,6 +498,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         timeout=reader.duration("timeout", "60s", minimum=1),
         default_every=reader.duration("default_every", "1h", minimum=10),
         stall_timeout=reader.duration("stall_timeout", "60s", minimum=1),
+        proxy=_proxy(reader),
     )
     reader.finish()
     return config
@@ -490,6 +519,7 @@ def _drive(reader: SectionReader) -> DriveConfig:
         on_conflict=reader.string("on_conflict", "replace", choices=("replace", "keep_both", "block")),
         timeout=reader.duration("timeout", "60s", minimum=1),
         url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
+        proxy=_proxy(reader),
     )
     reader.finish()
     return config
@@ -523,6 +553,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         connections=reader.integer("connections", 2, minimum=1, maximum=16),
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
+        proxy=_proxy(reader),
     )
     reader.finish()
     if config.concurrency * config.connections > 2:
@@ -549,6 +580,7 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
         force_push=reader.boolean("force_push", False),
         activity_timeout=reader.duration("activity_timeout", "1h", minimum=30),
         work_dir=reader.string("work_dir", ""),
+        proxy=_proxy(reader),
     )
     if config.work_dir and not config.work_dir.startswith("/"):
         raise reader.error(

@@ -49,6 +49,7 @@ from relayd.catalogue.store import FileSpec
 from relayd.config import HubConfig
 from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
 from relayd.http_ranges import origin_of, retry_after_seconds
+from relayd.hub_session import route_hub_session
 from relayd.poll import Source
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class HubClient:
         self.config = config
         self.endpoint = config.endpoint.rstrip("/")
         self.origin = origin_of(self.endpoint)
+        route_hub_session(config.proxy)
 
     # -- credentials -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from relayd.errors import ConfigError, RelayError, UsageError
+from relayd.logs import SCRUBBER
 
 if TYPE_CHECKING:
     from relayd.catalogue.queries import Reader
@@ -64,6 +65,7 @@ def setup_logging(verbose: int) -> None:
             root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("relayctl: %(levelname)s: %(name)s: %(message)s"))
+    handler.addFilter(SCRUBBER)  # tokens, signed URLs' queries and proxy passwords never reach stderr
     root.addHandler(handler)
     root.setLevel(level)
 

@@ -142,20 +142,40 @@ def render_toml(data: dict[str, Any], secrets: set[tuple[str, str]]) -> list[str
     return lines
 
 
+def redact_urls(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """Hide the secrets that URLs in the effective config *data* carry, in place: a password in the
+    catalogue URL, the userinfo of each service's proxy, all but the scheme and host of webhooks.
+    Return (section, key) of each value changed beyond pasting back (shown as comments)."""
+    from relayd.logs import scrub_urls, url_host
+
+    data["catalogue"]["url"] = mask_url(data["catalogue"]["url"])
+    changed = set()
+    for section in ("hub", "drive", "vm", "modelscope"):
+        proxy = data[section].get("proxy") or ""
+        if scrub_urls(proxy) != proxy:
+            data[section]["proxy"] = scrub_urls(proxy)
+            changed.add((section, "proxy"))
+    if data["notify"]["webhooks"]:
+        data["notify"]["webhooks"] = [url_host(url) + "/…" for url in data["notify"]["webhooks"]]
+        changed.add(("notify", "webhooks"))
+    return changed
+
+
 @config_group.command("show")
 @json_option
 @pass_app
 def show(app: App, as_json: bool) -> None:
-    """Print the effective config; secrets are shown only as where they come from."""
+    """Print the effective config; secrets are shown only as where they come from, URLs without the
+    secrets they may carry."""
     from relayd.config import config_as_dict
 
     config = app.config
     data = config_as_dict(config)
-    data["catalogue"]["url"] = mask_url(config.catalogue.url)
+    redacted = redact_urls(data)
     if as_json:
         echo_json(data)
         return
-    for line in render_toml(data, _secret_keys(config)):
+    for line in render_toml(data, _secret_keys(config) | redacted):
         click.echo(line)
     if config.plugin_sections:
         names = ", ".join(sorted(config.plugin_sections))

@@ -635,7 +635,7 @@ def _lfs_check(
         result = executor.call(
             "lfs_check",
             {"remote": remote, "work_dir": work_dir, "branch": section.branch, "activity_timeout": timeout},
-            secrets={"token": token},
+            secrets={"token": token, "proxy": section.proxy},
             timeout=timeout,
         )
         head = result.get("branch_head")

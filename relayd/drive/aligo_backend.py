@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import requests
 
 from relayd.config import DriveConfig
-from relayd.drive._redirect import redirect_session
+from relayd.drive._redirect import proxy_session, redirect_session
 from relayd.drive.base import (
     LOGIN_HINT,
     ContentMismatch,
@@ -297,6 +297,7 @@ class AligoDrive(Drive):
         self._data = requests.Session()
         # Part URLs are signed; the access token must never go to OSS/CDN hosts, nor a ~/.netrc.
         self._data.trust_env = False
+        proxy_session(self._data, config.proxy)
         self._data.headers.pop("Authorization", None)
         self._timeout = (min(config.timeout, 30.0), config.timeout)
         # Import aligo now (a daemon builds its drive at start, before worker threads run): the import
@@ -389,8 +390,9 @@ class AligoDrive(Drive):
         auth._refresh_token = self._refresh_on_401
         auth._save = self._save_from_aligo
         auth._log_response = self._on_response
+        proxy_session(ali._session, self.config.proxy)
         if self.config.api_url.rstrip("/") != DEFAULT_API:
-            redirect_session(ali._session, self.config.api_url)
+            redirect_session(ali._session, self.config.api_url, proxy=self.config.proxy)
         self._meta = {
             "source": record.get("source") or "refresh",
             "bootstrap_sha256": record.get("bootstrap_sha256"),

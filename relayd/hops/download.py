@@ -606,6 +606,7 @@ class DownloadHop(Hop):
             stall_timeout=section.stall_timeout,
             buffer_size=RECEIVE_BUFFER,
             authorize=self.hub.authorization_for,
+            proxy=section.proxy,
         )
         try:
             while not run.stop.is_set():

@@ -175,7 +175,7 @@ class LfsPushHop(Hop):
                 error_class="missing",
             )
         params = self._common(job, executor)
-        secrets = {"token": self._token()}
+        secrets = {"token": self._token(), "proxy": self.section.proxy}
         if not wants_lfs(file.path, file.size, file.lfs):
             result = executor.call(
                 "git_blob",
@@ -285,7 +285,11 @@ class LfsPushHop(Hop):
                 job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
 
         result = executor.call(
-            "git_publish", params, secrets={"token": self._token()}, on_event=on_event, cancel=self.ctx.cancel
+            "git_publish",
+            params,
+            secrets={"token": self._token(), "proxy": self.section.proxy},
+            on_event=on_event,
+            cancel=self.ctx.cancel,
         )
         commit = str(result["commit"])
         job.log.info(

@@ -320,7 +320,11 @@ class VmPullHop(Hop):
             accepted.clear()
             try:
                 result = executor.call(
-                    "pull", params, secrets={"url": link.url}, on_event=on_event, cancel=self.ctx.cancel
+                    "pull",
+                    params,
+                    secrets={"url": link.url, "proxy": self.section.proxy},
+                    on_event=on_event,
+                    cancel=self.ctx.cancel,
                 )
             except Retryable as exc:
                 progressed = len(landed) > before

@@ -32,7 +32,6 @@ import queue
 import re
 import shutil
 import signal
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -41,6 +40,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op, track_child_group, untrack_child_group
+from .proxy import agent_route
 
 TOKEN_ENV = "RELAYD_MS_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 # Answers only "get", with the token read from the child's environment at that moment.
@@ -221,6 +221,7 @@ class LfsClient:
         *,
         activity_timeout: float = 3600.0,
         verify: str = "sha256",
+        proxy: str = "",
     ) -> None:
         if not remote.startswith(("http://", "https://")) or "@" in urlsplit(remote).netloc:
             raise AgentError(
@@ -247,6 +248,8 @@ class LfsClient:
         # unless it matches the oid); "stat" (for a file sha256-verified where it landed) only checks
         # that its size, mtime and inode did not change, and hashes it only if the server refuses.
         self.verify = verify
+        # modelscope.proxy; else the VM's proxy variables (relayd/vm/agent/proxy.py).
+        self.proxy = proxy
         self._basic = "Basic " + base64.b64encode(("oauth2:" + token).encode()).decode()
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -255,19 +258,14 @@ class LfsClient:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the server sent an unusable URL", kind="permanent", error_class="protocol")
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=CONNECT_TIMEOUT, context=ssl.create_default_context()
-            )
-        else:
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT)
+        route = agent_route(url, self.proxy, "modelscope.proxy")
+        connection = route.connection(CONNECT_TIMEOUT)
         try:
             connection.connect()
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise AgentError(
-                "cannot reach %s: %s" % (parts.hostname, self.scrub(str(exc))),
+                "cannot reach %s: %s" % (route.describe(), self.scrub(str(exc))),
                 kind="retryable",
                 error_class="network",
             ) from None
@@ -609,6 +607,7 @@ def _client(params: dict[str, Any], secrets: dict[str, str], context: Context) -
         context,
         activity_timeout=float(params.get("activity_timeout") or 3600.0),
         verify="stat" if params.get("verify") == "stat" else "sha256",
+        proxy=secrets.get("proxy") or "",
     )
 
 
@@ -715,6 +714,7 @@ class GitRunner:
         *,
         activity_timeout: float,
         concurrency: int = 2,
+        proxy: str = "",
     ) -> None:
         self.git_dir = git_dir
         self.context = context
@@ -744,14 +744,21 @@ class GitRunner:
         for name in (
             "http_proxy",
             "https_proxy",
+            "all_proxy",
             "no_proxy",
             "HTTP_PROXY",
             "HTTPS_PROXY",
+            "ALL_PROXY",
             "NO_PROXY",
             "TMPDIR",
         ):
             if os.environ.get(name):
                 self.env[name] = os.environ[name]
+        if proxy:
+            # modelscope.proxy as git's http.proxy (which git-lfs reads too, and which overrides the
+            # proxy variables), through the environment (git >= 2.31): its URL may hold a password,
+            # which must not reach argv.
+            self.env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.proxy", GIT_CONFIG_VALUE_0=proxy)
         self.config = [
             "credential.helper=",
             "credential.helper=" + CREDENTIAL_HELPER,
@@ -866,6 +873,7 @@ def _open_scratch(params: dict[str, Any], secrets: dict[str, str], context: Cont
         context,
         activity_timeout=float(params.get("activity_timeout") or 3600.0),
         concurrency=int(params.get("concurrency") or 2),
+        proxy=secrets.get("proxy") or "",
     )
     os.makedirs(os.path.dirname(git_dir), exist_ok=True)
     with open(git_dir + ".lock", "a") as lock:

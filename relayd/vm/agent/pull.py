@@ -27,7 +27,6 @@ import os
 import random
 import re
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from typing import Any, Tuple
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op
+from .proxy import agent_route
 
 PARTIAL_SUFFIX = ".relayd-partial"
 CHUNK = 1024 * 1024
@@ -241,13 +241,11 @@ def _refusal(text: str) -> Exception:
 class _Link:
     """One keep-alive connection to the download host."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout: float, proxy: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the download URL is not http(s)", kind="permanent", error_class="url")
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port
+        self.route = agent_route(url, proxy, "vm.proxy")
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.headers = dict(headers)
         self.timeout = timeout
@@ -255,13 +253,23 @@ class _Link:
 
     def open(self) -> http.client.HTTPConnection:
         if self.conn is None:
-            if self.scheme == "https":
-                self.conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
-                )
-            else:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn = self.route.connection(self.timeout)
         return self.conn
+
+    def get(self, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send the GET and return the answer. A kept-alive connection that the other end closed
+        meanwhile (a proxy may close after every answer without saying so) is opened again, once."""
+        reused = self.conn is not None
+        while True:
+            conn = self.open()
+            try:
+                conn.request("GET", self.target, headers=headers)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if not reused:
+                    raise
+                reused = False
 
     def close(self) -> None:
         if self.conn is not None:
@@ -273,11 +281,20 @@ class _Link:
 class _Pull:
     """The state of one ``pull`` operation: pieces to fetch, workers, the hasher, the first error."""
 
-    def __init__(self, params: dict[str, Any], url: str, context: Context, fd: int, hasher: PrefixHasher):
+    def __init__(
+        self,
+        params: dict[str, Any],
+        url: str,
+        context: Context,
+        fd: int,
+        hasher: PrefixHasher,
+        proxy: str = "",
+    ):
         self.context = context
         self.fd = fd
         self.hasher = hasher
         self.url = url
+        self.proxy = proxy
         self.size = int(params["size"])
         self.headers = dict(params.get("headers") or {})
         self.headers.setdefault("User-Agent", "relayd-agent/1")
@@ -316,7 +333,11 @@ class _Pull:
             return self.queue.popleft() if self.queue and not self.failed.is_set() else None
 
     def worker(self) -> None:
-        link = _Link(self.url, self.headers, self.stall_timeout)
+        try:
+            link = _Link(self.url, self.headers, self.stall_timeout, self.proxy)
+        except AgentError as exc:  # an unusable URL or proxy: the whole pull fails with it
+            self.fail(exc)
+            return
         try:
             while True:
                 piece = self.next_piece()
@@ -393,11 +414,9 @@ class _Pull:
                 time.sleep(min(10.0, 0.2 * 2**tries))
 
     def _get(self, link: _Link, offset: int, length: int) -> None:
-        conn = link.open()
         headers = dict(link.headers)
         headers["Range"] = "bytes=%d-%d" % (offset, offset + length - 1)
-        conn.request("GET", link.target, headers=headers)
-        response = conn.getresponse()
+        response = link.get(headers)
         status = response.status
         if status == 206:
             self._check_range(response, offset, length)
@@ -497,6 +516,7 @@ def _finalize(fd: int, partial: str, target: str) -> None:
 def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
     """Fetch the *missing* pieces of *plan* from ``secrets["url"]`` into the partial file; when every
     piece is there, hash the file and rename it into place if its sha256 is ``expected_sha256``.
+    Connections go through ``secrets["proxy"]`` (vm.proxy) when given, else the VM's proxy variables.
 
     Return ``{"path", "sha256", "sha1", "renamed", "fetched"}``; sha256/sha1 are None when the file
     is not complete (a piece failed: then an error is raised instead).
@@ -522,7 +542,7 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
         with_sha1 = bool(params.get("sha1", True))
         hasher = PrefixHasher(fd, plan, {p[0] for p in plan} - missing_set, context, with_sha1)
         hasher.start()
-        state = _Pull(params, url, context, fd, hasher)
+        state = _Pull(params, url, context, fd, hasher, proxy=secrets.get("proxy") or "")
         empty = [piece for piece in missing if piece[2] == 0]
         for piece in empty:  # an empty file has one empty piece: nothing to fetch
             context.emit("piece_start", index=piece[0])
