@@ -264,18 +264,23 @@ def _poll_text(repo: RepoSummary) -> str:
     return f"{text}: {repo.poll_error}" if repo.poll_error else text
 
 
+def _item_text(item: BlockedItem | StuckItem) -> str:
+    """Return where a blocked or stuck item is and its last error, e.g. ``org/x  download  a.bin: …``."""
+    if item.kind == "poll":
+        where = f"{item.repo}  poll"
+    elif item.kind == "snapshot":
+        where = f"{item.repo}  {item.hop} (whole snapshot)"
+    else:
+        where = f"{item.repo}  {item.hop}  {item.path}"
+    error_class = f" [{item.error_class}]" if item.error_class else ""
+    return f"{where}: {item.error or 'no reason recorded'}{error_class}"
+
+
 def _blocked_lines(items: list[BlockedItem], now: datetime) -> list[str]:
     lines = []
     for item in items:
-        if item.kind == "poll":
-            where = f"{item.repo}  poll"
-        elif item.kind == "snapshot":
-            where = f"{item.repo}  {item.hop} (whole snapshot)"
-        else:
-            where = f"{item.repo}  {item.hop}  {item.path}"
-        error_class = f" [{item.error_class}]" if item.error_class else ""
         since = f" (since {_ago(item.since, now)})" if item.since else ""
-        lines.append(f"  {where}: {item.error or 'no reason recorded'}{error_class}{since}")
+        lines.append(f"  {_item_text(item)}{since}")
         if item.hint:
             lines.append(f"      hint: {item.hint}")
     return lines
@@ -347,14 +352,7 @@ def stuck_lines(items: list[StuckItem], total: int, now: datetime) -> list[str]:
     more = f", showing {len(items)}" if len(items) < total else ""
     lines = [f"STUCK {total}{more} (failing for longer than retry.surface_after; still retrying)"]
     for item in items:
-        if item.kind == "poll":
-            where = f"{item.repo}  poll"
-        elif item.kind == "snapshot":
-            where = f"{item.repo}  {item.hop} (whole snapshot)"
-        else:
-            where = f"{item.repo}  {item.hop}  {item.path}"
-        error_class = f" [{item.error_class}]" if item.error_class else ""
-        lines.append(f"  {where}: {item.error or 'no reason recorded'}{error_class}")
+        lines.append(f"  {_item_text(item)}")
         since = _ago(item.failing_since, now).removesuffix(" ago")
         retry = f", next try {_ago(item.next_attempt_at, now)}" if item.next_attempt_at else ""
         state = f", {item.state}" if item.state != WAITING else ""

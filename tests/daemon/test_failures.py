@@ -8,8 +8,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,18 +25,8 @@ MiB = 1024 * 1024
 TOKEN = "hf_alice_0123456789"
 
 
-def relayctl(box: DaemonSandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relayd.cli", "-c", str(box.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def status_json(box: DaemonSandbox, *args: str) -> dict[str, Any]:
-    result = relayctl(box, "status", "--json", *args)
+    result = box.relayctl("status", "--json", *args)
     assert result.returncode == 0, result.stderr
     document: dict[str, Any] = json.loads(result.stdout)
     return document
@@ -90,10 +78,10 @@ def test_status_shows_a_killed_daemon_as_dead_and_nothing_as_running(sandbox: Da
     states = [step["state"] for item in detail["files"] for step in item["hops"]]
     assert "running" not in states and "interrupted" in states
     assert all(step["rate"] is None for item in detail["files"] for step in item["hops"])
-    text = relayctl(sandbox, "status", "acme/slow").stdout
+    text = sandbox.relayctl("status", "acme/slow").stdout
     assert text.startswith("DAEMON DEAD: gone (pid ")
     assert "interrupted" in text and "(daemon not running)" in text
-    summary_text = relayctl(sandbox, "status").stdout
+    summary_text = sandbox.relayctl("status").stdout
     assert summary_text.startswith("DAEMON DEAD") and "interrupted" in summary_text
 
     # Started again, it runs; stopped with SIGTERM, it says so.
@@ -105,7 +93,7 @@ def test_status_shows_a_killed_daemon_as_dead_and_nothing_as_running(sandbox: Da
     stopped = status_json(sandbox)
     assert stopped["daemon"]["state"] == "stopped"
     assert stopped["repos"][0]["hops"][0]["states"]["running"] == 0
-    assert relayctl(sandbox, "status").stdout.startswith("DAEMON STOPPED: stopped (pid ")
+    assert sandbox.relayctl("status").stdout.startswith("DAEMON STOPPED: stopped (pid ")
 
 
 def test_a_status_probe_of_the_instance_lock_never_keeps_a_daemon_from_starting(
