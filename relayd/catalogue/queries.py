@@ -610,23 +610,23 @@ def daemon_of(reader: Reader, now: datetime, facts: Iterable[ServiceFact] | None
 #: with the "stuck" notification). Classes a hop raises only with NeedsPerson block instead, and come
 #: with their own hint.
 STUCK_HINTS = {
-    "network": "check this host's network, DNS and proxy, and the endpoint in the config "
+    "network": "this host's network, DNS and proxy, and the service's endpoint in the config "
     "(`relayctl doctor` tries every service)",
-    "timeout": "the service answers too slowly or not at all: check the network path to it and its status "
-    "page (`relayctl doctor`)",
-    "stall": "connections keep stalling mid-transfer: check the link and any proxy in between",
-    "server": "the service keeps answering with server errors: check its status page; relayd carries on "
-    "by itself once it recovers",
-    "rate_limit": "the service keeps rate-limiting relayd: lower the hop's connections/concurrency, or use "
-    "a token with a higher limit",
-    "integrity": "copies keep arriving with the wrong hash: check the link (a proxy that rewrites bodies?) "
-    "and the destination's disk",
-    "io": "a local file operation keeps failing: check the disk and the permissions of the path in the error",
-    "internal": "an unexpected error inside relayd: find its traceback in the daemon log (`journalctl -u "
-    "relayd`) and report it",
+    "timeout": "the network path to the service, and its status page: it answers too slowly or not at all "
+    "(`relayctl doctor`)",
+    "stall": "the link and any proxy in between: connections keep stalling mid-transfer",
+    "server": "the service's status page: it keeps answering with server errors; relayd carries on by "
+    "itself once it recovers",
+    "rate_limit": "the hop's connections and concurrency (lower them) or the token's rate limit: the "
+    "service keeps rate-limiting relayd",
+    "integrity": "the link (a proxy that rewrites bodies?) and the destination's disk: copies keep "
+    "arriving with the wrong hash",
+    "io": "the disk and the permissions of the path in the error: a local file operation keeps failing",
+    "internal": "the traceback in the daemon log (`journalctl -u relayd`), and report it: an unexpected "
+    "error inside relayd",
 }
 DEFAULT_STUCK_HINT = (
-    "check the last error and the daemon log (`journalctl -u relayd`); `relayctl doctor` checks every service"
+    "the last error and the daemon log (`journalctl -u relayd`); `relayctl doctor` checks every service"
 )
 # A lower bound for the failure streak columns: a range on them lets SQLite use ix_transfers_failing.
 _LONG_AGO = "1970-01-01"

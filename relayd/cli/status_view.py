@@ -11,6 +11,7 @@ from typing import Any
 
 from relayd.catalogue.queries import (
     BLOCKED,
+    DAEMON_NONE,
     DAEMON_RUNNING,
     DONE,
     INTERRUPTED,
@@ -337,7 +338,8 @@ def daemon_lines(daemon: DaemonStatus) -> list[str]:
     """Return a heading that says the daemon is not running, with what to do (none while it runs)."""
     if daemon.state == DAEMON_RUNNING:
         return []
-    lines = [f"DAEMON {daemon.state.upper()}: {daemon.detail}"]
+    heading = "NOT RUNNING" if daemon.state == DAEMON_NONE else daemon.state.upper()
+    lines = [f"DAEMON {heading}: {daemon.detail}"]
     lines.append("  nothing moves until it runs; transfers it left running show as interrupted")
     if daemon.hint:
         lines.append(f"      hint: {daemon.hint}")

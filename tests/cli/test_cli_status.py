@@ -364,7 +364,7 @@ def test_status_judges_the_daemon_by_its_heartbeat_and_its_instance_lock(relayct
 
     state, hop, text = daemon_state(relayctl)
     assert state == "none" and hop["states"]["interrupted"] == 1 and hop["states"]["running"] == 0
-    assert text.startswith("DAEMON NONE: no relayd has published a heartbeat on this catalogue")
+    assert text.startswith("DAEMON NOT RUNNING: no relayd has published a heartbeat on this catalogue")
 
     store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
     state, hop, text = daemon_state(relayctl)
