@@ -107,6 +107,8 @@ class RetryConfig:
     initial: float
     maximum: float
     multiplier: float
+    # A transfer or poll failing for longer than this (while it retries) is shown as stuck and notified.
+    surface_after: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -467,6 +469,7 @@ def _retry(reader: SectionReader) -> RetryConfig:
         initial=reader.duration("initial", "5s", minimum=0.01),
         maximum=reader.duration("maximum", "1h", minimum=0.01),
         multiplier=reader.number("multiplier", 2.0, minimum=1.0),
+        surface_after=reader.duration("surface_after", "1h", minimum=0.01),
     )
     if config.maximum < config.initial:
         raise reader.error("maximum", f"a duration ≥ retry.initial ({config.initial}s)", config.maximum)

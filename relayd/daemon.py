@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from relayd import __version__
 from relayd.catalogue import migrate
 from relayd.catalogue.db import is_sqlite, sqlite_path
+from relayd.catalogue.queries import instance_lock_path
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
 from relayd.config import Config, load_config
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 10.0
+LOCK_TRIES = 10
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -59,11 +61,11 @@ def instance_lock(config: Config) -> Iterator[Path | None]:
     if database is None:
         yield None
         return
-    lock_path = database.with_name(database.name + ".lock")
+    lock_path = instance_lock_path(database)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = lock_path.open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _take_lock(handle)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
@@ -80,6 +82,19 @@ def instance_lock(config: Config) -> Iterator[Path | None]:
         yield lock_path
     finally:
         handle.close()
+
+
+def _take_lock(handle: IO[str]) -> None:
+    """Take the instance lock, trying a few times within half a second: `relayctl status` holds it
+    shared for an instant to see whether a daemon runs. Raise BlockingIOError if another holds it."""
+    for _ in range(LOCK_TRIES - 1):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.5 / LOCK_TRIES)
+        else:
+            return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
@@ -225,7 +240,7 @@ class Daemon:
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
         sources, source_for_hop = build_sources(config, hops)
-        self.poller = Poller(store, sources, source_for_hop)
+        self.poller = Poller(store, sources, source_for_hop, config.retry)
         self.store = store
         self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
         if once:
@@ -458,6 +473,7 @@ class Daemon:
         self.engine.staging.config = new.staging
         sources, source_for_hop = build_sources(new, hops)
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
+        self.poller.retry = new.retry
         self.config = new
         self._scheduled.clear()
         self._fingerprint = None

@@ -1,8 +1,9 @@
 """Webhook notifications: a thread that delivers the catalogue's outbox as JSON POSTs, with retries.
 
-Events (a snapshot done, a transfer or poll blocked) are queued in the same transaction that records
-them, so a crash loses none; a receiver that is down gets them later, with exponential backoff, until
-``notify.retries`` attempts have failed.
+Events (``snapshot_done``; ``blocked``: a transfer or poll needs a person; ``stuck``: one has kept
+failing for longer than retry.surface_after while it retries, sent once per streak) are queued in the
+same transaction that records them, so a crash loses none; a receiver that is down gets them later,
+with exponential backoff, until ``notify.retries`` attempts have failed.
 
 A webhook URL is a secret (chat services put the token in its path): it is registered with the log
 scrubber, and messages and stored errors name only its host. Deliveries go through the environment's

@@ -25,12 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from relayd.catalogue.db import is_sqlite, make_engine
+from relayd.catalogue.queries import stuck_hint
 from relayd.catalogue.schema import (
     BLOCKED,
     DONE,
     PENDING,
     POLL_BLOCKED,
     POLL_OK,
+    POLL_WAITING,
     RUNNING,
     SNAPSHOT_ACTIVE,
     SNAPSHOT_DONE,
@@ -153,6 +155,21 @@ class SnapshotResult:
 class StagedBlob:
     blob_id: int
     staged_path: str
+
+
+@dataclass(frozen=True)
+class StuckNotice:
+    """A transfer (or, with *hop* None, a repo's poll) that has kept failing for longer than
+    retry.surface_after, as surfaced and notified."""
+
+    repo: str
+    hop: str | None
+    path: str | None
+    error: str | None
+    error_class: str | None
+    attempts: int
+    failing_since: datetime
+    hint: str
 
 
 class LeaseLost(CatalogueError):
@@ -291,10 +308,13 @@ class Store:
         *,
         state: str,
         error: str | None = None,
+        error_class: str | None = None,
         hint: str | None = None,
         next_poll_at: datetime | None = None,
     ) -> None:
-        """Record how the last poll of the repo went (only called when something changed)."""
+        """Record how the last poll of the repo went (only called when something changed). A failed poll
+        adds to the repo's streak of failures; one that got an answer (``ok``) ends it."""
+        now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)
             if repo is None:
@@ -304,13 +324,26 @@ class Store:
                     session,
                     repo,
                     "blocked",
-                    {"hop": "poll", "path": None, "error": error, "hint": hint},
-                    utcnow(),
+                    {"hop": "poll", "path": None, "error": error, "error_class": error_class, "hint": hint},
+                    now,
                 )
+            if state == POLL_OK:
+                self._end_poll_streak(repo)
+            else:
+                repo.poll_attempts += 1
+                repo.poll_failing_since = repo.poll_failing_since or now
+            if next_poll_at != repo.next_poll_at:
+                repo.updated_at = now  # a new retry time: the daemon's reconcile notices the change
             repo.poll_state = state
             repo.poll_error = error
+            repo.poll_error_class = error_class
             repo.poll_hint = hint
             repo.next_poll_at = next_poll_at
+
+    @staticmethod
+    def _end_poll_streak(repo: Repo) -> None:
+        repo.poll_attempts = 0
+        repo.poll_failing_since = repo.poll_surfaced_at = None
 
     def record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
         """Record a new head of the repo and its files; start moving what is new.
@@ -340,8 +373,9 @@ class Store:
             if existing is not None:
                 repo.head_commit = commit
                 repo.poll_state = POLL_OK
-                repo.poll_error = repo.poll_hint = None
+                repo.poll_error = repo.poll_hint = repo.poll_error_class = None
                 repo.next_poll_at = None
+                self._end_poll_streak(repo)
                 return SnapshotResult(existing.id, False, 0, 0, 0)
             snapshot = Snapshot(
                 repo_id=repo_id,
@@ -384,8 +418,9 @@ class Store:
             linked = len(file_ids) - len(new_file_ids)
             repo.head_commit = commit
             repo.poll_state = POLL_OK
-            repo.poll_error = repo.poll_hint = None
+            repo.poll_error = repo.poll_hint = repo.poll_error_class = None
             repo.next_poll_at = None
+            self._end_poll_streak(repo)
             session.flush()
             self._maybe_finish_snapshot(session, repo, snapshot, now)
             return SnapshotResult(snapshot.id, True, len(new_file_ids), linked, removed)
@@ -418,6 +453,7 @@ class Store:
             )
             repo.poll_state = POLL_BLOCKED
             repo.poll_error = reason
+            repo.poll_error_class = "hostile"
             repo.poll_hint = hint
             repo.next_poll_at = None
 
@@ -586,6 +622,124 @@ class Store:
             },
             now,
         )
+
+    def surface_stuck(self, cutoff: datetime) -> list[StuckNotice]:
+        """Surface every transfer and poll still retrying whose streak of failures began at *cutoff* or
+        earlier and was not surfaced yet: mark it and queue one ``stuck`` notification per streak, as for
+        a blocked one. Return what was surfaced. Finding nothing costs one read, no write."""
+        retrying = (Transfer.state.in_((PENDING, RUNNING, WAITING)), Transfer.surfaced_at.is_(None))
+        with self.read() as session:
+            transfer_ids = list(
+                session.scalars(select(Transfer.id).where(Transfer.failing_since <= cutoff, *retrying))
+            )
+            repo_ids = list(
+                session.scalars(
+                    select(Repo.id).where(
+                        Repo.poll_failing_since <= cutoff,
+                        Repo.poll_surfaced_at.is_(None),
+                        Repo.poll_state == POLL_WAITING,
+                    )
+                )
+            )
+        if not transfer_ids and not repo_ids:
+            return []
+        now = utcnow()
+        surfaced: list[StuckNotice] = []
+        with self._write() as session:
+            for transfer_id in transfer_ids:
+                # Conditional, so that of daemons sharing the catalogue only one notifies.
+                marked = session.execute(
+                    update(Transfer)
+                    .where(Transfer.id == transfer_id, Transfer.failing_since <= cutoff, *retrying)
+                    .values(surfaced_at=now)
+                )
+                transfer = session.get(Transfer, transfer_id)
+                if not marked.rowcount or transfer is None:  # type: ignore[attr-defined]
+                    continue
+                file = session.get(File, transfer.file_id) if transfer.file_id is not None else None
+                surfaced.append(
+                    self._notify_stuck(
+                        session,
+                        transfer.repo_id,
+                        hop=transfer.hop,
+                        path=file.path if file is not None else None,
+                        error=transfer.last_error,
+                        error_class=transfer.error_class,
+                        attempts=transfer.attempts,
+                        failing_since=transfer.failing_since or now,
+                        now=now,
+                    )
+                )
+            for repo_id in repo_ids:
+                marked = session.execute(
+                    update(Repo)
+                    .where(
+                        Repo.id == repo_id,
+                        Repo.poll_failing_since <= cutoff,
+                        Repo.poll_surfaced_at.is_(None),
+                        Repo.poll_state == POLL_WAITING,
+                    )
+                    .values(poll_surfaced_at=now)
+                )
+                repo = session.get(Repo, repo_id)
+                if not marked.rowcount or repo is None:  # type: ignore[attr-defined]
+                    continue
+                surfaced.append(
+                    self._notify_stuck(
+                        session,
+                        repo_id,
+                        hop=None,
+                        path=None,
+                        error=repo.poll_error,
+                        error_class=repo.poll_error_class,
+                        attempts=repo.poll_attempts,
+                        failing_since=repo.poll_failing_since or now,
+                        now=now,
+                    )
+                )
+        return surfaced
+
+    def _notify_stuck(
+        self,
+        session: Session,
+        repo_id: int,
+        *,
+        hop: str | None,
+        path: str | None,
+        error: str | None,
+        error_class: str | None,
+        attempts: int,
+        failing_since: datetime,
+        now: datetime,
+    ) -> StuckNotice:
+        repo = session.get(Repo, repo_id)
+        assert repo is not None  # noqa: S101 - enforced by the foreign key
+        notice = StuckNotice(
+            repo=repo.name,
+            hop=hop,
+            path=path,
+            error=error,
+            error_class=error_class,
+            attempts=attempts,
+            failing_since=failing_since,
+            hint=stuck_hint(error_class),
+        )
+        self._enqueue(
+            session,
+            repo,
+            "stuck",
+            {
+                "hop": hop or "poll",
+                "path": path,
+                "error": error,
+                "error_class": error_class,
+                "attempts": attempts,
+                "failing_since": failing_since.isoformat(),
+                "hint": notice.hint,
+            },
+            now,
+        )
+        return notice
 
     def due_notifications(self, limit: int = 50) -> list[Notification]:
         """Return undelivered notifications whose time has come."""
@@ -930,6 +1084,7 @@ class Store:
             transfer.lease_expires_at = None
             transfer.last_error = transfer.error_class = transfer.hint = None
             transfer.next_attempt_at = None
+            transfer.failing_since = transfer.surfaced_at = None
             transfer.rate = None
             session.execute(update(Piece).where(Piece.transfer_id == transfer_id).values(done=True))
             if transfer.snapshot_id is not None:
@@ -1042,13 +1197,15 @@ class Store:
         hint: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
-        """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person)."""
+        """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person); a first
+        failure since it last succeeded begins its streak of failures."""
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
+        now = utcnow()
         with self._write() as session:
             if state == BLOCKED:
                 self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
-            session.execute(
+            parked = session.execute(
                 update(Transfer)
                 .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
                 .values(
@@ -1060,9 +1217,15 @@ class Store:
                     lease_owner=None,
                     lease_expires_at=None,
                     rate=None,
-                    updated_at=utcnow(),
+                    updated_at=now,
                 )
             )
+            if parked.rowcount:  # type: ignore[attr-defined]
+                session.execute(
+                    update(Transfer)
+                    .where(Transfer.id == transfer_id, Transfer.failing_since.is_(None))
+                    .values(failing_since=now)
+                )
 
     def _notify_blocked(
         self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
@@ -1109,7 +1272,8 @@ class Store:
     # -- control -----------------------------------------------------------------------------------
 
     def retry(self, repo_name: str | None = None, hop: str | None = None) -> int:
-        """Make blocked and waiting transfers (and polls) runnable now; return how many transfers.
+        """Make blocked and waiting transfers (and polls) runnable now, each beginning a new streak of
+        failures (attempts from 0); return how many transfers.
 
         Raise UsageError for an unknown repo.
         """
@@ -1126,10 +1290,25 @@ class Store:
             if hop is not None:
                 query = query.where(Transfer.hop == hop)
             result = session.execute(
-                query.values(state=PENDING, next_attempt_at=None, attempts=0, updated_at=now)
+                query.values(
+                    state=PENDING,
+                    next_attempt_at=None,
+                    attempts=0,
+                    failing_since=None,
+                    surfaced_at=None,
+                    updated_at=now,
+                )
             )
             if hop is None:
-                session.execute(repo_query.values(next_poll_at=now, updated_at=now))
+                session.execute(
+                    repo_query.values(
+                        next_poll_at=now,
+                        poll_attempts=0,
+                        poll_failing_since=None,
+                        poll_surfaced_at=None,
+                        updated_at=now,
+                    )
+                )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     def unblock(self, *, error_class: str, hops: Sequence[str]) -> int:

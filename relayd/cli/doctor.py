@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from relayd.catalogue.queries import START_HINT
 from relayd.cli.app import EXIT_RUNTIME, EXIT_USAGE, App, echo_json, json_option, pass_app
 from relayd.errors import ConfigError, RelayError, UsageError
 
@@ -41,11 +42,8 @@ FORMAT = 1
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 STATUSES = (OK, WARN, FAIL, SKIP)
 DEFAULT_TIMEOUT = 10.0
-#: A heartbeat older than this means the daemon is not running (it beats every 10 s).
-STALE_HEARTBEAT = 60.0
 #: How long past its own deadline a network check's thread may take before doctor gives up on it.
 GRACE = 2.0
-START_HINT = "start it: `systemctl start relayd` (or `relayd run -c CONFIG`)"
 
 
 @dataclass(frozen=True)
@@ -237,31 +235,20 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
 
 
 def daemon_row(reader: Reader | None, now: datetime) -> Row:
-    """Return whether a daemon publishes its heartbeat in this catalogue (a warning when not)."""
-    from relayd.catalogue.queries import service_facts
+    """Return whether a daemon serves this catalogue, by its heartbeat and its instance lock (a warning
+    when not)."""
+    from relayd.catalogue.queries import DAEMON_RUNNING, daemon_of, service_facts
 
     if reader is None:
         return Row("daemon", "daemon", WARN, "no catalogue, so no daemon", START_HINT)
-    fact = next((item for item in service_facts(reader) if item.key == "daemon"), None)
-    if fact is None:
-        return Row("daemon", "daemon", WARN, "no heartbeat: relayd has not run on this catalogue", START_HINT)
-    value = fact.value
-    age = None if fact.updated_at is None else (now - fact.updated_at).total_seconds()
-    who = f"pid {value.get('pid', '?')}, relayd {value.get('version', '?')}"
-    if value.get("state") == "stopped":
-        return Row("daemon", "daemon", WARN, f"stopped ({who})", START_HINT)
-    if age is None or age > STALE_HEARTBEAT:
-        since = "never" if age is None else f"{_minutes(age)} ago"
-        return Row(
-            "daemon",
-            "daemon",
-            WARN,
-            f"the last heartbeat ({who}) was {since}: the daemon is not running, or is stuck",
-            f"check `systemctl status relayd` or its log; {START_HINT}",
-        )
-    running = value.get("running")
+    facts = service_facts(reader)
+    daemon = daemon_of(reader, now, facts)
+    if daemon.state != DAEMON_RUNNING:
+        return Row("daemon", "daemon", WARN, daemon.detail, daemon.hint)
+    fact = next((item for item in facts if item.key == "daemon"), None)
+    running = fact.value.get("running") if fact is not None else None
     busy = f", {running} transfer(s) running" if running is not None else ""
-    return Row("daemon", "daemon", OK, f"running ({who}), heartbeat {_minutes(age)} ago{busy}")
+    return Row("daemon", "daemon", OK, f"{daemon.detail}{busy}")
 
 
 # -- disk ----------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ def _text(reader: Reader, repo: str | None) -> list[str]:
 
     now = datetime.now(UTC)
     if repo is None:
-        return status_view.summary_lines(queries.summary(reader, blocked_limit=BLOCKED_LIMIT), now)
-    detail = queries.repo_detail(reader, repo)
+        return status_view.summary_lines(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
+    detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
         raise _missing(repo)
     return status_view.detail_lines(detail, now)
@@ -78,10 +78,11 @@ def _watch(reader: Reader, repo: str | None, interval: float) -> None:
 def status(app: App, repo: str | None, as_json: bool, watch: bool, interval: float) -> None:
     """Show every repo (blocked items first), or every file of REPO.
 
-    Without REPO: one line per repo with files and bytes done per hop, counts by state, the poll and the
-    current rate, then what the daemon publishes. With REPO: each file of its current snapshot and each
-    hop's state, rate, ETA, last error and hint. --json writes the documented document
-    (docs/status-json.md).
+    Without REPO: whether the daemon runs (when it does not), what is blocked and what is stuck (failing
+    for longer than retry.surface_after), one line per repo with files and bytes done per hop, counts by
+    state, the poll and the current rate, then what the daemon publishes. With REPO: each file of its
+    current snapshot and each hop's state, rate, ETA, last error and hint. --json writes the documented
+    document (docs/status-json.md).
     """
     if watch and as_json:
         raise UsageError("--watch and --json cannot be combined")
@@ -97,9 +98,11 @@ def status(app: App, repo: str | None, as_json: bool, watch: bool, interval: flo
 
     now = datetime.now(UTC)
     if repo is None:
-        echo_json(status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT), now))
+        echo_json(
+            status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
+        )
         return
-    detail = queries.repo_detail(reader, repo)
+    detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
         raise _missing(repo)
     echo_json(status_view.detail_json(detail, now))

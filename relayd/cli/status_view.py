@@ -11,11 +11,15 @@ from typing import Any
 
 from relayd.catalogue.queries import (
     BLOCKED,
+    DAEMON_NONE,
+    DAEMON_RUNNING,
     DONE,
+    INTERRUPTED,
     OPEN_STATES,
     RUNNING,
     WAITING,
     BlockedItem,
+    DaemonStatus,
     FileHop,
     FileStatus,
     HopSummary,
@@ -23,6 +27,7 @@ from relayd.catalogue.queries import (
     RepoSummary,
     ServiceFact,
     SnapshotInfo,
+    StuckItem,
     Summary,
 )
 from relayd.units import format_duration, format_rate, format_size
@@ -137,6 +142,40 @@ def service_json(facts: list[ServiceFact], now: datetime) -> list[dict[str, Any]
     ]
 
 
+def stuck_json(item: StuckItem, now: datetime) -> dict[str, Any]:
+    return {
+        "kind": item.kind,
+        "repo": item.repo,
+        "hop": item.hop,
+        "path": item.path,
+        "state": item.state,
+        "error": item.error,
+        "error_class": item.error_class,
+        "attempts": item.attempts,
+        "failing_since": iso(item.failing_since),
+        "failing_seconds": None
+        if item.failing_since is None
+        else round((now - item.failing_since).total_seconds(), 3),
+        "surfaced_at": iso(item.surfaced_at),
+        "next_attempt_at": iso(item.next_attempt_at),
+        "hint": item.hint,
+    }
+
+
+def daemon_json(daemon: DaemonStatus, now: datetime) -> dict[str, Any]:
+    return {
+        "state": daemon.state,
+        "detail": daemon.detail,
+        "hint": daemon.hint or None,
+        "pid": daemon.pid,
+        "version": daemon.version,
+        "heartbeat_at": iso(daemon.heartbeat_at),
+        "heartbeat_age_seconds": None
+        if daemon.heartbeat_at is None
+        else round((now - daemon.heartbeat_at).total_seconds(), 3),
+    }
+
+
 def summary_json(summary: Summary, now: datetime) -> dict[str, Any]:
     transfers_listed = sum(1 for item in summary.blocked if item.kind == "transfer")
     others = len(summary.blocked) - transfers_listed
@@ -144,9 +183,13 @@ def summary_json(summary: Summary, now: datetime) -> dict[str, Any]:
         "format": FORMAT,
         "kind": "summary",
         "generated_at": iso(now),
+        "daemon": daemon_json(summary.daemon, now),
         "blocked_total": summary.blocked_total,
         "blocked_truncated": others + transfers_listed < summary.blocked_total,
         "blocked": [blocked_json(item) for item in summary.blocked],
+        "stuck_total": summary.stuck_total,
+        "stuck_truncated": len(summary.stuck) < summary.stuck_total,
+        "stuck": [stuck_json(item, now) for item in summary.stuck],
         "repos": [repo_json(repo) for repo in summary.repos],
         "service": service_json(summary.service, now),
     }
@@ -183,8 +226,10 @@ def detail_json(detail: RepoDetail, now: datetime) -> dict[str, Any]:
         "format": FORMAT,
         "kind": "repo",
         "generated_at": iso(now),
+        "daemon": daemon_json(detail.daemon, now),
         "repo": repo_json(detail.repo),
         "blocked": [blocked_json(item) for item in detail.blocked],
+        "stuck": [stuck_json(item, now) for item in detail.stuck],
         "files": [_file_json(item) for item in detail.files],
         "service": service_json(detail.service, now),
     }
@@ -201,7 +246,7 @@ def _ago(moment: datetime | None, now: datetime) -> str:
 
 
 def _states_text(states: dict[str, int]) -> str:
-    return ", ".join(f"{states[state]} {state}" for state in OPEN_STATES if states.get(state))
+    return ", ".join(f"{states[state]} {state}" for state in (*OPEN_STATES, INTERRUPTED) if states.get(state))
 
 
 def _hop_cell(hop: HopSummary) -> str:
@@ -220,18 +265,23 @@ def _poll_text(repo: RepoSummary) -> str:
     return f"{text}: {repo.poll_error}" if repo.poll_error else text
 
 
+def _item_text(item: BlockedItem | StuckItem) -> str:
+    """Return where a blocked or stuck item is and its last error, e.g. ``org/x  download  a.bin: …``."""
+    if item.kind == "poll":
+        where = f"{item.repo}  poll"
+    elif item.kind == "snapshot":
+        where = f"{item.repo}  {item.hop} (whole snapshot)"
+    else:
+        where = f"{item.repo}  {item.hop}  {item.path}"
+    error_class = f" [{item.error_class}]" if item.error_class else ""
+    return f"{where}: {item.error or 'no reason recorded'}{error_class}"
+
+
 def _blocked_lines(items: list[BlockedItem], now: datetime) -> list[str]:
     lines = []
     for item in items:
-        if item.kind == "poll":
-            where = f"{item.repo}  poll"
-        elif item.kind == "snapshot":
-            where = f"{item.repo}  {item.hop} (whole snapshot)"
-        else:
-            where = f"{item.repo}  {item.hop}  {item.path}"
-        error_class = f" [{item.error_class}]" if item.error_class else ""
         since = f" (since {_ago(item.since, now)})" if item.since else ""
-        lines.append(f"  {where}: {item.error or 'no reason recorded'}{error_class}{since}")
+        lines.append(f"  {_item_text(item)}{since}")
         if item.hint:
             lines.append(f"      hint: {item.hint}")
     return lines
@@ -284,9 +334,41 @@ def _repo_line(repo: RepoSummary) -> str:
     return "  ".join(parts)
 
 
+def daemon_lines(daemon: DaemonStatus) -> list[str]:
+    """Return a heading that says the daemon is not running, with what to do (none while it runs)."""
+    if daemon.state == DAEMON_RUNNING:
+        return []
+    heading = "NOT RUNNING" if daemon.state == DAEMON_NONE else daemon.state.upper()
+    lines = [f"DAEMON {heading}: {daemon.detail}"]
+    lines.append("  nothing moves until it runs; transfers it left running show as interrupted")
+    if daemon.hint:
+        lines.append(f"      hint: {daemon.hint}")
+    return [*lines, ""]
+
+
+def stuck_lines(items: list[StuckItem], total: int, now: datetime) -> list[str]:
+    """Return what keeps failing for longer than retry.surface_after while relayd retries it: each item
+    with its last error, attempts, how long and what to check (none when nothing is stuck)."""
+    if not total:
+        return []
+    more = f", showing {len(items)}" if len(items) < total else ""
+    lines = [f"STUCK {total}{more} (failing for longer than retry.surface_after; still retrying)"]
+    for item in items:
+        lines.append(f"  {_item_text(item)}")
+        since = _ago(item.failing_since, now).removesuffix(" ago")
+        retry = f", next try {_ago(item.next_attempt_at, now)}" if item.next_attempt_at else ""
+        state = f", {item.state}" if item.state != WAITING else ""
+        lines.append(f"      {item.attempts} attempt(s), failing for {since}{retry}{state}")
+        lines.append(f"      check: {item.hint}")
+    if len(items) < total:
+        lines.append("  … see `relayctl status REPO` for the rest")
+    return [*lines, ""]
+
+
 def summary_lines(summary: Summary, now: datetime) -> list[str]:
-    """Return the text view of every repo: blocked items first, then one line per repo, then the daemon."""
-    lines: list[str] = []
+    """Return the text view of every repo: the daemon if it is not running, blocked and stuck items first,
+    then one line per repo, then what the daemon publishes."""
+    lines: list[str] = daemon_lines(summary.daemon)
     if summary.blocked_total:
         shown = len(summary.blocked)
         more = f", showing {shown}" if shown < summary.blocked_total else ""
@@ -295,6 +377,7 @@ def summary_lines(summary: Summary, now: datetime) -> list[str]:
         if shown < summary.blocked_total:
             lines.append("  … see `relayctl status REPO` for the rest")
         lines.append("")
+    lines += stuck_lines(summary.stuck, summary.stuck_total, now)
     lines.append(f"REPOS {len(summary.repos)}")
     if not summary.repos:
         lines.append("  none (add one with `relayctl add OWNER/NAME`)")
@@ -316,6 +399,8 @@ def _file_hop_text(step: FileHop) -> str:
         text += f" {format_rate(step.rate)}"
         if step.eta_seconds is not None:
             text += f" ETA {format_duration(step.eta_seconds)}"
+    if step.state == INTERRUPTED:
+        text += " (daemon not running)"
     return text
 
 
@@ -324,6 +409,7 @@ def detail_lines(detail: RepoDetail, now: datetime) -> list[str]:
     repo = detail.repo
     snapshot = repo.snapshot
     lines = [
+        *daemon_lines(detail.daemon),
         f"{repo.name}  {repo.repo_type}@{repo.revision}  head {(repo.head_commit or '-')[:12]}"
         + ("  PAUSED" if repo.paused else ""),
         f"  {_poll_text(repo)}; every {format_duration(repo.every)}; "
@@ -359,6 +445,7 @@ def detail_lines(detail: RepoDetail, now: datetime) -> list[str]:
         if blocked_files:
             lines.append(f"  {blocked_files} file(s), listed first below")
     lines.append("")
+    lines += stuck_lines(detail.stuck, len(detail.stuck), now)
     lines.append(f"FILES {len(detail.files)}")
     for item in detail.files:
         cells = " · ".join(f"{step.hop} {_file_hop_text(step)}" for step in item.hops)

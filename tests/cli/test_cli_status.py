@@ -3,10 +3,11 @@ what the status path imports."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from claimkit import OWNER, claim
@@ -14,7 +15,7 @@ from doctables import check_shape, documented_tables
 
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.db import make_engine
-from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, WAITING
+from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, POLL_WAITING, WAITING
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
 
 if TYPE_CHECKING:
@@ -134,7 +135,14 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     busy = store.repo("org/busy")
     assert busy is not None
     store.record_poll_state(busy.id, state=POLL_BLOCKED, error="gated", hint="accept the terms")
+    full = store.repo("org/full")
+    assert full is not None
+    store.record_poll_state(
+        full.id, state=POLL_WAITING, error="503", error_class="server", next_poll_at=later
+    )
+    assert len(store.surface_stuck(utcnow())) == 2  # the waiting file and the waiting poll
     store.publish("staging", {"used": 1, "free": 2})
+    store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
     store.close()
 
     tables = documented_tables(DOC)
@@ -275,3 +283,142 @@ def test_a_transfer_the_destination_already_had_shows_as_skipped(relayctl: Relay
     text = relayctl("status", "org/dedup").stdout
     assert "known.bin  100 B  local_copy done (already there)" in text
     assert "new.bin  200 B  local_copy done" in text and "new.bin  200 B  local_copy done (" not in text
+
+
+# -- stuck: failing for longer than retry.surface_after, still retrying ----------------------------------
+
+
+def test_status_lists_what_is_stuck_with_attempts_how_long_and_what_to_check(relayctl: Relayctl) -> None:
+    store = relayctl.store
+    store.webhooks = ("http://127.0.0.1:9/hook",)
+    add_repo(store, "org/slow", ("local_copy",), {"a.bin": 10, "b.bin": 20, "c.bin": 30})
+    later = utcnow() + timedelta(minutes=5)
+    for attempt in range(4):  # four failed attempts in one streak, the last one due in 5 minutes
+        due = later if attempt == 3 else utcnow()
+        failed = claim(store, "local_copy", "a.bin")
+        store.defer(
+            failed, OWNER, state=WAITING, error="connection reset", error_class="network", next_attempt_at=due
+        )
+    young = claim(store, "local_copy", "b.bin")
+    block(store, "local_copy", "c.bin", "the token expired", "log in again")
+    store.defer(young, OWNER, state=WAITING, error="timed out", error_class="timeout", next_attempt_at=later)
+    # Surface what failed at or before the first defer of b.bin: a.bin only (c.bin is blocked, not stuck).
+    with store.read() as session:
+        from relayd.catalogue.schema import Transfer
+
+        cutoff = min(t.failing_since for t in session.query(Transfer) if t.failing_since is not None)
+    assert [notice.path for notice in store.surface_stuck(cutoff)] == ["a.bin"]
+    assert store.surface_stuck(utcnow()) != []  # b.bin now; a.bin is not notified twice
+    assert [notice.path for notice in store.surface_stuck(utcnow())] == []
+
+    lines = relayctl("status").stdout.splitlines()
+    start = lines.index("STUCK 2 (failing for longer than retry.surface_after; still retrying)")
+    assert lines[start + 1] == "  org/slow  local_copy  a.bin: connection reset [network]"
+    assert lines[start + 2].startswith("      4 attempt(s), failing for ")
+    assert ", next try in 4m" in lines[start + 2]
+    assert lines[start + 3] == f"      check: {queries.stuck_hint('network')}"
+    assert lines[start + 4] == "  org/slow  local_copy  b.bin: timed out [timeout]"
+    assert lines.index("BLOCKED 1") < start < lines.index("REPOS 1")
+
+    summary = json.loads(relayctl("status", "--json").stdout)
+    assert (summary["stuck_total"], summary["stuck_truncated"]) == (2, False)
+    first = summary["stuck"][0]
+    assert (first["kind"], first["repo"], first["hop"], first["path"]) == (
+        "transfer",
+        "org/slow",
+        "local_copy",
+        "a.bin",
+    )
+    assert (first["state"], first["attempts"], first["error_class"]) == ("waiting", 4, "network")
+    assert first["failing_seconds"] >= 0 and first["next_attempt_at"] is not None
+    assert first["hint"] == queries.stuck_hint("network")
+    detail = json.loads(relayctl("status", "org/slow", "--json").stdout)
+    assert [item["path"] for item in detail["stuck"]] == ["a.bin", "b.bin"]
+    assert "STUCK 2" in relayctl("status", "org/slow").stdout
+    with store.read() as session:
+        from relayd.catalogue.schema import Notification
+
+        stuck = [row.payload["body"] for row in session.query(Notification) if row.kind == "stuck"]
+    assert [(body["path"], body["attempts"]) for body in stuck] == [("a.bin", 4), ("b.bin", 1)]
+
+    # Retried by a person: a new streak, no longer stuck.
+    store.retry("org/slow")
+    assert json.loads(relayctl("status", "--json").stdout)["stuck_total"] == 0
+    assert "STUCK" not in relayctl("status").stdout
+
+
+# -- the daemon: running, stopped or dead ----------------------------------------------------------------
+
+
+def daemon_state(relayctl: Relayctl) -> tuple[str, dict[str, Any], str]:
+    """Return the daemon's state as status --json says it, the summary's only hop, and the text view."""
+    document = json.loads(relayctl("status", "--json").stdout)
+    return document["daemon"]["state"], document["repos"][0]["hops"][0], relayctl("status").stdout
+
+
+def test_status_judges_the_daemon_by_its_heartbeat_and_its_instance_lock(relayctl: Relayctl) -> None:
+    store = relayctl.store
+    add_repo(store, "org/run", ("local_copy",), {"run.bin": 5000})
+    running = claim(store, "local_copy", "run.bin")
+    store.progress(running, moved=1000, rate=500.0, bytes_done=1000)
+
+    state, hop, text = daemon_state(relayctl)
+    assert state == "none" and hop["states"]["interrupted"] == 1 and hop["states"]["running"] == 0
+    assert text.startswith("DAEMON NOT RUNNING: no relayd has published a heartbeat on this catalogue")
+
+    store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
+    state, hop, text = daemon_state(relayctl)
+    assert state == "running" and hop["states"]["running"] == 1 and hop["rate"] == 500.0
+    assert not text.startswith("DAEMON")  # no lock file yet: the fresh heartbeat is believed
+
+    lock = queries.instance_lock_path(relayctl.db)
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert daemon_state(relayctl)[0] == "running"
+    # The lock is free, yet the daemon never said it stopped: killed.
+    state, hop, text = daemon_state(relayctl)
+    assert state == "dead" and hop["states"]["interrupted"] == 1 and hop["rate"] == 0
+    assert text.startswith("DAEMON DEAD: gone (pid 4242, relayd test): its instance lock is free")
+    assert "hint: its log says why" in text
+    detail = json.loads(relayctl("status", "org/run", "--json").stdout)
+    assert detail["daemon"]["state"] == "dead"
+    (step,) = detail["files"][0]["hops"]
+    assert (step["state"], step["rate"], step["eta_seconds"]) == ("interrupted", None, None)
+    assert detail["files"][0]["state"] == "interrupted"
+    assert (
+        "run.bin  4.9 KiB  local_copy interrupted 1000 B/4.9 KiB (daemon not running)"
+        in relayctl("status", "org/run").stdout
+    )
+
+    store.publish("daemon", {"pid": 4242, "version": "test", "state": "stopped"})
+    state, _, text = daemon_state(relayctl)
+    assert state == "stopped" and text.startswith("DAEMON STOPPED: stopped (pid 4242, relayd test)")
+
+    # A heartbeat older than a minute, the lock still held: dead or hung.
+    store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
+    with store._write() as session:
+        from relayd.catalogue.schema import ServiceState
+
+        session.query(ServiceState).filter(ServiceState.key == "daemon").update(
+            {"updated_at": utcnow() - timedelta(minutes=2)}
+        )
+    with lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        state, _, text = daemon_state(relayctl)
+    assert state == "dead" and "last heartbeat 2m00s ago; it still holds its instance lock" in text
+
+
+def test_doctor_and_status_agree_on_the_daemon(relayctl: Relayctl) -> None:
+    from datetime import UTC, datetime
+
+    from relayd.cli.doctor import WARN, daemon_row
+
+    relayctl.store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
+    queries.instance_lock_path(relayctl.db).touch()  # a lock file nobody holds
+    reader = queries.SqliteReader(relayctl.db)
+    try:
+        row = daemon_row(reader, datetime.now(UTC))
+    finally:
+        reader.close()
+    status = json.loads(relayctl("status", "--json").stdout)["daemon"]
+    assert row.status == WARN and row.detail == status["detail"] and row.hint == status["hint"]
