@@ -527,3 +527,21 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("path", [".GIT/config", "sub/.Git/weights.bin", "w/git~1./notes.txt"])
+def test_a_path_git_leaves_out_of_the_commit_blocks_the_snapshot(
+    world: PushWorld, server: GitLfsServer, path: str
+) -> None:
+    """The poll refuses such paths; recorded anyway (straight into the catalogue, as a listing the poll
+    did not check would be), git drops the path from the index with a warning and exit 0. The commit
+    is checked before it is pushed: the snapshot blocks naming the path, nothing is published."""
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(70_000), "README.md": b"# m\n", path: b"x\n"}, "c" * 40)
+    transfers = world.run(until_blocked=True)
+    finish = world.snapshot_transfer()
+    assert finish.state == BLOCKED, [(t.state, t.last_error) for t in transfers]
+    assert finish.error_class == "path"
+    assert repr(path) in (finish.last_error or "")
+    assert "cannot be relayed as is" in (finish.hint or "") and "--exclude" in (finish.hint or "")
+    assert server.branch_head(OWNER, "model") is None

@@ -996,8 +996,9 @@ def _build(
     files: list[dict[str, Any]],
     removed: list[str],
     scratch: str,
-) -> str:
-    """Build the snapshot's tree on top of *parent*'s and return its id."""
+) -> tuple[str, dict[str, str | None]]:
+    """Build the snapshot's tree on top of *parent*'s; return its id and what each of the snapshot's
+    paths must hold in it ({path: blob id, or None for .gitattributes, which is merged})."""
     handle, index = tempfile.mkstemp(prefix="index-", dir=scratch)
     os.close(handle)
     os.unlink(index)  # git wants to create it itself
@@ -1010,6 +1011,7 @@ def _build(
             runner.run(["read-tree", "--empty"], env=env)
         wanted = {f["path"] for f in files}
         entries = ["0 %s\t%s" % (NULL_SHA, path) for path in removed if path not in wanted]
+        expected: dict[str, str | None] = {}
         lfs_paths = []
         plain_paths = []
         # Pointers: tiny files written once, hashed by one git process.
@@ -1027,6 +1029,7 @@ def _build(
             for (path, _), blob in zip(pointer_files, blobs):
                 entries.append("100644 %s\t%s" % (blob, path))
                 lfs_paths.append(path)
+                expected[path] = blob
         upstream_attributes = ""
         for item in files:
             if item.get("lfs"):
@@ -1035,7 +1038,9 @@ def _build(
             plain_paths.append(item["path"])
             if item["path"] == ".gitattributes":
                 upstream_attributes = runner.output(["cat-file", "blob", blob])
+                expected[".gitattributes"] = None
                 continue
+            expected[item["path"]] = blob
             entries.append(
                 "%s %s\t%s" % ("100755" if item.get("executable") else "100644", blob, item["path"])
             )
@@ -1071,12 +1076,37 @@ def _build(
                 kind="permanent",
                 error_class="internal",
             )
-        return runner.output(["write-tree"], env=env)
+        return runner.output(["write-tree"], env=env), expected
     finally:
         shutil.rmtree(pointers_dir, ignore_errors=True)
         for leftover in (index, index + ".lock"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
+
+
+def _check_tree(runner: GitRunner, commit: str, expected: dict[str, str | None]) -> None:
+    """Raise a blocked AgentError unless the tree of *commit* holds every path of *expected* with its
+    blob: git drops a path it refuses from the index with only a warning ("Ignoring path", exit 0)."""
+    held = {}
+    for record in runner.run(["ls-tree", "-r", "-z", "--full-tree", commit])[1].split(b"\0"):
+        meta, _, path = record.partition(b"\t")
+        if path:
+            held[path] = meta.split()[-1].decode("ascii")
+    wrong = [
+        path
+        for path, blob in sorted(expected.items())
+        if held.get(path.encode("utf-8")) is None or (blob and held[path.encode("utf-8")] != blob)
+    ]
+    if wrong:
+        raise AgentError(
+            "git left %d path(s) of the snapshot out of its commit, so the snapshot would not be whole: %s"
+            % (len(wrong), ", ".join(repr(p) for p in wrong[:5])),
+            kind="blocked",
+            error_class="path",
+            hint="git refuses such paths, so this snapshot cannot be relayed as is: exclude them with the "
+            "repo's globs (`relayctl add OWNER/NAME --replace --exclude GLOB`, repeating the repo's other "
+            "options), or have them renamed upstream",
+        )
 
 
 def _stage_attributes(runner: GitRunner, lines: list[str], env: dict[str, str]) -> None:
@@ -1184,15 +1214,19 @@ def git_publish(params: dict[str, Any], secrets: dict[str, str], context: Contex
                     )
             parent = tip or ""
             context.emit("stage", step="build", parent=parent)
-            tree = _build(runner, tip, files, removed, runner.git_dir)
+            tree, expected = _build(runner, tip, files, removed, runner.git_dir)
             if tip and runner.output(["rev-parse", tip + "^{tree}"]) == tree:
                 commit = tip  # already published (e.g. a crash after the push): nothing to add
+                _check_tree(runner, commit, expected)
                 break
             message = str(params.get("message") or "Relay a snapshot")
             commit = runner.output(
                 ["commit-tree", tree] + (["-p", tip] if tip else []) + ["-F", "-"],
                 data=message.encode("utf-8"),
             )
+            # Every path in the commit, checked before it is pushed: a snapshot missing a file is
+            # never published, let alone called done.
+            _check_tree(runner, commit, expected)
             context.emit("stage", step="push", commit=commit)
             refspec = ("+" if force else "") + commit + ":" + ref
             code, out, err = runner.run(["push", "--porcelain", "--", remote, refspec], check=False)
