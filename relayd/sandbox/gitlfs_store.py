@@ -153,10 +153,11 @@ class ActionSigner:
         )
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, grant: Grant, lifetime: float) -> str:
-        """Return a token for *grant* that expires *lifetime* seconds from now."""
+    def issue(self, grant: Grant, lifetime: float) -> tuple[str, int]:
+        """Return a token for *grant* that expires *lifetime* seconds from now, and that moment (Unix
+        seconds)."""
         expires = int(self._clock() + lifetime)
-        return f"{grant.size}.{expires}.{self._mac(grant, expires)}"
+        return f"{grant.size}.{expires}.{self._mac(grant, expires)}", expires
 
     def check(self, token: str, operation: str, owner: str, name: str, oid: str) -> Grant:
         """Return the Grant that *token* carries for this request. Raise TokenError if it has none."""
