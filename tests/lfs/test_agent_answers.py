@@ -136,6 +136,23 @@ def test_an_action_about_to_expire_is_asked_for_again_not_used(
     assert server.counters().batch_requests >= 5  # the first, then two per object
 
 
+def test_an_action_that_expired_unannounced_is_refused_and_asked_for_again(
+    server: GitLfsServer, tmp_path: Path
+) -> None:
+    """Actions that do not say when they expire (``none``) but do: the second object's token has
+    expired when its turn comes, the server answers its PUT 403 (as git-lfs expects of an expired
+    token, tq/basic_upload.go), and the agent asks the batch API again."""
+    server.action_lifetime, server.action_expiry = 1, "none"
+    server.put_bytes_per_second = 150_000
+    files = vm_files(tmp_path / "vm", {"a.bin": os.urandom(300_000), "b.bin": os.urandom(3000)})
+
+    run = run_agent("lfs_upload", upload_params(server, files), server.token)
+
+    assert [o["skipped"] for o in run.ok["objects"]] == [False, False]
+    assert 403 in statuses(server) and server.counters().puts_stored == 2
+    assert any(e["event"] == "retry" and "403" in e["error"] for e in run.events)
+
+
 def test_expiry_rules() -> None:
     assert expires_at("2016-11-10T15:29:07Z") == 1478791747.0
     assert expires_at("2016-11-10T16:29:07.123456789+01:00") == 1478791747.0

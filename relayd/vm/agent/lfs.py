@@ -1,20 +1,25 @@
 """Git LFS on the VM: upload objects straight from the VM's files, publish one commit per snapshot.
 
 Objects go up through the LFS batch API with relayd's own client (``lfs_upload``): one batch request
-says which objects the server lacks (it omits ``actions`` for the ones it has), each missing object is
-streamed with one ``PUT`` from the file itself, hashed on the way (the last chunk is held back unless
-the bytes match the oid, so a changed file never completes an upload), then verified. Nothing is
-copied: there is no ``.git/lfs/objects`` and no ``git add``.
+says which objects the server lacks (it omits ``actions`` for the ones it has, or leaves them out),
+each missing object is streamed with one ``PUT`` from the file itself, hashed on the way (the last
+chunk is held back unless the bytes match the oid, so a changed file never completes an upload), then
+verified when the server asks for it. An action about to expire is asked for again; a 413 blocks the
+file ("split the file"); answers are read bounded. Nothing is copied: there is no
+``.git/lfs/objects`` and no ``git add``.
 
 The commit (``git_publish``) is built with plumbing in a small scratch bare repository: fetch the
 branch tip (depth 1), read its tree into a private index, write LFS pointers and small files as
 blobs, merge ``.gitattributes`` so every pointer is covered by ``filter=lfs``, drop the paths removed
-upstream, ``write-tree``, ``commit-tree`` and push, with git-lfs's pre-push hook installed as a safety
-net. A rejected non-fast-forward is rebuilt on the new tip. Before reporting success every object of
+upstream, ``write-tree``, ``commit-tree``, check that the commit holds every path of the snapshot
+(git drops a path it refuses with only a warning), and push, with git-lfs's pre-push hook installed as
+a safety net. A rejected non-fast-forward is rebuilt on the new tip. Before reporting success every object of
 the snapshot is confirmed present with a batch ``download`` request.
 
 The token never leaves the agent's memory except through the environment of git children, where a
-credential helper reads it (never in a URL, argv, ``.git/config``, an event or an error message).
+credential helper reads it and gives it only for the remote's scheme, host and port (never in a URL,
+argv, ``.git/config``, an event or an error message); git follows no redirect, and the LFS client sends
+the token only to the remote's origin.
 Every git child runs in its own process group, killed as a group on cancel or when the link dies.
 """
 
