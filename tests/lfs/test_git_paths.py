@@ -14,7 +14,7 @@ from systools import require_git_lfs
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import POLL_BLOCKED, POLL_OK, File, Snapshot, SnapshotFile, Transfer
 from relayd.catalogue.store import RepoSpec, Store
-from relayd.config import HubConfig, SecretRef
+from relayd.config import parse_config
 from relayd.errors import Permanent
 from relayd.hub import HubSource
 from relayd.names import git_path_problem, refuse_git_paths
@@ -165,19 +165,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
     catalogue.close()
 
 
-def _poller(hub: FakeHub, store: Store) -> Poller:
-    config = HubConfig(
-        endpoint=hub.endpoint,
-        token=SecretRef("hub.token", value=None),
-        concurrency=2,
-        large_concurrency=1,
-        connections=2,
-        piece_size=1 << 20,
-        timeout=5,
-        default_every=3600,
-        stall_timeout=2,
+def _poller(hub: FakeHub, store: Store, tmp_path: Path) -> Poller:
+    config = parse_config(
+        {"hub": {"endpoint": hub.endpoint, "token_env": "RELAYD_TEST_UNSET"}}, tmp_path / "c.toml"
     )
-    return Poller(store, {"hub": HubSource(config)}, {"download": "hub"})
+    return Poller(store, {"hub": HubSource(config.hub)}, {"download": "hub"})
 
 
 ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
@@ -185,12 +177,12 @@ ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
 
 @pytest.mark.parametrize("path", ["sub/.git/config", ".GIT/config", "a/.Git", "w/git~1/x", "w/.git. /x"])
 def test_the_poll_refuses_a_snapshot_git_cannot_hold_until_the_path_is_excluded(
-    hub: FakeHub, store: Store, path: str
+    hub: FakeHub, store: Store, tmp_path: Path, path: str
 ) -> None:
     make_model_repo(hub, "acme/model", shards=1, shard_size=1024)
     hub.commit("acme/model", {path: b"[core]\n\tfsmonitor = touch /tmp/pwned\n"}, allow_unsafe_paths=True)
     store.add_repo(RepoSpec(name="acme/model", every=3600, route=ROUTE))
-    poller = _poller(hub, store)
+    poller = _poller(hub, store, tmp_path)
     repo = store.repo("acme/model")
     assert repo is not None
 
