@@ -29,6 +29,7 @@ from relayd.config import Config, LocalCopyConfig, RetryConfig
 from relayd.digest import sha256_file
 from relayd.engine import backoff_delay
 from relayd.errors import NeedsPerson, Permanent, Retryable
+from relayd.names import refuse_git_paths
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class Poller:
             if refusal is not None:
                 raise refusal
             check_listing(listing)
+            refuse_git_paths(
+                repo.name, (s.path for s in listing if matches(s.path, repo.include, repo.exclude))
+            )
         except Permanent as exc:
             log.error("%s: refusing snapshot %s: %s", repo.name, head[:12], exc)
             self.store.refuse_snapshot(repo.id, head, str(exc), exc.hint)

@@ -370,21 +370,18 @@ class Store:
             existing = session.scalar(
                 select(Snapshot).where(Snapshot.repo_id == repo_id, Snapshot.commit == commit)
             )
-            if existing is not None:
+            if existing is not None and existing.state != SNAPSHOT_REFUSED:
                 repo.head_commit = commit
                 repo.poll_state = POLL_OK
                 repo.poll_error = repo.poll_hint = repo.poll_error_class = None
                 repo.next_poll_at = None
                 self._end_poll_streak(repo)
                 return SnapshotResult(existing.id, False, 0, 0, 0)
-            snapshot = Snapshot(
-                repo_id=repo_id,
-                commit=commit,
-                state=SNAPSHOT_ACTIVE,
-                seen_at=now,
-                file_count=len(files),
-                total_bytes=sum(spec.size for spec in files),
-            )
+            # A head refused before is recorded now that the repo's globs leave out what was refused.
+            snapshot = existing or Snapshot(repo_id=repo_id, commit=commit, seen_at=now)
+            snapshot.state, snapshot.reason = SNAPSHOT_ACTIVE, None
+            snapshot.file_count = len(files)
+            snapshot.total_bytes = sum(spec.size for spec in files)
             session.add(snapshot)
             session.flush()
             file_ids: list[int] = []

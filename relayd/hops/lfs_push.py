@@ -13,8 +13,9 @@ scratch repository (checked against its upstream git blob id). Handles: ``{"oid"
 
 Per snapshot (``finish_snapshot``): one commit on top of the branch tip (pointers, plain files,
 merged ``.gitattributes``, files removed upstream deleted, a message naming the HF repo and commit),
-pushed without force unless ``force_push``, rebuilt on the new tip when the remote moved, and every
-object confirmed on the server before the snapshot is done. Handles: ``{"commit", "branch", "remote",
+checked to hold every path of the snapshot (a path git refused blocks the snapshot), pushed without
+force unless ``force_push``, rebuilt on the new tip when the remote moved, and every object confirmed
+on the server before the snapshot is done. Handles: ``{"commit", "branch", "remote",
 "paths"}`` (``paths``: what this relay put there, so the next snapshot knows what upstream removed).
 
 The token is sent to the agent in the request's secrets only; the agent hands it to git through the

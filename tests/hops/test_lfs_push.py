@@ -527,3 +527,42 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("path", [".GIT/config", "sub/.Git/weights.bin", "w/git~1./notes.txt"])
+def test_a_path_git_leaves_out_of_the_commit_blocks_the_snapshot(
+    world: PushWorld, server: GitLfsServer, path: str
+) -> None:
+    """The poll refuses such paths; recorded anyway (straight into the catalogue, as a listing the poll
+    did not check would be), git drops the path from the index with a warning and exit 0. The commit
+    is checked before it is pushed: the snapshot blocks naming the path, nothing is published."""
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(70_000), "README.md": b"# m\n", path: b"x\n"}, "c" * 40)
+    transfers = world.run(until_blocked=True)
+    finish = world.snapshot_transfer()
+    assert finish.state == BLOCKED, [(t.state, t.last_error) for t in transfers]
+    assert finish.error_class == "path"
+    assert repr(path) in (finish.last_error or "")
+    assert "cannot be relayed as is" in (finish.hint or "") and "--exclude" in (finish.hint or "")
+    assert server.branch_head(OWNER, "model") is None
+
+
+@pytest.mark.parametrize("size_limit_at", ["batch", "upload"])
+def test_an_object_over_the_servers_size_limit_blocks_saying_split_the_file(
+    world: PushWorld, server: GitLfsServer, size_limit_at: Any
+) -> None:
+    """ModelScope refuses ~100 GB objects with 413 (modelscope/modelscope#1591): in the batch answer or
+    at the PUT, relayd blocks the file with what to do, not as a quota."""
+    server.max_object_size, server.size_limit_at = 200_000, size_limit_at
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(300_000), "README.md": b"# m\n"}, "d" * 40)
+    world.run(until_blocked=True)
+    blocked = world.file_transfer("model.safetensors")
+    assert blocked.state == BLOCKED and blocked.error_class == "too_large"
+    assert (blocked.last_error or "").startswith(
+        "the object is larger than the server accepts: split the file"
+    )
+    assert "300000 bytes" in (blocked.last_error or "")
+    assert "split the file" in (blocked.hint or "") and "quota" not in (blocked.hint or "")
+    assert server.objects(OWNER, "model") == {}
+    assert world.file_transfer("README.md").state == DONE

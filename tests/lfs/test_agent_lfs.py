@@ -177,7 +177,7 @@ def test_wrong_bytes_refused_by_the_server_are_sent_again(server: GitLfsServer, 
     [
         ("batch", 403, "blocked", "auth", "write to"),
         ("batch", 507, "blocked", "quota", "quota"),
-        ("batch", 413, "blocked", "quota", "quota"),
+        ("batch", 413, "blocked", "too_large", "split the file"),
         ("upload", 507, "blocked", "quota", "quota"),
     ],
 )
