@@ -117,6 +117,7 @@ def test_the_proxy_reaches_git_through_its_environment_never_argv(tmp_path: Path
         str(tmp_path / "home"),
         "token-" + secrets.token_hex(8),
         Context(io.StringIO()),
+        remote="https://modelscope.example/owner/m.git",
         activity_timeout=60,
         proxy=proxy,
     )
