@@ -48,6 +48,7 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.errors import CatalogueError, UsageError
+from relayd.text import safe_optional, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ class Store:
         next_poll_at: datetime | None = None,
     ) -> None:
         """Record how the last poll of the repo went (only called when something changed)."""
+        error, hint = safe_optional(error), safe_optional(hint)
         with self._write() as session:
             repo = session.get(Repo, repo_id)
             if repo is None:
@@ -395,6 +397,7 @@ class Store:
 
         The head is remembered so an unchanged head is not listed again; a new commit is.
         """
+        reason, hint = safe_text(reason), safe_text(hint)
         now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)
@@ -609,6 +612,7 @@ class Store:
     ) -> None:
         """Record a delivery attempt: delivered, retry at *retry_at*, or given up (retry_at None)."""
         now = utcnow()
+        error = safe_optional(error)
         with self._write() as session:
             values: dict[str, Any] = {"attempts": Notification.attempts + 1, "last_error": error}
             if delivered or retry_at is None:
@@ -1045,6 +1049,7 @@ class Store:
         """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person)."""
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
+        error, hint = safe_text(error), safe_optional(hint)
         with self._write() as session:
             if state == BLOCKED:
                 self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
