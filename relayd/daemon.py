@@ -106,7 +106,9 @@ def build_services(config: Config, store: Store, services: Services | None = Non
         )
 
     def vm() -> Any:
-        return importlib.import_module("relayd.vm.executor").make_executor(config.vm)
+        return importlib.import_module("relayd.vm.executor").make_executor(
+            config.vm, state_dir=config.daemon.state_dir
+        )
 
     if services is None:
         return Services({"drive": drive, "vm": vm})
