@@ -49,6 +49,9 @@ HEARTBEAT_INTERVAL = 10.0
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+#: Everything relayd creates (state, catalogue, staging, tokens, the VM's files through its children) is
+#: its user's alone, whatever umask it was started with.
+PRIVATE_UMASK = 0o077
 
 
 @contextmanager
@@ -222,7 +225,7 @@ class Daemon:
             owner=owner,
             services=build_services(config, store),
         )
-        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         hops = build_hops(config, ctx)
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
@@ -497,6 +500,7 @@ def main() -> None:
 )
 def run(config_path: Path, once: bool, log_level: str | None) -> None:
     """Serve the catalogue: poll repos on their schedules and move their files along their routes."""
+    os.umask(PRIVATE_UMASK)
     setup_logging(log_level or "info")
     try:
         daemon = Daemon(config_path)
