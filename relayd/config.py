@@ -47,23 +47,25 @@ class SecretRef:
         """Say where the secret comes from without revealing it."""
         if self.value:
             return "set in the config file"
-        if self.env:
-            return f"from the environment variable {self.env}"
+        source = ""
         if self.file:
-            return f"from the file {self.file}"
+            source = f"the file {self.file}"
         if self.credential:
-            return f"from the systemd credential {self.credential}"
-        return "not set"
+            source = f"the systemd credential {self.credential}"
+        if self.env:
+            return f"from the environment variable {self.env}" + (f", else {source}" if source else "")
+        return f"from {source}" if source else "not set"
 
     def resolve(self) -> str | None:
-        """Return the secret, or None when it is not configured or the source is empty.
+        """Return the secret, or None when it is not configured or the source is empty. An environment
+        variable that is set wins over a file or credential also configured.
 
         Raise ConfigError when a configured file or credential cannot be read.
         """
         if self.value:
             return self.value
-        if self.env:
-            return os.environ.get(self.env) or None
+        if self.env and os.environ.get(self.env):
+            return os.environ[self.env]
         path: Path | None = self.file
         if self.credential:
             path = credential_path(self.credential, f"{self.key}_credential")
