@@ -683,7 +683,9 @@ def load_config(path: Path | str) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file (copy config.example.toml there to start)") from exc
+        raise ConfigError(
+            f"{path}: no such file; start one with `relayctl config example > {path}`, then edit it"
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:

@@ -109,3 +109,58 @@ def test_relayctl_from_the_wheel_upgrades_an_older_catalogue(wheel: Path, tmp_pa
     assert current.returncode == 0
     lines = dict(line.split(": ", 1) for line in current.stdout.splitlines())
     assert lines["current"] == lines["head"] != "0001"
+
+
+def test_the_wheel_carries_the_licence_and_the_example_config(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        licence = next(n for n in names if n.endswith(".dist-info/licenses/COPYING"))
+        assert archive.read(licence) == (ROOT / "COPYING").read_bytes()
+        assert archive.read("relayd/config.example.toml") == (ROOT / "config.example.toml").read_bytes()
+    assert "License-Expression: GPL-3.0-or-later" in metadata
+    assert "License-File: COPYING" in metadata
+    assert (ROOT / "COPYING").read_text().startswith("                    GNU GENERAL PUBLIC LICENSE\n")
+    assert "Version 3, 29 June 2007" in (ROOT / "COPYING").read_text()
+
+
+def test_relayctl_config_example_prints_the_documented_example(wheel: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from relayd.cli import cli
+
+    example = (ROOT / "config.example.toml").read_text()
+    assert CliRunner().invoke(cli, ["config", "example"]).output == example  # from the checkout
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    installed = subprocess.run(
+        [sys.executable, "-c", "from relayd.cli import main; main()", "config", "example"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout == example  # from the wheel's package data, no checkout in sight
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from relayd.cli import main; main()",
+            "-c",
+            str(tmp_path / "none.toml"),
+            "status",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert f"relayctl config example > {tmp_path / 'none.toml'}" in missing.stderr

@@ -1,4 +1,5 @@
-"""`relayctl config`: validate the config file, and show the effective config without its secrets."""
+"""`relayctl config`: validate the config file, show the effective config without its secrets, and print
+the documented example to start one from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -161,3 +163,19 @@ def show(app: App, as_json: bool) -> None:
         names = ", ".join(sorted(config.plugin_sections))
         click.echo("")
         click.echo(f"# [hops.*] sections ({names}) belong to their plugins and are not shown")
+
+
+def example_path() -> Path:
+    """Return the documented example config: the wheel's copy (package data), else the checkout's."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "config.example.toml", package_dir.parent / "config.example.toml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"the example config is missing from this installation (looked in {package_dir})")
+
+
+@config_group.command("example")
+def example() -> None:
+    """Print the documented example config (every key, its default and what it does), e.g.
+    `relayctl config example > relayd.toml`."""
+    click.echo(example_path().read_text(encoding="utf-8"), nl=False)
