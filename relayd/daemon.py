@@ -36,7 +36,7 @@ from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext, Services
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.metrics import MetricsServer
+from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
@@ -264,10 +264,10 @@ class Daemon:
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
         )
         self.scheduler.start()
+        metrics = self._start_metrics()  # before the engine, so its counters miss no byte
         self.engine.start()
         self.notifier_thread = WebhookNotifier(self.store, self.config.notify)
         self.notifier_thread.start()
-        metrics = self._start_metrics()
         watcher = self._watch_config()
         self._reconcile()
         self._heartbeat()
@@ -313,11 +313,13 @@ class Daemon:
     def _start_metrics(self) -> MetricsServer | None:
         if not self.config.metrics.listen:
             return None
+        metrics = Metrics(self.store)
         try:
-            server = MetricsServer(self.store, self.config.metrics.listen)
+            server = MetricsServer(metrics, self.config.metrics.listen)
         except (ValueError, OSError) as exc:
             log.error("metrics are off: %s", exc)
             return None
+        metrics.watch(self.store, self.engine.hops)
         server.start()
         return server
 

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -198,6 +198,10 @@ class Store:
         self.rules = rules or HopRules()
         # Webhook URLs that receive every repo's notifications (config notify.webhooks).
         self.webhooks: tuple[str, ...] = ()
+        # Told, after each commit, of the bytes a hop moved (hop, bytes) and of each attempt parked
+        # (hop, state, error_class): the daemon's metrics count them as they happen.
+        self.on_moved: Callable[[str, int], None] | None = None
+        self.on_deferred: Callable[[str, str, str], None] | None = None
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -890,7 +894,11 @@ class Store:
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
-            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+            hop = session.execute(
+                update(Transfer).where(Transfer.id == transfer_id).values(**values).returning(Transfer.hop)
+            ).scalar_one_or_none()
+        if hop is not None and moved and self.on_moved is not None:
+            self.on_moved(hop, moved)
 
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""
@@ -1053,7 +1061,7 @@ class Store:
         with self._write() as session:
             if state == BLOCKED:
                 self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
-            session.execute(
+            parked = session.execute(
                 update(Transfer)
                 .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
                 .values(
@@ -1067,7 +1075,10 @@ class Store:
                     rate=None,
                     updated_at=utcnow(),
                 )
-            )
+                .returning(Transfer.hop)
+            ).scalar_one_or_none()
+        if parked is not None and self.on_deferred is not None:
+            self.on_deferred(parked, state, error_class)
 
     def _notify_blocked(
         self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
