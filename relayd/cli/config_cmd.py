@@ -67,6 +67,8 @@ def config_warnings(config: Config) -> list[str]:
             raise ConfigError(f"{config.path}: {exc}") from exc
         if value is None:
             warnings.append(f"{ref.key} comes {ref.describe()}, which is empty; hops that need it will block")
+    if config.vm.executor == "ssh":
+        warnings += _vm_credential_warnings(config)
     known = set(hop_names())
     missing = [hop for hop in DEFAULT_ROUTE if hop not in known]
     if missing:
@@ -82,6 +84,27 @@ def config_warnings(config: Config) -> list[str]:
             load_hop_class(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal, here
             warnings.append(f"hop {name!r} cannot be loaded: {exc}")
+    return warnings
+
+
+def _vm_credential_warnings(config: Config) -> list[str]:
+    """Return a warning for each VM credential (SSH key, known_hosts) that is named but empty or absent."""
+    from relayd.config import credential_path
+
+    warnings = []
+    for key in ("identity_credential", "known_hosts_credential"):
+        name = getattr(config.vm, key)
+        if not name:
+            continue
+        path = credential_path(name, f"vm.{key}")
+        try:
+            empty = not path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: vm.{key}: cannot read {path}: {exc.strerror}") from exc
+        if empty:
+            warnings.append(
+                f"vm.{key} names the credential {name!r}, which is empty; the VM cannot be reached"
+            )
     return warnings
 
 

@@ -770,9 +770,9 @@ class SshExecutor(Executor):
             return None
         try:
             path = credential_path(name, f"vm.{key}")
-            if path.stat().st_size > 0:
+            if path.read_bytes().strip():
                 return path
-            problem = "is empty"
+            problem = "is empty"  # its file was not installed: relayd.service's SetCredential= default
         except ConfigError as exc:
             problem = f"cannot be found: {exc}"
         except OSError as exc:

@@ -3,10 +3,13 @@ environment variable left in the config from the example does not hide a credent
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from relayd.cli import cli
 from relayd.config import parse_config
 from relayd.errors import ConfigError
 
@@ -41,3 +44,21 @@ def test_a_credential_outside_systemd_says_what_to_set(
     drive = parse_config({"drive": {"refresh_token_credential": "drive-refresh-token"}}, tmp_path / "c").drive
     with pytest.raises(ConfigError, match=r"needs \$CREDENTIALS_DIRECTORY"):
         drive.refresh_token.resolve()
+
+
+def test_config_check_warns_about_an_empty_vm_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., Path]
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "vm-ssh-key").write_text("\n")  # relayd.service's default when the file is not installed
+    (credentials / "vm-known-hosts").write_text("[vm]:22 ssh-ed25519 AAAA\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    vm = {"executor": "ssh", "host": "vm", "identity_credential": "vm-ssh-key"}
+    config = make_config(tmp_path, vm={**vm, "known_hosts_credential": "vm-known-hosts"})
+    result = CliRunner().invoke(cli, ["-c", str(config), "config", "check"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: vm.identity_credential names the credential 'vm-ssh-key', which is empty" in result.output
+    )
+    assert "known_hosts_credential" not in result.output

@@ -679,7 +679,7 @@ def test_the_ssh_key_and_known_hosts_can_be_systemd_credentials(
         assert executor.check(need=()).python.startswith("3.")
     finally:
         executor.close()
-    (credentials / "vm-ssh-key").write_text("")
+    (credentials / "vm-ssh-key").write_text("\n")  # what relayd.service's SetCredential= default gives
     empty = make_executor(vm_config(**values))
     with pytest.raises(NeedsPerson, match=r"'vm-ssh-key' .* is empty") as caught:
         empty.check(need=())
