@@ -707,7 +707,7 @@ def _warn_if_secrets_readable(config: Config) -> None:
     if mode & 0o077:
         log.warning(
             "%s holds secrets (%s) but its mode is %o: others on this machine can read them; "
-            "run `chmod 600 %s`",
+            "run `chmod 600 %s`, or move them out of it (token_file, token_credential)",
             config.path,
             ", ".join(inline),
             mode,

@@ -1,11 +1,12 @@
 """The VM executor: run agent operations on the VM (this machine, or a host reached over SSH).
 
 Every hop's VM-side work runs in relayd's agent (``relayd/vm/agent``, stdlib only). Nothing is
-installed on the VM beforehand: a session starts ``python3 -c <bootstrap> <sha256> <length>`` there
-(locally as a child process in its own process group, or as the remote command of an OpenSSH
-``ssh`` client), the bootstrap answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already
-cached, the daemon sends the zipped agent only if it is not, then one JSON request line per call (with
-the secrets, which never appear in argv, files or logs). The agent streams JSON events back and ends
+installed on the VM beforehand: a session starts ``python3 -I -c <bootstrap> <sha256> <length>``
+there (locally as a child process in its own process group, or as the remote command of an OpenSSH
+``ssh`` client; either child gets only the CHILD_ENV part of relayd's environment), the bootstrap
+answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already cached, the daemon sends the zipped
+agent only if it is not, then one JSON request line per call (with the secrets, which never appear in
+argv, files or logs). The agent streams JSON events back and ends
 each call with a result line; stdin EOF (the daemon or the link is gone) makes a busy agent SIGKILL its
 own process group, so nothing keeps running on the VM after a kill -9 or a dropped connection.
 
