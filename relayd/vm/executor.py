@@ -527,7 +527,28 @@ class _Call:
         watcher = threading.Thread(target=self._watch, name="relayd-vm-watch", daemon=True)
         watcher.start()
         try:
-            return self._exchange(bundle, request, on_event, start_failure)
+            payload = b""
+            if not session.greeted:
+                hello = session.read_event()
+                if hello is None or hello.get("event") != "agent":
+                    raise self._ended_early(start_failure, started=False)
+                session.greeted = True
+                payload = b"" if hello.get("cached") else bundle.data
+            if not session.write(payload + request.encode() + b"\n"):
+                raise self._ended_early(start_failure, started=True)
+            self._request_sent.set()
+            while True:
+                event = session.read_event()
+                if event is None:
+                    raise self._ended_early(start_failure, started=True)
+                self.answered = True
+                if event.get("event") == "result":
+                    self.reusable = bool(event.get("reusable"))  # the agent says false after a failure
+                    if event.get("left_behind"):
+                        log.debug("the VM agent (%s) left %s running", self.op, event["left_behind"])
+                    return self._result(event)
+                if on_event is not None:
+                    on_event(event)
         except _LineTooLong:
             self.killed_for = "protocol"
             session.kill()
@@ -541,38 +562,6 @@ class _Call:
             self._done.set()
             watcher.join()  # so that `clean` sees whatever it did
             session.calls += 1
-
-    def _exchange(
-        self,
-        bundle: AgentBundle,
-        request: str,
-        on_event: EventHandler | None,
-        start_failure: Callable[[int | None, str], HopError],
-    ) -> dict[str, Any]:
-        """Send the request (and the agent, if the VM lacks it); return the result, passing events on."""
-        session = self.session
-        payload = b""
-        if not session.greeted:
-            hello = session.read_event()
-            if hello is None or hello.get("event") != "agent":
-                raise self._ended_early(start_failure, started=False)
-            session.greeted = True
-            payload = b"" if hello.get("cached") else bundle.data
-        if not session.write(payload + request.encode() + b"\n"):
-            raise self._ended_early(start_failure, started=True)
-        self._request_sent.set()
-        while True:
-            event = session.read_event()
-            if event is None:
-                raise self._ended_early(start_failure, started=True)
-            self.answered = True
-            if event.get("event") == "result":
-                self.reusable = bool(event.get("reusable"))  # the agent says false after a failure
-                if event.get("left_behind"):
-                    log.debug("the VM agent (%s) left %s running", self.op, event["left_behind"])
-                return self._result(event)
-            if on_event is not None:
-                on_event(event)
 
     def _result(self, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("ok"):

@@ -6,27 +6,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relayd.sandbox.hub import make_model_repo
-from relayd.sandbox.route import OWNER, REPO, RouteSandbox
+from relayd.sandbox.route import NAME, OWNER, REPO, RouteSandbox
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[RouteSandbox]:
-    sandbox = RouteSandbox(
-        tmp_path / "route", shards=2, shard_size=512 * 1024, ssh=False, piece_size="256 KiB"
-    )
-    sandbox.start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
 
 
 def mode(path: Path) -> int:
@@ -47,18 +34,19 @@ def run(box: RouteSandbox, *args: str) -> None:
         os.umask(old)
 
 
-def test_files_relayd_creates_are_private(box: RouteSandbox) -> None:
-    assert box.hub is not None and box.git is not None
-    # A mirror in staging (its blobs stay), and a second repo over the whole route (drive, VM).
-    run(box, "add", REPO, "--route", "download")
-    make_model_repo(box.hub, f"{OWNER}/second", shards=1, shard_size=256 * 1024, seed=7)
-    box.git.new_repo(OWNER, "second")
-    run(box, "add", f"{OWNER}/second")
+def test_files_relayd_creates_are_private(local_route: RouteSandbox) -> None:
+    box = local_route
+    assert box.hub is not None
+    # A repo over the whole route (drive, VM), then a mirror in staging (its blobs stay there).
+    run(box, "add", REPO)
     state = box.root / "state"
     assert mode(state / "catalogue.db") == 0o600  # created by relayctl
     run(box, "run")
+    make_model_repo(box.hub, f"{OWNER}/mirror", shards=1, shard_size=256 * 1024, seed=7)
+    run(box, "add", f"{OWNER}/mirror", "--route", "download")
+    run(box, "run")
     repos = {repo["name"]: repo for repo in json.loads(box.relayctl("status", "--json").stdout)["repos"]}
-    assert repos[f"{OWNER}/second"]["snapshot"]["state"] == "done"
+    assert repos[REPO]["snapshot"]["state"] == "done"
 
     assert mode(state) == 0o700
     for name in ("catalogue.db", "catalogue.db.lock"):
@@ -74,8 +62,8 @@ def test_files_relayd_creates_are_private(box: RouteSandbox) -> None:
     assert tokens, "the drive's rotated tokens are kept in the state directory"
     for path in tokens:
         assert mode(path) == 0o600, path
-    landed = [path for path in (box.vm_root / OWNER / "second").rglob("*") if path.is_file()]
-    assert landed, "the second repo's files are on the VM"
+    landed = [path for path in (box.vm_root / OWNER / NAME).rglob("*") if path.is_file()]
+    assert landed, "the repo's files are on the VM"
     for path in landed:
         assert mode(path) == 0o600, path
         assert mode(path.parent) == 0o700, path.parent

@@ -185,18 +185,6 @@ class Installation:
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Iterator[RouteSandbox]:
-    sandbox = RouteSandbox(
-        tmp_path / "route", shards=2, shard_size=512 * 1024, ssh=True, piece_size="256 KiB"
-    )
-    sandbox.start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
-
-
-@pytest.fixture
 def installation() -> Iterator[Installation]:
     # Not under pytest's tmp_path, which only root may enter: the service user must reach its files.
     root = Path(tempfile.mkdtemp(prefix="relayd-root-"))
@@ -231,8 +219,9 @@ def set_key(text: str, section: str, key: str, value: str | int) -> str:
 
 
 def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credentials(
-    box: RouteSandbox, installation: Installation
+    ssh_route: RouteSandbox, installation: Installation
 ) -> None:
+    box = ssh_route
     assert box.hub is not None and box.drive is not None and box.git is not None and box.sshd is not None
     # A private repo: only the Hub token from the credential can read it.
     make_model_repo(box.hub, PRIVATE, shards=2, shard_size=512 * 1024, seed=3, private=True)
