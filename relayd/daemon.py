@@ -37,7 +37,7 @@ from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext, Services
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.metrics import MetricsServer
+from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
@@ -51,6 +51,9 @@ LOCK_TRIES = 10
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+#: Everything relayd creates (state, catalogue, staging, tokens, the VM's files through its children) is
+#: its user's alone, whatever umask it was started with.
+PRIVATE_UMASK = 0o077
 
 
 @contextmanager
@@ -121,7 +124,9 @@ def build_services(config: Config, store: Store, services: Services | None = Non
         )
 
     def vm() -> Any:
-        return importlib.import_module("relayd.vm.executor").make_executor(config.vm)
+        return importlib.import_module("relayd.vm.executor").make_executor(
+            config.vm, state_dir=config.daemon.state_dir
+        )
 
     if services is None:
         return Services({"drive": drive, "vm": vm})
@@ -235,7 +240,7 @@ class Daemon:
             owner=owner,
             services=build_services(config, store),
         )
-        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         hops = build_hops(config, ctx)
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
@@ -274,10 +279,10 @@ class Daemon:
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
         )
         self.scheduler.start()
+        metrics = self._start_metrics()  # before the engine, so its counters miss no byte
         self.engine.start()
         self.notifier_thread = WebhookNotifier(self.store, self.config.notify)
         self.notifier_thread.start()
-        metrics = self._start_metrics()
         watcher = self._watch_config()
         self._reconcile()
         self._heartbeat()
@@ -323,11 +328,13 @@ class Daemon:
     def _start_metrics(self) -> MetricsServer | None:
         if not self.config.metrics.listen:
             return None
+        metrics = Metrics(self.store)
         try:
-            server = MetricsServer(self.store, self.config.metrics.listen)
+            server = MetricsServer(metrics, self.config.metrics.listen)
         except (ValueError, OSError) as exc:
             log.error("metrics are off: %s", exc)
             return None
+        metrics.watch(self.store, self.engine.hops)
         server.start()
         return server
 
@@ -511,6 +518,7 @@ def main() -> None:
 )
 def run(config_path: Path, once: bool, log_level: str | None) -> None:
     """Serve the catalogue: poll repos on their schedules and move their files along their routes."""
+    os.umask(PRIVATE_UMASK)
     setup_logging(log_level or "info")
     try:
         daemon = Daemon(config_path)

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,6 +50,7 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.errors import CatalogueError, UsageError
+from relayd.text import safe_optional, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,10 @@ class Store:
         self.rules = rules or HopRules()
         # Webhook URLs that receive every repo's notifications (config notify.webhooks).
         self.webhooks: tuple[str, ...] = ()
+        # Told, after each commit, of the bytes a hop moved (hop, bytes) and of each attempt parked
+        # (hop, state, error_class): the daemon's metrics count them as they happen.
+        self.on_moved: Callable[[str, int], None] | None = None
+        self.on_deferred: Callable[[str, str, str], None] | None = None
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -315,6 +320,7 @@ class Store:
         """Record how the last poll of the repo went (only called when something changed). A failed poll
         adds to the repo's streak of failures; one that got an answer (``ok``) ends it."""
         now = utcnow()
+        error, hint = safe_optional(error), safe_optional(hint)
         with self._write() as session:
             repo = session.get(Repo, repo_id)
             if repo is None:
@@ -427,6 +433,7 @@ class Store:
 
         The head is remembered so an unchanged head is not listed again; a new commit is.
         """
+        reason, hint = safe_text(reason), safe_text(hint)
         now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)
@@ -760,6 +767,7 @@ class Store:
     ) -> None:
         """Record a delivery attempt: delivered, retry at *retry_at*, or given up (retry_at None)."""
         now = utcnow()
+        error = safe_optional(error)
         with self._write() as session:
             values: dict[str, Any] = {"attempts": Notification.attempts + 1, "last_error": error}
             if delivered or retry_at is None:
@@ -1037,7 +1045,11 @@ class Store:
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
-            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+            hop = session.execute(
+                update(Transfer).where(Transfer.id == transfer_id).values(**values).returning(Transfer.hop)
+            ).scalar_one_or_none()
+        if hop is not None and moved and self.on_moved is not None:
+            self.on_moved(hop, moved)
 
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""
@@ -1199,6 +1211,7 @@ class Store:
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
         now = utcnow()
+        error, hint = safe_text(error), safe_optional(hint)
         with self._write() as session:
             if state == BLOCKED:
                 self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
@@ -1216,13 +1229,16 @@ class Store:
                     rate=None,
                     updated_at=now,
                 )
-            )
-            if parked.rowcount:  # type: ignore[attr-defined]
+                .returning(Transfer.hop)
+            ).scalar_one_or_none()
+            if parked is not None:
                 session.execute(
                     update(Transfer)
                     .where(Transfer.id == transfer_id, Transfer.failing_since.is_(None))
                     .values(failing_since=now)
                 )
+        if parked is not None and self.on_deferred is not None:
+            self.on_deferred(parked, state, error_class)
 
     def _notify_blocked(
         self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None

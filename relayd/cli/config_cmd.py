@@ -1,4 +1,5 @@
-"""`relayctl config`: validate the config file, and show the effective config without its secrets."""
+"""`relayctl config`: validate the config file, show the effective config without its secrets, and print
+the documented example to start one from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -65,6 +67,8 @@ def config_warnings(config: Config) -> list[str]:
             raise ConfigError(f"{config.path}: {exc}") from exc
         if value is None:
             warnings.append(f"{ref.key} comes {ref.describe()}, which is empty; hops that need it will block")
+    if config.vm.executor == "ssh":
+        warnings += _vm_credential_warnings(config)
     known = set(hop_names())
     missing = [hop for hop in DEFAULT_ROUTE if hop not in known]
     if missing:
@@ -80,6 +84,27 @@ def config_warnings(config: Config) -> list[str]:
             load_hop_class(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal, here
             warnings.append(f"hop {name!r} cannot be loaded: {exc}")
+    return warnings
+
+
+def _vm_credential_warnings(config: Config) -> list[str]:
+    """Return a warning for each VM credential (SSH key, known_hosts) that is named but empty or absent."""
+    from relayd.config import credential_path
+
+    warnings = []
+    for key in ("identity_credential", "known_hosts_credential"):
+        name = getattr(config.vm, key)
+        if not name:
+            continue
+        path = credential_path(name, f"vm.{key}")
+        try:
+            empty = not path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: vm.{key}: cannot read {path}: {exc.strerror}") from exc
+        if empty:
+            warnings.append(
+                f"vm.{key} names the credential {name!r}, which is empty; the VM cannot be reached"
+            )
     return warnings
 
 
@@ -181,3 +206,19 @@ def show(app: App, as_json: bool) -> None:
         names = ", ".join(sorted(config.plugin_sections))
         click.echo("")
         click.echo(f"# [hops.*] sections ({names}) belong to their plugins and are not shown")
+
+
+def example_path() -> Path:
+    """Return the documented example config: the wheel's copy (package data), else the checkout's."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "config.example.toml", package_dir.parent / "config.example.toml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"the example config is missing from this installation (looked in {package_dir})")
+
+
+@config_group.command("example")
+def example() -> None:
+    """Print the documented example config (every key, its default and what it does), e.g.
+    `relayctl config example > relayd.toml`."""
+    click.echo(example_path().read_text(encoding="utf-8"), nl=False)

@@ -30,6 +30,7 @@ from relayd.catalogue.queries import (
     StuckItem,
     Summary,
 )
+from relayd.text import safe_text
 from relayd.units import format_duration, format_rate, format_size
 
 FORMAT = 1
@@ -262,7 +263,7 @@ def _hop_cell(hop: HopSummary) -> str:
 
 def _poll_text(repo: RepoSummary) -> str:
     text = f"poll {repo.poll_state}"
-    return f"{text}: {repo.poll_error}" if repo.poll_error else text
+    return f"{text}: {safe_text(repo.poll_error)}" if repo.poll_error else text
 
 
 def _item_text(item: BlockedItem | StuckItem) -> str:
@@ -274,7 +275,7 @@ def _item_text(item: BlockedItem | StuckItem) -> str:
     else:
         where = f"{item.repo}  {item.hop}  {item.path}"
     error_class = f" [{item.error_class}]" if item.error_class else ""
-    return f"{where}: {item.error or 'no reason recorded'}{error_class}"
+    return f"{where}: {safe_text(item.error or 'no reason recorded')}{error_class}"
 
 
 def _blocked_lines(items: list[BlockedItem], now: datetime) -> list[str]:
@@ -283,7 +284,7 @@ def _blocked_lines(items: list[BlockedItem], now: datetime) -> list[str]:
         since = f" (since {_ago(item.since, now)})" if item.since else ""
         lines.append(f"  {_item_text(item)}{since}")
         if item.hint:
-            lines.append(f"      hint: {item.hint}")
+            lines.append(f"      hint: {safe_text(item.hint)}")
     return lines
 
 
@@ -359,7 +360,7 @@ def stuck_lines(items: list[StuckItem], total: int, now: datetime) -> list[str]:
         retry = f", next try {_ago(item.next_attempt_at, now)}" if item.next_attempt_at else ""
         state = f", {item.state}" if item.state != WAITING else ""
         lines.append(f"      {item.attempts} attempt(s), failing for {since}{retry}{state}")
-        lines.append(f"      check: {item.hint}")
+        lines.append(f"      check: {safe_text(item.hint)}")
     if len(items) < total:
         lines.append("  … see `relayctl status REPO` for the rest")
     return [*lines, ""]
@@ -416,7 +417,7 @@ def detail_lines(detail: RepoDetail, now: datetime) -> list[str]:
         f"next poll {_ago(repo.next_poll_at, now)}",
     ]
     if repo.poll_hint:
-        lines.append(f"      hint: {repo.poll_hint}")
+        lines.append(f"      hint: {safe_text(repo.poll_hint)}")
     if snapshot is None:
         lines.append("  no snapshot yet")
     else:
@@ -456,9 +457,11 @@ def detail_lines(detail: RepoDetail, now: datetime) -> list[str]:
                 retry = ""
                 if step.state == WAITING and step.next_attempt_at:
                     retry = f", retry {_ago(step.next_attempt_at, now)}"
-                lines.append(f"      {step.hop}: {step.error}{error_class} (attempt {step.attempts}{retry})")
+                lines.append(
+                    f"      {step.hop}: {safe_text(step.error)}{error_class} (attempt {step.attempts}{retry})"
+                )
                 if step.hint:
-                    lines.append(f"      hint: {step.hint}")
+                    lines.append(f"      hint: {safe_text(step.hint)}")
     lines.append("")
     lines += service_lines(detail.service, now)
     return lines

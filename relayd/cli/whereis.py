@@ -202,11 +202,12 @@ def whereis_json(
 
 
 def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
+    from relayd.text import safe_text
     from relayd.units import format_duration
 
     text = record.state
     if record.error:
-        text += f": {record.error}"
+        text += f": {safe_text(record.error)}"
         if record.error_class:
             text += f" [{record.error_class}]"
     extras = []
@@ -219,7 +220,7 @@ def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
         text += f" ({', '.join(extras)})"
     lines = [text]
     if record.hint:
-        lines.append(f"hint: {record.hint}")
+        lines.append(f"hint: {safe_text(record.hint)}")
     return lines
 
 
