@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.cli.app import App, complete_hop, complete_repo, echo_json, json_option, pass_app
 from relayd.errors import HopError, RelayError, UsageError
 from relayd.names import validate_repo_id
 
@@ -445,7 +445,7 @@ def list_repos(app: App, as_json: bool) -> None:
 
 
 @click.command("remove")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def remove(app: App, repo: str, yes: bool) -> None:
@@ -461,7 +461,7 @@ def remove(app: App, repo: str, yes: bool) -> None:
 
 
 @click.command("pause")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @pass_app
 def pause(app: App, repo: str) -> None:
     """Stop polling REPO and starting its transfers (running ones finish)."""
@@ -471,7 +471,7 @@ def pause(app: App, repo: str) -> None:
 
 
 @click.command("resume")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @pass_app
 def resume(app: App, repo: str) -> None:
     """Poll REPO and run its transfers again."""
@@ -481,8 +481,8 @@ def resume(app: App, repo: str) -> None:
 
 
 @click.command("retry")
-@click.argument("repo", required=False)
-@click.option("--hop", metavar="HOP", help="Only transfers of this hop.")
+@click.argument("repo", required=False, shell_complete=complete_repo)
+@click.option("--hop", metavar="HOP", shell_complete=complete_hop, help="Only transfers of this hop.")
 @click.option("--all", "all_repos", is_flag=True, help="Every repo.")
 @pass_app
 def retry(app: App, repo: str | None, hop: str | None, all_repos: bool) -> None:
