@@ -250,11 +250,10 @@ def service_lines(facts: list[ServiceFact], now: datetime, width: int | None = N
     if not any(fact.key == "daemon" for fact in facts):
         lines.append("  daemon  no heartbeat published (is relayd running on this catalogue?)")
     key_width = max((len(fact.key) for fact in facts), default=0)
-    columns = width
     for fact in facts:
         value = ", ".join(f"{k}={_value_text(k, v)}" for k, v in _scrub(fact.value).items() if v is not None)
         text = f"{value}  ({_ago(fact.updated_at, now)})" if value else f"({_ago(fact.updated_at, now)})"
-        lines += wrap(text, columns, f"  {fact.key.ljust(key_width)}  ")
+        lines += wrap(text, width, f"  {fact.key.ljust(key_width)}  ")
     return lines
 
 
@@ -299,6 +298,7 @@ def _hop_counts(repo: RepoSummary, compact: int) -> Cell:
     totals = {hop.files_total for hop in repo.hops}
     shared = compact >= 2 and len(totals) == 1 and len(repo.hops) > 1
     cell: Cell = []
+    counted = False
     for hop in repo.hops:
         short = SHORT_HOPS.get(hop.hop, hop.hop)
         through = hop.files_total > 0 and hop.files_done == hop.files_total
@@ -309,8 +309,9 @@ def _hop_counts(repo: RepoSummary, compact: int) -> Cell:
             count = "✓"
         else:
             count = f" {hop.files_done}" if shared else f" {hop.files_done}/{hop.files_total}"
+            counted = True
         cell += [(" " if cell else "", ""), (f"{short}{count}", role)]
-    if shared and any(not (compact and hop.files_done == hop.files_total) for hop in repo.hops):
+    if shared and counted:
         cell.append((f" of {totals.pop()}", ""))
     return cell
 

@@ -494,3 +494,16 @@ def test_shell_completion_offers_repo_names(busy: Relayctl) -> None:
 def test_completion_without_a_catalogue_offers_nothing_and_creates_none(relayctl: Relayctl) -> None:
     assert complete(relayctl, "status ") == []
     assert not relayctl.db.exists()
+
+
+def test_hop_counts_grow_compact_before_a_line_wraps(busy: Relayctl) -> None:
+    """Where the full counts do not fit, each hop's count is given alone and the files' total once, or a
+    hop that is through shows ✓."""
+    for columns, name, counts in (
+        (72, "Qwen/Qwen2.5-0.5B", "  14%  dl 4 up 0 vm 0 push 0 of 8  60 MiB/s ETA 4m"),
+        (60, "org/tiny", " 100%  dl✓ up✓ vm✓ push✓  done"),
+    ):
+        lines = status_text(busy, env={"COLUMNS": str(columns)}).splitlines()
+        assert max(len(line) for line in lines) <= columns
+        block = repo_block(lines[lines.index("REPOS 4") + 1 :], name)
+        assert block[0].endswith(counts), block  # its flags ("1 waiting") may continue below
