@@ -533,7 +533,10 @@ def run(config_path: Path, once: bool, log_level: str | None) -> None:
     sys.exit(code)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+# --help goes to the demo's own command, which lists its options.
+@main.command(
+    add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Run a whole relay on the local sandbox and verify it (see `relayd demo --help`)."""

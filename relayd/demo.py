@@ -418,16 +418,59 @@ def run_demo(options: DemoOptions) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-@click.command(name="demo", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--shards", default=3, show_default=True, help="Weight shards in the generated model.")
-@click.option("--shard-size", default="64 MiB", show_default=True, help="Size of each shard.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep the sandbox here.")
-@click.option("--keep", is_flag=True, help="Keep the sandbox and daemon running for exploration.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for each revision.")
-@click.option("--no-change", is_flag=True, help="Skip the second revision.")
+@click.command(
+    name="demo",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 when every file verified at every place, 1 otherwise.",
+)
+@click.option(
+    "--shards",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="How many weight shards the generated model has.",
+)
+@click.option(
+    "--shard-size",
+    default="64 MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="The size of each shard, e.g. 1MiB or '64 MiB'.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Build the sandbox (config, catalogue, logs, every service's files) in DIR and leave it there "
+    "[default: a temporary directory, removed at the end].",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the sandbox and its daemon running after the check, to explore with relayctl "
+    "(Ctrl-C stops them).",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="How long each revision may take to arrive everywhere before the demo fails.",
+)
+@click.option(
+    "--no-change",
+    is_flag=True,
+    help="Stop after the first revision (skip the upstream change that shows only the changed shard "
+    "travels).",
+)
 @click.option("--local", is_flag=True, help="Relay through local_copy only (no Hub, drive, VM or git).")
 @click.option(
-    "--ssh/--no-ssh", default=None, help="Reach the VM over SSH (default: when an sshd is installed)."
+    "--ssh/--no-ssh",
+    default=None,
+    help="Reach the VM over SSH through a sandbox sshd, or run its side locally [default: SSH when an "
+    "sshd is installed].",
 )
 def demo_command(
     shards: int,
@@ -440,9 +483,13 @@ def demo_command(
     ssh: bool | None,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--shard-size'") from exc
     options = DemoOptions(
         shards=shards,
-        shard_size=parse_size(shard_size),
+        shard_size=size,
         workdir=workdir,
         keep=keep,
         timeout=timeout,

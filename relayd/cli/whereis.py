@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
 from relayd.cli.status_view import iso, snapshot_json
 from relayd.errors import UsageError
 
@@ -300,7 +300,7 @@ def whereis_lines(document: dict[str, Any], found: WhereIs, now: datetime) -> li
 
 
 @click.command("whereis")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @click.argument("path", required=False)
 @click.option(
     "--all-snapshots",

@@ -249,7 +249,8 @@ class Hop(abc.ABC):
 
     Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
     done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
-    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), and
+    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), ``consumes``
+    and ``produces`` for where they read each file and leave their verified copy, and
     ``large_files`` when one large file already takes all they can move at once (see there).
     """
 
@@ -260,6 +261,11 @@ class Hop(abc.ABC):
     # instead of the staged one (so staging need not wait for it on that route).
     staging_unneeded_after: ClassVar[frozenset[str]] = frozenset()
     source: ClassVar[str | None] = None
+    # Where the hop reads each file (any one of these kinds of location will do) and where it leaves
+    # its verified copy, e.g. "staging", "drive", "vm": in a route, each hop after the first must read
+    # a kind that a hop before it produces (relayd.hops.routes); the first one reads its ``source``.
+    consumes: ClassVar[frozenset[str]] = frozenset()
+    produces: ClassVar[str | None] = None
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
         self.section = section

@@ -258,6 +258,7 @@ class DownloadHop(Hop):
 
     name = "download"
     source = "hub"
+    produces = "staging"
     section: HubConfig
 
     def __init__(self, section: HubConfig, ctx: HopContext) -> None:

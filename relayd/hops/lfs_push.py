@@ -51,6 +51,8 @@ class LfsPushHop(Hop):
     # On a route without vm_pull the files are pushed from staging, which must wait for this hop.
     reads_staging = True
     staging_unneeded_after = frozenset({"vm_pull"})
+    consumes = frozenset({"vm", "staging"})  # from the VM on a route with vm_pull, else from staging
+    produces = "modelscope"
     section: ModelScopeConfig
 
     def __init__(self, section: ModelScopeConfig, ctx: HopContext) -> None:

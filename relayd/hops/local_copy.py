@@ -35,6 +35,8 @@ class LocalCopyHop(Hop):
 
     name = "local_copy"
     source = "local"
+    consumes = frozenset({"staging"})  # after download; first in a route, it reads local_copy.source
+    produces = "local_copy.dest"
     section: LocalCopyConfig
 
     def __init__(self, section: LocalCopyConfig, ctx: HopContext) -> None:

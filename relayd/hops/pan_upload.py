@@ -59,6 +59,8 @@ class PanUploadHop(Hop):
 
     name = "pan_upload"
     reads_staging = True
+    consumes = frozenset({"staging"})
+    produces = "drive"
     section: DriveConfig
 
     def __init__(self, section: DriveConfig, ctx: HopContext) -> None:

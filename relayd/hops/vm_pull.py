@@ -83,6 +83,8 @@ class VmPullHop(Hop):
     """Drive → VM disk, through the VM agent; see the module doc."""
 
     name = "vm_pull"
+    consumes = frozenset({"drive"})  # vm_from_staging is a shortcut only: the drive's copy is the way
+    produces = "vm"
     section: VmConfig
 
     def __init__(self, section: VmConfig, ctx: HopContext) -> None:

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from claimkit import OWNER, claim
+from click.testing import CliRunner
 from doctables import check_shape, documented_tables
 
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.db import make_engine
 from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, POLL_WAITING, WAITING
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
+from relayd.cli import cli
 
 if TYPE_CHECKING:
     from conftest import Relayctl
@@ -75,9 +84,9 @@ def test_status_summary_lists_blocked_items_first(mixed: Relayctl) -> None:
     assert lines[2] == "      hint: log in again with `relayd login`"
     repos = [line.split()[0] for line in lines if line.startswith("  org/")][1:]
     assert repos == ["org/stuck", "org/calm"]  # the repo with something blocked first
-    stuck = next(line for line in lines if line.startswith("  org/stuck  model@main"))
-    assert "3 files 600 B" in stuck
-    assert "local_copy 1/3 100 B/600 B (1 pending, 1 blocked)" in stuck
+    stuck = lines[lines.index("REPOS 2") + 1]
+    # 100 of 600 bytes: a sixth of the way, one file of three copied, one blocked.
+    assert re.search(r"  16%  copy 1/3  1 blocked$", stuck), stuck
     service = lines[lines.index("SERVICE") :]
     assert any(line.startswith("  daemon") and "pid=4242" in line for line in service)
     assert "s3cr3t-value" not in result.stdout
@@ -422,3 +431,225 @@ def test_doctor_and_status_agree_on_the_daemon(relayctl: Relayctl) -> None:
         reader.close()
     status = json.loads(relayctl("status", "--json").stdout)["daemon"]
     assert row.status == WARN and row.detail == status["detail"] and row.hint == status["hint"]
+
+
+# -- fitting a terminal ----------------------------------------------------------------------------------
+
+ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
+LONG_HINT = (
+    "accept the licence at https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct with the account "
+    "that owns the token, then set hub.token_env or hub.token_file to that token and run relayctl retry"
+)
+LONG_POLL_ERROR = (
+    "cannot reach https://huggingface.co for org/slow@main: the connection was reset while the Hub "
+    "was answering, and it will be tried again in a while"
+)
+
+
+@pytest.fixture
+def busy(relayctl: Relayctl) -> Relayctl:
+    """Three repos on the full route: a long name half relayed, a short one downloading (one file
+    waiting), a small one done; a gated file with a long hint; a poll waiting with a long error; a
+    daemon whose heartbeat holds an unset value."""
+    relayctl.store  # noqa: B018 - creates the catalogue at head
+    store = Store(relayctl.url, rules=HopRules(finishes_snapshot=frozenset({"lfs_push"})))
+    gib = 1 << 30
+
+    def files(tag: str, count: int, size: int) -> dict[str, int]:
+        return {f"{tag}-{index:05d}.safetensors": size for index in range(count)}
+
+    add_repo(store, "meta-llama/Llama-3.1-8B-Instruct", ROUTE, files("llama", 8, 5 * gib))
+    add_repo(store, "Qwen/Qwen2.5-0.5B", ROUTE, files("qwen", 8, gib // 2), commit="b")
+    add_repo(store, "org/tiny", ROUTE, files("tiny", 3, 1000), commit="c")
+    add_repo(store, "org/slow", ROUTE, files("slow", 1, 10), commit="d")
+    for index in range(8):
+        finish(store, "download", f"llama-{index:05d}.safetensors")
+    for hop, count in (("pan_upload", 5), ("vm_pull", 3), ("lfs_push", 2)):
+        for index in range(count):
+            finish(store, hop, f"llama-{index:05d}.safetensors")
+    running = claim(store, "pan_upload", "llama-00005.safetensors")
+    store.progress(running, moved=gib, rate=40 * 2**20, bytes_done=gib)
+    block(store, "vm_pull", "llama-00003.safetensors", "meta-llama/Llama-3.1-8B-Instruct is gated", LONG_HINT)
+    for index in range(4):
+        finish(store, "download", f"qwen-{index:05d}.safetensors")
+    running = claim(store, "download", "qwen-00004.safetensors")
+    store.progress(running, moved=gib // 4, rate=60 * 2**20, bytes_done=gib // 4)
+    waiting = claim(store, "download", "qwen-00005.safetensors")
+    later = utcnow() + timedelta(minutes=2)
+    store.defer(waiting, OWNER, state=WAITING, error="reset", error_class="network", next_attempt_at=later)
+    for hop in ROUTE:
+        for index in range(3):
+            finish(store, hop, f"tiny-{index:05d}.safetensors")
+    store.complete(claim(store, "lfs_push", None), OWNER, {"commit": "c" * 40})
+    slow = store.repo("org/slow")
+    assert slow is not None
+    store.record_poll_state(slow.id, state=POLL_WAITING, error=LONG_POLL_ERROR, next_poll_at=later)
+    store.publish("daemon", {"pid": 4242, "version": "1.0", "state": "running", "running": 2, "site": None})
+    store.close()
+    return relayctl
+
+
+def status_text(relayctl: Relayctl, *args: str, env: dict[str, str] | None = None) -> str:
+    """Return what `relayctl status ARGS` writes to a pipe, with *env* ($COLUMNS unset unless given:
+    pytest-xdist's workers set it)."""
+    result = CliRunner().invoke(
+        cli,
+        ["-c", str(relayctl.config), "status", *args],
+        env={"COLUMNS": None, **(env or {})},
+        catch_exceptions=False,
+        prog_name="relayctl",
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def repo_block(lines: list[str], name: str) -> list[str]:
+    """Return the line of repo *name* in the REPOS section and the lines that continue it."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {name} "))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("      "):
+        end += 1
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("columns", [80, 60, 120])
+def test_status_fits_the_terminal_and_cuts_nothing(busy: Relayctl, columns: int) -> None:
+    text = status_text(busy, env={"COLUMNS": str(columns)})
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= columns, [line for line in lines if len(line) > columns]
+    assert "\x1b" not in text  # not a terminal: no colour
+    flat = " ".join(text.split())
+    # Hints and errors wrap: each is there whole (a word longer than a line, such as a URL at 60
+    # columns, is broken, but not cut).
+    assert "".join(f"hint: {LONG_HINT}".split()) in "".join(text.split())
+    assert "".join(f"poll: {LONG_POLL_ERROR}".split()) in "".join(text.split())
+    # The service block: what is set, nothing shown as None.
+    assert "None" not in text
+    assert "pid=4242, version=1.0, state=running, running=2" in flat
+    repos = lines[lines.index("REPOS 4") + 1 :]
+    llama = " ".join(" ".join(repo_block(repos, "meta-llama/Llama-3.1-8B-Instruct")).split())
+    # 5 GiB × 8 on each of four hops: 8 + 5.2 + 3 + 2 files' worth done (by bytes), of 32.
+    assert "56%" in llama
+    assert re.search(r"dl( 8/8|✓) up 5(/8)? vm 3(/8)? push 2(/8| of 8)", llama), llama
+    assert "40 MiB/s ETA " in llama and "1 blocked" in llama
+    qwen = repo_block(repos, "Qwen/Qwen2.5-0.5B")
+    assert re.search(r"dl 4(/8)? up 0(/8)? vm 0(/8)? push 0(/8| of 8)", " ".join(qwen)), qwen
+    assert "60 MiB/s ETA " in " ".join(qwen) and "1 waiting" in " ".join(qwen)
+    tiny = repo_block(repos, "org/tiny")
+    assert len(tiny) == 1 and "100%" in tiny[0] and tiny[0].endswith("done")
+    if columns >= 80:
+        # A name of ordinary length keeps its whole line, bar included; so does every repo at 120.
+        assert len(qwen) == 1 or (len(qwen) == 2 and qwen[1].strip() == "1 waiting")
+        assert "█" in qwen[0]
+    if columns == 120:
+        for name in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-0.5B", "org/tiny"):
+            block_lines = repo_block(repos, name)
+            assert len(block_lines) == 1 and "█" in block_lines[0], block_lines
+
+
+def test_status_detail_fits_the_terminal(busy: Relayctl) -> None:
+    text = status_text(busy, "meta-llama/Llama-3.1-8B-Instruct", env={"COLUMNS": "60"})
+    assert max(len(line) for line in text.splitlines()) <= 60
+    flat = " ".join(text.split())
+    assert "".join(f"hint: {LONG_HINT}".split()) in "".join(text.split())
+    assert "llama-00005.safetensors 5.0 GiB download done" in flat
+    assert "pan_upload running 1.0 GiB/5.0 GiB 40.0 MiB/s ETA 1m42s" in flat
+
+
+def test_a_pipe_gets_whole_lines(busy: Relayctl) -> None:
+    """Without $COLUMNS, output that is not a terminal is not wrapped: a grep finds a hint whole."""
+    text = status_text(busy)
+    assert f"      hint: {LONG_HINT}" in text.splitlines()
+    assert "\x1b" not in text
+
+
+def run_on_terminal(relayctl: Relayctl, columns: int, *, no_color: bool) -> str:
+    """Run `relayctl status` in a new process whose stdout is a pseudo-terminal *columns* wide; return
+    what it wrote."""
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "NO_COLOR")}
+    if no_color:
+        env["NO_COLOR"] = "1"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relayd.cli", "-c", str(relayctl.config), "status"],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    os.close(follower)
+    written = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(leader)
+    assert process.wait(60) == 0, process.stderr.read() if process.stderr else ""
+    return written.decode().replace("\r\n", "\n")
+
+
+def test_colour_on_a_terminal_unless_no_color(busy: Relayctl) -> None:
+    coloured = run_on_terminal(busy, 100, no_color=False)
+    assert "\x1b[" in coloured
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
+    assert max(len(line) for line in plain.splitlines()) <= 100  # the terminal's own width
+    assert "Qwen/Qwen2.5-0.5B" in plain and "BLOCKED 1" in plain
+    no_color = run_on_terminal(busy, 100, no_color=True)
+    assert "\x1b" not in no_color
+    assert re.sub(r"\d+s ago", "", no_color) == re.sub(r"\d+s ago", "", plain)
+
+
+# -- shell completion ----------------------------------------------------------------------------------
+
+
+def complete(relayctl: Relayctl, words: str) -> list[str]:
+    """Return what bash completion offers for the last word of *words* (click's bash_complete protocol)."""
+    args = words.split()
+    env = {
+        "_RELAYCTL_COMPLETE": "bash_complete",
+        "COMP_WORDS": " ".join(["relayctl", "-c", str(relayctl.config), *args]),
+        "COMP_CWORD": str(len(args) + 2 + (1 if words.endswith(" ") else 0)),
+    }
+    result = CliRunner().invoke(cli, [], env=env, prog_name="relayctl")
+    assert result.exit_code == 0, result.output
+    return [line.split(",", 1)[1] for line in result.stdout.splitlines() if line]
+
+
+def test_shell_completion_offers_repo_names(busy: Relayctl) -> None:
+    assert complete(busy, "status Q") == ["Qwen/Qwen2.5-0.5B"]
+    assert complete(busy, "pause org/") == ["org/slow", "org/tiny"]
+    for command in ("remove", "resume", "retry", "whereis"):
+        assert "org/tiny" in complete(busy, f"{command} "), command
+    assert complete(busy, "retry --hop vm") == ["vm_pull"]
+    script = subprocess.run(
+        [sys.executable, "-m", "relayd.cli"],
+        env={**os.environ, "_RELAYCTL_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert "_RELAYCTL_COMPLETE=bash_complete" in script and "complete " in script
+
+
+def test_completion_without_a_catalogue_offers_nothing_and_creates_none(relayctl: Relayctl) -> None:
+    assert complete(relayctl, "status ") == []
+    assert not relayctl.db.exists()
+
+
+def test_hop_counts_grow_compact_before_a_line_wraps(busy: Relayctl) -> None:
+    """Where the full counts do not fit, each hop's count is given alone and the files' total once, or a
+    hop that is through shows ✓."""
+    for columns, name, counts in (
+        (72, "Qwen/Qwen2.5-0.5B", "  14%  dl 4 up 0 vm 0 push 0 of 8  60 MiB/s ETA 4m"),
+        (60, "org/tiny", " 100%  dl✓ up✓ vm✓ push✓  done"),
+    ):
+        lines = status_text(busy, env={"COLUMNS": str(columns)}).splitlines()
+        assert max(len(line) for line in lines) <= columns
+        block = repo_block(lines[lines.index("REPOS 4") + 1 :], name)
+        assert block[0].endswith(counts), block  # its flags ("1 waiting") may continue below
