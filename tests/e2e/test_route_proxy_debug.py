@@ -61,10 +61,10 @@ def issued_tokens(box: RouteSandbox) -> list[str]:
     issued: list[str] = []
     store: Any = box.drive.store
     for name in ("issue_refresh_token", "issue_access_token"):
-        original: Callable[[Any], str] = getattr(store, name)
+        original: Callable[..., str] = getattr(store, name)
 
-        def issue(user: Any, _original: Callable[[Any], str] = original) -> str:
-            token = _original(user)
+        def issue(user: Any, *args: Any, _original: Callable[..., str] = original, **kwargs: Any) -> str:
+            token = _original(user, *args, **kwargs)
             issued.append(token)
             return token
 
