@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relayd.catalogue.store import FileRow, JobData, PieceSpec
-from relayd.errors import Cancelled
+from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
 
 if TYPE_CHECKING:
     from relayd.catalogue.store import Store
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "Services", "plan_ranges"]
 
 PROGRESS_INTERVAL = 1.0
+#: The handle key under which Job keeps a transfer's integrity mismatches in a row (hops never see it).
+MISMATCHES = "integrity_mismatches"
 
 
 class Services:
@@ -146,6 +148,7 @@ class Job:
         self.previous_snapshot_handles = data.previous_snapshot_handles
         self.attempts: int = data.transfer.attempts
         self.handles: dict[str, Any] = dict(data.transfer.handles or {})
+        self._mismatches: list[dict[str, str]] = list(self.handles.pop(MISMATCHES, None) or [])
         self.locations: dict[str, dict[str, Any]] = data.locations
         self.pieces: list[PieceSpec] = list(data.pieces)
         self.log = JobLog(
@@ -184,7 +187,33 @@ class Job:
 
     def save_handles(self) -> None:
         """Persist ``handles`` now (before relying on a remote id after a crash)."""
-        self._ctx.store.save_handles(self.id, dict(self.handles))
+        handles = dict(self.handles)
+        if self._mismatches:
+            handles[MISMATCHES] = self._mismatches
+        self._ctx.store.save_handles(self.id, handles)
+
+    def integrity_failed(self, mismatch: IntegrityMismatch) -> HopError:
+        """Count *mismatch* in the transfer's streak of mismatches in a row and return what follows:
+        Retryable (the hop discarded the copy; send it again) the first time, NeedsPerson (with both
+        hashes and where they were measured) the second. The streak is kept in the handles, so hops
+        and restarts cannot lose it; it ends when the copy verifies (the done transfer's handles are
+        the outcome's) or when it blocks (a person's retry starts afresh)."""
+        seen = {"expected": mismatch.expected, "actual": mismatch.actual, "where": mismatch.where}
+        self._mismatches = [*self._mismatches, seen][-2:]
+        if len(self._mismatches) < 2:
+            self.save_handles()
+            return Retryable(f"{mismatch}; sending it again", error_class="integrity")
+        first = self._mismatches[0]
+        self._mismatches = []
+        self.save_handles()
+        before = "" if first["actual"] == mismatch.actual else f" ({first['actual']} the time before)"
+        detail = f"; {mismatch.detail}" if mismatch.detail else ""
+        return NeedsPerson(
+            f"{mismatch.algorithm} mismatch measured {mismatch.where}, twice in a row: expected "
+            f"{mismatch.expected}, got {mismatch.actual}{before}{detail}",
+            hint=mismatch.hint,
+            error_class="integrity",
+        )
 
     def replan(self, pieces: Sequence[PieceSpec], size: int) -> None:
         """Record a new plan (for instance when the remote side dictates the part size)."""

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 from relayd.config import DriveConfig
 from relayd.drive import (
@@ -34,7 +34,7 @@ from relayd.drive import (
     make_drive,
 )
 from relayd.drive.hashing import content_hash
-from relayd.errors import ConfigError, NeedsPerson, Permanent, RelayError, Retryable
+from relayd.errors import ConfigError, IntegrityMismatch, NeedsPerson, Permanent, RelayError, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 
 log = logging.getLogger(__name__)
@@ -299,9 +299,10 @@ class PanUploadHop(Hop):
             job.log.warning("%s; renamed it to %s (drive.on_conflict = keep_both)", detail, renamed.name)
         # A stale upload for the old name cannot be completed under it any more; nothing else changes.
 
-    def _bad_copy(self, job: Job, drive: Drive, remote: DriveFile, local: LocalFile, detail: str) -> None:
+    def _bad_copy(self, job: Job, drive: Drive, remote: DriveFile, local: LocalFile, detail: str) -> NoReturn:
         """The drive's copy is not the local content: trash it, forget it, and tell whether the
-        staged copy itself is damaged (NeedsPerson) or the upload should simply run again (Retryable)."""
+        staged copy itself is damaged (NeedsPerson) or the drive measured a bad upload
+        (IntegrityMismatch: the engine uploads it again once, and blocks when it repeats)."""
         job.log.error("the drive's copy is wrong: %s; moving it to the recycle bin", detail)
         try:
             drive.trash(remote.file_id)
@@ -316,7 +317,16 @@ class PanUploadHop(Hop):
                 hint="check the staging disk; the file must be downloaded again",
                 error_class="integrity",
             )
-        raise Retryable(f"{detail}; uploading again", error_class="integrity")
+        size = f"{remote.size} bytes, expected {local.size}; " if remote.size != local.size else ""
+        raise IntegrityMismatch(
+            expected=local.sha1.upper(),
+            actual=str(remote.content_hash or "none"),
+            algorithm="sha1",
+            where="on the drive after pan_upload",
+            detail=f"{size}the copy went to the drive's recycle bin",
+            hint="the uploads arrive damaged at the drive (the staged copy is intact): check the network "
+            "path to the drive (a proxy or middlebox that alters bodies), then `relayctl retry`",
+        )
 
     def checks(self) -> list[Check]:
         try:

@@ -10,9 +10,10 @@ the sha256 computed on the VM is compared with the file's and the file is rename
 Failures: an expired link (403, or close to its expiry) → a new link and the remaining pieces; a
 dropped SSH connection or a dead agent → reconnect and continue (at most one piece per connection is
 fetched again); a sha256 mismatch → the bad pieces (found against a staged copy when there is one) or
-all pieces again, and a second mismatch in a row blocks with both hashes. With ``vm.executor = "local"``
-and the per-repo option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this
-machine is hard-linked (or copied) from staging instead, verified the same way.
+all pieces again, and a second mismatch in a row blocks with both hashes (``IntegrityMismatch``).
+With ``vm.executor = "local"`` and the per-repo option ``vm_from_staging`` (or ``vm.from_staging``), a
+file still staged on this machine is hard-linked (or copied) from staging instead, verified the same
+way.
 
 Handles: ``{"path": <absolute path on the VM>, "executor": "local" | "ssh", "host": ...}``.
 """
@@ -25,11 +26,11 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from relayd.config import VmConfig
 from relayd.digest import sha256_of_range
-from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import ConfigError, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.units import format_size
 from relayd.vm.executor import Executor, make_executor
@@ -42,8 +43,6 @@ RECONNECTS = 5
 REFUSED_LINKS = 3
 #: How long a good readiness check of the VM (python3, git, git-lfs) is trusted.
 READY_TTL = 300.0
-#: Handle keys that survive between attempts.
-MISMATCHES = "mismatches"
 
 
 def _expires_in(link: Any) -> float | None:
@@ -304,34 +303,22 @@ class VmPullHop(Hop):
             handles=handles, sha256=str(result["sha256"]), sha1=str(result.get("sha1") or "") or None
         )
 
-    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> None:
-        """Reset the bad pieces (or all) and raise Retryable; block on the second mismatch in a row."""
+    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> NoReturn:
+        """Mark the bad pieces (or all) missing and raise IntegrityMismatch: the engine has them
+        fetched again once, and blocks on a second mismatch in a row."""
         file = job.file_or_fail
-        got = str(result.get("sha256"))
-        count = int(job.handles.get(MISMATCHES) or 0) + 1
         drive_note = ""
         if file.sha1 and result.get("sha1") and str(result["sha1"]).lower() != file.sha1.lower():
-            drive_note = f" (sha1 {result['sha1']}, expected {file.sha1})"
-        if count >= 2:
-            job.handles[MISMATCHES] = 0
-            job.save_handles()
-            job.reset_pieces()  # after a person's fix, `relayctl retry` fetches everything again
-            raise NeedsPerson(
-                f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}, twice in a row",
-                hint=(
-                    "the drive's copy is probably corrupt: check it, upload it again "
-                    "(`relayctl retry` the repo's pan_upload), then `relayctl retry`"
-                ),
-                error_class="integrity",
-            )
-        job.handles[MISMATCHES] = count
-        job.save_handles()
+            drive_note = f"sha1 {result['sha1']}, expected {file.sha1}; "
         bad = self._bad_pieces(job, executor)
         job.reset_pieces(bad or None)
-        raise Retryable(
-            f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}; "
-            f"fetching {len(bad) if bad else 'all'} piece(s) again",
-            error_class="integrity",
+        raise IntegrityMismatch(
+            expected=str(file.sha256),
+            actual=str(result.get("sha256")),
+            where="on the VM after vm_pull",
+            detail=f"{drive_note}{len(bad) or len(job.pieces)} of {len(job.pieces)} piece(s) marked missing",
+            hint="the drive's copy is probably corrupt: check it, upload it again "
+            "(`relayctl retry` the repo's pan_upload), then `relayctl retry`",
         )
 
     def _bad_pieces(self, job: Job, executor: Executor) -> list[int]:

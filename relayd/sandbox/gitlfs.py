@@ -19,9 +19,10 @@ Layout under *root*::
 
 Knobs for fault-injection tests (all may be changed while serving): ``token``,
 ``auto_create_repos``, ``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``,
-``before_git``, ``fail_next()``, and ``stop()``/``start()`` on the same port. Locking is not implemented:
-``/info/lfs/locks/verify`` (and every other locks URL) answers 404, which git-lfs tolerates with a
-warning; clients should set ``lfs.locksverify=false`` as they must for ModelScope.
+``corrupt_puts``, ``before_git``, ``fail_next()``, and ``stop()``/``start()`` on the same port.
+Locking is not implemented: ``/info/lfs/locks/verify`` (and every other locks URL) answers 404, which
+git-lfs tolerates with a warning; clients should set ``lfs.locksverify=false`` as they must for
+ModelScope.
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ class GitLfsServer:
         self.put_bytes_per_second = put_bytes_per_second
         self.get_bytes_per_second = get_bytes_per_second
         self.action_lifetime = action_lifetime
+        # The next this many object PUTs have one byte of their body inverted on the way in, as a
+        # link that damages uploads would: the server's own sha256 check then refuses them (422).
+        self.corrupt_puts = 0
         self.realm = realm
         self.git = git
         # Called as (owner, name, path, service) before each authorized git request is served, e.g.
@@ -459,6 +463,14 @@ class GitLfsServer:
         return hmac.compare_digest(username.encode(), self.username.encode()) & hmac.compare_digest(
             password.encode(), self.token.encode()
         )
+
+    def take_put_corruption(self) -> bool:
+        """Return True (using up one of ``corrupt_puts``) if the PUT being received must be damaged."""
+        with self._lock:
+            if self.corrupt_puts <= 0:
+                return False
+            self.corrupt_puts -= 1
+            return True
 
     def take_failure(self, endpoint: Endpoint) -> InjectedFailure | None:
         """Pop the next injected failure for *endpoint*, if one is queued."""
