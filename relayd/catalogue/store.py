@@ -844,24 +844,76 @@ class Store:
             session.execute(query.values(done=False, done_at=None))
             self._refresh_bytes_done(session, transfer_id)
 
-    def piece_started(self, transfer_id: int, index: int) -> None:
-        """Count one more attempt at sending the piece (for 'moved at most N times' checks)."""
+    def piece_started(self, transfer_id: int, index: int, *, moved: int = 0) -> None:
+        """Count one more send of the piece (for 'moved at most N times' checks); its bytes are counted
+        from zero. *moved*: bytes of the piece's previous send not counted yet (they count now)."""
         with self._write() as session:
             session.execute(
                 update(Piece)
                 .where(Piece.transfer_id == transfer_id, Piece.idx == index)
-                .values(sends=Piece.sends + 1)
+                .values(sends=Piece.sends + 1, moved=0)
             )
+            if moved:
+                self._count_moved(session, transfer_id, moved, {})
 
-    def piece_done(self, transfer_id: int, index: int) -> None:
-        """Record that the piece is durable at the destination."""
+    def piece_done(
+        self,
+        transfer_id: int,
+        indices: Sequence[int],
+        *,
+        moved: int = 0,
+        by_piece: Mapping[int, int] | None = None,
+        sent_before: Sequence[int] = (),
+        rate: float | None = None,
+    ) -> None:
+        """Record that the pieces are durable at the destination, and count *moved* payload bytes
+        (*by_piece*: those of each piece's latest send) and the current *rate* in the same transaction.
+
+        *sent_before*: pieces among them whose latest send was begun by an earlier attempt (a process
+        that died, or failed, before it recorded them): the destination holds them, so that send
+        completed and counts up to its length (the part counted already is not counted again).
+        """
         with self._write() as session:
+            if sent_before:
+                rest = session.scalar(
+                    select(func.coalesce(func.sum(Piece.length - Piece.moved), 0)).where(
+                        Piece.transfer_id == transfer_id,
+                        Piece.idx.in_(sent_before),
+                        Piece.done.is_(False),
+                        Piece.sends > 0,
+                        Piece.moved < Piece.length,
+                    )
+                )
+                session.execute(
+                    update(Piece)
+                    .where(Piece.transfer_id == transfer_id, Piece.idx.in_(sent_before), Piece.sends > 0)
+                    .values(moved=Piece.length)
+                )
+                moved += int(rest or 0)
             session.execute(
                 update(Piece)
-                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .where(Piece.transfer_id == transfer_id, Piece.idx.in_(indices))
                 .values(done=True, done_at=utcnow())
             )
+            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(rate=rate))
+            self._count_moved(session, transfer_id, moved, by_piece or {})
             self._refresh_bytes_done(session, transfer_id)
+
+    @staticmethod
+    def _count_moved(session: Session, transfer_id: int, moved: int, by_piece: Mapping[int, int]) -> None:
+        """Add *moved* to the transfer's bytes_moved and *by_piece* to each piece's current send."""
+        if moved:
+            session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(bytes_moved=Transfer.bytes_moved + moved)
+            )
+        for index, count in by_piece.items():
+            session.execute(
+                update(Piece)
+                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .values(moved=Piece.moved + count)
+            )
 
     @staticmethod
     def _refresh_bytes_done(session: Session, transfer_id: int) -> None:
@@ -875,18 +927,22 @@ class Store:
         )
 
     def progress(
-        self, transfer_id: int, *, moved: int, rate: float | None, bytes_done: int | None = None
+        self,
+        transfer_id: int,
+        *,
+        moved: int,
+        rate: float | None,
+        bytes_done: int | None = None,
+        by_piece: Mapping[int, int] | None = None,
     ) -> None:
-        """Add *moved* bytes to the transfer's traffic and record its current rate (for status)."""
-        values: dict[str, Any] = {
-            "bytes_moved": Transfer.bytes_moved + moved,
-            "rate": rate,
-            "updated_at": utcnow(),
-        }
+        """Add *moved* bytes to the transfer's traffic (*by_piece*: those of each piece's latest send)
+        and record its current rate (for status)."""
+        values: dict[str, Any] = {"rate": rate, "updated_at": utcnow()}
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
             session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+            self._count_moved(session, transfer_id, moved, by_piece or {})
 
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""

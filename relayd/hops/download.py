@@ -642,7 +642,7 @@ class DownloadHop(Hop):
                 written = os.pwrite(run.fd, view, at)
                 view, at = view[written:], at + written
             run.advance(span, offset, len(data))
-            job.add_progress(len(data))
+            job.add_progress(len(data), piece.index)
 
         while True:
             with run.cond:

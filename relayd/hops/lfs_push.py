@@ -227,7 +227,7 @@ class LfsPushHop(Hop):
                 if now < before or before < 0:
                     job.begin_piece(0)  # a PUT of the object starts (again): count the send
                     before = 0
-                job.add_progress(now - before)
+                job.add_progress(now - before, 0)
                 sent["n"] = now
             elif event.get("event") == "retry":
                 job.log.info("retrying %s: %s", event.get("what"), event.get("error"))

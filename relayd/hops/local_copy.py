@@ -93,7 +93,7 @@ class LocalCopyHop(Hop):
                 )
             written = os.pwrite(target_fd, data, position)
             position += written
-            job.add_progress(written)
+            job.add_progress(written, piece.index)
             if self.section.max_rate:
                 ahead = (position - piece.offset) / self.section.max_rate - (time.monotonic() - started)
                 if ahead > 0:

@@ -228,23 +228,29 @@ class PanUploadHop(Hop):
             stale = [p.index for p in job.pieces if p.index >= held and p.done]
             if stale:
                 job.reset_pieces(stale)
-            for piece in job.pieces:
-                if piece.index < held and not piece.done:
-                    job.piece_done(piece.index)
+            arrived = [p.index for p in job.pieces if p.index < held and not p.done]
+            if arrived:
+                job.pieces_done(arrived)
 
         def restarted() -> None:
             job.reset_pieces()
             job.handles.pop("upload", None)
             job.save_handles()
 
+        sending = [0]  # the piece of the part being sent (parts go one at a time)
+
+        def part_started(number: int) -> None:
+            sending[0] = number - 1
+            job.begin_piece(number - 1)
+
         return UploadCallbacks(
             state=save_state,
             plan=plan,
             confirmed=confirmed,
-            part_started=lambda number: job.begin_piece(number - 1),
+            part_started=part_started,
             part_done=lambda number: job.piece_done(number - 1),
             restarted=restarted,
-            progress=job.add_progress,
+            progress=lambda moved: job.add_progress(moved, sending[0]),
         )
 
     def _adopt(self, job: Job, remote: DriveFile, folder: str, name: str, *, rapid: bool) -> None:
@@ -260,10 +266,9 @@ class PanUploadHop(Hop):
         if sha1:
             job.handles["sha1"] = sha1
         job.save_handles()
-        if any(not piece.done for piece in job.pieces):
-            job.replan(
-                [PieceSpec(p.index, p.offset, p.length, True) for p in job.pieces], job.file_or_fail.size
-            )
+        missing = [piece.index for piece in job.pieces if not piece.done]
+        if missing:
+            job.pieces_done(missing)
         if rapid:
             job.log.info("rapid upload: the drive already held this content; no bytes sent")
 

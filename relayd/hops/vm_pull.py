@@ -176,11 +176,14 @@ class VmPullHop(Hop):
 
     def _events(self, job: Job, landed: list[int]) -> Any:
         wanted = {piece.index for piece in job.pieces}
+        at_offset = {piece.offset: piece.index for piece in job.pieces}
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event.get("event")
             if kind == "progress":
-                job.add_progress(int(event.get("bytes") or 0))
+                offset = event.get("offset")
+                piece = at_offset.get(offset) if isinstance(offset, int) else None
+                job.add_progress(int(event.get("bytes") or 0), piece)
             elif kind == "piece_start" and event.get("index") in wanted:
                 job.begin_piece(int(event["index"]))
             elif kind == "piece_done" and event.get("index") in wanted:

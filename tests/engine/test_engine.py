@@ -510,3 +510,58 @@ def test_only_mismatches_in_a_row_block(
         assert transfer.hint == "look"
     else:
         assert transfer.handles == {"ok": True}
+
+
+def job_for(world: World) -> Job:
+    (transfer,) = world.transfers()
+    return Job(world.store.load_job(transfer.id), world.ctx())
+
+
+@pytest.mark.parametrize("first_attempt_ends", ["killed", "failed"])
+def test_a_send_found_complete_after_the_attempt_ended_counts_once(
+    world: World, first_attempt_ends: str
+) -> None:
+    """bytes_moved counts the latest send of a piece up to its length when a later attempt finds the
+    piece at the destination: whole after a kill -9 (nothing of it was saved), not again after a
+    failure (the engine saved what it had counted)."""
+    world.add_files("acme/tiny", {"model.bin": b"x" * 1000}, route=("scripted",))
+    claimed = world.store.claim("scripted", "test-owner", 30)
+    assert claimed is not None
+    first = job_for(world)
+    first.replan(plan_ranges(1000, 400), 1000)  # pieces of 400, 400 and 200 bytes
+    first.begin_piece(0)
+    first.add_progress(400, 0)
+    first.piece_done(0)
+    first.begin_piece(1)
+    first.add_progress(300, 1)  # the send of piece 1 is under way ...
+    if first_attempt_ends == "failed":
+        first.add_progress(100, 1)
+        first.finish_progress()  # ... it ends with an error the engine saw (the answer was lost)
+    # ... or the process dies here: nothing of piece 1 was saved.
+    second = job_for(world)
+    second.pieces_done([1])  # the destination holds piece 1: the earlier send completed
+    second.begin_piece(2)
+    second.add_progress(200, 2)
+    second.piece_done(2)
+    (transfer,) = world.transfers()
+    assert transfer.bytes_moved == 1000
+    assert [(p.sends, p.moved, p.done) for p in world.pieces()] == [
+        (1, 400, True),
+        (1, 400, True),
+        (1, 200, True),
+    ]
+
+
+def test_bytes_moved_include_re_sends_and_are_saved_with_the_piece_record(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 1000}, route=("scripted",))
+    assert world.store.claim("scripted", "test-owner", 30) is not None
+    job = job_for(world)
+    job.replan(plan_ranges(1000, 1000), 1000)
+    job.begin_piece(0)
+    job.add_progress(600, 0)  # a send that fails part way ...
+    job.begin_piece(0)  # ... and the piece again from byte 0
+    job.add_progress(1000, 0)
+    job.piece_done(0)  # no finish_progress: the piece record carries the bytes
+    (transfer,) = world.transfers()
+    assert transfer.bytes_moved == 1600
+    assert [(p.sends, p.moved) for p in world.pieces()] == [(2, 1000)]
