@@ -52,6 +52,11 @@ from relayd.errors import CatalogueError, UsageError
 log = logging.getLogger(__name__)
 
 
+#: The first hops of a route that a verified drive copy of the same content satisfies (when the route
+#: reads the drive next): the file is not downloaded from the Hub again.
+REUSED_FROM_DRIVE = ("download", "pan_upload")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -495,6 +500,9 @@ class Store:
                 return False
             file = session.get(File, file_id)
             assert file is not None  # noqa: S101 - file_id comes from this transaction
+            if step == 0 and self._reuse_drive_copy(session, repo, file, now):
+                done_hops.update(dict.fromkeys(REUSED_FROM_DRIVE, DONE))
+                continue
             session.add(
                 Transfer(
                     repo_id=repo.id,
@@ -511,6 +519,84 @@ class Store:
             session.flush()
             return True
         return False
+
+    @staticmethod
+    def _reuse_drive_copy(session: Session, repo: Repo, file: File, now: datetime) -> bool:
+        """Record the file's download and pan_upload as done by a verified drive copy of its content
+        (another file's done pan_upload), when it is no longer staged and the route reads the drive
+        next (vm_pull); return False, recording nothing, when there is no such copy."""
+        if tuple(repo.route[: len(REUSED_FROM_DRIVE) + 1]) != (*REUSED_FROM_DRIVE, "vm_pull"):
+            return False
+        blob = session.get(Blob, file.blob_id)
+        if blob is None or not blob.sha256 or not blob.sha1 or blob.staged_path:
+            return False
+        copy = session.scalar(
+            select(Transfer.handles)
+            .join(File, File.id == Transfer.file_id)
+            .where(
+                File.blob_id == blob.id,
+                File.id != file.id,
+                Transfer.hop == "pan_upload",
+                Transfer.state == DONE,
+            )
+            .order_by(Transfer.finished_at.desc())
+            .limit(1)
+        )
+        if not copy or not copy.get("file_id"):
+            return False
+        reason = f"reused drive copy of {blob.sha256}"
+        reused = {"reused": True, "reason": reason}
+        drive = {key: copy.get(key) for key in ("file_id", "drive_id", "path", "content_hash")}
+        handles = {"download": reused, "pan_upload": {**drive, **reused}}
+        for step, hop in enumerate(REUSED_FROM_DRIVE):
+            session.add(
+                Transfer(
+                    repo_id=repo.id,
+                    file_id=file.id,
+                    hop=hop,
+                    step=step,
+                    state=DONE,
+                    bytes_total=file.size,
+                    bytes_done=file.size,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                    handles=handles[hop],
+                )
+            )
+        session.flush()
+        log.info("%s: %s: %s", repo.name, file.path, reason)
+        return True
+
+    def fetch_again(self, transfer_id: int, reason: str) -> None:
+        """The drive copy the file of *transfer_id* reused is gone: forget the file's transfers after
+        the first hop (this one included) and run its first hop (download) again."""
+        now = utcnow()
+        with self._write() as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None or transfer.file_id is None:
+                return
+            repo = session.get(Repo, transfer.repo_id)
+            assert repo is not None  # noqa: S101 - enforced by the foreign key
+            later = select(Transfer.id).where(
+                Transfer.file_id == transfer.file_id, Transfer.hop != repo.route[0]
+            )
+            later_ids = list(session.scalars(later))
+            session.execute(delete(Piece).where(Piece.transfer_id.in_(later_ids)))
+            session.execute(delete(Transfer).where(Transfer.id.in_(later_ids)))
+            session.execute(
+                update(Transfer)
+                .where(Transfer.file_id == transfer.file_id, Transfer.hop == repo.route[0])
+                .values(
+                    state=PENDING,
+                    bytes_done=0,
+                    attempts=0,
+                    handles={"not_reused": reason},
+                    finished_at=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            )
 
     def _maybe_finish_snapshot(self, session: Session, repo: Repo, snapshot: Snapshot, now: datetime) -> None:
         """Start (or record) the end of a snapshot once every file reached the route's last hop."""

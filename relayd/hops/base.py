@@ -220,6 +220,12 @@ class Job:
             error_class="integrity",
         )
 
+    def fetch_again(self, reason: str) -> None:
+        """The copy this file's earlier hops reused (``locations[...]["reused"]``) is gone: forget
+        them and this transfer, and have the route's first hop fetch the file again. Raise after it
+        (the engine's record of this attempt then finds nothing to update)."""
+        self._ctx.store.fetch_again(self.id, reason)
+
     def replan(self, pieces: Sequence[PieceSpec], size: int) -> None:
         """Record a new plan (for instance when the remote side dictates the part size)."""
         self._ctx.store.record_plan(self.id, pieces, size)

@@ -15,6 +15,10 @@ With ``vm.executor = "local"`` and the per-repo option ``vm_from_staging`` (or `
 file still staged on this machine is hard-linked (or copied) from staging instead, verified the same
 way.
 
+A file whose download and pan_upload reused another file's verified drive copy (same sha256, see
+``Store._reuse_drive_copy``) is pulled from that copy; when the drive answers that it is gone, the
+file's download and pan_upload start again from the Hub (``Job.fetch_again``).
+
 Handles: ``{"path": <absolute path on the VM>, "executor": "local" | "ssh", "host": ...}``.
 """
 
@@ -213,6 +217,10 @@ class VmPullHop(Hop):
                 error_class="config",
             )
         drive = self._drive()
+        if job.locations.get("pan_upload", {}).get("reused") and drive.get(str(file_id)) is None:
+            reason = f"the drive copy {file_id} this file reused is gone (the drive answers not found)"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class="reuse")
         params = self._base_params(job, missing)
         params["connections"] = self.section.connections
         params["stall_timeout"] = 60

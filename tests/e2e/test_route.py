@@ -21,6 +21,8 @@ from sqlalchemy import func, select
 from relayd.catalogue.schema import DONE, RUNNING, Piece, Snapshot, Transfer
 from relayd.catalogue.store import Store
 from relayd.sandbox._http import free_port
+from relayd.sandbox.drive import FakeDrive
+from relayd.sandbox.gitlfs import lfs_pointer
 from relayd.sandbox.route import REPO, RouteSandbox
 
 MiB = 1024 * 1024
@@ -361,5 +363,77 @@ def test_bytes_moved_equal_what_the_servers_received_across_kill_9s(tmp_path: Pa
             moved = catalogue.bytes_moved(hop)
             assert 0 <= count - moved <= slack[hop], (hop, count, moved, slack[hop], cuts)
         assert received["lfs_push"] >= 3 * 4 * MiB
+    finally:
+        box.stop()
+
+
+def delete_on_drive(drive: FakeDrive, file_id: str, drive_id: str) -> None:
+    """Delete a file through the drive's API, as a person in the drive's app would."""
+    request = urllib.request.Request(
+        f"{drive.api_url}/v2/file/delete",
+        data=json.dumps({"drive_id": drive_id, "file_id": file_id}).encode(),
+        headers={"Authorization": f"Bearer {drive.issue_access_token()}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+
+
+def test_content_relayed_for_one_repo_is_taken_from_the_drive_for_another(tmp_path: Path) -> None:
+    """A second repo sharing a shard with a relayed one, after staging released it: the Hub's CDN
+    serves it no second time (the drive copy is reused, and shown so), and the repo ends verified at
+    its destination. A third, after the drive copy was deleted, downloads it again."""
+    box = RouteSandbox(tmp_path / "route", shards=2, shard_size=1 * MiB, ssh=False, piece_size="256 KiB")
+    box.start()
+    try:
+        hub, drive, git = box.hub, box.drive, box.git
+        assert hub is not None and drive is not None and git is not None
+        shard = hub.file(REPO, "model-00001-of-00002.safetensors", box.head)
+        data = hub.blob_path(shard.sha256).read_bytes()
+        daemon = box.start_daemon()
+        catalogue = Catalogue(box)
+        try:
+            assert box.relayctl("add", REPO, "--every", "10s").returncode == 0
+            wait_for(lambda: catalogue.snapshot_done(box.head), 120, "the first repo", box.log_path)
+            assert not [p for p in (box.root / "staging" / "blobs").rglob("*") if p.is_file()]
+            assert hub.bytes_served(shard.sha256) == len(data)
+
+            for name in ("other", "third"):
+                if name == "third":
+                    copy = drive.lookup(f"/relayd/{REPO}/{shard.path}", drive_id=drive.user.resource_drive_id)
+                    assert copy is not None
+                    delete_on_drive(drive, copy.file_id, copy.drive_id)
+                git.new_repo("demo", name)
+                commit = hub.create_repo(
+                    f"demo/{name}", files={"weights.safetensors": data, "README.md": b"#\n"}
+                )
+                assert box.relayctl("add", f"demo/{name}", "--every", "10s").returncode == 0
+                wait_for(
+                    lambda commit=commit: catalogue.snapshot_done(commit), 120, f"demo/{name}", box.log_path
+                )
+                assert git.read_object("demo", name, shard.sha256) == data
+                assert git.show_file("demo", name, "weights.safetensors") == lfs_pointer(
+                    shard.sha256, len(data)
+                )
+                whereis = json.loads(
+                    box.relayctl("whereis", f"demo/{name}", "weights.safetensors", "--json").stdout
+                )
+                (located,) = whereis["files"]
+                download = next(h for h in located["hops"] if h["hop"] == "download")
+                if name == "other":
+                    # Not fetched again: download and pan_upload were satisfied by the drive copy.
+                    assert hub.bytes_served(shard.sha256) == len(data)
+                    assert download["location"]["reason"] == f"reused drive copy of {shard.sha256}"
+                    assert located["drive"]["path"] == f"/relayd/{REPO}/{shard.path}"
+                    status = json.loads(box.relayctl("status", f"demo/{name}", "--json").stdout)
+                    (weights,) = [f for f in status["files"] if f["path"] == "weights.safetensors"]
+                    assert [h["skipped"] for h in weights["hops"]][:2] == [True, True]
+                else:
+                    # The drive copy was deleted: fetched from the Hub again, uploaded to its own folder.
+                    assert hub.bytes_served(shard.sha256) == 2 * len(data)
+                    assert "reused" not in download["location"]
+                    assert located["drive"]["path"] == f"/relayd/demo/{name}/weights.safetensors"
+                    assert "is gone (the drive answers not found)" in box.log_path.read_text()
+        finally:
+            box.stop_daemon(daemon)
     finally:
         box.stop()

@@ -565,3 +565,58 @@ def test_bytes_moved_include_re_sends_and_are_saved_with_the_piece_record(world:
     (transfer,) = world.transfers()
     assert transfer.bytes_moved == 1600
     assert [(p.sends, p.moved) for p in world.pieces()] == [(2, 1000)]
+
+
+@pytest.mark.parametrize(
+    ("route", "staged", "reused"),
+    [
+        (("download", "pan_upload", "vm_pull", "lfs_push"), False, True),
+        (("download", "pan_upload", "vm_pull", "lfs_push"), True, False),  # staging serves it
+        (("download", "pan_upload"), False, False),  # the drive is the destination: a copy of its own
+        (("download", "lfs_push"), False, False),  # nothing reads the drive back
+    ],
+)
+def test_content_relayed_before_reuses_its_verified_drive_copy(
+    world: World, route: tuple[str, ...], staged: bool, reused: bool
+) -> None:
+    data = b"w" * 1000
+    sha256 = hashlib.sha256(data).hexdigest()
+    spec = FileSpec("w.bin", len(data), True, sha256)
+    full = ("download", "pan_upload", "vm_pull", "lfs_push")
+    first, _ = world.store.add_repo(RepoSpec(name="acme/first", every=3600, route=full))
+    world.store.record_snapshot(first.id, "1" * 40, [spec])
+    for hop, handles in (
+        ("download", {}),
+        ("pan_upload", {"file_id": "F1", "path": "/relayd/acme/first/w.bin"}),
+    ):
+        claimed = world.store.claim(hop, "seed", 30)
+        assert claimed is not None
+        world.store.complete(
+            claimed.id,
+            "seed",
+            handles,
+            sha256=sha256,
+            sha1=hashlib.sha1(data).hexdigest(),
+            staged_path="blobs/w",
+        )
+    if not staged:
+        job = world.store.load_job(world.transfers()[0].id)
+        assert job.file is not None
+        world.store.unstage(job.file.blob_id)
+    second, _ = world.store.add_repo(RepoSpec(name="acme/second", every=3600, route=tuple(route)))
+    world.store.record_snapshot(second.id, "2" * 40, [FileSpec("renamed.bin", len(data), True, sha256)])
+    theirs = {t.hop: t for t in world.transfers() if t.repo_id == second.id}
+    if reused:
+        assert {hop: t.state for hop, t in theirs.items()} == {
+            "download": DONE,
+            "pan_upload": DONE,
+            "vm_pull": PENDING,
+        }
+        reason = f"reused drive copy of {sha256}"
+        assert theirs["download"].handles == {"reused": True, "reason": reason}
+        assert (
+            theirs["pan_upload"].handles["file_id"] == "F1"
+            and theirs["pan_upload"].handles["reason"] == reason
+        )
+    else:
+        assert {hop: t.state for hop, t in theirs.items()} == {"download": PENDING}
