@@ -168,20 +168,20 @@ def test_the_route_overlaps_hops_releases_staging_notifies_and_exports_metrics(b
         receiver.shutdown()
 
 
+def one_at_a_time(root: Path, shards: int) -> RouteSandbox:
+    """Start a route of 4 MiB shards that moves one file, over one connection, at a time."""
+    box = RouteSandbox(
+        root, shards=shards, shard_size=4 * MiB, ssh=False, piece_size="256 KiB", connections=1, concurrency=1
+    )
+    box.start()
+    return box
+
+
 def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> None:
     # One file and one connection at a time with download and vm_pull throttled, so that progress is
     # gradual; the hops that move whole units (a drive part, an LFS object) stay fast, so a restart
     # finishes an interrupted unit before the next kill.
-    box = RouteSandbox(
-        tmp_path / "route",
-        shards=4,
-        shard_size=4 * MiB,
-        ssh=False,
-        piece_size="256 KiB",
-        connections=1,
-        concurrency=1,
-    )
-    box.start()
+    box = one_at_a_time(tmp_path / "route", shards=4)
     try:
         assert box.hub is not None and box.drive is not None
         box.hub.bandwidth_cap = 1.5 * MiB
@@ -285,16 +285,7 @@ def test_bytes_moved_equal_what_the_servers_received_across_kill_9s(tmp_path: Pa
     re-sends included, after kill -9s: exactly for every send that completed (an LFS object stored
     just before a kill included), within the cut part for a send a kill interrupted and that was
     made again."""
-    box = RouteSandbox(
-        tmp_path / "route",
-        shards=3,
-        shard_size=4 * MiB,
-        ssh=False,
-        piece_size="256 KiB",
-        connections=1,
-        concurrency=1,
-    )
-    box.start()
+    box = one_at_a_time(tmp_path / "route", shards=3)
     try:
         hub, drive, git = box.hub, box.drive, box.git
         assert hub is not None and drive is not None and git is not None
