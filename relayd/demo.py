@@ -5,7 +5,8 @@ an sshd is available or locally, and a git + LFS server), a real daemon on a tem
 the repo with relayctl, shows live progress per file and hop, and ends with a verification table: each
 file's sha256 at the Hub, on the drive, on the VM and in a fresh clone of the pushed repo. Then it
 commits a change upstream (one shard changed, one file removed) and shows that only that shard travels
-and that the pushed repo matches the new revision. It exits 0 only if everything verified.
+and that the pushed repo matches the new revision, and last each hop's bytes moved (re-sends included)
+beside what the sandbox's servers counted. It exits 0 only if everything verified and agreed.
 ``--local`` runs the short local_copy route instead (no network services at all).
 """
 
@@ -263,6 +264,33 @@ class RouteDemo(Demo):
             raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
         return result
 
+    def report_bytes_moved(self, say: Callable[[str], None]) -> bool:
+        """Say each hop's bytes moved (re-sends included) beside what the sandbox's servers counted
+        (the CDN sent; the drive, its data host and the LFS server received); True if they agree."""
+        sandbox = self.sandbox
+        assert sandbox.hub is not None and sandbox.drive is not None and sandbox.git is not None  # noqa: S101
+        stats = sandbox.drive.stats()
+        counted = {
+            "download": sandbox.hub.bytes_served(),
+            "pan_upload": stats.put_bytes,
+            "vm_pull": stats.download_bytes,
+            "lfs_push": sandbox.git.counters().put_bytes,
+        }
+        parts = []
+        for hop, count in counted.items():
+            moved = self.bytes_moved(hop)
+            parts.append(
+                f"{hop} {format_size(moved)}"
+                + ("" if moved == count else f" (the server counted {format_size(count)})")
+            )
+        agree = all(self.bytes_moved(hop) == count for hop, count in counted.items())
+        say(
+            "bytes moved, re-sends included: "
+            + ", ".join(parts)
+            + ("; the servers counted the same" if agree else "; THE SERVERS COUNTED OTHERWISE")
+        )
+        return agree
+
 
 def show_table(table: Any) -> None:
     """Print a rich table: to a terminal at its width; elsewhere (a log, a pipe, CI) wide enough
@@ -328,6 +356,7 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
             ok = all(row.ok for row in rows) and not extra and only_shard and gone
             if not gone:
                 say(f"{removed} is still in the pushed repo")
+        ok = demo.report_bytes_moved(say) and ok
         if options.keep and ok:
             say(f"the sandbox keeps running; try: relayctl -c {demo.config_path} status. Ctrl-C to stop.")
             while True:

@@ -28,7 +28,7 @@ from datetime import timedelta
 from relayd.catalogue.schema import BLOCKED, WAITING
 from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
-from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
@@ -62,6 +62,15 @@ class EngineSettings:
 
 
 def run_hop(hop: Hop, job: Job) -> Outcome:
+    """Run one transfer through its hop (``_run_hop``); a copy the destination measured wrong is sent
+    again once, and blocks on the second mismatch in a row (``Job.integrity_failed``)."""
+    try:
+        return _run_hop(hop, job)
+    except IntegrityMismatch as mismatch:
+        raise job.integrity_failed(mismatch) from mismatch
+
+
+def _run_hop(hop: Hop, job: Job) -> Outcome:
     """Run one transfer through its hop: plan if needed, move the missing pieces, verify."""
     if job.snapshot is not None and job.file is None:
         return hop.finish_snapshot(job)

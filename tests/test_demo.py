@@ -34,6 +34,15 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
     assert "generation_config.json" in output and "…" not in output
     assert "tokenizer.json changed" not in output
     assert "the new revision downloaded 1.0 MiB (one shard is 1.0 MiB)" in output
+    # Every hop's bytes_moved, and the fake servers' own counts agree with it.
+    moved = re.search(r"bytes moved, re-sends included: (.*); the servers counted the same", output)
+    assert moved is not None, output
+    assert [part.split(" ")[0] for part in moved.group(1).split(", ")] == [
+        "download",
+        "pan_upload",
+        "vm_pull",
+        "lfs_push",
+    ]
 
 
 def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:

@@ -236,6 +236,9 @@ class Piece(Base):
     length: Mapped[int]
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     sends: Mapped[int] = mapped_column(Integer, default=0)
+    # Payload bytes of the latest send already counted in the transfer's bytes_moved: a send that
+    # turns out complete after a restart is counted up to its length, not twice (Store.piece_done).
+    moved: Mapped[int] = mapped_column(default=0, server_default="0")
     done_at: Mapped[datetime | None]
 
 

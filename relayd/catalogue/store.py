@@ -55,6 +55,11 @@ from relayd.text import safe_optional, safe_text
 log = logging.getLogger(__name__)
 
 
+#: The first hops of a route that a verified drive copy of the same content satisfies (when the route
+#: reads the drive next): the file is not downloaded from the Hub again.
+REUSED_FROM_DRIVE = ("download", "pan_upload")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -535,6 +540,9 @@ class Store:
                 return False
             file = session.get(File, file_id)
             assert file is not None  # noqa: S101 - file_id comes from this transaction
+            if step == 0 and self._reuse_drive_copy(session, repo, file, now):
+                done_hops.update(dict.fromkeys(REUSED_FROM_DRIVE, DONE))
+                continue
             session.add(
                 Transfer(
                     repo_id=repo.id,
@@ -551,6 +559,84 @@ class Store:
             session.flush()
             return True
         return False
+
+    @staticmethod
+    def _reuse_drive_copy(session: Session, repo: Repo, file: File, now: datetime) -> bool:
+        """Record the file's download and pan_upload as done by a verified drive copy of its content
+        (another file's done pan_upload), when it is no longer staged and the route reads the drive
+        next (vm_pull); return False, recording nothing, when there is no such copy."""
+        if tuple(repo.route[: len(REUSED_FROM_DRIVE) + 1]) != (*REUSED_FROM_DRIVE, "vm_pull"):
+            return False
+        blob = session.get(Blob, file.blob_id)
+        if blob is None or not blob.sha256 or not blob.sha1 or blob.staged_path:
+            return False
+        copy = session.scalar(
+            select(Transfer.handles)
+            .join(File, File.id == Transfer.file_id)
+            .where(
+                File.blob_id == blob.id,
+                File.id != file.id,
+                Transfer.hop == "pan_upload",
+                Transfer.state == DONE,
+            )
+            .order_by(Transfer.finished_at.desc())
+            .limit(1)
+        )
+        if not copy or not copy.get("file_id"):
+            return False
+        reason = f"reused drive copy of {blob.sha256}"
+        reused = {"reused": True, "reason": reason}
+        drive = {key: copy.get(key) for key in ("file_id", "drive_id", "path", "content_hash")}
+        handles = {"download": reused, "pan_upload": {**drive, **reused}}
+        for step, hop in enumerate(REUSED_FROM_DRIVE):
+            session.add(
+                Transfer(
+                    repo_id=repo.id,
+                    file_id=file.id,
+                    hop=hop,
+                    step=step,
+                    state=DONE,
+                    bytes_total=file.size,
+                    bytes_done=file.size,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                    handles=handles[hop],
+                )
+            )
+        session.flush()
+        log.info("%s: %s: %s", repo.name, file.path, reason)
+        return True
+
+    def fetch_again(self, transfer_id: int, reason: str) -> None:
+        """The drive copy the file of *transfer_id* reused is gone: forget the file's transfers after
+        the first hop (this one included) and run its first hop (download) again."""
+        now = utcnow()
+        with self._write() as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None or transfer.file_id is None:
+                return
+            repo = session.get(Repo, transfer.repo_id)
+            assert repo is not None  # noqa: S101 - enforced by the foreign key
+            later = select(Transfer.id).where(
+                Transfer.file_id == transfer.file_id, Transfer.hop != repo.route[0]
+            )
+            later_ids = list(session.scalars(later))
+            session.execute(delete(Piece).where(Piece.transfer_id.in_(later_ids)))
+            session.execute(delete(Transfer).where(Transfer.id.in_(later_ids)))
+            session.execute(
+                update(Transfer)
+                .where(Transfer.file_id == transfer.file_id, Transfer.hop == repo.route[0])
+                .values(
+                    state=PENDING,
+                    bytes_done=0,
+                    attempts=0,
+                    handles={"not_reused": reason},
+                    finished_at=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            )
 
     def _maybe_finish_snapshot(self, session: Session, repo: Repo, snapshot: Snapshot, now: datetime) -> None:
         """Start (or record) the end of a snapshot once every file reached the route's last hop."""
@@ -1003,24 +1089,88 @@ class Store:
             session.execute(query.values(done=False, done_at=None))
             self._refresh_bytes_done(session, transfer_id)
 
-    def piece_started(self, transfer_id: int, index: int) -> None:
-        """Count one more attempt at sending the piece (for 'moved at most N times' checks)."""
+    def piece_started(self, transfer_id: int, index: int, *, moved: int = 0) -> None:
+        """Count one more send of the piece (for 'moved at most N times' checks); its bytes are counted
+        from zero. *moved*: bytes of the piece's previous send not counted yet (they count now)."""
         with self._write() as session:
             session.execute(
                 update(Piece)
                 .where(Piece.transfer_id == transfer_id, Piece.idx == index)
-                .values(sends=Piece.sends + 1)
+                .values(sends=Piece.sends + 1, moved=0)
             )
+            hop = self._count_moved(session, transfer_id, moved, {})
+        self._counted(hop, moved)
 
-    def piece_done(self, transfer_id: int, index: int) -> None:
-        """Record that the piece is durable at the destination."""
+    def piece_done(
+        self,
+        transfer_id: int,
+        indices: Sequence[int],
+        *,
+        moved: int = 0,
+        by_piece: Mapping[int, int] | None = None,
+        sent_before: Sequence[int] = (),
+        rate: float | None = None,
+    ) -> None:
+        """Record that the pieces are durable at the destination, and count *moved* payload bytes
+        (*by_piece*: those of each piece's latest send) and the current *rate* in the same transaction.
+
+        *sent_before*: pieces among them whose latest send was begun by an earlier attempt (a process
+        that died, or failed, before it recorded them): the destination holds them, so that send
+        completed and counts up to its length (the part counted already is not counted again).
+        """
         with self._write() as session:
+            if sent_before:
+                rest = session.scalar(
+                    select(func.coalesce(func.sum(Piece.length - Piece.moved), 0)).where(
+                        Piece.transfer_id == transfer_id,
+                        Piece.idx.in_(sent_before),
+                        Piece.done.is_(False),
+                        Piece.sends > 0,
+                        Piece.moved < Piece.length,
+                    )
+                )
+                session.execute(
+                    update(Piece)
+                    .where(Piece.transfer_id == transfer_id, Piece.idx.in_(sent_before), Piece.sends > 0)
+                    .values(moved=Piece.length)
+                )
+                moved += int(rest or 0)
             session.execute(
                 update(Piece)
-                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .where(Piece.transfer_id == transfer_id, Piece.idx.in_(indices))
                 .values(done=True, done_at=utcnow())
             )
+            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(rate=rate))
+            hop = self._count_moved(session, transfer_id, moved, by_piece or {})
             self._refresh_bytes_done(session, transfer_id)
+        self._counted(hop, moved)
+
+    @staticmethod
+    def _count_moved(
+        session: Session, transfer_id: int, moved: int, by_piece: Mapping[int, int]
+    ) -> str | None:
+        """Add *moved* to the transfer's bytes_moved and *by_piece* to each piece's current send; return
+        the transfer's hop when bytes were counted (for ``_counted`` once the transaction is committed)."""
+        hop = None
+        if moved:
+            hop = session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(bytes_moved=Transfer.bytes_moved + moved)
+                .returning(Transfer.hop)
+            ).scalar_one_or_none()
+        for index, count in by_piece.items():
+            session.execute(
+                update(Piece)
+                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .values(moved=Piece.moved + count)
+            )
+        return hop
+
+    def _counted(self, hop: str | None, moved: int) -> None:
+        """Tell ``on_moved`` (the process's metrics) of bytes counted in a committed transaction."""
+        if hop is not None and moved and self.on_moved is not None:
+            self.on_moved(hop, moved)
 
     @staticmethod
     def _refresh_bytes_done(session: Session, transfer_id: int) -> None:
@@ -1034,22 +1184,23 @@ class Store:
         )
 
     def progress(
-        self, transfer_id: int, *, moved: int, rate: float | None, bytes_done: int | None = None
+        self,
+        transfer_id: int,
+        *,
+        moved: int,
+        rate: float | None,
+        bytes_done: int | None = None,
+        by_piece: Mapping[int, int] | None = None,
     ) -> None:
-        """Add *moved* bytes to the transfer's traffic and record its current rate (for status)."""
-        values: dict[str, Any] = {
-            "bytes_moved": Transfer.bytes_moved + moved,
-            "rate": rate,
-            "updated_at": utcnow(),
-        }
+        """Add *moved* bytes to the transfer's traffic (*by_piece*: those of each piece's latest send)
+        and record its current rate (for status)."""
+        values: dict[str, Any] = {"rate": rate, "updated_at": utcnow()}
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
-            hop = session.execute(
-                update(Transfer).where(Transfer.id == transfer_id).values(**values).returning(Transfer.hop)
-            ).scalar_one_or_none()
-        if hop is not None and moved and self.on_moved is not None:
-            self.on_moved(hop, moved)
+            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+            hop = self._count_moved(session, transfer_id, moved, by_piece or {})
+        self._counted(hop, moved)
 
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""

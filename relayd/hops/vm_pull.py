@@ -18,9 +18,13 @@ the same link; any other 403 → the Referer of the drive's other web origin on 
 one that works is remembered), then blocked; a dropped SSH connection or a dead agent → reconnect and
 continue (at most one piece per connection is fetched again); a sha256 mismatch → the bad pieces
 (found against a staged copy when there is one) or all pieces again, and a second mismatch in a row
-blocks with both hashes. With ``vm.executor = "local"``
-and the per-repo option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this
-machine is hard-linked (or copied) from staging instead, verified the same way.
+blocks with both hashes (``IntegrityMismatch``). With ``vm.executor = "local"`` and the per-repo
+option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this machine is hard-linked
+(or copied) from staging instead, verified the same way.
+
+A file whose download and pan_upload reused another file's verified drive copy (same sha256, see
+``Store._reuse_drive_copy``) is pulled from that copy; when the drive answers that it is gone, the
+file's download and pan_upload start again from the Hub (``Job.fetch_again``).
 
 Handles: ``{"path": <absolute path on the VM>, "executor": "local" | "ssh", "host": ...}``.
 """
@@ -33,11 +37,11 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from relayd.config import VmConfig
 from relayd.digest import sha256_of_range
-from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import ConfigError, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.units import format_size
 from relayd.vm.executor import Executor, make_executor
@@ -50,8 +54,6 @@ RECONNECTS = 5
 REFUSED_LINKS = 3
 #: How long a good readiness check of the VM (python3, git, git-lfs) is trusted.
 READY_TTL = 300.0
-#: Handle keys that survive between attempts.
-MISMATCHES = "mismatches"
 #: A kept download link is used again only while it has more than this left (seconds).
 LINK_MARGIN = 600.0
 #: How long the connections the drive accepted under its download cap stay the most used (seconds).
@@ -203,11 +205,14 @@ class VmPullHop(Hop):
 
     def _events(self, job: Job, landed: list[int]) -> Any:
         wanted = {piece.index for piece in job.pieces}
+        at_offset = {piece.offset: piece.index for piece in job.pieces}
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event.get("event")
             if kind == "progress":
-                job.add_progress(int(event.get("bytes") or 0))
+                offset = event.get("offset")
+                piece = at_offset.get(offset) if isinstance(offset, int) else None
+                job.add_progress(int(event.get("bytes") or 0), piece)
             elif kind == "piece_start" and event.get("index") in wanted:
                 job.begin_piece(int(event["index"]))
             elif kind == "piece_done" and event.get("index") in wanted:
@@ -288,6 +293,10 @@ class VmPullHop(Hop):
                 error_class="config",
             )
         drive = self._drive()
+        if job.locations.get("pan_upload", {}).get("reused") and drive.get(str(file_id)) is None:
+            reason = f"the drive copy {file_id} this file reused is gone (the drive answers not found)"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class="reuse")
         params = self._base_params(job, missing)
         params["stall_timeout"] = 60
         landed: list[int] = []
@@ -429,34 +438,22 @@ class VmPullHop(Hop):
             handles=handles, sha256=str(result["sha256"]), sha1=str(result.get("sha1") or "") or None
         )
 
-    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> None:
-        """Reset the bad pieces (or all) and raise Retryable; block on the second mismatch in a row."""
+    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> NoReturn:
+        """Mark the bad pieces (or all) missing and raise IntegrityMismatch: the engine has them
+        fetched again once, and blocks on a second mismatch in a row."""
         file = job.file_or_fail
-        got = str(result.get("sha256"))
-        count = int(job.handles.get(MISMATCHES) or 0) + 1
         drive_note = ""
         if file.sha1 and result.get("sha1") and str(result["sha1"]).lower() != file.sha1.lower():
-            drive_note = f" (sha1 {result['sha1']}, expected {file.sha1})"
-        if count >= 2:
-            job.handles[MISMATCHES] = 0
-            job.save_handles()
-            job.reset_pieces()  # after a person's fix, `relayctl retry` fetches everything again
-            raise NeedsPerson(
-                f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}, twice in a row",
-                hint=(
-                    "the drive's copy is probably corrupt: check it, upload it again "
-                    "(`relayctl retry` the repo's pan_upload), then `relayctl retry`"
-                ),
-                error_class="integrity",
-            )
-        job.handles[MISMATCHES] = count
-        job.save_handles()
+            drive_note = f"sha1 {result['sha1']}, expected {file.sha1}; "
         bad = self._bad_pieces(job, executor)
         job.reset_pieces(bad or None)
-        raise Retryable(
-            f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}; "
-            f"fetching {len(bad) if bad else 'all'} piece(s) again",
-            error_class="integrity",
+        raise IntegrityMismatch(
+            expected=str(file.sha256),
+            actual=str(result.get("sha256")),
+            where="on the VM after vm_pull",
+            detail=f"{drive_note}{len(bad) or len(job.pieces)} of {len(job.pieces)} piece(s) marked missing",
+            hint="the drive's copy is probably corrupt: check it, upload it again "
+            "(`relayctl retry` the repo's pan_upload), then `relayctl retry`",
         )
 
     def _bad_pieces(self, job: Job, executor: Executor) -> list[int]:

@@ -111,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
     status_sent = 0
     recorded = False
     body_cut = False
+    _body_sent = 0  # body bytes of the download being answered, sent so far
 
     def setup(self) -> None:
         super().setup()
@@ -421,14 +422,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self._send_error(exc)
             return
-        sent = 0
+        self._body_sent = 0
         try:
-            sent = self._send_file(ticket, injection.drop_after if injection is not None else None)
+            self._send_file(ticket, injection.drop_after if injection is not None else None)
         finally:
-            store.close_download(ticket, sent)
+            # Test instrumentation: the body bytes handed to the kernel, a body cut short included.
+            store.close_download(ticket, self._body_sent)
 
-    def _send_file(self, ticket: DownloadTicket, drop_after: int | None) -> int:
-        """Answer a download GET/HEAD (Range → 206, past EOF → 416); return the body bytes sent."""
+    def _send_file(self, ticket: DownloadTicket, drop_after: int | None) -> None:
+        """Answer a download GET/HEAD (Range → 206, past EOF → 416), adding the body bytes sent to
+        ``_body_sent`` as they go (with sendfile, once it returns: unthrottled, nothing is counted of
+        a body the client cut)."""
         settings = self._store.settings
         size = ticket.size
         first, last = 0, size - 1
@@ -439,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
                 wanted = _parse_range(header, size)
             except ApiError as exc:
                 self._send_error(exc)
-                return 0
+                return
             if wanted is not None:
                 first, last = wanted
                 status = 206
@@ -454,21 +458,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
         self.end_headers()
         if self.command == "HEAD" or length == 0:
-            return 0
+            return
         self._store.count("downloads")
         with ticket.path.open("rb") as source:
             if drop_after is None and not settings.download_bandwidth:
                 self.wfile.flush()
-                sent = int(self.connection.sendfile(source, first, length))
-                if sent < length:
+                self._body_sent = int(self.connection.sendfile(source, first, length))
+                if self._body_sent < length:
                     self._drop()
-                return sent
+                return
             source.seek(first)
-            return self._send_paced(source, length, drop_after)
+            self._send_paced(source, length, drop_after)
 
-    def _send_paced(self, source: BinaryIO, length: int, drop_after: int | None) -> int:
+    def _send_paced(self, source: BinaryIO, length: int, drop_after: int | None) -> None:
         """Send *length* bytes of *source* at ``settings.download_bandwidth`` (re-read per chunk),
-        dropping the connection after *drop_after* bytes; return the bytes sent."""
+        dropping the connection after *drop_after* bytes; count them in ``_body_sent``."""
         pacer = _Pacer()
         sent = 0
         while sent < length:
@@ -479,13 +483,14 @@ class _Handler(BaseHTTPRequestHandler):
             if drop_after is not None and sent + len(data) >= drop_after:
                 self.wfile.write(data[: max(0, drop_after - sent)])
                 sent = drop_after
+                self._body_sent = sent
                 break
             self.wfile.write(data)
             sent += len(data)
+            self._body_sent = sent
             pacer.pace(len(data), bandwidth)
         if sent < length:
             self._drop()
-        return sent
 
 
 class _Pacer:

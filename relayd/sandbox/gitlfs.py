@@ -28,16 +28,17 @@ per-object error with code 413, or at the PUT, as an nginx front answers a body 
 ``client_max_body_size``: ``413 Request Entity Too Large`` with its HTML page, sent before the body is
 read (ModelScope's answer to ~100 GB blobs, modelscope/modelscope#1591).
 
-Knobs for fault-injection tests (all may be changed while serving): ``token``,
-``auto_create_repos``, ``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``,
-``action_auth``, ``action_expiry``, ``verify_action``, ``omit_stored``, ``max_object_size``,
-``size_limit_at``, ``max_batch_objects`` (a larger batch request is refused with HTTP 413, as the
-spec allows), ``redirect`` (every request to the main origin is answered with a redirect
-elsewhere), ``answer_padding`` (LFS JSON answers grow by that many bytes of whitespace, sent chunked:
-a server that answers too much), ``before_git``, ``fail_next()``, and ``stop()``/``start()`` on the
-same ports. Locking is not implemented:
-``/info/lfs/locks/verify`` (and every other locks URL) answers 404, which git-lfs tolerates with a
-warning; clients should set ``lfs.locksverify=false`` as they must for ModelScope.
+Knobs for fault-injection tests (all may be changed while serving): ``token``, ``auto_create_repos``,
+``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``, ``action_auth``,
+``action_expiry``, ``verify_action``, ``omit_stored``, ``max_object_size``, ``size_limit_at``,
+``max_batch_objects`` (a larger batch request is refused with HTTP 413, as the spec allows),
+``redirect`` (every request to the main origin is answered with a redirect elsewhere), ``corrupt_puts``
+(the next that many object PUTs have one byte inverted on the way in, so the server's own sha256 check
+refuses them with 422), ``answer_padding`` (LFS JSON answers grow by that many bytes of whitespace, sent
+chunked: a server that answers too much), ``before_git``, ``fail_next()``, and ``stop()``/``start()`` on
+the same ports. Locking is not implemented: ``/info/lfs/locks/verify`` (and every other locks URL)
+answers 404, which git-lfs tolerates with a warning; clients should set ``lfs.locksverify=false`` as
+they must for ModelScope.
 """
 
 from __future__ import annotations
@@ -214,6 +215,9 @@ class GitLfsServer:
         self.answer_padding = 0
         # More objects than this in one batch request are refused with HTTP 413 (the spec's "too many").
         self.max_batch_objects: int | None = None
+        # The next this many object PUTs have one byte of their body inverted on the way in, as a
+        # link that damages uploads would: the server's own sha256 check then refuses them (422).
+        self.corrupt_puts = 0
         self.realm = realm
         self.git = git
         # Called as (owner, name, path, service) before each authorized git request is served, e.g.
@@ -519,6 +523,14 @@ class GitLfsServer:
         return hmac.compare_digest(username.encode(), self.username.encode()) & hmac.compare_digest(
             password.encode(), self.token.encode()
         )
+
+    def take_put_corruption(self) -> bool:
+        """Return True (using up one of ``corrupt_puts``) if the PUT being received must be damaged."""
+        with self._lock:
+            if self.corrupt_puts <= 0:
+                return False
+            self.corrupt_puts -= 1
+            return True
 
     def take_failure(self, endpoint: Endpoint) -> InjectedFailure | None:
         """Pop the next injected failure for *endpoint*, if one is queued."""

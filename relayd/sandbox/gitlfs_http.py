@@ -666,9 +666,11 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         self._send_json(200, {})
 
     def _paced_body(self, oid: str) -> Iterator[bytes]:
-        """Yield the request body, counting it and pacing it to ``put_bytes_per_second``."""
+        """Yield the request body, counting it and pacing it to ``put_bytes_per_second``; with
+        ``corrupt_puts``, its first byte arrives inverted (same size, wrong content)."""
         body = self.body
         app = self.app
+        damage = app.take_put_corruption()
         while True:
             rate = app.put_bytes_per_second
             size = min(_CHUNK, max(1024, int(rate / 20))) if rate else _CHUNK
@@ -677,6 +679,8 @@ class GitLfsHandler(BaseHTTPRequestHandler):
             if not data:
                 return
             app.count_put_bytes(oid, len(data))
+            if damage:
+                data, damage = bytes([data[0] ^ 0xFF]) + data[1:], False
             yield data
             if rate:
                 time.sleep(max(0.0, len(data) / rate - (time.monotonic() - started)))

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -384,6 +385,30 @@ def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLf
     assert server.read_object(OWNER, "model", sha(big)) == big
     assert world.sends("big.safetensors") == 2  # the piece (the object) was sent twice
     assert {world.sends(path) for path in small} == {1}
+
+
+def test_a_link_that_keeps_damaging_uploads_blocks_after_the_second_send(
+    world: PushWorld, server: GitLfsServer
+) -> None:
+    """Every PUT arrives with a byte flipped and the server refuses it (422): the object is sent
+    exactly twice, then blocked with the oid, the sha256 the server measured, and where."""
+    world.add_repo()
+    data = os.urandom(300_000)
+    world.snapshot({"model.safetensors": data, "README.md": b"# m\n"}, "6" * 40)
+    server.corrupt_puts = 1000
+    world.run(until_blocked=True)
+    transfer = world.file_transfer("model.safetensors")
+    assert transfer.state == BLOCKED and transfer.error_class == "integrity"
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured by the LFS server after lfs_push, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == sha(data) and got != expected
+    assert "file they are sent from is intact" in (transfer.hint or "")
+    assert server.wait_idle()
+    counters = server.counters()
+    assert (counters.puts, counters.puts_stored, counters.put_bytes) == (2, 0, 2 * len(data))
+    assert world.sends("model.safetensors") == 2
+    assert server.objects(OWNER, "model") == {}
 
 
 def test_the_server_down_for_a_while_then_success(

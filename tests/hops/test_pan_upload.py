@@ -148,13 +148,38 @@ def test_a_wrong_content_hash_after_complete_is_detected_and_repaired(
     detected = [r for r in caplog.records if "the drive's copy is wrong" in r.getMessage()]
     assert len(detected) == 1 and "content hash" in detected[0].getMessage()
     assert any(
-        "uploading again" in r.getMessage() and r.name == "relayd.hops.pan_upload" for r in caplog.records
+        "sha1 mismatch measured on the drive after pan_upload" in r.getMessage()
+        and "sending it again" in r.getMessage()
+        and r.name == "relayd.hops.pan_upload"
+        for r in caplog.records
     )
     # The wrong copy went to the recycle bin; the one at the path has the right bytes.
     trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
     assert len(trashed) == 1 and trashed[0].content_hash != hashlib.sha1(data).hexdigest().upper()
     stored = _resource(fake, "/relayd/acme/rot/w.bin")
     assert stored is not None and stored.read_bytes() == data
+
+
+def test_a_link_that_keeps_damaging_uploads_blocks_after_the_second_send(
+    box: DriveBox, fake: FakeDrive
+) -> None:
+    """Every part arrives with a byte flipped: the file is uploaded exactly twice, then blocked with
+    the expected sha1, the one the drive measured, and where; never a third time."""
+    data = os.urandom(4 * PART)
+    box.stage("acme/rot", {"w.bin": data})
+    fake.corrupt_next_parts(1000)
+    box.run(timeout=20)
+    (transfer,) = box.transfers()
+    assert transfer.state == BLOCKED and transfer.error_class == "integrity"
+    error = transfer.last_error or ""
+    assert error.startswith("sha1 mismatch measured on the drive after pan_upload, twice in a row")
+    expected, got = re.findall(r"expected ([0-9A-F]{40}), got ([0-9A-F]{40})", error)[0]
+    assert expected == hashlib.sha1(data).hexdigest().upper() and got != expected
+    assert "staged copy is intact" in (transfer.hint or "")
+    assert fake.stats().put_bytes == 2 * len(data)
+    assert {p.sends for p in box.pieces(transfer.id)} == {2}
+    trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
+    assert len(trashed) == 2 and _resource(fake, "/relayd/acme/rot/w.bin") is None
 
 
 def test_a_damaged_staged_copy_blocks(box: DriveBox, fake: FakeDrive) -> None:

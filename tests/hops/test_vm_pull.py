@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -376,9 +377,15 @@ def test_corruption_is_caught_by_the_vm_hash(tmp_path: Path, fake_drive: FakeDri
     (transfer,) = world.pulls()
     assert transfer.state == BLOCKED
     assert transfer.error_class == "integrity"
-    assert hashlib.sha256(data).hexdigest() in (transfer.last_error or "")
-    assert "twice" in (transfer.last_error or "") and "upload it again" in (transfer.hint or "")
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured on the VM after vm_pull, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == hashlib.sha256(data).hexdigest() and got != expected
+    assert "upload it again" in (transfer.hint or "")
     assert not (world.vm_root / "acme/tiny/model.bin").exists()  # never renamed into place
+    # Fetched exactly twice (no staged copy to find the bad piece: every piece), never a third time.
+    assert [p.sends for p in world.pieces(transfer.id)] == [2, 2, 2, 2]
+    assert fake_drive.stats().download_bytes == 2 * len(data)
     assert no_agent_left(world.marker)
 
 

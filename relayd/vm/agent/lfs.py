@@ -97,6 +97,9 @@ MAX_ERROR_BODY = 64 * 1024
 EXPIRY_MARGIN = 5.0
 CONNECT_TIMEOUT = 30.0
 PROGRESS_EVERY = 0.5
+#: The error class of an object the server measured wrong (a refused PUT, a failed verify); the
+#: lfs_push hop turns it into relayd.errors.IntegrityMismatch.
+MISMATCH = "mismatch"
 KILL_GRACE = 5.0
 NULL_SHA = "0" * 40
 _OID = re.compile(r"^[0-9a-f]{64}$")
@@ -652,7 +655,7 @@ class LfsClient:
                 raise AgentError(
                     "the server rejected the bytes of %s: %s" % (oid[:12], message),
                     kind="retryable",
-                    error_class="integrity",
+                    error_class=MISMATCH,
                 )
             raise _Status(response, message).failure("the upload of %s" % oid[:12], self.repo)
         if sent < size:
@@ -673,7 +676,7 @@ class LfsClient:
             exc = answer.failure("verify", self.repo)
             if exc.kind != "retryable" and exc.error_class not in ("quota", "redirect"):
                 # 404/422 from verify: the object did not arrive whole; upload it again.
-                exc.kind, exc.error_class = "retryable", "integrity"
+                exc.kind, exc.error_class = "retryable", MISMATCH
             raise exc from None
 
 
@@ -806,7 +809,9 @@ def with_retries(context: Context, attempts: int, action: Callable[[], Any], wha
         try:
             return action()
         except AgentError as exc:
-            if exc.kind != "retryable" or attempt >= attempts:
+            # A copy the server measured wrong goes back to the daemon at once: it sends the object
+            # again once and blocks when that repeats (relayd.errors.IntegrityMismatch).
+            if exc.kind != "retryable" or exc.error_class == MISMATCH or attempt >= attempts:
                 raise
             delay = min(30.0, 2.0 ** (attempt - 1))
             if exc.retry_after is not None:

@@ -484,10 +484,10 @@ class _Pull:
             position += count
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
-                self.context.emit("progress", bytes=position - offset - reported)
+                self.context.emit("progress", bytes=position - offset - reported, offset=offset)
                 reported, last = position - offset, now
         if position - offset > reported:
-            self.context.emit("progress", bytes=position - offset - reported)
+            self.context.emit("progress", bytes=position - offset - reported, offset=offset)
 
 
 def _open_partial(partial: str, size: int, fresh: bool) -> int:
