@@ -674,9 +674,13 @@ class LfsClient:
             )
         except _Status as answer:
             exc = answer.failure("verify", self.repo)
-            if exc.kind != "retryable" and exc.error_class not in ("quota", "redirect"):
-                # 404/422 from verify: the object did not arrive whole; upload it again.
+            if answer.status in (404, 422):
+                # The object did not arrive whole: the daemon sends it again (once; then it blocks).
                 exc.kind, exc.error_class = "retryable", MISMATCH
+            elif exc.kind != "retryable" and exc.error_class not in ("quota", "redirect"):
+                # Another refusal (an action token that expired during a long PUT, unannounced): ask the
+                # batch API again, which says whether the object arrived.
+                exc.kind = "retryable"
             raise exc from None
 
 
