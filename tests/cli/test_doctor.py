@@ -5,6 +5,7 @@ host that never answers) fails that check with its fix, and never shows a secret
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -160,6 +161,26 @@ def test_everything_up_passes(doctor: Doctor) -> None:
     store.publish("daemon", {"pid": 4242, "version": "test", "state": "running", "running": 0})
     store.close()
     assert check(doctor.json(code=0), "daemon")["status"] == "ok"
+
+
+def test_the_hubs_rate_limits_left_are_shown(doctor: Doctor) -> None:
+    hub = doctor.box.hub
+    assert hub is not None
+    row = check(doctor.json(code=0), "hub rate limit")
+    assert row["status"] == "ok"
+    assert re.fullmatch(r"api \d+/1000, resolvers \d+/5000 left in this 5-minute window", row["detail"])
+
+    hub.rate_limits.clear()
+    hub.rate_limits.quotas["free"]["api"] = 3  # doctor's own whoami and auth_check leave one
+    try:
+        row = check(doctor.json(code=0), "hub rate limit")
+    finally:
+        hub.rate_limits.quotas["free"]["api"] = 1000
+    assert row["status"] == "warn"
+    assert re.fullmatch(
+        r"api 1/3, resolvers \d+/5000 left in this 5-minute window \(api resets in 4m\d\ds\)", row["detail"]
+    )
+    assert row["hint"].startswith("relayd waits for the window to reset")
 
 
 def test_a_revoked_hub_token_fails_with_a_hint(doctor: Doctor) -> None:
