@@ -1020,17 +1020,23 @@ class _HubHandler(_Handler):
         self._reply(200, json.dumps(payload).encode(), headers)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        as_json: bool = False,
     ) -> None:
         """Answer like the Hub: ``X-Error-Code`` (when the Hub has one), ``X-Error-Message``, and the
-        message as the body: JSON ``{"error": …}`` from the API, plain text from the resolvers, a page
-        for the pages; a 401 also names its scheme (``WWW-Authenticate``)."""
+        message as the body: JSON ``{"error": …}`` from the API (and wherever *as_json*), plain text
+        from the resolvers, a page for the pages; a 401 also names its scheme (``WWW-Authenticate``)."""
         extra = {**(headers or {}), "X-Error-Message": message}
         if code is not None:
             extra["X-Error-Code"] = code
         if status == 401:
             extra["WWW-Authenticate"] = 'Bearer realm="Authentication required", charset="UTF-8"'
-        if self._bucket == "resolvers":
+        if self._bucket == "resolvers" and not as_json:
             self._reply(status, message.encode(), extra, "text/plain; charset=utf-8")
         elif self._bucket == "pages":
             page = f"<!DOCTYPE html><html><body><h1>{status}</h1><p>{message}</p></body></html>"
@@ -1074,8 +1080,8 @@ class _HubHandler(_Handler):
         with self.hub._lock:
             sha = repo.resolve(revision)
             commit = repo.commits[sha] if sha is not None else None
-        if commit is None:
-            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if commit is None:  # JSON even from the resolvers, as captured from the Hub
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", as_json=True)
         return commit
 
     # -- /api/{type}s/{id}/… ------------------------------------------------------------------------

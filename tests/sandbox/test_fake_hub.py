@@ -629,6 +629,8 @@ def test_every_response_has_content_length_and_hub_errors_have_codes(hub: FakeHu
         (f"{hub.endpoint}/api/models/{REPO}/revision/nope", {}, 404, "RevisionNotFound"),
         (f"{hub.endpoint}/api/models/{REPO}/tree/main/nope", {}, 404, "EntryNotFound"),
         (f"{hub.endpoint}/{REPO}/resolve/main/nope", {}, 404, "EntryNotFound"),
+        (f"{hub.endpoint}/{REPO}/resolve/nope/config.json", {}, 404, "RevisionNotFound"),
+        (f"{hub.endpoint}/alice/none/resolve/main/config.json", {}, 401, None),
         (f"{hub.endpoint}/{REPO}/resolve/main/config.json", {}, 307, None),
         (f"{hub.endpoint}/{REPO}/resolve/main/{SHARD}", {}, 302, None),
         (f"{hub.endpoint}/api/models/{REPO}", {"Authorization": "Bearer wrong"}, 401, None),
@@ -639,7 +641,7 @@ def test_every_response_has_content_length_and_hub_errors_have_codes(hub: FakeHu
         assert response_headers["Content-Length"] == str(len(body)), url
         if got >= 400:  # the message: as JSON from the API, as plain text from the resolvers
             message = response_headers["X-Error-Message"]
-            resolver = "/resolve/" in url
+            resolver = "/resolve/" in url and code != "RevisionNotFound"
             assert (body.decode() if resolver else json.loads(body)["error"]) == message
             assert response_headers["Content-Type"].startswith(
                 "text/plain" if resolver else "application/json"
