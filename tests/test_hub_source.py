@@ -247,6 +247,17 @@ def test_a_429_waits_for_the_reset_the_server_names(world: World, hub: FakeHub) 
     assert world.poll("alice/tiny").changed
 
 
+def test_a_disabled_repo_blocks(world: World, hub: FakeHub) -> None:
+    make_model_repo(hub, "alice/tiny", shards=1, shard_size=1024)
+    hub.update_repo("alice/tiny", disabled=True)  # 403 "Access to this resource is disabled."
+    world.add("alice/tiny")
+
+    world.poll("alice/tiny")
+
+    repo = world.repo("alice/tiny")
+    assert repo.poll_state == "blocked"
+    assert repo.poll_error == f"alice/tiny is disabled on {hub.endpoint}"
+
 @pytest.mark.parametrize("with_code", [False, True])
 def test_a_missing_repo_asked_anonymously_blocks_as_not_found(
     world: World, hub: FakeHub, with_code: bool
