@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import relayd.hub_limits
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import File, Snapshot, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, utcnow
@@ -83,6 +84,12 @@ class World:
                 .filter(SnapshotFile.snapshot_id == snapshot.id)
             )
             return {row.path: row for row in rows}
+
+
+@pytest.fixture(autouse=True)
+def fresh_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test teaches relayd of the Hub's rate limits (clocks included) stays with that test."""
+    monkeypatch.setattr(relayd.hub_limits, "_BUDGETS", {})
 
 
 @pytest.fixture
@@ -257,6 +264,7 @@ def test_a_disabled_repo_blocks(world: World, hub: FakeHub) -> None:
     repo = world.repo("alice/tiny")
     assert repo.poll_state == "blocked"
     assert repo.poll_error == f"alice/tiny is disabled on {hub.endpoint}"
+
 
 @pytest.mark.parametrize("with_code", [False, True])
 def test_a_missing_repo_asked_anonymously_blocks_as_not_found(

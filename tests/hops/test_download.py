@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
+import relayd.hub_limits
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
 from relayd.hops.base import plan_ranges
 from relayd.hops.download import _Run, piece_length
@@ -27,6 +28,12 @@ from relayd.sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
 
 MiB = 1024 * 1024
 WEIGHTS = "model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def fresh_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test teaches relayd of the Hub's rate limits (clocks included) stays with that test."""
+    monkeypatch.setattr(relayd.hub_limits, "_BUDGETS", {})
 
 
 def one_file_repo(hub: FakeHub, name: str = "alice/one", size: int = 2 * MiB, seed: int = 1) -> str:
