@@ -687,6 +687,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
 
     def setup(self) -> None:
         super().setup()
+        self._sent = set()  # also for answers the base class sends before _handle (send_error)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:

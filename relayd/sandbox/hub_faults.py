@@ -142,7 +142,7 @@ class Faults:
     def range_bound(self, *, match: str | None = None) -> FaultRule:
         """Until cancelled, bind each signed URL to the first range it is used with (or to the range
         of the ``/resolve`` request that signed it): any other range, or none, gets 403
-        "Auth failed: invalid range". ``hits`` counts the ranged CDN requests checked."""
+        "Auth failed: invalid range". ``hits`` counts the requests checked."""
         return self._add(FaultRule(FaultKind.RANGE_BOUND, _places(("cdn", "resolve")), None, match))
 
     def stale_range(
