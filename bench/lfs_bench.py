@@ -305,7 +305,7 @@ def main() -> int:
                     identity_file=None,
                     known_hosts_file=None,
                     ssh_config_file=None,
-                    strict_host_key_checking=True,
+                    strict_host_key_checking="yes",
                     ssh_options=(),
                     ssh_multiplex=False,
                     python="python3",

@@ -179,7 +179,8 @@ def main() -> int:
         "cases": {},
     }
     with FakeDrive(work / "drive") as drive, SandboxSshd() as sshd:
-        drive.settings.download_link_cap = None  # measure the link, not the cap
+        # Measure the link, not the drive's concurrent-download cap.
+        drive.settings.download_cap_per_app = drive.settings.download_cap_per_user = None
         file_id = upload_to_fake_drive(drive, source, "bench/model.safetensors")
         links = FakeDriveLinks(drive.api_url, drive.issue_access_token(), drive_id=drive.default_drive_id)
         for name, bandwidth in (("capped", float(cap)), ("uncapped", None)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from relayd.errors import ConfigError
 from relayd.units import parse_duration, parse_size
@@ -46,32 +48,28 @@ class SecretRef:
         """Say where the secret comes from without revealing it."""
         if self.value:
             return "set in the config file"
-        if self.env:
-            return f"from the environment variable {self.env}"
+        source = ""
         if self.file:
-            return f"from the file {self.file}"
+            source = f"the file {self.file}"
         if self.credential:
-            return f"from the systemd credential {self.credential}"
-        return "not set"
+            source = f"the systemd credential {self.credential}"
+        if self.env:
+            return f"from the environment variable {self.env}" + (f", else {source}" if source else "")
+        return f"from {source}" if source else "not set"
 
     def resolve(self) -> str | None:
-        """Return the secret, or None when it is not configured or the source is empty.
+        """Return the secret, or None when it is not configured or the source is empty. An environment
+        variable that is set wins over a file or credential also configured.
 
         Raise ConfigError when a configured file or credential cannot be read.
         """
         if self.value:
             return self.value
-        if self.env:
-            return os.environ.get(self.env) or None
+        if self.env and os.environ.get(self.env):
+            return os.environ[self.env]
         path: Path | None = self.file
         if self.credential:
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise ConfigError(
-                    f"{self.key}_credential = {self.credential!r} needs $CREDENTIALS_DIRECTORY "
-                    "(set by systemd's LoadCredential=)"
-                )
-            path = Path(directory) / self.credential
+            path = credential_path(self.credential, f"{self.key}_credential")
         if path is None:
             return None
         try:
@@ -81,6 +79,26 @@ class SecretRef:
 
     def __repr__(self) -> str:
         return f"SecretRef({self.key}: {self.describe()})"
+
+
+#: What a credential name may be: a plain file name in $CREDENTIALS_DIRECTORY (as systemd's IDs are).
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
+
+
+def credential_path(name: str, key: str) -> Path:
+    """Return where the systemd credential *name* (named by config *key*) is: a file in
+    $CREDENTIALS_DIRECTORY, the directory systemd's ``LoadCredential=`` fills for the service.
+
+    Outside systemd, set $CREDENTIALS_DIRECTORY to a directory holding a file of that name (for
+    example ``/etc/relayd/credentials`` when relayctl runs as root). Raise ConfigError when it is unset.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            f"{key} = {name!r} needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=; "
+            "outside systemd set it to the directory holding the credential files)"
+        )
+    return Path(directory) / name
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,8 @@ class RetryConfig:
     initial: float
     maximum: float
     multiplier: float
+    # A transfer or poll failing for longer than this (while it retries) is shown as stuck and notified.
+    surface_after: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,8 @@ class HubConfig:
     timeout: float
     default_every: float
     stall_timeout: float
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,8 @@ class DriveConfig:
     on_conflict: str
     timeout: float
     url_lifetime: float
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,7 +176,7 @@ class VmConfig:
     identity_file: Path | None
     known_hosts_file: Path | None
     ssh_config_file: Path | None
-    strict_host_key_checking: bool
+    strict_host_key_checking: str  # "yes", "accept-new" or "no" (OpenSSH's words)
     ssh_options: tuple[str, ...]
     ssh_multiplex: bool
     python: str
@@ -161,6 +185,12 @@ class VmConfig:
     connections: int
     piece_size: int
     from_staging: bool
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
+    # The SSH key and known_hosts as systemd credentials (names in $CREDENTIALS_DIRECTORY), instead of
+    # identity_file / known_hosts_file.
+    identity_credential: str | None = None
+    known_hosts_credential: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +202,8 @@ class ModelScopeConfig:
     force_push: bool
     activity_timeout: float
     work_dir: str
+    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
+    proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -366,6 +398,10 @@ class SectionReader:
         ]
         if len(explicit) > 1:
             raise self.error(explicit[1], f"only one of {', '.join(explicit)}")
+        if credential and not _CREDENTIAL_NAME.match(credential):
+            raise self.error(
+                f"{key}_credential", "a credential name (letters, digits, '_.@-', no '/')", credential
+            )
         file_path = self.path(f"{key}_file", "") if file_value else None
         if explicit:
             env = env if f"{key}_env" in self._data else ""
@@ -376,6 +412,13 @@ class SectionReader:
             file=file_path,
             credential=credential or None,
         )
+
+    def credential(self, key: str) -> str:
+        """Read the name of a systemd credential ('' when unset): a plain file name."""
+        name = self.string(key, "")
+        if name and not _CREDENTIAL_NAME.match(name):
+            raise self.error(key, "a credential name (letters, digits, '_.@-', no '/')", name)
+        return name
 
     def table(self, key: str) -> SectionReader:
         value = self._get(key, {})
@@ -401,6 +444,25 @@ class SectionReader:
             raise ConfigError(
                 f"{self._file}: unknown key {names} (see config.example.toml for the valid keys)"
             )
+
+
+def _proxy(reader: SectionReader) -> str:
+    """Read a section's ``proxy``: "" (the environment's HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) or an
+    http:// proxy URL with its port (curl, and so git, would assume 1080 where Python's clients assume
+    80). The error never repeats the value: it may hold a password."""
+    value = reader.string("proxy", "").strip()
+    if not value:
+        return ""
+    from relayd.vm.agent.proxy import ProxyError, parse_proxy
+
+    expected = "an http:// proxy URL with its port, such as 'http://proxy.example:3128'"
+    try:
+        parse_proxy(value)
+    except ProxyError as exc:
+        raise reader.error("proxy", f"{expected} ({exc})") from None
+    if not value.startswith("http://") or urlsplit(value).port is None:
+        raise reader.error("proxy", expected)
+    return value
 
 
 def _catalogue(reader: SectionReader, state_default: Path) -> CatalogueConfig:
@@ -439,6 +501,7 @@ def _retry(reader: SectionReader) -> RetryConfig:
         initial=reader.duration("initial", "5s", minimum=0.01),
         maximum=reader.duration("maximum", "1h", minimum=0.01),
         multiplier=reader.number("multiplier", 2.0, minimum=1.0),
+        surface_after=reader.duration("surface_after", "1h", minimum=0.01),
     )
     if config.maximum < config.initial:
         raise reader.error("maximum", f"a duration ≥ retry.initial ({config.initial}s)", config.maximum)
@@ -470,6 +533,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         timeout=reader.duration("timeout", "60s", minimum=1),
         default_every=reader.duration("default_every", "1h", minimum=10),
         stall_timeout=reader.duration("stall_timeout", "60s", minimum=1),
+        proxy=_proxy(reader),
     )
     reader.finish()
     return config
@@ -490,6 +554,7 @@ def _drive(reader: SectionReader) -> DriveConfig:
         on_conflict=reader.string("on_conflict", "replace", choices=("replace", "keep_both", "block")),
         timeout=reader.duration("timeout", "60s", minimum=1),
         url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
+        proxy=_proxy(reader),
     )
     reader.finish()
     return config
@@ -512,7 +577,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         identity_file=reader.path("identity_file", ""),
         known_hosts_file=reader.path("known_hosts_file", ""),
         ssh_config_file=reader.path("ssh_config_file", ""),
-        strict_host_key_checking=reader.boolean("strict_host_key_checking", True),
+        strict_host_key_checking=_host_key_checking(reader),
         ssh_options=reader.strings("ssh_options"),
         ssh_multiplex=reader.boolean("ssh_multiplex", True),
         python=reader.string("python", "python3"),
@@ -523,15 +588,35 @@ def _vm(reader: SectionReader) -> VmConfig:
         connections=reader.integer("connections", 2, minimum=1, maximum=16),
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
+        proxy=_proxy(reader),
+        identity_credential=reader.credential("identity_credential") or None,
+        known_hosts_credential=reader.credential("known_hosts_credential") or None,
     )
+    for file_key, credential_key in (
+        ("identity_file", "identity_credential"),
+        ("known_hosts_file", "known_hosts_credential"),
+    ):
+        if getattr(config, file_key) is not None and getattr(config, credential_key):
+            raise reader.error(credential_key, f"only one of {file_key}, {credential_key}")
     reader.finish()
-    if config.concurrency * config.connections > 3:
+    if config.concurrency * config.connections > 2:
         log.warning(
-            "vm.concurrency × vm.connections = %d download links at once; the drive allows 2 per app and "
-            "3 per user (403 beyond): the VM agent drops the connections the drive refuses",
+            "vm.concurrency × vm.connections = %d downloads from the drive at once; it allows 2 per app "
+            "(3 per user) and refuses more (403 ExceedMaxConcurrency): relayd then drops connections and "
+            "waits",
             config.concurrency * config.connections,
         )
     return config
+
+
+def _host_key_checking(reader: SectionReader) -> str:
+    """Read vm.strict_host_key_checking: true ("yes"), false ("no") or "accept-new"."""
+    value = reader._get("strict_host_key_checking", True)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value in ("yes", "no", "accept-new"):
+        return str(value)
+    raise reader.error("strict_host_key_checking", 'true, false or "accept-new"', value)
 
 
 def _modelscope(reader: SectionReader) -> ModelScopeConfig:
@@ -548,6 +633,7 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
         force_push=reader.boolean("force_push", False),
         activity_timeout=reader.duration("activity_timeout", "1h", minimum=30),
         work_dir=reader.string("work_dir", ""),
+        proxy=_proxy(reader),
     )
     if config.work_dir and not config.work_dir.startswith("/"):
         raise reader.error(
@@ -633,7 +719,9 @@ def load_config(path: Path | str) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file (copy config.example.toml there to start)") from exc
+        raise ConfigError(
+            f"{path}: no such file; start one with `relayctl config example > {path}`, then edit it"
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
@@ -655,7 +743,7 @@ def _warn_if_secrets_readable(config: Config) -> None:
     if mode & 0o077:
         log.warning(
             "%s holds secrets (%s) but its mode is %o: others on this machine can read them; "
-            "run `chmod 600 %s`",
+            "run `chmod 600 %s`, or move them out of it (token_file, token_credential)",
             config.path,
             ", ".join(inline),
             mode,

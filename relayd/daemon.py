@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import click
 
 from relayd import __version__
 from relayd.catalogue import migrate
 from relayd.catalogue.db import is_sqlite, sqlite_path
+from relayd.catalogue.queries import instance_lock_path
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
 from relayd.config import Config, load_config
@@ -36,7 +37,7 @@ from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext, Services
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.metrics import MetricsServer
+from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
@@ -46,9 +47,13 @@ log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 10.0
+LOCK_TRIES = 10
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+#: Everything relayd creates (state, catalogue, staging, tokens, the VM's files through its children) is
+#: its user's alone, whatever umask it was started with.
+PRIVATE_UMASK = 0o077
 
 
 @contextmanager
@@ -59,11 +64,11 @@ def instance_lock(config: Config) -> Iterator[Path | None]:
     if database is None:
         yield None
         return
-    lock_path = database.with_name(database.name + ".lock")
+    lock_path = instance_lock_path(database)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = lock_path.open("a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _take_lock(handle)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
@@ -80,6 +85,19 @@ def instance_lock(config: Config) -> Iterator[Path | None]:
         yield lock_path
     finally:
         handle.close()
+
+
+def _take_lock(handle: IO[str]) -> None:
+    """Take the instance lock, trying a few times within half a second: `relayctl status` holds it
+    shared for an instant to see whether a daemon runs. Raise BlockingIOError if another holds it."""
+    for _ in range(LOCK_TRIES - 1):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.5 / LOCK_TRIES)
+        else:
+            return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
@@ -106,7 +124,9 @@ def build_services(config: Config, store: Store, services: Services | None = Non
         )
 
     def vm() -> Any:
-        return importlib.import_module("relayd.vm.executor").make_executor(config.vm)
+        return importlib.import_module("relayd.vm.executor").make_executor(
+            config.vm, state_dir=config.daemon.state_dir
+        )
 
     if services is None:
         return Services({"drive": drive, "vm": vm})
@@ -220,12 +240,12 @@ class Daemon:
             owner=owner,
             services=build_services(config, store),
         )
-        config.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+        config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         hops = build_hops(config, ctx)
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
         sources, source_for_hop = build_sources(config, hops)
-        self.poller = Poller(store, sources, source_for_hop)
+        self.poller = Poller(store, sources, source_for_hop, config.retry)
         self.store = store
         self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
         if once:
@@ -259,10 +279,10 @@ class Daemon:
             timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300}
         )
         self.scheduler.start()
+        metrics = self._start_metrics()  # before the engine, so its counters miss no byte
         self.engine.start()
         self.notifier_thread = WebhookNotifier(self.store, self.config.notify)
         self.notifier_thread.start()
-        metrics = self._start_metrics()
         watcher = self._watch_config()
         self._reconcile()
         self._heartbeat()
@@ -308,11 +328,13 @@ class Daemon:
     def _start_metrics(self) -> MetricsServer | None:
         if not self.config.metrics.listen:
             return None
+        metrics = Metrics(self.store)
         try:
-            server = MetricsServer(self.store, self.config.metrics.listen)
+            server = MetricsServer(metrics, self.config.metrics.listen)
         except (ValueError, OSError) as exc:
             log.error("metrics are off: %s", exc)
             return None
+        metrics.watch(self.store, self.engine.hops)
         server.start()
         return server
 
@@ -458,6 +480,7 @@ class Daemon:
         self.engine.staging.config = new.staging
         sources, source_for_hop = build_sources(new, hops)
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
+        self.poller.retry = new.retry
         self.config = new
         self._scheduled.clear()
         self._fingerprint = None
@@ -495,6 +518,7 @@ def main() -> None:
 )
 def run(config_path: Path, once: bool, log_level: str | None) -> None:
     """Serve the catalogue: poll repos on their schedules and move their files along their routes."""
+    os.umask(PRIVATE_UMASK)
     setup_logging(log_level or "info")
     try:
         daemon = Daemon(config_path)
@@ -509,7 +533,10 @@ def run(config_path: Path, once: bool, log_level: str | None) -> None:
     sys.exit(code)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+# --help goes to the demo's own command, which lists its options.
+@main.command(
+    add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Run a whole relay on the local sandbox and verify it (see `relayd demo --help`)."""

@@ -5,7 +5,8 @@ an sshd is available or locally, and a git + LFS server), a real daemon on a tem
 the repo with relayctl, shows live progress per file and hop, and ends with a verification table: each
 file's sha256 at the Hub, on the drive, on the VM and in a fresh clone of the pushed repo. Then it
 commits a change upstream (one shard changed, one file removed) and shows that only that shard travels
-and that the pushed repo matches the new revision. It exits 0 only if everything verified.
+and that the pushed repo matches the new revision, and last each hop's bytes moved (re-sends included)
+beside what the sandbox's servers counted. It exits 0 only if everything verified and agreed.
 ``--local`` runs the short local_copy route instead (no network services at all).
 """
 
@@ -263,6 +264,33 @@ class RouteDemo(Demo):
             raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
         return result
 
+    def report_bytes_moved(self, say: Callable[[str], None]) -> bool:
+        """Say each hop's bytes moved (re-sends included) beside what the sandbox's servers counted
+        (the CDN sent; the drive, its data host and the LFS server received); True if they agree."""
+        sandbox = self.sandbox
+        assert sandbox.hub is not None and sandbox.drive is not None and sandbox.git is not None  # noqa: S101
+        stats = sandbox.drive.stats()
+        counted = {
+            "download": sandbox.hub.bytes_served(),
+            "pan_upload": stats.put_bytes,
+            "vm_pull": stats.download_bytes,
+            "lfs_push": sandbox.git.counters().put_bytes,
+        }
+        parts = []
+        for hop, count in counted.items():
+            moved = self.bytes_moved(hop)
+            parts.append(
+                f"{hop} {format_size(moved)}"
+                + ("" if moved == count else f" (the server counted {format_size(count)})")
+            )
+        agree = all(self.bytes_moved(hop) == count for hop, count in counted.items())
+        say(
+            "bytes moved, re-sends included: "
+            + ", ".join(parts)
+            + ("; the servers counted the same" if agree else "; THE SERVERS COUNTED OTHERWISE")
+        )
+        return agree
+
 
 def show_table(table: Any) -> None:
     """Print a rich table: to a terminal at its width; elsewhere (a log, a pipe, CI) wide enough
@@ -328,6 +356,7 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
             ok = all(row.ok for row in rows) and not extra and only_shard and gone
             if not gone:
                 say(f"{removed} is still in the pushed repo")
+        ok = demo.report_bytes_moved(say) and ok
         if options.keep and ok:
             say(f"the sandbox keeps running; try: relayctl -c {demo.config_path} status. Ctrl-C to stop.")
             while True:
@@ -418,16 +447,59 @@ def run_demo(options: DemoOptions) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-@click.command(name="demo", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--shards", default=3, show_default=True, help="Weight shards in the generated model.")
-@click.option("--shard-size", default="64 MiB", show_default=True, help="Size of each shard.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Keep the sandbox here.")
-@click.option("--keep", is_flag=True, help="Keep the sandbox and daemon running for exploration.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for each revision.")
-@click.option("--no-change", is_flag=True, help="Skip the second revision.")
+@click.command(
+    name="demo",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 when every file verified at every place, 1 otherwise.",
+)
+@click.option(
+    "--shards",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="How many weight shards the generated model has.",
+)
+@click.option(
+    "--shard-size",
+    default="64 MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="The size of each shard, e.g. 1MiB or '64 MiB'.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Build the sandbox (config, catalogue, logs, every service's files) in DIR and leave it there "
+    "[default: a temporary directory, removed at the end].",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the sandbox and its daemon running after the check, to explore with relayctl "
+    "(Ctrl-C stops them).",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    metavar="SECONDS",
+    help="How long each revision may take to arrive everywhere before the demo fails.",
+)
+@click.option(
+    "--no-change",
+    is_flag=True,
+    help="Stop after the first revision (skip the upstream change that shows only the changed shard "
+    "travels).",
+)
 @click.option("--local", is_flag=True, help="Relay through local_copy only (no Hub, drive, VM or git).")
 @click.option(
-    "--ssh/--no-ssh", default=None, help="Reach the VM over SSH (default: when an sshd is installed)."
+    "--ssh/--no-ssh",
+    default=None,
+    help="Reach the VM over SSH through a sandbox sshd, or run its side locally [default: SSH when an "
+    "sshd is installed].",
 )
 def demo_command(
     shards: int,
@@ -440,9 +512,13 @@ def demo_command(
     ssh: bool | None,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
+    try:
+        size = parse_size(shard_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--shard-size'") from exc
     options = DemoOptions(
         shards=shards,
-        shard_size=parse_size(shard_size),
+        shard_size=size,
         workdir=workdir,
         keep=keep,
         timeout=timeout,

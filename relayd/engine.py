@@ -6,6 +6,11 @@ process's claims come back when they expire. Each failure is classified by its e
 (``waiting`` with exponential backoff and jitter, or the server's Retry-After), needs a person
 (``blocked`` with a reason and a hint) or permanent (``blocked``). Downloads are held while the staging
 disk is over its budget.
+
+Nothing retries for ever unseen: a transfer or a poll (relayd.poll uses the same backoff) whose failures
+have gone on for longer than ``retry.surface_after`` is surfaced as stuck (status and a notification,
+once per streak) while it keeps retrying, and an unexpected exception that repeats word for word
+``INTERNAL_BLOCK_AFTER`` times in a row blocks the transfer, since waiting does not fix a bug.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from datetime import timedelta
 from relayd.catalogue.schema import BLOCKED, WAITING
 from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
-from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
@@ -32,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DISK_RECHECK = 10.0  # seconds between looks for room after a full disk (staging)
 REMOTE_DISK_RECHECK = 60.0  # ... and for hops writing elsewhere (the VM's disk)
+STUCK_CHECK = 5.0  # seconds between looks for failure streaks to surface (less for a tiny surface_after)
+INTERNAL_BLOCK_AFTER = 5  # the same unexpected exception this many times in a row blocks the transfer
 
 
 def backoff_delay(attempts: int, retry: RetryConfig, retry_after: float | None = None) -> float:
@@ -55,6 +62,15 @@ class EngineSettings:
 
 
 def run_hop(hop: Hop, job: Job) -> Outcome:
+    """Run one transfer through its hop (``_run_hop``); a copy the destination measured wrong is sent
+    again once, and blocks on the second mismatch in a row (``Job.integrity_failed``)."""
+    try:
+        return _run_hop(hop, job)
+    except IntegrityMismatch as mismatch:
+        raise job.integrity_failed(mismatch) from mismatch
+
+
+def _run_hop(hop: Hop, job: Job) -> Outcome:
     """Run one transfer through its hop: plan if needed, move the missing pieces, verify."""
     if job.snapshot is not None and job.file is None:
         return hop.finish_snapshot(job)
@@ -101,6 +117,9 @@ class Engine:
         self._reserved: dict[int, int] = {}
         self._last_disk_check = 0.0
         self._last_remote_disk_check = 0.0
+        self._last_stuck_check = 0.0
+        # transfer id → the last unexpected exception's message and how many times in a row it came
+        self._internal_errors: dict[int, tuple[str, int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -248,10 +267,30 @@ class Engine:
             if count:
                 log.info("%d transfer(s) blocked by a full disk try again", count)
 
+    def _surface_stuck(self) -> None:
+        """Surface (status and a notification) what has kept failing for longer than retry.surface_after."""
+        surface_after = self.settings.retry.surface_after
+        now = time.monotonic()
+        if now - self._last_stuck_check < min(STUCK_CHECK, surface_after / 2):
+            return
+        self._last_stuck_check = now
+        for notice in self.store.surface_stuck(utcnow() - timedelta(seconds=surface_after)):
+            what = f"{notice.hop} {notice.path or '(whole snapshot)'}" if notice.hop else "poll"
+            log.warning(
+                "%s %s: stuck, failing since %s (%d attempts): %s; check: %s",
+                notice.repo,
+                what,
+                notice.failing_since.isoformat(timespec="seconds"),
+                notice.attempts,
+                notice.error,
+                notice.hint,
+            )
+
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
         self._unblock_disk()
+        self._surface_stuck()
         candidates = self.store.runnable_hops() & set(self.hops)
         for hop_name in sorted(candidates, key=lambda name: -self._route_position(name)):
             while not self._stop_claiming.is_set():
@@ -278,7 +317,7 @@ class Engine:
                     self._running[transfer.id] = hop_name
                     if large and transfer.bytes_total >= large[0]:
                         self._large.add(transfer.id)
-                self._pool.submit(self._run, transfer.id, hop_name)
+                self._pool.submit(self._run, transfer.id, hop_name, transfer.attempts)
                 started += 1
         return started
 
@@ -310,11 +349,29 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------------
 
-    def _run(self, transfer_id: int, hop_name: str) -> None:
+    def _run(self, transfer_id: int, hop_name: str, attempts: int) -> None:
         try:
             self._run_transfer(transfer_id, hop_name)
-        except Exception:
-            log.exception("transfer %s: unexpected failure while recording its outcome", transfer_id)
+        except Exception as exc:
+            log.exception(
+                "transfer %s: unexpected failure while loading it or recording its outcome", transfer_id
+            )
+            # Park it like any failure (rather than leave it running until its lease expires), so that
+            # its streak of failures begins and it surfaces as stuck if this keeps happening.
+            try:
+                delay = backoff_delay(attempts, self.settings.retry)
+                self.store.defer(
+                    transfer_id,
+                    self.owner,
+                    state=WAITING,
+                    error=f"internal error: {type(exc).__name__}: {exc}",
+                    error_class="internal",
+                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                )
+            except Exception:
+                log.exception(
+                    "transfer %s: parking it failed too; it comes back when its lease expires", transfer_id
+                )
         finally:
             with self._lock:
                 self._running.pop(transfer_id, None)
@@ -325,6 +382,7 @@ class Engine:
     def _run_transfer(self, transfer_id: int, hop_name: str) -> None:
         hop = self.hops[hop_name]
         job = Job(self.store.load_job(transfer_id), self.ctx)
+        internal = False
         try:
             outcome = run_hop(hop, job)
         except Cancelled:
@@ -365,16 +423,26 @@ class Engine:
                 )
             return
         except Exception as exc:
+            internal = True
             job.log.exception("hop %s failed unexpectedly", hop_name)
-            self._defer(
-                job,
-                WAITING,
-                f"internal error: {type(exc).__name__}: {exc}",
-                error_class="internal",
-                hint=None,
-                retry_after=None,
-            )
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            repeats = self._count_internal(transfer_id, message)
+            if repeats >= INTERNAL_BLOCK_AFTER:
+                hint = (
+                    f"relayd failed the same way {repeats} times in a row, a bug that waiting does not fix: "
+                    "report it with the traceback from the daemon log (`journalctl -u relayd`); "
+                    "`relayctl retry` tries again"
+                )
+                with self._lock:
+                    self._internal_errors.pop(transfer_id, None)  # `relayctl retry` starts a new count
+                self._defer(job, BLOCKED, message, error_class="internal", hint=hint, retry_after=None)
+            else:
+                self._defer(job, WAITING, message, error_class="internal", hint=None, retry_after=None)
             return
+        finally:
+            if not internal:
+                with self._lock:
+                    self._internal_errors.pop(transfer_id, None)
         job.finish_progress()
         try:
             releasable = self.store.complete(
@@ -393,6 +461,14 @@ class Engine:
         for staged in releasable:
             self.store.unstage(staged.blob_id)
             self.staging.remove(staged.staged_path)
+
+    def _count_internal(self, transfer_id: int, message: str) -> int:
+        """Return how many times in a row the transfer has now failed with this unexpected exception."""
+        with self._lock:
+            previous, count = self._internal_errors.get(transfer_id, ("", 0))
+            count = count + 1 if previous == message else 1
+            self._internal_errors[transfer_id] = (message, count)
+            return count
 
     def _defer(
         self,

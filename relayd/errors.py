@@ -2,8 +2,9 @@
 
 A hop signals what should happen next by the class it raises: ``Retryable`` parks the transfer as
 ``waiting`` with a backoff, ``NeedsPerson`` parks it as ``blocked`` with a reason and a hint that says
-what to do, ``Permanent`` blocks it as well (nothing a retry can fix), ``Cancelled`` puts it back to
-``pending`` untouched because the daemon is stopping.
+what to do, ``Permanent`` blocks it as well (nothing a retry can fix), ``IntegrityMismatch`` sends the
+copy again once and blocks on the second mismatch in a row, ``Cancelled`` puts it back to ``pending``
+untouched because the daemon is stopping.
 """
 
 from __future__ import annotations
@@ -78,6 +79,38 @@ class Permanent(HopError):
     def __init__(self, message: str, *, hint: str = "", error_class: str | None = None) -> None:
         super().__init__(message, error_class=error_class)
         self.hint = hint or "fix the cause, then run `relayctl retry`"
+
+
+class IntegrityMismatch(HopError):
+    """The destination measured another hash than the content's: the copy is discarded.
+
+    A hop raises it after throwing the bad copy away (or marking its bad pieces missing); the engine
+    sends the copy again once, and blocks the transfer on a second mismatch in a row (``Job``
+    counts them). *expected* and *actual* are the hashes (with the algorithm in *algorithm*),
+    *where* says where the copy was measured ("on the drive after pan_upload"), *hint* what a person
+    should check when it repeats.
+    """
+
+    error_class = "integrity"
+
+    def __init__(
+        self,
+        *,
+        expected: str,
+        actual: str,
+        where: str,
+        hint: str,
+        algorithm: str = "sha256",
+        detail: str = "",
+    ) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.where = where
+        self.hint = hint
+        self.algorithm = algorithm
+        self.detail = detail
+        message = f"{algorithm} mismatch measured {where}: expected {expected}, got {actual}"
+        super().__init__(f"{message} ({detail})" if detail else message)
 
 
 class Cancelled(HopError):

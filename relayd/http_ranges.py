@@ -7,7 +7,8 @@ expected, and whose body is complete. Everything else is raised as a ``RangeErro
 what to do next: retry the range (``RangeIgnored``, ``BadContentRange``, ``ShortBody``, ``Stalled``,
 ``ConnectionLost``, ``ServerError``), fetch a fresh location (``LocationRefused``, ``RangeNotSatisfiable``)
 or wait (``RateLimited``). Redirects are followed by hand so that credentials go only to the origin they
-belong to.
+belong to. Connections go through the configured proxy or the environment's (``HTTPS_PROXY``,
+``NO_PROXY``, …; relayd/vm/agent/proxy.py decides, as it does for every client relayd runs).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from email.utils import parsedate_to_datetime
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+from relayd.vm.agent.proxy import ProxyError, Route, proxy_for
+
 __all__ = [
     "BadContentRange",
     "ConnectionLost",
     "LocationRefused",
+    "ProxyUnusable",
     "RangeClient",
     "RangeError",
     "RangeIgnored",
@@ -103,6 +107,11 @@ class ServerError(RangeError):
     """A 5xx (or 408) answer."""
 
 
+class ProxyUnusable(RangeError):
+    """The proxy setting that applies to the URL is not an HTTP proxy relayd can use, or the proxy
+    wants credentials (407)."""
+
+
 class UnexpectedStatus(RangeError):
     """Any other status, including redirect loops."""
 
@@ -159,6 +168,8 @@ class RangeClient:
     carry (an empty dict for foreign origins); it is consulted for every request, redirects included.
     *on_answer* is shown the URL and headers of every answer, redirects included (to read the rate
     limits a Hub announces).
+    *proxy* is the service's configured proxy ("" for the environment's proxy variables); ``NO_PROXY``
+    applies either way.
     """
 
     def __init__(
@@ -171,6 +182,7 @@ class RangeClient:
         on_answer: Callable[[str, Mapping[str, str]], None] | None = None,
         user_agent: str = "relayd",
         ssl_context: ssl.SSLContext | None = None,
+        proxy: str = "",
     ) -> None:
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
@@ -179,6 +191,8 @@ class RangeClient:
         self._on_answer = on_answer
         self._user_agent = user_agent
         self._ssl_context = ssl_context
+        self._proxy = proxy
+        self._routes: dict[Origin, Route] = {}
         self._connections: dict[Origin, http.client.HTTPConnection] = {}
         self._fresh: set[Origin] = set()
 
@@ -188,19 +202,30 @@ class RangeClient:
             connection.close()
         self._connections.clear()
 
+    def _route(self, origin: Origin) -> Route:
+        """Return how requests to *origin* travel (decided once per origin and client)."""
+        route = self._routes.get(origin)
+        if route is None:
+            scheme, host, port = origin
+            if scheme not in ("http", "https"):
+                raise UnexpectedStatus(f"unsupported URL scheme {scheme!r}")
+            try:
+                route = Route(
+                    scheme, host, port, proxy_for(scheme, host, port, self._proxy, where="hub.proxy")
+                )
+            except ProxyError as exc:
+                raise ProxyUnusable(str(exc)) from exc
+            self._routes[origin] = route
+        return route
+
+    def _where(self, origin: Origin) -> str:
+        route = self._routes.get(origin)
+        return route.describe() if route is not None else f"{origin[1]}:{origin[2]}"
+
     def _connection(self, origin: Origin) -> http.client.HTTPConnection:
         connection = self._connections.get(origin)
         if connection is None:
-            scheme, host, port = origin
-            if scheme == "https":
-                context = self._ssl_context or ssl.create_default_context()
-                connection = http.client.HTTPSConnection(
-                    host, port, timeout=self.connect_timeout, context=context
-                )
-            elif scheme == "http":
-                connection = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
-            else:
-                raise UnexpectedStatus(f"unsupported URL scheme {scheme!r}")
+            connection = self._route(origin).connection(self.connect_timeout, self._ssl_context)
             self._connections[origin] = connection
             self._fresh.add(origin)
         return connection
@@ -282,15 +307,13 @@ class RangeClient:
                 self._drop(origin)
                 if reused and attempt == 0:
                     continue  # the server closed an idle keep-alive connection; say it again, once
-                raise ConnectionLost(f"{type(exc).__name__} from {origin[1]}:{origin[2]}: {exc}") from exc
+                raise ConnectionLost(f"{type(exc).__name__} from {self._where(origin)}: {exc}") from exc
             except TimeoutError as exc:
                 self._drop(origin)
-                raise Stalled(
-                    f"no answer from {origin[1]}:{origin[2]} in {self.connect_timeout:.0f}s"
-                ) from exc
+                raise Stalled(f"no answer from {self._where(origin)} in {self.connect_timeout:.0f}s") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(origin)
-                raise ConnectionLost(f"{type(exc).__name__} from {origin[1]}:{origin[2]}: {exc}") from exc
+                raise ConnectionLost(f"{type(exc).__name__} from {self._where(origin)}: {exc}") from exc
             return response, origin
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -332,6 +355,11 @@ class RangeClient:
                     f"{where} answered 416 to bytes={start}-{end - 1} "
                     f"(Content-Range {response.getheader('Content-Range')!r})",
                     int(announced.group(1)) if announced else None,
+                )
+            if status == 407:
+                raise ProxyUnusable(
+                    f"{self._where(origin)}: the proxy asks for credentials it was not given or refused "
+                    "(407): set them in hub.proxy or the proxy variables as http://user:password@host:port"
                 )
             if status == 429:
                 raise RateLimited(f"{where} answered 429", retry_after_seconds(response.msg))

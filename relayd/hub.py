@@ -58,6 +58,7 @@ from relayd.config import HubConfig
 from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
 from relayd.http_ranges import origin_of, retry_after_seconds
 from relayd.hub_limits import BucketState, RateBudget, budget_for
+from relayd.hub_session import route_hub_session
 from relayd.poll import Source
 from relayd.units import format_duration
 
@@ -94,7 +95,7 @@ def _note_answer(response: httpx2.Response) -> None:
     )
 
 
-def hub_session() -> httpx2.Client:
+def watched_session() -> httpx2.Client:
     """Return huggingface_hub's shared HTTP client, noting the rate limits of every answer it gets (the
     hook is added to whatever client huggingface_hub's client factory built)."""
     session = get_session()
@@ -131,6 +132,7 @@ class HubClient:
         self.config = config
         self.endpoint = config.endpoint.rstrip("/")
         self.origin = origin_of(self.endpoint)
+        route_hub_session(config.proxy)
 
     # -- credentials -------------------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class HubClient:
         return {}
 
     def _api(self) -> HfApi:
-        hub_session()
+        watched_session()
         return HfApi(endpoint=self.endpoint, token=self.token() or False)
 
     # -- rate limits -------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ class HubClient:
         headers = {"User-Agent": f"relayd/{__version__}", **self.authorization_for(url)}
         self.spend("resolvers")
         try:
-            response = hub_session().head(
+            response = watched_session().head(
                 url, headers=headers, follow_redirects=False, timeout=self.config.timeout
             )
             hf_raise_for_status(response)
@@ -259,7 +261,7 @@ class HubClient:
         it costs in resolver calls: 2 for a regular file (its ``/resolve`` redirects to the resolve-cache)."""
         url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=commit, endpoint=self.endpoint)
         self.spend("resolvers", calls)
-        hub_session()
+        watched_session()
         try:
             meta = get_hf_file_metadata(
                 url,
@@ -485,8 +487,9 @@ class HubSource(Source):
         return repo.repo_type
 
     def head(self, repo: Repo) -> str:
-        self.client.warn_if_anonymous()
-        return self.client.head_commit(repo.name, self._repo_type(repo), repo.revision)
+        commit = self.client.head_commit(repo.name, self._repo_type(repo), repo.revision)
+        self.client.warn_if_anonymous()  # once it has polled (a failure says what to do itself)
+        return commit
 
     def list_files(self, repo: Repo, commit: str) -> list[FileSpec]:
         repo_type = self._repo_type(repo)

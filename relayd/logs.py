@@ -1,11 +1,21 @@
-"""Logging to stderr in a journald-friendly form, with secrets scrubbed from every record."""
+"""Logging to stderr in a journald-friendly form, with secrets scrubbed from every record.
+
+Two kinds of secret are scrubbed: the values relayd registers (tokens, as it reads them) and those it
+cannot know in advance, which travel in URLs: the query of a signed URL (the Hub's CDN ``Signature``,
+``Policy``, ``Key-Pair-Id``; S3's and OSS's ``X-Amz-*``/``x-oss-*``; the sandbox's ``sig``) and a
+URL's userinfo (a proxy's password). Libraries log both at debug level: httpcore2 prints response
+headers (a redirect's ``Location`` is a signed URL), urllib3 prints each request line. Their debug
+chatter is kept off, and whatever reaches a handler is scrubbed all the same.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
+from urllib.parse import urlsplit
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -16,8 +26,42 @@ _SYSLOG_PRIORITY = {
 }
 
 
+# A query string: "?" then name=value pairs, up to whitespace, a quote or a bracket (URLs are printed
+# inside reprs of bytes, tuples and dicts). Every value is replaced, whatever its name.
+_QUERY = re.compile(r"\?[^\s'\"<>()\[\]{}#?]*=[^\s'\"<>()\[\]{}#]*")
+_QUERY_VALUE = re.compile(r"=[^&;]*")
+# The userinfo of a URL: scheme://user[:password]@
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"<>]+@")
+
+
+def scrub_urls(text: str) -> str:
+    """Return *text* with the value of every query parameter and the userinfo of every URL in it
+    replaced by '***' (``?sig=abc&expires=1`` → ``?sig=***&expires=***``)."""
+    if "?" in text:
+        text = _QUERY.sub(lambda match: _QUERY_VALUE.sub("=***", match.group(0)), text)
+    if "@" in text:
+        text = _USERINFO.sub(r"\1***@", text)
+    return text
+
+
+def url_host(url: str) -> str:
+    """Return *url* cut to ``scheme://host[:port]``, for naming a URL whose path or query may be its
+    secret (a webhook's token URL)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    if not parts.scheme or not host:
+        return "<url>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
 class SecretScrubber(logging.Filter):
-    """Replace every registered secret value in log messages with '***'."""
+    """Replace every registered secret value, every URL query value and every URL userinfo in log
+    records with '***'."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,17 +79,20 @@ class SecretScrubber(logging.Filter):
         for secret in secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        return text
+        return scrub_urls(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            message = record.getMessage()
-            scrubbed = self.scrub(message)
-            if scrubbed != message:
-                record.msg, record.args = scrubbed, None
-            if record.exc_info and record.exc_info[1] is not None:
-                record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
+        message = record.getMessage()
+        scrubbed = self.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
         return True
 
 
@@ -80,6 +127,7 @@ def setup_logging(level: str = "info") -> None:
         "httpx",
         "httpx2",
         "httpcore",
+        "httpcore2",
         "urllib3",
         "aligo",
         "watchdog",

@@ -1,19 +1,35 @@
-"""Prometheus metrics (text exposition format), served on a loopback port when ``metrics.listen`` is set.
+"""Prometheus metrics through prometheus-client, served on a loopback port when ``metrics.listen`` is set.
 
-Counts come from the catalogue at scrape time, so they survive restarts and include every worker
-sharing it: bytes moved per hop, transfers by state, retries, current errors by class, snapshots by
-state, the staging budget and the drive token's expiry.
+Two kinds of series, each with the semantics Prometheus expects of it:
+
+* **Counters** count what this process did, as it happens: payload bytes each hop moved, transfers
+  parked to retry or blocked. They start at 0 when relayd starts and only ever rise while it runs
+  (``rate()`` and ``increase()`` handle the reset of a restart); removing a repo does not take its
+  bytes back. Several relayd processes sharing a PostgreSQL catalogue each count their own: sum them.
+* **Gauges** describe the catalogue as it is at scrape time, for every process sharing it: transfers
+  by hop and state, unfinished transfers by error class, snapshots by state, the staging budget and the
+  drive token's expiry.
+
+The library's ProcessCollector adds the process's CPU, memory, open files and start time.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from relayd.catalogue.schema import Snapshot, Transfer
@@ -22,112 +38,121 @@ from relayd.catalogue.store import Store
 log = logging.getLogger(__name__)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class CatalogueCollector(Collector):
+    """The gauges read from the catalogue at each scrape."""
 
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-def _line(name: str, value: float, **labels: str) -> str:
-    if labels:
-        inner = ",".join(f'{key}="{_escape(str(val))}"' for key, val in sorted(labels.items()))
-        return f"{name}{{{inner}}} {value}"
-    return f"{name} {value}"
-
-
-def _family(name: str, kind: str, help_text: str, lines: Iterable[str]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
-
-
-def render(store: Store) -> str:
-    """Return every metric as Prometheus text."""
-    with store.read() as session:
-        moved = session.execute(
-            select(Transfer.hop, func.sum(Transfer.bytes_moved)).group_by(Transfer.hop)
-        ).all()
-        by_state = session.execute(
-            select(Transfer.hop, Transfer.state, func.count()).group_by(Transfer.hop, Transfer.state)
-        ).all()
-        retries = session.execute(
-            select(Transfer.hop, func.sum(func.max(Transfer.attempts - 1, 0))).group_by(Transfer.hop)
-            if store.engine.dialect.name == "sqlite"
-            else select(Transfer.hop, func.sum(func.greatest(Transfer.attempts - 1, 0))).group_by(
-                Transfer.hop
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        store = self.store
+        with store.read() as session:
+            by_state = session.execute(
+                select(Transfer.hop, Transfer.state, func.count()).group_by(Transfer.hop, Transfer.state)
+            ).all()
+            errors = session.execute(
+                select(Transfer.hop, Transfer.error_class, func.count())
+                .where(Transfer.error_class.is_not(None), Transfer.state != "done")
+                .group_by(Transfer.hop, Transfer.error_class)
+            ).all()
+            snapshots = session.execute(select(Snapshot.state, func.count()).group_by(Snapshot.state)).all()
+        facts = store.service_state()
+        transfers = GaugeMetricFamily(
+            "relayd_transfers", "Transfers by hop and state.", labels=["hop", "state"]
+        )
+        for hop, state, count in by_state:
+            transfers.add_metric([hop, state], count)
+        yield transfers
+        failing = GaugeMetricFamily(
+            "relayd_transfer_errors",
+            "Unfinished transfers whose last attempt failed, by hop and error class.",
+            labels=["hop", "error_class"],
+        )
+        for hop, error_class, count in errors:
+            failing.add_metric([hop, error_class or ""], count)
+        yield failing
+        by_snapshot = GaugeMetricFamily("relayd_snapshots", "Snapshots by state.", labels=["state"])
+        for state, count in snapshots:
+            by_snapshot.add_metric([state], count)
+        yield by_snapshot
+        staging = facts.get("staging", ({}, None))[0]
+        if staging:
+            budget = GaugeMetricFamily(
+                "relayd_staging_bytes",
+                "Staging disk: bytes held, bytes free, and the limits.",
+                labels=["kind"],
             )
-        ).all()
-        errors = session.execute(
-            select(Transfer.hop, Transfer.error_class, func.count())
-            .where(Transfer.error_class.is_not(None), Transfer.state != "done")
-            .group_by(Transfer.hop, Transfer.error_class)
-        ).all()
-        snapshots = session.execute(select(Snapshot.state, func.count()).group_by(Snapshot.state)).all()
-    facts = store.service_state()
-    out: list[str] = []
-    out += _family(
-        "relayd_hop_bytes_moved_total",
-        "counter",
-        "Payload bytes moved by each hop, re-sends included.",
-        (_line("relayd_hop_bytes_moved_total", float(total or 0), hop=hop) for hop, total in moved),
-    )
-    out += _family(
-        "relayd_transfers",
-        "gauge",
-        "Transfers by hop and state.",
-        (_line("relayd_transfers", float(count), hop=hop, state=state) for hop, state, count in by_state),
-    )
-    out += _family(
-        "relayd_transfer_retries_total",
-        "counter",
-        "Attempts beyond the first, by hop.",
-        (_line("relayd_transfer_retries_total", float(total or 0), hop=hop) for hop, total in retries),
-    )
-    out += _family(
-        "relayd_transfer_errors",
-        "gauge",
-        "Unfinished transfers whose last attempt failed, by hop and error class.",
-        (_line("relayd_transfer_errors", float(n), hop=hop, error_class=cls or "") for hop, cls, n in errors),
-    )
-    out += _family(
-        "relayd_snapshots",
-        "gauge",
-        "Snapshots by state.",
-        (_line("relayd_snapshots", float(count), state=state) for state, count in snapshots),
-    )
-    staging = facts.get("staging", ({}, None))[0]
-    if staging:
-        out += _family(
-            "relayd_staging_bytes",
-            "gauge",
-            "Staging disk: bytes held, bytes free, and the limits.",
-            (
-                _line("relayd_staging_bytes", float(staging.get(key) or 0), kind=key)
-                for key in ("used", "free", "max_bytes", "min_free")
-            ),
+            for kind in ("used", "free", "max_bytes", "min_free"):
+                budget.add_metric([kind], float(staging.get(kind) or 0))
+            yield budget
+        token = facts.get("drive.token", ({}, None))[0]
+        expires = token.get("expires_at") if token else None
+        if expires:
+            yield GaugeMetricFamily(
+                "relayd_drive_token_expiry_timestamp_seconds",
+                "When the drive's access token expires (Unix time).",
+                value=datetime.fromisoformat(expires).timestamp(),
+            )
+        yield GaugeMetricFamily("relayd_up", "1 while the daemon serves metrics.", value=1)
+
+
+class Metrics:
+    """Every series relayd exports, in a registry of its own: the counters the store feeds as work is
+    recorded (see ``watch``), the catalogue's gauges and the process metrics."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry()
+        self.bytes_moved = Counter(
+            "relayd_hop_bytes_moved",
+            "Payload bytes moved by each hop since relayd started, re-sends included.",
+            ["hop"],
+            registry=self.registry,
         )
-    token = facts.get("drive.token", ({}, None))[0]
-    expires = token.get("expires_at") if token else None
-    if expires:
-        out += _family(
-            "relayd_drive_token_expiry_timestamp_seconds",
-            "gauge",
-            "When the drive's access token expires (Unix time).",
-            [
-                _line(
-                    "relayd_drive_token_expiry_timestamp_seconds", datetime.fromisoformat(expires).timestamp()
-                )
-            ],
+        self.retries = Counter(
+            "relayd_transfer_retries",
+            "Failed attempts parked to run again (waiting), by hop and error class, since relayd started.",
+            ["hop", "error_class"],
+            registry=self.registry,
         )
-    out += _family("relayd_up", "gauge", "1 while the daemon serves metrics.", [_line("relayd_up", 1)])
-    return "\n".join(out) + "\n"
+        self.blocks = Counter(
+            "relayd_transfer_blocks",
+            "Failed attempts parked for a person (blocked), by hop and error class, since relayd started.",
+            ["hop", "error_class"],
+            registry=self.registry,
+        )
+        self.registry.register(CatalogueCollector(store))
+        ProcessCollector(registry=self.registry)
+
+    def watch(self, store: Store, hops: Iterable[str]) -> None:
+        """Count what *store* records from now on; show each of *hops* at 0 until it moves a byte."""
+        for hop in hops:
+            self.bytes_moved.labels(hop)
+        store.on_moved = self.moved
+        store.on_deferred = self.deferred
+
+    def moved(self, hop: str, count: int) -> None:
+        if count > 0:
+            self.bytes_moved.labels(hop).inc(count)
+
+    def deferred(self, hop: str, state: str, error_class: str) -> None:
+        counter = self.blocks if state == "blocked" else self.retries
+        counter.labels(hop, error_class).inc()
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """Return every series and its content type: the format a scraper's *accept* header asks for
+        (OpenMetrics or Prometheus text, as the library negotiates it), else Prometheus text 0.0.4."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 class MetricsServer:
     """Serves GET /metrics on *listen* ("host:port"); a non-loopback address is refused."""
 
-    def __init__(self, store: Store, listen: str) -> None:
+    def __init__(self, metrics: Metrics, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         if not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback:
             raise ValueError(f"metrics.listen must be a loopback address, not {host}")
-        store_ref = store
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -135,13 +160,13 @@ class MetricsServer:
                     self.send_error(404)
                     return
                 try:
-                    body = render(store_ref).encode()
+                    body, content_type = metrics.render(self.headers.get("Accept", ""))
                 except Exception:
                     log.exception("rendering metrics failed")
                     self.send_error(500)
                     return
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

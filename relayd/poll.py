@@ -3,7 +3,9 @@ filter it with the repo's globs and record the snapshot.
 
 An unchanged head costs one request to the source and no write to the catalogue. A listing that is
 hostile or broken (paths escaping the destination, duplicates, absurd sizes) refuses the snapshot with
-a clear reason; errors that need a person block the repo's poll with a hint.
+a clear reason; errors that need a person block the repo's poll with a hint. A transient failure (5xx,
+timeout, refused connection, 429) is retried with the engine's backoff (``retry``), never sooner than a
+Retry-After, and not only at the repo's next regular poll.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any
 
 from relayd.catalogue.schema import POLL_BLOCKED, POLL_OK, POLL_WAITING, Repo
 from relayd.catalogue.store import FileSpec, Store, utcnow
-from relayd.config import Config, LocalCopyConfig
+from relayd.config import Config, LocalCopyConfig, RetryConfig
 from relayd.digest import sha256_file
+from relayd.engine import backoff_delay
 from relayd.errors import NeedsPerson, Permanent, Retryable
+from relayd.names import refuse_git_paths
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +146,19 @@ class PollResult:
 class Poller:
     """Polls repos through their sources and records what changed."""
 
-    def __init__(self, store: Store, sources: dict[str, Source], source_for_route: dict[str, str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sources: dict[str, Source],
+        source_for_route: dict[str, str],
+        retry: RetryConfig | None = None,
+    ) -> None:
         self.store = store
         self.sources = sources
         # The source kind of each first hop (e.g. download → hub, local_copy → local).
         self.source_for_route = source_for_route
+        # How failed polls are retried (the config's [retry]; its defaults when not given).
+        self.retry = retry or RetryConfig(initial=5.0, maximum=3600.0, multiplier=2.0)
 
     def poll(self, repo: Repo) -> PollResult:
         """Poll one repo; never raise for upstream trouble, record it instead."""
@@ -180,6 +192,9 @@ class Poller:
             if refusal is not None:
                 raise refusal
             check_listing(listing)
+            refuse_git_paths(
+                repo.name, (s.path for s in listing if matches(s.path, repo.include, repo.exclude))
+            )
         except Permanent as exc:
             log.error("%s: refusing snapshot %s: %s", repo.name, head[:12], exc)
             self.store.refuse_snapshot(repo.id, head, str(exc), exc.hint)
@@ -202,16 +217,25 @@ class Poller:
 
     def _failed(self, repo: Repo, exc: NeedsPerson | Retryable | Permanent) -> PollResult:
         if isinstance(exc, Retryable):
-            state, hint = POLL_WAITING, None
-            retry_at = utcnow() + timedelta(seconds=exc.retry_after) if exc.retry_after else None
-            log.warning("%s: poll failed, will retry: %s", repo.name, exc)
-        else:
-            state, hint, retry_at = POLL_BLOCKED, exc.hint, None
-            log.error("%s: poll blocked: %s (%s)", repo.name, exc, hint)
-        if (state, str(exc), hint) != (repo.poll_state, repo.poll_error, repo.poll_hint) or retry_at:
-            self.store.record_poll_state(
-                repo.id, state=state, error=str(exc), hint=hint, next_poll_at=retry_at
+            # Retried with the same backoff as a transfer, counted over this streak of failed polls.
+            attempts = repo.poll_attempts + 1
+            delay = backoff_delay(attempts, self.retry, exc.retry_after)
+            log.warning(
+                "%s: poll failed (attempt %d), retrying in %.0fs: %s", repo.name, attempts, delay, exc
             )
+            self.store.record_poll_state(
+                repo.id,
+                state=POLL_WAITING,
+                error=str(exc),
+                error_class=exc.error_class,
+                next_poll_at=utcnow() + timedelta(seconds=delay),
+            )
+        else:
+            log.error("%s: poll blocked: %s (%s)", repo.name, exc, exc.hint)
+            if (POLL_BLOCKED, str(exc), exc.hint) != (repo.poll_state, repo.poll_error, repo.poll_hint):
+                self.store.record_poll_state(
+                    repo.id, state=POLL_BLOCKED, error=str(exc), error_class=exc.error_class, hint=exc.hint
+                )
         return PollResult(repo.name, None, changed=False, error=str(exc))
 
 

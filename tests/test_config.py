@@ -148,3 +148,15 @@ def test_readable_config_with_inline_secret_warns(tmp_path: Path, caplog: pytest
 def test_redacted_hides_inline_secrets() -> None:
     data = {"hub": {"token": "hf_x", "endpoint": "e"}, "drive": {"refresh_token": "r"}}
     assert redacted(data) == {"hub": {"token": "***", "endpoint": "e"}, "drive": {"refresh_token": "***"}}
+
+
+def test_more_than_two_drive_downloads_at_once_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drive allows 2 concurrent downloads per app (3 per user, Aliyun's 2024-04 notice)."""
+    with caplog.at_level(logging.WARNING):
+        load_config(write(tmp_path, "[vm]\nconnections = 2\n"))
+    assert "ExceedMaxConcurrency" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        load_config(write(tmp_path, "[vm]\nconnections = 3\n"))
+    assert "= 3 downloads from the drive at once" in caplog.text and "2 per app" in caplog.text

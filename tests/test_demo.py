@@ -34,8 +34,50 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
     assert "generation_config.json" in output and "…" not in output
     assert "tokenizer.json changed" not in output
     assert "the new revision downloaded 1.0 MiB (one shard is 1.0 MiB)" in output
+    # Every hop's bytes_moved, and the fake servers' own counts agree with it.
+    moved = re.search(r"bytes moved, re-sends included: (.*); the servers counted the same", output)
+    assert moved is not None, output
+    assert [part.split(" ")[0] for part in moved.group(1).split(", ")] == [
+        "download",
+        "pan_upload",
+        "vm_pull",
+        "lfs_push",
+    ]
 
 
 def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:
     output = run_demo("--local", "--shards", "2", "--shard-size", "1MiB", "--workdir", str(tmp_path))
     assert "second revision moved 1.0 MiB (one shard is 1.0 MiB)" in output
+
+
+def test_demo_help_lists_every_option_with_its_help() -> None:
+    """`relayd demo --help` reaches the demo's own command (not the daemon's wrapper) and lists every
+    option the demo parses, each with its help text."""
+    import click
+
+    from relayd.demo import demo_command
+
+    result = subprocess.run(
+        [sys.executable, "-m", "relayd", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    flat = " ".join(result.stdout.split())
+    options = [param for param in demo_command.params if isinstance(param, click.Option)]
+    assert len(options) >= 8
+    for option in options:
+        for name in (*option.opts, *option.secondary_opts):
+            assert re.search(rf"(^|[\s,/]){re.escape(name)}\b", result.stdout, re.M), name
+        assert option.help, option.name
+        assert " ".join(option.help.split()) in flat, option.name
+    bad = subprocess.run(
+        [sys.executable, "-m", "relayd", "demo", "--shard-size", "lots"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "Invalid value for '--shard-size': not a size: 'lots'" in bad.stderr

@@ -1,4 +1,5 @@
-"""Logging: journald priorities under systemd, and registered secrets scrubbed from every record."""
+"""Logging: journald priorities under systemd; registered secrets, URL query values and URL userinfo
+scrubbed from every record; third-party debug chatter kept off."""
 
 from __future__ import annotations
 
@@ -58,3 +59,65 @@ def test_registered_secrets_never_reach_a_log_line() -> None:
 def test_the_daemon_scrubber_is_installed_by_setup_logging(restore_logging: None) -> None:
     setup_logging("info")
     assert any(SCRUBBER in handler.filters for handler in logging.getLogger().handlers)
+
+
+def test_signed_urls_and_proxy_passwords_never_reach_a_log_line() -> None:
+    """Whatever logger prints a URL (httpcore2's response headers, urllib3's request lines, an
+    exception), its query values and userinfo are replaced; registered secrets still are too."""
+    scrubber = SecretScrubber()
+    scrubber.add("hf_registered_token")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(scrubber)
+    root = logging.getLogger("relayd.test.urls")
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    location = (
+        b"https://cdn-lfs.hf.co/repos/ab/cd/x?response-content-disposition=inline"
+        b"&Expires=1700000000&Policy=eyJTdGF0ZW1lbnQi&Signature=Zm9vYmFyc2ln&Key-Pair-Id=K2JCJMDEHXQW5F"
+    )
+    try:
+        root.debug(
+            "receive_response_headers.complete return_value=%r",
+            (b"HTTP/1.1", 302, b"Found", [(b"Location", location)]),
+        )
+        root.debug(
+            '%s://%s:%s "%s %s %s" %s %s',
+            "https",
+            "bucket.oss-cn-beijing.aliyuncs.com",
+            443,
+            "PUT",
+            "/part?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=0b1c2d3e&x-oss-signature=c2lnbmF0dXJl",
+            "HTTP/1.1",
+            200,
+            None,
+        )
+        root.warning("through http://relayd:Pr0xyPassw0rd@proxy.example:3128 with hf_registered_token")
+        try:
+            raise OSError("GET https://h.example/lfs/1?sig=deadbeefcafe failed")
+        except OSError:
+            root.exception("fetch failed")
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    for secret in (
+        "eyJTdGF0ZW1lbnQi",
+        "Zm9vYmFyc2ln",
+        "K2JCJMDEHXQW5F",
+        "AKIAEXAMPLE",
+        "0b1c2d3e",
+        "c2lnbmF0dXJl",
+        "Pr0xyPassw0rd",
+        "hf_registered_token",
+        "deadbeefcafe",
+    ):
+        assert secret not in text
+    assert "Signature=***" in text and "X-Amz-Signature=***" in text and "sig=***" in text
+    assert "http://***@proxy.example:3128" in text
+    assert "cdn-lfs.hf.co/repos/ab/cd/x?" in text  # where it went is still said
+
+
+def test_third_party_debug_chatter_stays_off_at_debug_level(restore_logging: None) -> None:
+    setup_logging("debug")
+    for name in ("httpcore2", "httpx2", "urllib3", "aligo"):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING

@@ -26,6 +26,15 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def install(wheel: Path, target: Path) -> None:
+    """Install *wheel* alone into the directory *target* (put it on PYTHONPATH to use it)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -40,11 +49,7 @@ def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None
 
 def test_an_installed_relayd_creates_and_upgrades_its_catalogue(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+    install(wheel, target)
     database = tmp_path / "catalogue.db"
     script = f"""
 import relayd, sys
@@ -74,11 +79,7 @@ print(migrate.current_revision(engine), migrate.head_revision())
 
 def test_relayctl_from_the_wheel_upgrades_an_older_catalogue(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+    install(wheel, target)
     database = tmp_path / "catalogue.db"
     config = tmp_path / "relayd.toml"
     config.write_text(
@@ -109,3 +110,44 @@ def test_relayctl_from_the_wheel_upgrades_an_older_catalogue(wheel: Path, tmp_pa
     assert current.returncode == 0
     lines = dict(line.split(": ", 1) for line in current.stdout.splitlines())
     assert lines["current"] == lines["head"] != "0001"
+
+
+def test_the_wheel_carries_the_licence_and_the_example_config(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        licence = next(n for n in names if n.endswith(".dist-info/licenses/COPYING"))
+        assert archive.read(licence) == (ROOT / "COPYING").read_bytes()
+        assert archive.read("relayd/config.example.toml") == (ROOT / "config.example.toml").read_bytes()
+    assert "License-Expression: GPL-3.0-or-later" in metadata
+    assert "License-File: COPYING" in metadata
+    assert (ROOT / "COPYING").read_text().startswith("                    GNU GENERAL PUBLIC LICENSE\n")
+    assert "Version 3, 29 June 2007" in (ROOT / "COPYING").read_text()
+
+
+def test_relayctl_config_example_prints_the_documented_example(wheel: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from relayd.cli import cli
+
+    example = (ROOT / "config.example.toml").read_text()
+    assert CliRunner().invoke(cli, ["config", "example"]).output == example  # from the checkout
+    target = tmp_path / "site"
+    install(wheel, target)
+
+    def relayctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from relayd.cli import main; main()", *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(target)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    installed = relayctl("config", "example")
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout == example  # from the wheel's package data, no checkout in sight
+    missing = relayctl("-c", str(tmp_path / "none.toml"), "status")
+    assert missing.returncode == 2
+    assert f"relayctl config example > {tmp_path / 'none.toml'}" in missing.stderr

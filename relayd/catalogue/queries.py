@@ -20,14 +20,18 @@ never values, hence the ``noqa: S608`` markers.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from relayd.units import format_duration
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -41,9 +45,14 @@ BLOCKED = "blocked"
 DONE = "done"
 OPEN_STATES = (PENDING, RUNNING, WAITING, BLOCKED)
 POLL_BLOCKED = "blocked"
+POLL_WAITING = "waiting"
+# Not a catalogue state: how status shows a transfer left `running` by a daemon that is not running.
+INTERRUPTED = "interrupted"
+# The states a transfer may be stuck in: still retrying, not done, not blocked.
+RETRYING_STATES = (PENDING, RUNNING, WAITING)
 
 # What "blocked first" means when files or hops are sorted: the state that needs a person leads.
-STATE_ORDER = {BLOCKED: 0, WAITING: 1, RUNNING: 2, PENDING: 3, DONE: 4}
+STATE_ORDER = {BLOCKED: 0, WAITING: 1, RUNNING: 2, INTERRUPTED: 2, PENDING: 3, DONE: 4}
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -251,11 +260,43 @@ class ServiceFact(NamedTuple):
     updated_at: datetime | None
 
 
+class StuckItem(NamedTuple):
+    """A file's transfer, a snapshot's finishing transfer or a repo's poll that has kept failing for longer
+    than ``retry.surface_after`` and still retries (the engine surfaced it and sent a "stuck" notice)."""
+
+    kind: str  # "transfer", "snapshot" or "poll", as for BlockedItem
+    repo: str
+    hop: str | None
+    path: str | None
+    state: str  # pending, running, waiting (interrupted when the daemon is not running)
+    error: str | None
+    error_class: str | None
+    attempts: int
+    failing_since: datetime | None
+    surfaced_at: datetime | None
+    next_attempt_at: datetime | None
+    hint: str  # what to check, by error class (stuck_hint)
+
+
+class DaemonStatus(NamedTuple):
+    """Whether a daemon serves the catalogue, judged from its heartbeat and its instance lock."""
+
+    state: str  # running, stopped (it said so), dead (gone without saying so, or silent), none (never ran)
+    detail: str
+    hint: str  # what to do ("" while it runs)
+    pid: int | None
+    version: str | None
+    heartbeat_at: datetime | None
+
+
 class Summary(NamedTuple):
     repos: list[RepoSummary]
     blocked: list[BlockedItem]
     blocked_total: int
     service: list[ServiceFact]
+    stuck: list[StuckItem]
+    stuck_total: int
+    daemon: DaemonStatus
 
 
 class FileHop(NamedTuple):
@@ -304,6 +345,8 @@ class RepoDetail(NamedTuple):
     blocked: list[BlockedItem]
     files: list[FileStatus]
     service: list[ServiceFact]
+    stuck: list[StuckItem]
+    daemon: DaemonStatus
 
 
 # -- queries -------------------------------------------------------------------------------------------
@@ -319,7 +362,8 @@ def schema_revision(reader: Reader) -> str | None:
 
 _REPOS = (
     "SELECT id, name, repo_type, revision, route, every, paused, head_commit, "
-    "poll_state, poll_error, poll_hint, next_poll_at FROM repos"
+    "poll_state, poll_error, poll_hint, next_poll_at, "
+    "poll_error_class, poll_attempts, poll_failing_since, poll_surfaced_at FROM repos"
 )
 
 
@@ -464,15 +508,221 @@ def service_facts(reader: Reader) -> list[ServiceFact]:
     return facts
 
 
+# -- the daemon: running, stopped or dead ---------------------------------------------------------------
+
+#: The daemon publishes its heartbeat every 10 s; one older than this means it is not running.
+STALE_HEARTBEAT = 60.0
+DAEMON_RUNNING = "running"
+DAEMON_STOPPED = "stopped"
+DAEMON_DEAD = "dead"
+DAEMON_NONE = "none"
+
+
+def instance_lock_path(database: Path) -> Path:
+    """Return the lock file a daemon holds while it serves the SQLite catalogue *database*."""
+    return database.with_name(database.name + ".lock")
+
+
+def _instance_lock(reader: Reader) -> Path | None:
+    """Return the instance lock of the reader's catalogue (SQLite only: a server database has none)."""
+    if isinstance(reader, SqliteReader):
+        return instance_lock_path(reader.path)
+    if isinstance(reader, EngineReader) and reader.engine.dialect.name == "sqlite":
+        database = reader.engine.url.database
+        return instance_lock_path(Path(database)) if database and database != ":memory:" else None
+    return None
+
+
+def lock_held(lock: Path | None) -> bool | None:
+    """Return whether some process holds the instance lock *lock*, or None when that cannot be told (no
+    lock file, as before any daemon ran, or one this user cannot open).
+
+    The probe takes a shared lock for an instant; a daemon starting at that very moment tries again
+    (relayd.daemon.instance_lock), so looking never keeps one from starting.
+    """
+    if lock is None:
+        return None
+    try:
+        handle = lock.open("rb")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+START_HINT = "start it: `systemctl start relayd` (or `relayd run -c CONFIG`)"
+
+
+def daemon_status(facts: Iterable[ServiceFact], now: datetime, held: bool | None) -> DaemonStatus:
+    """Judge whether a daemon serves the catalogue from its heartbeat (*facts*) and whether its instance
+    lock is *held* (None: unknown). A daemon that stopped says so; one whose lock is free without having
+    said so was killed or crashed; one whose heartbeat is stale is dead, or hung if it still holds the
+    lock."""
+    fact = next((item for item in facts if item.key == "daemon"), None)
+    value = fact.value if fact is not None else {}
+    if held and (fact is None or value.get("state") == DAEMON_STOPPED):
+        return DaemonStatus(DAEMON_RUNNING, "starting: no heartbeat published yet", "", None, None, None)
+    if fact is None:
+        detail = "no relayd has published a heartbeat on this catalogue"
+        return DaemonStatus(DAEMON_NONE, detail, START_HINT, None, None, None)
+    raw_pid = value.get("pid")
+    pid = raw_pid if isinstance(raw_pid, int) and not isinstance(raw_pid, bool) else None
+    version = str(value["version"]) if value.get("version") is not None else None
+    who = f"pid {pid if pid is not None else '?'}, relayd {version or '?'}"
+    age = None if fact.updated_at is None else (now - fact.updated_at).total_seconds()
+    beat = "never" if age is None else f"{format_duration(age)} ago"
+    log_hint = f"its log says why (`journalctl -u relayd`); {START_HINT}"
+    if value.get("state") == DAEMON_STOPPED:
+        state, detail, hint = DAEMON_STOPPED, f"stopped ({who}) {beat}", START_HINT
+    elif held is False:
+        state, hint = DAEMON_DEAD, log_hint
+        detail = (
+            f"gone ({who}): its instance lock is free but it never said it stopped (killed or crashed); "
+            f"last heartbeat {beat}"
+        )
+    elif age is None or age > STALE_HEARTBEAT:
+        state, hint = DAEMON_DEAD, log_hint
+        detail = f"silent ({who}): last heartbeat {beat}"
+        if held:
+            detail += "; it still holds its instance lock, so it may be hung"
+            hint = f"check `systemctl status relayd` and its log; restart it if it is hung ({START_HINT})"
+    else:
+        state, detail, hint = DAEMON_RUNNING, f"running ({who}), heartbeat {beat}", ""
+    return DaemonStatus(state, detail, hint, pid, version, fact.updated_at)
+
+
+def daemon_of(reader: Reader, now: datetime, facts: Iterable[ServiceFact] | None = None) -> DaemonStatus:
+    """Return whether a daemon serves the reader's catalogue now (its heartbeat and its instance lock)."""
+    return daemon_status(
+        service_facts(reader) if facts is None else facts, now, lock_held(_instance_lock(reader))
+    )
+
+
+# -- stuck: failing for longer than retry.surface_after, still retrying --------------------------------
+
+#: What to check when a transfer or a poll keeps failing, by error class (shown under "stuck" and sent
+#: with the "stuck" notification). Classes a hop raises only with NeedsPerson block instead, and come
+#: with their own hint.
+STUCK_HINTS = {
+    "network": "this host's network, DNS and proxy, and the service's endpoint in the config "
+    "(`relayctl doctor` tries every service)",
+    "timeout": "the network path to the service, and its status page: it answers too slowly or not at all "
+    "(`relayctl doctor`)",
+    "stall": "the link and any proxy in between: connections keep stalling mid-transfer",
+    "server": "the service's status page: it keeps answering with server errors; relayd carries on by "
+    "itself once it recovers",
+    "rate_limit": "the hop's connections and concurrency (lower them) or the token's rate limit: the "
+    "service keeps rate-limiting relayd",
+    "integrity": "the link (a proxy that rewrites bodies?) and the destination's disk: copies keep "
+    "arriving with the wrong hash",
+    "io": "the disk and the permissions of the path in the error: a local file operation keeps failing",
+    "internal": "the traceback in the daemon log (`journalctl -u relayd`), and report it: an unexpected "
+    "error inside relayd",
+}
+DEFAULT_STUCK_HINT = (
+    "the last error and the daemon log (`journalctl -u relayd`); `relayctl doctor` checks every service"
+)
+# A lower bound for the failure streak columns: a range on them lets SQLite use ix_transfers_failing.
+_LONG_AGO = "1970-01-01"
+
+
+def stuck_hint(error_class: str | None) -> str:
+    """Return what to check when failures of *error_class* keep coming."""
+    return STUCK_HINTS.get(error_class or "", DEFAULT_STUCK_HINT)
+
+
+def _stuck_filter(repo_id: int | None) -> tuple[str, dict[str, Any]]:
+    states, params = _params("s", RETRYING_STATES)
+    where = f"failing_since > :long_ago AND surfaced_at IS NOT NULL AND state IN ({states})"
+    params["long_ago"] = _LONG_AGO
+    if repo_id is not None:
+        where += " AND repo_id = :repo_id"
+        params["repo_id"] = repo_id
+    return where, params
+
+
+def _stuck_items(
+    reader: Reader,
+    repo_rows: Sequence[tuple[Any, ...]],
+    repo_id: int | None,
+    limit: int | None,
+    *,
+    daemon_running: bool,
+) -> tuple[list[StuckItem], int]:
+    """Return the surfaced polls, then the surfaced transfers (at most *limit*), longest failing first,
+    and how many there are in all. Only transfers failing now are in ix_transfers_failing's range."""
+    names = {row[0]: str(row[1]) for row in repo_rows}
+    items = [
+        StuckItem(
+            kind="poll",
+            repo=str(row[1]),
+            hop=None,
+            path=None,
+            state=POLL_WAITING,
+            error=row[9],
+            error_class=row[12],
+            attempts=int(row[13] or 0),
+            failing_since=_when(row[14]),
+            surfaced_at=_when(row[15]),
+            next_attempt_at=_when(row[11]),
+            hint=stuck_hint(row[12]),
+        )
+        for row in repo_rows
+        if row[8] == POLL_WAITING and row[15] is not None
+    ]
+    where, params = _stuck_filter(repo_id)
+    total = len(items) + int(reader.rows(f"SELECT COUNT(*) FROM transfers WHERE {where}", params)[0][0])  # noqa: S608
+    limit_sql = ""
+    if limit is not None:
+        limit_sql = " LIMIT :limit"
+        params["limit"] = limit
+    rows = reader.rows(
+        "SELECT t.repo_id, t.hop, f.path, t.snapshot_id, t.state, t.last_error, t.error_class, "  # noqa: S608
+        "t.attempts, t.failing_since, t.surfaced_at, t.next_attempt_at "
+        f"FROM (SELECT id FROM transfers WHERE {where} ORDER BY failing_since, id{limit_sql}) s "
+        "JOIN transfers t ON t.id = s.id LEFT JOIN files f ON f.id = t.file_id "
+        "ORDER BY t.failing_since, t.id",
+        params,
+    )
+    for rid, hop, path, snapshot_id, state, error, error_class, attempts, since, surfaced, next_at in rows:
+        items.append(
+            StuckItem(
+                "snapshot" if snapshot_id is not None else "transfer",
+                names.get(rid, str(rid)),
+                str(hop),
+                path,
+                INTERRUPTED if state == RUNNING and not daemon_running else str(state),
+                error,
+                error_class,
+                int(attempts or 0),
+                _when(since),
+                _when(surfaced),
+                _when(next_at),
+                stuck_hint(error_class),
+            )
+        )
+    return items, total
+
+
 def _summarise(
-    reader: Reader, repo_rows: list[tuple[Any, ...]], repo_id: int | None
+    reader: Reader, repo_rows: list[tuple[Any, ...]], repo_id: int | None, *, daemon_running: bool = True
 ) -> tuple[list[RepoSummary], list[BlockedItem]]:
-    """Build each repo's summary; return them with the non-transfer blocked items (polls, snapshots)."""
+    """Build each repo's summary; return them with the non-transfer blocked items (polls, snapshots).
+
+    Unless *daemon_running*, transfers left running count as interrupted, and nothing has a rate.
+    """
     repo_ids = [row[0] for row in repo_rows]
     routes = {row[0]: [str(hop) for hop in (_json(row[4]) or [])] for row in repo_rows}
     all_hops = sorted({hop for route in routes.values() for hop in route})
     snapshots = _current_snapshots(reader, repo_id)
-    rates = _running_rates(reader, all_hops, repo_id)
+    rates = _running_rates(reader, all_hops, repo_id) if daemon_running else {}
     # Snapshot-level transfers are not per file: keep them out of the per-file arithmetic.
     finishes: dict[int, FinishInfo] = {}
     snapshot_level: dict[tuple[int, str, str], int] = {}
@@ -484,7 +734,8 @@ def _summarise(
             snapshot_level[key] = snapshot_level.get(key, 0) + 1
         current = snapshots.get(repo)
         if current is not None and current.id == snapshot_id:
-            finishes[repo] = FinishInfo(hop, state, error, error_class, hint, _when(updated))
+            shown = INTERRUPTED if state == RUNNING and not daemon_running else state
+            finishes[repo] = FinishInfo(hop, shown, error, error_class, hint, _when(updated))
     open_work = _open_work(reader, repo_ids, all_hops, snapshot_level)
 
     summaries: list[RepoSummary] = []
@@ -504,6 +755,10 @@ def _summarise(
             if here is None:
                 here = _OpenWork(dict.fromkeys(OPEN_STATES, 0), 0, 0, 0)
             blocked += here.states[BLOCKED]
+            moving = here.states[RUNNING]
+            states = {**here.states, RUNNING: moving, INTERRUPTED: 0}
+            if not daemon_running:
+                states[RUNNING], states[INTERRUPTED] = 0, moving
             hops.append(
                 HopSummary(
                     hop=hop,
@@ -511,7 +766,7 @@ def _summarise(
                     files_total=files_total,
                     bytes_done=max(bytes_total - earlier_bytes - here.remaining, 0),
                     bytes_total=bytes_total,
-                    states=here.states,
+                    states=states,
                     not_reached=min(earlier_files, files_total),
                     rate=rates.get((rid, hop), 0.0),
                 )
@@ -535,7 +790,7 @@ def _summarise(
             )
         if row[8] == POLL_BLOCKED:
             blocked += 1
-            extra_blocked.append(BlockedItem("poll", name, None, None, row[9], None, row[10], None))
+            extra_blocked.append(BlockedItem("poll", name, None, None, row[9], row[12], row[10], None))
         summaries.append(
             RepoSummary(
                 id=rid,
@@ -573,23 +828,34 @@ def _blocked_items(
     ]
 
 
-def summary(reader: Reader, *, blocked_limit: int = 50) -> Summary:
-    """Return every repo's summary, blocked items (at most *blocked_limit* file transfers) and service facts,
-    all read from one snapshot of the catalogue. Repos with something blocked come first, then by name.
+def summary(
+    reader: Reader, *, blocked_limit: int = 50, stuck_limit: int = 50, now: datetime | None = None
+) -> Summary:
+    """Return every repo's summary, blocked items (at most *blocked_limit* file transfers), stuck items (at
+    most *stuck_limit* transfers), service facts and whether the daemon runs (at *now*), all read from one
+    snapshot of the catalogue. Repos with something blocked come first, then by name.
     """
     with reader.consistent():
-        return _summary(reader, blocked_limit)
+        return _summary(reader, blocked_limit, stuck_limit, now or datetime.now(UTC))
 
 
-def _summary(reader: Reader, blocked_limit: int) -> Summary:
-    repos, extra_blocked = _summarise(reader, _repo_rows(reader, None), None)
+def _summary(reader: Reader, blocked_limit: int, stuck_limit: int, now: datetime) -> Summary:
+    service = service_facts(reader)
+    daemon = daemon_of(reader, now, service)
+    running = daemon.state == DAEMON_RUNNING
+    rows = _repo_rows(reader, None)
+    repos, extra_blocked = _summarise(reader, rows, None, daemon_running=running)
     transfers_blocked = _blocked_items(reader, repos, None, blocked_limit)
+    stuck, stuck_total = _stuck_items(reader, rows, None, stuck_limit, daemon_running=running)
     repos.sort(key=lambda repo: (repo.blocked == 0, repo.name))
     return Summary(
         repos=repos,
         blocked=extra_blocked + transfers_blocked,
         blocked_total=sum(repo.blocked for repo in repos),
-        service=service_facts(reader),
+        service=service,
+        stuck=stuck,
+        stuck_total=stuck_total,
+        daemon=daemon,
     )
 
 
@@ -599,20 +865,24 @@ def _eta(state: str | None, remaining: int, rate: float | None) -> float | None:
     return round(remaining / rate, 1)
 
 
-def repo_detail(reader: Reader, name: str) -> RepoDetail | None:
-    """Return the repo's summary and every file of its current snapshot with each hop's state, files
-    with something blocked first (then waiting, running, pending, done, by path), read from one snapshot
-    of the catalogue; None if no such repo."""
+def repo_detail(reader: Reader, name: str, *, now: datetime | None = None) -> RepoDetail | None:
+    """Return the repo's summary, what of it is blocked or stuck, and every file of its current snapshot
+    with each hop's state, files with something blocked first (then waiting, running, pending, done, by
+    path), and whether the daemon runs (at *now*), read from one snapshot of the catalogue; None if no
+    such repo."""
     with reader.consistent():
-        return _repo_detail(reader, name)
+        return _repo_detail(reader, name, now or datetime.now(UTC))
 
 
-def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
+def _repo_detail(reader: Reader, name: str, now: datetime) -> RepoDetail | None:
     rows = _repo_rows(reader, name)
     if not rows:
         return None
     repo_id = rows[0][0]
-    repos, extra_blocked = _summarise(reader, rows, repo_id)
+    service = service_facts(reader)
+    daemon = daemon_of(reader, now, service)
+    daemon_running = daemon.state == DAEMON_RUNNING
+    repos, extra_blocked = _summarise(reader, rows, repo_id, daemon_running=daemon_running)
     repo = repos[0]
     blocked = extra_blocked + _blocked_items(reader, repos, repo_id, None)
     files: list[FileStatus] = []
@@ -645,6 +915,8 @@ def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
                         overall = PENDING
                     continue
                 _, _, state, done, total, rate, attempts, next_at, error, error_class, hint, handles = found
+                if state == RUNNING and not daemon_running:
+                    state = INTERRUPTED
                 running = state == RUNNING
                 hops.append(
                     FileHop(
@@ -666,7 +938,8 @@ def _repo_detail(reader: Reader, name: str) -> RepoDetail | None:
                     overall = state
             files.append(FileStatus(path, size, overall, hops))
         files.sort(key=lambda item: (STATE_ORDER.get(item.state, 3), item.path))
-    return RepoDetail(repo=repo, blocked=blocked, files=files, service=service_facts(reader))
+    stuck, _ = _stuck_items(reader, rows, repo_id, None, daemon_running=daemon_running)
+    return RepoDetail(repo=repo, blocked=blocked, files=files, service=service, stuck=stuck, daemon=daemon)
 
 
 # -- whereis: the location log -------------------------------------------------------------------------
@@ -924,3 +1197,70 @@ def repo_targets(reader: Reader) -> list[RepoTarget]:
         )
         for row in rows
     ]
+
+
+# -- measured throughput (`relayctl drive status`, `relayctl doctor`) -------------------------------------
+
+
+class HopRate(NamedTuple):
+    """What a hop moved lately: the bytes of the pieces that landed within the window, the time they
+    took (gaps longer than the idle gap, and the first piece of each run, are left out), and the summed
+    current rate of its running transfers (bytes/s)."""
+
+    hop: str
+    bytes: int
+    seconds: float
+    pieces: int
+    running: float
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes per second over the measured time; None when too little landed to tell."""
+        return self.bytes / self.seconds if self.seconds > 0 else None
+
+
+def measured_rates(
+    reader: Reader,
+    hops: Sequence[str],
+    *,
+    window: float = 3600.0,
+    idle_gap: float = 300.0,
+    now: datetime | None = None,
+) -> list[HopRate]:
+    """Return each hop's measured throughput over the last *window* seconds, from the times its pieces
+    were recorded durable. Transfers that moved nothing (rapid upload, a copy taken from staging) are
+    left out: their pieces are all recorded at one moment."""
+    moment = now or datetime.now(UTC)
+    rates = []
+    for hop in hops:
+        recent: list[int] = []
+        running = 0.0
+        for tid, state, rate, handles, updated in reader.rows(
+            "SELECT id, state, rate, handles, updated_at FROM transfers WHERE hop = :hop", {"hop": hop}
+        ):
+            when = _when(updated)
+            if state == RUNNING:
+                running += float(rate or 0.0)
+            moved = not any((_json(handles) or {}).get(key) for key in ("rapid", "via"))
+            if when is not None and (moment - when).total_seconds() <= window and moved:
+                recent.append(int(tid))
+        landed: list[tuple[datetime, int]] = []
+        for start in range(0, len(recent), 500):
+            names, params = _params("t", recent[start : start + 500])
+            for length, done_at in reader.rows(
+                f"SELECT length, done_at FROM pieces WHERE transfer_id IN ({names}) "  # noqa: S608
+                "AND done_at IS NOT NULL",
+                params,
+            ):
+                when = _when(done_at)
+                if when is not None and (moment - when).total_seconds() <= window:
+                    landed.append((when, int(length)))
+        landed.sort()
+        moved_bytes, seconds = 0, 0.0
+        for (before, _), (when, length) in pairwise(landed):
+            gap = (when - before).total_seconds()
+            if gap <= idle_gap:
+                moved_bytes += length
+                seconds += gap
+        rates.append(HopRate(hop, moved_bytes, seconds, len(landed), running))
+    return rates

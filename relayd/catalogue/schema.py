@@ -107,6 +107,12 @@ class Repo(Base):
     poll_error: Mapped[str | None] = mapped_column(Text)
     poll_hint: Mapped[str | None] = mapped_column(Text)
     next_poll_at: Mapped[datetime | None]
+    poll_error_class: Mapped[str | None] = mapped_column(String(32))
+    # The current streak of failed polls (reset by a poll that gets an answer): how many, since when,
+    # and when it was surfaced as stuck (retry.surface_after).
+    poll_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    poll_failing_since: Mapped[datetime | None]
+    poll_surfaced_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -187,6 +193,7 @@ class Transfer(Base):
         UniqueConstraint("snapshot_id", "hop"),
         Index("ix_transfers_claim", "hop", "state", "next_attempt_at"),
         Index("ix_transfers_summary", "repo_id", "hop", "state", "bytes_total", "bytes_done"),
+        Index("ix_transfers_failing", "failing_since"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -205,6 +212,10 @@ class Transfer(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     error_class: Mapped[str | None] = mapped_column(String(32))
     hint: Mapped[str | None] = mapped_column(Text)
+    # The current streak of failures (reset when the transfer is done or `relayctl retry` runs): since
+    # when, and when it was surfaced as stuck (retry.surface_after).
+    failing_since: Mapped[datetime | None]
+    surfaced_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
     handles: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -225,6 +236,9 @@ class Piece(Base):
     length: Mapped[int]
     done: Mapped[bool] = mapped_column(Boolean, default=False)
     sends: Mapped[int] = mapped_column(Integer, default=0)
+    # Payload bytes of the latest send already counted in the transfer's bytes_moved: a send that
+    # turns out complete after a restart is counted up to its length, not twice (Store.piece_done).
+    moved: Mapped[int] = mapped_column(default=0, server_default="0")
     done_at: Mapped[datetime | None]
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,12 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from relayd.catalogue.db import is_sqlite, make_engine
+from relayd.catalogue.queries import stuck_hint
 from relayd.catalogue.schema import (
     BLOCKED,
     DONE,
     PENDING,
     POLL_BLOCKED,
     POLL_OK,
+    POLL_WAITING,
     RUNNING,
     SNAPSHOT_ACTIVE,
     SNAPSHOT_DONE,
@@ -48,8 +50,14 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.errors import CatalogueError, UsageError
+from relayd.text import safe_optional, safe_text
 
 log = logging.getLogger(__name__)
+
+
+#: The first hops of a route that a verified drive copy of the same content satisfies (when the route
+#: reads the drive next): the file is not downloaded from the Hub again.
+REUSED_FROM_DRIVE = ("download", "pan_upload")
 
 
 def utcnow() -> datetime:
@@ -155,6 +163,21 @@ class StagedBlob:
     staged_path: str
 
 
+@dataclass(frozen=True)
+class StuckNotice:
+    """A transfer (or, with *hop* None, a repo's poll) that has kept failing for longer than
+    retry.surface_after, as surfaced and notified."""
+
+    repo: str
+    hop: str | None
+    path: str | None
+    error: str | None
+    error_class: str | None
+    attempts: int
+    failing_since: datetime
+    hint: str
+
+
 class LeaseLost(CatalogueError):
     """Another worker owns this transfer now (our lease expired); drop the result."""
 
@@ -197,6 +220,10 @@ class Store:
         self.rules = rules or HopRules()
         # Webhook URLs that receive every repo's notifications (config notify.webhooks).
         self.webhooks: tuple[str, ...] = ()
+        # Told, after each commit, of the bytes a hop moved (hop, bytes) and of each attempt parked
+        # (hop, state, error_class): the daemon's metrics count them as they happen.
+        self.on_moved: Callable[[str, int], None] | None = None
+        self.on_deferred: Callable[[str, str, str], None] | None = None
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -291,10 +318,14 @@ class Store:
         *,
         state: str,
         error: str | None = None,
+        error_class: str | None = None,
         hint: str | None = None,
         next_poll_at: datetime | None = None,
     ) -> None:
-        """Record how the last poll of the repo went (only called when something changed)."""
+        """Record how the last poll of the repo went (only called when something changed). A failed poll
+        adds to the repo's streak of failures; one that got an answer (``ok``) ends it."""
+        now = utcnow()
+        error, hint = safe_optional(error), safe_optional(hint)
         with self._write() as session:
             repo = session.get(Repo, repo_id)
             if repo is None:
@@ -304,13 +335,26 @@ class Store:
                     session,
                     repo,
                     "blocked",
-                    {"hop": "poll", "path": None, "error": error, "hint": hint},
-                    utcnow(),
+                    {"hop": "poll", "path": None, "error": error, "error_class": error_class, "hint": hint},
+                    now,
                 )
+            if state == POLL_OK:
+                self._end_poll_streak(repo)
+            else:
+                repo.poll_attempts += 1
+                repo.poll_failing_since = repo.poll_failing_since or now
+            if next_poll_at != repo.next_poll_at:
+                repo.updated_at = now  # a new retry time: the daemon's reconcile notices the change
             repo.poll_state = state
             repo.poll_error = error
+            repo.poll_error_class = error_class
             repo.poll_hint = hint
             repo.next_poll_at = next_poll_at
+
+    @staticmethod
+    def _end_poll_streak(repo: Repo) -> None:
+        repo.poll_attempts = 0
+        repo.poll_failing_since = repo.poll_surfaced_at = None
 
     def record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
         """Record a new head of the repo and its files; start moving what is new.
@@ -337,20 +381,18 @@ class Store:
             existing = session.scalar(
                 select(Snapshot).where(Snapshot.repo_id == repo_id, Snapshot.commit == commit)
             )
-            if existing is not None:
+            if existing is not None and existing.state != SNAPSHOT_REFUSED:
                 repo.head_commit = commit
                 repo.poll_state = POLL_OK
-                repo.poll_error = repo.poll_hint = None
+                repo.poll_error = repo.poll_hint = repo.poll_error_class = None
                 repo.next_poll_at = None
+                self._end_poll_streak(repo)
                 return SnapshotResult(existing.id, False, 0, 0, 0)
-            snapshot = Snapshot(
-                repo_id=repo_id,
-                commit=commit,
-                state=SNAPSHOT_ACTIVE,
-                seen_at=now,
-                file_count=len(files),
-                total_bytes=sum(spec.size for spec in files),
-            )
+            # A head refused before is recorded now that the repo's globs leave out what was refused.
+            snapshot = existing or Snapshot(repo_id=repo_id, commit=commit, seen_at=now)
+            snapshot.state, snapshot.reason = SNAPSHOT_ACTIVE, None
+            snapshot.file_count = len(files)
+            snapshot.total_bytes = sum(spec.size for spec in files)
             session.add(snapshot)
             session.flush()
             file_ids: list[int] = []
@@ -384,8 +426,9 @@ class Store:
             linked = len(file_ids) - len(new_file_ids)
             repo.head_commit = commit
             repo.poll_state = POLL_OK
-            repo.poll_error = repo.poll_hint = None
+            repo.poll_error = repo.poll_hint = repo.poll_error_class = None
             repo.next_poll_at = None
+            self._end_poll_streak(repo)
             session.flush()
             self._maybe_finish_snapshot(session, repo, snapshot, now)
             return SnapshotResult(snapshot.id, True, len(new_file_ids), linked, removed)
@@ -395,6 +438,7 @@ class Store:
 
         The head is remembered so an unchanged head is not listed again; a new commit is.
         """
+        reason, hint = safe_text(reason), safe_text(hint)
         now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)
@@ -418,6 +462,7 @@ class Store:
             )
             repo.poll_state = POLL_BLOCKED
             repo.poll_error = reason
+            repo.poll_error_class = "hostile"
             repo.poll_hint = hint
             repo.next_poll_at = None
 
@@ -495,6 +540,9 @@ class Store:
                 return False
             file = session.get(File, file_id)
             assert file is not None  # noqa: S101 - file_id comes from this transaction
+            if step == 0 and self._reuse_drive_copy(session, repo, file, now):
+                done_hops.update(dict.fromkeys(REUSED_FROM_DRIVE, DONE))
+                continue
             session.add(
                 Transfer(
                     repo_id=repo.id,
@@ -511,6 +559,84 @@ class Store:
             session.flush()
             return True
         return False
+
+    @staticmethod
+    def _reuse_drive_copy(session: Session, repo: Repo, file: File, now: datetime) -> bool:
+        """Record the file's download and pan_upload as done by a verified drive copy of its content
+        (another file's done pan_upload), when it is no longer staged and the route reads the drive
+        next (vm_pull); return False, recording nothing, when there is no such copy."""
+        if tuple(repo.route[: len(REUSED_FROM_DRIVE) + 1]) != (*REUSED_FROM_DRIVE, "vm_pull"):
+            return False
+        blob = session.get(Blob, file.blob_id)
+        if blob is None or not blob.sha256 or not blob.sha1 or blob.staged_path:
+            return False
+        copy = session.scalar(
+            select(Transfer.handles)
+            .join(File, File.id == Transfer.file_id)
+            .where(
+                File.blob_id == blob.id,
+                File.id != file.id,
+                Transfer.hop == "pan_upload",
+                Transfer.state == DONE,
+            )
+            .order_by(Transfer.finished_at.desc())
+            .limit(1)
+        )
+        if not copy or not copy.get("file_id"):
+            return False
+        reason = f"reused drive copy of {blob.sha256}"
+        reused = {"reused": True, "reason": reason}
+        drive = {key: copy.get(key) for key in ("file_id", "drive_id", "path", "content_hash")}
+        handles = {"download": reused, "pan_upload": {**drive, **reused}}
+        for step, hop in enumerate(REUSED_FROM_DRIVE):
+            session.add(
+                Transfer(
+                    repo_id=repo.id,
+                    file_id=file.id,
+                    hop=hop,
+                    step=step,
+                    state=DONE,
+                    bytes_total=file.size,
+                    bytes_done=file.size,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                    handles=handles[hop],
+                )
+            )
+        session.flush()
+        log.info("%s: %s: %s", repo.name, file.path, reason)
+        return True
+
+    def fetch_again(self, transfer_id: int, reason: str) -> None:
+        """The drive copy the file of *transfer_id* reused is gone: forget the file's transfers after
+        the first hop (this one included) and run its first hop (download) again."""
+        now = utcnow()
+        with self._write() as session:
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is None or transfer.file_id is None:
+                return
+            repo = session.get(Repo, transfer.repo_id)
+            assert repo is not None  # noqa: S101 - enforced by the foreign key
+            later = select(Transfer.id).where(
+                Transfer.file_id == transfer.file_id, Transfer.hop != repo.route[0]
+            )
+            later_ids = list(session.scalars(later))
+            session.execute(delete(Piece).where(Piece.transfer_id.in_(later_ids)))
+            session.execute(delete(Transfer).where(Transfer.id.in_(later_ids)))
+            session.execute(
+                update(Transfer)
+                .where(Transfer.file_id == transfer.file_id, Transfer.hop == repo.route[0])
+                .values(
+                    state=PENDING,
+                    bytes_done=0,
+                    attempts=0,
+                    handles={"not_reused": reason},
+                    finished_at=None,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            )
 
     def _maybe_finish_snapshot(self, session: Session, repo: Repo, snapshot: Snapshot, now: datetime) -> None:
         """Start (or record) the end of a snapshot once every file reached the route's last hop."""
@@ -587,6 +713,124 @@ class Store:
             now,
         )
 
+    def surface_stuck(self, cutoff: datetime) -> list[StuckNotice]:
+        """Surface every transfer and poll still retrying whose streak of failures began at *cutoff* or
+        earlier and was not surfaced yet: mark it and queue one ``stuck`` notification per streak, as for
+        a blocked one. Return what was surfaced. Finding nothing costs one read, no write."""
+        retrying = (Transfer.state.in_((PENDING, RUNNING, WAITING)), Transfer.surfaced_at.is_(None))
+        with self.read() as session:
+            transfer_ids = list(
+                session.scalars(select(Transfer.id).where(Transfer.failing_since <= cutoff, *retrying))
+            )
+            repo_ids = list(
+                session.scalars(
+                    select(Repo.id).where(
+                        Repo.poll_failing_since <= cutoff,
+                        Repo.poll_surfaced_at.is_(None),
+                        Repo.poll_state == POLL_WAITING,
+                    )
+                )
+            )
+        if not transfer_ids and not repo_ids:
+            return []
+        now = utcnow()
+        surfaced: list[StuckNotice] = []
+        with self._write() as session:
+            for transfer_id in transfer_ids:
+                # Conditional, so that of daemons sharing the catalogue only one notifies.
+                marked = session.execute(
+                    update(Transfer)
+                    .where(Transfer.id == transfer_id, Transfer.failing_since <= cutoff, *retrying)
+                    .values(surfaced_at=now)
+                )
+                transfer = session.get(Transfer, transfer_id)
+                if not marked.rowcount or transfer is None:  # type: ignore[attr-defined]
+                    continue
+                file = session.get(File, transfer.file_id) if transfer.file_id is not None else None
+                surfaced.append(
+                    self._notify_stuck(
+                        session,
+                        transfer.repo_id,
+                        hop=transfer.hop,
+                        path=file.path if file is not None else None,
+                        error=transfer.last_error,
+                        error_class=transfer.error_class,
+                        attempts=transfer.attempts,
+                        failing_since=transfer.failing_since or now,
+                        now=now,
+                    )
+                )
+            for repo_id in repo_ids:
+                marked = session.execute(
+                    update(Repo)
+                    .where(
+                        Repo.id == repo_id,
+                        Repo.poll_failing_since <= cutoff,
+                        Repo.poll_surfaced_at.is_(None),
+                        Repo.poll_state == POLL_WAITING,
+                    )
+                    .values(poll_surfaced_at=now)
+                )
+                repo = session.get(Repo, repo_id)
+                if not marked.rowcount or repo is None:  # type: ignore[attr-defined]
+                    continue
+                surfaced.append(
+                    self._notify_stuck(
+                        session,
+                        repo_id,
+                        hop=None,
+                        path=None,
+                        error=repo.poll_error,
+                        error_class=repo.poll_error_class,
+                        attempts=repo.poll_attempts,
+                        failing_since=repo.poll_failing_since or now,
+                        now=now,
+                    )
+                )
+        return surfaced
+
+    def _notify_stuck(
+        self,
+        session: Session,
+        repo_id: int,
+        *,
+        hop: str | None,
+        path: str | None,
+        error: str | None,
+        error_class: str | None,
+        attempts: int,
+        failing_since: datetime,
+        now: datetime,
+    ) -> StuckNotice:
+        repo = session.get(Repo, repo_id)
+        assert repo is not None  # noqa: S101 - enforced by the foreign key
+        notice = StuckNotice(
+            repo=repo.name,
+            hop=hop,
+            path=path,
+            error=error,
+            error_class=error_class,
+            attempts=attempts,
+            failing_since=failing_since,
+            hint=stuck_hint(error_class),
+        )
+        self._enqueue(
+            session,
+            repo,
+            "stuck",
+            {
+                "hop": hop or "poll",
+                "path": path,
+                "error": error,
+                "error_class": error_class,
+                "attempts": attempts,
+                "failing_since": failing_since.isoformat(),
+                "hint": notice.hint,
+            },
+            now,
+        )
+        return notice
+
     def due_notifications(self, limit: int = 50) -> list[Notification]:
         """Return undelivered notifications whose time has come."""
         with self.read() as session:
@@ -609,6 +853,7 @@ class Store:
     ) -> None:
         """Record a delivery attempt: delivered, retry at *retry_at*, or given up (retry_at None)."""
         now = utcnow()
+        error = safe_optional(error)
         with self._write() as session:
             values: dict[str, Any] = {"attempts": Notification.attempts + 1, "last_error": error}
             if delivered or retry_at is None:
@@ -844,24 +1089,88 @@ class Store:
             session.execute(query.values(done=False, done_at=None))
             self._refresh_bytes_done(session, transfer_id)
 
-    def piece_started(self, transfer_id: int, index: int) -> None:
-        """Count one more attempt at sending the piece (for 'moved at most N times' checks)."""
+    def piece_started(self, transfer_id: int, index: int, *, moved: int = 0) -> None:
+        """Count one more send of the piece (for 'moved at most N times' checks); its bytes are counted
+        from zero. *moved*: bytes of the piece's previous send not counted yet (they count now)."""
         with self._write() as session:
             session.execute(
                 update(Piece)
                 .where(Piece.transfer_id == transfer_id, Piece.idx == index)
-                .values(sends=Piece.sends + 1)
+                .values(sends=Piece.sends + 1, moved=0)
             )
+            hop = self._count_moved(session, transfer_id, moved, {})
+        self._counted(hop, moved)
 
-    def piece_done(self, transfer_id: int, index: int) -> None:
-        """Record that the piece is durable at the destination."""
+    def piece_done(
+        self,
+        transfer_id: int,
+        indices: Sequence[int],
+        *,
+        moved: int = 0,
+        by_piece: Mapping[int, int] | None = None,
+        sent_before: Sequence[int] = (),
+        rate: float | None = None,
+    ) -> None:
+        """Record that the pieces are durable at the destination, and count *moved* payload bytes
+        (*by_piece*: those of each piece's latest send) and the current *rate* in the same transaction.
+
+        *sent_before*: pieces among them whose latest send was begun by an earlier attempt (a process
+        that died, or failed, before it recorded them): the destination holds them, so that send
+        completed and counts up to its length (the part counted already is not counted again).
+        """
         with self._write() as session:
+            if sent_before:
+                rest = session.scalar(
+                    select(func.coalesce(func.sum(Piece.length - Piece.moved), 0)).where(
+                        Piece.transfer_id == transfer_id,
+                        Piece.idx.in_(sent_before),
+                        Piece.done.is_(False),
+                        Piece.sends > 0,
+                        Piece.moved < Piece.length,
+                    )
+                )
+                session.execute(
+                    update(Piece)
+                    .where(Piece.transfer_id == transfer_id, Piece.idx.in_(sent_before), Piece.sends > 0)
+                    .values(moved=Piece.length)
+                )
+                moved += int(rest or 0)
             session.execute(
                 update(Piece)
-                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .where(Piece.transfer_id == transfer_id, Piece.idx.in_(indices))
                 .values(done=True, done_at=utcnow())
             )
+            session.execute(update(Transfer).where(Transfer.id == transfer_id).values(rate=rate))
+            hop = self._count_moved(session, transfer_id, moved, by_piece or {})
             self._refresh_bytes_done(session, transfer_id)
+        self._counted(hop, moved)
+
+    @staticmethod
+    def _count_moved(
+        session: Session, transfer_id: int, moved: int, by_piece: Mapping[int, int]
+    ) -> str | None:
+        """Add *moved* to the transfer's bytes_moved and *by_piece* to each piece's current send; return
+        the transfer's hop when bytes were counted (for ``_counted`` once the transaction is committed)."""
+        hop = None
+        if moved:
+            hop = session.execute(
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(bytes_moved=Transfer.bytes_moved + moved)
+                .returning(Transfer.hop)
+            ).scalar_one_or_none()
+        for index, count in by_piece.items():
+            session.execute(
+                update(Piece)
+                .where(Piece.transfer_id == transfer_id, Piece.idx == index)
+                .values(moved=Piece.moved + count)
+            )
+        return hop
+
+    def _counted(self, hop: str | None, moved: int) -> None:
+        """Tell ``on_moved`` (the process's metrics) of bytes counted in a committed transaction."""
+        if hop is not None and moved and self.on_moved is not None:
+            self.on_moved(hop, moved)
 
     @staticmethod
     def _refresh_bytes_done(session: Session, transfer_id: int) -> None:
@@ -875,18 +1184,23 @@ class Store:
         )
 
     def progress(
-        self, transfer_id: int, *, moved: int, rate: float | None, bytes_done: int | None = None
+        self,
+        transfer_id: int,
+        *,
+        moved: int,
+        rate: float | None,
+        bytes_done: int | None = None,
+        by_piece: Mapping[int, int] | None = None,
     ) -> None:
-        """Add *moved* bytes to the transfer's traffic and record its current rate (for status)."""
-        values: dict[str, Any] = {
-            "bytes_moved": Transfer.bytes_moved + moved,
-            "rate": rate,
-            "updated_at": utcnow(),
-        }
+        """Add *moved* bytes to the transfer's traffic (*by_piece*: those of each piece's latest send)
+        and record its current rate (for status)."""
+        values: dict[str, Any] = {"rate": rate, "updated_at": utcnow()}
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
             session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
+            hop = self._count_moved(session, transfer_id, moved, by_piece or {})
+        self._counted(hop, moved)
 
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""
@@ -930,6 +1244,7 @@ class Store:
             transfer.lease_expires_at = None
             transfer.last_error = transfer.error_class = transfer.hint = None
             transfer.next_attempt_at = None
+            transfer.failing_since = transfer.surfaced_at = None
             transfer.rate = None
             session.execute(update(Piece).where(Piece.transfer_id == transfer_id).values(done=True))
             if transfer.snapshot_id is not None:
@@ -1042,13 +1357,16 @@ class Store:
         hint: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
-        """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person)."""
+        """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person); a first
+        failure since it last succeeded begins its streak of failures."""
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
+        now = utcnow()
+        error, hint = safe_text(error), safe_optional(hint)
         with self._write() as session:
             if state == BLOCKED:
                 self._notify_blocked(session, transfer_id, error=error, error_class=error_class, hint=hint)
-            session.execute(
+            parked = session.execute(
                 update(Transfer)
                 .where(Transfer.id == transfer_id, Transfer.lease_owner == owner)
                 .values(
@@ -1060,9 +1378,18 @@ class Store:
                     lease_owner=None,
                     lease_expires_at=None,
                     rate=None,
-                    updated_at=utcnow(),
+                    updated_at=now,
                 )
-            )
+                .returning(Transfer.hop)
+            ).scalar_one_or_none()
+            if parked is not None:
+                session.execute(
+                    update(Transfer)
+                    .where(Transfer.id == transfer_id, Transfer.failing_since.is_(None))
+                    .values(failing_since=now)
+                )
+        if parked is not None and self.on_deferred is not None:
+            self.on_deferred(parked, state, error_class)
 
     def _notify_blocked(
         self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
@@ -1109,7 +1436,8 @@ class Store:
     # -- control -----------------------------------------------------------------------------------
 
     def retry(self, repo_name: str | None = None, hop: str | None = None) -> int:
-        """Make blocked and waiting transfers (and polls) runnable now; return how many transfers.
+        """Make blocked and waiting transfers (and polls) runnable now, each beginning a new streak of
+        failures (attempts from 0); return how many transfers.
 
         Raise UsageError for an unknown repo.
         """
@@ -1126,10 +1454,25 @@ class Store:
             if hop is not None:
                 query = query.where(Transfer.hop == hop)
             result = session.execute(
-                query.values(state=PENDING, next_attempt_at=None, attempts=0, updated_at=now)
+                query.values(
+                    state=PENDING,
+                    next_attempt_at=None,
+                    attempts=0,
+                    failing_since=None,
+                    surfaced_at=None,
+                    updated_at=now,
+                )
             )
             if hop is None:
-                session.execute(repo_query.values(next_poll_at=now, updated_at=now))
+                session.execute(
+                    repo_query.values(
+                        next_poll_at=now,
+                        poll_attempts=0,
+                        poll_failing_since=None,
+                        poll_surfaced_at=None,
+                        updated_at=now,
+                    )
+                )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     def unblock(self, *, error_class: str, hops: Sequence[str]) -> int:

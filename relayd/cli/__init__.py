@@ -7,6 +7,7 @@ that command runs, and each command imports what it needs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -56,7 +57,9 @@ def cli(ctx: click.Context, config_path: Path, verbose: int) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: what relayctl creates (a new catalogue, a backup, drive tokens) is
+    private to its user, as the daemon's files are."""
+    os.umask(0o077)
     cli(prog_name="relayctl")
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from relayd.errors import ConfigError, RelayError, UsageError
+from relayd.logs import SCRUBBER
 
 if TYPE_CHECKING:
     from relayd.catalogue.queries import Reader
@@ -64,6 +66,7 @@ def setup_logging(verbose: int) -> None:
             root.removeHandler(handler)
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("relayctl: %(levelname)s: %(name)s: %(message)s"))
+    handler.addFilter(SCRUBBER)  # tokens, signed URLs' queries and proxy passwords never reach stderr
     root.addHandler(handler)
     root.setLevel(level)
 
@@ -145,6 +148,41 @@ def _at_head(reader: Reader) -> bool:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def complete_repo(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Return the watched repos whose names start with *incomplete*, for shell completion: read from the
+    catalogue of the config the command line names (or $RELAYD_CONFIG, or the default). Completion never
+    fails aloud nor creates a catalogue: anything in the way just offers nothing."""
+    from relayd.catalogue.queries import open_reader, repo_targets, sqlite_file
+    from relayd.config import load_config
+
+    del param
+    logging.disable(logging.CRITICAL)  # a config warning would land in the middle of the command line
+    try:
+        path = ctx.find_root().params.get("config_path") or DEFAULT_CONFIG
+        url = load_config(Path(path)).catalogue.url
+        database = sqlite_file(url)
+        if database is not None and not database.exists():
+            return []
+        reader = open_reader(url)
+        try:
+            names = [repo.name for repo in repo_targets(reader)]
+        finally:
+            reader.close()
+    except Exception:  # noqa: BLE001 - a shell's Tab must never print a traceback
+        return []
+    finally:
+        logging.disable(logging.NOTSET)
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
+
+
+def complete_hop(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Return the installed hops whose names start with *incomplete*, for shell completion."""
+    from relayd.hops import hop_names
+
+    del ctx, param
+    return [CompletionItem(name) for name in hop_names() if name.startswith(incomplete)]
 
 
 def json_option(function: F) -> F:

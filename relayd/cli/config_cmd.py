@@ -1,4 +1,5 @@
-"""`relayctl config`: validate the config file, and show the effective config without its secrets."""
+"""`relayctl config`: validate the config file, show the effective config without its secrets, and print
+the documented example to start one from."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -65,6 +67,8 @@ def config_warnings(config: Config) -> list[str]:
             raise ConfigError(f"{config.path}: {exc}") from exc
         if value is None:
             warnings.append(f"{ref.key} comes {ref.describe()}, which is empty; hops that need it will block")
+    if config.vm.executor == "ssh":
+        warnings += _vm_credential_warnings(config)
     known = set(hop_names())
     missing = [hop for hop in DEFAULT_ROUTE if hop not in known]
     if missing:
@@ -80,6 +84,27 @@ def config_warnings(config: Config) -> list[str]:
             load_hop_class(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal, here
             warnings.append(f"hop {name!r} cannot be loaded: {exc}")
+    return warnings
+
+
+def _vm_credential_warnings(config: Config) -> list[str]:
+    """Return a warning for each VM credential (SSH key, known_hosts) that is named but empty or absent."""
+    from relayd.config import credential_path
+
+    warnings = []
+    for key in ("identity_credential", "known_hosts_credential"):
+        name = getattr(config.vm, key)
+        if not name:
+            continue
+        path = credential_path(name, f"vm.{key}")
+        try:
+            empty = not path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: vm.{key}: cannot read {path}: {exc.strerror}") from exc
+        if empty:
+            warnings.append(
+                f"vm.{key} names the credential {name!r}, which is empty; the VM cannot be reached"
+            )
     return warnings
 
 
@@ -142,22 +167,58 @@ def render_toml(data: dict[str, Any], secrets: set[tuple[str, str]]) -> list[str
     return lines
 
 
+def redact_urls(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """Hide the secrets that URLs in the effective config *data* carry, in place: a password in the
+    catalogue URL, the userinfo of each service's proxy, all but the scheme and host of webhooks.
+    Return (section, key) of each value changed beyond pasting back (shown as comments)."""
+    from relayd.logs import scrub_urls, url_host
+
+    data["catalogue"]["url"] = mask_url(data["catalogue"]["url"])
+    changed = set()
+    for section in ("hub", "drive", "vm", "modelscope"):
+        proxy = data[section].get("proxy") or ""
+        if scrub_urls(proxy) != proxy:
+            data[section]["proxy"] = scrub_urls(proxy)
+            changed.add((section, "proxy"))
+    if data["notify"]["webhooks"]:
+        data["notify"]["webhooks"] = [url_host(url) + "/…" for url in data["notify"]["webhooks"]]
+        changed.add(("notify", "webhooks"))
+    return changed
+
+
 @config_group.command("show")
 @json_option
 @pass_app
 def show(app: App, as_json: bool) -> None:
-    """Print the effective config; secrets are shown only as where they come from."""
+    """Print the effective config; secrets are shown only as where they come from, URLs without the
+    secrets they may carry."""
     from relayd.config import config_as_dict
 
     config = app.config
     data = config_as_dict(config)
-    data["catalogue"]["url"] = mask_url(config.catalogue.url)
+    redacted = redact_urls(data)
     if as_json:
         echo_json(data)
         return
-    for line in render_toml(data, _secret_keys(config)):
+    for line in render_toml(data, _secret_keys(config) | redacted):
         click.echo(line)
     if config.plugin_sections:
         names = ", ".join(sorted(config.plugin_sections))
         click.echo("")
         click.echo(f"# [hops.*] sections ({names}) belong to their plugins and are not shown")
+
+
+def example_path() -> Path:
+    """Return the documented example config: the wheel's copy (package data), else the checkout's."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "config.example.toml", package_dir.parent / "config.example.toml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"the example config is missing from this installation (looked in {package_dir})")
+
+
+@config_group.command("example")
+def example() -> None:
+    """Print the documented example config (every key, its default and what it does), e.g.
+    `relayctl config example > relayd.toml`."""
+    click.echo(example_path().read_text(encoding="utf-8"), nl=False)

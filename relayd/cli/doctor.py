@@ -1,12 +1,15 @@
 """`relayctl doctor`: check everything relayd needs, each failure with the fix.
 
 The checks follow the routes of the watched repos (every built-in hop of the default route when no
-repo is watched yet): the config, the catalogue's schema and the daemon's heartbeat; the Hub token
-and read access to each repo (gated ones included); the drive login; the VM (reachable, python3,
-git, git-lfs, free space); the ModelScope token and each destination repo (through the agent's
-``lfs_check``, on the VM or here); the staging disk. Local checks run first, in this thread; the
-network checks run at once in daemon threads, each with its own deadline (``--timeout``), so doctor
-never hangs on a silent host. Nothing here writes to the catalogue, and no secret is ever shown.
+repo is watched yet): the config, the catalogue's schema and the daemon's heartbeat; the Hub endpoint,
+token and read access to each repo (gated ones included); the drive login and API; the VM (reachable,
+python3, git, git-lfs, free space); the ModelScope token and each destination repo (through the
+agent's ``lfs_check``, on the VM or here), or its host while no repo pushes there; the staging disk.
+Local checks run first, in this thread; the network checks run in daemon threads, each with its own
+deadline (``--timeout``), so doctor never hangs on a silent host. A check starts once the checks it
+needs are in, and is skipped with the reason when one of them failed. A service that cannot be reached
+is named in plain words (relayd.neterrors). Nothing here writes to the catalogue, and no secret is ever
+shown.
 
 Exit status: 0 when nothing failed (warnings allowed), 1 when a check failed, 2 for an invalid config.
 """
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from relayd.catalogue.queries import START_HINT
 from relayd.cli.app import EXIT_RUNTIME, EXIT_USAGE, App, echo_json, json_option, pass_app
 from relayd.errors import ConfigError, RelayError, UsageError
+from relayd.neterrors import plain_network_error, status_words
 
 if TYPE_CHECKING:
     from relayd.catalogue.queries import Reader, RepoTarget
@@ -41,11 +47,8 @@ FORMAT = 1
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 STATUSES = (OK, WARN, FAIL, SKIP)
 DEFAULT_TIMEOUT = 10.0
-#: A heartbeat older than this means the daemon is not running (it beats every 10 s).
-STALE_HEARTBEAT = 60.0
 #: How long past its own deadline a network check's thread may take before doctor gives up on it.
 GRACE = 2.0
-START_HINT = "start it: `systemctl start relayd` (or `relayd run -c CONFIG`)"
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,24 @@ class Row:
 
 @dataclass(frozen=True)
 class Probe:
-    """A check that may wait on the network: run in its own thread, given up after the deadline."""
+    """A check that may wait on the network: run in its own thread, given up after the deadline.
+
+    ``url`` and ``setting`` name where it goes (a network failure is then told in plain words, see
+    relayd.neterrors). ``needs`` maps the rows it depends on to how a person names them: when one of
+    them failed or was skipped, this probe is skipped with that reason instead of failing again.
+    ``also`` lists the (group, name) of the other rows it reports, skipped when it fails before
+    reporting them; ``label`` names it in those reasons ("the VM").
+    """
 
     group: str
     name: str
     run: Callable[[], list[Row]]
     timeout_hint: str = ""
+    url: str = ""
+    setting: str = ""
+    label: str = ""
+    needs: Mapping[str, str] = field(default_factory=dict)
+    also: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -211,6 +226,7 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
         try:
             rows, reader = catalogue_rows(config, probe)
             rows.append(daemon_row(reader, now))
+            rows += drive_rate_rows(reader)
             needed = _vm_bytes_needed(reader)
         except Exception as exc:
             log.debug("reading the catalogue failed", exc_info=True)
@@ -236,31 +252,20 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
 
 
 def daemon_row(reader: Reader | None, now: datetime) -> Row:
-    """Return whether a daemon publishes its heartbeat in this catalogue (a warning when not)."""
-    from relayd.catalogue.queries import service_facts
+    """Return whether a daemon serves this catalogue, by its heartbeat and its instance lock (a warning
+    when not)."""
+    from relayd.catalogue.queries import DAEMON_RUNNING, daemon_of, service_facts
 
     if reader is None:
         return Row("daemon", "daemon", WARN, "no catalogue, so no daemon", START_HINT)
-    fact = next((item for item in service_facts(reader) if item.key == "daemon"), None)
-    if fact is None:
-        return Row("daemon", "daemon", WARN, "no heartbeat: relayd has not run on this catalogue", START_HINT)
-    value = fact.value
-    age = None if fact.updated_at is None else (now - fact.updated_at).total_seconds()
-    who = f"pid {value.get('pid', '?')}, relayd {value.get('version', '?')}"
-    if value.get("state") == "stopped":
-        return Row("daemon", "daemon", WARN, f"stopped ({who})", START_HINT)
-    if age is None or age > STALE_HEARTBEAT:
-        since = "never" if age is None else f"{_minutes(age)} ago"
-        return Row(
-            "daemon",
-            "daemon",
-            WARN,
-            f"the last heartbeat ({who}) was {since}: the daemon is not running, or is stuck",
-            f"check `systemctl status relayd` or its log; {START_HINT}",
-        )
-    running = value.get("running")
+    facts = service_facts(reader)
+    daemon = daemon_of(reader, now, facts)
+    if daemon.state != DAEMON_RUNNING:
+        return Row("daemon", "daemon", WARN, daemon.detail, daemon.hint)
+    fact = next((item for item in facts if item.key == "daemon"), None)
+    running = fact.value.get("running") if fact is not None else None
     busy = f", {running} transfer(s) running" if running is not None else ""
-    return Row("daemon", "daemon", OK, f"running ({who}), heartbeat {_minutes(age)} ago{busy}")
+    return Row("daemon", "daemon", OK, f"{daemon.detail}{busy}")
 
 
 # -- disk ----------------------------------------------------------------------------------------------
@@ -312,10 +317,20 @@ def staging_row(config: Config) -> Row:
 # -- the Hub -------------------------------------------------------------------------------------------
 
 
-def hub_probes(config: Config, repos: Sequence[RepoTarget]) -> list[Probe]:
-    """Return the Hub token's check and one access check per repo that downloads from the Hub."""
-    endpoint = config.hub.endpoint
+def hub_probes(config: Config, repos: Sequence[RepoTarget], timeout: float) -> list[Probe]:
+    """Return the Hub endpoint's reach, the token's check and one access check per repo that downloads
+    from the Hub; each later one needs the one before it."""
+    endpoint = config.hub.endpoint.rstrip("/")
     reach = f"check hub.endpoint ({endpoint}) and the network path to it"
+
+    def answers() -> list[Row]:
+        from relayd.hub import HubClient
+
+        url = HubClient(config.hub).endpoint + "/"
+        from huggingface_hub import get_session  # after relayd.hub, which sets huggingface_hub up
+
+        response = get_session().head(url, timeout=timeout, follow_redirects=False)
+        return [_answer_row("hub", "hub endpoint", endpoint, response.status_code, reach)]
 
     def token() -> list[Row]:
         from relayd.hub import HubClient
@@ -344,10 +359,15 @@ def hub_probes(config: Config, repos: Sequence[RepoTarget]) -> list[Probe]:
 
         return run
 
-    probes = [Probe("hub", "hub token", token, reach)]
-    probes += [
-        Probe("hub", f"hub {repo.name}", access(repo), reach) for repo in repos if "download" in repo.route
+    def probe(name: str, run: Callable[[], list[Row]], needs: Mapping[str, str]) -> Probe:
+        return Probe("hub", name, run, reach, endpoint, "hub.endpoint", "the Hub endpoint", needs)
+
+    probes = [
+        probe("hub endpoint", answers, {}),
+        probe("hub token", token, {"hub endpoint": "the Hub endpoint"}),
     ]
+    needs = {"hub endpoint": "the Hub endpoint", "hub token": "the Hub token check"}
+    probes += [probe(f"hub {repo.name}", access(repo), needs) for repo in repos if "download" in repo.route]
     return probes
 
 
@@ -377,10 +397,18 @@ def hub_rate_row(config: Config) -> Row:
     )
 
 
+def _answer_row(group: str, name: str, url: str, status: int, hint: str) -> Row:
+    """Return whether a service answered: any answer but a server error or a proxy's refusal will do
+    (the checks that follow ask the questions that matter)."""
+    if status >= 500 or status == 407:
+        return Row(group, name, FAIL, f"{url} answered {status_words(status)}", hint)
+    return Row(group, name, OK, f"{url} answers")
+
+
 # -- the drive -----------------------------------------------------------------------------------------
 
 
-def drive_probes(config: Config) -> list[Probe]:
+def drive_probes(config: Config, timeout: float) -> list[Probe]:
     """Return the drive login's check (no network: the saved token's lifetime) and the API's reach."""
     from relayd.drive.base import LOGIN_HINT
 
@@ -430,24 +458,34 @@ def drive_probes(config: Config) -> list[Probe]:
         return [Row("drive", "drive login", OK, detail)]
 
     def api() -> list[Row]:
-        import urllib.error
-        import urllib.request
+        import requests  # the drive's client library (aligo) speaks through requests
 
-        url = config.drive.api_url
-        request = urllib.request.Request(url, method="GET")
-        try:
-            with urllib.request.urlopen(request, timeout=config.drive.timeout):
-                pass
-        except urllib.error.HTTPError:
-            pass  # any HTTP answer means the API is reachable
-        return [Row("drive", "drive api", OK, f"{url} answers")]
+        with requests.get(url, timeout=timeout, allow_redirects=False, stream=True) as response:
+            status = response.status_code
+        return [_answer_row("drive", "drive api", url, status, reach)]
 
+    url = config.drive.api_url
+    reach = f"check drive.api_url ({url}) and the network path"
     return [
-        Probe("drive", "drive login", login),
-        Probe(
-            "drive", "drive api", api, f"check drive.api_url ({config.drive.api_url}) and the network path"
-        ),
+        Probe("drive", "drive login", login, label="the drive login"),
+        Probe("drive", "drive api", api, reach, url, "drive.api_url", "the drive API"),
     ]
+
+
+def drive_rate_rows(reader: Reader | None) -> list[Row]:
+    """Return how fast the drive moved bytes in the last hour (none when it moved nothing lately); a
+    warning when downloads look held to the third-party rate."""
+    from relayd.catalogue.queries import measured_rates
+    from relayd.cli.drive import DRIVE_HOPS, SLOW_HINT, THIRD_PARTY_RATE, rate_text
+
+    if reader is None:
+        return []
+    rates = [rate for rate in measured_rates(reader, list(DRIVE_HOPS)) if rate.rate or rate.running]
+    if not rates:
+        return []
+    slow = any(r.hop == "vm_pull" and r.rate is not None and r.rate < THIRD_PARTY_RATE for r in rates)
+    detail = "; ".join(rate_text(rate) for rate in rates)
+    return [Row("drive", "drive rate", WARN if slow else OK, detail, SLOW_HINT if slow else "")]
 
 
 # -- the VM --------------------------------------------------------------------------------------------
@@ -526,7 +564,8 @@ def vm_probe(config: Config, executor: Executor, timeout: float, needed: int) ->
             rows.append(Row("disk", "vm disk", OK, space + more))
         return rows
 
-    return Probe("vm", "vm", run, _vm_hint(config))
+    tools = (("vm", "vm python3"), ("vm", "vm git"), ("vm", "vm git-lfs"), ("disk", "vm disk"))
+    return Probe("vm", "vm", run, _vm_hint(config), label="the VM", also=tools)
 
 
 def local_git_probe(executor: Executor, timeout: float) -> Probe:
@@ -550,7 +589,8 @@ def local_git_probe(executor: Executor, timeout: float) -> Probe:
                 )
         return rows
 
-    return Probe("modelscope", "local git", run)
+    also = (("modelscope", "local git-lfs"),)
+    return Probe("modelscope", "local git", run, label="the check of git on this machine", also=also)
 
 
 # -- ModelScope ----------------------------------------------------------------------------------------
@@ -571,7 +611,10 @@ def modelscope_probes(
     config: Config, repos: Sequence[RepoTarget], executors: Callable[[bool], Executor], timeout: float
 ) -> tuple[list[Row], list[Probe]]:
     """Return the token's row and one probe per destination repo (the agent's ``lfs_check``: the remote
-    exists and accepts the token on the git and LFS legs)."""
+    exists and accepts the token on the git and LFS legs), each needing the token and git-lfs where it
+    runs; while no repo pushes to ModelScope, one probe of the remote's host from this machine."""
+    from urllib.parse import urlsplit
+
     from relayd.cli.whereis import public_url
 
     section = config.modelscope
@@ -580,18 +623,20 @@ def modelscope_probes(
         "set MODELSCOPE_TOKEN (or [modelscope] token_env, token_file or token_credential) to an access "
         "token with write access"
     )
+    token = ""
     try:
-        token = ref.resolve()
+        token = ref.resolve() or ""
     except ConfigError as exc:
-        return [_failure("modelscope", "modelscope token", exc, "fix [modelscope] token")], []
-    if not token:
-        return [Row("modelscope", "modelscope token", FAIL, f"no access token ({ref.describe()})", fix)], []
-    rows = [Row("modelscope", "modelscope token", OK, f"set ({ref.describe()})")]
+        rows = [_failure("modelscope", "modelscope token", exc, "fix [modelscope] token")]
+    else:
+        if token:
+            rows = [Row("modelscope", "modelscope token", OK, f"set ({ref.describe()})")]
+        else:
+            rows = [Row("modelscope", "modelscope token", FAIL, f"no access token ({ref.describe()})", fix)]
     probes: list[Probe] = []
     seen: set[tuple[str, bool]] = set()
-    for repo in repos:
-        if "lfs_push" not in repo.route:
-            continue
+    pushing = [repo for repo in repos if "lfs_push" in repo.route]
+    for repo in pushing:
         name = f"modelscope {repo.destinations.get('modelscope_repo') or repo.name}"
         try:
             target = _destination(repo)
@@ -612,18 +657,31 @@ def modelscope_probes(
         if (remote, on_vm) in seen:
             continue
         seen.add((remote, on_vm))
+        git_lfs = (
+            {"vm git-lfs": "git-lfs on the VM"} if on_vm else {"local git-lfs": "git-lfs on this machine"}
+        )
         probes.append(
             Probe(
                 "modelscope",
                 name,
                 _lfs_check(config, executors(on_vm), on_vm, remote, token, name, timeout),
                 f"check [modelscope] remote ({public_url(remote)}) and the network path to it",
+                needs={"modelscope token": "the ModelScope token", **git_lfs},
             )
         )
-    if not probes and len(rows) == 1:
-        rows.append(
-            Row("modelscope", "modelscope repos", SKIP, "no repo pushes to ModelScope yet; nothing to reach")
-        )
+    if not pushing:
+        parts = urlsplit(public_url(section.remote.format(owner="owner", name="name")))
+        origin = f"{parts.scheme}://{parts.netloc}"
+
+        def answers() -> list[Row]:
+            import requests
+
+            with requests.get(f"{origin}/", timeout=timeout, allow_redirects=False, stream=True) as response:
+                status = response.status_code
+            return [_answer_row("modelscope", "modelscope endpoint", origin, status, reach)]
+
+        reach = f"check [modelscope] remote ({origin}) and the network path to it from this machine"
+        probes.append(Probe("modelscope", "modelscope endpoint", answers, reach, origin, "modelscope.remote"))
     return rows, probes
 
 
@@ -644,7 +702,7 @@ def _lfs_check(
         result = executor.call(
             "lfs_check",
             {"remote": remote, "work_dir": work_dir, "branch": section.branch, "activity_timeout": timeout},
-            secrets={"token": token},
+            secrets={"token": token, "proxy": section.proxy},
             timeout=timeout,
         )
         head = result.get("branch_head")
@@ -693,48 +751,104 @@ def local_copy_rows(config: Config) -> list[Row]:
 # -- running the checks --------------------------------------------------------------------------------
 
 
-def run_probes(probes: Sequence[Probe], timeout: float) -> list[Row]:
-    """Run every probe in its own daemon thread at once; a probe not done by its deadline fails."""
-    results: list[list[Row] | None] = [None] * len(probes)
-    threads: list[threading.Thread] = []
-    started = time.monotonic()
+def probe_failure(probe: Probe, exc: BaseException, timeout: float) -> Row:
+    """Return the failed row of *probe*: a network failure in plain words, else the error and its hint."""
+    if probe.url:
+        plain = plain_network_error(exc, probe.url, setting=probe.setting, timeout=timeout)
+        if plain is not None:
+            return Row(probe.group, probe.name, FAIL, plain.detail, plain.hint)
+    return _failure(probe.group, probe.name, exc, probe.timeout_hint)
+
+
+def _skip_reason(probe: Probe, outcome: Mapping[str, Row]) -> str | None:
+    """Return why *probe* is skipped (a row it needs failed or was skipped), or None when it may run."""
+    for need, words in probe.needs.items():
+        row = outcome.get(need)
+        if row is not None and row.status == FAIL:
+            return f"skipped: {words} failed"
+        if row is not None and row.status == SKIP:
+            return row.detail if row.detail.startswith("skipped: ") else f"skipped: {words} was not checked"
+    return None
+
+
+def _skipped(probe: Probe, reason: str) -> list[Row]:
+    return [Row(group, name, SKIP, reason) for group, name in ((probe.group, probe.name), *probe.also)]
+
+
+def run_probes(probes: Sequence[Probe], timeout: float, known: Sequence[Row] = ()) -> list[Row]:
+    """Run every probe in its own daemon thread, each as soon as the rows it needs are in (those of
+    *known* or of another probe): all at once when none needs another. A probe whose prerequisite
+    failed or was skipped is skipped with the reason; one not done by its deadline (*timeout* after it
+    started, and a grace) fails. Return the rows in the probes' order."""
+    outcome = {row.name: row for row in known}
+    producer = {
+        name: i for i, probe in enumerate(probes) for _, name in ((probe.group, probe.name), *probe.also)
+    }
+    results: dict[int, list[Row]] = {}
+    started: dict[int, float] = {}
+    finished: queue.SimpleQueue[tuple[int, list[Row]]] = queue.SimpleQueue()
 
     def work(index: int, probe: Probe) -> None:
         begin = time.monotonic()
         try:
             rows = probe.run()
-        except RelayError as exc:
-            rows = [_failure(probe.group, probe.name, exc, probe.timeout_hint)]
         except Exception as exc:
-            log.debug("check %s failed", probe.name, exc_info=True)
-            rows = [_failure(probe.group, probe.name, exc, probe.timeout_hint)]
+            if not isinstance(exc, RelayError):
+                log.debug("check %s failed", probe.name, exc_info=True)
+            rows = [probe_failure(probe, exc, timeout)]
         spent = round(time.monotonic() - begin, 3)
-        results[index] = [replace(row, seconds=spent) for row in rows]
+        finished.put((index, [replace(row, seconds=spent) for row in rows]))
 
-    for index, probe in enumerate(probes):
-        thread = threading.Thread(
-            target=work, args=(index, probe), name=f"relayctl-doctor-{index}", daemon=True
-        )
-        thread.start()
-        threads.append(thread)
-    deadline = started + timeout + GRACE
-    rows: list[Row] = []
-    for index, (probe, thread) in enumerate(zip(probes, threads, strict=True)):
-        thread.join(max(0.0, deadline - time.monotonic()))
-        found = results[index]
-        if found is None:
-            found = [
-                Row(
-                    probe.group,
-                    probe.name,
-                    FAIL,
-                    f"no answer within {timeout:g} s",
-                    probe.timeout_hint or "check the network path, or give doctor a longer --timeout",
-                    round(time.monotonic() - started, 3),
-                )
-            ]
-        rows += found
-    return rows
+    def settle(index: int, rows: list[Row]) -> None:
+        probe = probes[index]
+        reported = {row.name for row in rows}
+        if any(row.status == FAIL for row in rows):
+            reason = f"skipped: {probe.label or f'the {probe.name} check'} failed"
+            rows += [row for row in _skipped(probe, reason)[1:] if row.name not in reported]
+        results[index] = rows
+        outcome.update((row.name, row) for row in rows)
+
+    waiting = list(range(len(probes)))
+    while waiting or started:
+        for index in list(waiting):
+            probe = probes[index]
+            if any(need not in outcome and producer.get(need, index) != index for need in probe.needs):
+                continue  # a prerequisite is still being checked
+            waiting.remove(index)
+            reason = _skip_reason(probe, outcome)
+            if reason is not None:
+                settle(index, _skipped(probe, reason))
+                continue
+            started[index] = time.monotonic()
+            name = f"relayctl-doctor-{index}"
+            threading.Thread(target=work, args=(index, probe), name=name, daemon=True).start()
+        if not started:
+            break
+        deadline = min(started.values()) + timeout + GRACE
+        try:
+            index, rows = finished.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            now = time.monotonic()
+            for index, begin in list(started.items()):
+                if now >= begin + timeout + GRACE:
+                    del started[index]
+                    settle(index, [_no_answer(probes[index], timeout, now - begin)])
+            continue
+        if started.pop(index, None) is not None:  # a probe already given up on is not heard again
+            settle(index, rows)
+    return [row for index in range(len(probes)) for row in results.get(index, [])]
+
+
+def _no_answer(probe: Probe, timeout: float, spent: float) -> Row:
+    where = f": no answer from {probe.url}" if probe.url else ""
+    return Row(
+        probe.group,
+        probe.name,
+        FAIL,
+        f"timed out after {timeout:g} s{where}",
+        probe.timeout_hint or "check the network path, or give doctor a longer --timeout",
+        round(spent, 3),
+    )
 
 
 def plan_hops(repos: Sequence[RepoTarget]) -> list[str]:
@@ -786,9 +900,9 @@ def diagnose(config: Config, load_warnings: Sequence[str], timeout: float) -> tu
         return executors[on_vm]
 
     if "download" in hops:
-        probes += hub_probes(config, plan.repos)
+        probes += hub_probes(config, plan.repos, timeout)
     if "pan_upload" in hops or "vm_pull" in hops:
-        probes += drive_probes(config)
+        probes += drive_probes(config, timeout)
     if "vm_pull" in hops or any("lfs_push" in route and "vm_pull" in route for route in routes):
         probes.append(vm_probe(config, executor_for(True), timeout, plan.needed_on_vm))
     if any("lfs_push" in route and "vm_pull" not in route for route in routes):
@@ -806,7 +920,7 @@ def diagnose(config: Config, load_warnings: Sequence[str], timeout: float) -> tu
         if hop not in known:
             rows.append(Row("config", f"hop {hop}", SKIP, "a plugin hop: doctor has no checks for it"))
     try:
-        rows += run_probes(probes, timeout)
+        rows += run_probes(probes, timeout, known=rows)
         if "download" in hops:
             rows.append(hub_rate_row(config))
     finally:
@@ -907,10 +1021,12 @@ def _collect_config(app: App) -> tuple[Config | None, list[str], Row | None]:
 def doctor(app: App, as_json: bool, timeout: float) -> None:
     """Check the config, the catalogue, the daemon and every service the repos' routes use.
 
-    Hub token and repo access (gated too), the drive login's lifetime, the VM (reachable, python3, git,
-    git-lfs, free space), the ModelScope token and destination repos, the staging disk. Each failure
-    comes with a hint. Exit status: 0 all passed (warnings allowed), 1 a check failed, 2 an invalid
-    config. --json writes the documented document (docs/doctor-json.md).
+    The Hub endpoint, token and repo access (gated too), the drive login's lifetime and its API, the VM
+    (reachable, python3, git, git-lfs, free space), the ModelScope token and destination repos, the
+    staging disk; the services are reached even while no repo is watched. Each failure says in plain
+    words what went wrong, with a hint; a check whose prerequisite failed is skipped with the reason.
+    Exit status: 0 all passed (warnings allowed), 1 a check failed, 2 an invalid config. --json writes
+    the documented document (docs/doctor-json.md).
     """
     config, load_warnings, broken = _collect_config(app)
     plan: Plan | None = None

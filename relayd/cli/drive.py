@@ -1,4 +1,5 @@
-"""`relayctl drive`: give relayd its Aliyun Drive login, and show how long the access token has left.
+"""`relayctl drive`: give relayd its Aliyun Drive login, and show how long the access token has left
+and how fast the drive moved bytes lately (the catalogue's record of the drive hops' pieces).
 
 relayd never logs in interactively (no QR code, no prompt, no browser). A person copies a refresh
 token from the Aliyun Drive web app into a file readable only by them and runs
@@ -13,12 +14,25 @@ import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relayd.cli.app import EXIT_RUNTIME, App, echo_json, json_option, pass_app
 from relayd.errors import ConfigError, NeedsPerson, RelayError, UsageError
+
+if TYPE_CHECKING:
+    from relayd.catalogue.queries import HopRate
+
+#: The hops that move bytes to and from the drive, and what each measures.
+DRIVE_HOPS = {"pan_upload": "upload to the drive", "vm_pull": "download from the drive"}
+#: Below this the drive is probably holding relayd to the third-party rate (about 1.5 MB/s per user
+#: without Aliyun's paid 三方应用权益包; docs/drive.md).
+THIRD_PARTY_RATE = 2_000_000
+SLOW_HINT = (
+    "third-party clients without Aliyun's paid 三方应用权益包 get about 1.5 MB/s per user (about 19 h "
+    "for 100 GB); see docs/drive.md"
+)
 
 LOGIN_EPILOG = (
     "Get a refresh token from the Aliyun Drive web app (developer tools: localStorage 'token', field "
@@ -63,6 +77,33 @@ def _publish(app: App, fact: dict[str, Any]) -> None:
         app.store().publish("drive.token", fact)
     except (RelayError, OSError) as exc:
         click.echo(f"relayctl: note: the catalogue was not updated ({exc})", err=True)
+
+
+def drive_rates(app: App) -> list[HopRate]:
+    """Return the measured throughput of the drive hops over the last hour, from the catalogue ([]
+    when there is no catalogue yet)."""
+    from relayd.catalogue import queries
+
+    path = queries.sqlite_file(app.config.catalogue.url)
+    if path is not None and not path.exists():
+        return []
+    reader = queries.open_reader(app.config.catalogue.url)
+    try:
+        return queries.measured_rates(reader, list(DRIVE_HOPS))
+    finally:
+        reader.close()
+
+
+def rate_text(rate: HopRate) -> str:
+    """Return one hop's measured rate as a line of text."""
+    from relayd.units import format_rate, format_size
+
+    what = f"{DRIVE_HOPS.get(rate.hop, rate.hop)} ({rate.hop})"
+    if rate.rate is None:
+        text = f"{what}: nothing measured in the last hour"
+    else:
+        text = f"{what}: {format_rate(rate.rate)} over the last hour ({format_size(rate.bytes)} measured)"
+    return text + (f", {format_rate(rate.running)} now" if rate.running else "")
 
 
 def _describe(fact: dict[str, Any], now: datetime) -> str:
@@ -147,6 +188,11 @@ def status(app: App, as_json: bool) -> None:
     lifetime = tokens.lifetime()
     now = datetime.now(UTC)
     remaining = lifetime.remaining(now)
+    try:
+        rates = drive_rates(app)
+    except Exception as exc:  # noqa: BLE001 - the rate is a side note; the login's state still shows
+        click.echo(f"relayctl: note: cannot read the drive's rate from the catalogue ({exc})", err=True)
+        rates = []
     data = {
         **lifetime.as_fact(),
         "remaining_seconds": None if remaining is None else round(remaining),
@@ -155,6 +201,15 @@ def status(app: App, as_json: bool) -> None:
         "backend": config.drive.backend,
         "drive": config.drive.drive,
         "api_url": config.drive.api_url,
+        "rates": {
+            rate.hop: {
+                "bytes": rate.bytes,
+                "seconds": round(rate.seconds, 1),
+                "rate": rate.rate,
+                "running": rate.running,
+            }
+            for rate in rates
+        },
     }
     if as_json:
         echo_json(data)
@@ -163,6 +218,10 @@ def status(app: App, as_json: bool) -> None:
         if lifetime.refreshed_at is not None:
             click.echo(f"last refreshed: {lifetime.refreshed_at.isoformat()}")
         click.echo(f"token file: {tokens.path} (mode {data['mode'] or '-'})")
+        for rate in rates:
+            click.echo(rate_text(rate))
+            if rate.hop == "vm_pull" and rate.rate is not None and rate.rate < THIRD_PARTY_RATE:
+                click.echo(f"  note: {SLOW_HINT}")
         if lifetime.state in ("missing", "refused"):
             click.echo("give relayd a login: relayctl drive login --refresh-token-file PATH")
     if lifetime.state in ("missing", "refused"):

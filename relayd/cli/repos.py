@@ -1,25 +1,87 @@
 """`relayctl add | list | remove | pause | resume | retry`: the watched repos and their transfers.
 
-Every argument is validated before the catalogue is opened, so a typo never leaves a trace in it.
+Every argument is validated before the catalogue is opened, so a typo never leaves a trace in it: a
+route whose hops lack their input is refused (relayd.hops.routes), and a pasted Hub URL is read as the
+repo it names.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import click
 
-from relayd.cli.app import App, echo_json, json_option, pass_app
-from relayd.errors import UsageError
+from relayd.cli.app import App, complete_hop, complete_repo, echo_json, json_option, pass_app
+from relayd.errors import HopError, RelayError, UsageError
 from relayd.names import validate_repo_id
 
 if TYPE_CHECKING:
     from relayd.catalogue.schema import Repo
+    from relayd.catalogue.store import RepoSpec
+    from relayd.config import Config
+    from relayd.hops.base import Hop
 
 MIN_EVERY = 10.0
 _BAD_REVISION = re.compile(r"[\s\x00-\x1f\x7f~^:?*\[\\]")
+#: The Hugging Face Hub's own hosts; the configured hub.endpoint's host is accepted as well.
+HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+#: Words that follow a repo id in a Hub URL (a page of the repo, not part of its name).
+_REPO_PAGES = frozenset({"tree", "blob", "resolve", "commit", "commits", "discussions", "settings", "edit"})
+
+
+class RepoRef(NamedTuple):
+    """A repo as named on the command line: its id, and the type and revision a URL gave (or None)."""
+
+    name: str
+    repo_type: str | None = None
+    revision: str | None = None
+
+
+def parse_repo(text: str, endpoint: str) -> RepoRef:
+    """Given ``OWNER/NAME`` (or ``NAME``) or a Hub URL of a repo (``https://huggingface.co/OWNER/NAME``,
+    ``…/datasets/OWNER/NAME``, ``…/tree/REV``, ``hf.co``, or the host of *endpoint*), return the repo it
+    names. Raise UsageError saying what is wrong otherwise."""
+    configured = urlsplit(endpoint)
+    hosts = {*HUB_HOSTS, (configured.netloc or "").lower()}
+    bare = text.split("/", 1)[0].lower()
+    if "://" not in text and not (bare in hosts and "/" in text):
+        return RepoRef(validate_repo_id(text))
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme not in ("http", "https") or parts.netloc.lower() not in hosts:
+        raise UsageError(
+            f"{text!r} is not a URL of the Hub ({', '.join(sorted(hosts - {''}))}): give OWNER/NAME, or the "
+            "repo's URL on the Hub that hub.endpoint names"
+        )
+    path = [unquote(part) for part in parts.path.split("/") if part]
+    repo_type = None
+    if path[:1] == ["spaces"]:
+        raise UsageError(f"{text!r} is a Space: relayd relays models and datasets")
+    if path[:1] == ["datasets"]:
+        repo_type, path = "dataset", path[1:]
+    if len(path) >= 2 and not (path[1] in _REPO_PAGES and len(path) > 2):
+        name, rest = "/".join(path[:2]), path[2:]
+    elif path:
+        name, rest = path[0], path[1:]  # a repo without an owner (gpt2)
+    else:
+        raise UsageError(f"{text!r} names no repo: expected a URL such as https://huggingface.co/OWNER/NAME")
+    validate_repo_id(name)
+    revision = None
+    if rest[:1] == ["tree"] and len(rest) >= 2:
+        revision = rest[1]
+        if len(rest) > 2:
+            folder = "/".join(rest[2:])
+            raise UsageError(
+                f"{text!r} shows the folder {folder!r} of {name}: give the repo (OWNER/NAME or its URL) and "
+                f"choose files with --include '{folder}/*'"
+            )
+    elif rest:
+        raise UsageError(
+            f"{text!r} is a page of {name}, not the repo: give OWNER/NAME or the repo's URL "
+            "(choose files with --include)"
+        )
+    return RepoRef(name, repo_type, revision)
 
 
 def _revision(text: str) -> str:
@@ -50,7 +112,8 @@ def _every(text: str | None, default: float) -> float:
 
 
 def _route(text: str | None) -> tuple[str, ...]:
-    """Return the route named by ``HOP,HOP,...`` (the default route if None); every hop must be installed."""
+    """Return the route named by ``HOP,HOP,...`` (the default route if None). Every hop must be
+    installed, and have its input: read from the source (the first) or produced by a hop before it."""
     from relayd.config import DEFAULT_ROUTE
     from relayd.hops import hop_names
 
@@ -67,7 +130,37 @@ def _route(text: str | None) -> tuple[str, ...]:
             f"{which} names hops that are not installed: {', '.join(unknown)} "
             f"(installed: {', '.join(known) or 'none'})"
         )
+    _check_inputs(hops, "the default route" if text is None else f"--route {','.join(hops)}")
     return hops
+
+
+def _check_inputs(hops: tuple[str, ...], which: str) -> None:
+    """Raise UsageError naming the hop of *hops* that has nothing to read, and a route that works."""
+    from relayd.config import DEFAULT_ROUTE
+    from relayd.hops import hop_names, load_hop_class
+    from relayd.hops.routes import find_gap, suggest
+
+    if find_gap(hops, {hop: load_hop_class(hop) for hop in hops}) is None:
+        return
+    installed: dict[str, type[Hop]] = {}
+    for name in hop_names():
+        try:
+            installed[name] = load_hop_class(name)
+        except RelayError:
+            continue  # a broken plugin cannot be part of a route that works
+    gap = find_gap(hops, installed)  # again, to name every hop that could fill the gap
+    assert gap is not None  # noqa: S101 - the same route, the same hops
+    better = suggest(hops, installed)
+    advice = f"; a route that works: --route {','.join(better)}" if better else ""
+    if (
+        better
+        and better != DEFAULT_ROUTE
+        and set(hops) <= set(DEFAULT_ROUTE)
+        and set(DEFAULT_ROUTE) <= installed.keys()
+        and find_gap(DEFAULT_ROUTE, installed) is None
+    ):
+        advice += f" (or the default route {','.join(DEFAULT_ROUTE)}: leave --route out)"
+    raise UsageError(f"{which} cannot work: {gap.reason}{advice}")
 
 
 def _relative_dir(option: str, text: str) -> str:
@@ -169,6 +262,11 @@ def describe_repo(repo: Repo) -> list[str]:
 )
 @click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Notify this URL (repeatable).")
 @click.option("--replace", is_flag=True, help="Overwrite the settings of a repo that exists.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List the files the globs select now, with sizes and the total; write nothing.",
+)
 @pass_app
 def add(
     app: App,
@@ -186,11 +284,20 @@ def add(
     vm_from_staging: bool | None,
     webhooks: tuple[str, ...],
     replace: bool,
+    dry_run: bool,
 ) -> None:
-    """Watch REPO (OWNER/NAME on Hugging Face) and relay its files along a route."""
+    """Watch REPO and relay its files along a route.
+
+    REPO is OWNER/NAME on the Hub, or its URL as a browser shows it (https://huggingface.co/OWNER/NAME,
+    …/datasets/OWNER/NAME for a dataset, …/tree/REVISION for a branch or tag). A route whose hops cannot
+    get their input (each hop reads what the hop before it produced) is refused.
+    """
     from relayd.catalogue.store import RepoSpec
 
-    name = validate_repo_id(repo)
+    ref = parse_repo(repo, app.config.hub.endpoint)
+    name = ref.name
+    repo_type = _from_url("--type", "repo_type", repo_type, ref.repo_type)
+    revision = _from_url("--revision", "revision", revision, ref.revision)
     for glob in (*include, *exclude):
         if not glob.strip():
             raise UsageError("--include and --exclude need a non-empty glob")
@@ -219,6 +326,10 @@ def add(
         destinations=destinations,
         options=options,
     )
+    if dry_run:
+        for line in dry_run_lines(app.config, spec):
+            click.echo(line)
+        return
     stored, outcome = app.store().add_repo(spec, replace=replace)
     if outcome == "exists":
         click.echo(f"{name} is already watched; nothing changed (use --replace to change it):")
@@ -228,6 +339,77 @@ def add(
         click.echo(f"added {name}:")
     for line in describe_repo(stored):
         click.echo(line)
+
+
+def _from_url(option: str, parameter: str, given: str, from_url: str | None) -> str:
+    """Return the value of *option*: what the URL said, unless the option was given and disagrees."""
+    if from_url is None or from_url == given:
+        return given
+    source = click.get_current_context().get_parameter_source(parameter)
+    if source in (click.core.ParameterSource.DEFAULT, None):
+        return from_url
+    raise UsageError(f"{option} {given} disagrees with the URL, which names {from_url!r}")
+
+
+def dry_run_lines(config: Config, spec: RepoSpec) -> list[str]:
+    """Return what adding *spec* would relay now: the files its globs select at the source's head, with
+    sizes and the total. Ask the source (the route's first hop's), write nothing. Raise RelayError when
+    the source cannot answer."""
+    from relayd.catalogue.schema import Repo
+    from relayd.hops import load_hop_class
+    from relayd.poll import check_listing, load_source, matches
+    from relayd.units import format_size
+
+    kind = load_hop_class(spec.route[0]).source
+    if kind is None:
+        raise UsageError(f"the route's first hop {spec.route[0]} has no source to list")
+    repo = Repo(
+        name=spec.name,
+        repo_type=spec.repo_type,
+        revision=spec.revision,
+        include=list(spec.include),
+        exclude=list(spec.exclude),
+        route=list(spec.route),
+        destinations=dict(spec.destinations),
+        options=dict(spec.options),
+    )
+    try:
+        source = load_source(kind, config)
+        head = source.head(repo)
+        listing = source.list_files(repo, head)
+        check_listing(listing)
+    except HopError as exc:
+        raise RelayError(f"cannot list {spec.name}: {_source_failure(exc, config, kind)}") from exc
+    wanted = sorted(
+        (item for item in listing if matches(item.path, repo.include, repo.exclude)), key=lambda f: f.path
+    )
+    total = sum(item.size for item in wanted)
+    width = max([len(format_size(item.size)) for item in wanted] or [0])
+    lines = [
+        f"{spec.name} ({spec.repo_type}@{spec.revision}, at {head[:12]}): {len(wanted)} of {len(listing)} "
+        f"files selected, {format_size(total)}"
+    ]
+    lines += [f"  {format_size(item.size).rjust(width)}  {item.path}" for item in wanted]
+    lines.append(f"  {format_size(total).rjust(width)}  total ({len(wanted)} files)")
+    lines.append(f"dry run: nothing was written; run it again without --dry-run to watch {spec.name}")
+    return lines
+
+
+def _source_failure(exc: HopError, config: Config, kind: str) -> str:
+    """Return why the source could not be listed, a network failure in plain words, with the hint."""
+    from relayd.neterrors import plain_network_error
+    from relayd.poll import SOURCES
+
+    section_name = SOURCES[kind][1]
+    section = getattr(config, section_name)
+    endpoint = str(getattr(section, "endpoint", ""))
+    timeout = float(getattr(section, "timeout", 0) or 0)
+    setting = f"{section_name}.endpoint"
+    plain = plain_network_error(exc, endpoint, setting=setting, timeout=timeout) if endpoint else None
+    if plain is not None:
+        return f"{plain.detail} (hint: {plain.hint})"
+    hint = str(getattr(exc, "hint", ""))
+    return f"{exc} (hint: {hint})" if hint else str(exc)
 
 
 @click.command("list")
@@ -263,7 +445,7 @@ def list_repos(app: App, as_json: bool) -> None:
 
 
 @click.command("remove")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_app
 def remove(app: App, repo: str, yes: bool) -> None:
@@ -279,7 +461,7 @@ def remove(app: App, repo: str, yes: bool) -> None:
 
 
 @click.command("pause")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @pass_app
 def pause(app: App, repo: str) -> None:
     """Stop polling REPO and starting its transfers (running ones finish)."""
@@ -289,7 +471,7 @@ def pause(app: App, repo: str) -> None:
 
 
 @click.command("resume")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @pass_app
 def resume(app: App, repo: str) -> None:
     """Poll REPO and run its transfers again."""
@@ -299,8 +481,8 @@ def resume(app: App, repo: str) -> None:
 
 
 @click.command("retry")
-@click.argument("repo", required=False)
-@click.option("--hop", metavar="HOP", help="Only transfers of this hop.")
+@click.argument("repo", required=False, shell_complete=complete_repo)
+@click.option("--hop", metavar="HOP", shell_complete=complete_hop, help="Only transfers of this hop.")
 @click.option("--all", "all_repos", is_flag=True, help="Every repo.")
 @pass_app
 def retry(app: App, repo: str | None, hop: str | None, all_repos: bool) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
 from relayd.errors import UsageError
 
 if TYPE_CHECKING:
@@ -25,17 +25,19 @@ def _missing(name: str) -> UsageError:
     return UsageError(f"no repo named {name!r} (see `relayctl list`)")
 
 
-def _text(reader: Reader, repo: str | None) -> list[str]:
+def _text(reader: Reader, repo: str | None, width: int | None, colour: bool) -> list[str]:
+    """Return the text view, every line at most *width* wide (None: no limit), coloured when *colour*."""
     from relayd.catalogue import queries
     from relayd.cli import status_view
 
     now = datetime.now(UTC)
     if repo is None:
-        return status_view.summary_lines(queries.summary(reader, blocked_limit=BLOCKED_LIMIT), now)
-    detail = queries.repo_detail(reader, repo)
+        summary = queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now)
+        return status_view.summary_lines(summary, now, width, colour)
+    detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
         raise _missing(repo)
-    return status_view.detail_lines(detail, now)
+    return status_view.detail_lines(detail, now, width)
 
 
 def _watch(reader: Reader, repo: str | None, interval: float) -> None:
@@ -44,17 +46,22 @@ def _watch(reader: Reader, repo: str | None, interval: float) -> None:
     from rich.live import Live
     from rich.text import Text
 
+    from relayd.cli.term import use_colour
+
+    console = Console()
+    colour = use_colour()
+
     def frame() -> Text:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
         lines = [
             f"relayctl status (every {interval:g}s, Ctrl-C to quit)  {stamp} UTC",
             "",
-            *_text(reader, repo),
+            *_text(reader, repo, console.width, colour),
         ]
-        return Text("\n".join(lines), no_wrap=True, overflow="ellipsis")
+        return Text.from_ansi("\n".join(lines), no_wrap=True, overflow="ellipsis")
 
     try:
-        with Live(frame(), console=Console(), auto_refresh=False, screen=False) as live:
+        with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)
                 live.update(frame(), refresh=True)
@@ -63,7 +70,7 @@ def _watch(reader: Reader, repo: str | None, interval: float) -> None:
 
 
 @click.command("status")
-@click.argument("repo", required=False)
+@click.argument("repo", required=False, shell_complete=complete_repo)
 @json_option
 @click.option("--watch", is_flag=True, help="A live view, redrawn every --interval (Ctrl-C quits).")
 @click.option(
@@ -78,9 +85,12 @@ def _watch(reader: Reader, repo: str | None, interval: float) -> None:
 def status(app: App, repo: str | None, as_json: bool, watch: bool, interval: float) -> None:
     """Show every repo (blocked items first), or every file of REPO.
 
-    Without REPO: one line per repo with files and bytes done per hop, counts by state, the poll and the
-    current rate, then what the daemon publishes. With REPO: each file of its current snapshot and each
-    hop's state, rate, ETA, last error and hint. --json writes the documented document
+    Without REPO: whether the daemon runs (when it does not), what is blocked and what is stuck (failing
+    for longer than retry.surface_after), then one line per repo, fitted to the terminal: a progress bar
+    over the whole snapshot, each hop's files done (dl download, up pan_upload, vm vm_pull, push lfs_push,
+    copy local_copy), the rate and ETA, and what is blocked, waiting or paused; then what the daemon
+    publishes. With REPO: each file of its current snapshot and each hop's state, rate, ETA, last error
+    and hint. Colour on a terminal unless NO_COLOR is set. --json writes the documented document
     (docs/status-json.md).
     """
     if watch and as_json:
@@ -90,16 +100,21 @@ def status(app: App, repo: str | None, as_json: bool, watch: bool, interval: flo
         _watch(reader, repo, interval)
         return
     if not as_json:
-        click.echo("\n".join(_text(reader, repo)))
+        from relayd.cli.term import output_width, use_colour
+
+        colour = use_colour()
+        click.echo("\n".join(_text(reader, repo, output_width(), colour)), color=colour)
         return
     from relayd.catalogue import queries
     from relayd.cli import status_view
 
     now = datetime.now(UTC)
     if repo is None:
-        echo_json(status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT), now))
+        echo_json(
+            status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
+        )
         return
-    detail = queries.repo_detail(reader, repo)
+    detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
         raise _missing(repo)
     echo_json(status_view.detail_json(detail, now))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from relayd.cli.app import App, echo_json, json_option, pass_app
+from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
 from relayd.cli.status_view import iso, snapshot_json
 from relayd.errors import UsageError
 
@@ -202,11 +202,12 @@ def whereis_json(
 
 
 def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
+    from relayd.text import safe_text
     from relayd.units import format_duration
 
     text = record.state
     if record.error:
-        text += f": {record.error}"
+        text += f": {safe_text(record.error)}"
         if record.error_class:
             text += f" [{record.error_class}]"
     extras = []
@@ -219,7 +220,7 @@ def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
         text += f" ({', '.join(extras)})"
     lines = [text]
     if record.hint:
-        lines.append(f"hint: {record.hint}")
+        lines.append(f"hint: {safe_text(record.hint)}")
     return lines
 
 
@@ -299,7 +300,7 @@ def whereis_lines(document: dict[str, Any], found: WhereIs, now: datetime) -> li
 
 
 @click.command("whereis")
-@click.argument("repo")
+@click.argument("repo", shell_complete=complete_repo)
 @click.argument("path", required=False)
 @click.option(
     "--all-snapshots",

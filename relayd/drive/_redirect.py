@@ -1,20 +1,28 @@
-"""Point aligo at a different Aliyun Drive API base (the sandbox's fake drive, or a mirror).
+"""Point aligo at a different Aliyun Drive API base (the sandbox's fake drive, or a mirror), and send
+its requests through the proxy relayd's rules pick.
 
 aligo hard-codes its hosts (``API_HOST`` is bound as a default argument at import) and turns
 ``trust_env`` off, so neither configuration nor proxy variables can move it. What it does share is
 one ``requests.Session`` per instance (``ali._session``); an adapter mounted there rewrites each
 request's URL before it leaves (reference/aliyun-drive.md §9). Upload and download URLs the
 service hands out are used verbatim and need no rewriting.
+
+With ``trust_env`` off requests reads no proxy variable either, so every adapter here picks each
+request's proxy itself: ``drive.proxy``, else ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, with
+``NO_PROXY`` honoured (relayd/vm/agent/proxy.py, the rules every client of relayd follows).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
+
+from relayd.vm.agent.proxy import ProxyError, proxy_for
 
 _log = logging.getLogger(__name__)
 
@@ -31,16 +39,46 @@ ALIGO_HOSTS: tuple[str, ...] = (
 )
 
 
-class RedirectAdapter(HTTPAdapter):
-    """An HTTPAdapter that sends requests for the given host prefixes to *base_url* instead.
+class ProxyAdapter(HTTPAdapter):
+    """An HTTPAdapter that sends each request straight or through the proxy relayd's rules pick for
+    its URL: *proxy* (``drive.proxy``) or the environment's, unless ``NO_PROXY`` names the host."""
+
+    def __init__(self, proxy: str = "") -> None:
+        super().__init__()
+        self.proxy = proxy
+
+    def send(
+        self,
+        request: PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send *request* through the proxy chosen for its URL (*proxies* from the session is ignored:
+        aligo's own proxy setting is never used)."""
+        parts = urlsplit(request.url or "")
+        scheme = parts.scheme.lower()
+        try:
+            port = parts.port or (443 if scheme == "https" else 80)
+            chosen = proxy_for(scheme, parts.hostname or "", port, self.proxy, where="drive.proxy")
+        except (ProxyError, ValueError) as exc:
+            raise requests.exceptions.InvalidProxyURL(str(exc), request=request) from None
+        routed = {scheme: chosen.url} if chosen is not None else {}
+        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=routed)
+
+
+class RedirectAdapter(ProxyAdapter):
+    """A ProxyAdapter that sends requests for the given host prefixes to *base_url* instead.
 
     ``https://api.aliyundrive.com/v2/file/get?x=1`` becomes ``<base_url>/v2/file/get?x=1``; any
     path under *base_url* (``http://127.0.0.1:8080/drive``) is kept as a prefix. URLs of other
-    hosts pass through unchanged.
+    hosts pass through unchanged. The proxy is chosen for the rewritten URL.
     """
 
-    def __init__(self, base_url: str, prefixes: Iterable[str] = ALIGO_HOSTS) -> None:
-        super().__init__()
+    def __init__(self, base_url: str, prefixes: Iterable[str] = ALIGO_HOSTS, proxy: str = "") -> None:
+        super().__init__(proxy)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -75,14 +113,24 @@ class RedirectAdapter(HTTPAdapter):
 
 
 def redirect_session(
-    session: requests.Session, api_url: str, prefixes: Iterable[str] = ALIGO_HOSTS
+    session: requests.Session, api_url: str, prefixes: Iterable[str] = ALIGO_HOSTS, proxy: str = ""
 ) -> RedirectAdapter:
-    """Mount a RedirectAdapter on *session* for each prefix, so aligo's calls go to *api_url*.
+    """Mount a RedirectAdapter on *session* for each prefix, so aligo's calls go to *api_url*
+    (through *proxy* or the environment's, as ProxyAdapter chooses).
 
     Call it right after constructing ``Aligo`` and before its first request (a constructor that
     finds its token file makes none). Return the adapter.
     """
-    adapter = RedirectAdapter(api_url, prefixes)
+    adapter = RedirectAdapter(api_url, prefixes, proxy)
     for prefix in adapter.prefixes:
         session.mount(prefix + "/", adapter)
+    return adapter
+
+
+def proxy_session(session: requests.Session, proxy: str = "") -> ProxyAdapter:
+    """Mount a ProxyAdapter on *session* for every http(s) URL (more specific mounts, such as
+    redirect_session's, still win). Return the adapter."""
+    adapter = ProxyAdapter(proxy)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return adapter

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import requests
 
 from relayd.config import DriveConfig
-from relayd.drive._redirect import redirect_session
+from relayd.drive._redirect import proxy_session, redirect_session
 from relayd.drive.base import (
     LOGIN_HINT,
     ContentMismatch,
@@ -75,6 +75,27 @@ PART_ATTEMPTS = 4
 #: Part URLs requested at a time when they must be refreshed (each request voids the earlier ones).
 URL_BATCH = 64
 LIST_LIMIT = 200
+#: Most bytes of an error answer from the upload host relayd reads (OSS errors are < 1 KiB).
+ERROR_BODY_LIMIT = 4096
+#: Codes of a refused rapid-upload proof: aligo's, tickstep/aliyunpan-api's (``InvalidRapidProof``,
+#: its code 22), and a bare ``InvalidParameter``.
+PROOF_REFUSED = ("InvalidParameter.ProofCode", "InvalidRapidProof", "InvalidParameter")
+#: The web origins whose Referer the drive's download links accept: the configured one is sent, the
+#: other is offered to vm_pull for when the data host refuses it (syhyz1990/baiduyun#333).
+REFERERS = ("https://www.aliyundrive.com/", "https://www.alipan.com/")
+DEVICES_HINT = (
+    "one Aliyun Drive account may be logged in on at most 10 devices: log one out in the Aliyun Drive "
+    "app (settings, devices), then `relayctl retry`; if it was relayd's own, log relayd in again with "
+    "`relayctl drive login --refresh-token-file PATH`"
+)
+SIGNATURE_HINT = (
+    "log relayd in again (`relayctl drive login --refresh-token-file PATH`), then `relayctl retry`; if "
+    "the drive still refuses, it changed how devices sign requests and relayd (aligo) needs an update"
+)
+API_CHANGED_HINT = (
+    "the drive API changed: relayd (or aligo, which it uses) needs an update; update relayd, then "
+    "`relayctl retry`"
+)
 
 _aligo_lock = threading.RLock()
 
@@ -221,6 +242,18 @@ class _PutOutcome:
     REFUSED = "refused"
 
 
+def _bounded_text(response: requests.Response) -> str:
+    """Return at most ERROR_BODY_LIMIT bytes of a streamed answer's body as text. A short body is read
+    to its end (the connection goes back to the pool); of a longer one the rest is never read, and
+    closing the response drops its connection."""
+    data = bytearray()
+    for chunk in response.iter_content(ERROR_BODY_LIMIT):
+        data += chunk
+        if len(data) >= ERROR_BODY_LIMIT:
+            break
+    return bytes(data[:ERROR_BODY_LIMIT]).decode("utf-8", "replace")
+
+
 def _xml_code(text: str) -> str:
     start = text.find("<Code>")
     end = text.find("</Code>")
@@ -264,6 +297,7 @@ class AligoDrive(Drive):
         self._data = requests.Session()
         # Part URLs are signed; the access token must never go to OSS/CDN hosts, nor a ~/.netrc.
         self._data.trust_env = False
+        proxy_session(self._data, config.proxy)
         self._data.headers.pop("Authorization", None)
         self._timeout = (min(config.timeout, 30.0), config.timeout)
         # Import aligo now (a daemon builds its drive at start, before worker threads run): the import
@@ -356,8 +390,9 @@ class AligoDrive(Drive):
         auth._refresh_token = self._refresh_on_401
         auth._save = self._save_from_aligo
         auth._log_response = self._on_response
+        proxy_session(ali._session, self.config.proxy)
         if self.config.api_url.rstrip("/") != DEFAULT_API:
-            redirect_session(ali._session, self.config.api_url)
+            redirect_session(ali._session, self.config.api_url, proxy=self.config.proxy)
         self._meta = {
             "source": record.get("source") or "refresh",
             "bootstrap_sha256": record.get("bootstrap_sha256"),
@@ -588,7 +623,11 @@ class AligoDrive(Drive):
         if errors is not None and isinstance(exc, errors.AligoStatus500):
             return Retryable(f"{what}: the drive answered 500", error_class="server")
         if errors is not None and isinstance(exc, errors.AligoFatalError):
-            return Retryable(f"{what}: the drive kept failing the request", error_class="server")
+            # aligo gives up after 5 attempts and raises with the last answer's body: a device refusal
+            # that outlived its create_session retries does not heal by waiting.
+            return self._device_refusal(what, str(exc)) or Retryable(
+                f"{what}: the drive kept failing the request", error_class="server"
+            )
         if isinstance(exc, AttributeError | TypeError):
             # aligo reports an exhausted connection retry, or an answer it could not parse, this way.
             return Retryable(f"{what}: the drive client failed ({type(exc).__name__})", error_class="client")
@@ -605,8 +644,35 @@ class AligoDrive(Drive):
             f"{what}: the drive answered {exc.status}", error_class=kind, retry_after=exc.retry_after
         )
 
+    @staticmethod
+    def _device_refusal(what: str, answer: str) -> NeedsPerson | None:
+        """Return the NeedsPerson for an answer refusing relayd's device session, else None."""
+        if "UserDeviceOffline" in answer:
+            return NeedsPerson(
+                f"{what}: the drive says relayd's device is offline (UserDeviceOffline) even after "
+                "registering it again: the account has too many devices logged in",
+                hint=DEVICES_HINT,
+                error_class="device",
+            )
+        if "DeviceSessionSignatureInvalid" in answer:
+            return NeedsPerson(
+                f"{what}: the drive refuses relayd's device signature (DeviceSessionSignatureInvalid) "
+                "even after registering the device again",
+                hint=SIGNATURE_HINT,
+                error_class="device",
+            )
+        return None
+
     def _failure(self, what: str, status: int, code: str, message: str) -> HopError:
         detail = f"{status} {code}".strip() + (f": {message[:120]}" if message else "")
+        if status == 404 and code in ("", "NotFound"):
+            # Not a missing file or upload (those are NotFound.File, NotFound.UploadId, …): the path
+            # itself is unknown, and asking again cannot help.
+            return NeedsPerson(
+                f"{what}: the drive does not know this API ({detail})",
+                hint=API_CHANGED_HINT,
+                error_class="api_changed",
+            )
         if status == 401:
             return NeedsPerson(
                 f"{what}: the drive refused relayd's access token ({detail})",
@@ -840,12 +906,14 @@ class AligoDrive(Drive):
         expires_at = parse_time(answer.expiration) or datetime.now(UTC) + timedelta(
             seconds=self.config.url_lifetime
         )
+        others = tuple({"Referer": referer} for referer in REFERERS if referer != self.config.referer)
         return DownloadLink(
             url=str(answer.url),
             headers={"Referer": self.config.referer},
             expires_at=expires_at,
             size=int(answer.size or 0),
             content_hash=str(answer.content_hash or "").upper(),
+            alternatives=others,
         )
 
     # -- upload -----------------------------------------------------------------------------------
@@ -907,7 +975,7 @@ class AligoDrive(Drive):
                 part_info_list=[UploadPartInfo(part_number=n) for n in range(1, count + 1)],
                 **extra,
             ),
-            accept=("PreHashMatched", "InvalidParameter.ProofCode", "NotFound.File", "InvalidParameter"),
+            accept=("PreHashMatched", "NotFound.File", *PROOF_REFUSED),
         )
 
     def _start(
@@ -982,10 +1050,7 @@ class AligoDrive(Drive):
                 proof_code=proof_code(token, local.path, local.size),
                 proof_version="v1",
             )
-            if created or getattr(created, "code", None) not in (
-                "InvalidParameter.ProofCode",
-                "InvalidParameter",
-            ):
+            if created or getattr(created, "code", None) not in PROOF_REFUSED:
                 self._check_created(created, name)
                 return created
             log.info("%s: the drive refused the rapid-upload proof; computing it again", name)
@@ -1143,13 +1208,15 @@ class AligoDrive(Drive):
         """PUT one part from the separate data session (no Authorization); classify the answer."""
         body = _PartBody(fd, offset, length, progress)
         try:
-            response = self._data.put(url, data=body, timeout=self._timeout, allow_redirects=False)
+            response = self._data.put(
+                url, data=body, timeout=self._timeout, allow_redirects=False, stream=True
+            )
+            with response:
+                status = response.status_code
+                text = _bounded_text(response)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             log.debug("PUT %s: %s", _path_of(url), type(exc).__name__)
             return _PutOutcome.BROKEN, 0, None
-        with response:
-            status = response.status_code
-            text = response.text[:2000] if status >= 300 else ""
         if 200 <= status < 300:
             return _PutOutcome.OK, status, None
         code = _xml_code(text)

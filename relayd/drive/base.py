@@ -50,13 +50,16 @@ class DriveFile:
 @dataclass(frozen=True)
 class DownloadLink:
     """A signed, expiring URL for a file's bytes. Send ``headers`` (the Referer) with every GET, no
-    Authorization; check ``size`` and ``content_hash`` (uppercase SHA-1) on what arrives."""
+    Authorization; check ``size`` and ``content_hash`` (uppercase SHA-1) on what arrives. When the
+    data host refuses ``headers`` (a 403 that is neither the expiry nor the download cap), try each
+    of ``alternatives`` (another Referer the drive is known to want) on the same URL."""
 
     url: str
     headers: dict[str, str]
     expires_at: datetime
     size: int
     content_hash: str
+    alternatives: tuple[dict[str, str], ...] = ()
 
     def __repr__(self) -> str:
         # The URL is a capability: keep it out of reprs, logs and error messages.

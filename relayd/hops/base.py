@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from relayd.catalogue.store import FileRow, JobData, PieceSpec
-from relayd.errors import Cancelled
+from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
 
 if TYPE_CHECKING:
     from relayd.catalogue.store import Store
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "Services", "plan_ranges"]
 
 PROGRESS_INTERVAL = 1.0
+#: The handle key under which Job keeps a transfer's integrity mismatches in a row (hops never see it).
+MISMATCHES = "integrity_mismatches"
 
 
 class Services:
@@ -115,12 +117,16 @@ def plan_ranges(size: int, piece_size: int) -> list[PieceSpec]:
 
 @dataclass
 class _Rate:
-    """Bytes moved since the last report, and a smoothed rate for status."""
+    """Bytes moved since the last report (by piece; None: not tied to one), and a smoothed rate."""
 
-    pending: int = 0
+    pending: dict[int | None, int] = field(default_factory=dict)
     rate: float | None = None
     last: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _by_piece(counted: dict[int | None, int]) -> dict[int, int]:
+    return {piece: moved for piece, moved in counted.items() if piece is not None and moved}
 
 
 class JobLog(logging.LoggerAdapter[logging.Logger]):
@@ -146,6 +152,8 @@ class Job:
         self.previous_snapshot_handles = data.previous_snapshot_handles
         self.attempts: int = data.transfer.attempts
         self.handles: dict[str, Any] = dict(data.transfer.handles or {})
+        self._mismatches: list[dict[str, str]] = list(self.handles.pop(MISMATCHES, None) or [])
+        self._begun: set[int] = set()  # pieces whose latest send this attempt began
         self.locations: dict[str, dict[str, Any]] = data.locations
         self.pieces: list[PieceSpec] = list(data.pieces)
         self.log = JobLog(
@@ -184,7 +192,39 @@ class Job:
 
     def save_handles(self) -> None:
         """Persist ``handles`` now (before relying on a remote id after a crash)."""
-        self._ctx.store.save_handles(self.id, dict(self.handles))
+        handles = dict(self.handles)
+        if self._mismatches:
+            handles[MISMATCHES] = self._mismatches
+        self._ctx.store.save_handles(self.id, handles)
+
+    def integrity_failed(self, mismatch: IntegrityMismatch) -> HopError:
+        """Count *mismatch* in the transfer's streak of mismatches in a row and return what follows:
+        Retryable (the hop discarded the copy; send it again) the first time, NeedsPerson (with both
+        hashes and where they were measured) the second. The streak is kept in the handles, so hops
+        and restarts cannot lose it; it ends when the copy verifies (the done transfer's handles are
+        the outcome's) or when it blocks (a person's retry starts afresh)."""
+        seen = {"expected": mismatch.expected, "actual": mismatch.actual, "where": mismatch.where}
+        self._mismatches = [*self._mismatches, seen][-2:]
+        if len(self._mismatches) < 2:
+            self.save_handles()
+            return Retryable(f"{mismatch}; sending it again", error_class="integrity")
+        first = self._mismatches[0]
+        self._mismatches = []
+        self.save_handles()
+        before = "" if first["actual"] == mismatch.actual else f" ({first['actual']} the time before)"
+        detail = f"; {mismatch.detail}" if mismatch.detail else ""
+        return NeedsPerson(
+            f"{mismatch.algorithm} mismatch measured {mismatch.where}, twice in a row: expected "
+            f"{mismatch.expected}, got {mismatch.actual}{before}{detail}",
+            hint=mismatch.hint,
+            error_class="integrity",
+        )
+
+    def fetch_again(self, reason: str) -> None:
+        """The copy this file's earlier hops reused (``locations[...]["reused"]``) is gone: forget
+        them and this transfer, and have the route's first hop fetch the file again. Raise after it
+        (the engine's record of this attempt then finds nothing to update)."""
+        self._ctx.store.fetch_again(self.id, reason)
 
     def replan(self, pieces: Sequence[PieceSpec], size: int) -> None:
         """Record a new plan (for instance when the remote side dictates the part size)."""
@@ -192,17 +232,34 @@ class Job:
         self.pieces = list(pieces)
 
     def begin_piece(self, index: int) -> None:
-        """Note that the piece is being sent (counts re-sends)."""
-        self._ctx.store.piece_started(self.id, index)
+        """Note that the piece is being sent (counts re-sends); its bytes are counted from zero."""
+        with self._rate.lock:
+            before = self._rate.pending.pop(index, 0)
+        self._ctx.store.piece_started(self.id, index, moved=before)
+        self._begun.add(index)
 
     def piece_done(self, index: int) -> None:
         """Record that the piece is durable at the destination; call only after fsync or its remote
         equivalent."""
-        self._ctx.store.piece_done(self.id, index)
+        self.pieces_done([index])
+
+    def pieces_done(self, indices: Sequence[int]) -> None:
+        """Record that the pieces are durable at the destination, with the bytes counted so far, in
+        one transaction. A piece whose latest send an earlier attempt began (and did not record, as a
+        kill -9 leaves it) is now known to have arrived whole: that send counts up to its length."""
+        counted, rate = self._take_progress(force=True)
+        self._ctx.store.piece_done(
+            self.id,
+            indices,
+            moved=sum(counted.values()),
+            by_piece=_by_piece(counted),
+            sent_before=[index for index in indices if index not in self._begun],
+            rate=rate,
+        )
+        done = set(indices)
         self.pieces = [
-            p if p.index != index else PieceSpec(p.index, p.offset, p.length, True) for p in self.pieces
+            PieceSpec(p.index, p.offset, p.length, True) if p.index in done else p for p in self.pieces
         ]
-        self._flush_progress(force=True)
 
     def reset_pieces(self, indices: Sequence[int] | None = None) -> None:
         """Mark pieces (all by default) as missing again, e.g. after a failed verification."""
@@ -213,27 +270,38 @@ class Job:
             for p in self.pieces
         ]
 
-    def add_progress(self, moved: int) -> None:
-        """Count *moved* payload bytes (thread-safe); status shows the rate, flushed about once a second."""
+    def add_progress(self, moved: int, piece: int | None = None) -> None:
+        """Count *moved* payload bytes sent (or received) towards the destination, as part of *piece*
+        when the hop knows it (thread-safe). They are saved with the next piece record, at the end of
+        the attempt, or about once a second (status shows the rate)."""
         with self._rate.lock:
-            self._rate.pending += moved
+            self._rate.pending[piece] = self._rate.pending.get(piece, 0) + moved
         self._flush_progress()
 
-    def _flush_progress(self, *, force: bool = False) -> None:
+    def _take_progress(self, *, force: bool) -> tuple[dict[int | None, int], float | None]:
+        """Take the bytes counted since the last save and update the rate; nothing ({}) before a
+        second has passed unless *force*."""
         with self._rate.lock:
             now = time.monotonic()
             elapsed = now - self._rate.last
             if not force and elapsed < PROGRESS_INTERVAL:
-                return
-            moved, self._rate.pending = self._rate.pending, 0
+                return {}, self._rate.rate
+            counted, self._rate.pending = self._rate.pending, {}
+            moved = sum(counted.values())
             if elapsed > 0 and (moved or elapsed >= PROGRESS_INTERVAL):
                 current = moved / elapsed
                 previous = self._rate.rate
                 self._rate.rate = current if previous is None else 0.6 * current + 0.4 * previous
             self._rate.last = now
-            rate = self._rate.rate
+            return counted, self._rate.rate
+
+    def _flush_progress(self, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self._rate.last < PROGRESS_INTERVAL:
+            return
+        counted, rate = self._take_progress(force=force)
+        moved = sum(counted.values())
         if moved or force:
-            self._ctx.store.progress(self.id, moved=moved, rate=rate)
+            self._ctx.store.progress(self.id, moved=moved, rate=rate, by_piece=_by_piece(counted))
 
     def finish_progress(self) -> None:
         """Flush what add_progress counted (the engine calls this when the hop returns)."""
@@ -249,7 +317,8 @@ class Hop(abc.ABC):
 
     Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
     done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
-    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), and
+    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), ``consumes``
+    and ``produces`` for where they read each file and leave their verified copy, and
     ``large_files`` when one large file already takes all they can move at once (see there).
     """
 
@@ -260,6 +329,11 @@ class Hop(abc.ABC):
     # instead of the staged one (so staging need not wait for it on that route).
     staging_unneeded_after: ClassVar[frozenset[str]] = frozenset()
     source: ClassVar[str | None] = None
+    # Where the hop reads each file (any one of these kinds of location will do) and where it leaves
+    # its verified copy, e.g. "staging", "drive", "vm": in a route, each hop after the first must read
+    # a kind that a hop before it produces (relayd.hops.routes); the first one reads its ``source``.
+    consumes: ClassVar[frozenset[str]] = frozenset()
+    produces: ClassVar[str | None] = None
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
         self.section = section

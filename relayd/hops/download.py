@@ -8,7 +8,7 @@ sha256 and sha1 (and the git blob sha1 of a non-LFS file) follow the contiguous 
 grows, mapping it back from the page cache, so the file is never read again just to hash it; after a
 restart only the durable prefix is re-hashed.
 A verified file moves atomically to ``blobs/<aa>/<sha256>``; a mismatch is quarantined and downloaded
-again, and a second mismatch blocks the transfer.
+again, and a second mismatch in a row blocks the transfer (``IntegrityMismatch``, counted by the Job).
 
 A refused signed location (CloudFront's 403s, an expired URL, a 416) is replaced by a fresh one. Where
 the CDN serves each signed URL for one range only ("403 Auth failed: invalid range"), or fresh
@@ -33,13 +33,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from sqlalchemy import select
 
 from relayd.catalogue.schema import Snapshot, SnapshotFile
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
-from relayd.errors import HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
@@ -279,6 +280,7 @@ class DownloadHop(Hop):
 
     name = "download"
     source = "hub"
+    produces = "staging"
     section: HubConfig
 
     def __init__(self, section: HubConfig, ctx: HopContext) -> None:
@@ -662,6 +664,7 @@ class DownloadHop(Hop):
             buffer_size=RECEIVE_BUFFER,
             authorize=self.hub.authorization_for,
             on_answer=self.hub.note_answer,
+            proxy=section.proxy,
         )
         lease = _Lease()
         try:
@@ -698,7 +701,7 @@ class DownloadHop(Hop):
                 written = os.pwrite(run.fd, view, at)
                 view, at = view[written:], at + written
             run.advance(span, offset, len(data))
-            job.add_progress(len(data))
+            job.add_progress(len(data), piece.index)
 
         while True:
             with run.cond:
@@ -764,30 +767,22 @@ class DownloadHop(Hop):
             return False
         return not file.sha256 or digest.sha256 == file.sha256
 
-    def _mismatch(self, job: Job, partial: Path, digest: _Digest) -> None:
-        """Quarantine a file that failed verification and download it again; block the second time."""
+    def _mismatch(self, job: Job, partial: Path, digest: _Digest) -> NoReturn:
+        """Quarantine a file that failed verification and mark every piece missing: the engine has it
+        downloaded again once, and blocks on a second mismatch in a row."""
         file = job.file_or_fail
-        got = digest.sha256 if file.lfs else f"git blob {digest.git_blob_id} (sha256 {digest.sha256})"
-        expected = f"sha256 {file.sha256}" if file.lfs else f"git blob {file.git_blob_id}"
-        count = int(job.handles.get("mismatches", 0)) + 1
-        seen = [*list(job.handles.get("bad", []))[-1:], got]
-        quarantined = self.ctx.staging.quarantine_file(partial, f"t{job.id}-{count}")
-        job.handles.update(mismatches=count, bad=seen)
-        job.save_handles()
+        quarantined = self.ctx.staging.quarantine_file(partial, f"t{job.id}-{job.attempts}")
         job.reset_pieces()
-        if count >= 2:
-            raise NeedsPerson(
-                f"{file.path} failed verification twice: got {' then '.join(seen)}, expected {expected} "
-                f"({digest.size} of {file.size} bytes); the copies are kept in {quarantined.parent}",
-                hint="the Hub (or mirror) serves content that does not match its own hash; check the file "
-                "there, then `relayctl retry` to download it again",
-                error_class="integrity",
-            )
-        raise Retryable(
-            f"{file.path} failed verification: got {got}, expected {expected}; quarantined as "
-            f"{quarantined.name}, downloading it again",
-            retry_after=0,
-            error_class="integrity",
+        by_blob = not file.lfs and bool(file.git_blob_id) and digest.git_blob_id != file.git_blob_id
+        size = f"{digest.size} bytes, expected {file.size}; " if digest.size != file.size else ""
+        raise IntegrityMismatch(
+            expected=str(file.git_blob_id if by_blob else file.sha256),
+            actual=str(digest.git_blob_id if by_blob else digest.sha256),
+            algorithm="git blob id" if by_blob else "sha256",
+            where="on the staging disk after download",
+            detail=f"{size}the copy is kept as {quarantined}",
+            hint="the Hub (or mirror) serves content that does not match its own hash; check the file "
+            "there, then `relayctl retry` to download it again",
         )
 
 

@@ -7,14 +7,16 @@ the commit holds pointers written directly (see docs/modelscope.md).
 
 Per file (``move``/``verify``, one piece = one LFS object, since the basic transfer cannot resume
 inside an object): an LFS file's object goes up through the batch API as soon as the file is there;
-one the server already has is skipped. A small or metadata file is stored as a git blob in the
-scratch repository (checked against its upstream git blob id). Handles: ``{"oid", "size",
-"skipped"}`` or ``{"plain": true, "blob", "size"}``.
+one the server already has is skipped, and one the server measures wrong (a refused PUT, a failed
+verify) is sent again once, then blocks (``IntegrityMismatch``). A small or metadata file is stored
+as a git blob in the scratch repository (checked against its upstream git blob id). Handles:
+``{"oid", "size", "skipped"}`` or ``{"plain": true, "blob", "size"}``.
 
 Per snapshot (``finish_snapshot``): one commit on top of the branch tip (pointers, plain files,
 merged ``.gitattributes``, files removed upstream deleted, a message naming the HF repo and commit),
-pushed without force unless ``force_push``, rebuilt on the new tip when the remote moved, and every
-object confirmed on the server before the snapshot is done. Handles: ``{"commit", "branch", "remote",
+checked to hold every path of the snapshot (a path git refused blocks the snapshot), pushed without
+force unless ``force_push``, rebuilt on the new tip when the remote moved, and every object confirmed
+on the server before the snapshot is done. Handles: ``{"commit", "branch", "remote",
 "paths"}`` (``paths``: what this relay put there, so the next snapshot knows what upstream removed).
 
 The token is sent to the agent in the request's secrets only; the agent hands it to git through the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -32,14 +35,41 @@ from typing import Any
 
 from relayd import __version__
 from relayd.config import ModelScopeConfig
-from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable, UsageError
+from relayd.errors import (
+    ConfigError,
+    HopError,
+    IntegrityMismatch,
+    NeedsPerson,
+    Permanent,
+    Retryable,
+    UsageError,
+)
 from relayd.hops.base import Check, FileRow, Hop, HopContext, Job, Outcome, PieceSpec
 from relayd.names import validate_repo_id
-from relayd.vm.agent.lfs import wants_lfs
+from relayd.vm.agent.lfs import MISMATCH, wants_lfs
 from relayd.vm.executor import Executor, LocalExecutor
 
 #: How long one call for a small file may take.
 SMALL_CALL_TIMEOUT = 600.0
+_SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def measured_wrong(refused: Retryable, oids: Sequence[str]) -> IntegrityMismatch:
+    """Return the IntegrityMismatch for an object the LFS server refused as wrong bytes (*refused*,
+    the agent's report): expected is the object's oid (among *oids*, the one the report names), got
+    the sha256 the server says it measured, when its answer says."""
+    text = str(refused).lower()
+    expected = next((oid for oid in oids if oid[:12] in text), oids[0] if oids else "the object's oid")
+    measured = [digest for digest in _SHA256.findall(text) if digest != expected]
+    return IntegrityMismatch(
+        expected=expected,
+        actual=measured[0] if measured else "other bytes (the server did not say which sha256)",
+        where="by the LFS server after lfs_push",
+        detail=str(refused),
+        hint="the uploads arrive damaged at the LFS server while the file they are sent from is intact "
+        "(it was hashed again): check the network path to ModelScope (a proxy that alters bodies), "
+        "then `relayctl retry`",
+    )
 
 
 class LfsPushHop(Hop):
@@ -50,6 +80,8 @@ class LfsPushHop(Hop):
     # On a route without vm_pull the files are pushed from staging, which must wait for this hop.
     reads_staging = True
     staging_unneeded_after = frozenset({"vm_pull"})
+    consumes = frozenset({"vm", "staging"})  # from the VM on a route with vm_pull, else from staging
+    produces = "modelscope"
     section: ModelScopeConfig
 
     def __init__(self, section: ModelScopeConfig, ctx: HopContext) -> None:
@@ -175,7 +207,7 @@ class LfsPushHop(Hop):
                 error_class="missing",
             )
         params = self._common(job, executor)
-        secrets = {"token": self._token()}
+        secrets = {"token": self._token(), "proxy": self.section.proxy}
         if not wants_lfs(file.path, file.size, file.lfs):
             result = executor.call(
                 "git_blob",
@@ -198,26 +230,31 @@ class LfsPushHop(Hop):
                 if now < before or before < 0:
                     job.begin_piece(0)  # a PUT of the object starts (again): count the send
                     before = 0
-                job.add_progress(now - before)
+                job.add_progress(now - before, 0)
                 sent["n"] = now
             elif event.get("event") == "retry":
                 job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
 
-        result = executor.call(
-            "lfs_upload",
-            {
-                **params,
-                "ref": f"refs/heads/{self.section.branch}",
-                "objects": [{"oid": oid, "size": file.size, "path": source}],
-                # The file was sha256-verified where it landed (vm_pull, or download for staging):
-                # guard it by size, mtime and inode while it is sent; the server checks the bytes
-                # and a refusal makes the agent hash it (blocked if it changed).
-                "verify": "stat",
-            },
-            secrets=secrets,
-            on_event=on_event,
-            cancel=self.ctx.cancel,
-        )
+        try:
+            result = executor.call(
+                "lfs_upload",
+                {
+                    **params,
+                    "ref": f"refs/heads/{self.section.branch}",
+                    "objects": [{"oid": oid, "size": file.size, "path": source}],
+                    # The file was sha256-verified where it landed (vm_pull, or download for staging):
+                    # guard it by size, mtime and inode while it is sent; the server checks the bytes
+                    # and a refusal makes the agent hash it (blocked if it changed).
+                    "verify": "stat",
+                },
+                secrets=secrets,
+                on_event=on_event,
+                cancel=self.ctx.cancel,
+            )
+        except Retryable as exc:
+            if exc.error_class == MISMATCH:
+                raise measured_wrong(exc, [oid]) from exc
+            raise
         answer = result["objects"][0]
         if answer["skipped"]:
             job.log.info("the server already has object %s; skipped", oid[:12])
@@ -284,9 +321,18 @@ class LfsPushHop(Hop):
             elif kind == "retry":
                 job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
 
-        result = executor.call(
-            "git_publish", params, secrets={"token": self._token()}, on_event=on_event, cancel=self.ctx.cancel
-        )
+        try:
+            result = executor.call(
+                "git_publish",
+                params,
+                secrets={"token": self._token(), "proxy": self.section.proxy},
+                on_event=on_event,
+                cancel=self.ctx.cancel,
+            )
+        except Retryable as exc:
+            if exc.error_class == MISMATCH:
+                raise measured_wrong(exc, [str(f["oid"]) for f in files if f.get("lfs")]) from exc
+            raise
         commit = str(result["commit"])
         job.log.info(
             "published %s to %s %s (%s, %d removed, %d object(s) confirmed)",

@@ -3,7 +3,7 @@
 The reference hop that proves the engine: pieces are copied with positional reads and writes into a
 partial file, each fsynced before it is recorded; the whole is verified by sha256 and renamed into
 place. A corrupted destination is found piece by piece against the source and only those pieces are
-copied again.
+copied again (once: a second mismatch in a row blocks, see ``IntegrityMismatch``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from relayd.config import LocalCopyConfig
 from relayd.digest import hash_file, sha256_of_range
-from relayd.errors import NeedsPerson, Retryable
+from relayd.errors import IntegrityMismatch, NeedsPerson, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.staging import fsync_dir
 
@@ -35,6 +35,8 @@ class LocalCopyHop(Hop):
 
     name = "local_copy"
     source = "local"
+    consumes = frozenset({"staging"})  # after download; first in a route, it reads local_copy.source
+    produces = "local_copy.dest"
     section: LocalCopyConfig
 
     def __init__(self, section: LocalCopyConfig, ctx: HopContext) -> None:
@@ -93,7 +95,7 @@ class LocalCopyHop(Hop):
                 )
             written = os.pwrite(target_fd, data, position)
             position += written
-            job.add_progress(written)
+            job.add_progress(written, piece.index)
             if self.section.max_rate:
                 ahead = (position - piece.offset) / self.section.max_rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -112,10 +114,13 @@ class LocalCopyHop(Hop):
         if partial.stat().st_size != file.size or digest.sha256 != file.sha256:
             bad = self._bad_pieces(job, partial)
             job.reset_pieces(bad or None)
-            raise Retryable(
-                f"sha256 mismatch at the destination ({digest.sha256}, expected {file.sha256}); "
-                f"copying {len(bad) if bad else 'all'} piece(s) again",
-                error_class="integrity",
+            raise IntegrityMismatch(
+                expected=str(file.sha256),
+                actual=digest.sha256,
+                where="at the destination after local_copy",
+                detail=f"{len(bad) or len(job.pieces)} of {len(job.pieces)} piece(s) marked missing",
+                hint="check that the source file has not changed since it was listed and that the "
+                "destination disk is healthy (dmesg, SMART), then `relayctl retry`",
             )
         if partial != target:
             os.replace(partial, target)

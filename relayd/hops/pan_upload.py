@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 from relayd.config import DriveConfig
 from relayd.drive import (
@@ -34,7 +34,7 @@ from relayd.drive import (
     make_drive,
 )
 from relayd.drive.hashing import content_hash
-from relayd.errors import ConfigError, NeedsPerson, Permanent, RelayError, Retryable
+from relayd.errors import ConfigError, IntegrityMismatch, NeedsPerson, Permanent, RelayError, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class PanUploadHop(Hop):
 
     name = "pan_upload"
     reads_staging = True
+    consumes = frozenset({"staging"})
+    produces = "drive"
     section: DriveConfig
 
     def __init__(self, section: DriveConfig, ctx: HopContext) -> None:
@@ -228,23 +230,29 @@ class PanUploadHop(Hop):
             stale = [p.index for p in job.pieces if p.index >= held and p.done]
             if stale:
                 job.reset_pieces(stale)
-            for piece in job.pieces:
-                if piece.index < held and not piece.done:
-                    job.piece_done(piece.index)
+            arrived = [p.index for p in job.pieces if p.index < held and not p.done]
+            if arrived:
+                job.pieces_done(arrived)
 
         def restarted() -> None:
             job.reset_pieces()
             job.handles.pop("upload", None)
             job.save_handles()
 
+        sending = [0]  # the piece of the part being sent (parts go one at a time)
+
+        def part_started(number: int) -> None:
+            sending[0] = number - 1
+            job.begin_piece(number - 1)
+
         return UploadCallbacks(
             state=save_state,
             plan=plan,
             confirmed=confirmed,
-            part_started=lambda number: job.begin_piece(number - 1),
+            part_started=part_started,
             part_done=lambda number: job.piece_done(number - 1),
             restarted=restarted,
-            progress=job.add_progress,
+            progress=lambda moved: job.add_progress(moved, sending[0]),
         )
 
     def _adopt(self, job: Job, remote: DriveFile, folder: str, name: str, *, rapid: bool) -> None:
@@ -260,10 +268,9 @@ class PanUploadHop(Hop):
         if sha1:
             job.handles["sha1"] = sha1
         job.save_handles()
-        if any(not piece.done for piece in job.pieces):
-            job.replan(
-                [PieceSpec(p.index, p.offset, p.length, True) for p in job.pieces], job.file_or_fail.size
-            )
+        missing = [piece.index for piece in job.pieces if not piece.done]
+        if missing:
+            job.pieces_done(missing)
         if rapid:
             job.log.info("rapid upload: the drive already held this content; no bytes sent")
 
@@ -299,9 +306,10 @@ class PanUploadHop(Hop):
             job.log.warning("%s; renamed it to %s (drive.on_conflict = keep_both)", detail, renamed.name)
         # A stale upload for the old name cannot be completed under it any more; nothing else changes.
 
-    def _bad_copy(self, job: Job, drive: Drive, remote: DriveFile, local: LocalFile, detail: str) -> None:
+    def _bad_copy(self, job: Job, drive: Drive, remote: DriveFile, local: LocalFile, detail: str) -> NoReturn:
         """The drive's copy is not the local content: trash it, forget it, and tell whether the
-        staged copy itself is damaged (NeedsPerson) or the upload should simply run again (Retryable)."""
+        staged copy itself is damaged (NeedsPerson) or the drive measured a bad upload
+        (IntegrityMismatch: the engine uploads it again once, and blocks when it repeats)."""
         job.log.error("the drive's copy is wrong: %s; moving it to the recycle bin", detail)
         try:
             drive.trash(remote.file_id)
@@ -316,7 +324,16 @@ class PanUploadHop(Hop):
                 hint="check the staging disk; the file must be downloaded again",
                 error_class="integrity",
             )
-        raise Retryable(f"{detail}; uploading again", error_class="integrity")
+        size = f"{remote.size} bytes, expected {local.size}; " if remote.size != local.size else ""
+        raise IntegrityMismatch(
+            expected=local.sha1.upper(),
+            actual=str(remote.content_hash or "none"),
+            algorithm="sha1",
+            where="on the drive after pan_upload",
+            detail=f"{size}the copy went to the drive's recycle bin",
+            hint="the uploads arrive damaged at the drive (the staged copy is intact): check the network "
+            "path to the drive (a proxy or middlebox that alters bodies), then `relayctl retry`",
+        )
 
     def checks(self) -> list[Check]:
         try:

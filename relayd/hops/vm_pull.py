@@ -7,12 +7,24 @@ into ``<vm.root>/<vm_dir>/<path>.relayd-partial`` and reports each piece only af
 records it then. While pieces land, the agent hashes the growing prefix, so when the last one is in,
 the sha256 computed on the VM is compared with the file's and the file is renamed into place.
 
-Failures: an expired link (403, or close to its expiry) → a new link and the remaining pieces; a
-dropped SSH connection or a dead agent → reconnect and continue (at most one piece per connection is
-fetched again); a sha256 mismatch → the bad pieces (found against a staged copy when there is one) or
-all pieces again, and a second mismatch in a row blocks with both hashes. With ``vm.executor = "local"``
-and the per-repo option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this
-machine is hard-linked (or copied) from staging instead, verified the same way.
+A link is kept (in memory only: it is a capability) and used again by later calls for the same file
+while it has more than LINK_MARGIN left, so relayd asks the drive for links as seldom as it can.
+
+Failures: an expired link (403 ``Request has expired.``, or close to its expiry) → a new link and the
+remaining pieces; the drive's download cap (403 ``ExceedMaxConcurrency``: at most 2 downloads per app
+and 3 per user at once) → the agent drops the refused connections, later calls use no more than the
+drive accepted for CAP_HOLD, and when even one is refused the transfer waits (``rate_limit``) with
+the same link; any other 403 → the Referer of the drive's other web origin on the same link (the
+one that works is remembered), then blocked; a dropped SSH connection or a dead agent → reconnect and
+continue (at most one piece per connection is fetched again); a sha256 mismatch → the bad pieces
+(found against a staged copy when there is one) or all pieces again, and a second mismatch in a row
+blocks with both hashes (``IntegrityMismatch``). With ``vm.executor = "local"`` and the per-repo
+option ``vm_from_staging`` (or ``vm.from_staging``), a file still staged on this machine is hard-linked
+(or copied) from staging instead, verified the same way.
+
+A file whose download and pan_upload reused another file's verified drive copy (same sha256, see
+``Store._reuse_drive_copy``) is pulled from that copy; when the drive answers that it is gone, the
+file's download and pan_upload start again from the Hub (``Job.fetch_again``).
 
 Handles: ``{"path": <absolute path on the VM>, "executor": "local" | "ssh", "host": ...}``.
 """
@@ -25,11 +37,11 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from relayd.config import VmConfig
 from relayd.digest import sha256_of_range
-from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import ConfigError, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.units import format_size
 from relayd.vm.executor import Executor, make_executor
@@ -42,8 +54,13 @@ RECONNECTS = 5
 REFUSED_LINKS = 3
 #: How long a good readiness check of the VM (python3, git, git-lfs) is trusted.
 READY_TTL = 300.0
-#: Handle keys that survive between attempts.
-MISMATCHES = "mismatches"
+#: A kept download link is used again only while it has more than this left (seconds).
+LINK_MARGIN = 600.0
+#: How long the connections the drive accepted under its download cap stay the most used (seconds).
+CAP_HOLD = 1800.0
+#: How long a transfer waits when the drive refused even a single download connection (seconds).
+CAP_WAIT = 60.0
+CAP_REASON = "the drive refused more parallel downloads (403 ExceedMaxConcurrency)"
 
 
 def _expires_in(link: Any) -> float | None:
@@ -58,10 +75,18 @@ def _expires_in(link: Any) -> float | None:
     return float(expires) - time.time()
 
 
+def _worth_keeping(link: Any) -> bool:
+    """Return True while a download link has more than LINK_MARGIN left."""
+    left = _expires_in(link)
+    return left is not None and left > LINK_MARGIN
+
+
 class VmPullHop(Hop):
     """Drive → VM disk, through the VM agent; see the module doc."""
 
     name = "vm_pull"
+    consumes = frozenset({"drive"})  # vm_from_staging is a shortcut only: the drive's copy is the way
+    produces = "vm"
     section: VmConfig
 
     def __init__(self, section: VmConfig, ctx: HopContext) -> None:
@@ -70,6 +95,9 @@ class VmPullHop(Hop):
         self._lock = threading.Lock()
         self._ready_until = 0.0
         self._results: dict[int, dict[str, Any]] = {}
+        self._links: dict[str, Any] = {}  # drive file id → a download link still worth using
+        self._good_headers: dict[str, str] | None = None  # the headers the data host last accepted
+        self._capped: tuple[int, float] | None = None  # (connections the drive accepted, until when)
 
     @property
     def reads_staging(self) -> bool:  # type: ignore[override]
@@ -177,11 +205,14 @@ class VmPullHop(Hop):
 
     def _events(self, job: Job, landed: list[int]) -> Any:
         wanted = {piece.index for piece in job.pieces}
+        at_offset = {piece.offset: piece.index for piece in job.pieces}
 
         def on_event(event: dict[str, Any]) -> None:
             kind = event.get("event")
             if kind == "progress":
-                job.add_progress(int(event.get("bytes") or 0))
+                offset = event.get("offset")
+                piece = at_offset.get(offset) if isinstance(offset, int) else None
+                job.add_progress(int(event.get("bytes") or 0), piece)
             elif kind == "piece_start" and event.get("index") in wanted:
                 job.begin_piece(int(event["index"]))
             elif kind == "piece_done" and event.get("index") in wanted:
@@ -201,6 +232,57 @@ class VmPullHop(Hop):
         )
         self._results[job.id] = result
 
+    def _link(self, drive: Any, file_id: str) -> Any:
+        """Return a kept link for *file_id* with more than LINK_MARGIN left, else a new one."""
+        with self._lock:
+            link = self._links.get(file_id)
+        if link is not None and _worth_keeping(link):
+            return link
+        link = drive.download_url(file_id)
+        with self._lock:
+            # Links of files that failed for good would otherwise stay here until the daemon stops.
+            self._links = {key: kept for key, kept in self._links.items() if _worth_keeping(kept)}
+            self._links[file_id] = link
+        return link
+
+    def _forget_link(self, file_id: str) -> None:
+        with self._lock:
+            self._links.pop(file_id, None)
+
+    def _header_choices(self, link: Any) -> list[dict[str, str]]:
+        """Return the header sets to try with *link*: the one the data host last accepted first."""
+        choices = [dict(link.headers), *(dict(h) for h in getattr(link, "alternatives", ()))]
+        good = self._good_headers
+        if good in choices:
+            choices.remove(good)
+            choices.insert(0, good)
+        return choices
+
+    def _connections(self) -> int:
+        """Return the connections per file: vm.connections, or fewer while the drive's cap holds."""
+        with self._lock:
+            capped = self._capped
+            if capped is not None and time.monotonic() >= capped[1]:
+                self._capped = capped = None
+        return min(self.section.connections, capped[0]) if capped else self.section.connections
+
+    def _note_cap(self, accepted: int) -> None:
+        """Remember that the drive accepted only *accepted* connections (at least one is kept), and
+        say so in `relayctl status` (the ``drive.downloads`` fact)."""
+        kept = max(1, accepted)
+        with self._lock:
+            self._capped = (kept, time.monotonic() + CAP_HOLD)
+        fact = {
+            "connections": kept,
+            "configured": self.section.connections,
+            "refused_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reason": CAP_REASON,
+        }
+        try:
+            self.ctx.store.publish("drive.downloads", fact)
+        except Exception:  # a status fact must never fail the transfer
+            log.warning("could not publish the drive's download cap", exc_info=True)
+
     def _pull(self, job: Job, executor: Executor, missing: Sequence[PieceSpec]) -> None:
         file = job.file_or_fail
         file_id = job.locations.get("pan_upload", {}).get("file_id") or job.previous.get("file_id")
@@ -211,40 +293,88 @@ class VmPullHop(Hop):
                 error_class="config",
             )
         drive = self._drive()
+        if job.locations.get("pan_upload", {}).get("reused") and drive.get(str(file_id)) is None:
+            reason = f"the drive copy {file_id} this file reused is gone (the drive answers not found)"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class="reuse")
         params = self._base_params(job, missing)
-        params["connections"] = self.section.connections
         params["stall_timeout"] = 60
         landed: list[int] = []
-        on_event = self._events(job, landed)
+        events = self._events(job, landed)
+        accepted: list[int] = []
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "connection_dropped" and event.get("reason") == "cap":
+                accepted.append(int(event.get("active") or 1))
+            events(event)
+
         reconnects = refused = lost = 0
+        link: Any = None
+        choices: list[dict[str, str]] = []
         while True:
             job.check_cancelled()
-            link = drive.download_url(file_id)
+            if link is None:
+                link = self._link(drive, str(file_id))
+                choices = self._header_choices(link)
             if link.size != file.size:
+                self._forget_link(str(file_id))
                 raise NeedsPerson(
                     f"the drive's copy is {link.size} bytes, expected {file.size}",
                     hint="the drive holds another file under this id: `relayctl retry` the pan_upload",
                     error_class="integrity",
                 )
-            params["headers"] = dict(link.headers)
+            headers = choices[0]
+            params["headers"] = headers
             params["expires_in"] = _expires_in(link)
+            params["connections"] = self._connections()
             before = len(landed)
+            accepted.clear()
             try:
                 result = executor.call(
-                    "pull", params, secrets={"url": link.url}, on_event=on_event, cancel=self.ctx.cancel
+                    "pull",
+                    params,
+                    secrets={"url": link.url, "proxy": self.section.proxy},
+                    on_event=on_event,
+                    cancel=self.ctx.cancel,
                 )
             except Retryable as exc:
                 progressed = len(landed) > before
+                if accepted or exc.error_class == "rate_limit":
+                    self._note_cap(min(accepted, default=1))
                 if progressed:
                     params["fresh"] = False
                     reconnects = refused = 0
+                    self._good_headers = headers
                 params["missing"] = sorted(p.index for p in job.pieces if not p.done)
+                if exc.error_class == "rate_limit":
+                    raise Retryable(
+                        f"{CAP_REASON}: another client of this account may be downloading; waiting, "
+                        f"then going on with {self._connections()} connection(s) ({exc})",
+                        error_class="rate_limit",
+                        retry_after=CAP_WAIT,
+                    ) from exc
+                if exc.error_class == "download_refused":
+                    choices.pop(0)
+                    if not choices:
+                        raise NeedsPerson(
+                            f"the drive refuses to serve the download: {exc}",
+                            hint=(
+                                "check drive.referer (the drive's links want https://www.aliyundrive.com/ "
+                                "or https://www.alipan.com/; relayd tried both), the drive login and the "
+                                "account in the Aliyun Drive app, then `relayctl retry`"
+                            ),
+                            error_class="download_refused",
+                        ) from exc
+                    job.log.info("the drive refused the download as sent; trying %s", choices[0])
+                    continue
                 if exc.error_class == "url_expired":
+                    self._forget_link(str(file_id))
+                    link = None
                     refused = 0 if progressed else refused + 1
                     if refused >= REFUSED_LINKS:
                         raise NeedsPerson(
                             f"the drive refuses fresh download links: {exc}",
-                            hint="check drive.referer (the drive checks the Referer) and the drive login",
+                            hint="check the clocks (the drive's links expire) and the drive login",
                             error_class="auth",
                         ) from exc
                     job.log.info("the download link expired; asking the drive for a new one")
@@ -273,6 +403,10 @@ class VmPullHop(Hop):
                         job.check_cancelled()
                     continue
                 raise
+            if accepted:
+                self._note_cap(min(accepted))
+            self._good_headers = headers
+            self._forget_link(str(file_id))
             self._results[job.id] = result
             return
 
@@ -304,34 +438,22 @@ class VmPullHop(Hop):
             handles=handles, sha256=str(result["sha256"]), sha1=str(result.get("sha1") or "") or None
         )
 
-    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> None:
-        """Reset the bad pieces (or all) and raise Retryable; block on the second mismatch in a row."""
+    def _mismatch(self, job: Job, executor: Executor, result: dict[str, Any]) -> NoReturn:
+        """Mark the bad pieces (or all) missing and raise IntegrityMismatch: the engine has them
+        fetched again once, and blocks on a second mismatch in a row."""
         file = job.file_or_fail
-        got = str(result.get("sha256"))
-        count = int(job.handles.get(MISMATCHES) or 0) + 1
         drive_note = ""
         if file.sha1 and result.get("sha1") and str(result["sha1"]).lower() != file.sha1.lower():
-            drive_note = f" (sha1 {result['sha1']}, expected {file.sha1})"
-        if count >= 2:
-            job.handles[MISMATCHES] = 0
-            job.save_handles()
-            job.reset_pieces()  # after a person's fix, `relayctl retry` fetches everything again
-            raise NeedsPerson(
-                f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}, twice in a row",
-                hint=(
-                    "the drive's copy is probably corrupt: check it, upload it again "
-                    "(`relayctl retry` the repo's pan_upload), then `relayctl retry`"
-                ),
-                error_class="integrity",
-            )
-        job.handles[MISMATCHES] = count
-        job.save_handles()
+            drive_note = f"sha1 {result['sha1']}, expected {file.sha1}; "
         bad = self._bad_pieces(job, executor)
         job.reset_pieces(bad or None)
-        raise Retryable(
-            f"sha256 on the VM is {got}, expected {file.sha256}{drive_note}; "
-            f"fetching {len(bad) if bad else 'all'} piece(s) again",
-            error_class="integrity",
+        raise IntegrityMismatch(
+            expected=str(file.sha256),
+            actual=str(result.get("sha256")),
+            where="on the VM after vm_pull",
+            detail=f"{drive_note}{len(bad) or len(job.pieces)} of {len(job.pieces)} piece(s) marked missing",
+            hint="the drive's copy is probably corrupt: check it, upload it again "
+            "(`relayctl retry` the repo's pan_upload), then `relayctl retry`",
         )
 
     def _bad_pieces(self, job: Job, executor: Executor) -> list[int]:

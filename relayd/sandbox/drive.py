@@ -39,6 +39,7 @@ from relayd.sandbox.drive_store import (
     DOWNLOAD_PREFIX,
     JSON,
     UPLOAD_PREFIX,
+    WEB_APP_ID,
     ApiError,
     DownloadTicket,
     DriveSettings,
@@ -57,6 +58,7 @@ from relayd.sandbox.drive_store import (
 __all__ = [
     "DOWNLOAD_PREFIX",
     "UPLOAD_PREFIX",
+    "WEB_APP_ID",
     "DriveSettings",
     "DriveStats",
     "DriveUser",
@@ -74,6 +76,7 @@ _log = logging.getLogger(__name__)
 _CHUNK = 256 * 1024
 _MAX_API_BODY = 8 * 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_TEXT_KINDS = (("<html", "text/html"), ("<", "application/xml"), ("{", "application/json;charset=UTF-8"))
 
 
 class _ClientGoneError(Exception):
@@ -108,6 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
     status_sent = 0
     recorded = False
     body_cut = False
+    _body_sent = 0  # body bytes of the download being answered, sent so far
 
     def setup(self) -> None:
         super().setup()
@@ -261,6 +265,27 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and body:
             self.wfile.write(body)
 
+    def _send_text(self, status: int, text: str, headers: dict[str, str]) -> None:
+        """Send *text* verbatim (an empty 429, a plain "Bad Gateway", an HTML page, a huge error) in
+        chunks, counting the bytes the client took as ``injected_bytes_sent``."""
+        body = text.encode()
+        self.send_response(status)
+        if body:
+            head = text.lstrip().lower()
+            kind = next((kind for prefix, kind in _TEXT_KINDS if head.startswith(prefix)), "text/plain")
+            self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-ca-request-id", os.urandom(8).hex())
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        for start in range(0, len(body), _CHUNK):
+            chunk = body[start : start + _CHUNK]
+            self.wfile.write(chunk)
+            self._store.count("injected_bytes_sent", len(chunk))
+
     def _send_json(self, status: int, payload: JSON | None, headers: dict[str, str] | None = None) -> None:
         body = (
             b""
@@ -274,11 +299,12 @@ class _Handler(BaseHTTPRequestHandler):
             payload = {"code": error.code, "message": error.message, "requestId": os.urandom(8).hex()}
             self._send_json(error.status, payload, error.headers)
             return
+        extra = "".join(f"  <{name}>{escape(value)}</{name}>\n" for name, value in error.extra.items())
         xml = (
             '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
             f"  <Code>{escape(error.code)}</Code>\n  <Message>{escape(error.message)}</Message>\n"
             f"  <RequestId>{os.urandom(12).hex().upper()}</RequestId>\n"
-            "  <HostId>cn-beijing-data.aliyundrive.net</HostId>\n</Error>\n"
+            f"  <HostId>cn-beijing-data.aliyundrive.net</HostId>\n{extra}</Error>\n"
         )
         self._send(error.status, xml.encode(), "application/xml", error.headers)
 
@@ -286,11 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer with an injected failure: a given body as-is, or the default error for its role."""
         headers = dict(injection.headers)
         if isinstance(injection.body, str):
-            body = injection.body.encode()
-            kind = "application/xml" if injection.body.startswith("<") else "text/html"
-            if injection.body.startswith("{"):
-                kind = "application/json;charset=UTF-8"
-            self._send(injection.status, body, kind, headers)
+            self._send_text(injection.status, injection.body, headers)
         elif isinstance(injection.body, dict):
             self._send_json(injection.status, injection.body, headers)
         else:
@@ -313,7 +335,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(ApiError(405, "MethodNotAllowed", f"{self.command} is not allowed here."))
             return
         try:
-            status, payload = self._store.handle_api(path, self.headers.get("Authorization"), raw)
+            status, payload = self._store.handle_api(
+                path, self.headers.get("Authorization"), raw, self.headers.get("x-device-id")
+            )
         except ApiError as exc:
             self._send_error(exc)
             return
@@ -398,14 +422,17 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self._send_error(exc)
             return
-        sent = 0
+        self._body_sent = 0
         try:
-            sent = self._send_file(ticket, injection.drop_after if injection is not None else None)
+            self._send_file(ticket, injection.drop_after if injection is not None else None)
         finally:
-            store.close_download(ticket, sent)
+            # Test instrumentation: the body bytes handed to the kernel, a body cut short included.
+            store.close_download(ticket, self._body_sent)
 
-    def _send_file(self, ticket: DownloadTicket, drop_after: int | None) -> int:
-        """Answer a download GET/HEAD (Range → 206, past EOF → 416); return the body bytes sent."""
+    def _send_file(self, ticket: DownloadTicket, drop_after: int | None) -> None:
+        """Answer a download GET/HEAD (Range → 206, past EOF → 416), adding the body bytes sent to
+        ``_body_sent`` as they go (with sendfile, once it returns: unthrottled, nothing is counted of
+        a body the client cut)."""
         settings = self._store.settings
         size = ticket.size
         first, last = 0, size - 1
@@ -416,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
                 wanted = _parse_range(header, size)
             except ApiError as exc:
                 self._send_error(exc)
-                return 0
+                return
             if wanted is not None:
                 first, last = wanted
                 status = 206
@@ -431,21 +458,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
         self.end_headers()
         if self.command == "HEAD" or length == 0:
-            return 0
+            return
         self._store.count("downloads")
         with ticket.path.open("rb") as source:
             if drop_after is None and not settings.download_bandwidth:
                 self.wfile.flush()
-                sent = int(self.connection.sendfile(source, first, length))
-                if sent < length:
+                self._body_sent = int(self.connection.sendfile(source, first, length))
+                if self._body_sent < length:
                     self._drop()
-                return sent
+                return
             source.seek(first)
-            return self._send_paced(source, length, drop_after)
+            self._send_paced(source, length, drop_after)
 
-    def _send_paced(self, source: BinaryIO, length: int, drop_after: int | None) -> int:
+    def _send_paced(self, source: BinaryIO, length: int, drop_after: int | None) -> None:
         """Send *length* bytes of *source* at ``settings.download_bandwidth`` (re-read per chunk),
-        dropping the connection after *drop_after* bytes; return the bytes sent."""
+        dropping the connection after *drop_after* bytes; count them in ``_body_sent``."""
         pacer = _Pacer()
         sent = 0
         while sent < length:
@@ -456,13 +483,14 @@ class _Handler(BaseHTTPRequestHandler):
             if drop_after is not None and sent + len(data) >= drop_after:
                 self.wfile.write(data[: max(0, drop_after - sent)])
                 sent = drop_after
+                self._body_sent = sent
                 break
             self.wfile.write(data)
             sent += len(data)
+            self._body_sent = sent
             pacer.pace(len(data), bandwidth)
         if sent < length:
             self._drop()
-        return sent
 
 
 class _Pacer:
@@ -598,12 +626,15 @@ class FakeDrive:
         """Create another account (its own drives; the content store is shared)."""
         return self.store.add_user(user_name)
 
-    def issue_refresh_token(self, user: DriveUser | None = None) -> str:
-        """Return a valid bootstrap refresh token; it dies at its first use (rotation)."""
-        return self.store.issue_refresh_token(user or self.user)
+    def issue_refresh_token(self, user: DriveUser | None = None, *, app_id: str = WEB_APP_ID) -> str:
+        """Return a valid bootstrap refresh token of *app_id* (default: the web client's, as relayd
+        uses); it dies at its first use (rotation)."""
+        return self.store.issue_refresh_token(user or self.user, app_id=app_id)
 
-    def issue_access_token(self, user: DriveUser | None = None) -> str:
-        return self.store.issue_access_token(user or self.user)
+    def issue_access_token(self, user: DriveUser | None = None, *, app_id: str = WEB_APP_ID) -> str:
+        """Return a valid access token of *app_id*: the download links it gets count against that
+        app's share of the user's concurrent downloads."""
+        return self.store.issue_access_token(user or self.user, app_id=app_id)
 
     def token_payload(self, user: DriveUser | None = None, *, valid_access_token: bool = True) -> JSON:
         """Return a token answer as aligo stores it in ``<config>/<name>.json``: a live refresh
@@ -621,6 +652,10 @@ class FakeDrive:
     def revoke_refresh_tokens(self, user: DriveUser | None = None) -> None:
         """Invalidate live refresh tokens: the next refresh answers 400 InvalidParameter.RefreshToken."""
         self.store.revoke_refresh_tokens(user)
+
+    def log_out_device(self, device_id: str, user: DriveUser | None = None) -> None:
+        """Log a device (an ``x-device-id``) out of the account, as a person does in the app."""
+        self.store.log_out_device(user or self.user, device_id)
 
     def advance_clock(self, seconds: float) -> None:
         """Move the fake's clock: tokens, URLs and upload ids expire as if time had passed."""

@@ -38,6 +38,14 @@ UPLOAD_PREFIX = "/upload"
 DOWNLOAD_PREFIX = "/download"
 MAX_PARTS = 10_000
 MAX_LIST_LIMIT = 200
+#: The app the web client's tokens belong to (aligo's ``Config.CLIENT_ID``): relayd's tokens, unless a
+#: test issues some for another app (the user's phone, another tool).
+WEB_APP_ID = "25dzX3vbYqktVxyX"
+#: The OSS data host's error code for a refused callback (AlistGo/alist#7258).
+CAP_EC = "0007-00000209"
+DEVICE_POLICIES = frozenset({"lax", "require_session", "reject"})
+REFRESH_PATH = "/v2/account/token"
+CREATE_SESSION_PATH = "/users/v1/users/device/create_session"
 NAME_MODES = frozenset({"auto_rename", "refuse", "overwrite", "ignore"})
 _COPY_CHUNK = 1024 * 1024
 
@@ -89,13 +97,20 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, code: str, message: str = "", headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str = "",
+        headers: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message or code
         self.headers = headers or {}
+        #: More elements of the data host's XML error (``EC``, ``RecommendDoc``), after ``HostId``.
+        self.extra = extra or {}
 
 
 def _bad(field_name: str, message: str = "") -> ApiError:
@@ -116,6 +131,27 @@ def _expired_url() -> ApiError:
     return ApiError(403, "AccessDenied", "Request has expired.")
 
 
+def _over_cap() -> ApiError:
+    """The data host's answer past the concurrent-download cap: Aliyun's callback refuses the GET
+    (AlistGo/alist#7258; the limits are Aliyun's 2024-04 notice, gaozhangmin/boxplayer#422)."""
+    return ApiError(
+        403,
+        "AccessDenied",
+        "Callback deny this request reason: ExceedMaxConcurrency",
+        extra={"EC": CAP_EC, "RecommendDoc": f"https://api.aliyun.com/troubleshoot?q={CAP_EC}"},
+    )
+
+
+def _device_offline() -> ApiError:
+    # The code is the service's (tickstep/aliyunpan-api apierror code 31); the message follows what
+    # tickstep/aliyunpan's README tells users it means.
+    return ApiError(
+        401,
+        "UserDeviceOffline",
+        "the client is offline: one account may be logged in on at most 10 devices at once",
+    )
+
+
 # -- settings and public views --------------------------------------------------------------------
 
 
@@ -127,10 +163,24 @@ class DriveSettings:
     upload_url_ttl: float = 3600.0
     upload_id_ttl: float = 7 * 86400.0
     max_download_expire_sec: int = 14400
-    #: Referer a download GET must carry (None: not checked).
+    #: Referer a download GET must carry (None: not checked); since 2024 some links want
+    #: "https://www.alipan.com/" (syhyz1990/baiduyun#333).
     download_referer: str | None = "https://www.aliyundrive.com/"
-    #: Concurrent download GETs allowed per user (None: unlimited); 403 beyond (§11).
-    download_link_cap: int | None = 3
+    #: Concurrent download GETs allowed per user and app, and per user over all apps (None: no
+    #: limit); 403 ExceedMaxConcurrency beyond (Aliyun's 2024-04 notice in boxplayer#422).
+    download_cap_per_app: int | None = 2
+    download_cap_per_user: int | None = 3
+    #: Device sessions: "lax" (never checked), "require_session" (401 UserDeviceOffline until
+    #: create_session for the call's x-device-id), "reject" (400 DeviceSessionSignatureInvalid on
+    #: every call but create_session).
+    device_policy: str = "lax"
+    #: Distinct x-device-id values one user may use (None: no limit); 401 UserDeviceOffline beyond.
+    max_devices: int | None = 10
+    #: Code of the 400 for a refused rapid-upload proof (aligo: InvalidParameter.ProofCode;
+    #: tickstep/aliyunpan-api also knows InvalidRapidProof).
+    proof_refusal_code: str = "InvalidParameter.ProofCode"
+    #: API paths the service does not have (any more): they answer like an unknown path.
+    removed_endpoints: frozenset[str] = frozenset()
     #: Answer every download GET with 200 and the whole body, Accept-Ranges still set (§5 trap).
     ignore_range: bool = False
     upload_bandwidth: float | None = None
@@ -206,6 +256,10 @@ class DriveStats:
     proofs_rejected: int
     download_bytes: int
     downloads: int
+    #: Download GETs refused past the concurrency cap.
+    downloads_over_cap: int
+    #: Bytes of injected (``fail_next(body=...)``) answers the clients took.
+    injected_bytes_sent: int
     calls: dict[str, int]
 
 
@@ -274,6 +328,7 @@ class _Upload:
 @dataclass
 class _AccessToken:
     user_id: str
+    app_id: str
     expires_at: float
 
 
@@ -294,10 +349,12 @@ class Injection:
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who is calling an API endpoint: the user and the exact access token they sent."""
+    """Who is calling an API endpoint: the user, the app its token belongs to, and the exact access
+    token they sent."""
 
     user: DriveUser
     access_token: str
+    app_id: str = WEB_APP_ID
 
 
 @dataclass
@@ -321,9 +378,10 @@ class PutTicket:
 
 @dataclass
 class DownloadTicket:
-    """A download GET that passed the checks; holds one slot of the user's concurrency cap."""
+    """A download GET that passed the checks; holds one slot of the user's (and app's) cap."""
 
     user_id: str
+    app_id: str
     path: Path
     size: int
     content_hash: str
@@ -350,7 +408,7 @@ class DriveStore:
         self._users: dict[str, DriveUser] = {}
         self._drive_owner: dict[str, str] = {}
         self._access: dict[str, _AccessToken] = {}
-        self._refresh: dict[str, str] = {}
+        self._refresh: dict[str, tuple[str, str]] = {}  # token → (user id, app id)
         self._blobs: dict[str, _Blob] = {}
         self._by_pre_hash: dict[tuple[str, int], _Blob] = {}
         self._nodes: dict[str, _Node] = {}
@@ -362,7 +420,10 @@ class DriveStore:
         self._injections: list[Injection] = []
         self._reject_proofs = 0
         self._corrupt_parts = 0
-        self._inflight: Counter[str] = Counter()
+        self._inflight: Counter[str] = Counter()  # downloads running per user
+        self._inflight_app: Counter[tuple[str, str]] = Counter()  # ... per (user, app)
+        self._devices: dict[str, list[str]] = {}  # user → x-device-ids in the order first seen
+        self._sessions: set[tuple[str, str]] = set()  # (user, x-device-id) with a created session
         self._counts: Counter[str] = Counter()
         self._put_by_upload: Counter[str] = Counter()
         self._calls: Counter[str] = Counter()
@@ -397,24 +458,25 @@ class DriveStore:
             self._drive_owner[user.resource_drive_id] = user.user_id
             return user
 
-    def issue_refresh_token(self, user: DriveUser) -> str:
-        """Return a new, valid refresh token for *user* (a bootstrap token)."""
+    def issue_refresh_token(self, user: DriveUser, app_id: str = WEB_APP_ID) -> str:
+        """Return a new, valid refresh token of *app_id* for *user* (a bootstrap token)."""
         with self.lock:
             token = secrets.token_hex(16)
-            self._refresh[token] = user.user_id
+            self._refresh[token] = (user.user_id, app_id)
             return token
 
-    def issue_access_token(self, user: DriveUser) -> str:
-        """Return a new access token for *user*, valid for ``access_token_ttl``."""
+    def issue_access_token(self, user: DriveUser, app_id: str = WEB_APP_ID) -> str:
+        """Return a new access token of *app_id* for *user*, valid for ``access_token_ttl``."""
         with self.lock:
             token = "at." + secrets.token_urlsafe(32)
-            self._access[token] = _AccessToken(user.user_id, self.now() + self.settings.access_token_ttl)
+            expires_at = self.now() + self.settings.access_token_ttl
+            self._access[token] = _AccessToken(user.user_id, app_id, expires_at)
             return token
 
-    def token_response(self, user: DriveUser) -> JSON:
-        """Return a /v2/account/token answer for *user* with a fresh token pair."""
-        access = self.issue_access_token(user)
-        refresh = self.issue_refresh_token(user)
+    def token_response(self, user: DriveUser, app_id: str = WEB_APP_ID) -> JSON:
+        """Return a /v2/account/token answer for *user* with a fresh token pair of *app_id*."""
+        access = self.issue_access_token(user, app_id=app_id)
+        refresh = self.issue_refresh_token(user, app_id=app_id)
         ttl = self.settings.access_token_ttl
         return {
             "default_sbox_drive_id": "",
@@ -446,14 +508,15 @@ class DriveStore:
         with self.lock:
             if body.get("grant_type") != "refresh_token":
                 raise _bad("GrantType")
-            user_id = self._refresh.pop(str(body.get("refresh_token") or ""), None)
-            if user_id is None:
+            owner = self._refresh.pop(str(body.get("refresh_token") or ""), None)
+            if owner is None:
                 self._counts["refresh_failures"] += 1
                 raise ApiError(
                     400, "InvalidParameter.RefreshToken", "The input parameter refresh_token is not valid. "
                 )
             self._counts["refreshes"] += 1
-            return self.token_response(self._users[user_id])
+            user_id, app_id = owner
+            return self.token_response(self._users[user_id], app_id=app_id)
 
     def authenticate(self, authorization: str | None) -> CallContext:
         """Given the Authorization header (with or without "Bearer "), return the caller; 401 else."""
@@ -466,7 +529,7 @@ class DriveStore:
                 raise ApiError(401, "AccessTokenInvalid", "AccessToken is invalid. ErrValidateTokenFailed")
             if record.expires_at <= self.now():
                 raise ApiError(401, "AccessTokenExpired", "AccessToken is expired. ErrValidateTokenFailed")
-            return CallContext(self._users[record.user_id], token)
+            return CallContext(self._users[record.user_id], token, record.app_id)
 
     def expire_access_tokens(self, user: DriveUser | None = None) -> None:
         """Make every access token (of *user*, or of everyone) expired: the next call gets a 401."""
@@ -478,7 +541,7 @@ class DriveStore:
     def revoke_refresh_tokens(self, user: DriveUser | None = None) -> None:
         """Invalidate every live refresh token (of *user*, or of everyone), as a logout would."""
         with self.lock:
-            for token, owner in list(self._refresh.items()):
+            for token, (owner, _app) in list(self._refresh.items()):
                 if user is None or owner == user.user_id:
                     del self._refresh[token]
 
@@ -609,23 +672,74 @@ class DriveStore:
                 proofs_rejected=counts["proofs_rejected"],
                 download_bytes=counts["download_bytes"],
                 downloads=counts["downloads"],
+                downloads_over_cap=counts["downloads_over_cap"],
+                injected_bytes_sent=counts["injected_bytes_sent"],
                 calls=dict(self._calls),
             )
 
     # -- the JSON API -----------------------------------------------------------------------
 
-    def handle_api(self, path: str, authorization: str | None, raw_body: bytes) -> tuple[int, JSON | None]:
-        """Answer one POST on the API host: parse the body, authenticate, route."""
+    def handle_api(
+        self, path: str, authorization: str | None, raw_body: bytes, device_id: str | None = None
+    ) -> tuple[int, JSON | None]:
+        """Answer one POST on the API host: parse the body, authenticate, check the device, route."""
         with self.lock:
             self._calls[path] += 1
         body = _parse_body(raw_body)
-        if path == "/v2/account/token":
+        known = path in _ROUTES or path in (REFRESH_PATH, CREATE_SESSION_PATH)
+        if not known or path in self.settings.removed_endpoints:
+            # Every web-API error is {code, message}; the message for an unknown path is this fake's.
+            raise ApiError(404, "NotFound", "no such api")
+        if path == REFRESH_PATH:
             return 200, self.refresh(body)
-        route = _ROUTES.get(path)
-        if route is None:
-            raise ApiError(404, "NotFound", f"The resource {path} cannot be found.")
         ctx = self.authenticate(authorization)
-        return route(self, ctx, body)
+        if path == CREATE_SESSION_PATH:
+            return self.create_session(ctx, device_id or "")
+        self._check_device(ctx, device_id or "")
+        return _ROUTES[path](self, ctx, body)
+
+    # -- device sessions (reference: real-services §2) -------------------------------------------
+
+    def _known_device(self, user_id: str, device_id: str) -> bool:
+        """Record *device_id* for *user_id*; return False once it is past the device limit."""
+        seen = self._devices.setdefault(user_id, [])
+        if device_id not in seen:
+            seen.append(device_id)
+        limit = self.settings.max_devices
+        return limit is None or seen.index(device_id) < limit
+
+    def _check_device(self, ctx: CallContext, device_id: str) -> None:
+        """Refuse a call from a device past the limit, without a session, or with a signature the
+        service does not accept (per ``settings.device_policy``)."""
+        policy = self.settings.device_policy
+        if policy not in DEVICE_POLICIES:
+            raise ValueError(f"device_policy must be one of {sorted(DEVICE_POLICIES)}, not {policy!r}")
+        user_id = ctx.user.user_id
+        with self.lock:
+            if not self._known_device(user_id, device_id):
+                raise _device_offline()
+            if policy == "require_session" and (user_id, device_id) not in self._sessions:
+                raise _device_offline()
+        if policy == "reject":
+            raise ApiError(400, "DeviceSessionSignatureInvalid", "device session signature error")
+
+    def log_out_device(self, user: DriveUser, device_id: str) -> None:
+        """Forget *device_id* for *user*, as logging it out in the Aliyun Drive app does: its slot
+        goes to the next device, and it needs a new session."""
+        with self.lock:
+            seen = self._devices.get(user.user_id, [])
+            if device_id in seen:
+                seen.remove(device_id)
+            self._sessions.discard((user.user_id, device_id))
+
+    def create_session(self, ctx: CallContext, device_id: str) -> tuple[int, JSON]:
+        """/users/v1/users/device/create_session: register the device's key. A device past the
+        limit gets ``result: false`` (tickstep/aliyunpan reads that as "too many devices")."""
+        with self.lock:
+            if not self._known_device(ctx.user.user_id, device_id):
+                return 200, {"result": False, "success": False, "code": "UserDeviceOffline", "message": None}
+            self._sessions.add((ctx.user.user_id, device_id))
+        return 200, {"result": True, "success": True, "code": None, "message": None}
 
     def _drive_id(self, ctx: CallContext, body: JSON) -> str:
         drive_id = str(body.get("drive_id") or ctx.user.default_drive_id)
@@ -855,7 +969,8 @@ class DriveStore:
         elif proof == proof_code(ctx.access_token, blob.path):
             return blob
         self._counts["proofs_rejected"] += 1
-        raise ApiError(400, "InvalidParameter.ProofCode", "The input parameter proof_code is not valid.")
+        code = self.settings.proof_refusal_code
+        raise ApiError(400, code, "The input parameter proof_code is not valid.")
 
     # multipart ---------------------------------------------------------------------------------
 
@@ -1203,9 +1318,12 @@ class DriveStore:
             expire = _as_int(body.get("expire_sec") or 900, "ExpireSec")
             expires_at = int(self.now() + max(1, min(expire, self.settings.max_download_expire_sec)))
             self._url_seq += 1
+            # The real link's signed callback names the user and app it was issued to, so the data
+            # host can count downloads per user and per app; these two parameters stand for it.
             params = {
                 "x-oss-expires": str(expires_at),
                 "x-relayd-user": ctx.user.user_id,
+                "x-relayd-app": ctx.app_id,
                 "x-relayd-seq": str(self._url_seq),
             }
             path = f"{DOWNLOAD_PREFIX}/{drive_id}/{node.file_id}"
@@ -1252,25 +1370,29 @@ class DriveStore:
             node = self._nodes.get(parts[3])
             if node is None or node.blob is None or node.drive_id != parts[2]:
                 raise ApiError(404, "NoSuchKey", "The specified key does not exist.")
-            user_id = params["x-relayd-user"]
-            cap = self.settings.download_link_cap
-            if counted and cap is not None and self._inflight[user_id] >= cap:
-                raise ApiError(
-                    403, "AccessDenied", f"Too many concurrent downloads (at most {cap} per user)."
-                )
-            if counted:
-                self._inflight[user_id] += 1
+            user_id, app_id = params["x-relayd-user"], params.get("x-relayd-app", WEB_APP_ID)
             data = node.data_path
             if data is None:
                 raise ApiError(404, "NoSuchKey", "The specified key does not exist.")
+            if counted:
+                per_app, per_user = self.settings.download_cap_per_app, self.settings.download_cap_per_user
+                if (per_app is not None and self._inflight_app[(user_id, app_id)] >= per_app) or (
+                    per_user is not None and self._inflight[user_id] >= per_user
+                ):
+                    self._counts["downloads_over_cap"] += 1
+                    raise _over_cap()
+                self._inflight[user_id] += 1
+                self._inflight_app[(user_id, app_id)] += 1
+            content_hash = node.blob.content_hash
             return DownloadTicket(
-                user_id, data, node.size, node.blob.content_hash, f'"{node.blob.content_hash}"', counted
+                user_id, app_id, data, node.size, content_hash, f'"{content_hash}"', counted
             )
 
     def close_download(self, ticket: DownloadTicket, sent: int) -> None:
         with self.lock:
             if ticket.counted:
                 self._inflight[ticket.user_id] -= 1
+                self._inflight_app[(ticket.user_id, ticket.app_id)] -= 1
             self._counts["download_bytes"] += sent
 
     # users ---------------------------------------------------------------------------------
@@ -1299,8 +1421,8 @@ class DriveStore:
             "display_name": user.user_name,
         }
 
-    def device_session(self, ctx: CallContext, body: JSON) -> tuple[int, JSON]:
-        """create_session / renew_session: accepted, as the device signature is not checked."""
+    def renew_session(self, ctx: CallContext, body: JSON) -> tuple[int, JSON]:
+        """renew_session: accepted for a device that passed the device checks."""
         return 200, {"result": True, "success": True, "code": None, "message": None}
 
     # -- inspection -------------------------------------------------------------------------
@@ -1481,8 +1603,7 @@ _ROUTES: dict[str, Route] = {
     "/v3/batch": DriveStore.batch,
     "/adrive/v2/batch": DriveStore.batch,
     "/v2/user/get": DriveStore.get_user,
-    "/users/v1/users/device/create_session": DriveStore.device_session,
-    "/users/v1/users/device/renew_session": DriveStore.device_session,
+    "/users/v1/users/device/renew_session": DriveStore.renew_session,
 }
 
 _BATCH_ROUTES: dict[str, Route] = {

@@ -6,9 +6,15 @@ basic transfer, verify); every other ``/<owner>/<name>.git/*`` request goes thro
 real git and git-lfs clients discover the LFS endpoint and authenticate exactly as in production.
 ``/models/<owner>/<name>.git`` (the newer SDK's URL form) reaches the same repository.
 
-Batch actions carry their own ``Authorization: Bearer <token>``: an HMAC over operation, repo, oid,
-size and expiry, valid ``action_lifetime`` seconds. Object PUT/GET and verify accept only that
-token, never the user's Basic credentials, so a client that ignores the action headers fails here.
+Batch actions come in each shape the batch API allows (``action_auth``): by default they carry their
+own ``Authorization: Bearer <token>`` header (an HMAC over operation, repo, oid, size and expiry, valid
+``action_lifetime`` seconds) and object PUT/GET and verify accept only that token, never the user's
+Basic credentials, so a client that ignores the action headers fails here; ``"basic"`` actions have no
+header and take the user's Basic credentials on the same origin; ``"signed_url"`` actions point at a
+separate storage origin (a second port, as object storage is another host) with the token in the
+query and no header. Each action says when it expires with ``expires_in``, ``expires_at`` (RFC 3339),
+both or neither (``action_expiry``); the ``verify`` action can be left out (``verify_action``); an
+object the server holds comes back without actions or is left out of the answer (``omit_stored``).
 
 Layout under *root*::
 
@@ -17,11 +23,22 @@ Layout under *root*::
     tmp/                        buffered request bodies for the CGI bridge
     home/                       HOME of the server's own git processes
 
-Knobs for fault-injection tests (all may be changed while serving): ``token``,
-``auto_create_repos``, ``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``,
-``before_git``, ``fail_next()``, and ``stop()``/``start()`` on the same port. Locking is not implemented:
-``/info/lfs/locks/verify`` (and every other locks URL) answers 404, which git-lfs tolerates with a
-warning; clients should set ``lfs.locksverify=false`` as they must for ModelScope.
+Objects above ``max_object_size`` are refused (``size_limit_at``): in the batch answer, as a
+per-object error with code 413, or at the PUT, as an nginx front answers a body over its
+``client_max_body_size``: ``413 Request Entity Too Large`` with its HTML page, sent before the body is
+read (ModelScope's answer to ~100 GB blobs, modelscope/modelscope#1591).
+
+Knobs for fault-injection tests (all may be changed while serving): ``token``, ``auto_create_repos``,
+``put_bytes_per_second``, ``get_bytes_per_second``, ``action_lifetime``, ``action_auth``,
+``action_expiry``, ``verify_action``, ``omit_stored``, ``max_object_size``, ``size_limit_at``,
+``max_batch_objects`` (a larger batch request is refused with HTTP 413, as the spec allows),
+``redirect`` (every request to the main origin is answered with a redirect elsewhere), ``corrupt_puts``
+(the next that many object PUTs have one byte inverted on the way in, so the server's own sha256 check
+refuses them with 422), ``answer_padding`` (LFS JSON answers grow by that many bytes of whitespace, sent
+chunked: a server that answers too much), ``before_git``, ``fail_next()``, and ``stop()``/``start()`` on
+the same ports. Locking is not implemented: ``/info/lfs/locks/verify`` (and every other locks URL)
+answers 404, which git-lfs tolerates with a warning; clients should set ``lfs.locksverify=false`` as
+they must for ModelScope.
 """
 
 from __future__ import annotations
@@ -57,6 +74,8 @@ __all__ = [
 ]
 
 Endpoint = Literal["git", "batch", "upload", "download", "verify"]
+ActionAuth = Literal["header", "basic", "signed_url"]
+ActionExpiry = Literal["expires_in", "expires_at", "both", "none"]
 _ENDPOINTS: frozenset[str] = frozenset({"git", "batch", "upload", "download", "verify"})
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
@@ -115,8 +134,11 @@ class _Listener(LoopbackServer):
     """The HTTP listener of one start()…stop() period; it knows its open connections so that stop()
     can cut them the way a crashed server would."""
 
-    def __init__(self, app: GitLfsServer, port: int) -> None:
+    def __init__(self, app: GitLfsServer, port: int, *, storage: bool = False) -> None:
         self.app = app
+        # The storage origin serves only object transfers (signed_url actions), as a separate host would.
+        self.storage = storage
+        self.request_log = app.storage_log if storage else app.request_log
         self.closing = False
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
@@ -166,6 +188,12 @@ class GitLfsServer:
         put_bytes_per_second: float | None = None,
         get_bytes_per_second: float | None = None,
         action_lifetime: float = 3600.0,
+        action_auth: ActionAuth = "header",
+        action_expiry: ActionExpiry = "expires_in",
+        verify_action: bool = True,
+        omit_stored: bool = False,
+        max_object_size: int | None = None,
+        size_limit_at: Literal["batch", "upload"] = "batch",
         realm: str = "relayd sandbox git",
         git: str = "git",
     ) -> None:
@@ -176,12 +204,27 @@ class GitLfsServer:
         self.put_bytes_per_second = put_bytes_per_second
         self.get_bytes_per_second = get_bytes_per_second
         self.action_lifetime = action_lifetime
+        self.action_auth: ActionAuth = action_auth
+        self.action_expiry: ActionExpiry = action_expiry
+        self.verify_action = verify_action
+        self.omit_stored = omit_stored
+        self.max_object_size = max_object_size
+        self.size_limit_at: Literal["batch", "upload"] = size_limit_at
+        # (status, base URL): answer every request to the main origin with a redirect to base + path.
+        self.redirect: tuple[int, str] | None = None
+        self.answer_padding = 0
+        # More objects than this in one batch request are refused with HTTP 413 (the spec's "too many").
+        self.max_batch_objects: int | None = None
+        # The next this many object PUTs have one byte of their body inverted on the way in, as a
+        # link that damages uploads would: the server's own sha256 check then refuses them (422).
+        self.corrupt_puts = 0
         self.realm = realm
         self.git = git
         # Called as (owner, name, path, service) before each authorized git request is served, e.g.
         # to commit on the server between a client's fetch and its push (a non-fast-forward race).
         self.before_git: Callable[[str, str, str, str], None] | None = None
         self.request_log = RequestLog()
+        self.storage_log = RequestLog()
         self.store = ObjectStore(root / "lfs")
         self.signer = ActionSigner()
         self.repos_root = root / "repos"
@@ -192,7 +235,9 @@ class GitLfsServer:
         exec_path = self._git_output(["--exec-path"]).strip()
         self.http_backend = Path(exec_path) / "git-http-backend"
         self._port = port
+        self._storage_port = 0
         self._listener: _Listener | None = None
+        self._storage: _Listener | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
@@ -208,20 +253,32 @@ class GitLfsServer:
             raise RuntimeError("GitLfsServer is already running")
         listener = _Listener(self, self._port)
         self._port = listener.port
+        try:
+            storage = _Listener(self, self._storage_port, storage=True)
+        except BaseException:
+            listener.server_close()
+            raise
+        self._storage_port = storage.port
         listener.start()
-        self._listener = listener
-        logger.info("git+LFS sandbox serving %s from %s", self.base_url, self.root)
+        storage.start()
+        self._listener, self._storage = listener, storage
+        logger.info(
+            "git+LFS sandbox serving %s (storage %s) from %s", self.base_url, self.storage_url, self.root
+        )
 
     def stop(self, *, drop_connections: bool = True) -> None:
         """Stop listening. With *drop_connections*, also reset open connections, as a crash would;
         otherwise requests in progress run to completion."""
         listener, self._listener = self._listener, None
+        storage, self._storage = self._storage, None
         if listener is None:
             return
-        listener.closing = True  # handlers close keep-alive connections after their current request
-        listener.stop()
-        if drop_connections:
-            listener.drop_connections()
+        for each in (listener, storage):
+            if each is not None:
+                each.closing = True  # handlers close keep-alive connections after their current request
+                each.stop()
+                if drop_connections:
+                    each.drop_connections()
         logger.info("git+LFS sandbox on port %d stopped", self._port)
 
     def restart(self, *, down_for: float = 0.0) -> None:
@@ -251,6 +308,12 @@ class GitLfsServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def storage_url(self) -> str:
+        """The origin of ``signed_url`` action hrefs: another port of 127.0.0.1, standing for the object
+        storage host a real LFS server hands out."""
+        return f"http://127.0.0.1:{self._storage_port}"
 
     def remote_url(self, owner: str, name: str, *, models_prefix: bool = False) -> str:
         """Return the git remote URL of *owner*/*name*, never with credentials in it.
@@ -447,10 +510,11 @@ class GitLfsServer:
             return list(self._tally.batches)
 
     def reset_counters(self) -> None:
-        """Zero the counters and clear the batch list and the request log."""
+        """Zero the counters and clear the batch list and the request logs."""
         with self._lock:
             self._tally = _Tally()
         self.request_log.clear()
+        self.storage_log.clear()
 
     # -- used by the request handler ---------------------------------------------------------------
 
@@ -459,6 +523,14 @@ class GitLfsServer:
         return hmac.compare_digest(username.encode(), self.username.encode()) & hmac.compare_digest(
             password.encode(), self.token.encode()
         )
+
+    def take_put_corruption(self) -> bool:
+        """Return True (using up one of ``corrupt_puts``) if the PUT being received must be damaged."""
+        with self._lock:
+            if self.corrupt_puts <= 0:
+                return False
+            self.corrupt_puts -= 1
+            return True
 
     def take_failure(self, endpoint: Endpoint) -> InjectedFailure | None:
         """Pop the next injected failure for *endpoint*, if one is queued."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
@@ -39,6 +40,11 @@ _RANGE = re.compile(r"bytes=(?P<start>\d*)-(?P<end>\d*)")
 _MAX_JSON_BODY = 16 * 1024 * 1024
 _DRAIN_LIMIT = 64 * 1024 * 1024
 _CHUNK = 64 * 1024
+_NGINX_413 = (
+    b"<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n"
+    b"<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
 
 
 class ClientGone(Exception):
@@ -173,7 +179,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
     def _log_request(self) -> None:
         if not self._logged:
             self._logged = True
-            self.app.request_log.add(
+            cast("_Listener", self.server).request_log.add(
                 LoggedRequest(self.command, self.path, self._redacted_headers(), self._status)
             )
 
@@ -244,7 +250,41 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         self._send_bytes(status, (text + "\n").encode(), "text/plain; charset=utf-8", headers)
 
     def _send_json(self, status: int, document: object, headers: dict[str, str] | None = None) -> None:
-        self._send_bytes(status, json.dumps(document).encode(), LFS_JSON, headers)
+        payload = json.dumps(document).encode()
+        padding = self.app.answer_padding
+        if not padding:
+            self._send_bytes(status, payload, LFS_JSON, headers)
+            return
+        # A server that answers too much: the JSON, then *padding* bytes of whitespace, sent chunked.
+        self._finish_body()
+        self.send_response(status)
+        self.send_header("Content-Type", LFS_JSON)
+        self.send_header("Transfer-Encoding", "chunked")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        blank = b" " * _CHUNK
+        while padding > 0:
+            piece = blank[:padding]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            padding -= len(piece)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _too_large(self) -> None:
+        """Answer a PUT over ``max_object_size`` as an nginx front does: 413 with its HTML page at once,
+        before the body is read, then read and discard what the client still sends (nginx's lingering
+        close) and close the connection."""
+        self.close_connection = True
+        self.send_response(413, "Request Entity Too Large")
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(_NGINX_413)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(_NGINX_413)
+        self.wfile.flush()
+        with contextlib.suppress(ClientGone, BadRequest, OSError):
+            self.body.drain()
 
     def _lfs_error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send_json(status, {"message": message}, headers)
@@ -256,9 +296,17 @@ class GitLfsHandler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         split = urlsplit(self.path)
+        storage = cast("_Listener", self.server).storage
+        redirect = self.app.redirect
+        if redirect is not None and not storage:
+            status, target = redirect
+            self._send_text(status, "Moved", {"Location": target.rstrip("/") + self.path})
+            return
         match = _REPO_PATH.fullmatch(split.path)
-        if match is None:
-            if self._basic_auth(lfs=False):
+        if match is None or (storage and not (match["rest"] or "").startswith("/info/lfs/")):
+            if storage:
+                self._lfs_error(404, "Not found: this host serves LFS objects only")
+            elif self._basic_auth(lfs=False):
                 self._send_text(404, "Not found: expected /<owner>/<name>.git/...")
             return
         owner, name, rest = match["owner"], match["name"], match["rest"] or "/"
@@ -428,7 +476,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
     # -- LFS ---------------------------------------------------------------------------------------
 
     def _lfs(self, owner: str, name: str, rest: str) -> None:
-        if rest == "/objects/batch":
+        if rest == "/objects/batch" and not cast("_Listener", self.server).storage:
             if self.command != "POST":
                 self._lfs_error(405, "Use POST for the batch API")
             elif self._basic_auth(lfs=True):
@@ -449,7 +497,9 @@ class GitLfsHandler(BaseHTTPRequestHandler):
             return
         # Locking (/locks, /locks/verify, …) is not implemented, like on the servers relayd targets;
         # git-lfs warns and carries on, and relayd sets lfs.locksverify=false anyway.
-        if self._basic_auth(lfs=True):
+        if cast("_Listener", self.server).storage:
+            self._lfs_error(404, f"Not found: {rest}")
+        elif self._basic_auth(lfs=True):
             self._lfs_error(404, f"Not found: {rest} (this server implements no LFS locking API)")
 
     def _repo_missing(self, owner: str, name: str) -> bool:
@@ -458,10 +508,23 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         self._lfs_error(404, f"Repository {owner}/{name} not found")
         return True
 
-    def _action(self, href: str, grant: Grant) -> dict[str, object]:
-        lifetime = self.app.action_lifetime
-        token = self.app.signer.issue(grant, lifetime)
-        return {"href": href, "header": {"Authorization": f"Bearer {token}"}, "expires_in": int(lifetime)}
+    def _action(self, path: str, grant: Grant) -> dict[str, object]:
+        """Return the action for *grant* at *path* (under the repo's ``/info/lfs``) in the server's shape."""
+        app = self.app
+        token, expires = app.signer.issue(grant, app.action_lifetime)
+        lfs_path = f"/{grant.owner}/{grant.name}.git/info/lfs{path}"
+        action: dict[str, object]
+        if app.action_auth == "signed_url":
+            action = {"href": f"{app.storage_url}{lfs_path}?token={token}"}
+        else:
+            action = {"href": app.base_url + lfs_path}
+        if app.action_auth == "header":
+            action["header"] = {"Authorization": f"Bearer {token}"}
+        if app.action_expiry in ("expires_in", "both"):
+            action["expires_in"] = int(app.action_lifetime)
+        if app.action_expiry in ("expires_at", "both"):
+            action["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        return action
 
     def _batch(self, owner: str, name: str) -> None:
         app = self.app
@@ -484,6 +547,10 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         app.record_batch(owner, name, operation, tuple(str(item.get("oid", "")) for item in items), ref_name)
         if self._injected("batch", lfs=True):
             return
+        most = app.max_batch_objects
+        if most is not None and len(items) > most:
+            self._lfs_error(413, f"A batch request may name at most {most} objects, not {len(items)}")
+            return
         if request.get("hash_algo", "sha256") != "sha256":
             self._lfs_error(409, "Only hash_algo sha256 is supported")
             return
@@ -497,13 +564,13 @@ class GitLfsHandler(BaseHTTPRequestHandler):
             else:
                 self._lfs_error(404, f"Repository {owner}/{name} not found")
                 return
-        base = f"{app.remote_url(owner, name)}/info/lfs"
-        answers = [self._batch_object(owner, name, operation, item, base) for item in items]
+        answers = [self._batch_object(owner, name, operation, item) for item in items]
+        if app.omit_stored and operation == "upload":
+            # The spec's other way to say "already there": the object is left out of the answer.
+            answers = [a for a in answers if "actions" in a or "error" in a]
         self._send_json(200, {"transfer": "basic", "objects": answers, "hash_algo": "sha256"})
 
-    def _batch_object(
-        self, owner: str, name: str, operation: str, item: dict[str, Any], base: str
-    ) -> dict[str, Any]:
+    def _batch_object(self, owner: str, name: str, operation: str, item: dict[str, Any]) -> dict[str, Any]:
         oid, size = item.get("oid"), item.get("size")
         answer: dict[str, Any] = {"oid": oid, "size": size}
         if not isinstance(oid, str) or not OID_RE.fullmatch(oid):
@@ -519,44 +586,69 @@ class GitLfsHandler(BaseHTTPRequestHandler):
                 "message": f"Object {oid} is stored with size {stored}, not {size}",
             }
             return answer
+        app = self.app
+        limit = app.max_object_size
         if operation == "upload":
-            if stored is None:  # when stored, the spec's skip rule: no actions at all
-                answer["authenticated"] = True
-                answer["actions"] = {
-                    "upload": self._action(f"{base}/objects/{oid}", Grant("upload", owner, name, oid, size)),
-                    "verify": self._action(f"{base}/verify", Grant("verify", owner, name, oid, size)),
+            if stored is not None:
+                return answer  # the spec's skip rule: no actions at all
+            if limit is not None and size > limit and app.size_limit_at == "batch":
+                answer["error"] = {
+                    "code": 413,
+                    "message": f"Object {oid} is {size} bytes, over the maximum object size of {limit} bytes",
                 }
+                return answer
+            actions = {"upload": self._action(f"/objects/{oid}", Grant("upload", owner, name, oid, size))}
+            if app.verify_action:
+                actions["verify"] = self._action("/verify", Grant("verify", owner, name, oid, size))
+            answer["actions"] = actions
         elif stored is None:
             answer["error"] = {"code": 404, "message": f"Object {oid} does not exist"}
+            return answer
         else:
-            answer["authenticated"] = True
             answer["actions"] = {
-                "download": self._action(f"{base}/objects/{oid}", Grant("download", owner, name, oid, size))
+                "download": self._action(f"/objects/{oid}", Grant("download", owner, name, oid, size))
             }
+        if app.action_auth != "basic":
+            answer["authenticated"] = True  # the action carries its own credentials
         return answer
 
-    def _grant(self, operation: str, owner: str, name: str, oid: str) -> Grant | None:
-        """Return the Grant of the request's action token; otherwise answer 401/403 and return None."""
+    def _grant(self, operation: str, owner: str, name: str, oid: str, size: int | None) -> Grant | None:
+        """Return what the request may do: its action token's Grant (from the header or the signed
+        URL), or, for ``basic`` actions, a Grant for *size* bytes on valid user credentials. Otherwise
+        answer 401/403 (411 without a size) and return None."""
+        app = self.app
         header = self.headers.get("Authorization") or ""
         scheme, _, token = header.partition(" ")
+        signed = parse_qs(urlsplit(self.path).query).get("token", [""])[0]
+        if signed or scheme.lower() == "bearer":
+            try:
+                return app.signer.check((signed or token).strip(), operation, owner, name, oid)
+            except TokenError as exc:
+                self._lfs_error(403, str(exc))
+                return None
+        if app.action_auth == "basic" and not cast("_Listener", self.server).storage:
+            if not self._basic_auth(lfs=True):
+                return None
+            if size is None:
+                self._lfs_error(411, "Content-Length required")
+                return None
+            return Grant(operation, owner, name, oid, size)
         if not header:
             self._lfs_error(401, "This URL needs the Authorization header from the batch response's action")
             return None
-        if scheme.lower() != "bearer":
-            self._lfs_error(
-                403, "Object transfers take the action's own Authorization header, not user credentials"
-            )
-            return None
-        try:
-            return self.app.signer.check(token.strip(), operation, owner, name, oid)
-        except TokenError as exc:
-            self._lfs_error(403, str(exc))
-            return None
+        self._lfs_error(
+            403, "Object transfers take the action's own Authorization header, not user credentials"
+        )
+        return None
 
     def _upload(self, owner: str, name: str, oid: str) -> None:
         app = self.app
         body = self.body
-        grant = self._grant("upload", owner, name, oid)
+        limit = app.max_object_size
+        if limit is not None and app.size_limit_at == "upload" and (body.length or 0) > limit:
+            self._too_large()
+            return
+        grant = self._grant("upload", owner, name, oid, body.length)
         if grant is None or self._repo_missing(owner, name) or self._injected("upload", lfs=True):
             return
         if body.length is not None and body.length != grant.size:
@@ -574,9 +666,11 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         self._send_json(200, {})
 
     def _paced_body(self, oid: str) -> Iterator[bytes]:
-        """Yield the request body, counting it and pacing it to ``put_bytes_per_second``."""
+        """Yield the request body, counting it and pacing it to ``put_bytes_per_second``; with
+        ``corrupt_puts``, its first byte arrives inverted (same size, wrong content)."""
         body = self.body
         app = self.app
+        damage = app.take_put_corruption()
         while True:
             rate = app.put_bytes_per_second
             size = min(_CHUNK, max(1024, int(rate / 20))) if rate else _CHUNK
@@ -585,13 +679,15 @@ class GitLfsHandler(BaseHTTPRequestHandler):
             if not data:
                 return
             app.count_put_bytes(oid, len(data))
+            if damage:
+                data, damage = bytes([data[0] ^ 0xFF]) + data[1:], False
             yield data
             if rate:
                 time.sleep(max(0.0, len(data) / rate - (time.monotonic() - started)))
 
     def _download(self, owner: str, name: str, oid: str) -> None:
         app = self.app
-        grant = self._grant("download", owner, name, oid)
+        grant = self._grant("download", owner, name, oid, app.store.size(owner, name, oid))
         if grant is None or self._repo_missing(owner, name) or self._injected("download", lfs=True):
             return
         path = app.store.path(owner, name, oid)
@@ -651,7 +747,7 @@ class GitLfsHandler(BaseHTTPRequestHandler):
         if not isinstance(oid, str) or not OID_RE.fullmatch(oid) or not isinstance(size, int):
             self._lfs_error(422, "Verify request needs a sha256 oid and an integer size")
             return
-        grant = self._grant("verify", owner, name, oid)
+        grant = self._grant("verify", owner, name, oid, size)
         if grant is None or self._repo_missing(owner, name) or self._injected("verify", lfs=True):
             return
         app.count("verify")

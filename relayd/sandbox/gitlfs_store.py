@@ -153,10 +153,11 @@ class ActionSigner:
         )
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, grant: Grant, lifetime: float) -> str:
-        """Return a token for *grant* that expires *lifetime* seconds from now."""
-        expires = int(self._clock() + lifetime)
-        return f"{grant.size}.{expires}.{self._mac(grant, expires)}"
+    def issue(self, grant: Grant, lifetime: float) -> tuple[str, float]:
+        """Return a token for *grant* that expires *lifetime* seconds from now (to the millisecond, so
+        an ``expires_in`` or ``expires_at`` rounded down never promises more), and that moment."""
+        expires = int((self._clock() + lifetime) * 1000)
+        return f"{grant.size}.{expires}.{self._mac(grant, expires)}", expires / 1000
 
     def check(self, token: str, operation: str, owner: str, name: str, oid: str) -> Grant:
         """Return the Grant that *token* carries for this request. Raise TokenError if it has none."""
@@ -167,6 +168,6 @@ class ActionSigner:
         expires = int(parts[1])
         if not hmac.compare_digest(parts[2], self._mac(grant, expires)):
             raise TokenError("action token is not valid for this object and operation")
-        if self._clock() > expires:
+        if self._clock() * 1000 > expires:
             raise TokenError("action token expired", expired=True)
         return grant

@@ -1,11 +1,12 @@
 """The VM executor: run agent operations on the VM (this machine, or a host reached over SSH).
 
 Every hop's VM-side work runs in relayd's agent (``relayd/vm/agent``, stdlib only). Nothing is
-installed on the VM beforehand: a session starts ``python3 -c <bootstrap> <sha256> <length>`` there
-(locally as a child process in its own process group, or as the remote command of an OpenSSH
-``ssh`` client), the bootstrap answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already
-cached, the daemon sends the zipped agent only if it is not, then one JSON request line per call (with
-the secrets, which never appear in argv, files or logs). The agent streams JSON events back and ends
+installed on the VM beforehand: a session starts ``python3 -I -c <bootstrap> <sha256> <length>``
+there (locally as a child process in its own process group, or as the remote command of an OpenSSH
+``ssh`` client; either child gets only the CHILD_ENV part of relayd's environment), the bootstrap
+answers whether ``~/.cache/relayd/agent-<sha256>.zip`` is already cached, the daemon sends the zipped
+agent only if it is not, then one JSON request line per call (with the secrets, which never appear in
+argv, files or logs). The agent streams JSON events back and ends
 each call with a result line; stdin EOF (the daemon or the link is gone) makes a busy agent SIGKILL its
 own process group, so nothing keeps running on the VM after a kill -9 or a dropped connection.
 
@@ -40,6 +41,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -52,8 +54,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from relayd.config import VmConfig
-from relayd.errors import Cancelled, HopError, NeedsPerson, Permanent, Retryable
+from relayd.config import VmConfig, credential_path
+from relayd.errors import Cancelled, ConfigError, HopError, NeedsPerson, Permanent, Retryable
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,47 @@ IDLE_SESSIONS = 4
 #: 120 s without a request, relayd/vm/agent/core.py IDLE_EXIT).
 REUSE_WITHIN = 60.0
 MIN_PYTHON = (3, 8)
+#: The longest protocol line read from an agent. The largest real answer (the objects a big snapshot
+#: still misses) is a few hundred KiB; a longer line ends the session rather than the daemon's memory.
+MAX_LINE = 8 * 1024 * 1024
+#: sun_path's size on Linux: a Unix socket's path must be shorter.
+SOCKET_PATH_MAX = 108
+#: Stderr is read in pieces of at most this many bytes (the last 40 are kept for error messages).
+STDERR_PIECE = 4096
+#: The environment a child (the local agent, ssh) inherits: what finding programs, the locale, the time
+#: zone, temporary files, proxies, custom CAs and an SSH agent need. Nothing else, so no token variable
+#: (HF_TOKEN, MODELSCOPE_TOKEN, …) of the daemon's environment reaches the VM or a process there;
+#: secrets travel only in request lines.
+CHILD_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "SSH_AUTH_SOCK",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+    }
+)
 
-# Python 3.8 compatible, no quotes of its own kind inside (it is shell-quoted for ssh). Reads the
-# agent zip from stdin unless the cached copy has the right sha256, then serves one request.
+# Python 3.8 compatible, no quotes of its own kind inside (it is shell-quoted for ssh). Makes what the
+# agent creates private to the VM's user (umask 077), reads the agent zip from stdin unless the cached
+# copy has the right sha256, then serves requests.
 BOOTSTRAP = """\
 import hashlib,io,os,sys,tempfile
+os.umask(0o077)
 h,n=sys.argv[1],int(sys.argv[2])
 d=os.path.join(os.path.expanduser("~"),".cache","relayd")
 p=os.path.join(d,"agent-%s.zip"%h)
@@ -149,13 +187,20 @@ class VmFacts:
 EventHandler = Callable[[dict[str, Any]], None]
 
 
+def child_environment() -> dict[str, str]:
+    """Return the allow-listed part of this process's environment (CHILD_ENV and LC_*)."""
+    return {name: value for name, value in os.environ.items() if name in CHILD_ENV or name.startswith("LC_")}
+
+
 class Executor(abc.ABC):
     """Runs agent operations on the VM. Subclasses say how the bootstrap is started there."""
 
     kind: str = ""
 
-    def __init__(self, config: VmConfig) -> None:
+    def __init__(self, config: VmConfig, state_dir: Path | None = None) -> None:
         self.config = config
+        #: relayd's own state directory (a private place for the SSH control sockets), when known.
+        self.state_dir = state_dir
         self._busy: set[_Session] = set()
         self._idle: list[_Session] = []
         self._lock = threading.Lock()
@@ -181,8 +226,8 @@ class Executor(abc.ABC):
         return f"{self.kind} VM {self.host}"
 
     @abc.abstractmethod
-    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
-        """Return the argv (and environment, None to inherit) that starts the bootstrap on the VM."""
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str]]:
+        """Return the argv and the environment that start the bootstrap on the VM."""
 
     @abc.abstractmethod
     def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
@@ -354,6 +399,10 @@ class _StaleSession(Exception):
     """A reused session ended before it answered: it had died while idle."""
 
 
+class _LineTooLong(Exception):
+    """The agent sent a protocol line longer than MAX_LINE."""
+
+
 class _Session:
     """One agent process (a child here, or an ssh client whose remote command it is): serves calls one
     at a time; its stderr is drained for as long as it lives."""
@@ -374,13 +423,17 @@ class _Session:
         return self.process.poll() is None
 
     def read_event(self) -> dict[str, Any] | None:
-        """Return the next JSON event line, or None at the end of the agent's output."""
+        """Return the next JSON event line, or None at the end of the agent's output.
+
+        Raise _LineTooLong when a line exceeds MAX_LINE (no more than that is ever held)."""
         stdout = self.process.stdout
         assert stdout is not None  # noqa: S101 - created with PIPE
         while True:
-            line = stdout.readline()
+            line = stdout.readline(MAX_LINE + 1)
             if not line:
                 return None
+            if len(line) > MAX_LINE:
+                raise _LineTooLong()
             try:
                 event = json.loads(line)
             except ValueError:
@@ -403,7 +456,8 @@ class _Session:
     def _drain_stderr(self) -> None:
         stderr = self.process.stderr
         assert stderr is not None  # noqa: S101 - created with PIPE
-        for raw in stderr:
+        # In pieces: a peer printing without newlines costs STDERR_PIECE bytes at a time, not more.
+        for raw in iter(lambda: stderr.readline(STDERR_PIECE), b""):
             line = raw.decode("utf-8", "replace").rstrip()
             if line:
                 self.stderr_tail.append(line)
@@ -495,6 +549,15 @@ class _Call:
                     return self._result(event)
                 if on_event is not None:
                     on_event(event)
+        except _LineTooLong:
+            self.killed_for = "protocol"
+            session.kill()
+            raise Retryable(
+                f"the VM agent ({self.op}) sent a line longer than {MAX_LINE // (1024 * 1024)} MiB, which "
+                "no relayd agent does; relayd ended that session (is something on the VM printing to the "
+                "agent's output?)",
+                error_class="protocol",
+            ) from None
         finally:
             self._done.set()
             watcher.join()  # so that `clean` sees whatever it did
@@ -583,7 +646,8 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def _bootstrap_argv(python: str, bundle: AgentBundle, marker: str) -> list[str]:
-    return [python, "-c", BOOTSTRAP, bundle.sha256, str(len(bundle.data)), marker]
+    # -I: isolated from PYTHON* variables, the user's site-packages and the working directory.
+    return [python, "-I", "-c", BOOTSTRAP, bundle.sha256, str(len(bundle.data)), marker]
 
 
 # -- the VM is this machine -------------------------------------------------------------------------
@@ -595,8 +659,8 @@ class LocalExecutor(Executor):
 
     kind = "local"
 
-    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
-        env = dict(os.environ)
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str]]:
+        env = child_environment()
         if self.config.path:
             env["PATH"] = self.config.path
         python = shutil.which(self.config.python, path=env.get("PATH")) or self.config.python
@@ -634,6 +698,11 @@ class SshExecutor(Executor):
 
     kind = "ssh"
 
+    def __init__(self, config: VmConfig, state_dir: Path | None = None) -> None:
+        super().__init__(config, state_dir)
+        #: The shared connection's socket path: None until first needed, "" when not shared.
+        self._control_path_memo: str | None = None
+
     @property
     def host(self) -> str:
         return self.config.host
@@ -649,23 +718,27 @@ class SshExecutor(Executor):
             options += ["-p", str(config.port)]
         if config.user:
             options += ["-l", config.user]
-        if config.identity_file is not None:
-            options += ["-i", str(config.identity_file), "-o", "IdentitiesOnly=yes"]
-        if config.known_hosts_file is not None:
-            options += ["-o", f"UserKnownHostsFile={config.known_hosts_file}"]
-        strict = "yes" if config.strict_host_key_checking else "no"
-        if config.ssh_multiplex:
+        identity = self._credential_file("identity_credential") or config.identity_file
+        if identity is not None:
+            options += ["-i", str(identity), "-o", "IdentitiesOnly=yes"]
+        known_hosts = self._credential_file("known_hosts_credential") or config.known_hosts_file
+        if known_hosts is not None:
+            options += ["-o", f"UserKnownHostsFile={known_hosts}"]
+        if config.ssh_multiplex and self._control_path_memo is None:
+            self._control_path_memo = self._control_path() or ""
+        control_path = self._control_path_memo
+        if control_path:
             options += [
                 "-o",
                 "ControlMaster=auto",
                 "-o",
-                f"ControlPath={self._control_path()}",
+                f"ControlPath={control_path}",
                 "-o",
                 "ControlPersist=60",
             ]
         options += [
             "-o",
-            f"StrictHostKeyChecking={strict}",
+            f"StrictHostKeyChecking={config.strict_host_key_checking}",
             "-o",
             "BatchMode=yes",
             "-o",
@@ -679,9 +752,32 @@ class SshExecutor(Executor):
         ]
         return options
 
-    def _control_path(self) -> str:
+    def _credential_file(self, key: str) -> Path | None:
+        """Return the file of the systemd credential that vm.<key> names (None when unset). Raise
+        NeedsPerson when it cannot be found or is empty."""
+        name = getattr(self.config, key)
+        if not name:
+            return None
+        try:
+            path = credential_path(name, f"vm.{key}")
+            if path.read_bytes().strip():
+                return path
+            problem = "is empty"  # its file was not installed: relayd.service's SetCredential= default
+        except ConfigError as exc:
+            problem = f"cannot be found: {exc}"
+        except OSError as exc:
+            problem = f"cannot be read: {exc.strerror}"
+        raise NeedsPerson(
+            f"the credential {name!r} (vm.{key}) {problem}",
+            hint=f"put the file in the directory LoadCredential= reads it from (relayd.service) and name it "
+            f"{name!r}, then `systemctl restart relayd`",
+            error_class="config",
+        )
+
+    def _control_path(self) -> str | None:
         """Where the shared SSH connection's socket lives: one per set of connection settings, so a
-        changed key, known_hosts file or option never rides an older connection."""
+        changed key, known_hosts file or option never rides an older connection. None (no sharing)
+        when no private directory is at hand."""
         config = self.config
         settings = repr(
             (
@@ -690,26 +786,41 @@ class SshExecutor(Executor):
                 config.user,
                 config.identity_file,
                 config.known_hosts_file,
+                config.identity_credential,
+                config.known_hosts_credential,
                 config.ssh_config_file,
                 config.strict_host_key_checking,
                 config.ssh_options,
             )
         )
-        tag = hashlib.sha256(settings.encode()).hexdigest()[:12]
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"relayd-ssh-{os.getuid()}"
-        base.mkdir(mode=0o700, exist_ok=True)
-        return str(base / f"{tag}-%C")
+        name = f"{hashlib.sha256(settings.encode()).hexdigest()[:12]}-%C"
+        runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+        candidates = [runtime / f"relayd-ssh-{os.getuid()}"]
+        if self.state_dir is not None:
+            candidates.append(self.state_dir / "ssh")
+        for directory in candidates:
+            # ssh binds "<path>.<16 random characters>" first; %C expands to 40 characters.
+            if len(str(directory / name)) - 2 + 40 + 17 >= SOCKET_PATH_MAX:
+                log.debug("the SSH control path under %s would be too long for a socket", directory)
+                continue
+            problem = _private_directory_problem(directory)
+            if problem is None:
+                return str(directory / name)
+            log.warning("not sharing SSH connections through %s: %s", directory, problem)
+        log.warning("no private directory for the shared SSH connection: each VM session opens its own")
+        return None
 
     def close(self) -> None:
         super().close()
-        if self.config.ssh_multiplex:
+        if self._control_path_memo:
             # Ask the shared connection to end now rather than linger for ControlPersist.
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
+            with contextlib.suppress(OSError, subprocess.SubprocessError, HopError):
                 subprocess.run(
                     ["ssh", *self.destination_options(), "-O", "exit", "--", self.config.host],
                     capture_output=True,
                     timeout=5,
                     check=False,
+                    env=child_environment(),
                 )
 
     def remote_command(self, bundle: AgentBundle) -> str:
@@ -722,8 +833,9 @@ class SshExecutor(Executor):
         words += _bootstrap_argv(self.config.python, bundle, self.marker)
         return shlex.join(words)
 
-    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str] | None]:
-        return ["ssh", *self.destination_options(), "--", self.config.host, self.remote_command(bundle)], None
+    def _command(self, bundle: AgentBundle) -> tuple[list[str], dict[str, str]]:
+        argv = ["ssh", *self.destination_options(), "--", self.config.host, self.remote_command(bundle)]
+        return argv, child_environment()
 
     def _missing_program(self, program: str) -> HopError:
         return NeedsPerson(
@@ -772,8 +884,28 @@ class SshExecutor(Executor):
         return Retryable(f"cannot reach the VM {where} over ssh: {last}", error_class="network")
 
 
-def make_executor(config: VmConfig) -> Executor:
-    """Return the executor ``vm.executor`` names ("local" or "ssh")."""
+def _private_directory_problem(directory: Path) -> str | None:
+    """Create *directory* (mode 0700) if it is missing; return why it is not private to us (not a
+    directory, a symbolic link, owned by another user, open to others), or None when it is."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        facts = os.lstat(directory)
+    except OSError as exc:
+        return f"cannot create it: {exc.strerror}"
+    if stat.S_ISLNK(facts.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(facts.st_mode):
+        return "it is not a directory"
+    if facts.st_uid != os.geteuid():
+        return f"it belongs to uid {facts.st_uid}, not to us ({os.geteuid()})"
+    if stat.S_IMODE(facts.st_mode) != 0o700:
+        return f"its mode is {stat.S_IMODE(facts.st_mode):o}, not 700"
+    return None
+
+
+def make_executor(config: VmConfig, *, state_dir: Path | None = None) -> Executor:
+    """Return the executor ``vm.executor`` names ("local" or "ssh"); *state_dir* is relayd's state
+    directory (the SSH control sockets go there when the runtime directory is not private)."""
     if config.executor == "ssh":
-        return SshExecutor(config)
-    return LocalExecutor(config)
+        return SshExecutor(config, state_dir)
+    return LocalExecutor(config, state_dir)

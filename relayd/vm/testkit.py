@@ -191,7 +191,7 @@ def vm_config(**overrides: Any) -> VmConfig:
         "identity_file": None,
         "known_hosts_file": None,
         "ssh_config_file": None,
-        "strict_host_key_checking": True,
+        "strict_host_key_checking": "yes",
         "ssh_options": (),
         "ssh_multiplex": True,
         "python": sys.executable,

@@ -26,8 +26,14 @@ class Relayctl:
         self._store: Store | None = None
 
     def __call__(self, *args: str, input: str | None = None) -> Result:
+        """Run relayctl as into a pipe: $COLUMNS unset (pytest-xdist's workers set it), so nothing wraps."""
         return CliRunner().invoke(
-            cli, ["-c", str(self.config), *args], input=input, catch_exceptions=False, prog_name="relayctl"
+            cli,
+            ["-c", str(self.config), *args],
+            input=input,
+            env={"COLUMNS": None},
+            catch_exceptions=False,
+            prog_name="relayctl",
         )
 
     def heavy_imports_of(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from huggingface_hub import HfApi
+from huggingface_hub.hf_api import RepoFile
 from sqlalchemy import select
 
 import relayd.hops
@@ -15,7 +20,11 @@ from relayd.catalogue.schema import BLOCKED, PENDING, WAITING, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, utcnow
 from relayd.config import DEFAULT_ROUTE
 from relayd.errors import UsageError
+from relayd.hops.base import Hop
 from relayd.names import validate_repo_id
+from relayd.sandbox._http import free_port
+from relayd.sandbox.hub import FakeHub, make_model_repo
+from relayd.units import format_size
 
 if TYPE_CHECKING:
     from conftest import Relayctl
@@ -284,3 +293,203 @@ def test_retry(relayctl: Relayctl) -> None:
     with relayctl.store.read() as session:
         states = set(session.scalars(select(Transfer.state)))
     assert states == {PENDING}
+
+
+# -- routes that cannot work ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("route", "reason", "works"),
+    [
+        (
+            "lfs_push",
+            "lfs_push cannot come first: it reads each file from staging or vm",
+            "download,lfs_push",
+        ),
+        (
+            "pan_upload,download",
+            "pan_upload cannot come first: it reads each file from staging",
+            "download,pan_upload",
+        ),
+        (
+            "download,vm_pull",
+            "vm_pull reads each file from drive, and no hop before it (download) puts it there "
+            "(drive is filled by pan_upload)",
+            "download,pan_upload,vm_pull",
+        ),
+        (
+            "local_copy,download",
+            "download reads from its source only, so it must be the route's first hop",
+            "download,local_copy",
+        ),
+        (
+            "download,vm_pull,pan_upload,lfs_push",
+            "vm_pull reads each file from drive",
+            "download,pan_upload,vm_pull,lfs_push",
+        ),
+    ],
+)
+def test_add_refuses_a_route_whose_hop_lacks_its_input(
+    relayctl: Relayctl, route: str, reason: str, works: str
+) -> None:
+    result = relayctl("add", "org/name", "--route", route)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"relayctl: error: --route {route} cannot work: {reason}")
+    assert f"a route that works: --route {works}" in result.stderr
+    assert not relayctl.db.exists()
+    # The route it proposes is accepted.
+    assert relayctl("add", "org/name", "--route", works).exit_code == 0
+
+
+class ArchiveHop(Hop):
+    """A plugin hop that writes what is on the VM to tape: nothing in the CLI knows its name."""
+
+    name = "archive"
+    consumes = frozenset({"vm"})
+    produces = "tape"
+
+
+def test_the_route_rule_comes_from_what_hops_declare(
+    relayctl: Relayctl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builtin = dict(relayd.hops.BUILTIN)
+    monkeypatch.setattr(relayd.hops, "registry", lambda: {**builtin, "archive": f"{__name__}:ArchiveHop"})
+    refused = relayctl("add", "org/name", "--route", "download,archive")
+    assert refused.exit_code == 2
+    assert (
+        "archive reads each file from vm, and no hop before it (download) puts it there "
+        "(vm is filled by vm_pull)" in refused.stderr
+    )
+    assert "a route that works: --route download,pan_upload,vm_pull,archive" in refused.stderr
+    assert relayctl("add", "org/name", "--route", "download,pan_upload,vm_pull,archive").exit_code == 0
+    monkeypatch.setattr(ArchiveHop, "consumes", frozenset({"staging"}))
+    assert relayctl("add", "org/other", "--route", "download,archive").exit_code == 0
+
+
+# -- a pasted Hub URL ----------------------------------------------------------------------------------
+
+
+ENDPOINT = "http://127.0.0.1:8999"
+
+
+@pytest.mark.parametrize(
+    ("given", "name", "repo_type", "revision"),
+    [
+        ("https://huggingface.co/org/model", "org/model", "model", "main"),
+        ("https://huggingface.co/org/model/", "org/model", "model", "main"),
+        ("huggingface.co/org/model", "org/model", "model", "main"),
+        ("https://hf.co/org/model?library=transformers#files", "org/model", "model", "main"),
+        ("https://huggingface.co/datasets/org/data", "org/data", "dataset", "main"),
+        ("https://huggingface.co/datasets/org/data/tree/v1.0/", "org/data", "dataset", "v1.0"),
+        ("https://huggingface.co/org/model/tree/refs%2Fpr%2F1", "org/model", "model", "refs/pr/1"),
+        ("https://huggingface.co/gpt2/tree/main", "gpt2", "model", "main"),
+        (f"{ENDPOINT}/org/mirrored", "org/mirrored", "model", "main"),
+    ],
+)
+def test_add_accepts_the_url_of_a_repo(
+    relayctl: Relayctl, make_config: Callable[..., Path], given: str, name: str, repo_type: str, revision: str
+) -> None:
+    make_config(relayctl.root, hub={"endpoint": ENDPOINT})
+    result = relayctl("add", given, "--route", "local_copy")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"added {name}:")
+    repo = relayctl.store.repo(name)
+    assert repo is not None
+    assert (repo.repo_type, repo.revision) == (repo_type, revision)
+
+
+@pytest.mark.parametrize(
+    ("given", "options", "message"),
+    [
+        (
+            "https://huggingface.co/org/model/blob/main/config.json",
+            [],
+            "is a page of org/model, not the repo",
+        ),
+        ("https://huggingface.co/org/model/tree/main/onnx", [], "choose files with --include 'onnx/*'"),
+        ("https://huggingface.co/spaces/org/app", [], "is a Space: relayd relays models and datasets"),
+        ("https://example.com/org/model", [], "is not a URL of the Hub"),
+        ("ftp://huggingface.co/org/model", [], "is not a URL of the Hub"),
+        ("https://huggingface.co/", [], "names no repo"),
+        ("https://huggingface.co/org/../x", [], "invalid repo id"),
+        (
+            "https://huggingface.co/datasets/org/data",
+            ["--type", "model"],
+            "--type model disagrees with the URL",
+        ),
+        (
+            "https://huggingface.co/org/model/tree/v2",
+            ["--revision", "v1"],
+            "--revision v1 disagrees with the URL",
+        ),
+    ],
+)
+def test_add_refuses_a_url_that_names_no_repo(
+    relayctl: Relayctl, given: str, options: list[str], message: str
+) -> None:
+    result = relayctl("add", given, "--route", "local_copy", *options)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert not relayctl.db.exists()
+
+
+# -- --dry-run -----------------------------------------------------------------------------------------
+
+
+def test_dry_run_lists_the_selected_files_and_writes_nothing(
+    relayctl: Relayctl, make_config: Callable[..., Path]
+) -> None:
+    with FakeHub(relayctl.root / "hub") as hub:
+        make_model_repo(hub, "org/model", shards=3, shard_size=5000)
+        make_config(relayctl.root, hub={"endpoint": hub.endpoint})
+        relayctl.store.add_repo(RepoSpec(name="org/other", every=60, route=("local_copy",)))
+        before = relayctl.db.read_bytes()
+        result = relayctl(
+            "add",
+            f"{hub.endpoint}/org/model",
+            "--include",
+            "*.safetensors",
+            "--include",
+            "*.json",
+            "--exclude",
+            "model-00002-*",
+            "--dry-run",
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        tree = HfApi(endpoint=hub.endpoint, token=False).list_repo_tree("org/model", recursive=True)
+        sizes = {entry.path: entry.size for entry in tree if isinstance(entry, RepoFile)}
+        shards = ["model-00001-of-00003.safetensors", "model-00003-of-00003.safetensors"]
+        chosen = sorted([*shards, *(path for path in sizes if path.endswith(".json"))])
+        total = format_size(sum(sizes[path] for path in chosen))
+        assert re.fullmatch(
+            rf"org/model \(model@main, at [0-9a-f]{{12}}\): 6 of {len(sizes)} files selected, {total}",
+            lines[0],
+        )
+        shown = [line.rsplit("  ", 1) for line in lines[1:-2]]
+        assert [path for _, path in shown] == chosen
+        assert [size.strip() for size, _ in shown] == [format_size(sizes[path]) for path in chosen]
+        assert lines[-2].strip() == f"{total}  total (6 files)"
+        assert lines[-1].startswith("dry run: nothing was written")
+        assert relayctl.db.read_bytes() == before
+        assert relayctl.store.repo("org/model") is None
+
+        missing = relayctl("add", "org/absent", "--dry-run")
+        assert missing.exit_code == 1
+        assert f"cannot list org/absent: model org/absent was not found on {hub.endpoint}" in missing.stderr
+        assert "(hint: check the name and the type" in missing.stderr
+        assert relayctl.db.read_bytes() == before
+
+
+def test_dry_run_names_an_unreachable_hub_in_plain_words(
+    relayctl: Relayctl, make_config: Callable[..., Path]
+) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    make_config(relayctl.root, hub={"endpoint": endpoint})
+    result = relayctl("add", "org/model", "--route", "download", "--dry-run")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"relayctl: error: cannot list org/model: connection refused at {endpoint}"
+    )
+    assert "Errno" not in result.stderr
+    assert not relayctl.db.exists()

@@ -1,12 +1,18 @@
 """relayctl doctor against the route sandbox: everything up passes; then one thing broken at a time (the
 HF token, a gated repo, the drive login, git-lfs on the VM, the ModelScope token, the staging floor, a
-host that never answers) fails that check with its fix, and never shows a secret."""
+host that never answers) fails that check with its fix in plain words, skips what needs it, and never
+shows a secret."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 from doctables import documented_tables
+from systools import require
 
 import relayd.hub_limits
 from relayd.catalogue import migrate
@@ -132,6 +139,7 @@ def test_everything_up_passes(doctor: Doctor) -> None:
     for name in (
         "config",
         "catalogue",
+        "hub endpoint",
         "hub token",
         f"hub {REPO}",
         "drive login",
@@ -198,7 +206,10 @@ def test_a_revoked_hub_token_fails_with_a_hint(doctor: Doctor) -> None:
     assert token["status"] == "fail"
     assert "refused the token" in token["detail"]
     assert token["hint"].startswith("set a valid token (hub.token_env")
-    assert failed(document) == {"hub token", f"hub {REPO}"}
+    # The repo's check needs the token: skipped, saying why, rather than failing a second time.
+    assert failed(document) == {"hub token"}
+    access = check(document, f"hub {REPO}")
+    assert (access["status"], access["detail"]) == ("skip", "skipped: the Hub token check failed")
 
 
 def test_a_gated_repo_without_approval_points_at_the_licence(doctor: Doctor) -> None:
@@ -243,9 +254,10 @@ def test_a_vm_without_git_lfs_asks_to_install_it(doctor: Doctor, tmp_path: Path)
     assert "git-lfs is not installed" in lfs["detail"]
     assert "install git-lfs" in lfs["hint"]
     assert check(document, "vm git")["status"] == "ok"
-    # The destination check runs git-lfs on the VM as well, and says the same.
-    assert "install git-lfs" in check(document, f"modelscope {REPO}")["hint"]
-    assert failed(document) == {"vm git-lfs", f"modelscope {REPO}"}
+    # The destination check runs git-lfs on the VM: skipped with the reason.
+    destination = check(document, f"modelscope {REPO}")
+    assert (destination["status"], destination["detail"]) == ("skip", "skipped: git-lfs on the VM failed")
+    assert failed(document) == {"vm git-lfs"}
 
 
 def test_a_wrong_modelscope_token_fails_the_destination(
@@ -267,6 +279,7 @@ def test_a_wrong_modelscope_token_fails_the_destination(
     unset = doctor.json(code=1)
     assert check(unset, "modelscope token")["hint"].startswith("set MODELSCOPE_TOKEN")
     assert failed(unset) == {"modelscope token"}
+    assert check(unset, f"modelscope {REPO}")["detail"] == "skipped: the ModelScope token failed"
 
 
 def test_a_staging_floor_above_the_free_space_fails_the_disk_check(doctor: Doctor) -> None:
@@ -323,8 +336,13 @@ def test_a_host_that_never_answers_cannot_hang_doctor(doctor: Doctor, silent_por
     assert time.monotonic() - started < 15
     assert result.exit_code == 1
     document = json.loads(result.stdout)
-    assert {"hub token", f"hub {REPO}"} <= failed(document)
-    assert check(document, f"hub {REPO}")["hint"].startswith("check hub.endpoint")
+    endpoint = check(document, "hub endpoint")
+    assert endpoint["status"] == "fail"
+    assert endpoint["detail"] == f"timed out after 1 s waiting for http://127.0.0.1:{silent_port}"
+    assert "give doctor a longer --timeout" in endpoint["hint"]
+    assert failed(document) - {"vm"} == {"hub endpoint"}  # the VM may run out of 1 s too
+    for name in ("hub token", f"hub {REPO}"):
+        assert check(document, name)["detail"] == "skipped: the Hub endpoint failed"
 
 
 def test_without_repos_the_default_route_is_checked(doctor: Doctor) -> None:
@@ -340,8 +358,167 @@ def test_without_repos_the_default_route_is_checked(doctor: Doctor) -> None:
     assert document["repos"] == []
     assert document["hops"] == ["download", "pan_upload", "vm_pull", "lfs_push"]
     assert check(document, "catalogue")["detail"].endswith("; 0 repos")
-    assert check(document, "modelscope repos")["status"] == "skip"
+    # The services are reached all the same: the Hub and ModelScope without a repo to ask about.
+    assert check(document, "hub endpoint")["detail"] == f"{doctor.box.hub.endpoint} answers"
+    assert check(document, "modelscope endpoint")["status"] == "ok"
+    assert check(document, "drive api")["status"] == "ok"
     assert not [
         item for item in document["checks"] if item["name"].startswith("hub ") and "/" in item["name"]
     ]
     assert check(document, "vm git-lfs")["status"] == "ok"
+
+
+# -- services that cannot be reached, in plain words ---------------------------------------------------
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """Answers every request 503, as a server down for maintenance does."""
+
+    def _answer(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(server: http.server.HTTPServer) -> Iterator[int]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def self_signed_tls(tmp_path: Path) -> Iterator[int]:
+    """A loopback HTTPS server whose certificate is self-signed (made with the openssl CLI)."""
+    openssl = shutil.which("openssl") or "/usr/bin/openssl"
+    require(openssl, "openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with serving(server) as port:
+        yield port
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+@pytest.mark.parametrize("case", ["refused", "dns", "tls", "timeout", "unavailable"])
+def test_unreachable_services_are_told_in_plain_words_even_without_repos(
+    doctor: Doctor, tmp_path: Path, silent_port: int, case: str
+) -> None:
+    """No repo is watched, yet the Hub and the drive are reached; each way of failing reads as a person
+    would say it, with what to do, and the checks that need the Hub are skipped with the reason."""
+    with contextlib.ExitStack() as stack:
+        timeout = "5"
+        if case == "refused":
+            url = f"http://127.0.0.1:{closed_port()}"
+            expected = f"connection refused at {url}"
+            hint = "nothing accepts connections on 127.0.0.1 port"
+        elif case == "dns":
+            url = "http://relayd-doctor-test.invalid:8080"
+            expected = "DNS name not found: relayd-doctor-test.invalid"
+            hint = "check the host name in {setting}"
+        elif case == "tls":
+            url = f"https://127.0.0.1:{stack.enter_context(self_signed_tls(tmp_path))}"
+            expected = f"certificate not trusted (self-signed certificate) at {url}"
+            hint = "add its CA to the system's trust store"
+        elif case == "timeout":
+            url, timeout = f"http://127.0.0.1:{silent_port}", "1"
+            expected = f"timed out after 1 s waiting for {url}"
+            hint = "give doctor a longer --timeout"
+        else:
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+            url = f"http://127.0.0.1:{stack.enter_context(serving(server))}"
+            expected = "{at} answered HTTP 503 Service Unavailable: the server is down or overloaded"
+            hint = "check {setting}"
+        doctor.edit('endpoint = "', f'endpoint = "{url}"\n# was: endpoint = "')
+        doctor.edit('api_url = "', f'api_url = "{url}/adrive"\n# was: api_url = "')
+        store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+        store.remove_repo(REPO)
+        try:
+            result = doctor.run("--json", "--timeout", timeout)
+            text = doctor.run("--timeout", timeout)
+        finally:
+            store.add_repo(
+                RepoSpec(name=REPO, every=3600, route=("download", "pan_upload", "vm_pull", "lfs_push"))
+            )
+            store.close()
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert document["repos"] == []
+    # With a 1 s deadline the VM (an ssh login and the agent's start) may run out of time as well.
+    spare = {"vm"} if case == "timeout" else set()
+    assert failed(document) - spare == {"hub endpoint", "drive api"}
+    for name, setting, at in (
+        ("hub endpoint", "hub.endpoint", url),
+        ("drive api", "drive.api_url", f"{url}/adrive"),
+    ):
+        row = check(document, name)
+        assert row["detail"] == expected.format(at=at)
+        assert hint.format(setting=setting) in row["hint"]
+    assert check(document, "hub token") == {
+        **check(document, "hub token"),
+        "status": "skip",
+        "detail": "skipped: the Hub endpoint failed",
+    }
+    for output in (result.stdout, text.stdout):
+        assert "Errno" not in output and "urlopen" not in output and "Error" not in output
+    lines = text.stdout.splitlines()
+    at = next(
+        i
+        for i, line in enumerate(lines)
+        if re.fullmatch(rf"FAIL +hub endpoint +{re.escape(expected.format(at=url))}", line)
+    )
+    assert lines[at + 1].strip().startswith("hint: ")
+
+
+def test_an_unreachable_vm_skips_what_runs_there(doctor: Doctor) -> None:
+    """The tools, the disk and the destination (pushed from the VM) are not checked on a VM that cannot be
+    reached: each is skipped, saying so, and only the VM itself fails."""
+    if not doctor.box.use_ssh:
+        doctor.edit("[vm]\n", '[vm]\npython = "/nonexistent/python3"\n')
+    else:
+        doctor.edit(f"port = {doctor.box.sshd.port}\n", f"port = {closed_port()}\n")
+    document = doctor.json("--timeout", "5", code=1)
+    assert failed(document) == {"vm"}
+    for name in ("vm python3", "vm git", "vm git-lfs", "vm disk", f"modelscope {REPO}"):
+        assert check(document, name)["status"] == "skip", name
+        assert check(document, name)["detail"] == "skipped: the VM failed", name

@@ -83,6 +83,16 @@ max_rate = "{max_rate}"
         self.processes.append(process)
         return process
 
+    def relayctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run relayctl with *args* against this box's config; return the finished process."""
+        return subprocess.run(
+            [sys.executable, "-m", "relayd.cli", "-c", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def transfers(self) -> list[Transfer]:
         with self.store.read() as session:
             return list(session.query(Transfer).order_by(Transfer.id))

@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -162,38 +160,28 @@ def test_systemd_notify_ready_watchdog_and_stopping(sandbox: DaemonSandbox, tmp_
     os.unlink(address)
 
 
-def relayctl(box: DaemonSandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relayd.cli", "-c", str(box.config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_relayctl_steers_a_running_daemon(sandbox: DaemonSandbox) -> None:
     sandbox.write_config(max_rate="4 MB", piece_size="128 KiB")
     process = sandbox.start()
     sandbox.wait_for(lambda: "serving" in sandbox.log(), what="the daemon to start")
     (sandbox.source / "acme/steer").mkdir(parents=True)
     (sandbox.source / "acme/steer/model.bin").write_bytes(os.urandom(3 * MiB))
-    added = relayctl(sandbox, "add", "acme/steer", "--route", "local_copy", "--every", "10s")
+    added = sandbox.relayctl("add", "acme/steer", "--route", "local_copy", "--every", "10s")
     assert added.returncode == 0, added.stderr
     sandbox.wait_for(lambda: len(sandbox.snapshots()) == 1, timeout=5, what="the poll of the added repo")
     # Writes while the daemon copies: none of them may meet a locked database.
     for _ in range(5):
-        assert relayctl(sandbox, "pause", "acme/steer").returncode == 0
-        assert relayctl(sandbox, "resume", "acme/steer").returncode == 0
-        status = relayctl(sandbox, "status", "--json")
+        assert sandbox.relayctl("pause", "acme/steer").returncode == 0
+        assert sandbox.relayctl("resume", "acme/steer").returncode == 0
+        status = sandbox.relayctl("status", "--json")
         assert status.returncode == 0, status.stderr
         assert "database is locked" not in status.stderr
     sandbox.wait_for(lambda: all(t.state == DONE for t in sandbox.transfers()), what="the copy")
-    document = json.loads(relayctl(sandbox, "status", "acme/steer", "--json").stdout)
+    document = json.loads(sandbox.relayctl("status", "acme/steer", "--json").stdout)
     assert document["repo"]["snapshot"]["state"] == "done"
     assert [f["path"] for f in document["files"]] == ["model.bin"]
-    assert relayctl(sandbox, "retry", "acme/steer").returncode == 0
-    assert relayctl(sandbox, "remove", "acme/steer", "--yes").returncode == 0
+    assert sandbox.relayctl("retry", "acme/steer").returncode == 0
+    assert sandbox.relayctl("remove", "acme/steer", "--yes").returncode == 0
     sandbox.wait_for(lambda: "acme/steer: no longer polled" in sandbox.log(), timeout=5, what="removal")
     assert process.poll() is None
     assert "database is locked" not in sandbox.log()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from daemonlog import DaemonLog
 
 from relayd.catalogue import migrate
@@ -302,13 +303,27 @@ def record_secrets(fake: FakeDrive) -> list[str]:
     for name in ("issue_refresh_token", "issue_access_token"):
         original = getattr(store, name)
 
-        def issue(user: Any, _original: Callable[[Any], str] = original) -> str:
-            token = _original(user)
+        def issue(user: Any, _original: Callable[..., str] = original, **kwargs: Any) -> str:
+            token = _original(user, **kwargs)
             issued.append(token)
             return token
 
         setattr(store, name, issue)
     return issued
+
+
+def sign_in_other_devices(fake: FakeDrive, count: int) -> None:
+    """Use the account from *count* other devices (the user's phone, PC, web sessions), as the real
+    clients do: an API call with their own ``x-device-id``."""
+    token = fake.issue_access_token()
+    for n in range(count):
+        answer = requests.post(
+            fake.api_url + "/v2/user/get",
+            json={},
+            headers={"Authorization": token, "x-device-id": f"other-device-{n}"},
+            timeout=10,
+        )
+        assert answer.ok
 
 
 # -- fixtures (taken by tests/drive/conftest.py and tests/hops/test_pan_upload.py) -------------------

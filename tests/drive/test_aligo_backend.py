@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 import requests
-from drivebox import DriveBox
+from drivebox import DriveBox, sign_in_other_devices
 
 from relayd.config import SecretRef
 from relayd.drive.aligo_backend import AligoDrive, retry_after_seconds
 from relayd.drive.base import LocalFile, NameTaken, UploadCallbacks, UploadResult
-from relayd.errors import Cancelled, NeedsPerson, Retryable
+from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
 
 PART = 64 * 1024
@@ -283,6 +283,10 @@ def test_throttling_and_server_errors_are_retryable_with_retry_after(box: DriveB
         with pytest.raises(Retryable) as caught:
             drive.find(folder, "x")
         assert caught.value.error_class == "server"
+    fake.fail_next("/adrive/v3/file/list", 502, body="Bad Gateway")  # plain text: throttled
+    with pytest.raises(Retryable) as caught:
+        drive.find(folder, "x")
+    assert caught.value.error_class == "server"
     fake.fail_next("/v2/file/get", 200, body="<html>gateway</html>")
     with pytest.raises(Retryable):
         drive.get("some-id")
@@ -304,11 +308,89 @@ def test_quota_and_a_vanished_server(box: DriveBox, fake: FakeDrive, tmp_path: P
     assert caught.value.error_class == "network"
 
 
+def test_an_empty_429_is_waited_out(box: DriveBox, fake: FakeDrive, tmp_path: Path) -> None:
+    """The web API's 429 often has no body and no Retry-After (messense/aliyundrive-webdav#321)."""
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/empty429")
+    fake.fail_next("/adrive/v3/file/list", 429, body="")
+    with pytest.raises(Retryable) as caught:
+        drive.find(folder, "x")
+    assert (caught.value.error_class, caught.value.retry_after) == ("rate_limit", None)
+    assert "429" in str(caught.value) and "JSON" not in str(caught.value)
+    assert drive.find(folder, "x") is None
+    uploaded = drive.upload(
+        _local(tmp_path, os.urandom(3000)),
+        folder,
+        "e.bin",
+        {},
+        callbacks=UploadCallbacks(),
+        cancel=threading.Event(),
+    )
+    fake.fail_next("/v2/file/get_download_url", 429, body="")
+    with pytest.raises(Retryable) as caught:
+        drive.download_url(uploaded.file.file_id)
+    assert (caught.value.error_class, caught.value.retry_after) == ("rate_limit", None)
+    assert drive.download_url(uploaded.file.file_id).size == 3000
+
+
+def test_an_endpoint_the_drive_no_longer_has_blocks(box: DriveBox, fake: FakeDrive) -> None:
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/gone-api")
+    fake.settings.removed_endpoints = frozenset({"/adrive/v3/file/list"})
+    with pytest.raises(NeedsPerson) as caught:
+        drive.find(folder, "x")
+    assert caught.value.error_class == "api_changed"
+    assert "404 NotFound" in str(caught.value)
+    assert "needs an update" in caught.value.hint and "relayctl retry" in caught.value.hint
+    assert fake.stats().calls["/adrive/v3/file/list"] == 1  # asked once, not in a loop
+    assert drive.get("no-such-id") is None  # a missing file (NotFound.File) is not an API change
+    fake.settings.removed_endpoints = frozenset({"/v2/file/get"})
+    with pytest.raises(NeedsPerson) as caught:
+        drive.get("no-such-id")
+    assert caught.value.error_class == "api_changed"
+
+
 def test_retry_after_parsing() -> None:
     assert retry_after_seconds("7") == 7
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0
+
+
+# -- device sessions --------------------------------------------------------------------------------
+
+
+def test_a_device_without_a_session_gets_one_from_aligo(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.device_policy = "require_session"
+    drive = box.drive()
+    assert drive.ensure_folder("/relayd/session")
+    assert fake.stats().calls["/users/v1/users/device/create_session"] == 1
+    assert drive.find(drive.ensure_folder("/relayd/session"), "x") is None
+    assert fake.stats().calls["/users/v1/users/device/create_session"] == 1  # once is enough
+
+
+def test_a_refused_device_signature_blocks_with_a_hint(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.device_policy = "reject"
+    drive = box.drive()
+    with pytest.raises(NeedsPerson) as caught:
+        drive.ensure_folder("/relayd/signature")
+    assert caught.value.error_class == "device"
+    assert "DeviceSessionSignatureInvalid" in str(caught.value)
+    assert "relayctl drive login" in caught.value.hint
+    assert fake.stats().calls["/users/v1/users/device/create_session"] >= 1  # aligo tried to recover
+
+
+def test_more_than_ten_devices_blocks_with_the_device_hint(box: DriveBox, fake: FakeDrive) -> None:
+    sign_in_other_devices(fake, 10)
+    drive = box.drive()
+    with pytest.raises(NeedsPerson) as caught:
+        drive.ensure_folder("/relayd/devices")
+    assert caught.value.error_class == "device"
+    assert "UserDeviceOffline" in str(caught.value)
+    assert "log one out in the Aliyun Drive app" in caught.value.hint
+    assert "relayctl retry" in caught.value.hint and "relayctl drive login" in caught.value.hint
+    fake.log_out_device("other-device-4")  # what the hint asks a person to do
+    assert drive.ensure_folder("/relayd/devices")
 
 
 # -- rapid upload -----------------------------------------------------------------------------
@@ -321,6 +403,7 @@ def _rapid_candidate_upload(
     proofs of it; return the bytes and the result."""
     data = os.urandom(200_000)
     fake.seed_content(data)
+    assert fake.settings.proof_refusal_code in ("InvalidParameter.ProofCode", "InvalidRapidProof")
     drive = box.drive()
     folder = drive.ensure_folder("/relayd/r")
     fake.reject_next_proofs(refused_proofs)
@@ -330,17 +413,24 @@ def _rapid_candidate_upload(
     return data, result
 
 
+PROOF_CODES = pytest.mark.parametrize("refusal", ["InvalidParameter.ProofCode", "InvalidRapidProof"])
+
+
+@PROOF_CODES
 def test_rapid_upload_with_a_refused_proof_recomputes_it(
-    box: DriveBox, fake: FakeDrive, tmp_path: Path
+    box: DriveBox, fake: FakeDrive, tmp_path: Path, refusal: str
 ) -> None:
+    fake.settings.proof_refusal_code = refusal
     data, result = _rapid_candidate_upload(box, fake, tmp_path, refused_proofs=1)
     assert result.rapid and result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
     assert fake.stats().put_bytes == 0 and fake.stats().proofs_rejected == 1
 
 
+@PROOF_CODES
 def test_rapid_upload_refused_twice_falls_back_to_the_bytes(
-    box: DriveBox, fake: FakeDrive, tmp_path: Path
+    box: DriveBox, fake: FakeDrive, tmp_path: Path, refusal: str
 ) -> None:
+    fake.settings.proof_refusal_code = refusal
     data, result = _rapid_candidate_upload(box, fake, tmp_path, refused_proofs=2)
     assert not result.rapid
     assert fake.stats().put_bytes == len(data)
@@ -445,6 +535,27 @@ def test_a_cancelled_upload_resumes_without_sending_a_part_twice(
     assert result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
 
 
+def test_listings_and_part_lists_are_followed_page_by_page(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    fake.settings.page_limit = fake.settings.parts_page_limit = 2
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/pages")
+    for n in range(5):
+        local = _local(tmp_path, os.urandom(100), f"f{n}")
+        drive.upload(local, folder, f"f{n}.txt", {}, callbacks=UploadCallbacks(), cancel=threading.Event())
+    listed = fake.stats().calls.get("/adrive/v3/file/list", 0)
+    assert drive.find(folder, "f4.txt") is not None
+    assert fake.stats().calls["/adrive/v3/file/list"] - listed == 3  # pages of 2, 2 and 1
+    local = _local(tmp_path, os.urandom(7 * PART))
+    first = Recorder(cancel_after=5)
+    with pytest.raises(Cancelled):
+        drive.upload(local, folder, "p.bin", {}, callbacks=first, cancel=first.cancel)
+    second = Recorder()
+    drive.upload(local, folder, "p.bin", first.saved, callbacks=second, cancel=second.cancel)
+    assert ("confirmed", 5) in second.events  # found over three pages of the drive's part list
+
+
 def test_an_expired_upload_id_starts_a_fresh_upload(box: DriveBox, fake: FakeDrive, tmp_path: Path) -> None:
     local = _local(tmp_path, os.urandom(4 * PART))
     drive = box.drive()
@@ -483,6 +594,47 @@ def test_dropped_connections_expired_urls_and_lost_answers(
     assert fake.stats().put_bytes_by_upload[again.saved["upload_id"]] == len(other)  # no part twice
     assert fake.stats().calls["/v2/file/get_upload_url"] >= 1
     assert fake.lookup("/relayd/d/o.bin", drive_id=fake.user.resource_drive_id).read_bytes() == other  # type: ignore[union-attr]
+
+
+def test_an_oversized_error_from_the_upload_host_is_read_bounded(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path
+) -> None:
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/big-error")
+    huge = "<?xml version='1.0'?><Error><Code>InvalidArgument</Code>" + "x" * (32 * 1024 * 1024)
+    fake.fail_next(UPLOAD_PREFIX, 400, body=huge)
+    recorder = Recorder()
+    with pytest.raises(Permanent) as caught:
+        drive.upload(
+            _local(tmp_path, os.urandom(2 * PART)),
+            folder,
+            "b.bin",
+            {},
+            callbacks=recorder,
+            cancel=recorder.cancel,
+        )
+    assert "400" in str(caught.value) and len(str(caught.value)) < 500
+    # relayd read a few KiB and hung up: the fake could not hand over most of the answer.
+    assert fake.stats().injected_bytes_sent < 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("code", ["PartNotSequential", "PartAlreadyExist"])
+def test_a_409_on_a_part_asks_the_drive_what_it_holds(
+    box: DriveBox, fake: FakeDrive, tmp_path: Path, code: str
+) -> None:
+    """A part PUT may answer 409 (Aliyun's SDK counts 200 and 409 as sent); relayd asks the drive's
+    list of parts instead of trusting either."""
+    data = os.urandom(3 * PART)
+    drive = box.drive()
+    folder = drive.ensure_folder("/relayd/conflict")
+    fake.fail_next(UPLOAD_PREFIX, 409, code=code)
+    recorder = Recorder()
+    result = drive.upload(
+        _local(tmp_path, data), folder, "c.bin", {}, callbacks=recorder, cancel=recorder.cancel
+    )
+    assert result.file.content_hash == hashlib.sha1(data).hexdigest().upper()
+    assert fake.stats().calls["/v2/file/list_uploaded_parts"] == 1
+    assert ("confirmed", 0) in recorder.events  # the refused part was not counted as sent
 
 
 def test_a_429_on_a_part_is_retryable_with_retry_after(
@@ -524,6 +676,10 @@ def test_download_url_for_vm_pull(box: DriveBox, fake: FakeDrive, tmp_path: Path
     )
     link = drive.download_url(uploaded.file.file_id)
     assert link.headers == {"Referer": "https://www.aliyundrive.com/"}
+    assert link.alternatives == ({"Referer": "https://www.alipan.com/"},)
+    assert box.drive(referer="https://www.alipan.com/").download_url(uploaded.file.file_id).alternatives == (
+        {"Referer": "https://www.aliyundrive.com/"},
+    )
     assert (link.size, link.content_hash) == (len(data), hashlib.sha1(data).hexdigest().upper())
     remaining = (link.expires_at - uploaded_time()).total_seconds()
     assert 3000 < remaining <= 3601

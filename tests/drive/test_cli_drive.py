@@ -4,12 +4,16 @@ saved 0600 in the state directory, never echoed; the lifetime shown by `drive st
 from __future__ import annotations
 
 import json
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from drivebox import DriveBox
+from drivebox import PART, DriveBox
+from sqlalchemy import update
 
+from relayd.catalogue.schema import Piece, Transfer
 from relayd.cli import cli
 from relayd.sandbox.drive import FakeDrive
 
@@ -96,3 +100,68 @@ def test_a_token_file_with_junk_is_refused(config: Path, tmp_path: Path) -> None
     path.write_text("two words\n")
     code, _, err = _run(config, "drive", "login", "--refresh-token-file", str(path))
     assert code == 2 and "one refresh token" in err
+
+
+# -- the drive's measured rate ------------------------------------------------------------------------
+
+
+def _retime_pieces(box: DriveBox, start: datetime, step: float, hop: str = "pan_upload") -> int:
+    """Record the *hop* pieces as landed one every *step* seconds from *start*; return how many."""
+    pieces = [p for t in box.transfers(hop) for p in box.pieces(t.id)]
+    with box.store.engine.begin() as connection:
+        for n, piece in enumerate(pieces):
+            connection.execute(
+                update(Piece)
+                .where(Piece.transfer_id == piece.transfer_id, Piece.idx == piece.idx)
+                .values(done_at=start + timedelta(seconds=n * step))
+            )
+    return len(pieces)
+
+
+def test_drive_status_and_doctor_show_the_measured_rate(config: Path, box: DriveBox, fake: FakeDrive) -> None:
+    from relayd.catalogue.queries import open_reader
+    from relayd.cli.doctor import WARN, drive_rate_rows
+
+    code, out, _ = _run(config, "drive", "status")
+    assert "nothing measured in the last hour" in out
+    box.stage("acme/rate", {"w.bin": os.urandom(5 * PART)})
+    box.run()
+    assert all(t.state == "done" for t in box.transfers())
+
+    # Parts of 64 KiB landing 0.1 s apart: 4 intervals, 4 parts after the first, 640 KiB/s.
+    count = _retime_pieces(box, datetime.now(UTC) - timedelta(minutes=5), 0.1)
+    assert count == 5
+    code, out, _ = _run(config, "drive", "status")
+    assert code == 0
+    assert "upload to the drive (pan_upload): 640.0 KiB/s over the last hour (256.0 KiB measured)" in out
+    code, out, _ = _run(config, "drive", "status", "--json")
+    rate = json.loads(out)["rates"]["pan_upload"]
+    assert (rate["bytes"], rate["seconds"]) == (4 * PART, 0.4)
+
+    # Idle gaps (here 10 minutes between parts) are not counted as time spent moving bytes.
+    _retime_pieces(box, datetime.now(UTC) - timedelta(minutes=50), 600)
+    code, out, _ = _run(config, "drive", "status")
+    assert "pan_upload): nothing measured in the last hour" in out
+
+    # A slow download from the drive makes doctor warn about the third-party rate.
+    with box.store.engine.begin() as connection:
+        connection.execute(update(Transfer).where(Transfer.hop == "pan_upload").values(hop="vm_pull"))
+    _retime_pieces(box, datetime.now(UTC) - timedelta(minutes=5), 1.0, hop="vm_pull")
+    reader = open_reader(f"sqlite:///{box.db}")
+    try:
+        (row,) = drive_rate_rows(reader)
+    finally:
+        reader.close()
+    assert row.status == WARN and "download from the drive (vm_pull): 64.0 KiB/s" in row.detail
+    assert "三方应用权益包" in row.hint
+
+
+def test_a_rapid_upload_is_not_counted_as_throughput(config: Path, box: DriveBox, fake: FakeDrive) -> None:
+    data = os.urandom(5 * PART)
+    fake.seed_content(data)
+    box.stage("acme/rapid", {"w.bin": data})
+    box.run()
+    (transfer,) = box.transfers()
+    assert transfer.handles["rapid"] is True
+    _, out, _ = _run(config, "drive", "status")
+    assert "pan_upload): nothing measured in the last hour" in out

@@ -21,6 +21,8 @@ from sqlalchemy import func, select
 from relayd.catalogue.schema import DONE, RUNNING, Piece, Snapshot, Transfer
 from relayd.catalogue.store import Store
 from relayd.sandbox._http import free_port
+from relayd.sandbox.drive import FakeDrive
+from relayd.sandbox.gitlfs import lfs_pointer
 from relayd.sandbox.route import REPO, RouteSandbox
 
 MiB = 1024 * 1024
@@ -80,6 +82,16 @@ class Catalogue:
     def pieces(self) -> list[Piece]:
         with self.store.read() as session:
             return list(session.scalars(select(Piece)))
+
+    def unfinished(self) -> dict[tuple[int, int], int]:
+        """The pieces not yet done of the transfers running now: (transfer id, piece index) → sends."""
+        with self.store.read() as session:
+            rows = session.execute(
+                select(Piece.transfer_id, Piece.idx, Piece.sends)
+                .join(Transfer, Transfer.id == Piece.transfer_id)
+                .where(Transfer.state == RUNNING, Piece.done.is_(False))
+            ).all()
+        return {(transfer_id, idx): sends for transfer_id, idx, sends in rows}
 
     def bytes_moved(self, hop: str) -> int:
         with self.store.read() as session:
@@ -156,20 +168,20 @@ def test_the_route_overlaps_hops_releases_staging_notifies_and_exports_metrics(b
         receiver.shutdown()
 
 
+def one_at_a_time(root: Path, shards: int) -> RouteSandbox:
+    """Start a route of 4 MiB shards that moves one file, over one connection, at a time."""
+    box = RouteSandbox(
+        root, shards=shards, shard_size=4 * MiB, ssh=False, piece_size="256 KiB", connections=1, concurrency=1
+    )
+    box.start()
+    return box
+
+
 def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> None:
     # One file and one connection at a time with download and vm_pull throttled, so that progress is
     # gradual; the hops that move whole units (a drive part, an LFS object) stay fast, so a restart
     # finishes an interrupted unit before the next kill.
-    box = RouteSandbox(
-        tmp_path / "route",
-        shards=4,
-        shard_size=4 * MiB,
-        ssh=False,
-        piece_size="256 KiB",
-        connections=1,
-        concurrency=1,
-    )
-    box.start()
+    box = one_at_a_time(tmp_path / "route", shards=4)
     try:
         assert box.hub is not None and box.drive is not None
         box.hub.bandwidth_cap = 1.5 * MiB
@@ -266,3 +278,153 @@ def test_a_full_staging_disk_blocks_then_resumes_when_space_comes_back(tmp_path:
     finally:
         box.stop()
         subprocess.run(["umount", "-l", str(staging)], check=False)
+
+
+def test_bytes_moved_equal_what_the_servers_received_across_kill_9s(tmp_path: Path) -> None:
+    """bytes_moved of every hop equals the bytes the fake servers received (the Hub's CDN: sent),
+    re-sends included, after kill -9s: exactly for every send that completed (an LFS object stored
+    just before a kill included), within the cut part for a send a kill interrupted and that was
+    made again."""
+    box = one_at_a_time(tmp_path / "route", shards=3)
+    try:
+        hub, drive, git = box.hub, box.drive, box.git
+        assert hub is not None and drive is not None and git is not None
+        hub.bandwidth_cap = 2 * MiB
+        drive.settings.download_bandwidth = 2 * MiB
+        # The first LFS object is stored, then its verify is answered 429 "retry in 30 s": the
+        # daemon is killed while it waits, before it recorded the object as sent.
+        git.fail_next("verify", 429, retry_after=30)
+        assert box.relayctl("add", REPO, "--every", "10s").returncode == 0
+        catalogue = Catalogue(box)
+        cuts: list[dict[tuple[int, int], int]] = []
+
+        def kill(daemon: subprocess.Popen[bytes]) -> None:
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(30)
+            cuts.append(catalogue.unfinished())
+
+        daemon = box.start_daemon()
+        wait_for(lambda: git.counters().puts_stored >= 1, 120, "the first LFS object", box.log_path)
+        time.sleep(0.5)
+        kill(daemon)
+        git.clear_failures()
+        rng = random.Random(20261127)
+        for _kill in range(4):
+            if catalogue.snapshot_done(box.head):
+                break
+            daemon = box.start_daemon()
+            wait_for(lambda: serving(box) > len(cuts), 60, "the start", box.log_path)
+            time.sleep(1.0 + 2.0 * rng.random())
+            kill(daemon)
+        daemon = box.start_daemon()
+        try:
+            wait_for(
+                lambda: catalogue.snapshot_done(box.head), 180, "the snapshot after the kills", box.log_path
+            )
+        finally:
+            box.stop_daemon(daemon)
+        assert len(cuts) >= 3, cuts
+        rows, extra = box.verify()
+        assert all(row.ok for row in rows) and not extra, rows
+
+        hops = {t.id: t.hop for t in catalogue.transfers()}
+        final = {(p.transfer_id, p.idx): (p.sends, p.length) for p in catalogue.pieces()}
+        (stored,) = [key for key in cuts[0] if hops[key[0]] == "lfs_push"]
+        assert final[stored][0] == cuts[0][stored] == 1, "the stored object was not sent again"
+        # What a kill may leave uncounted: a send it cut that was made again (its unsaved part), and
+        # on the hops the VM agent runs, the next send the agent began before the daemon heard of it.
+        slack = dict.fromkeys(("download", "pan_upload", "vm_pull", "lfs_push"), 0)
+        for cut in cuts:
+            unheard: set[int] = set()
+            for (transfer, idx), sends in sorted(cut.items()):
+                hop = hops[transfer]
+                sent_again = final[(transfer, idx)][0] > sends
+                if sends and sent_again:
+                    slack[hop] += final[(transfer, idx)][1]
+                elif not sends and sent_again and hop in ("vm_pull", "lfs_push") and transfer not in unheard:
+                    unheard.add(transfer)
+                    slack[hop] += final[(transfer, idx)][1]
+        received = {
+            "download": hub.bytes_served(),
+            "pan_upload": drive.stats().put_bytes,
+            "vm_pull": drive.stats().download_bytes,
+            "lfs_push": git.counters().put_bytes,
+        }
+        for hop, count in received.items():
+            moved = catalogue.bytes_moved(hop)
+            assert 0 <= count - moved <= slack[hop], (hop, count, moved, slack[hop], cuts)
+        assert received["lfs_push"] >= 3 * 4 * MiB
+    finally:
+        box.stop()
+
+
+def delete_on_drive(drive: FakeDrive, file_id: str, drive_id: str) -> None:
+    """Delete a file through the drive's API, as a person in the drive's app would."""
+    request = urllib.request.Request(
+        f"{drive.api_url}/v2/file/delete",
+        data=json.dumps({"drive_id": drive_id, "file_id": file_id}).encode(),
+        headers={"Authorization": f"Bearer {drive.issue_access_token()}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+
+
+def test_content_relayed_for_one_repo_is_taken_from_the_drive_for_another(tmp_path: Path) -> None:
+    """A second repo sharing a shard with a relayed one, after staging released it: the Hub's CDN
+    serves it no second time (the drive copy is reused, and shown so), and the repo ends verified at
+    its destination. A third, after the drive copy was deleted, downloads it again."""
+    box = RouteSandbox(tmp_path / "route", shards=2, shard_size=1 * MiB, ssh=False, piece_size="256 KiB")
+    box.start()
+    try:
+        hub, drive, git = box.hub, box.drive, box.git
+        assert hub is not None and drive is not None and git is not None
+        shard = hub.file(REPO, "model-00001-of-00002.safetensors", box.head)
+        data = hub.blob_path(shard.sha256).read_bytes()
+        daemon = box.start_daemon()
+        catalogue = Catalogue(box)
+        try:
+            assert box.relayctl("add", REPO, "--every", "10s").returncode == 0
+            wait_for(lambda: catalogue.snapshot_done(box.head), 120, "the first repo", box.log_path)
+            assert not [p for p in (box.root / "staging" / "blobs").rglob("*") if p.is_file()]
+            assert hub.bytes_served(shard.sha256) == len(data)
+
+            for name in ("other", "third"):
+                if name == "third":
+                    copy = drive.lookup(f"/relayd/{REPO}/{shard.path}", drive_id=drive.user.resource_drive_id)
+                    assert copy is not None
+                    delete_on_drive(drive, copy.file_id, copy.drive_id)
+                git.new_repo("demo", name)
+                commit = hub.create_repo(
+                    f"demo/{name}", files={"weights.safetensors": data, "README.md": b"#\n"}
+                )
+                assert box.relayctl("add", f"demo/{name}", "--every", "10s").returncode == 0
+                wait_for(
+                    lambda commit=commit: catalogue.snapshot_done(commit), 120, f"demo/{name}", box.log_path
+                )
+                assert git.read_object("demo", name, shard.sha256) == data
+                assert git.show_file("demo", name, "weights.safetensors") == lfs_pointer(
+                    shard.sha256, len(data)
+                )
+                whereis = json.loads(
+                    box.relayctl("whereis", f"demo/{name}", "weights.safetensors", "--json").stdout
+                )
+                (located,) = whereis["files"]
+                download = next(h for h in located["hops"] if h["hop"] == "download")
+                if name == "other":
+                    # Not fetched again: download and pan_upload were satisfied by the drive copy.
+                    assert hub.bytes_served(shard.sha256) == len(data)
+                    assert download["location"]["reason"] == f"reused drive copy of {shard.sha256}"
+                    assert located["drive"]["path"] == f"/relayd/{REPO}/{shard.path}"
+                    status = json.loads(box.relayctl("status", f"demo/{name}", "--json").stdout)
+                    (weights,) = [f for f in status["files"] if f["path"] == "weights.safetensors"]
+                    assert [h["skipped"] for h in weights["hops"]][:2] == [True, True]
+                else:
+                    # The drive copy was deleted: fetched from the Hub again, uploaded to its own folder.
+                    assert hub.bytes_served(shard.sha256) == 2 * len(data)
+                    assert "reused" not in download["location"]
+                    assert located["drive"]["path"] == f"/relayd/demo/{name}/weights.safetensors"
+                    assert "is gone (the drive answers not found)" in box.log_path.read_text()
+        finally:
+            box.stop_daemon(daemon)
+    finally:
+        box.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -18,7 +19,7 @@ from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Pi
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
 from relayd.config import LocalCopyConfig, RetryConfig, StagingConfig
 from relayd.engine import Engine, EngineSettings, backoff_delay
-from relayd.errors import NeedsPerson, Permanent, Retryable
+from relayd.errors import IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.hops.local_copy import LocalCopyHop
 from relayd.staging import Staging
@@ -156,6 +157,41 @@ def test_a_corrupted_destination_is_detected_and_only_bad_pieces_are_copied_agai
     sends = {p.idx: p.sends for p in world.pieces()}
     # Every piece travelled once; only the corrupted one a second time.
     assert sends == {i: (2 if i == 3 else 1) for i in range(8)}
+    assert world.transfers()[0].handles == {"path": str(target)}  # verified: the mismatch streak ended
+
+
+class DamagingCopy(LocalCopyHop):
+    """local_copy onto a disk that damages every piece it writes (one byte inverted)."""
+
+    def _copy_range(self, job: Job, source_fd: int, target_fd: int, piece: PieceSpec) -> None:
+        super()._copy_range(job, source_fd, target_fd, piece)
+        with self._partial(job).open("r+b") as partial:
+            partial.seek(piece.offset)
+            byte = partial.read(1)
+            partial.seek(piece.offset)
+            partial.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_destination_that_keeps_damaging_copies_blocks_after_the_second_copy(world: World) -> None:
+    data = os.urandom(64 * 1024 * 4)
+    world.add_files("acme/tiny", {"model.bin": data})
+    section = LocalCopyConfig(
+        source=world.source, dest=world.dest, piece_size=64 * 1024, concurrency=2, max_rate=0
+    )
+    for _attempt in range(3):
+        world.engine(lambda ctx: {"local_copy": DamagingCopy(section, ctx)}).run_until_idle(timeout=30)
+        with world.store._write() as session:
+            session.query(Transfer).update({"next_attempt_at": None})
+    (transfer,) = world.transfers()
+    assert transfer.state == BLOCKED and transfer.error_class == "integrity"
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured at the destination after local_copy, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == hashlib.sha256(data).hexdigest() and got != expected
+    assert "destination disk" in (transfer.hint or "")
+    assert {p.sends for p in world.pieces()} == {2}  # copied twice, never a third time
+    assert transfer.bytes_moved == 2 * len(data)
+    assert not (world.dest / "acme/tiny/model.bin").exists()
 
 
 def test_an_expired_lease_makes_the_transfer_runnable_for_another_worker(world: World) -> None:
@@ -419,3 +455,168 @@ def test_a_transfer_blocked_by_a_full_disk_tries_again_when_there_is_room(world:
     healthy = world.engine(lambda ctx: {"download": StagingHop(None, ctx, None)})
     healthy.run_until_idle(timeout=30)
     assert world.transfers()[0].state == DONE
+
+
+class MismatchingHop(ScriptedHop):
+    """A hop whose attempts fail in the order a test gives (None: the attempt verifies)."""
+
+    def __init__(self, section: object, ctx: HopContext, failures: list[BaseException | None]) -> None:
+        super().__init__(section, ctx, None)
+        self.failures = failures
+
+    def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
+        for piece in missing:
+            job.begin_piece(piece.index)
+        failure = self.failures.pop(0)
+        if failure is not None:
+            job.handles = {"upload": "a hop's own handles, replaced wholesale"}
+            job.save_handles()
+            raise failure
+        for piece in missing:
+            job.piece_done(piece.index)
+
+
+def mismatch(actual: str) -> IntegrityMismatch:
+    return IntegrityMismatch(expected="e" * 64, actual=actual, where="at the test's end", hint="look")
+
+
+@pytest.mark.parametrize(
+    ("failures", "state"),
+    [
+        # Other failures between two mismatches do not end the streak.
+        ([mismatch("a" * 64), Retryable("link dropped"), mismatch("b" * 64)], BLOCKED),
+        # A copy that verifies ends it: the next mismatch is a first one again.
+        ([mismatch("a" * 64), None], DONE),
+    ],
+)
+def test_only_mismatches_in_a_row_block(
+    world: World, failures: list[BaseException | None], state: str
+) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 100}, route=("scripted",))
+    hop_failures = list(failures)
+    for _attempt in failures:
+        world.engine(lambda ctx: {"scripted": MismatchingHop(None, ctx, hop_failures)}).run_until_idle(
+            timeout=30
+        )
+        with world.store._write() as session:
+            session.query(Transfer).update({"next_attempt_at": None})
+    (transfer,) = world.transfers()
+    assert transfer.state == state
+    if state == BLOCKED:
+        assert transfer.last_error == (
+            "sha256 mismatch measured at the test's end, twice in a row: expected "
+            f"{'e' * 64}, got {'b' * 64} ({'a' * 64} the time before)"
+        )
+        assert transfer.hint == "look"
+    else:
+        assert transfer.handles == {"ok": True}
+
+
+def job_for(world: World) -> Job:
+    (transfer,) = world.transfers()
+    return Job(world.store.load_job(transfer.id), world.ctx())
+
+
+@pytest.mark.parametrize("first_attempt_ends", ["killed", "failed"])
+def test_a_send_found_complete_after_the_attempt_ended_counts_once(
+    world: World, first_attempt_ends: str
+) -> None:
+    """bytes_moved counts the latest send of a piece up to its length when a later attempt finds the
+    piece at the destination: whole after a kill -9 (nothing of it was saved), not again after a
+    failure (the engine saved what it had counted)."""
+    world.add_files("acme/tiny", {"model.bin": b"x" * 1000}, route=("scripted",))
+    claimed = world.store.claim("scripted", "test-owner", 30)
+    assert claimed is not None
+    first = job_for(world)
+    first.replan(plan_ranges(1000, 400), 1000)  # pieces of 400, 400 and 200 bytes
+    first.begin_piece(0)
+    first.add_progress(400, 0)
+    first.piece_done(0)
+    first.begin_piece(1)
+    first.add_progress(300, 1)  # the send of piece 1 is under way ...
+    if first_attempt_ends == "failed":
+        first.add_progress(100, 1)
+        first.finish_progress()  # ... it ends with an error the engine saw (the answer was lost)
+    # ... or the process dies here: nothing of piece 1 was saved.
+    second = job_for(world)
+    second.pieces_done([1])  # the destination holds piece 1: the earlier send completed
+    second.begin_piece(2)
+    second.add_progress(200, 2)
+    second.piece_done(2)
+    (transfer,) = world.transfers()
+    assert transfer.bytes_moved == 1000
+    assert [(p.sends, p.moved, p.done) for p in world.pieces()] == [
+        (1, 400, True),
+        (1, 400, True),
+        (1, 200, True),
+    ]
+
+
+def test_bytes_moved_include_re_sends_and_are_saved_with_the_piece_record(world: World) -> None:
+    world.add_files("acme/tiny", {"model.bin": b"x" * 1000}, route=("scripted",))
+    assert world.store.claim("scripted", "test-owner", 30) is not None
+    job = job_for(world)
+    job.replan(plan_ranges(1000, 1000), 1000)
+    job.begin_piece(0)
+    job.add_progress(600, 0)  # a send that fails part way ...
+    job.begin_piece(0)  # ... and the piece again from byte 0
+    job.add_progress(1000, 0)
+    job.piece_done(0)  # no finish_progress: the piece record carries the bytes
+    (transfer,) = world.transfers()
+    assert transfer.bytes_moved == 1600
+    assert [(p.sends, p.moved) for p in world.pieces()] == [(2, 1000)]
+
+
+@pytest.mark.parametrize(
+    ("route", "staged", "reused"),
+    [
+        (("download", "pan_upload", "vm_pull", "lfs_push"), False, True),
+        (("download", "pan_upload", "vm_pull", "lfs_push"), True, False),  # staging serves it
+        (("download", "pan_upload"), False, False),  # the drive is the destination: a copy of its own
+        (("download", "lfs_push"), False, False),  # nothing reads the drive back
+    ],
+)
+def test_content_relayed_before_reuses_its_verified_drive_copy(
+    world: World, route: tuple[str, ...], staged: bool, reused: bool
+) -> None:
+    data = b"w" * 1000
+    sha256 = hashlib.sha256(data).hexdigest()
+    spec = FileSpec("w.bin", len(data), True, sha256)
+    full = ("download", "pan_upload", "vm_pull", "lfs_push")
+    first, _ = world.store.add_repo(RepoSpec(name="acme/first", every=3600, route=full))
+    world.store.record_snapshot(first.id, "1" * 40, [spec])
+    for hop, handles in (
+        ("download", {}),
+        ("pan_upload", {"file_id": "F1", "path": "/relayd/acme/first/w.bin"}),
+    ):
+        claimed = world.store.claim(hop, "seed", 30)
+        assert claimed is not None
+        world.store.complete(
+            claimed.id,
+            "seed",
+            handles,
+            sha256=sha256,
+            sha1=hashlib.sha1(data).hexdigest(),
+            staged_path="blobs/w",
+        )
+    if not staged:
+        job = world.store.load_job(world.transfers()[0].id)
+        assert job.file is not None
+        world.store.unstage(job.file.blob_id)
+    second, _ = world.store.add_repo(RepoSpec(name="acme/second", every=3600, route=tuple(route)))
+    world.store.record_snapshot(second.id, "2" * 40, [FileSpec("renamed.bin", len(data), True, sha256)])
+    theirs = {t.hop: t for t in world.transfers() if t.repo_id == second.id}
+    if reused:
+        assert {hop: t.state for hop, t in theirs.items()} == {
+            "download": DONE,
+            "pan_upload": DONE,
+            "vm_pull": PENDING,
+        }
+        reason = f"reused drive copy of {sha256}"
+        assert theirs["download"].handles == {"reused": True, "reason": reason}
+        assert (
+            theirs["pan_upload"].handles["file_id"] == "F1"
+            and theirs["pan_upload"].handles["reason"] == reason
+        )
+    else:
+        assert {hop: t.state for hop, t in theirs.items()} == {"download": PENDING}

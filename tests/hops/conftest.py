@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hubrelay import TOKEN, HubRelay
+from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
 from relayd.sandbox.hub import FakeHub
 

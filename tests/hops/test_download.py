@@ -239,6 +239,8 @@ def test_a_corrupted_download_is_quarantined_and_fetched_again(relay: HubRelay, 
 
 
 def test_a_second_mismatch_blocks_with_both_hashes(relay: HubRelay, hub: FakeHub) -> None:
+    """A CDN that keeps flipping a byte: the file is downloaded exactly twice, then blocked with the
+    expected sha256, the one measured, and where it was measured."""
     sha256 = one_file_repo(hub)
     hub.faults.flip_bytes(at=7, times=None, match=sha256)
     relay.add_repo("alice/one", include=(WEIGHTS,))
@@ -247,11 +249,16 @@ def test_a_second_mismatch_blocks_with_both_hashes(relay: HubRelay, hub: FakeHub
 
     assert transfer.state == BLOCKED
     assert transfer.error_class == "integrity"
-    got = re.findall(r"\b[0-9a-f]{64}\b", transfer.last_error or "")
-    assert len(got) == 3 and got[2] == sha256 and sha256 not in got[:2]
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured on the staging disk after download, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == sha256 and got != sha256
     assert "relayctl retry" in (transfer.hint or "")
     assert not relay.staged(sha256).exists()
     assert len(list((relay.staging_dir / "quarantine").iterdir())) == 2
+    assert hub.bytes_served(sha256) == 2 * 2 * MiB  # sent exactly twice, never a third time
+    assert {p.sends for p in relay.pieces(transfer.id)} == {2}
+    assert "integrity_mismatches" not in transfer.handles  # a person's retry starts a new streak
 
 
 def test_a_corrupted_small_file_fails_its_git_blob_check(relay: HubRelay, hub: FakeHub) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -386,6 +387,30 @@ def test_an_interrupted_upload_resumes_by_object(world: PushWorld, server: GitLf
     assert {world.sends(path) for path in small} == {1}
 
 
+def test_a_link_that_keeps_damaging_uploads_blocks_after_the_second_send(
+    world: PushWorld, server: GitLfsServer
+) -> None:
+    """Every PUT arrives with a byte flipped and the server refuses it (422): the object is sent
+    exactly twice, then blocked with the oid, the sha256 the server measured, and where."""
+    world.add_repo()
+    data = os.urandom(300_000)
+    world.snapshot({"model.safetensors": data, "README.md": b"# m\n"}, "6" * 40)
+    server.corrupt_puts = 1000
+    world.run(until_blocked=True)
+    transfer = world.file_transfer("model.safetensors")
+    assert transfer.state == BLOCKED and transfer.error_class == "integrity"
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured by the LFS server after lfs_push, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == sha(data) and got != expected
+    assert "file they are sent from is intact" in (transfer.hint or "")
+    assert server.wait_idle()
+    counters = server.counters()
+    assert (counters.puts, counters.puts_stored, counters.put_bytes) == (2, 0, 2 * len(data))
+    assert world.sends("model.safetensors") == 2
+    assert server.objects(OWNER, "model") == {}
+
+
 def test_the_server_down_for_a_while_then_success(
     world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
 ) -> None:
@@ -527,3 +552,42 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:
         world.close()
+
+
+@pytest.mark.parametrize("path", [".GIT/config", "sub/.Git/weights.bin", "w/git~1./notes.txt"])
+def test_a_path_git_leaves_out_of_the_commit_blocks_the_snapshot(
+    world: PushWorld, server: GitLfsServer, path: str
+) -> None:
+    """The poll refuses such paths; recorded anyway (straight into the catalogue, as a listing the poll
+    did not check would be), git drops the path from the index with a warning and exit 0. The commit
+    is checked before it is pushed: the snapshot blocks naming the path, nothing is published."""
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(70_000), "README.md": b"# m\n", path: b"x\n"}, "c" * 40)
+    transfers = world.run(until_blocked=True)
+    finish = world.snapshot_transfer()
+    assert finish.state == BLOCKED, [(t.state, t.last_error) for t in transfers]
+    assert finish.error_class == "path"
+    assert repr(path) in (finish.last_error or "")
+    assert "cannot be relayed as is" in (finish.hint or "") and "--exclude" in (finish.hint or "")
+    assert server.branch_head(OWNER, "model") is None
+
+
+@pytest.mark.parametrize("size_limit_at", ["batch", "upload"])
+def test_an_object_over_the_servers_size_limit_blocks_saying_split_the_file(
+    world: PushWorld, server: GitLfsServer, size_limit_at: Any
+) -> None:
+    """ModelScope refuses ~100 GB objects with 413 (modelscope/modelscope#1591): in the batch answer or
+    at the PUT, relayd blocks the file with what to do, not as a quota."""
+    server.max_object_size, server.size_limit_at = 200_000, size_limit_at
+    world.add_repo()
+    world.snapshot({"model.safetensors": os.urandom(300_000), "README.md": b"# m\n"}, "d" * 40)
+    world.run(until_blocked=True)
+    blocked = world.file_transfer("model.safetensors")
+    assert blocked.state == BLOCKED and blocked.error_class == "too_large"
+    assert (blocked.last_error or "").startswith(
+        "the object is larger than the server accepts: split the file"
+    )
+    assert "300000 bytes" in (blocked.last_error or "")
+    assert "split the file" in (blocked.hint or "") and "quota" not in (blocked.hint or "")
+    assert server.objects(OWNER, "model") == {}
+    assert world.file_transfer("README.md").state == DONE

@@ -148,13 +148,38 @@ def test_a_wrong_content_hash_after_complete_is_detected_and_repaired(
     detected = [r for r in caplog.records if "the drive's copy is wrong" in r.getMessage()]
     assert len(detected) == 1 and "content hash" in detected[0].getMessage()
     assert any(
-        "uploading again" in r.getMessage() and r.name == "relayd.hops.pan_upload" for r in caplog.records
+        "sha1 mismatch measured on the drive after pan_upload" in r.getMessage()
+        and "sending it again" in r.getMessage()
+        and r.name == "relayd.hops.pan_upload"
+        for r in caplog.records
     )
     # The wrong copy went to the recycle bin; the one at the path has the right bytes.
     trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
     assert len(trashed) == 1 and trashed[0].content_hash != hashlib.sha1(data).hexdigest().upper()
     stored = _resource(fake, "/relayd/acme/rot/w.bin")
     assert stored is not None and stored.read_bytes() == data
+
+
+def test_a_link_that_keeps_damaging_uploads_blocks_after_the_second_send(
+    box: DriveBox, fake: FakeDrive
+) -> None:
+    """Every part arrives with a byte flipped: the file is uploaded exactly twice, then blocked with
+    the expected sha1, the one the drive measured, and where; never a third time."""
+    data = os.urandom(4 * PART)
+    box.stage("acme/rot", {"w.bin": data})
+    fake.corrupt_next_parts(1000)
+    box.run(timeout=20)
+    (transfer,) = box.transfers()
+    assert transfer.state == BLOCKED and transfer.error_class == "integrity"
+    error = transfer.last_error or ""
+    assert error.startswith("sha1 mismatch measured on the drive after pan_upload, twice in a row")
+    expected, got = re.findall(r"expected ([0-9A-F]{40}), got ([0-9A-F]{40})", error)[0]
+    assert expected == hashlib.sha1(data).hexdigest().upper() and got != expected
+    assert "staged copy is intact" in (transfer.hint or "")
+    assert fake.stats().put_bytes == 2 * len(data)
+    assert {p.sends for p in box.pieces(transfer.id)} == {2}
+    trashed = [f for f in fake.files(include_hidden=True) if f.trashed and f.name == "w.bin"]
+    assert len(trashed) == 2 and _resource(fake, "/relayd/acme/rot/w.bin") is None
 
 
 def test_a_damaged_staged_copy_blocks(box: DriveBox, fake: FakeDrive) -> None:
@@ -275,6 +300,62 @@ def test_429_backs_off_with_retry_after_and_continues(box: DriveBox, fake: FakeD
     box.run(engine)
     _done(box)
     assert fake.stats().put_bytes_by_upload[fake.uploads()[0].upload_id] == len(data)
+
+
+# -- what only a person can fix blocks, once ----------------------------------------------------------
+
+
+def _one_blocked(box: DriveBox, error_class: str) -> Any:
+    (transfer,) = box.transfers()
+    assert transfer.state == BLOCKED, (transfer.state, transfer.last_error)
+    assert transfer.error_class == error_class
+    assert transfer.attempts == 1  # blocked at the first failure, never retried for ever
+    return transfer
+
+
+def test_too_many_devices_blocks_with_the_device_hint_and_retry_resumes(
+    box: DriveBox, fake: FakeDrive
+) -> None:
+    drivebox.sign_in_other_devices(fake, 10)
+    box.stage("acme/devices", {"w.bin": os.urandom(2 * PART)})
+    engine = box.run()
+    transfer = _one_blocked(box, "device")
+    assert "UserDeviceOffline" in (transfer.last_error or "")
+    assert "log one out in the Aliyun Drive app" in (transfer.hint or "")
+    fake.log_out_device("other-device-0")  # the person does what the hint says, then `relayctl retry`
+    assert box.store.retry() == 1
+    box.run(engine)
+    _done(box)
+
+
+def test_a_refused_device_signature_blocks_with_a_login_hint(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.device_policy = "reject"
+    box.stage("acme/signature", {"w.bin": os.urandom(PART)})
+    box.run()
+    transfer = _one_blocked(box, "device")
+    assert "relayctl drive login" in (transfer.hint or "")
+
+
+def test_an_api_the_drive_no_longer_has_blocks_instead_of_retrying(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.removed_endpoints = frozenset({"/adrive/v2/file/createWithFolders"})
+    box.stage("acme/changed", {"w.bin": os.urandom(PART)})
+    box.run()
+    transfer = _one_blocked(box, "api_changed")
+    assert "needs an update" in (transfer.hint or "")
+    assert fake.stats().calls["/adrive/v2/file/createWithFolders"] == 1
+
+
+def test_invalid_rapid_proof_is_a_refused_proof(box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.proof_refusal_code = "InvalidRapidProof"
+    data = os.urandom(3 * PART)
+    fake.seed_content(data)
+    fake.reject_next_proofs(1)
+    box.stage("acme/proof", {"w.bin": data})
+    box.run()
+    _done(box)
+    assert (fake.stats().proofs_rejected, fake.stats().put_bytes) == (1, 0)
+    (transfer,) = box.transfers()
+    assert transfer.handles["rapid"] is True
 
 
 class CountingDrive(Drive):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from click.testing import CliRunner
 from systools import require
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Piece, Transfer
 from relayd.catalogue.store import HopRules, Store
-from relayd.config import RetryConfig, StagingConfig
+from relayd.cli import cli
+from relayd.config import DriveConfig, RetryConfig, SecretRef, StagingConfig
+from relayd.drive.aligo_backend import AligoDrive
 from relayd.engine import Engine, EngineSettings
+from relayd.hops import vm_pull
 from relayd.hops.base import HopContext, Services
 from relayd.hops.vm_pull import VmPullHop
 from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
@@ -42,12 +48,24 @@ pytestmark = pytest.mark.timeout(180)
 
 VM_PATH = "/usr/local/bin:/usr/bin:/bin"
 PIECE = 256 * 1024
+REFERER = {"Referer": "https://www.aliyundrive.com/"}
 
 
 class World:
-    """A catalogue, staging, the fake drive and a VM (local or over SSH) for one test."""
+    """A catalogue, staging, the fake drive and a VM (local or over SSH) for one test. Download links
+    come from a small test client of the fake's API, or with *aligo* from relayd's own AligoDrive (the
+    real aligo; *referer* is its drive.referer)."""
 
-    def __init__(self, root: Path, drive: FakeDrive, sshd: SandboxSshd | None = None, **vm: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        drive: FakeDrive,
+        sshd: SandboxSshd | None = None,
+        *,
+        aligo: bool = False,
+        referer: str = "https://www.aliyundrive.com/",
+        **vm: Any,
+    ) -> None:
         self.root = root
         self.drive = drive
         self.url = f"sqlite:///{root / 'catalogue.db'}"
@@ -67,9 +85,11 @@ class World:
             )
         values.update(vm)
         self.section = vm_config(**values)
-        self.links = FakeDriveLinks(
+        self.links: Any = FakeDriveLinks(
             drive.api_url, drive.issue_access_token(), drive_id=drive.default_drive_id
         )
+        if aligo:
+            self.links = aligo_drive(root, drive, referer)
         self.executor: Executor = make_executor(self.section)
         self.executor.marker = self.marker
         self.files: dict[str, bytes] = {}
@@ -144,6 +164,31 @@ class World:
         return sum(1 for r in self.drive.requests.snapshot() if r.path.startswith(DOWNLOAD_PREFIX + "/"))
 
 
+def aligo_drive(root: Path, drive: FakeDrive, referer: str) -> AligoDrive:
+    """Return relayd's AligoDrive over *drive*, on the user's default (backup) drive, where
+    ``upload_to_fake_drive`` puts files."""
+    token_file = root / "drive-refresh-token"
+    token_file.write_text(drive.issue_refresh_token())
+    token_file.chmod(0o600)
+    config = DriveConfig(
+        backend="aligo",
+        api_url=drive.api_url,
+        refresh_token=SecretRef("drive.refresh_token", file=token_file),
+        root="/relayd",
+        drive="backup",
+        concurrency=1,
+        referer=referer,
+        on_conflict="replace",
+        timeout=10.0,
+        url_lifetime=3600.0,
+    )
+    return AligoDrive(config, root / "state")
+
+
+def link_calls(drive: FakeDrive) -> int:
+    return drive.stats().calls.get("/v2/file/get_download_url", 0)
+
+
 def sample() -> dict[str, bytes]:
     return {
         "model.safetensors": os.urandom(5 * PIECE + 1234),
@@ -203,6 +248,126 @@ def test_expired_link_mid_pull_gets_a_new_one(tmp_path: Path, fake_drive: FakeDr
     assert sum(p.sends for p in world.pieces(transfer.id)) <= 8 + world.section.connections
 
 
+def run_engine(world: World, engine: Engine, timeout: float = 60) -> None:
+    """Run *engine* (one hop instance throughout, as in a daemon) until no vm_pull transfer waits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        engine.run_until_idle(timeout=max(1.0, deadline - time.monotonic()))
+        if not any(t.state == WAITING for t in world.pulls()) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def test_the_download_cap_waits_with_the_same_link_and_fewer_connections(
+    tmp_path: Path, fake_drive: FakeDrive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vm_pull, "CAP_WAIT", 0.2)
+    world = World(tmp_path, fake_drive, aligo=True)
+    data = os.urandom(6 * PIECE)
+    world.add("acme/tiny", {"model.bin": data})
+    # Another client of the same account and app (the web client's tokens) downloads two files.
+    fake_drive.settings.download_bandwidth = 32 * 1024  # the other downloads outlast the test
+    other = world.links.download_url(upload_to_fake_drive(fake_drive, b"o" * 16 * PIECE, "other.bin")).url
+    held = [requests.get(other, headers=REFERER, stream=True, timeout=10) for _ in range(2)]
+    assert all(response.status_code == 200 for response in held)
+    calls = link_calls(fake_drive)
+    engine = world.engine()
+    try:
+        engine.run_until_idle(timeout=60)
+        (transfer,) = world.pulls()
+        assert transfer.state == WAITING and transfer.error_class == "rate_limit"
+        assert "refused more parallel downloads" in (transfer.last_error or "")
+        assert fake_drive.stats().downloads_over_cap >= 2
+        assert link_calls(fake_drive) == calls + 1
+        fact = world.store.service_state()["drive.downloads"][0]
+        assert (fact["connections"], fact["configured"]) == (1, 2)
+        status = relayctl_status(world, tmp_path)
+        assert "refused more parallel downloads" in status and "[rate_limit]" in status
+
+        for response in held:
+            response.close()
+        fake_drive.settings.download_bandwidth = None
+        run_engine(world, engine)
+    finally:
+        engine.drain(5)
+    world.check_landed()
+    assert link_calls(fake_drive) == calls + 1  # the cap never cost a new link
+    assert fake_drive.stats().downloads_over_cap <= 4  # backed off, no hammering
+
+
+def relayctl_status(world: World, tmp_path: Path) -> str:
+    """Return the text of `relayctl status` and `relayctl status acme/tiny` over *world*'s catalogue."""
+    token_file = tmp_path / "status-token"
+    token_file.write_text("unused")
+    config = daemon_config(world, tmp_path, token_file)
+    outputs = []
+    for args in (["status"], ["status", "acme/tiny"]):
+        result = CliRunner().invoke(cli, ["-c", str(config), *args], catch_exceptions=False)
+        outputs.append(result.output)
+    return "\n".join(outputs)
+
+
+@pytest.mark.parametrize(
+    ("configured", "wanted"),
+    [
+        ("https://www.aliyundrive.com/", "https://www.aliyundrive.com/"),
+        ("https://www.aliyundrive.com/", "https://www.alipan.com/"),
+        ("https://www.alipan.com/", "https://www.alipan.com/"),
+        ("https://www.alipan.com/", "https://www.aliyundrive.com/"),
+    ],
+)
+def test_the_referer_the_drive_wants_is_found_and_remembered(
+    tmp_path: Path, fake_drive: FakeDrive, configured: str, wanted: str
+) -> None:
+    fake_drive.settings.download_referer = wanted
+    world = World(tmp_path, fake_drive, aligo=True, referer=configured)
+    world.add("acme/tiny", {"a.bin": os.urandom(3 * PIECE), "b.bin": os.urandom(2 * PIECE)})
+    engine = world.engine()
+    try:
+        run_engine(world, engine)
+    finally:
+        engine.drain(5)
+    world.check_landed()
+    gets = [r for r in fake_drive.requests.snapshot() if r.path.startswith(DOWNLOAD_PREFIX + "/")]
+    refused = [r for r in gets if r.status == 403]
+    assert all(r.header("Referer") == wanted for r in gets if r.status == 206)
+    if configured == wanted:
+        assert refused == []
+    else:
+        # Refused once (one GET per connection at most), then the other origin, for both files.
+        assert 1 <= len(refused) <= world.section.connections
+        assert all(r.header("Referer") == configured for r in refused)
+    assert link_calls(fake_drive) == 2  # one link per file: a refused Referer is not an expired link
+
+
+def test_a_download_refused_with_every_referer_blocks(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    fake_drive.settings.download_referer = "https://somewhere-else.example/"
+    world = World(tmp_path, fake_drive, aligo=True)
+    world.add("acme/tiny", {"a.bin": os.urandom(2 * PIECE)})
+    engine = world.engine()
+    try:
+        run_engine(world, engine)
+    finally:
+        engine.drain(5)
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED and transfer.error_class == "download_refused"
+    assert "referer policy" in (transfer.last_error or "")
+    assert "drive.referer" in (transfer.hint or "") and "relayctl retry" in (transfer.hint or "")
+    assert transfer.attempts == 1
+    assert link_calls(fake_drive) == 1
+
+
+def test_a_drive_without_get_download_url_blocks(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    fake_drive.settings.removed_endpoints = frozenset({"/v2/file/get_download_url"})
+    world = World(tmp_path, fake_drive, aligo=True)
+    world.add("acme/tiny", {"a.bin": os.urandom(PIECE)})
+    world.run()
+    (transfer,) = world.pulls()
+    assert transfer.state == BLOCKED and transfer.error_class == "api_changed"
+    assert "needs an update" in (transfer.hint or "")
+    assert transfer.attempts == 1 and link_calls(fake_drive) == 1
+
+
 def test_corruption_is_caught_by_the_vm_hash(tmp_path: Path, fake_drive: FakeDrive) -> None:
     world = World(tmp_path, fake_drive)
     data = os.urandom(4 * PIECE)
@@ -212,9 +377,15 @@ def test_corruption_is_caught_by_the_vm_hash(tmp_path: Path, fake_drive: FakeDri
     (transfer,) = world.pulls()
     assert transfer.state == BLOCKED
     assert transfer.error_class == "integrity"
-    assert hashlib.sha256(data).hexdigest() in (transfer.last_error or "")
-    assert "twice" in (transfer.last_error or "") and "upload it again" in (transfer.hint or "")
+    error = transfer.last_error or ""
+    assert error.startswith("sha256 mismatch measured on the VM after vm_pull, twice in a row")
+    expected, got = re.findall(r"expected ([0-9a-f]{64}), got ([0-9a-f]{64})", error)[0]
+    assert expected == hashlib.sha256(data).hexdigest() and got != expected
+    assert "upload it again" in (transfer.hint or "")
     assert not (world.vm_root / "acme/tiny/model.bin").exists()  # never renamed into place
+    # Fetched exactly twice (no staged copy to find the bad piece: every piece), never a third time.
+    assert [p.sends for p in world.pieces(transfer.id)] == [2, 2, 2, 2]
+    assert fake_drive.stats().download_bytes == 2 * len(data)
     assert no_agent_left(world.marker)
 
 

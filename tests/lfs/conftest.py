@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hermetic_git import GitClient, hermetic_git
+from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
 from relayd.sandbox.gitlfs import GitLfsServer
 

@@ -162,13 +162,24 @@ def test_stat_mode_refuses_a_file_that_changes_while_it_is_sent(server: GitLfsSe
     assert server.objects(OWNER, "m") == {}
 
 
-def test_wrong_bytes_refused_by_the_server_are_sent_again(server: GitLfsServer, tmp_path: Path) -> None:
+def test_wrong_bytes_refused_by_the_server_go_back_to_the_daemon_at_once(
+    server: GitLfsServer, tmp_path: Path
+) -> None:
+    """A PUT damaged on the way and refused by the server (422) is reported as a mismatch without a
+    retry inside the call: the daemon sends it again once and blocks when it repeats."""
     server.new_repo(OWNER, "m")
-    files = put_files(tmp_path / "vm", {"w.bin": os.urandom(100_000)})
-    server.fail_next("upload", 422, message="sha256 mismatch")
-    run = run_agent("lfs_upload", upload_params(server, "m", files), server.token)
-    assert run.ok["objects"][0]["skipped"] is False
-    assert any(e["event"] == "retry" for e in run.events)
+    data = os.urandom(100_000)
+    files = put_files(tmp_path / "vm", {"w.bin": data})
+    server.corrupt_puts = 1
+    run = run_agent("lfs_upload", upload_params(server, "m", files, verify="stat"), server.token)
+    assert run.error is not None
+    assert (run.error["kind"], run.error["class"]) == ("retryable", "mismatch")
+    assert oid_of(data)[:12] in run.error["message"] and "rejected" in run.error["message"]
+    assert not any(e["event"] == "retry" for e in run.events)
+    assert server.wait_idle()
+    assert (server.counters().puts, server.counters().puts_stored) == (1, 0)
+    again = run_agent("lfs_upload", upload_params(server, "m", files, verify="stat"), server.token)
+    assert again.ok["objects"][0]["skipped"] is False
     assert server.counters().puts_stored == 1
 
 
@@ -177,7 +188,7 @@ def test_wrong_bytes_refused_by_the_server_are_sent_again(server: GitLfsServer, 
     [
         ("batch", 403, "blocked", "auth", "write to"),
         ("batch", 507, "blocked", "quota", "quota"),
-        ("batch", 413, "blocked", "quota", "quota"),
+        ("batch", 413, "blocked", "too_large", "split the file"),
         ("upload", 507, "blocked", "quota", "quota"),
     ],
 )

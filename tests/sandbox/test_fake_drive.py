@@ -326,17 +326,20 @@ def test_rapid_upload_pre_hash_then_proof(
     matched = _create(aligo_mod, ali, "known.bin", data, pre_hash=pre_hash(data))
     assert not matched and matched.code == "PreHashMatched"
 
-    wrong = _create(
-        aligo_mod,
-        ali,
-        "known.bin",
-        data,
-        content_hash=_sha1(data),
-        proof_code="AAAAAAAAAAA=",
-        proof_version="v1",
-    )
-    assert not wrong and wrong.response.status_code == 400
-    assert drive.stats().proofs_rejected == 1
+    # aligo's code, then tickstep/aliyunpan-api's (its code 22): the knob picks which one refuses.
+    for refusals, code in enumerate(("InvalidParameter.ProofCode", "InvalidRapidProof"), start=1):
+        drive.settings.proof_refusal_code = code
+        wrong = _create(
+            aligo_mod,
+            ali,
+            "known.bin",
+            data,
+            content_hash=_sha1(data),
+            proof_code="AAAAAAAAAAA=",
+            proof_version="v1",
+        )
+        assert not wrong and (wrong.response.status_code, wrong.code) == (400, code)
+        assert drive.stats().proofs_rejected == refusals
 
     proof = ali._get_proof_code(str(path), len(data))
     assert proof == proof_code(ali._auth.token.access_token, data)
@@ -347,6 +350,7 @@ def test_rapid_upload_pre_hash_then_proof(
     got = ali.get_file(hit.file_id)
     assert (got.size, got.content_hash, got.name) == (len(data), _sha1(data), "known.bin")
     assert drive.stats().rapid_upload_hits == 1
+    assert drive.stats().proofs_rejected == 2
 
     again = _create(aligo_mod, ali, "known.bin", data, pre_hash=pre_hash(data))
     assert again.exist is True and again.file_id == hit.file_id
@@ -632,34 +636,131 @@ def test_download_url_range_referer_and_expiry(
     assert not folder and folder.code == "InvalidResource.FileTypeFolder"
 
 
-def test_download_cap_truncation_and_corruption(
+def _hold(url: str, referer: dict[str, str] = REFERER) -> requests.Response:
+    """Start a download of *url* and keep it open (the fake paces it), holding a slot of the cap."""
+    held = requests.get(url, headers=referer, stream=True, timeout=10)
+    assert held.status_code == 200
+    return held
+
+
+def test_download_cap_is_2_per_app_and_3_per_user_with_the_real_answer(
     ali: Any, aligo_mod: ModuleType, drive: FakeDrive, data_client: requests.Session
 ) -> None:
     data = os.urandom(256 * 1024)
     done = _upload(aligo_mod, ali, data_client, "cap.bin", data)
     url = ali.get_download_url(file_id=done.file_id).url
-
-    drive.settings.download_link_cap = 1
     drive.settings.download_bandwidth = 64 * 1024
-    held = requests.get(url, headers=REFERER, stream=True, timeout=10)
-    assert held.status_code == 200
+    held = [_hold(url), _hold(url)]  # relayd's app (the web client's tokens): 2 at once
+
     refused = data_client.get(url, headers=REFERER, timeout=10)
-    assert refused.status_code == 403 and "concurrent" in refused.text
-    held.close()
+    assert refused.status_code == 403
+    assert refused.headers["Content-Type"] == "application/xml"
+    assert "<Code>AccessDenied</Code>" in refused.text
+    assert "<Message>Callback deny this request reason: ExceedMaxConcurrency</Message>" in refused.text
+    assert "<HostId>cn-beijing-data.aliyundrive.net</HostId>" in refused.text
+    assert "<EC>0007-00000209</EC>" in refused.text
+    assert drive.stats().downloads_over_cap == 1
+
+    # Another app of the same user (the phone) may take the user's third slot, not a fourth.
+    phone = drive.issue_access_token(app_id="phone-app")
+    answer = requests.post(
+        drive.api_url + "/v2/file/get_download_url",
+        json={"file_id": done.file_id, "drive_id": done.drive_id},
+        headers={"Authorization": phone},
+        timeout=10,
+    )
+    phone_url = answer.json()["url"]
+    held.append(_hold(phone_url))
+    assert data_client.get(phone_url, headers=REFERER, timeout=10).status_code == 403  # 4 per user
+
+    for response in held:
+        response.close()
     drive.settings.download_bandwidth = None
     deadline = time.monotonic() + 10
     while data_client.get(url, headers={**REFERER, "Range": "bytes=0-0"}, timeout=10).status_code == 403:
-        assert time.monotonic() < deadline, "the held download never released its slot"
+        assert time.monotonic() < deadline, "the held downloads never released their slots"
         time.sleep(0.05)
 
+
+def test_download_referer_is_a_knob(ali: Any, aligo_mod: ModuleType, drive: FakeDrive) -> None:
+    data_client = requests.Session()
+    done = _upload(aligo_mod, ali, data_client, "ref.bin", b"r" * 5000)
+    url = ali.get_download_url(file_id=done.file_id).url
+    drive.settings.download_referer = "https://www.alipan.com/"
+    refused = data_client.get(url, headers=REFERER, timeout=10)
+    assert refused.status_code == 403 and "referer policy" in refused.text
+    assert "Request has expired." not in refused.text
+    assert data_client.get(url, headers={"Referer": "https://www.alipan.com/"}, timeout=10).ok
+
+
+def test_truncation_and_corruption(
+    ali: Any, aligo_mod: ModuleType, drive: FakeDrive, data_client: requests.Session
+) -> None:
+    data = os.urandom(256 * 1024)
+    done = _upload(aligo_mod, ali, data_client, "cut.bin", data)
+    url = ali.get_download_url(file_id=done.file_id).url
     drive.drop_next(DOWNLOAD_PREFIX, after_bytes=1000)
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         data_client.get(url, headers=REFERER, timeout=10)
 
-    drive.corrupt_file("/cap.bin")
+    drive.corrupt_file("/cut.bin")
     bad = data_client.get(url, headers=REFERER, timeout=10).content
     assert len(bad) == len(data) and _sha1(bad) != _sha1(data)
     assert ali.get_file(done.file_id).content_hash == _sha1(data)
+
+
+# --- device sessions --------------------------------------------------------------------------
+
+
+def _raw_call(drive: FakeDrive, token: str, device: str, path: str = "/v2/file/get") -> requests.Response:
+    return requests.post(
+        drive.api_url + path,
+        json={"file_id": "root"},
+        headers={"Authorization": token, "x-device-id": device},
+        timeout=10,
+    )
+
+
+def test_require_session_until_create_session(ali: Any, drive: FakeDrive) -> None:
+    drive.settings.device_policy = "require_session"
+    token = drive.issue_access_token()
+    offline = _raw_call(drive, token, "new-device")
+    assert offline.status_code == 401 and offline.json()["code"] == "UserDeviceOffline"
+    created = _raw_call(drive, token, "new-device", "/users/v1/users/device/create_session")
+    assert created.json() == {"result": True, "success": True, "code": None, "message": None}
+    assert _raw_call(drive, token, "new-device").ok
+    # aligo re-creates the session itself on UserDeviceOffline and carries on.
+    assert ali.get_file("root").file_id == "root"
+    assert drive.stats().calls["/users/v1/users/device/create_session"] == 2
+
+
+def test_reject_answers_every_call_with_a_signature_error(
+    ali: Any, aligo_mod: ModuleType, drive: FakeDrive
+) -> None:
+    drive.settings.device_policy = "reject"
+    rejected = _raw_call(drive, drive.issue_access_token(), "dev")
+    assert rejected.status_code == 400
+    assert rejected.json()["code"] == "DeviceSessionSignatureInvalid"
+    with pytest.raises(_aligo_error("AligoFatalError"), match="DeviceSessionSignatureInvalid"):
+        ali.get_file("root")  # aligo re-creates the session after each refusal, then gives up
+    # Five attempts: the first refreshed the fixture's expired access token, four met the refusal.
+    assert drive.stats().calls["/users/v1/users/device/create_session"] == 4
+
+
+def test_more_than_ten_devices_are_offline(drive: FakeDrive) -> None:
+    token = drive.issue_access_token()
+    for n in range(10):
+        assert _raw_call(drive, token, f"device-{n}").ok
+    eleventh = _raw_call(drive, token, "device-10")
+    assert eleventh.status_code == 401 and eleventh.json()["code"] == "UserDeviceOffline"
+    assert "10 devices" in eleventh.json()["message"]
+    session = _raw_call(drive, token, "device-10", "/users/v1/users/device/create_session")
+    assert session.status_code == 200 and session.json()["result"] is False
+    assert _raw_call(drive, token, "device-3").ok  # the first ten still work
+    drive.log_out_device("device-3")  # a person logs a device out in the app
+    assert _raw_call(drive, token, "device-10").ok
+    other = drive.add_user("other")
+    assert _raw_call(drive, drive.issue_access_token(other), "device-10").ok  # counted per user
 
 
 # --- §7: failures -----------------------------------------------------------------------------
@@ -682,6 +783,38 @@ def test_429_retry_after(ali: Any, aligo_mod: ModuleType, drive: FakeDrive) -> N
     drive.fail_next(path, 429, retry_after=7, count=5)
     with pytest.raises(_aligo_error("AligoFatalError")):
         ali.get_file("root")
+
+
+def test_an_empty_429_and_a_plain_bad_gateway(drive: FakeDrive) -> None:
+    """What the web API often sends (messense/aliyundrive-webdav#321, zxbu/webdav-aliyundriver#130;
+    tickstep/aliyunpan-api reads a 502 "Bad Gateway" text as throttling)."""
+    token = drive.issue_access_token()
+    drive.fail_next("/v2/file/get_download_url", 429, body="")
+    empty = requests.post(
+        drive.api_url + "/v2/file/get_download_url", json={}, headers={"Authorization": token}, timeout=10
+    )
+    assert (empty.status_code, empty.content) == (429, b"")
+    assert "Retry-After" not in empty.headers and "Content-Type" not in empty.headers
+    drive.fail_next("/v2/file/get", 502, body="Bad Gateway")
+    gateway = requests.post(
+        drive.api_url + "/v2/file/get", json={}, headers={"Authorization": token}, timeout=10
+    )
+    assert (gateway.status_code, gateway.text, gateway.headers["Content-Type"]) == (
+        502,
+        "Bad Gateway",
+        "text/plain",
+    )
+
+
+def test_an_endpoint_the_service_does_not_have(ali: Any, drive: FakeDrive) -> None:
+    token = drive.issue_access_token()
+    unknown = requests.post(
+        drive.api_url + "/v9/nothing", json={}, headers={"Authorization": token}, timeout=10
+    )
+    assert unknown.status_code == 404 and unknown.json()["code"] == "NotFound"
+    drive.settings.removed_endpoints = frozenset({"/v2/file/get"})
+    gone = ali.get_file("root")
+    assert not gone and (gone.response.status_code, gone.code) == (404, "NotFound")
 
 
 def test_injected_quota_and_gateway_page(ali: Any, aligo_mod: ModuleType, drive: FakeDrive) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 import pytest
 import requests
@@ -422,3 +424,146 @@ def test_chunked_pack_upload_and_locks_verify_404(
     clone = _clone(git, server, "plain", tmp_path / "clone")
     assert (clone / "noise.dat").read_bytes() == (work / "noise.dat").read_bytes()
     assert len(server.objects(OWNER, "plain")) == 1
+
+
+# -- the batch API's answer shapes, as the real git-lfs takes them -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action_auth", "action_expiry", "verify_action"),
+    [
+        ("header", "expires_in", True),
+        ("basic", "expires_at", False),
+        ("signed_url", "both", True),
+        ("signed_url", "none", False),
+    ],
+)
+def test_each_action_shape_works_with_the_real_git_lfs(
+    server: GitLfsServer,
+    git: GitClient,
+    tmp_path: Path,
+    action_auth: Any,
+    action_expiry: Any,
+    verify_action: bool,
+) -> None:
+    server.action_auth, server.action_expiry, server.verify_action = action_auth, action_expiry, verify_action
+    server.new_repo(OWNER, "shapes")
+    data = os.urandom(100_000)
+    oid = hashlib.sha256(data).hexdigest()
+    answer = _lfs_batch(server, "shapes", "upload", [{"oid": oid, "size": len(data)}]).json()["objects"][0]
+    actions = answer["actions"]
+    assert ("verify" in actions) == verify_action
+    upload = actions["upload"]
+    assert ("header" in upload) == (action_auth == "header")
+    assert answer.get("authenticated") is (None if action_auth == "basic" else True)
+    assert upload["href"].startswith(server.storage_url if action_auth == "signed_url" else server.base_url)
+    assert ("expires_in" in upload) == (action_expiry in ("expires_in", "both"))
+    if action_expiry in ("expires_at", "both"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", upload["expires_at"])
+    else:
+        assert "expires_at" not in upload
+
+    work = _clone(git, server, "shapes", tmp_path / "work")
+    _commit_lfs_file(git, work, "w.bin", data)
+    git.run("push", "-q", "origin", "master", cwd=work)
+
+    assert server.read_object(OWNER, "shapes", oid) == data
+    assert server.counters().verifies == (1 if verify_action else 0)
+    clone = _clone(git, server, "shapes", tmp_path / "clone")
+    assert (clone / "w.bin").read_bytes() == data
+    transfers = [
+        e for e in server.request_log.snapshot() + server.storage_log.snapshot() if "/objects/" in e.path
+    ]
+    assert {e.method for e in transfers} >= {"PUT", "GET"}
+    if action_auth == "signed_url":
+        assert all(e.header("Authorization") is None for e in server.storage_log.snapshot())
+
+
+def test_stored_objects_can_be_left_out_of_an_upload_answer(server: GitLfsServer) -> None:
+    """The spec's skip rule says "omit the actions"; ModelScope's own client also reads an object left
+    out of the answer as present (``omit_stored``). git-lfs 3.3.0 itself waits for ever on such an
+    answer, which is why relayd's push skips its pre-push upload then (docs/real-services.md)."""
+    server.new_repo(OWNER, "omit")
+    stored = server.store_object(OWNER, "omit", b"already here\n")
+    missing = {"oid": hashlib.sha256(b"not yet").hexdigest(), "size": 7}
+    objects = [{"oid": stored, "size": 13}, missing]
+    assert [o["oid"] for o in _lfs_batch(server, "omit", "upload", objects).json()["objects"]] == [
+        stored,
+        missing["oid"],
+    ]
+    server.omit_stored = True
+    assert [o["oid"] for o in _lfs_batch(server, "omit", "upload", objects).json()["objects"]] == [
+        missing["oid"]
+    ]
+    # A download answer still names every object (the spec: an action or an error for each).
+    download = _lfs_batch(server, "omit", "download", objects).json()["objects"]
+    assert [o["oid"] for o in download] == [stored, missing["oid"]] and "error" in download[1]
+
+
+@pytest.mark.parametrize("size_limit_at", ["batch", "upload"])
+def test_an_object_over_the_size_limit_is_refused_to_the_real_git_lfs(
+    server: GitLfsServer, git: GitClient, tmp_path: Path, size_limit_at: Any
+) -> None:
+    server.max_object_size, server.size_limit_at = 1024 * 1024, size_limit_at
+    server.new_repo(OWNER, "big")
+    data = os.urandom(2 * 1024 * 1024)
+    oid = hashlib.sha256(data).hexdigest()
+    answer = _lfs_batch(server, "big", "upload", [{"oid": oid, "size": len(data)}]).json()["objects"][0]
+    if size_limit_at == "batch":
+        assert answer["error"]["code"] == 413 and "actions" not in answer
+    else:
+        assert "upload" in answer["actions"]
+        put = requests.put(
+            answer["actions"]["upload"]["href"],
+            data=data,
+            headers=answer["actions"]["upload"]["header"],
+            timeout=10,
+        )
+        assert (put.status_code, put.reason) == (413, "Request Entity Too Large")
+        assert (
+            put.headers["Content-Type"] == "text/html" and "<title>413 Request Entity Too Large" in put.text
+        )
+
+    work = _clone(git, server, "big", tmp_path / "work")
+    _commit_lfs_file(git, work, "huge.bin", data)
+    # git-lfs retries a refused PUT (8 times, with back-off, by default): once is enough here.
+    push = git.run("-c", "lfs.transfer.maxretries=1", "push", "origin", "master", cwd=work, check=False)
+
+    assert push.returncode != 0 and "413" in push.stderr
+    assert server.objects(OWNER, "big") == {}
+    assert server.branch_head(OWNER, "big") is None
+
+
+def test_a_batch_request_with_too_many_objects_gets_413(server: GitLfsServer) -> None:
+    server.new_repo(OWNER, "many")
+    server.max_batch_objects = 2
+    objects = [{"oid": hashlib.sha256(bytes([i])).hexdigest(), "size": 1} for i in range(3)]
+    refused = _lfs_batch(server, "many", "upload", objects)
+    assert refused.status_code == 413 and "at most 2 objects" in refused.json()["message"]
+    assert _lfs_batch(server, "many", "upload", objects[:2]).status_code == 200
+
+
+def test_a_redirect_is_followed_by_the_real_git_by_default(
+    server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    """The redirect knob as git sees it: with its default http.followRedirects (initial) git follows
+    the first request's redirect to the other server and talks to it from then on."""
+    with GitLfsServer(tmp_path / "other", token=server.token) as other:
+        other.new_repo(OWNER, "moved")
+        commit = other.commit_server_side(OWNER, "moved", {"README.md": b"# moved\n"})
+        server.redirect = (301, other.base_url)
+        listed = git.run("ls-remote", server.remote_url(OWNER, "moved"))
+        assert commit in listed.stdout
+        assert [e.status for e in server.request_log.snapshot()] == [301]
+        location = requests.get(
+            server.remote_url(OWNER, "moved") + "/info/refs", allow_redirects=False, timeout=5
+        )
+        assert location.headers["Location"] == other.remote_url(OWNER, "moved") + "/info/refs"
+
+
+def test_answer_padding_makes_an_oversized_answer(server: GitLfsServer) -> None:
+    server.new_repo(OWNER, "padded")
+    server.answer_padding = 3 * 1024 * 1024
+    answer = _lfs_batch(server, "padded", "download", [{"oid": "a" * 64, "size": 1}])
+    assert answer.headers["Transfer-Encoding"] == "chunked" and len(answer.content) > 3 * 1024 * 1024
+    assert answer.json()["objects"][0]["error"]["code"] == 404

@@ -4,14 +4,19 @@ stdin, cancel and timeouts, and the readiness check, locally and through a real 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import pickle
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,11 @@ import pytest
 
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Services
+from relayd.sandbox.drive import FakeDrive
 from relayd.sandbox.sshd import SandboxSshd, processes_with_cmdline, restricted_path
 from relayd.vm.executor import (
     BOOTSTRAP,
+    MAX_LINE,
     Executor,
     LocalExecutor,
     SshExecutor,
@@ -30,7 +37,14 @@ from relayd.vm.executor import (
     agent_bundle,
     make_executor,
 )
-from relayd.vm.testkit import no_agent_left, vm_config, wait_until
+from relayd.vm.testkit import (
+    DEFAULT_REFERER,
+    FakeDriveLinks,
+    no_agent_left,
+    upload_to_fake_drive,
+    vm_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -306,9 +320,11 @@ def test_ssh_command_line(sshd: SandboxSshd, tmp_path: Path) -> None:
     assert "StrictHostKeyChecking=yes" in joined and "BatchMode=yes" in joined
     assert options.index("ProxyJump=none") < options.index("StrictHostKeyChecking=yes")
     remote = executor.remote_command(agent_bundle())
-    assert remote.startswith(f"exec env PATH={VM_PATH} python3 -c ")
-    lax = ssh_executor(sshd, tmp_path, "m", strict_host_key_checking=False)
+    assert remote.startswith(f"exec env PATH={VM_PATH} python3 -I -c ")
+    lax = ssh_executor(sshd, tmp_path, "m", strict_host_key_checking="no")
     assert "StrictHostKeyChecking=no" in lax.destination_options()  # type: ignore[attr-defined]
+    first_use = ssh_executor(sshd, tmp_path, "m", strict_host_key_checking="accept-new")
+    assert "StrictHostKeyChecking=accept-new" in first_use.destination_options()  # type: ignore[attr-defined]
     assert isinstance(make_executor(vm_config()), LocalExecutor)
 
 
@@ -391,3 +407,305 @@ def test_a_reload_retires_the_executor_it_replaces(executor: Executor, marker: s
     assert executor.call("stat", {"path": "/"})["size"] is not None
     assert executor.sessions_started == 2
     assert no_agent_left(marker)
+
+
+# -- what children inherit, and what the daemon reads from them ---------------------------------------
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_children_inherit_only_the_allow_listed_environment(
+    executor: Executor, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "hf_" + os.urandom(12).hex()
+    for name in ("HF_TOKEN", "MODELSCOPE_TOKEN", "RELAYD_DEMO_MS_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, secret)
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    executor.call("stat", {"path": "/"})  # the session stays, idle, for the next call
+    pids = processes_with_cmdline(marker)  # the local agent; over SSH the client and the remote agent
+    assert pids
+    for pid in pids:
+        environment = environ_of(pid)
+        assert secret not in "\0".join(f"{k}={v}" for k, v in environment.items()), environment
+        assert "PATH" in environment
+    (session,) = executor._idle
+    child = environ_of(session.process.pid)
+    assert child["LC_TIME"] == "C.UTF-8" and child["NO_PROXY"] == "127.0.0.1"
+    assert child["https_proxy"] == "http://127.0.0.1:9"
+
+
+def fake_agent(tmp_path: Path, answer: str) -> Path:
+    """A 'python' for vm.python that greets like the bootstrap, reads the request, then runs *answer*."""
+    script = tmp_path / "fake-python"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        'sys.stdout.write(\'{"event":"agent","cached":true}\\n\'); sys.stdout.flush()\n'
+        "sys.stdin.readline()\n" + answer
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_an_agent_line_without_end_fails_the_call_and_the_memory_stays_flat(
+    tmp_path: Path, marker: str
+) -> None:
+    # 300 MB with no newline: the daemon reads at most MAX_LINE of it, then ends the session.
+    python = fake_agent(
+        tmp_path,
+        "chunk = b'x' * (1 << 20)\n"
+        "try:\n"
+        "    for _ in range(300):\n"
+        "        sys.stdout.buffer.write(chunk)\n"
+        "    sys.stdout.flush()\n"
+        "except BrokenPipeError:\n"
+        "    pass\n",
+    )
+    executor = local_executor(tmp_path, marker, python=str(python))
+    tracemalloc.start()
+    try:
+        with pytest.raises(Retryable) as caught:
+            executor.call("stat", {"path": "/"}, timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.error_class == "protocol"
+    assert "longer than 8 MiB" in str(caught.value)
+    assert peak < MAX_LINE + 16 * 1024 * 1024, peak
+    assert executor.sessions_started == 1 and not executor._idle  # the session was ended, not kept
+    assert no_agent_left(str(python))
+    executor.close()
+
+
+def test_an_agent_flooding_stderr_costs_a_bounded_tail(tmp_path: Path, marker: str) -> None:
+    python = fake_agent(
+        tmp_path,
+        "sys.stderr.buffer.write(b'e' * (64 << 20)); sys.stderr.flush()\n"
+        'sys.stdout.write(\'{"event":"result","ok":true,"result":{"size":1},"reusable":false}\\n\')\n',
+    )
+    executor = local_executor(tmp_path, marker, python=str(python))
+    tracemalloc.start()
+    try:
+        assert executor.call("stat", {"path": "/"}, timeout=60) == {"size": 1}
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    executor.close()
+    assert peak < 8 * 1024 * 1024, peak
+
+
+def test_the_agent_bounds_the_error_texts_it_sends() -> None:
+    from relayd.vm.agent.core import MESSAGE_LIMIT, AgentError
+
+    error = AgentError("m" * 1_000_000, hint="h" * 10_000).as_dict()
+    assert len(error["message"]) == MESSAGE_LIMIT and error["message"].endswith("(truncated)")
+    assert len(error["hint"]) == MESSAGE_LIMIT
+
+
+def interpreters() -> list[str]:
+    """This python, and the oldest the agent supports (3.8) when this machine has one."""
+    old = sorted(Path.home().glob(".pyenv/versions/3.8*/bin/python3.8")) + [
+        Path(p) for p in ("/usr/bin/python3.8",) if Path(p).exists()
+    ]
+    return [sys.executable, *(str(path) for path in old[:1])]
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_the_agent_runs_isolated(
+    tmp_path: Path, marker: str, python: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What -I ignores: a PYTHONPATH and a working directory holding a module that shadows one the
+    # agent imports.
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    (trap / "hashlib.py").write_text("raise SystemExit('the agent imported a planted module')\n")
+    monkeypatch.setenv("PYTHONPATH", str(trap))
+    monkeypatch.chdir(trap)
+    executor = local_executor(tmp_path, marker, python=python)
+    try:
+        facts = executor.check(need=())
+        assert facts.python.startswith("3.")
+        (pid,) = processes_with_cmdline(marker)
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"-I"
+    finally:
+        executor.close()
+
+
+def test_files_the_agent_creates_are_private(
+    executor: Executor, tmp_path: Path, fake_drive: FakeDrive
+) -> None:
+    data = os.urandom(300_000)
+    file_id = upload_to_fake_drive(fake_drive, data, "w.bin")
+    links = FakeDriveLinks(
+        fake_drive.api_url, fake_drive.issue_access_token(), drive_id=fake_drive.default_drive_id
+    )
+    root = tmp_path / "vm"
+    params = {
+        "root": str(root),
+        "relpath": "acme/m/w.bin",
+        "size": len(data),
+        "plan": [[0, 0, len(data)]],
+        "missing": [0],
+        "fresh": True,
+        "expected_sha256": hashlib.sha256(data).hexdigest(),
+        "connections": 1,
+        "headers": {"Referer": DEFAULT_REFERER},
+        "expires_in": 3600,
+        "max_tries": 2,
+    }
+    old = os.umask(0o022)  # what a login shell on the VM, or this test's process, would give it
+    try:
+        assert executor.call("pull", params, secrets={"url": links.download_url(file_id).url})["renamed"]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((root / "acme/m/w.bin").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "acme/m").stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "acme").stat().st_mode) == 0o700
+
+
+# -- the SSH connection-sharing directory -------------------------------------------------------------
+
+
+def control_path(options: list[str]) -> str | None:
+    found = [item.split("=", 1)[1] for item in options if item.startswith("ControlPath=")]
+    return found[0] if found else None
+
+
+@pytest.fixture
+def short_state_dir() -> Iterator[Path]:
+    """A state directory with a short path (a socket path must stay under 108 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.parametrize("hostile", ["other owner", "symlink", "open mode", "a file"])
+def test_a_control_directory_that_is_not_ours_is_not_used(
+    sshd: SandboxSshd,
+    tmp_path: Path,
+    marker: str,
+    short_state_dir: Path,
+    hostile: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="rr-", dir="/tmp"))
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        planted = runtime / f"relayd-ssh-{os.getuid()}"
+        if hostile == "other owner":
+            planted.mkdir(mode=0o700)
+            os.chown(planted, 65534, 65534)  # nobody's: it could swap our socket for its own
+        elif hostile == "symlink":
+            (runtime / "elsewhere").mkdir(mode=0o700)
+            planted.symlink_to(runtime / "elsewhere")
+        elif hostile == "open mode":
+            planted.mkdir()
+            planted.chmod(0o777)
+        else:
+            planted.write_text("")
+        executor = make_executor(
+            vm_config(
+                executor="ssh",
+                host="127.0.0.1",
+                root=str(tmp_path / "vm"),
+                ssh_config_file=sshd.ssh_config_file,
+                python="python3",
+                path=VM_PATH,
+            ),
+            state_dir=short_state_dir,
+        )
+        executor.marker = marker
+        assert isinstance(executor, SshExecutor)
+        path = control_path(executor.destination_options())
+        assert path is not None and path.startswith(f"{short_state_dir}/ssh/"), path
+        facts = os.lstat(short_state_dir / "ssh")
+        assert stat.S_ISDIR(facts.st_mode) and stat.S_IMODE(facts.st_mode) == 0o700
+        assert executor.check().python.startswith("3.")  # and it connects through it
+        executor.close()
+        # Without a state directory to fall back on, connections are simply not shared.
+        alone = make_executor(vm_config(executor="ssh", host="127.0.0.1"))
+        assert control_path(alone.destination_options()) is None  # type: ignore[attr-defined]
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_our_own_private_runtime_directory_is_used(
+    tmp_path: Path, short_state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = short_state_dir / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    executor = make_executor(vm_config(executor="ssh", host="vm"), state_dir=short_state_dir)
+    path = control_path(executor.destination_options())  # type: ignore[attr-defined]
+    assert path is not None and path.startswith(f"{runtime}/relayd-ssh-{os.getuid()}/")
+    assert stat.S_IMODE((runtime / f"relayd-ssh-{os.getuid()}").stat().st_mode) == 0o700
+
+
+# -- the SSH key and known_hosts as systemd credentials -----------------------------------------------
+
+
+def test_the_ssh_key_and_known_hosts_can_be_systemd_credentials(
+    sshd: SandboxSshd, tmp_path: Path, marker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    shutil.copy(sshd.identity_file, credentials / "vm-ssh-key")
+    shutil.copy(sshd.known_hosts_file, credentials / "vm-known-hosts")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh of ours to fall back on
+    values: dict[str, Any] = {
+        "executor": "ssh",
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": sshd.user,
+        "root": str(tmp_path / "vm"),
+        "python": "python3",
+        "path": VM_PATH,
+        "ssh_multiplex": False,
+        "identity_credential": "vm-ssh-key",
+        "known_hosts_credential": "vm-known-hosts",
+    }
+    executor = make_executor(vm_config(**values))
+    executor.marker = marker
+    joined = " ".join(executor.destination_options())  # type: ignore[attr-defined]
+    assert f"-i {credentials / 'vm-ssh-key'}" in joined
+    assert f"UserKnownHostsFile={credentials / 'vm-known-hosts'}" in joined
+    try:
+        assert executor.check(need=()).python.startswith("3.")
+    finally:
+        executor.close()
+    (credentials / "vm-ssh-key").write_text("\n")  # what relayd.service's SetCredential= default gives
+    empty = make_executor(vm_config(**values))
+    with pytest.raises(NeedsPerson, match=r"'vm-ssh-key' .* is empty") as caught:
+        empty.check(need=())
+    assert "LoadCredential=" in caught.value.hint
+    empty.close()
+
+
+def vm_section(tmp_path: Path, **values: Any) -> Any:
+    from relayd.config import parse_config
+
+    return parse_config({"vm": values}, tmp_path / "relayd.toml").vm
+
+
+def test_the_vm_config_takes_accept_new_and_credentials(tmp_path: Path) -> None:
+    from relayd.errors import ConfigError
+
+    assert vm_section(tmp_path).strict_host_key_checking == "yes"
+    assert vm_section(tmp_path, strict_host_key_checking=False).strict_host_key_checking == "no"
+    assert (
+        vm_section(tmp_path, strict_host_key_checking="accept-new").strict_host_key_checking == "accept-new"
+    )
+    with pytest.raises(ConfigError, match="accept-new"):
+        vm_section(tmp_path, strict_host_key_checking="maybe")
+    section = vm_section(tmp_path, identity_credential="vm-ssh-key", known_hosts_credential="vm-known-hosts")
+    assert (section.identity_credential, section.known_hosts_credential) == ("vm-ssh-key", "vm-known-hosts")
+    with pytest.raises(ConfigError, match="credential name"):
+        vm_section(tmp_path, identity_credential="../etc/shadow")
+    with pytest.raises(ConfigError, match="only one of identity_file, identity_credential"):
+        vm_section(tmp_path, identity_file="/k", identity_credential="vm-ssh-key")

@@ -1,6 +1,6 @@
 """The agent's pull operations called directly through the local executor against the fake drive:
-strict Range handling, the download cap, refused links, paths that leave vm.root, and a file already
-renamed into place."""
+strict Range handling, the download cap, expired and refused links told apart by the drive's answer,
+error bodies read bounded, paths that leave vm.root, and a file already renamed into place."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from relayd.errors import Permanent, Retryable
-from relayd.sandbox.drive import FakeDrive
+from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
 from relayd.vm.executor import Executor, make_executor
 from relayd.vm.testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
 
 pytestmark = pytest.mark.timeout(120)
 
 PIECE = 128 * 1024
+REFERER = {"Referer": "https://www.aliyundrive.com/"}
 
 
 class Pull:
@@ -84,23 +86,83 @@ def test_range_ignored_is_never_taken_as_data(tmp_path: Path, fake_drive: FakeDr
 
 def test_download_cap_drops_a_connection_and_carries_on(tmp_path: Path, fake_drive: FakeDrive) -> None:
     pull = Pull(tmp_path, fake_drive, pieces=8)
-    fake_drive.settings.download_link_cap = 1
+    fake_drive.settings.download_cap_per_app = 1
     fake_drive.settings.download_bandwidth = 2 * 1024 * 1024
     result = pull.call(connections=3, max_tries=8)
     assert result["renamed"]
-    assert any(e["event"] == "connection_dropped" for e in pull.events)
+    dropped = [e for e in pull.events if e["event"] == "connection_dropped"]
+    assert dropped and all(e["reason"] == "cap" for e in dropped)
+    assert fake_drive.stats().downloads_over_cap >= len(dropped)
 
 
-def test_a_refused_link_asks_for_a_new_one(tmp_path: Path, fake_drive: FakeDrive) -> None:
+def _hold_slots(drive: FakeDrive, url: str, count: int) -> list[requests.Response]:
+    """Another client of the same app (and user) keeps *count* downloads running (paced by the fake)."""
+    held = [requests.get(url, headers=REFERER, stream=True, timeout=10) for _ in range(count)]
+    assert all(response.status_code == 200 for response in held)
+    return held
+
+
+def test_the_cap_with_every_slot_taken_backs_off_as_rate_limit(tmp_path: Path, fake_drive: FakeDrive) -> None:
     pull = Pull(tmp_path, fake_drive)
+    fake_drive.settings.download_bandwidth = 64 * 1024
+    held = _hold_slots(fake_drive, pull.links.download_url(pull.file_id).url, 2)
+    try:
+        with pytest.raises(Retryable) as caught:
+            pull.call(connections=2, max_tries=2)
+    finally:
+        for response in held:
+            response.close()
+    assert caught.value.error_class == "rate_limit"
+    assert "ExceedMaxConcurrency" in str(caught.value) and "0007-00000209" in str(caught.value)
+    assert pull.done() == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<Error>\n  <MESSAGE> callback deny this request reason:\n  exceedmaxconcurrency </MESSAGE>\n"
+        "</Error>",
+        "<Error><Code>AccessDenied</Code><EC> 0007-00000209 </EC></Error>",
+    ],
+)
+def test_the_cap_is_recognised_whatever_the_case_and_spacing(
+    tmp_path: Path, fake_drive: FakeDrive, body: str
+) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    fake_drive.fail_next(DOWNLOAD_PREFIX, 403, body=body, count=2)
+    with pytest.raises(Retryable) as caught:
+        pull.call(connections=1, max_tries=2)
+    assert caught.value.error_class == "rate_limit"
+
+
+def test_an_expired_link_is_told_apart_from_a_refused_one(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    url = pull.links.download_url(pull.file_id).url
+    fake_drive.expire_download_urls()
+    with pytest.raises(Retryable) as caught:
+        pull.executor.call("pull", pull.params(), secrets={"url": url})
+    assert caught.value.error_class == "url_expired"
+    assert "Request has expired." in str(caught.value)
+
     with pytest.raises(Retryable) as caught:
         pull.call(headers={"Referer": "https://elsewhere.example/"})
-    assert caught.value.error_class == "url_expired"
+    assert caught.value.error_class == "download_refused"
     assert "referer" in str(caught.value).lower()
     assert "x-oss-signature" not in str(caught.value)  # the signed URL never shows up in errors
     with pytest.raises(Retryable) as caught:
         pull.call(expires_in=10)  # too close to its expiry to start
     assert caught.value.error_class == "url_expired"
+
+
+def test_an_oversized_error_body_is_read_bounded(tmp_path: Path, fake_drive: FakeDrive) -> None:
+    pull = Pull(tmp_path, fake_drive)
+    fake_drive.fail_next(DOWNLOAD_PREFIX, 403, body="<Error><Message>" + "x" * (32 * 1024 * 1024), count=2)
+    with pytest.raises(Retryable) as caught:
+        pull.call(connections=1)
+    assert caught.value.error_class == "download_refused"
+    assert len(str(caught.value)) < 1000
+    # The agent read a few KiB and hung up: the fake could not hand over most of the answer.
+    assert fake_drive.stats().injected_bytes_sent < 16 * 1024 * 1024
 
 
 def test_resume_needs_the_partial_file(tmp_path: Path, fake_drive: FakeDrive) -> None:

@@ -7,12 +7,15 @@ import sys
 
 from .core import serve
 
+# Python 3.8's zipimport leaves __package__ unset (the shipped zip); the spec always knows it.
+_package = str(__package__ or __name__.rpartition(".")[0])
+
 # Operation modules register themselves in core.OPS when imported.
 for _module in ("basic", "pull", "lfs"):
     try:
-        importlib.import_module("." + _module, __package__)
+        importlib.import_module("." + _module, _package)
     except ImportError as _exc:
-        if getattr(_exc, "name", "") != (__package__ or "") + "." + _module:
+        if getattr(_exc, "name", "") != _package + "." + _module:
             raise
 
 if __name__ == "__main__":

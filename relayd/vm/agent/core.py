@@ -79,11 +79,23 @@ class AgentError(Exception):
     def as_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "class": self.error_class,
-            "message": str(self),
-            "hint": self.hint,
+            "class": self.error_class[:64],
+            "message": _bounded(str(self)),
+            "hint": _bounded(self.hint),
             "retry_after": self.retry_after,
         }
+
+
+#: The longest error message or hint sent to the daemon (it keeps 4 KiB; what a server answered can be
+#: far longer, and the protocol line must stay well under the daemon's limit).
+MESSAGE_LIMIT = 4096
+_TRUNCATED = "… (truncated)"
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MESSAGE_LIMIT:
+        return text
+    return text[: MESSAGE_LIMIT - len(_TRUNCATED)] + _TRUNCATED
 
 
 class Cancelled(Exception):

@@ -3,9 +3,12 @@
 ``pull`` fetches the missing pieces of a file from a signed download URL (in the secrets) into
 ``<target>.relayd-partial`` with positional writes, over several keep-alive connections; a piece is
 reported (``piece_done``) only after it is fsynced. Every answer is checked: 206 with the exact
-``Content-Range`` and length, 200 (Range ignored) is retried, 416 and a size mismatch are reported,
-403 means the URL expired (``url_expired``: the daemon asks the drive for a new one) unless the drive
-says too many downloads are running (then it backs off). While pieces arrive, a hasher thread
+``Content-Range`` and length, 200 (Range ignored) is retried, 416 and a size mismatch are reported.
+A 403 is read by its body (at most ERROR_BODY_LIMIT bytes of it): the drive's download cap
+(``ExceedMaxConcurrency``) ends this connection while others still work, else backs off
+(``rate_limit``: the daemon keeps its link); ``Request has expired.`` is an expired link
+(``url_expired``: the daemon asks the drive for a new one); anything else (a Referer the drive does
+not accept) is ``download_refused``. While pieces arrive, a hasher thread
 computes sha256 and sha1 over the growing contiguous prefix, so when the last piece lands the whole
 file is already hashed; if it matches the expected sha256, the file is renamed into place.
 
@@ -24,7 +27,6 @@ import os
 import random
 import re
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -32,15 +34,25 @@ from typing import Any, Tuple
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op
+from .proxy import agent_route
 
 PARTIAL_SUFFIX = ".relayd-partial"
 CHUNK = 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
-MAX_TRIES = 8  # per piece, for transient failures (network, 5xx, Range ignored, the download cap)
+MAX_TRIES = 8  # per piece, for transient failures (network, 5xx, Range ignored)
+# Per piece on the download cap with no other connection left: the slots belong to other downloads
+# that may run for hours, so the daemon's backoff does the long waiting (and shows why).
+CAP_TRIES = 3
 EXPIRY_MARGIN = 30.0  # stop using a URL this many seconds before it expires
 PROGRESS_EVERY = 0.25
+ERROR_BODY_LIMIT = 4096  # most bytes of an error answer read (OSS errors are well under 1 KiB)
+# The OSS data host's answers past Aliyun's concurrent-download cap and for an expired link
+# (AlistGo/alist#7258; Aliyun's Android SDK treats a 403 as expired only with this message),
+# compared without case and whitespace.
+CAP_MARKERS = ("exceedmaxconcurrency", "0007-00000209")
+EXPIRED_MARKER = "requesthasexpired."
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</")
+_XML_FIELD = re.compile(r"<(Code|Message|EC)>([^<]{0,200})</", re.IGNORECASE)
 
 Piece = Tuple[int, int, int]  # index, offset, length
 
@@ -203,24 +215,37 @@ class _Abandon(Exception):
 
 
 def _error_text(body: bytes) -> str:
-    """Return the service's error Code/Message from an XML or text body (never the URL)."""
-    text = body[:4096].decode("utf-8", "replace")
-    fields = dict(_XML_FIELD.findall(text))
+    """Return the service's error Code, Message and EC from an XML or text body (never the URL)."""
+    text = body[:ERROR_BODY_LIMIT].decode("utf-8", "replace")
+    fields = dict((name.lower(), value.strip()) for name, value in _XML_FIELD.findall(text))
     if fields:
-        return ": ".join(v for v in (fields.get("Code"), fields.get("Message")) if v)
+        found = [fields.get("code"), fields.get("message")]
+        if fields.get("ec"):
+            found.append("EC " + fields["ec"])
+        return ": ".join(v for v in found if v)
     return " ".join(text.split())[:200]
+
+
+def _refusal(text: str) -> Exception:
+    """Return what a download 403 means, from its error text: the drive's download cap (a _Retry of
+    class rate_limit), an expired link (url_expired), or a refusal of this request as sent
+    (download_refused: the Referer, most likely)."""
+    squeezed = "".join(text.lower().split())
+    if any(marker in squeezed for marker in CAP_MARKERS):
+        return _Retry("the drive refused another parallel download (403 %s)" % text, "rate_limit")
+    if EXPIRED_MARKER in squeezed:
+        return AgentError("the download link expired (403 %s)" % text, error_class="url_expired")
+    return AgentError("the drive refused the download (403 %s)" % text, error_class="download_refused")
 
 
 class _Link:
     """One keep-alive connection to the download host."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout: float, proxy: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the download URL is not http(s)", kind="permanent", error_class="url")
-        self.scheme = parts.scheme
-        self.host = parts.hostname
-        self.port = parts.port
+        self.route = agent_route(url, proxy, "vm.proxy")
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.headers = dict(headers)
         self.timeout = timeout
@@ -228,13 +253,23 @@ class _Link:
 
     def open(self) -> http.client.HTTPConnection:
         if self.conn is None:
-            if self.scheme == "https":
-                self.conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
-                )
-            else:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn = self.route.connection(self.timeout)
         return self.conn
+
+    def get(self, headers: dict[str, str]) -> http.client.HTTPResponse:
+        """Send the GET and return the answer. A kept-alive connection that the other end closed
+        meanwhile (a proxy may close after every answer without saying so) is opened again, once."""
+        reused = self.conn is not None
+        while True:
+            conn = self.open()
+            try:
+                conn.request("GET", self.target, headers=headers)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if not reused:
+                    raise
+                reused = False
 
     def close(self) -> None:
         if self.conn is not None:
@@ -246,11 +281,20 @@ class _Link:
 class _Pull:
     """The state of one ``pull`` operation: pieces to fetch, workers, the hasher, the first error."""
 
-    def __init__(self, params: dict[str, Any], url: str, context: Context, fd: int, hasher: PrefixHasher):
+    def __init__(
+        self,
+        params: dict[str, Any],
+        url: str,
+        context: Context,
+        fd: int,
+        hasher: PrefixHasher,
+        proxy: str = "",
+    ):
         self.context = context
         self.fd = fd
         self.hasher = hasher
         self.url = url
+        self.proxy = proxy
         self.size = int(params["size"])
         self.headers = dict(params.get("headers") or {})
         self.headers.setdefault("User-Agent", "relayd-agent/1")
@@ -281,7 +325,7 @@ class _Pull:
                 return False
             self.active -= 1
             self.queue.appendleft(piece)
-        self.context.emit("connection_dropped", index=piece[0], active=self.active)
+        self.context.emit("connection_dropped", index=piece[0], active=self.active, reason="cap")
         return True
 
     def next_piece(self) -> Piece | None:
@@ -289,7 +333,11 @@ class _Pull:
             return self.queue.popleft() if self.queue and not self.failed.is_set() else None
 
     def worker(self) -> None:
-        link = _Link(self.url, self.headers, self.stall_timeout)
+        try:
+            link = _Link(self.url, self.headers, self.stall_timeout, self.proxy)
+        except AgentError as exc:  # an unusable URL or proxy: the whole pull fails with it
+            self.fail(exc)
+            return
         try:
             while True:
                 piece = self.next_piece()
@@ -331,7 +379,10 @@ class _Pull:
                 if retry.error_class == "rate_limit" and self._retire(piece):
                     raise _Abandon() from None
                 tries += 1
-                if tries >= self.max_tries:
+                limit = (
+                    min(self.max_tries, CAP_TRIES) if retry.error_class == "rate_limit" else self.max_tries
+                )
+                if tries >= limit:
                     raise AgentError(
                         "piece %d failed %d times, last: %s" % (index, tries, retry),
                         error_class=retry.error_class,
@@ -363,11 +414,9 @@ class _Pull:
                 time.sleep(min(10.0, 0.2 * 2**tries))
 
     def _get(self, link: _Link, offset: int, length: int) -> None:
-        conn = link.open()
         headers = dict(link.headers)
         headers["Range"] = "bytes=%d-%d" % (offset, offset + length - 1)
-        conn.request("GET", link.target, headers=headers)
-        response = conn.getresponse()
+        response = link.get(headers)
         status = response.status
         if status == 206:
             self._check_range(response, offset, length)
@@ -375,17 +424,15 @@ class _Pull:
             return
         if status == 200:
             raise _Retry("the drive ignored the Range header (200 instead of 206)", "range_ignored")
-        body = response.read(65536) if status != 200 else b""
-        text = _error_text(body)
+        # Read only the start of an error body; the connection is closed after it, never reused.
+        text = _error_text(response.read(ERROR_BODY_LIMIT))
         if status == 416:
             raise AgentError(
                 "the drive answered 416 for bytes %d-%d (%s)" % (offset, offset + length - 1, text),
                 error_class="range_unsatisfiable",
             )
         if status == 403:
-            if "concurrent" in text.lower() or "too many" in text.lower():
-                raise _Retry("too many concurrent downloads: %s" % text, "rate_limit", delay=None)
-            raise AgentError("the drive refused the download URL (403 %s)" % text, error_class="url_expired")
+            raise _refusal(text)
         if status in (404, 410):
             raise AgentError(
                 "the drive no longer has the file (%d %s)" % (status, text),
@@ -437,10 +484,10 @@ class _Pull:
             position += count
             now = time.monotonic()
             if now - last >= PROGRESS_EVERY:
-                self.context.emit("progress", bytes=position - offset - reported)
+                self.context.emit("progress", bytes=position - offset - reported, offset=offset)
                 reported, last = position - offset, now
         if position - offset > reported:
-            self.context.emit("progress", bytes=position - offset - reported)
+            self.context.emit("progress", bytes=position - offset - reported, offset=offset)
 
 
 def _open_partial(partial: str, size: int, fresh: bool) -> int:
@@ -469,6 +516,7 @@ def _finalize(fd: int, partial: str, target: str) -> None:
 def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
     """Fetch the *missing* pieces of *plan* from ``secrets["url"]`` into the partial file; when every
     piece is there, hash the file and rename it into place if its sha256 is ``expected_sha256``.
+    Connections go through ``secrets["proxy"]`` (vm.proxy) when given, else the VM's proxy variables.
 
     Return ``{"path", "sha256", "sha1", "renamed", "fetched"}``; sha256/sha1 are None when the file
     is not complete (a piece failed: then an error is raised instead).
@@ -494,7 +542,7 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
         with_sha1 = bool(params.get("sha1", True))
         hasher = PrefixHasher(fd, plan, {p[0] for p in plan} - missing_set, context, with_sha1)
         hasher.start()
-        state = _Pull(params, url, context, fd, hasher)
+        state = _Pull(params, url, context, fd, hasher, proxy=secrets.get("proxy") or "")
         empty = [piece for piece in missing if piece[2] == 0]
         for piece in empty:  # an empty file has one empty piece: nothing to fetch
             context.emit("piece_start", index=piece[0])

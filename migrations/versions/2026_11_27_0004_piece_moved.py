@@ -1,0 +1,36 @@
+"""piece moved: payload bytes of a piece's latest send already counted
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-27 10:00:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision: str = '0004'
+down_revision: str | None = '0003'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('pieces', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column(
+                'moved',
+                sa.BigInteger().with_variant(sa.Integer(), 'sqlite'),
+                server_default='0',
+                nullable=False,
+            )
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('pieces', schema=None) as batch_op:
+        batch_op.drop_column('moved')
