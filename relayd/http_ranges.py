@@ -166,6 +166,8 @@ class RangeClient:
 
     Not thread-safe: each worker thread owns one. *authorize* maps a URL to the credential headers it may
     carry (an empty dict for foreign origins); it is consulted for every request, redirects included.
+    *on_answer* is shown the URL and headers of every answer, redirects included (to read the rate
+    limits a Hub announces).
     *proxy* is the service's configured proxy ("" for the environment's proxy variables); ``NO_PROXY``
     applies either way.
     """
@@ -177,6 +179,7 @@ class RangeClient:
         stall_timeout: float,
         buffer_size: int = 1024 * 1024,
         authorize: Callable[[str], Mapping[str, str]] | None = None,
+        on_answer: Callable[[str, Mapping[str, str]], None] | None = None,
         user_agent: str = "relayd",
         ssl_context: ssl.SSLContext | None = None,
         proxy: str = "",
@@ -185,6 +188,7 @@ class RangeClient:
         self.stall_timeout = stall_timeout
         self._buffer = memoryview(bytearray(buffer_size))
         self._authorize = authorize
+        self._on_answer = on_answer
         self._user_agent = user_agent
         self._ssl_context = ssl_context
         self._proxy = proxy
@@ -254,6 +258,8 @@ class RangeClient:
         target = url
         for _ in range(_MAX_REDIRECTS + 1):
             response, origin = self._request(target, start, end, headers or {})
+            if self._on_answer is not None:
+                self._on_answer(target, dict(response.getheaders()))
             status = response.status
             if status in (301, 302, 303, 307, 308) and response.getheader("Location"):
                 location = urljoin(target, response.getheader("Location", ""))

@@ -10,6 +10,11 @@ Head check: one ``HEAD /{repo}/resolve/{revision}/.gitattributes`` without follo
 resolver quota is far larger than the API quota), it carries no file list (``model_info`` lists every
 file), and it fails with the gate error when the token may not read the files. A repo without a
 ``.gitattributes`` falls back to ``repo_info(revision=…).sha``.
+
+Rate limits: every answer of the Hub (through huggingface_hub's shared HTTP client, whose response hook
+relayd adds, or relayd's own ranged GETs) says what is left of its bucket; ``relayd.hub_limits`` keeps
+it, and each call first spends from it, so a nearly used-up bucket defers the call until the window
+resets instead of running into a 429.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
@@ -42,6 +49,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils._http import parse_ratelimit_headers  # public in huggingface_hub.utils
 
 from relayd import __version__
 from relayd.catalogue.schema import Repo
@@ -49,8 +57,10 @@ from relayd.catalogue.store import FileSpec
 from relayd.config import HubConfig
 from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
 from relayd.http_ranges import origin_of, retry_after_seconds
+from relayd.hub_limits import BucketState, RateBudget, budget_for
 from relayd.hub_session import route_hub_session
 from relayd.poll import Source
+from relayd.units import format_duration
 
 log = logging.getLogger(__name__)
 # huggingface_hub's HTTP client logs every request at INFO; keep its warnings only, unless configured.
@@ -61,6 +71,39 @@ REPO_TYPES = ("model", "dataset")
 HEAD_PROBE = ".gitattributes"
 # Listings remembered per (type, repo, commit) to notice a tree that changes under a pinned commit.
 _LISTINGS_KEPT = 512
+_INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+# A 401 on these (other than for invalid credentials) means "missing, or private": the Hub does not say
+# which and sends no X-Error-Code when anonymous. huggingface_hub maps it only for https:// URLs.
+_REPO_URL = re.compile(r"^https?://[^/]+/(api/(models|datasets|spaces)/.|.+/resolve/)")
+_HOOK_LOCK = threading.Lock()
+_ANONYMOUS_WARNED: set[str] = set()
+
+
+def note_rate_limits(url: str, authorization: str | None, headers: Mapping[str, str]) -> None:
+    """Keep what an answer to *url* says of its rate-limit bucket, if it says anything."""
+    info = parse_ratelimit_headers(headers)
+    if info is not None:
+        budget_for(url, authorization).observe(
+            info.resource_type, info.remaining, info.reset_in_seconds, info.limit, info.window_seconds
+        )
+
+
+def _note_answer(response: httpx2.Response) -> None:
+    """huggingface_hub's response hook: note the rate limits of every answer, redirects included."""
+    note_rate_limits(
+        str(response.request.url), response.request.headers.get("authorization"), response.headers
+    )
+
+
+def watched_session() -> httpx2.Client:
+    """Return huggingface_hub's shared HTTP client, noting the rate limits of every answer it gets (the
+    hook is added to whatever client huggingface_hub's client factory built)."""
+    session = get_session()
+    with _HOOK_LOCK:
+        hooks = session.event_hooks["response"]
+        if _note_answer not in hooks:
+            hooks.append(_note_answer)
+    return session
 
 
 @dataclass(frozen=True)
@@ -113,7 +156,52 @@ class HubClient:
         return {}
 
     def _api(self) -> HfApi:
+        watched_session()
         return HfApi(endpoint=self.endpoint, token=self.token() or False)
+
+    # -- rate limits -------------------------------------------------------------------------------
+
+    def budget(self) -> RateBudget:
+        """Return what the Hub last said is left of this caller's rate limits."""
+        token = self.token()
+        return budget_for(self.endpoint, f"Bearer {token}" if token else None)
+
+    def spend(self, bucket: str, calls: int = 1) -> None:
+        """Count *calls* about to be made in *bucket*; raise Retryable to defer them when the bucket is
+        nearly used up."""
+        self.budget().spend(bucket, calls)
+
+    def spend_for(self, url: str) -> None:
+        """Count a request relayd's own client is about to send to *url*: one resolver call when it is
+        on the Hub (the resolve-cache of a regular file), nothing for the CDN."""
+        if origin_of(url) == self.origin:
+            self.spend("resolvers")
+
+    def note_answer(self, url: str, headers: Mapping[str, str]) -> None:
+        """Note the rate limits of an answer relayd's own client got from *url* (on this Hub only)."""
+        if origin_of(url) == self.origin:
+            token = self.token()
+            note_rate_limits(url, f"Bearer {token}" if token else None, headers)
+
+    def rate_limits(self) -> list[BucketState]:
+        """Return what is left of each rate-limit bucket in its current window, as last announced."""
+        return self.budget().state()
+
+    def warn_if_anonymous(self) -> None:
+        """Log once per endpoint (so once per process) that relayd polls without a token."""
+        if self.token():
+            return
+        with _HOOK_LOCK:
+            if self.endpoint in _ANONYMOUS_WARNED:
+                return
+            _ANONYMOUS_WARNED.add(self.endpoint)
+        log.warning(
+            "polling %s without a token: the Hub gives anonymous callers its smallest rate limits "
+            "(500 API and 3,000 file-resolve calls per 5 minutes, shared by everyone behind this IP "
+            "address) and relayd slows down to stay inside them; set hub.token_env, hub.token_file or "
+            "hub.token for an account's larger ones",
+            self.endpoint,
+        )
 
     # -- calls -------------------------------------------------------------------------------------
 
@@ -121,8 +209,9 @@ class HubClient:
         """Return the commit *revision* names now, with one request. Raise a relayd HopError."""
         url = hf_hub_url(repo_id, HEAD_PROBE, repo_type=repo_type, revision=revision, endpoint=self.endpoint)
         headers = {"User-Agent": f"relayd/{__version__}", **self.authorization_for(url)}
+        self.spend("resolvers")
         try:
-            response = get_session().head(
+            response = watched_session().head(
                 url, headers=headers, follow_redirects=False, timeout=self.config.timeout
             )
             hf_raise_for_status(response)
@@ -134,6 +223,7 @@ class HubClient:
             log.debug("%s has no %s at %s; asking repo_info", repo_id, HEAD_PROBE, revision)
         except Exception as exc:
             raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=revision) from exc
+        self.spend("api")
         try:
             info = self._api().repo_info(
                 repo_id, repo_type=repo_type, revision=revision, timeout=self.config.timeout
@@ -148,6 +238,7 @@ class HubClient:
 
     def list_tree(self, repo_id: str, repo_type: str, commit: str) -> list[FileSpec]:
         """Return every file of the repo at the 40-hex *commit* (all pages). Raise a relayd HopError."""
+        self.spend("api")
         try:
             entries = list(
                 self._api().list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
@@ -163,9 +254,14 @@ class HubClient:
             raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=commit) from exc
         return [spec for spec in (file_spec(entry) for entry in entries) if spec is not None]
 
-    def file_metadata(self, repo_id: str, repo_type: str, commit: str, path: str) -> FileMetadata:
-        """Return the metadata of *path* at *commit*, including a fresh signed location."""
+    def file_metadata(
+        self, repo_id: str, repo_type: str, commit: str, path: str, *, calls: int = 1
+    ) -> FileMetadata:
+        """Return the metadata of *path* at *commit*, including a fresh signed location. *calls* is what
+        it costs in resolver calls: 2 for a regular file (its ``/resolve`` redirects to the resolve-cache)."""
         url = hf_hub_url(repo_id, path, repo_type=repo_type, revision=commit, endpoint=self.endpoint)
+        self.spend("resolvers", calls)
+        watched_session()
         try:
             meta = get_hf_file_metadata(
                 url,
@@ -188,6 +284,7 @@ class HubClient:
 
     def whoami(self) -> str:
         """Return the name of the account the token belongs to. Raise a relayd HopError."""
+        self.spend("api")
         try:
             info = self._api().whoami()
         except Exception as exc:
@@ -197,6 +294,7 @@ class HubClient:
     def check_access(self, repo_id: str, repo_type: str) -> None:
         """Check that the configured token (or none) may read *repo_id*'s files, with huggingface_hub's
         ``auth_check``. Raise a relayd HopError (NeedsPerson with the licence URL for a gated repo)."""
+        self.spend("api")
         try:
             self._api().auth_check(repo_id, repo_type=repo_type)
         except Exception as exc:
@@ -252,7 +350,7 @@ class HubClient:
                 hint="check the repo on the Hub; `relayctl retry` once it is consistent",
                 error_class="changed",
             )
-        if isinstance(exc, RepositoryNotFoundError):
+        if isinstance(exc, RepositoryNotFoundError) or _missing_or_private(exc):
             return NeedsPerson(
                 f"{self._kind(repo_type)} {repo_id} was not found on {self.endpoint}",
                 hint=(
@@ -317,6 +415,38 @@ class HubClient:
         return "dataset" if repo_type == "dataset" else "model"
 
 
+def _missing_or_private(exc: BaseException) -> bool:
+    """Tell whether *exc* is the Hub's 401 for a repo it will not say exists (anonymous callers get it
+    without an X-Error-Code), as opposed to a refused token."""
+    response = exc.response if isinstance(exc, HfHubHTTPError) else None
+    if response is None or response.status_code != 401:
+        return False
+    return (
+        response.headers.get("X-Error-Message") != _INVALID_CREDENTIALS
+        and _REPO_URL.match(str(response.request.url)) is not None
+    )
+
+
+def describe_rate_limits(states: Iterable[BucketState]) -> str:
+    """Return e.g. "api 498/500, resolvers 2997/3000 left in this 5-minute window", with when a bucket
+    that is running low resets."""
+    states = list(states)
+    left = ", ".join(
+        f"{s.name} {s.remaining}/{s.quota}" if s.quota else f"{s.name} {s.remaining}" for s in states
+    )
+    window = next((s.window for s in states if s.window), None)
+    span = (
+        f"{window // 60}-minute"
+        if window and window % 60 == 0
+        else f"{window}-second"
+        if window
+        else "current"
+    )
+    lows = [f"{s.name} resets in {format_duration(s.resets_in)}" for s in states if s.low]
+    text = f"{left} left in this {span} window"
+    return f"{text} ({', '.join(lows)})" if lows else text
+
+
 def file_spec(entry: Any) -> FileSpec | None:
     """Return the FileSpec of a tree entry (None for folders). Raise Permanent for a malformed one."""
     if not isinstance(entry, RepoFile):
@@ -357,7 +487,9 @@ class HubSource(Source):
         return repo.repo_type
 
     def head(self, repo: Repo) -> str:
-        return self.client.head_commit(repo.name, self._repo_type(repo), repo.revision)
+        commit = self.client.head_commit(repo.name, self._repo_type(repo), repo.revision)
+        self.client.warn_if_anonymous()  # once it has polled (a failure says what to do itself)
+        return commit
 
     def list_files(self, repo: Repo, commit: str) -> list[FileSpec]:
         repo_type = self._repo_type(repo)

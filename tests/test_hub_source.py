@@ -1,10 +1,13 @@
 """HubSource and the poller against the fake Hub with the real huggingface_hub client: the cheap head
 check, pinned and paginated listings, globs, repo types, and every error flow ending in the right
-status text; hostile or inconsistent listings are refused."""
+status text; hostile or inconsistent listings are refused; polls are paced by the rate limits every
+answer announces."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import relayd.hub_limits
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import File, Snapshot, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, utcnow
@@ -80,6 +84,12 @@ class World:
                 .filter(SnapshotFile.snapshot_id == snapshot.id)
             )
             return {row.path: row for row in rows}
+
+
+@pytest.fixture(autouse=True)
+def fresh_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test teaches relayd of the Hub's rate limits (clocks included) stays with that test."""
+    monkeypatch.setattr(relayd.hub_limits, "_BUDGETS", {})
 
 
 @pytest.fixture
@@ -235,7 +245,107 @@ def test_a_429_waits_for_the_reset_the_server_names(world: World, hub: FakeHub) 
     assert "rate-limited" in repo.poll_error and "429" in repo.poll_error
     assert repo.next_poll_at is not None
     assert timedelta(seconds=40) < repo.next_poll_at - utcnow() <= timedelta(seconds=42)
+    # Polled again before the reset: relayd waits on, without asking the Hub.
+    hub.reset_counters()
+    paced = world.poll("alice/tiny")
+    assert paced.error is not None and paced.error.startswith("paced: the Hub's 'resolvers' rate limit")
+    assert hub.hub_log.snapshot() == []
+    world.source.client.budget().clock = lambda: time.monotonic() + 43
     assert world.poll("alice/tiny").changed
+
+
+def test_a_disabled_repo_blocks(world: World, hub: FakeHub) -> None:
+    make_model_repo(hub, "alice/tiny", shards=1, shard_size=1024)
+    hub.update_repo("alice/tiny", disabled=True)  # 403 "Access to this resource is disabled."
+    world.add("alice/tiny")
+
+    world.poll("alice/tiny")
+
+    repo = world.repo("alice/tiny")
+    assert repo.poll_state == "blocked"
+    assert repo.poll_error == f"alice/tiny is disabled on {hub.endpoint}"
+
+
+@pytest.mark.parametrize("with_code", [False, True])
+def test_a_missing_repo_asked_anonymously_blocks_as_not_found(
+    world: World, hub: FakeHub, with_code: bool
+) -> None:
+    hub.anonymous_repo_not_found_code = with_code  # the Hub sends no X-Error-Code; some say it does
+    world.use(hub_config(hub.endpoint, token=None))
+    world.add("alice/missing")
+
+    world.poll("alice/missing")
+
+    repo = world.repo("alice/missing")
+    assert repo.poll_state == "blocked"
+    assert repo.poll_error == f"model alice/missing was not found on {hub.endpoint}"
+    assert "if it is private, set a token" in repo.poll_hint
+
+
+def test_every_answer_tells_relayd_what_is_left_of_each_bucket(world: World, hub: FakeHub) -> None:
+    make_model_repo(hub, "alice/tiny", shards=2, shard_size=4096)
+    world.add("alice/tiny")
+
+    world.poll("alice/tiny")  # a HEAD of its own (resolvers), then the tree through HfApi (api)
+
+    pages = len([r for r in hub.hub_log.snapshot() if "/tree/" in r.path])
+    left = {
+        state.name: (state.remaining, state.quota, state.window)
+        for state in world.source.client.rate_limits()
+    }
+    assert left == {"resolvers": (4999, 5000, 300), "api": (1000 - pages, 1000, 300)}
+    assert all(0 < state.resets_in <= 300 for state in world.source.client.rate_limits())
+
+
+def test_polls_are_paced_to_stay_inside_the_window(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    with FakeHub(tmp_path / "paced", clock=lambda: now[0]) as hub:
+        hub.add_token(TOKEN, user="alice")
+        hub.rate_limits.quotas["free"]["resolvers"] = 5
+        make_model_repo(hub, "alice/tiny", shards=1, shard_size=1024)
+        world = World(tmp_path, hub)
+        world.source.client.budget().clock = lambda: now[0]
+        world.add("alice/tiny")
+
+        results = [world.poll("alice/tiny") for _ in range(5)]
+
+        heads = [r for r in hub.hub_log.snapshot() if "/resolve/" in r.path]
+        assert [r.error for r in results[:4]] == [None] * 4
+        assert len(heads) == 4, "the fifth poll was not sent: one call of the window is kept in reserve"
+        assert all(r.status != 429 for r in hub.hub_log.snapshot())
+        repo = world.repo("alice/tiny")
+        assert repo.poll_state == "waiting"
+        assert repo.poll_error.startswith("paced: the Hub's 'resolvers' rate limit is nearly used up (1 of 5")
+        assert timedelta(seconds=290) < repo.next_poll_at - utcnow() <= timedelta(seconds=301)
+
+        now[0] += 300  # the window is over
+        assert world.poll("alice/tiny").error is None
+        assert world.repo("alice/tiny").poll_state == "ok"
+        assert len([r for r in hub.hub_log.snapshot() if "/resolve/" in r.path]) == 5
+        world.store.close()
+
+
+def test_polling_without_a_token_warns_once(
+    world: World, hub: FakeHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_model_repo(hub, "alice/tiny", shards=1, shard_size=1024)
+    make_model_repo(hub, "alice/other", shards=1, shard_size=1024)
+    world.add("alice/tiny")
+    world.add("alice/other")
+    world.poll("alice/tiny")  # with a token: no warning
+    world.use(hub_config(hub.endpoint, token=None))
+
+    with caplog.at_level(logging.WARNING, logger="relayd.hub"):
+        for _ in range(3):
+            world.poll("alice/tiny")
+            world.poll("alice/other")
+        world.use(hub_config(hub.endpoint, token=None))  # a reload builds a new source
+        world.poll("alice/tiny")
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "relayd.hub"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"polling {hub.endpoint} without a token: the Hub gives anonymous callers")
+    assert "hub.token_env" in warnings[0]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])

@@ -371,6 +371,32 @@ def hub_probes(config: Config, repos: Sequence[RepoTarget], timeout: float) -> l
     return probes
 
 
+def hub_rate_row(config: Config) -> Row:
+    """Return what the Hub's answers to the checks above said is left of its rate limits (the same
+    count the daemon draws on: the Hub counts per token, or per IP address without one)."""
+    from relayd.hub import HubClient, describe_rate_limits
+
+    client = HubClient(config.hub)
+    try:
+        states, anonymous = client.rate_limits(), not client.token()
+    except RelayError as exc:
+        return Row("hub", "hub rate limit", SKIP, str(exc))
+    if not states:
+        return Row(
+            "hub", "hub rate limit", SKIP, "no answer from the Hub said what is left of its rate limits"
+        )
+    low = any(state.low for state in states)
+    hint = (
+        "set a token (hub.token_env, hub.token_file or hub.token): an account's limits are larger and not "
+        "shared with everyone behind this IP address"
+        if anonymous
+        else "relayd waits for the window to reset; if this lasts, spread the repos' polls out (--every)"
+    )
+    return Row(
+        "hub", "hub rate limit", WARN if low else OK, describe_rate_limits(states), hint if low else ""
+    )
+
+
 def _answer_row(group: str, name: str, url: str, status: int, hint: str) -> Row:
     """Return whether a service answered: any answer but a server error or a proxy's refusal will do
     (the checks that follow ask the questions that matter)."""
@@ -895,6 +921,8 @@ def diagnose(config: Config, load_warnings: Sequence[str], timeout: float) -> tu
             rows.append(Row("config", f"hop {hop}", SKIP, "a plugin hop: doctor has no checks for it"))
     try:
         rows += run_probes(probes, timeout, known=rows)
+        if "download" in hops:
+            rows.append(hub_rate_row(config))
     finally:
         for executor in executors.values():
             executor.close()

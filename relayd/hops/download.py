@@ -10,6 +10,11 @@ restart only the durable prefix is re-hashed.
 A verified file moves atomically to ``blobs/<aa>/<sha256>``; a mismatch is quarantined and downloaded
 again, and a second mismatch in a row blocks the transfer (``IntegrityMismatch``, counted by the Job).
 
+A refused signed location (CloudFront's 403s, an expired URL, a 416) is replaced by a fresh one. Where
+the CDN serves each signed URL for one range only ("403 Auth failed: invalid range"), or fresh
+locations keep being refused, the run falls back to one fresh location per request, each request a
+whole piece, before it gives up.
+
 Content already staged and verified is not downloaded again: the catalogue's record of a staged blob is
 trusted (it is written only after a hash check) once the file is there with the right size; a blob
 file the catalogue does not know about (a crash between the rename and the catalogue write) is hashed
@@ -39,11 +44,13 @@ from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, R
 from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
+    Origin,
     RangeClient,
     RangeError,
     RangeNotSatisfiable,
     RateLimited,
     Stopped,
+    origin_of,
 )
 from relayd.hub import FileMetadata, HubClient
 from relayd.staging import fsync_dir
@@ -57,6 +64,8 @@ MIN_PIECE = 1 * MiB
 BLOCK = 4 * MiB  # the smallest request: pieces are fetched in spans of blocks, in file order
 MAX_PIECE_FAILURES = 6  # consecutive failed attempts at one piece without a byte of progress
 MAX_FRESH_REFUSALS = 3  # fresh signed locations refused in a row before giving up
+ONE_RANGE_AFTER = 2  # ... before trying one location per request instead (range-bound URLs)
+INVALID_RANGE = "invalid range"  # the CDN's word for a URL asked for a range it was not signed for
 MAX_INLINE_WAIT = 30.0  # a 429 asking for longer parks the transfer instead of holding connections
 MAX_RATE_LIMITS = 10
 
@@ -76,12 +85,21 @@ def partial_key(job: Job) -> str:
 
 @dataclass
 class _Location:
-    """One signed location of the file; ``generation`` tells a refresh from a stale copy."""
+    """One signed location of the file; ``generation`` tells a refresh from a stale copy, ``good`` that
+    it served bytes, ``used`` that a request was sent with it."""
 
     url: str
     generation: int
     xet: bool
     good: bool = False
+    used: bool = False
+
+
+@dataclass
+class _Lease:
+    """The location one worker holds once signed URLs serve one range each (a fresh one per request)."""
+
+    location: _Location | None = None
 
 
 @dataclass
@@ -131,6 +149,7 @@ class _Run:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.fresh_refusals = 0
+        self.one_range = False  # one fresh location per request, each request the rest of a piece
         self.workers_done = False
         longest = max((p.length for p in pieces), default=0)
         self.block = max(1, min(BLOCK, longest))
@@ -194,6 +213,8 @@ class _Run:
                 share = self.undispatched // (2 * self.connections)
                 ramp = 2 ** min(16, self.spans // self.connections)
                 blocks = max(1, min(ramp, -(-share // self.block)))
+                if self.one_range:
+                    blocks = count  # every location serves one request: make it the rest of the piece
                 last = self.cursor
                 while last < count and self.block_piece[last] == position and last - self.cursor < blocks:
                     last += 1
@@ -269,6 +290,7 @@ class DownloadHop(Hop):
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()
         self._reused: dict[int, Outcome] = {}
+        self._one_range_origins: set[Origin] = set()  # CDNs that said their URLs serve one range each
 
     # -- the contract ------------------------------------------------------------------------------
 
@@ -436,7 +458,9 @@ class DownloadHop(Hop):
         file = job.file_or_fail
         repo = job.repo
         commit = self._commit(job)
-        meta = self.hub.file_metadata(repo.name, repo.repo_type, commit, file.path)
+        meta = self.hub.file_metadata(
+            repo.name, repo.repo_type, commit, file.path, calls=1 if file.lfs else 2
+        )
         expected = file.sha256 if file.lfs else file.git_blob_id
         problems = []
         if meta.commit and commit and meta.commit != commit:
@@ -454,21 +478,51 @@ class DownloadHop(Hop):
             )
         return meta
 
-    def _refresh(self, run: _Run, stale: _Location, reason: RangeError) -> None:
-        """Replace an expired or refused location by a fresh one (once, however many workers saw it)."""
+    def _refused(self, run: _Run, lease: _Lease, location: _Location, reason: RangeError) -> None:
+        """Replace a refused location (expired, revoked, or asked for a range it was not signed for):
+        once for the run however many workers saw it, or only for this worker once the run uses one
+        location per request. Switch to that after the CDN says a URL serves one range, or after
+        ONE_RANGE_AFTER fresh locations in a row were refused; give up after MAX_FRESH_REFUSALS more."""
+        job = run.job
         with run.refresh_lock:
-            if run.location.generation != stale.generation:
+            if location is lease.location:
+                lease.location = None
+            elif run.location.generation != location.generation:
+                return  # another worker has replaced it already
+            run.fresh_refusals = 0 if location.good else run.fresh_refusals + 1
+            says_one_range = isinstance(reason, LocationRefused) and INVALID_RANGE in reason.body.lower()
+            if not run.one_range and (says_one_range or run.fresh_refusals >= ONE_RANGE_AFTER):
+                run.one_range, run.fresh_refusals = True, 0
+                # Refusals of the run's location still in flight are no longer news.
+                run.location = _Location(run.location.url, run.location.generation + 1, run.location.xet)
+                if says_one_range:
+                    self._one_range_origins.add(origin_of(location.url))
+                job.log.warning(
+                    "the CDN refused its signed locations (%s); from now on one fresh location per "
+                    "request, each request the rest of a piece",
+                    reason,
+                )
                 return
-            run.fresh_refusals = 0 if stale.good else run.fresh_refusals + 1
             if run.fresh_refusals >= MAX_FRESH_REFUSALS:
-                raise self._refused_for_good(run, reason)
-            run.job.log.info("fetching a fresh signed location (%s)", reason)
-            meta = self._metadata(run.job)
-            run.location = _Location(meta.location, stale.generation + 1, meta.xet)
+                raise self._refused_for_good(run, location, reason)
+            if run.one_range:
+                return  # the worker fetches its own next location
+            job.log.info("fetching a fresh signed location (%s)", reason)
+            meta = self._metadata(job)
+            run.location = _Location(meta.location, location.generation + 1, meta.xet)
 
-    def _refused_for_good(self, run: _Run, reason: RangeError) -> HopError:
-        body = reason.body if isinstance(reason, LocationRefused) else ""
-        if run.location.xet or "xet" in body.lower():
+    def _location_for(self, run: _Run, lease: _Lease) -> _Location:
+        """Return the location a worker's next request goes to: the run's, or a fresh one of its own
+        for each request once the run uses one location per request."""
+        if not run.one_range:
+            return run.location
+        if lease.location is None or lease.location.used:
+            meta = self._metadata(run.job)
+            lease.location = _Location(meta.location, run.location.generation, meta.xet)
+        return lease.location
+
+    def _refused_for_good(self, run: _Run, location: _Location, reason: RangeError) -> HopError:
+        if location.xet:
             return Permanent(
                 f"{run.job.file_or_fail.path} is served only through Xet: plain HTTP downloads of it are "
                 f"refused ({reason}). relayd downloads over HTTP Range only",
@@ -513,6 +567,7 @@ class DownloadHop(Hop):
             run = _Run(job, fd, partial, file.size, pieces, self.section.connections)
             if meta is not None:
                 run.location = _Location(meta.location, 0, meta.xet)
+                run.one_range = origin_of(meta.location) in self._one_range_origins
             digest = self._run(run, git_blob=not file.lfs)
         finally:
             os.close(fd)
@@ -608,8 +663,10 @@ class DownloadHop(Hop):
             stall_timeout=section.stall_timeout,
             buffer_size=RECEIVE_BUFFER,
             authorize=self.hub.authorization_for,
+            on_answer=self.hub.note_answer,
             proxy=section.proxy,
         )
+        lease = _Lease()
         try:
             while not run.stop.is_set():
                 taken = run.take()
@@ -618,7 +675,7 @@ class DownloadHop(Hop):
                 span, starts = taken
                 if starts:
                     run.job.begin_piece(run.pieces[span.piece].index)
-                self._fetch_span(run, client, span)
+                self._fetch_span(run, client, span, lease)
                 if run.closing(span):
                     os.fdatasync(run.fd)
                     with run.record_lock:
@@ -631,7 +688,7 @@ class DownloadHop(Hop):
         finally:
             client.close()
 
-    def _fetch_span(self, run: _Run, client: RangeClient, span: _Span) -> None:
+    def _fetch_span(self, run: _Run, client: RangeClient, span: _Span, lease: _Lease) -> None:
         """Fetch one span of blocks, resuming from its last written byte after a failure."""
         job = run.job
         piece = run.pieces[span.piece]
@@ -651,10 +708,15 @@ class DownloadHop(Hop):
                 start = run.position(span) if span.current < span.last else end
             if start >= end:
                 return
-            location = run.location
+            location = self._location_for(run, lease)
+            self.hub.spend_for(location.url)
             try:
+                location.used = True
                 client.fetch(location.url, start, end, run.size, write, stop=run.stop)
                 location.good = True
+                if run.one_range:
+                    with run.refresh_lock:
+                        run.fresh_refusals = 0
                 continue
             except Stopped:
                 raise
@@ -673,7 +735,7 @@ class DownloadHop(Hop):
             except (LocationRefused, RangeNotSatisfiable) as exc:
                 if exc.received:
                     location.good = True
-                self._refresh(run, location, exc)
+                self._refused(run, lease, location, exc)
                 continue
             except RangeError as exc:
                 failures = 1 if exc.received else failures + 1

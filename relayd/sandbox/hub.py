@@ -1,11 +1,12 @@
 """A fake Hugging Face Hub on 127.0.0.1, with its CDN on a second origin, for relayd's tests and demo.
 
-It is faithful to the Hub as huggingface_hub 2.x sees it (reference/hf-hub.md §6): repo info, the
-paginated tree, refs, commits, paths-info and auth-check; ``/resolve`` answering 307 to the
-resolve-cache for regular files and 302 to a signed, expiring CDN URL for LFS files; strict Range
-rules; the Hub's error table with ``X-Error-Code``. Blobs stay on disk and are sent with
-``os.sendfile`` when nothing slows or breaks them, so a multi-GB file is served at loopback speed.
-Failures (§7) are injected per test through ``FakeHub.faults`` and a few persistent settings.
+It answers as the real Hub does (docs/real-services.md names the sources): repo info, the paginated
+tree, refs, commits, paths-info and auth-check; ``/resolve`` answering 307 to the resolve-cache for
+regular files and 302 to a CloudFront-signed, expiring URL on the CDN origin (the Xet bridge) for LFS
+files; strict Range rules; the Hub's error table with ``X-Error-Code``; the rate limits, counted per
+caller and announced on every answer (``relayd.sandbox.hub_limits``). Blobs stay on disk and are sent
+with ``os.sendfile`` when nothing slows or breaks them, so a multi-GB file is served at loopback speed.
+Failures are injected per test through ``FakeHub.faults`` and a few persistent settings.
 
 Typical use::
 
@@ -26,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -42,7 +44,8 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from relayd.sandbox._http import LoggedRequest, LoopbackServer, RequestLog
-from relayd.sandbox.hub_faults import FaultKind, FaultRule, Faults, Where
+from relayd.sandbox.hub_faults import FaultKind, FaultRule, Faults, Refusal, Where
+from relayd.sandbox.hub_limits import Bucket, Count, Plan, RateLimiter
 from relayd.sandbox.hub_store import (
     DEFAULT_LFS_SUFFIXES,
     DEFAULT_LFS_THRESHOLD,
@@ -86,6 +89,20 @@ _SENDFILE_CHUNK = 16 * 1024 * 1024
 _SLOW_CHUNK = 256 * 1024
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_NOT_FOUND_PAGE = "Sorry, we can't find the page you are looking for."
+_BRIDGE = "xet-bridge-us"
+# What the Hub adds to every anonymous answer (topic; message), logged once by huggingface_hub.
+_UNAUTHENTICATED = (
+    "unauthenticated; Warning: You are sending unauthenticated requests to the HF Hub. "
+    "Please set a HF_TOKEN to enable higher rate limits and faster downloads."
+)
+# CloudFront's refusals of a signed URL (its own XML, text/xml): AWS knowledge center,
+# "troubleshoot signed URL or signed cookies".
+_CLOUDFRONT_REFUSALS: dict[str, tuple[str, str]] = {
+    "expired": ("AccessDenied", "Access denied"),
+    "missing-key": ("MissingKey", "Missing Key-Pair-Id query parameter or cookie value"),
+    "unknown-key": ("InvalidKey", "Unknown Key"),
+}
 
 
 def parse_range(value: str, total: int) -> tuple[int, int] | None:
@@ -118,6 +135,11 @@ def _xet_hash(sha256: str) -> str:
     return hashlib.sha256(b"xet:" + bytes.fromhex(sha256)).hexdigest()
 
 
+def _object_id(repo: Repo) -> str:
+    """Return the repo's 24-hex object id (``_id`` in its info, a segment of its Xet-bridge URLs)."""
+    return hashlib.sha1(f"{repo.repo_type}/{repo.repo_id}".encode()).hexdigest()[:24]
+
+
 def _flag(values: list[str] | None) -> bool:
     return values is not None and len(values) > 0 and values[-1].lower() in ("1", "true", "yes")
 
@@ -129,9 +151,11 @@ class FakeHub:
     create_repo() and commit(). Settings a test may change at any time: ``url_ttl`` (seconds a signed
     CDN URL lives), ``bandwidth_cap`` (bytes/s per connection for file bodies, None = unlimited),
     ``advertise_xet`` (send Xet headers and ``xetHash``), ``xet_only`` (sha256s the CDN refuses with
-    400), ``suppressed_headers`` (names never sent, for header ablation) and
-    ``cdn_reject_authorization`` (the CDN answers 400 when ``Authorization`` arrives) and ``tree_hook``
-    (rewrites each page of tree entries before it is sent, to serve hostile or broken listings).
+    400), ``suppressed_headers`` (names never sent, for header ablation),
+    ``cdn_reject_authorization`` (the CDN answers 400 when ``Authorization`` arrives), ``tree_hook``
+    (rewrites each page of tree entries before it is sent, to serve hostile or broken listings),
+    ``rate_limits`` (quotas per plan and bucket, the window) and ``anonymous_repo_not_found_code``
+    (also send ``X-Error-Code: RepoNotFound`` with the anonymous 401 for a missing or private repo).
     """
 
     def __init__(
@@ -166,13 +190,17 @@ class FakeHub:
         self.suppressed_headers: set[str] = set()
         self.cdn_reject_authorization = False
         self.tree_hook: Callable[[str, str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+        self.rate_limits = RateLimiter(clock)
+        self.anonymous_repo_not_found_code = False
         self._clock = clock
         self._lock = threading.RLock()
         self._repos: dict[tuple[RepoType, str], Repo] = {}
-        self._tokens: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, Plan]] = {}
         self._served: dict[str, int] = defaultdict(int)
         self._sign_key = os.urandom(32)
-        self._url_counter = 0
+        self._key_pair_id = _key_pair_id()
+        self._last_expires = 0
+        self._bound_ranges: dict[str, str] = {}
         self._next_date = datetime(2024, 1, 1, tzinfo=UTC)
         self._hub = _Server(self, _HubHandler, self.hub_log, port)
         self._cdn = _Server(self, _CdnHandler, self.cdn_log, cdn_port)
@@ -212,10 +240,11 @@ class FakeHub:
 
     # -- tokens and access --------------------------------------------------------------------------
 
-    def add_token(self, token: str, user: str = "user") -> None:
-        """Accept *token* as ``user``'s; a user may read every repo of its own namespace."""
+    def add_token(self, token: str, user: str = "user", plan: Plan = "free") -> None:
+        """Accept *token* as ``user``'s, an account on *plan* (its rate-limit quotas); a user may read
+        every repo of its own namespace."""
         with self._lock:
-            self._tokens[token] = user
+            self._tokens[token] = (user, plan)
 
     def revoke_token(self, token: str) -> None:
         """Make *token* invalid (401 "Invalid credentials in Authorization header")."""
@@ -415,37 +444,82 @@ class FakeHub:
 
     # -- CDN URLs -----------------------------------------------------------------------------------
 
-    def sign_url(self, sha256: str, filename: str = "", ttl: float | None = None) -> str:
-        """Return a signed CDN URL for *sha256*, valid for *ttl* (default ``url_ttl``) seconds.
+    def sign_url(
+        self,
+        sha256: str,
+        filename: str = "",
+        ttl: float | None = None,
+        *,
+        repo_key: str = "0" * 24,
+        bound_range: str | None = None,
+    ) -> str:
+        """Return a CDN URL for *sha256* signed as CloudFront signs the Hub's Xet-bridge URLs (a custom
+        policy: ``Expires``, ``Policy``, ``Signature``, ``Key-Pair-Id``), valid for *ttl* (default
+        ``url_ttl``) seconds, rounded up to whole seconds. *bound_range* binds it to one Range.
 
-        Every call gives a different URL, like the Hub's signed URLs on every HEAD.
+        Every call gives a different URL, like the Hub's signed URLs on every HEAD: a URL signed within
+        the same second as the last one expires a second later instead.
         """
         with self._lock:
-            self._url_counter += 1
-            nonce = str(self._url_counter)
-            key = self._sign_key
-        expires = f"{self._clock() + (self.url_ttl if ttl is None else ttl):.3f}"
-        query = {"expires": expires, "n": nonce, "filename": filename or sha256}
-        sig = _signature(key, sha256, query)
-        return f"{self.cdn_url}/lfs/{sha256}?{urlencode(query)}&sig={sig}"
+            expires = max(
+                math.ceil(self._clock() + (self.url_ttl if ttl is None else ttl)), self._last_expires + 1
+            )
+            self._last_expires = expires
+            key, key_pair_id = self._sign_key, self._key_pair_id
+        resource = f"{self.cdn_url}/{_BRIDGE}/{repo_key}/{sha256}"
+        statement = {"Resource": f"{resource}*", "Condition": {"DateLessThan": {"AWS:EpochTime": expires}}}
+        policy = json.dumps({"Statement": [statement]}, separators=(",", ":")).encode()
+        signature = _cloudfront_b64(hmac.new(key, policy, hashlib.sha256).digest())
+        name = filename or sha256
+        query = {
+            "X-Xet-Cas-Uid": "public",
+            "response-content-disposition": f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";",
+            "Expires": str(expires),
+            "Policy": _cloudfront_b64(policy),
+            "Signature": signature,
+            "Key-Pair-Id": key_pair_id,
+        }
+        if bound_range is not None:
+            with self._lock:
+                self._bound_ranges[signature] = bound_range
+        return f"{resource}?{urlencode(query)}"
 
     def rotate_signing_key(self) -> None:
-        """Invalidate every CDN URL handed out so far (403 SignatureDoesNotMatch)."""
+        """Replace the signing key pair: every CDN URL handed out so far is refused ("Unknown Key")."""
         with self._lock:
             self._sign_key = os.urandom(32)
+            self._key_pair_id = _key_pair_id()
 
-    def check_url(self, sha256: str, query: Mapping[str, str]) -> Literal["ok", "bad", "expired"]:
-        """Tell whether a CDN request for *sha256* with *query* carries a valid, unexpired signature."""
+    def check_url(self, path: str, query: Mapping[str, str]) -> Literal["ok", Refusal]:
+        """Tell whether a CDN request for *path* with *query* is signed for it and unexpired, or how
+        CloudFront refuses it."""
         with self._lock:
-            key = self._sign_key
-        given = query.get("sig", "")
-        if not hmac.compare_digest(given.encode(), _signature(key, sha256, query).encode()):
-            return "bad"
+            key, key_pair_id = self._sign_key, self._key_pair_id
+        given = query.get("Key-Pair-Id", "")
+        if not given:
+            return "missing-key"
+        if given != key_pair_id:
+            return "unknown-key"
         try:
-            expires = float(query.get("expires", ""))
-        except ValueError:
-            return "bad"
-        return "expired" if self._clock() > expires else "ok"
+            policy = _cloudfront_unb64(query.get("Policy", ""))
+            expected = _cloudfront_b64(hmac.new(key, policy, hashlib.sha256).digest())
+            statement = json.loads(policy)["Statement"][0]
+            resource = str(statement["Resource"])
+            expires = int(statement["Condition"]["DateLessThan"]["AWS:EpochTime"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "expired"  # CloudFront answers a policy it cannot use with the same AccessDenied
+        url = f"{self.cdn_url}{path}"
+        covered = url.startswith(resource[:-1]) if resource.endswith("*") else url == resource
+        signed = hmac.compare_digest(query.get("Signature", "").encode(), expected.encode())
+        if not (signed and covered) or self._clock() >= expires:
+            return "expired"
+        return "ok"
+
+    def bind_range(self, signature: str, requested: str) -> bool:
+        """Bind the signed URL *signature* to *requested* (a Range value, "" for none) unless it is
+        bound already; return whether *requested* is the range it is bound to."""
+        with self._lock:
+            return self._bound_ranges.setdefault(signature, requested) == requested
 
     # -- counters -----------------------------------------------------------------------------------
 
@@ -500,7 +574,16 @@ class FakeHub:
 
     def _user(self, token: str | None) -> str | None:
         with self._lock:
-            return self._tokens.get(token) if token is not None else None
+            known = self._tokens.get(token) if token is not None else None
+        return known[0] if known is not None else None
+
+    def _caller(self, token: str | None, address: str) -> tuple[str, Plan]:
+        """Return who a request is counted for (its token, else its IP address) and the plan's quotas."""
+        with self._lock:
+            known = self._tokens.get(token) if token is not None else None
+        if token is None or known is None:
+            return f"ip:{address}", "anonymous"
+        return f"token:{token}", known[1]
 
     def _token_from(self, authorization: str | None) -> tuple[str | None, bool]:
         """Return (bearer token or None when anonymous, whether the token is valid)."""
@@ -524,9 +607,28 @@ class FakeHub:
         return self.advertise_xet or sha256 in self.xet_only
 
 
-def _signature(key: bytes, sha256: str, query: Mapping[str, str]) -> str:
-    text = "\n".join([sha256, query.get("expires", ""), query.get("n", ""), query.get("filename", "")])
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+def _key_pair_id() -> str:
+    """Return a CloudFront-like public key id (``K`` and 13 base32 characters)."""
+    return "K" + base64.b32encode(os.urandom(10)).decode()[:13]
+
+
+def _cloudfront_b64(data: bytes) -> str:
+    """Base64 as CloudFront puts it in a URL: ``+``, ``=`` and ``/`` become ``-``, ``_`` and ``~``."""
+    return base64.b64encode(data).decode().translate(str.maketrans("+=/", "-_~"))
+
+
+def _cloudfront_unb64(text: str) -> bytes:
+    return base64.b64decode(text.translate(str.maketrans("-_~", "+=/")).encode(), validate=True)
+
+
+def _bucket_of(parts: list[str]) -> Bucket:
+    """Return the rate-limit bucket a Hub path counts in: ``api``, ``resolvers`` (a ``/resolve/``
+    segment, or the resolve-cache those redirect to) or ``pages`` (everything else: web pages)."""
+    if parts[:2] == ["api", "resolve-cache"]:
+        return "resolvers"
+    if parts[:1] == ["api"]:
+        return "api"
+    return "resolvers" if "resolve" in parts[1:4] else "pages"
 
 
 class _Server(LoopbackServer):
@@ -570,6 +672,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
     _target = ""
     _query: dict[str, list[str]]
     _body = b""
+    _sent: set[str]
 
     @property
     def hub(self) -> FakeHub:
@@ -584,6 +687,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
 
     def setup(self) -> None:
         super().setup()
+        self._sent = set()  # also for answers the base class sends before _handle (send_error)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -609,15 +713,21 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
     def send_header(self, keyword: str, value: str) -> None:
         if keyword.lower() in {name.lower() for name in self.hub.suppressed_headers}:
             return
+        self._sent.add(keyword.lower())
         super().send_header(keyword, value)
 
     @abc.abstractmethod
     def _route(self, path: str) -> None:
         """Answer the request for the (still percent-encoded) *path*."""
 
+    @abc.abstractmethod
+    def _throttled(self, rule: FaultRule) -> None:
+        """Answer 429 as this origin does, for an injected RATE_LIMIT fault."""
+
     def _handle(self) -> None:
         self._status = 0
         self._logged = False
+        self._sent = set()
         length = int(self.headers.get("Content-Length") or 0)
         self._body = self.rfile.read(length) if length > 0 else b""
         split = urlsplit(self.path)
@@ -681,18 +791,7 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
             return True
         limited = faults.take(FaultKind.RATE_LIMIT, where, self._target)
         if limited is not None:
-            resource = "api" if where == "api" else "resolvers"
-            message = f"Rate limit reached for '{resource}': retry after {limited.reset_in} seconds."
-            self._reply(
-                429,
-                json.dumps({"error": message}).encode(),
-                {
-                    "RateLimit": f'"{resource}";r=0;t={limited.reset_in}',
-                    "RateLimit-Policy": f'"fixed window";"{resource}";q={limited.quota};w={limited.window}',
-                    "Retry-After": str(limited.reset_in),
-                    "X-Error-Message": message,
-                },
-            )
+            self._throttled(limited)
             return True
         failed = faults.take(FaultKind.SERVER_ERROR, where, self._target)
         if failed is not None:
@@ -846,17 +945,29 @@ class _Handler(BaseHTTPRequestHandler, abc.ABC):
 
 
 class _HubHandler(_Handler):
-    """The Hub origin: ``/api/…`` and ``/[datasets/|spaces/]{id}/resolve/{rev}/{path}``."""
+    """The Hub origin: ``/api/…``, ``/[datasets/|spaces/]{id}/resolve/{rev}/{path}`` and the repo pages.
+
+    Every request is counted in its rate-limit bucket first, and every answer carries what is left of
+    that bucket (and, when anonymous, the Hub's warning); past the quota the answer is a 429.
+    """
+
+    _bucket: Bucket = "api"
+    _anonymous = True
+    _limit: Count | None = None
 
     def _route(self, path: str) -> None:
         parts = path.split("/")[1:]
-        if parts[:1] == ["api"] and parts[1:2] != ["resolve-cache"]:
-            where: Where = "api"
-        else:
-            where = "resolve"
-        if self._early_faults(where):
+        hub = self.hub
+        self._bucket = _bucket_of(parts)
+        token, valid = hub._token_from(self.headers.get("Authorization"))
+        self._anonymous = token is None
+        caller, plan = hub._caller(token if valid else None, self.client_address[0])
+        self._limit = hub.rate_limits.count(caller, plan, self._bucket)
+        if not self._limit.allowed:
+            self._throttle(self._limit)
             return
-        token, valid = self.hub._token_from(self.headers.get("Authorization"))
+        if self._early_faults("api" if self._bucket == "api" else "resolve"):
+            return
         if not valid:
             self._error(401, None, _INVALID_CREDENTIALS)
             return
@@ -867,11 +978,42 @@ class _HubHandler(_Handler):
         elif parts[:1] == ["api"] and len(parts) > 2 and parts[1] in _TYPES:
             self._api(_TYPES[parts[1]], parts[2:], token)
         elif parts[:1] == ["api"]:
-            self._error(404, None, "Sorry, we can't find the page you are looking for.")
-        elif parts[:1] in (["datasets"], ["spaces"]):
-            self._resolve(_TYPES[parts[0]], parts[1:], token)
+            self._error(404, None, _NOT_FOUND_PAGE)
         else:
-            self._resolve("model", parts, token)
+            prefixed = parts[0] in ("datasets", "spaces")
+            repo_type = _TYPES[parts[0]] if prefixed else "model"
+            rest = parts[1:] if prefixed else parts
+            if self._bucket == "resolvers":
+                self._resolve(repo_type, rest, token)
+            else:
+                self._page(repo_type, rest, token)
+
+    def end_headers(self) -> None:
+        if self._limit is not None and "ratelimit" not in self._sent:
+            for name, value in self._limit.headers().items():
+                self.send_header(name, value)
+        if self._anonymous:
+            self.send_header("X-HF-Warning", _UNAUTHENTICATED)
+        super().end_headers()
+
+    def _throttle(self, count: Count) -> None:
+        """Answer 429 as the Hub does when a caller's bucket is used up for this window."""
+        if self._anonymous:
+            message = (
+                f"We had to rate limit your IP ({self.client_address[0]}). To continue using our service, "
+                "create a HF account or login to your existing account, and make sure you pass a HF_TOKEN "
+                "if you're using the API."
+            )
+        else:
+            message = (
+                f"We had to rate limit you, you hit the quota of {count.quota} {count.bucket} requests per "
+                "5 minutes period. Upgrade to a PRO user or Team/Enterprise organization account "
+                "(https://hf.co/pricing) to get higher limits. See https://huggingface.co/docs/hub/rate-limits"
+            )
+        self._error(429, None, message, {**count.headers(), "Retry-After": str(count.reset_in)})
+
+    def _throttled(self, rule: FaultRule) -> None:
+        self._throttle(Count(self._bucket, False, 0, rule.reset_in, rule.quota, rule.window))
 
     # -- replies ------------------------------------------------------------------------------------
 
@@ -879,20 +1021,40 @@ class _HubHandler(_Handler):
         self._reply(200, json.dumps(payload).encode(), headers)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        as_json: bool = False,
     ) -> None:
-        """Answer like the Hub: ``X-Error-Code`` (when the Hub has one), ``X-Error-Message``, JSON body."""
+        """Answer like the Hub: ``X-Error-Code`` (when the Hub has one), ``X-Error-Message``, and the
+        message as the body: JSON ``{"error": …}`` from the API (and wherever *as_json*), plain text
+        from the resolvers, a page for the pages; a 401 also names its scheme (``WWW-Authenticate``)."""
         extra = {**(headers or {}), "X-Error-Message": message}
         if code is not None:
             extra["X-Error-Code"] = code
-        self._reply(status, json.dumps({"error": message}).encode(), extra)
+        if status == 401:
+            extra["WWW-Authenticate"] = 'Bearer realm="Authentication required", charset="UTF-8"'
+        if self._bucket == "resolvers" and not as_json:
+            self._reply(status, message.encode(), extra, "text/plain; charset=utf-8")
+        elif self._bucket == "pages":
+            page = f"<!DOCTYPE html><html><body><h1>{status}</h1><p>{message}</p></body></html>"
+            self._reply(status, page.encode(), extra, "text/html; charset=utf-8")
+        else:
+            self._reply(status, json.dumps({"error": message}).encode(), extra)
 
     def _allowed(self, repo: Repo | None, token: str | None, *, content: bool) -> Repo | None:
         """Return *repo* if *token* may see it (and its files, when *content*); else send the error
         the Hub sends and return None. A private repo is never confirmed to exist."""
         hub = self.hub
         if repo is None or not hub._can_read(repo, token):
-            self._error(401 if token is None else 404, "RepoNotFound", "Repository not found")
+            if token is not None:
+                self._error(404, "RepoNotFound", "Repository not found")
+            else:  # the code is left out as the Hub leaves it out (a knob sends it)
+                code = "RepoNotFound" if hub.anonymous_repo_not_found_code else None
+                self._error(401, code, "Invalid username or password.")
             return None
         if repo.disabled:
             self._error(403, None, "Access to this resource is disabled.")
@@ -919,8 +1081,8 @@ class _HubHandler(_Handler):
         with self.hub._lock:
             sha = repo.resolve(revision)
             commit = repo.commits[sha] if sha is not None else None
-        if commit is None:
-            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if commit is None:  # JSON even from the resolvers, as captured from the Hub
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", as_json=True)
         return commit
 
     # -- /api/{type}s/{id}/… ------------------------------------------------------------------------
@@ -971,7 +1133,7 @@ class _HubHandler(_Handler):
                     }
             siblings.append(sibling)
         info: dict[str, Any] = {
-            "_id": hashlib.sha1(f"{repo.repo_type}/{repo.repo_id}".encode()).hexdigest()[:24],
+            "_id": _object_id(repo),
             "id": repo.repo_id,
             "author": repo.namespace or None,
             "sha": commit.sha,
@@ -1136,7 +1298,7 @@ class _HubHandler(_Handler):
         if repo is None:
             return
         if len(rest) < 3 or rest[0] != "resolve":
-            self._error(404, None, "Sorry, we can't find the page you are looking for.")
+            self._error(404, None, _NOT_FOUND_PAGE)
             return
         commit = self._commit_at(repo, rest[1])
         if commit is None:
@@ -1145,22 +1307,31 @@ class _HubHandler(_Handler):
         entry = commit.files.get(path)
         headers = {"X-Repo-Commit": commit.sha}
         if entry is None:
-            self._error(404, "EntryNotFound", f'{path} does not exist on "{unquote(rest[1])}"', headers)
+            self._error(404, "EntryNotFound", "Entry not found", headers)
             return
         if not entry.lfs:
             headers["ETag"] = f'"{entry.blob_id}"'
             if not self.hub.regular_redirect:
                 self._serve_file(entry, headers)
                 return
+            # The Hub names the path asked for as a query key, then the etag.
+            asked = quote(urlsplit(self.path).path, safe="")
             location = (
                 f"/api/resolve-cache/{repo_type}s/{repo.repo_id}/{commit.sha}/{quote(path)}"
-                f"?etag=%22{entry.blob_id}%22"
+                f"?{asked}=&etag=%22{entry.blob_id}%22"
             )
             headers["Location"] = location
             body = f"Temporary Redirect. Redirecting to {location}".encode()
             self._reply(307, body, headers, content_type="text/plain; charset=utf-8")
             return
-        location = self.hub.sign_url(entry.sha256, path.rsplit("/", 1)[-1])
+        requested = self.headers.get("Range")
+        bound = requested is not None and self.hub.faults.take(FaultKind.RANGE_BOUND, "resolve", self._target)
+        location = self.hub.sign_url(
+            entry.sha256,
+            path.rsplit("/", 1)[-1],
+            repo_key=_object_id(repo),
+            bound_range=requested if bound else None,
+        )
         headers.update(
             {
                 "Location": location,
@@ -1171,9 +1342,14 @@ class _HubHandler(_Handler):
             }
         )
         if self.hub._xet_advertised(entry.sha256):
-            headers["X-Xet-Hash"] = _xet_hash(entry.sha256)
+            xet_hash = _xet_hash(entry.sha256)
+            headers["X-Xet-Hash"] = xet_hash
             token_url = f"{self.hub.endpoint}/api/{repo_type}s/{repo.repo_id}/xet-read-token/{commit.sha}"
-            headers["Link"] = f'<{token_url}>; rel="xet-auth"'
+            # The CDN origin stands in for cas-server.xethub.hf.co, another origin relayd never asks.
+            reconstruction = f"{self.hub.cdn_url}/v1/reconstructions/{xet_hash}"
+            headers["Link"] = (
+                f'<{token_url}>; rel="xet-auth", <{reconstruction}>; rel="xet-reconstruction-info"'
+            )
         self._reply(302, f"Found. Redirecting to {location}".encode(), headers, "text/plain; charset=utf-8")
 
     def _resolve_cache(self, repo_type: RepoType, parts: list[str], token: str | None) -> None:
@@ -1182,7 +1358,7 @@ class _HubHandler(_Handler):
         if repo is None:
             return
         if len(rest) < 2:
-            self._error(404, None, "Sorry, we can't find the page you are looking for.")
+            self._error(404, None, _NOT_FOUND_PAGE)
             return
         commit = self._commit_at(repo, rest[0])
         if commit is None:
@@ -1191,7 +1367,7 @@ class _HubHandler(_Handler):
         entry = commit.files.get(path)
         headers = {"X-Repo-Commit": commit.sha}
         if entry is None:
-            self._error(404, "EntryNotFound", f'{path} does not exist on "{commit.sha}"', headers)
+            self._error(404, "EntryNotFound", "Entry not found", headers)
             return
         headers["ETag"] = f'"{entry.sha256 if entry.lfs else entry.blob_id}"'
         self._serve_file(entry, headers)
@@ -1203,53 +1379,81 @@ class _HubHandler(_Handler):
             return
         self._serve_content("resolve", blob, headers)
 
+    # -- pages --------------------------------------------------------------------------------------
+
+    def _page(self, repo_type: RepoType, parts: list[str], token: str | None) -> None:
+        """A repo's web page (counted in the ``pages`` bucket), or the Hub's 404 page."""
+        found, rest = self.hub._find_repo(repo_type, parts)
+        if found is None or rest or not self.hub._can_read(found, token):
+            self._error(404, None, _NOT_FOUND_PAGE)
+            return
+        page = f"<!DOCTYPE html><html><head><title>{found.repo_id}</title></head><body></body></html>"
+        self._reply(200, page.encode(), content_type="text/html; charset=utf-8")
+
 
 class _CdnHandler(_Handler):
-    """The CDN origin: ``/lfs/{sha256}?expires=…&n=…&filename=…&sig=…``, S3-style errors, no auth."""
+    """The CDN origin, as the Hub's Xet bridge behind CloudFront answers it:
+    ``/xet-bridge-us/{repo object id}/{sha256}?X-Xet-Cas-Uid=…&response-content-disposition=…&Expires=…
+    &Policy=…&Signature=…&Key-Pair-Id=…``. CloudFront checks the signature first and refuses with its
+    own XML (text/xml); what passes reaches the storage origin, whose errors are S3's
+    (application/xml). No request is counted against the Hub's rate limits."""
 
     def _route(self, path: str) -> None:
         if self._early_faults("cdn"):
             return
         hub = self.hub
-        parts = path.split("/")[1:]
-        if len(parts) != 2 or parts[0] != "lfs":
-            self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
-            return
-        sha256 = parts[1]
-        if hub.cdn_reject_authorization and self.headers.get("Authorization") is not None:
-            self._s3_error(400, "InvalidArgument", "Only one auth mechanism allowed")
-            return
         query = {name: values[-1] for name, values in self._query.items()}
-        verdict = hub.check_url(sha256, query)
-        if verdict == "bad":
-            self._s3_error(
-                403, "SignatureDoesNotMatch", "The request signature we calculated does not match."
+        verdict = hub.check_url(path, query)
+        refused = hub.faults.take(FaultKind.EXPIRE, "cdn", self._target)
+        if verdict != "ok" or refused is not None:
+            self._cloudfront_refusal(refused.reason if refused is not None else verdict)
+            return
+        if hub.cdn_reject_authorization and self.headers.get("Authorization") is not None:
+            self._origin_error(400, "InvalidArgument", "Only one auth mechanism allowed")
+            return
+        requested = self.headers.get("Range")
+        if hub.faults.take(FaultKind.RANGE_BOUND, "cdn", self._target) and not hub.bind_range(
+            query.get("Signature", ""), requested or ""
+        ):
+            self._reply(
+                403, b"Auth failed: invalid range", {"X-Cache": "Error from cloudfront"}, "text/plain"
             )
             return
-        if verdict == "expired" or hub.faults.take(FaultKind.EXPIRE, "cdn", self._target):
-            self._s3_error(403, "AccessDenied", "Request has expired")
-            return
-        blob = hub.store.get(sha256)
+        parts = path.split("/")[1:]
+        blob = hub.store.get(parts[2]) if len(parts) == 3 and parts[0] == _BRIDGE else None
         if blob is None:
-            self._s3_error(404, "NoSuchKey", "The specified key does not exist.")
+            self._origin_error(404, "NoSuchKey", "The specified key does not exist.")
             return
-        if sha256 in hub.xet_only:
-            self._s3_error(400, "XetOnly", "This object is only available through Xet.")
+        if blob.sha256 in hub.xet_only:
+            # Reports give only the status (huggingface_hub#4330, xet-core#592); the body is a guess.
+            self._reply(400, b"Bad Request", {"X-Cache": "Error from cloudfront"}, "text/plain")
             return
-        filename = query.get("filename") or sha256
         headers = {
-            "ETag": f'"{sha256}"',
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}; filename=\"{filename}\"",
-            "Cache-Control": "public, max-age=604800, immutable",
+            "ETag": f'"{_xet_hash(blob.sha256)}"',
+            "Content-Disposition": query.get("response-content-disposition") or "inline",
+            "X-Cache": "Miss from cloudfront",
+            "Via": "1.1 fake.cloudfront.net (CloudFront)",
         }
         self._serve_content("cdn", blob, headers)
 
-    def _s3_error(self, status: int, code: str, message: str) -> None:
+    def _throttled(self, rule: FaultRule) -> None:
+        self._reply(429, b"Too Many Requests", {"Retry-After": str(rule.reset_in)}, "text/plain")
+
+    def _cloudfront_refusal(self, reason: str) -> None:
+        code, message = _CLOUDFRONT_REFUSALS[reason]
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        )
+        headers = {"Server": "CloudFront", "X-Cache": "Error from cloudfront"}
+        self._reply(403, body.encode(), headers, content_type="text/xml")
+
+    def _origin_error(self, status: int, code: str, message: str) -> None:
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
         ).encode()
-        self._reply(status, body, content_type="application/xml")
+        self._reply(status, body, {"X-Cache": "Error from cloudfront"}, content_type="application/xml")
 
 
 def _safetensors_header(name: str, size: int) -> bytes:

@@ -16,15 +16,19 @@ from typing import Literal
 
 Where = Literal["api", "resolve", "cdn"]
 _WHERE: frozenset[str] = frozenset({"api", "resolve", "cdn"})
+#: How CloudFront refuses a signed URL: expired (or its signature is wrong), no Key-Pair-Id, an unknown one.
+Refusal = Literal["expired", "missing-key", "unknown-key"]
+REFUSALS: frozenset[str] = frozenset({"expired", "missing-key", "unknown-key"})
 
 
 class FaultKind(Enum):
     """What a rule does to the request it hits."""
 
     RESET = "reset"  # close with a TCP RST: before the status line, or after `after` body bytes
-    RATE_LIMIT = "rate_limit"  # 429 with RateLimit, RateLimit-Policy and Retry-After
+    RATE_LIMIT = "rate_limit"  # 429: the Hub's (RateLimit headers, its message), or a bare one on the CDN
     SERVER_ERROR = "server_error"  # a 5xx status
-    EXPIRE = "expire"  # the CDN answers as if the signed URL had expired (403)
+    EXPIRE = "expire"  # the CDN refuses the signed URL as CloudFront does (403 and its XML), see `reason`
+    RANGE_BOUND = "range_bound"  # a signed URL serves only the first range asked of it (403 after)
     STALE_RANGE = "stale_range"  # 416 to a ranged request, whatever the range
     IGNORE_RANGE = "ignore_range"  # 200 with the whole body to a ranged request
     TRUNCATE = "truncate"  # full Content-Length announced, `after` body bytes sent, then a clean close
@@ -44,6 +48,7 @@ class FaultRule:
     status: int = 500
     at: int | None = None
     seconds: float | None = None
+    reason: Refusal = "expired"
     reset_in: int = 1
     quota: int = 500
     window: int = 300
@@ -100,7 +105,8 @@ class Faults:
         quota: int = 500,
         window: int = 300,
     ) -> FaultRule:
-        """Answer 429 with ``RateLimit: "<api|resolvers>";r=0;t=<reset_in>``, the policy and Retry-After."""
+        """Answer 429: on the Hub with ``RateLimit: "<bucket>";r=0;t=<reset_in>``, the policy (*quota*,
+        *window*), Retry-After and the Hub's message; on the CDN with Retry-After alone."""
         return self._add(
             FaultRule(
                 FaultKind.RATE_LIMIT,
@@ -124,9 +130,20 @@ class Faults:
         """Answer *status* (a 5xx) instead of serving the request."""
         return self._add(FaultRule(FaultKind.SERVER_ERROR, _places(where), times, match, status=status))
 
-    def expire(self, *, times: int | None = 1, match: str | None = None) -> FaultRule:
-        """Make the CDN refuse the next signed URLs as expired (403), whatever their ``expires``."""
-        return self._add(FaultRule(FaultKind.EXPIRE, _places("cdn"), times, match))
+    def expire(
+        self, *, reason: Refusal = "expired", times: int | None = 1, match: str | None = None
+    ) -> FaultRule:
+        """Make the CDN refuse the next signed URLs as CloudFront refuses one for *reason* (403 with
+        its XML), whatever the URL says."""
+        if reason not in REFUSALS:
+            raise ValueError(f"reason must be among {sorted(REFUSALS)}, got {reason!r}")
+        return self._add(FaultRule(FaultKind.EXPIRE, _places("cdn"), times, match, reason=reason))
+
+    def range_bound(self, *, match: str | None = None) -> FaultRule:
+        """Until cancelled, bind each signed URL to the first range it is used with (or to the range
+        of the ``/resolve`` request that signed it): any other range, or none, gets 403
+        "Auth failed: invalid range". ``hits`` counts the requests checked."""
+        return self._add(FaultRule(FaultKind.RANGE_BOUND, _places(("cdn", "resolve")), None, match))
 
     def stale_range(
         self, *, where: Where | Iterable[Where] = "cdn", times: int | None = 1, match: str | None = None

@@ -24,6 +24,7 @@ from click.testing import CliRunner, Result
 from doctables import documented_tables
 from systools import require
 
+import relayd.hub_limits
 from relayd.catalogue import migrate
 from relayd.catalogue.store import RepoSpec, Store
 from relayd.cli import cli
@@ -169,6 +170,28 @@ def test_everything_up_passes(doctor: Doctor) -> None:
     store.publish("daemon", {"pid": 4242, "version": "test", "state": "running", "running": 0})
     store.close()
     assert check(doctor.json(code=0), "daemon")["status"] == "ok"
+
+
+def test_the_hubs_rate_limits_left_are_shown(doctor: Doctor, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = doctor.box.hub
+    assert hub is not None
+    # What this test teaches relayd of the budget (nearly used up) stays with this test.
+    monkeypatch.setattr(relayd.hub_limits, "_BUDGETS", {})
+    row = check(doctor.json(code=0), "hub rate limit")
+    assert row["status"] == "ok"
+    assert re.fullmatch(r"api \d+/1000, resolvers \d+/5000 left in this 5-minute window", row["detail"])
+
+    hub.rate_limits.clear()
+    hub.rate_limits.quotas["free"]["api"] = 3  # doctor's own whoami and auth_check leave one
+    try:
+        row = check(doctor.json(code=0), "hub rate limit")
+    finally:
+        hub.rate_limits.quotas["free"]["api"] = 1000
+    assert row["status"] == "warn"
+    assert re.fullmatch(
+        r"api 1/3, resolvers \d+/5000 left in this 5-minute window \(api resets in 4m\d\ds\)", row["detail"]
+    )
+    assert row["hint"].startswith("relayd waits for the window to reset")
 
 
 def test_a_revoked_hub_token_fails_with_a_hint(doctor: Doctor) -> None:

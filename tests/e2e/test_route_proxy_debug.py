@@ -122,7 +122,7 @@ def test_the_route_through_a_proxy_at_debug_level_logs_no_secret(
         }
         assert all(proxied for _, proxied, _ in hooks.bodies)
 
-        signatures = query_values([e.path for e in seen["cdn"]], "sig") | query_values(
+        signatures = query_values([e.path for e in seen["cdn"]], "Signature") | query_values(
             [e.path for e in seen["drive"]], "x-oss-signature"
         )
         assert len(signatures) >= 4

@@ -1,6 +1,7 @@
 """The download hop against the fake Hub, with the real huggingface_hub client and the real engine:
-pieces over several connections, every injected failure, verification, quarantine, reuse of staged
-content, a full disk, Xet-only files, and a tree that changes under a pinned commit."""
+pieces over several connections, every injected failure, CloudFront's refusals, signed URLs bound to
+one range, the Hub's rate limits, verification, quarantine, reuse of staged content, a full disk,
+Xet-only files, and a tree that changes under a pinned commit."""
 
 from __future__ import annotations
 
@@ -11,19 +12,28 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
+import relayd.hub_limits
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
 from relayd.hops.base import plan_ranges
 from relayd.hops.download import _Run, piece_length
+from relayd.sandbox._http import LoggedRequest
 from relayd.sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
 
 MiB = 1024 * 1024
 WEIGHTS = "model.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def fresh_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test teaches relayd of the Hub's rate limits (clocks included) stays with that test."""
+    monkeypatch.setattr(relayd.hub_limits, "_BUDGETS", {})
 
 
 def one_file_repo(hub: FakeHub, name: str = "alice/one", size: int = 2 * MiB, seed: int = 1) -> str:
@@ -34,6 +44,13 @@ def one_file_repo(hub: FakeHub, name: str = "alice/one", size: int = 2 * MiB, se
 
 def cdn_requests(hub: FakeHub, sha256: str) -> list[str]:
     return [entry.method for entry in hub.cdn_log.snapshot() if sha256 in entry.path]
+
+
+def resolves(hub: FakeHub, path: str = WEIGHTS) -> list[LoggedRequest]:
+    """The requests relayd sent to ``/resolve`` for *path*; none of them may carry a Range."""
+    found = [entry for entry in hub.hub_log.snapshot() if "/resolve/" in entry.path and path in entry.path]
+    assert all(entry.header("Range") is None for entry in found), "a Range was sent to /resolve"
+    return found
 
 
 def test_piece_length_keeps_every_connection_busy() -> None:
@@ -115,8 +132,8 @@ def test_recovers_from_each_injected_failure(relay: HubRelay, hub: FakeHub, faul
 
 def test_signed_urls_expiring_mid_download_are_renewed(relay: HubRelay, hub: FakeHub) -> None:
     sha256 = one_file_repo(hub, size=4 * MiB)
-    hub.url_ttl = 0.3
-    hub.bandwidth_cap = 1 * MiB  # four connections: about a second, so every location expires
+    hub.url_ttl = 0.5  # CloudFront's Expires is whole seconds: each location lives 0.5 to 1.5 s
+    hub.bandwidth_cap = MiB // 2  # four connections: about two seconds, so every location expires
     relay.add_repo("alice/one")
 
     transfers = relay.relay()
@@ -126,6 +143,84 @@ def test_signed_urls_expiring_mid_download_are_renewed(relay: HubRelay, hub: Fak
     refused = [e for e in hub.cdn_log.snapshot() if e.status == 403]
     heads = [e for e in hub.hub_log.snapshot() if e.method == "HEAD" and WEIGHTS in e.path]
     assert refused and len(heads) >= 2
+
+
+@pytest.mark.parametrize("reason", ["expired", "missing-key", "unknown-key"])
+def test_cloudfront_refusals_mid_download_renew_the_location_and_resume(
+    relay: HubRelay, hub: FakeHub, reason: str
+) -> None:
+    sha256 = one_file_repo(hub, size=4 * MiB)
+    hub.bandwidth_cap = MiB  # four connections, 256 KiB pieces: about a second
+    relay.add_repo("alice/one", include=(WEIGHTS,))
+    injected: list[FaultRule] = []
+
+    def refuse_once_bytes_flow() -> None:
+        deadline = time.monotonic() + 10
+        while hub.bytes_served(sha256) < MiB and time.monotonic() < deadline:
+            time.sleep(0.005)
+        injected.append(hub.faults.expire(reason=reason, times=2, match=sha256))  # type: ignore[arg-type]
+
+    watcher = threading.Thread(target=refuse_once_bytes_flow, daemon=True)
+    watcher.start()
+    (transfer,) = relay.relay()
+    watcher.join()
+
+    assert injected[0].hits >= 1
+    assert transfer.state == DONE and transfer.attempts == 1, transfer.last_error
+    assert sha256_of(relay.staged(sha256)) == sha256
+    refusals = [e for e in hub.cdn_log.snapshot() if e.status == 403]
+    assert len(refusals) == injected[0].hits
+    assert len(resolves(hub)) >= 2, "a fresh signed location was fetched"
+    assert hub.bytes_served(sha256) == 4 * MiB, "resumed: no byte was fetched twice"
+
+
+def test_urls_bound_to_one_range_still_finish_with_one_location_per_request(
+    relay: HubRelay, hub: FakeHub
+) -> None:
+    sha256 = one_file_repo(hub, size=4 * MiB)
+    second = one_file_repo(hub, "alice/two", size=MiB, seed=2)
+    rule = hub.faults.range_bound()
+    hub.bandwidth_cap = 4 * MiB  # slow enough that requests on a fresh URL overlap
+    relay.add_repo("alice/one", include=(WEIGHTS,))
+
+    (transfer,) = relay.relay()
+
+    assert transfer.state == DONE and transfer.attempts == 1, transfer.last_error
+    assert sha256_of(relay.staged(sha256)) == sha256
+    pieces = len(relay.pieces(transfer.id))
+    refused = [e for e in hub.cdn_log.snapshot() if e.status == 403]
+    assert rule.hits > 0 and refused, "the CDN did refuse a second range on one URL"
+    # One fresh location per piece after the switch, and a few for requests already in flight.
+    connections = 4
+    assert pieces <= len(resolves(hub)) <= 1 + pieces + connections
+    assert hub.bytes_served(sha256) == 4 * MiB
+
+    # The daemon remembers that this CDN's URLs serve one range each: the next file is not refused.
+    hub.reset_counters()
+    relay.add_repo("alice/two", include=(WEIGHTS,))
+    relay.relay()
+    assert relay.transfer(WEIGHTS, repo="alice/two").state == DONE
+    assert [e.status for e in hub.cdn_log.snapshot() if second in e.path] == [206] * len(
+        relay.pieces(relay.transfer(WEIGHTS, repo="alice/two").id)
+    )
+    resolves(hub)
+
+
+def test_metadata_and_hub_gets_are_paced_across_windows_without_a_429(relay: HubRelay, hub: FakeHub) -> None:
+    sha256 = one_file_repo(hub)
+    hub.rate_limits.quotas["free"]["resolvers"] = 4
+    hub.rate_limits.window = 2  # seconds, so the test waits for a window or two
+    relay.add_repo("alice/one")
+
+    transfers = relay.relay()
+
+    assert {t.state for t in transfers} == {DONE}, [t.last_error for t in transfers]
+    assert sha256_of(relay.staged(sha256)) == sha256
+    answers = [e for e in hub.hub_log.snapshot() if "/resolve" in e.path]
+    # The poll's HEAD, the regular file's HEAD, its redirect and its GET, the weights' HEAD: more than
+    # one window allows, and not one of them refused.
+    assert len(answers) >= 5
+    assert all(e.status != 429 for e in hub.hub_log.snapshot())
 
 
 def test_a_corrupted_download_is_quarantined_and_fetched_again(relay: HubRelay, hub: FakeHub) -> None:

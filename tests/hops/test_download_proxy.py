@@ -43,7 +43,7 @@ def test_hub_proxy_carries_every_hub_and_cdn_request_and_the_token_only_to_the_h
     # The proxy's own log: huggingface_hub's head, listing and metadata calls, and relayd's ranged GETs.
     assert locked_proxy.carried(f"{hub.endpoint}/alice/tiny/resolve/", "HEAD")
     assert locked_proxy.carried(f"{hub.endpoint}/api/models/alice/tiny/tree/", "GET")
-    assert len(locked_proxy.carried(f"{hub.cdn_url}/lfs/", "GET")) == len(cdn_seen)
+    assert len(locked_proxy.carried(f"{hub.cdn_url}/xet-bridge-us/", "GET")) == len(cdn_seen)
     assert all(e.header("Authorization") is None for e in cdn_seen)
     assert all(e.header("Authorization") == f"Bearer {TOKEN}" for e in hub_seen)
 
@@ -58,7 +58,7 @@ def test_the_environment_variables_carry_the_relay_when_no_proxy_is_configured(
 
     assert all(via_proxy(e.headers) for e in [*hub.hub_log.snapshot(), *hub.cdn_log.snapshot()])
     assert tinyproxy.carried(f"{hub.endpoint}/api/models/alice/tiny/tree/")
-    assert tinyproxy.carried(f"{hub.cdn_url}/lfs/")
+    assert tinyproxy.carried(f"{hub.cdn_url}/xet-bridge-us/")
     assert all(e.header("Authorization") is None for e in hub.cdn_log.snapshot())
 
 

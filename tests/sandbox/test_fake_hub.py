@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from huggingface_hub import (
@@ -44,18 +44,38 @@ from huggingface_hub.errors import (
 )
 
 from relayd.digest import sha256_file
+from relayd.hub_session import route_hub_session
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo, parse_range, write_generated_file
 from relayd.sandbox.hub_store import git_blob_sha1, lfs_pointer
 
 pytestmark = pytest.mark.timeout(60)
 
 ALICE = "hf_alice_token"  # owns the alice/ namespace
+# CloudFront's own refusals of a signed URL, byte for byte (AWS knowledge center; public captures).
+CLOUDFRONT = {
+    reason: (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+    for reason, code, message in (
+        ("expired", "AccessDenied", "Access denied"),
+        ("missing-key", "MissingKey", "Missing Key-Pair-Id query parameter or cookie value"),
+        ("unknown-key", "InvalidKey", "Unknown Key"),
+    )
+}
 BOB = "hf_bob_token"  # a valid token with no special access
 REPO = "alice/tiny"
 SHARD = "model-00001-of-00002.safetensors"
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def direct_client() -> None:
+    """huggingface_hub's HTTP client is process-wide: route it by this environment (no proxy), whatever
+    proxy an earlier test of this process left it going through."""
+    route_hub_session("")
 
 
 @pytest.fixture
@@ -253,7 +273,22 @@ def test_file_metadata_for_lfs_and_regular_files(hub: FakeHub, api: HfApi) -> No
     assert first.commit_hash == hub.head(REPO)
     assert first.etag == entry.sha256
     assert first.size == entry.size
-    assert first.location.startswith(f"{hub.cdn_url}/lfs/{entry.sha256}?")
+    # A CloudFront-signed Xet-bridge URL, as the Hub hands out (hf-hub#212, wllama#248).
+    parts = urlsplit(first.location)
+    assert f"{parts.scheme}://{parts.netloc}" == hub.cdn_url
+    assert parts.path.startswith("/xet-bridge-us/") and parts.path.endswith(f"/{entry.sha256}")
+    query = parse_qs(parts.query)
+    assert set(query) == {
+        "X-Xet-Cas-Uid",
+        "response-content-disposition",
+        "Expires",
+        "Policy",
+        "Signature",
+        "Key-Pair-Id",
+    }
+    assert query["response-content-disposition"] == [
+        f"inline; filename*=UTF-8''{SHARD}; filename=\"{SHARD}\";"
+    ]
     assert first.location != second.location  # a fresh signed URL on every HEAD
 
     config = hub.file(REPO, "config.json")
@@ -261,6 +296,7 @@ def test_file_metadata_for_lfs_and_regular_files(hub: FakeHub, api: HfApi) -> No
     assert regular.etag == config.blob_id
     assert regular.size == config.size
     assert regular.location.startswith(f"{hub.endpoint}/api/resolve-cache/models/{REPO}/{hub.head(REPO)}/")
+    assert f"%2F{REPO.replace('/', '%2F')}%2Fresolve%2Fmain%2Fconfig.json=&etag=" in regular.location
 
 
 # -- downloads through the real client --------------------------------------------------------------
@@ -376,7 +412,11 @@ def test_xet_advertised_but_the_client_stays_on_http(hub: FakeHub, cache_dir: Pa
     local = hf_hub_download(REPO, SHARD, endpoint=hub.endpoint, token=ALICE, cache_dir=cache_dir)
     assert sha256_file(local) == entry.sha256
     status, headers, _ = request(f"{hub.endpoint}/{REPO}/resolve/main/{SHARD}", "HEAD")
-    assert status == 302 and headers["X-Xet-Hash"] and 'rel="xet-auth"' in headers["Link"]
+    assert status == 302 and headers["X-Xet-Hash"]
+    auth, reconstruction = (link.strip() for link in headers["Link"].split(","))
+    assert auth == f'<{hub.endpoint}/api/models/{REPO}/xet-read-token/{hub.head(REPO)}>; rel="xet-auth"'
+    assert reconstruction.startswith(f"<{hub.cdn_url}/v1/reconstructions/{headers['X-Xet-Hash']}>")
+    assert reconstruction.endswith('; rel="xet-reconstruction-info"')
 
     hub.xet_only.add(entry.sha256)
     with pytest.raises(BadRequestError):
@@ -419,13 +459,26 @@ def test_missing_and_private_repos_raise_repository_not_found(hub: FakeHub, cach
     hub.create_repo("alice/secret", private=True, files={"config.json": "{}\n"})
     anonymous = HfApi(endpoint=hub.endpoint, token=False)
     bob = HfApi(endpoint=hub.endpoint, token=BOB)
-    for client in (anonymous, bob):
-        for repo_id in ("alice/nope", "alice/secret"):
-            with pytest.raises(RepositoryNotFoundError) as caught:
-                client.model_info(repo_id)
-            assert not isinstance(caught.value, GatedRepoError)
-            assert caught.value.response.status_code == (401 if client is anonymous else 404)
-            assert caught.value.response.headers["X-Error-Code"] == "RepoNotFound"
+    for repo_id in ("alice/nope", "alice/secret"):
+        with pytest.raises(RepositoryNotFoundError) as caught:
+            bob.model_info(repo_id)
+        assert not isinstance(caught.value, GatedRepoError)
+        assert caught.value.response.status_code == 404
+        assert caught.value.response.headers["X-Error-Code"] == "RepoNotFound"
+        # Anonymously: 401 without a code. huggingface_hub maps that to RepositoryNotFoundError only
+        # for https:// URLs (REPO_API_REGEX), so over the fake's http:// it is a plain 401.
+        with pytest.raises(HfHubHTTPError) as plain:
+            anonymous.model_info(repo_id)
+        response = plain.value.response
+        assert not isinstance(plain.value, RepositoryNotFoundError)
+        assert (response.status_code, response.headers.get("X-Error-Code")) == (401, None)
+        assert response.headers["X-Error-Message"] == "Invalid username or password."
+        assert response.headers["WWW-Authenticate"].startswith("Bearer realm=")
+        hub.anonymous_repo_not_found_code = True
+        with pytest.raises(RepositoryNotFoundError) as coded:
+            anonymous.model_info(repo_id)
+        assert coded.value.response.status_code == 401
+        hub.anonymous_repo_not_found_code = False
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("alice/secret", "config.json", endpoint=hub.endpoint, token=BOB, cache_dir=cache_dir)
     assert HfApi(endpoint=hub.endpoint, token=ALICE).model_info("alice/secret").private is True
@@ -567,8 +620,10 @@ def test_cdn_range_gives_206_and_416(hub: FakeHub) -> None:
     assert status == 416 and headers["Content-Range"] == f"bytes */{entry.size}"
     status, headers, body = request(url)
     assert status == 200 and body == data and headers["Accept-Ranges"] == "bytes"
-    assert headers["ETag"] == f'"{entry.sha256}"'
-    assert SHARD in headers["Content-Disposition"]
+    assert headers["Content-Disposition"].startswith("inline;") and SHARD in headers["Content-Disposition"]
+    # The bridge's ETag is the Xet hash, not the sha256; none of the Hub's own headers come along.
+    assert headers["ETag"] != f'"{entry.sha256}"'
+    assert not {"X-Repo-Commit", "X-Linked-Etag", "X-Linked-Size", "RateLimit"} & set(headers.keys())
     status, headers, body = request(url, "HEAD", {"Range": "bytes=0-99"})
     assert status == 206 and headers["Content-Length"] == "100" and body == b""
 
@@ -578,10 +633,12 @@ def test_every_response_has_content_length_and_hub_errors_have_codes(hub: FakeHu
     cases = [
         (f"{hub.endpoint}/api/models/{REPO}", {}, 200, None),
         (f"{hub.endpoint}/api/models/alice/none", auth, 404, "RepoNotFound"),
-        (f"{hub.endpoint}/api/models/alice/none", {}, 401, "RepoNotFound"),
+        (f"{hub.endpoint}/api/models/alice/none", {}, 401, None),
         (f"{hub.endpoint}/api/models/{REPO}/revision/nope", {}, 404, "RevisionNotFound"),
         (f"{hub.endpoint}/api/models/{REPO}/tree/main/nope", {}, 404, "EntryNotFound"),
         (f"{hub.endpoint}/{REPO}/resolve/main/nope", {}, 404, "EntryNotFound"),
+        (f"{hub.endpoint}/{REPO}/resolve/nope/config.json", {}, 404, "RevisionNotFound"),
+        (f"{hub.endpoint}/alice/none/resolve/main/config.json", {}, 401, None),
         (f"{hub.endpoint}/{REPO}/resolve/main/config.json", {}, 307, None),
         (f"{hub.endpoint}/{REPO}/resolve/main/{SHARD}", {}, 302, None),
         (f"{hub.endpoint}/api/models/{REPO}", {"Authorization": "Bearer wrong"}, 401, None),
@@ -590,8 +647,13 @@ def test_every_response_has_content_length_and_hub_errors_have_codes(hub: FakeHu
         got, response_headers, body = request(url, "GET", headers)
         assert (got, response_headers.get("X-Error-Code")) == (status, code), url
         assert response_headers["Content-Length"] == str(len(body)), url
-        if got >= 400:
-            assert response_headers["X-Error-Message"] and json.loads(body)["error"]
+        if got >= 400:  # the message: as JSON from the API, as plain text from the resolvers
+            message = response_headers["X-Error-Message"]
+            resolver = "/resolve/" in url and code != "RevisionNotFound"
+            assert (body.decode() if resolver else json.loads(body)["error"]) == message
+            assert response_headers["Content-Type"].startswith(
+                "text/plain" if resolver else "application/json"
+            )
         head_status, head_headers, head_body = request(url, "HEAD", headers)
         assert (head_status, head_body) == (status, b"")
         assert head_headers.get("X-Error-Code") == code
@@ -599,8 +661,9 @@ def test_every_response_has_content_length_and_hub_errors_have_codes(hub: FakeHu
             assert head_headers["Content-Length"] == response_headers["Content-Length"], url
     got, headers, body = request(f"{hub.endpoint}/{REPO}/resolve/main/config.json")
     assert headers["X-Repo-Commit"] == hub.head(REPO)
-    assert headers["Location"].startswith(
-        f"/api/resolve-cache/models/{REPO}/{hub.head(REPO)}/config.json?etag="
+    assert headers["Location"] == (
+        f"/api/resolve-cache/models/{REPO}/{hub.head(REPO)}/config.json"
+        f"?%2Falice%2Ftiny%2Fresolve%2Fmain%2Fconfig.json=&etag=%22{hub.file(REPO, 'config.json').blob_id}%22"
     )
 
 
@@ -612,21 +675,28 @@ def test_signed_urls_change_per_head_and_expire(tmp_path: Path) -> None:
         first, second = cdn_location(fake), cdn_location(fake)
         assert first != second and first.startswith(fake.cdn_url)
         assert request(first)[0] == request(second)[0] == 200
-        now[0] += 2.5
-        status, _, body = request(first)
-        assert status == 403 and b"Request has expired" in body
+        now[0] += 3.5
+        status, headers, body = request(first)
+        assert (status, body) == (403, CLOUDFRONT["expired"]) and headers["Content-Type"] == "text/xml"
         assert request(cdn_location(fake))[0] == 200
 
         fresh = cdn_location(fake)
-        tampered = fresh.replace("sig=", "sig=0")
-        status, _, body = request(tampered)
-        assert status == 403 and b"SignatureDoesNotMatch" in body
+        assert request(fresh.replace("Signature=", "Signature=0"))[2] == CLOUDFRONT["expired"]
+        unsigned = fresh.split("&Key-Pair-Id=")[0]
+        assert request(unsigned)[:3:2] == (403, CLOUDFRONT["missing-key"])
         fake.rotate_signing_key()
-        assert request(fresh)[0] == 403
-        rule = fake.faults.expire()
-        assert request(cdn_location(fake))[0] == 403
-        assert request(cdn_location(fake))[0] == 200
-        assert rule.hits == 1
+        assert request(fresh)[:3:2] == (403, CLOUDFRONT["unknown-key"])
+        for reason in ("expired", "missing-key", "unknown-key"):
+            rule = fake.faults.expire(reason=reason)  # type: ignore[arg-type]
+            assert request(cdn_location(fake))[:3:2] == (403, CLOUDFRONT[reason])
+            assert request(cdn_location(fake))[0] == 200
+            assert rule.hits == 1
+        # Not signed for this object: refused like a bad signature.
+        other = cdn_location(fake, "model-00002-of-00002.safetensors")
+        swapped = other.replace(
+            fake.file(REPO, "model-00002-of-00002.safetensors").sha256, fake.file(REPO, SHARD).sha256
+        )
+        assert request(swapped)[2] == CLOUDFRONT["expired"]
 
 
 def test_cdn_never_needs_authorization(hub: FakeHub) -> None:
@@ -742,6 +812,120 @@ def test_rate_limit_and_errors_on_resolve_and_cdn(hub: FakeHub) -> None:
     hub.faults.server_error(502, where="cdn")
     assert request(location)[0] == 502
     assert request(location)[0] == 200
+
+
+# -- rate limits ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "bucket"),
+    [
+        ("/api/models/alice/tiny", "api"),
+        ("/api/models/alice/tiny/tree/main", "api"),
+        ("/api/whoami-v2", "api"),
+        ("/alice/tiny/resolve/main/config.json", "resolvers"),
+        ("/datasets/alice/data/resolve/main/x.parquet", "resolvers"),
+        ("/api/resolve-cache/models/alice/tiny/0123/config.json", "resolvers"),
+        ("/alice/tiny", "pages"),
+        ("/datasets/alice/data", "pages"),
+        ("/alice/tiny/blob/main/config.json", "pages"),
+    ],
+)
+def test_every_hub_answer_names_its_bucket(hub: FakeHub, path: str, bucket: str) -> None:
+    hub.create_repo("alice/data", repo_type="dataset", files={"x.parquet": b"1"})
+    for method in ("GET", "HEAD"):
+        _, headers, _ = request(f"{hub.endpoint}{path}", method, {"Authorization": f"Bearer {ALICE}"})
+        assert headers["RateLimit"].startswith(f'"{bucket}";r=')
+        assert headers["RateLimit-Policy"].startswith(f'"fixed window";"{bucket}";q=')
+
+
+def test_rate_limits_count_per_caller_and_window_on_every_answer(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    with FakeHub(tmp_path / "hub", clock=lambda: now[0]) as fake:
+        fake.add_token(ALICE, user="alice")
+        fake.add_token(BOB, user="bob", plan="pro")
+        make_model_repo(fake, REPO, shards=2, shard_size=4096)
+        info = f"{fake.endpoint}/api/models/{REPO}"
+
+        def limit(
+            url: str, method: str = "GET", token: str | None = None
+        ) -> tuple[int, str, str, str | None]:
+            auth = {"Authorization": f"Bearer {token}"} if token else {}
+            status, headers, _ = request(url, method, auth)
+            return status, headers["RateLimit"], headers["RateLimit-Policy"], headers.get("X-HF-Warning")
+
+        anonymous = limit(info)
+        assert anonymous[:3] == (200, '"api";r=499;t=300', '"fixed window";"api";q=500;w=300')
+        assert anonymous[3] is not None and anonymous[3].startswith(
+            "unauthenticated; Warning: You are sending"
+        )
+        now[0] += 10
+        assert limit(info)[1] == '"api";r=498;t=290'  # the same caller, the same window
+        assert limit(info, token=ALICE)[1:] == (
+            '"api";r=999;t=300',
+            '"fixed window";"api";q=1000;w=300',
+            None,
+        )
+        assert limit(info, token=BOB)[1:3] == ('"api";r=2499;t=300', '"fixed window";"api";q=2500;w=300')
+        # Errors count and carry the headers too; a resolver HEAD counts in its own bucket.
+        assert limit(f"{fake.endpoint}/api/models/alice/none", token=ALICE)[:2] == (404, '"api";r=998;t=300')
+        resolve = f"{fake.endpoint}/{REPO}/resolve/main/{SHARD}"
+        assert limit(resolve, "HEAD")[:2] == (302, '"resolvers";r=2999;t=300')
+        assert limit(f"{fake.endpoint}/{REPO}")[:2] == (200, '"pages";r=99;t=300')
+        # The CDN counts nothing and says nothing of the Hub's limits.
+        _, headers, _ = request(cdn_location(fake))
+        assert "RateLimit" not in headers and "X-HF-Warning" not in headers
+        assert limit(resolve, "HEAD")[1] == '"resolvers";r=2998;t=300'  # cdn_location asked as alice
+
+        fake.rate_limits.quotas["anonymous"]["api"] = 3
+        assert limit(info)[:2] == (200, '"api";r=0;t=290')  # the last call of the window
+        assert limit(info)[:2] == (429, '"api";r=0;t=290')
+        api = HfApi(endpoint=fake.endpoint, token=False)
+        with pytest.raises(HfHubHTTPError) as caught:
+            api.model_info(REPO)
+        response = caught.value.response
+        assert response.status_code == 429 and response.headers["Retry-After"] == "290"
+        message = str(caught.value)
+        assert "reached your 'api' rate limit" in message
+        assert "Retry after 290 seconds (0/3 requests remaining in current 300s window)" in message
+        assert "We had to rate limit your IP (127.0.0.1)" in message
+        assert limit(info, token=ALICE)[0] == 200  # another caller, its own count
+
+        now[0] += 291  # the window is over
+        assert limit(info)[:2] == (200, '"api";r=2;t=300')
+
+
+def test_an_account_past_its_quota_gets_the_hubs_message(hub: FakeHub) -> None:
+    hub.rate_limits.quotas["free"]["resolvers"] = 1
+    url = hf_hub_url(REPO, SHARD, endpoint=hub.endpoint)
+    get_hf_file_metadata(url, token=ALICE)
+    with pytest.raises(HfHubHTTPError) as caught:
+        get_hf_file_metadata(url, token=ALICE)
+    assert caught.value.response.status_code == 429
+    assert caught.value.response.headers["RateLimit"].startswith('"resolvers";r=0;t=')
+    assert caught.value.response.headers["X-Error-Message"].startswith(
+        "We had to rate limit you, you hit the quota of 1 resolvers requests per 5 minutes period."
+    )  # on a HEAD, the headers are all there is
+
+
+def test_range_bound_urls_serve_only_their_first_range(hub: FakeHub) -> None:
+    entry = hub.file(REPO, SHARD)
+    data = hub.blob_path(entry.sha256).read_bytes()
+    rule = hub.faults.range_bound()
+    url = cdn_location(hub)
+    assert request(url, headers={"Range": "bytes=0-99"})[2] == data[:100]
+    assert request(url, headers={"Range": "bytes=0-99"})[0] == 206  # the same range again
+    status, headers, body = request(url, headers={"Range": "bytes=100-199"})
+    assert (status, body) == (403, b"Auth failed: invalid range")
+    assert request(url)[0] == 403  # nor the whole file
+    assert request(cdn_location(hub), headers={"Range": "bytes=100-199"})[2] == data[100:200]
+    # A /resolve asked with a Range signs its URL for that range only (reported, unverified).
+    status, headers, _ = request(
+        f"{hub.endpoint}/{REPO}/resolve/main/{SHARD}", "HEAD", {"Range": "bytes=500-599"}
+    )
+    assert request(headers["Location"], headers={"Range": "bytes=0-99"})[0] == 403
+    rule.cancel()
+    assert request(url, headers={"Range": "bytes=100-199"})[0] == 206
 
 
 def test_match_limits_a_fault_to_one_file(hub: FakeHub) -> None:
