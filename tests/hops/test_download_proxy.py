@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,20 @@ from proxybox import LOCKED_PASSWORD, Tinyproxy, TlsFront, make_certificate, via
 
 from relayd.catalogue.schema import DONE
 from relayd.http_ranges import ConnectionLost, ProxyUnusable, RangeClient, origin_of
+from relayd.hub_session import route_hub_session
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def direct_client_after() -> Iterator[None]:
+    """huggingface_hub's HTTP client is process-wide and these tests route it through hub.proxy: give
+    later tests of this process the direct client back."""
+    yield
+    route_hub_session("")
 
 
 @pytest.fixture

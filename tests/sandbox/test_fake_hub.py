@@ -44,7 +44,6 @@ from huggingface_hub.errors import (
 )
 
 from relayd.digest import sha256_file
-from relayd.hub_session import route_hub_session
 from relayd.sandbox.hub import FakeHub, Generated, make_model_repo, parse_range, write_generated_file
 from relayd.sandbox.hub_store import git_blob_sha1, lfs_pointer
 
@@ -69,13 +68,6 @@ SHARD = "model-00001-of-00002.safetensors"
 
 
 # -- fixtures and helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def direct_client() -> None:
-    """huggingface_hub's HTTP client is process-wide: route it by this environment (no proxy), whatever
-    proxy an earlier test of this process left it going through."""
-    route_hub_session("")
 
 
 @pytest.fixture
