@@ -144,7 +144,11 @@ def test_a_429_keeps_its_retry_after_when_that_is_later_than_the_backoff(
     repo = polls.poll()
     assert repo.poll_state == "waiting" and repo.poll_error_class == "rate_limit"
     assert 298 <= retry_in(repo, polled_at) <= 301
-    assert polls.poll().poll_state == "ok"
+    # The 429 said nothing is left until the window ends: relayd does not ask again before then.
+    asked = len(hub.hub_log.snapshot())
+    again = polls.poll()
+    assert again.poll_state == "waiting" and again.poll_error_class == "rate_limit"
+    assert 297 <= retry_in(again, polled_at) <= 302 and len(hub.hub_log.snapshot()) == asked
 
 
 def test_a_blocked_poll_is_not_retried_on_a_timer(tmp_path: Path, hub: FakeHub) -> None:
