@@ -184,8 +184,8 @@ def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> Non
     box = one_at_a_time(tmp_path / "route", shards=4)
     try:
         assert box.hub is not None and box.drive is not None
-        box.hub.bandwidth_cap = 1.5 * MiB
-        box.drive.settings.download_bandwidth = 1.5 * MiB
+        box.hub.bandwidth_cap = 1 * MiB
+        box.drive.settings.download_bandwidth = 1 * MiB
         added = box.relayctl("add", REPO, "--every", "10s")
         assert added.returncode == 0, added.stderr
         catalogue = Catalogue(box)
