@@ -56,6 +56,7 @@ from typing import Any
 
 from relayd.config import VmConfig, credential_path
 from relayd.errors import Cancelled, ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.vm.agent.proxy import PROXY_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,7 @@ CHILD_ENV = frozenset(
         "SSH_AUTH_SOCK",
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
+        *PROXY_VARIABLES,
     }
 )
 

@@ -46,7 +46,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op, track_child_group, untrack_child_group
-from .proxy import agent_route
+from .proxy import PROXY_VARIABLES, agent_route
 
 TOKEN_ENV = "RELAYD_MS_TOKEN"  # noqa: S105 - the name of the variable, not a secret
 # The origin the token belongs to, as git and git-lfs name it to a credential helper.
@@ -975,17 +975,7 @@ class GitRunner:
             PROTOCOL_ENV: urlsplit(remote).scheme,
             HOST_ENV: urlsplit(remote).netloc.rsplit("@", 1)[-1],
         }
-        for name in (
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-            "no_proxy",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "NO_PROXY",
-            "TMPDIR",
-        ):
+        for name in (*PROXY_VARIABLES, "TMPDIR"):
             if os.environ.get(name):
                 self.env[name] = os.environ[name]
         if proxy:

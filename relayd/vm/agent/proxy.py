@@ -25,6 +25,18 @@ from urllib.parse import unquote, urlsplit
 from .core import AgentError
 
 _ENTRY_SPLIT = re.compile(r"[,\s]+")
+#: The variables that say which proxy to use, in both spellings (curl and git read only the lowercase
+#: http_proxy): a child that must honour the proxies inherits these.
+PROXY_VARIABLES = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+)
 
 
 class ProxyError(ValueError):
