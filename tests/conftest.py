@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from systools import require
 
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd
+from relayd_sandbox.drive import FakeDrive
+from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd
 
 ConfigFactory = Callable[..., Path]
 

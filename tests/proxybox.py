@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from systools import require
 
-from relayd.sandbox._http import free_port
+from relayd_sandbox._http import free_port
 
 TINYPROXY = "/usr/bin/tinyproxy"
 VIA_NAME = "relayd-test-proxy"

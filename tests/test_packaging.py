@@ -47,6 +47,20 @@ def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None
     assert "[relayd.hops.v1]" in text
 
 
+def test_the_wheel_carries_no_fake_and_does_not_depend_on_the_sandbox(wheel: Path) -> None:
+    """The fakes are their own distribution (sandbox/): the product's wheel holds none of them and
+    does not pull them in, not even as an extra."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "relayd/daemon.py" in names  # the wheel is read right
+    assert not [n for n in names if n.startswith(("relayd/sandbox/", "relayd_sandbox/"))]
+    assert not [n for n in names if "testkit" in n]
+    requirements = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert requirements  # relayd's own dependencies are there
+    assert not [line for line in requirements if "sandbox" in line.lower()]
+
+
 def test_an_installed_relayd_creates_and_upgrades_its_catalogue(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     install(wheel, target)

@@ -28,8 +28,8 @@ import relayd.hub_limits
 from relayd.catalogue import migrate
 from relayd.catalogue.store import RepoSpec, Store
 from relayd.cli import cli
-from relayd.sandbox.route import HUB_USER, REPO, RouteSandbox
-from relayd.sandbox.sshd import restricted_path
+from relayd_sandbox.route import HUB_USER, REPO, RouteSandbox
+from relayd_sandbox.sshd import restricted_path
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "doctor-json.md"
 SHAPES = ("Doctor document", "Check")

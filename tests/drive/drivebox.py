@@ -33,8 +33,8 @@ from relayd.drive.base import Drive
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
 from relayd.hops.pan_upload import PanUploadHop
-from relayd.sandbox.drive import FakeDrive
 from relayd.staging import Staging
+from relayd_sandbox.drive import FakeDrive
 
 PART = 64 * 1024
 REFERER = "https://www.aliyundrive.com/"

@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from relayd.catalogue.schema import Piece, Transfer
 from relayd.cli import cli
-from relayd.sandbox.drive import FakeDrive
+from relayd_sandbox.drive import FakeDrive
 
 
 @pytest.fixture

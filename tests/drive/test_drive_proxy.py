@@ -14,7 +14,7 @@ from drivebox import DriveBox
 from proxybox import Tinyproxy, via_proxy
 
 from relayd.drive.base import LocalFile, UploadCallbacks
-from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
+from relayd_sandbox.drive import UPLOAD_PREFIX, FakeDrive
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

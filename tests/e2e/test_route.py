@@ -20,10 +20,10 @@ from sqlalchemy import func, select
 
 from relayd.catalogue.schema import DONE, RUNNING, Piece, Snapshot, Transfer
 from relayd.catalogue.store import Store
-from relayd.sandbox._http import free_port
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.gitlfs import lfs_pointer
-from relayd.sandbox.route import REPO, RouteSandbox
+from relayd_sandbox._http import free_port
+from relayd_sandbox.drive import FakeDrive
+from relayd_sandbox.gitlfs import lfs_pointer
+from relayd_sandbox.route import REPO, RouteSandbox
 
 MiB = 1024 * 1024
 

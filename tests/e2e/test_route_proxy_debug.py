@@ -20,7 +20,7 @@ import pytest
 from proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
 from test_route import Catalogue, wait_for
 
-from relayd.sandbox.route import REPO, RouteSandbox
+from relayd_sandbox.route import REPO, RouteSandbox
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_proxy_variables")]
 

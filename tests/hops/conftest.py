@@ -9,7 +9,7 @@ import pytest
 from hubrelay import TOKEN, HubRelay
 from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
-from relayd.sandbox.hub import FakeHub
+from relayd_sandbox.hub import FakeHub
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import Hop, HopContext
 from relayd.poll import Poller, PollResult
-from relayd.sandbox.hub import FakeHub
 from relayd.staging import Staging
+from relayd_sandbox.hub import FakeHub
 
 TOKEN = "hf_alice_0123456789"
 

@@ -11,7 +11,7 @@ import pytest
 from hubrelay import HubRelay, sha256_of
 
 from relayd.catalogue.schema import DONE
-from relayd.sandbox.hub import FakeHub, Generated
+from relayd_sandbox.hub import FakeHub, Generated
 
 MiB = 1024 * 1024
 SIZE = 96 * MiB

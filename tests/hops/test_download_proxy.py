@@ -16,7 +16,7 @@ from proxybox import LOCKED_PASSWORD, Tinyproxy, TlsFront, make_certificate, via
 from relayd.catalogue.schema import DONE
 from relayd.http_ranges import ConnectionLost, ProxyUnusable, RangeClient, origin_of
 from relayd.hub_session import route_hub_session
-from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
+from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

@@ -32,10 +32,10 @@ from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services
 from relayd.hops.lfs_push import LfsPushHop
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
-from relayd.sandbox.sshd import SandboxSshd
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.sshd import SandboxSshd
 
 require_git_lfs()
 

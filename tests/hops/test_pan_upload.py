@@ -35,7 +35,7 @@ from relayd.drive.base import (
 )
 from relayd.drive.hashing import part_count
 from relayd.errors import Cancelled
-from relayd.sandbox.drive import FakeDrive
+from relayd_sandbox.drive import FakeDrive
 
 MIB = 1024 * 1024
 
@@ -285,7 +285,7 @@ def test_access_token_expiry_mid_upload_refreshes_and_the_same_part_continues(
 
 
 def test_429_backs_off_with_retry_after_and_continues(box: DriveBox, fake: FakeDrive) -> None:
-    from relayd.sandbox.drive import UPLOAD_PREFIX
+    from relayd_sandbox.drive import UPLOAD_PREFIX
 
     data = os.urandom(4 * PART)
     box.stage("acme/slow", {"w.bin": data})

@@ -31,11 +31,11 @@ from relayd.engine import Engine, EngineSettings
 from relayd.hops import vm_pull
 from relayd.hops.base import HopContext, Services
 from relayd.hops.vm_pull import VmPullHop
-from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
 from relayd.staging import Staging
 from relayd.vm.executor import Executor, make_executor
-from relayd.vm.testkit import (
+from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
+from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
+from relayd_sandbox.vm_testkit import (
     FakeDriveLinks,
     no_agent_left,
     seed_pulls,

@@ -10,7 +10,7 @@ import pytest
 from hermetic_git import GitClient, hermetic_git
 from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
-from relayd.sandbox.gitlfs import GitLfsServer
+from relayd_sandbox.gitlfs import GitLfsServer
 
 
 @pytest.fixture

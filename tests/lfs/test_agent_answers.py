@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from lfs_support import OWNER, run_agent
 
-from relayd.sandbox.gitlfs import GitLfsServer
 from relayd.vm.agent.core import Context
 from relayd.vm.agent.lfs import GitRunner, LfsClient, expires_at, expiring
+from relayd_sandbox.gitlfs import GitLfsServer
 
 pytestmark = pytest.mark.timeout(120)
 

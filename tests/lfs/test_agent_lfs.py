@@ -16,8 +16,8 @@ import pytest
 from hermetic_git import CREDENTIAL_HELPER, GitClient
 from lfs_support import OWNER, run_agent, start_agent
 
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 
 pytestmark = pytest.mark.timeout(120)
 

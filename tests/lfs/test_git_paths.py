@@ -19,7 +19,7 @@ from relayd.errors import Permanent
 from relayd.hub import HubSource
 from relayd.names import git_path_problem, refuse_git_paths
 from relayd.poll import Poller
-from relayd.sandbox.hub import FakeHub, make_model_repo
+from relayd_sandbox.hub import FakeHub, make_model_repo
 
 require_git_lfs()
 

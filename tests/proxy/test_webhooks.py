@@ -23,7 +23,7 @@ from relayd.catalogue.schema import BLOCKED, Notification
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.config import NotifyConfig
 from relayd.notify import ANSWER_LIMIT, DeliveryFailed, Notifier, post_json
-from relayd.sandbox._http import LoopbackServer
+from relayd_sandbox._http import LoopbackServer
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

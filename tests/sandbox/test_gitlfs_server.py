@@ -23,7 +23,7 @@ import requests
 from hermetic_git import GitClient, hermetic_git
 from systools import require_git_lfs
 
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 
 require_git_lfs()
 

@@ -92,7 +92,7 @@ class FakeDriveLinks:
 def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str, *, drive_id: str = "") -> str:
     """Put *data* on the FakeDrive *drive* as ``/<name>`` (rapid upload with a proof) in *drive_id*
     (default: the user's default drive) and return its file id."""
-    from relayd.sandbox.drive import proof_code
+    from relayd_sandbox.drive import proof_code
 
     content_hash = drive.seed_content(data)
     token = drive.issue_access_token()
@@ -175,7 +175,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
 def no_agent_left(marker: str, timeout: float = 10.0) -> bool:
     """Return True once no live process (an ssh client or an agent) carries *marker* in its command
     line."""
-    from relayd.sandbox.sshd import processes_with_cmdline
+    from relayd_sandbox.sshd import processes_with_cmdline
 
     return wait_until(lambda: not processes_with_cmdline(marker), timeout)
 

@@ -34,8 +34,8 @@ from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from relayd.sandbox._http import LoggedRequest, LoopbackServer, RequestLog
-from relayd.sandbox.drive_store import (
+from relayd_sandbox._http import LoggedRequest, LoopbackServer, RequestLog
+from relayd_sandbox.drive_store import (
     DOWNLOAD_PREFIX,
     JSON,
     UPLOAD_PREFIX,

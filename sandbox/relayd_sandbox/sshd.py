@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from relayd.sandbox._http import free_port
+from relayd_sandbox._http import free_port
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class SandboxSshd:
     def _sshd_config_lines(self) -> list[str]:
         root_login = "prohibit-password" if self.user == "root" else "no"
         return [
-            "# Written by relayd.sandbox.sshd for a throwaway test server.",
+            "# Written by relayd_sandbox.sshd for a throwaway test server.",
             f"ListenAddress {self.host}",
             f"Port {self.port}",
             f'HostKey "{self.host_key_file}"',
@@ -337,7 +337,7 @@ class SandboxSshd:
         )
         self.known_hosts_file.write_text(f"[{self.host}]:{self.port} {key_type} {key_data}\n")
         lines = [
-            "# Written by relayd.sandbox.sshd: reaches the sandbox sshd with host-key checking on.",
+            "# Written by relayd_sandbox.sshd: reaches the sandbox sshd with host-key checking on.",
             "Host *",
             f"    HostName {self.host}",
             f"    Port {self.port}",

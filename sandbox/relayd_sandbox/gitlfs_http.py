@@ -23,11 +23,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import parse_qs, urlsplit
 
-from relayd.sandbox._http import LoggedRequest
-from relayd.sandbox.gitlfs_store import OID_RE, Grant, ObjectRejected, TokenError
+from relayd_sandbox._http import LoggedRequest
+from relayd_sandbox.gitlfs_store import OID_RE, Grant, ObjectRejected, TokenError
 
 if TYPE_CHECKING:
-    from relayd.sandbox.gitlfs import Endpoint, GitLfsServer, _Listener
+    from relayd_sandbox.gitlfs import Endpoint, GitLfsServer, _Listener
 
 logger = logging.getLogger(__name__)
 

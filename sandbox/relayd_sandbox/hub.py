@@ -4,7 +4,7 @@ It answers as the real Hub does (docs/real-services.md names the sources): repo 
 tree, refs, commits, paths-info and auth-check; ``/resolve`` answering 307 to the resolve-cache for
 regular files and 302 to a CloudFront-signed, expiring URL on the CDN origin (the Xet bridge) for LFS
 files; strict Range rules; the Hub's error table with ``X-Error-Code``; the rate limits, counted per
-caller and announced on every answer (``relayd.sandbox.hub_limits``). Blobs stay on disk and are sent
+caller and announced on every answer (``relayd_sandbox.hub_limits``). Blobs stay on disk and are sent
 with ``os.sendfile`` when nothing slows or breaks them, so a multi-GB file is served at loopback speed.
 Failures are injected per test through ``FakeHub.faults`` and a few persistent settings.
 
@@ -43,10 +43,10 @@ from types import TracebackType
 from typing import Any, BinaryIO, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from relayd.sandbox._http import LoggedRequest, LoopbackServer, RequestLog
-from relayd.sandbox.hub_faults import FaultKind, FaultRule, Faults, Refusal, Where
-from relayd.sandbox.hub_limits import Bucket, Count, Plan, RateLimiter
-from relayd.sandbox.hub_store import (
+from relayd_sandbox._http import LoggedRequest, LoopbackServer, RequestLog
+from relayd_sandbox.hub_faults import FaultKind, FaultRule, Faults, Refusal, Where
+from relayd_sandbox.hub_limits import Bucket, Count, Plan, RateLimiter
+from relayd_sandbox.hub_store import (
     DEFAULT_LFS_SUFFIXES,
     DEFAULT_LFS_THRESHOLD,
     Blob,

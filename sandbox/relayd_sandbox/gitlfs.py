@@ -58,9 +58,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from relayd.sandbox._http import LoopbackServer, RequestLog
-from relayd.sandbox.gitlfs_http import GitLfsHandler
-from relayd.sandbox.gitlfs_store import ActionSigner, ObjectStore, lfs_pointer
+from relayd_sandbox._http import LoopbackServer, RequestLog
+from relayd_sandbox.gitlfs_http import GitLfsHandler
+from relayd_sandbox.gitlfs_store import ActionSigner, ObjectStore, lfs_pointer
 
 logger = logging.getLogger(__name__)
 

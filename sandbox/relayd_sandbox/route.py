@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from relayd.digest import sha256_file
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.gitlfs import GitLfsServer
-from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
+from relayd_sandbox.drive import FakeDrive
+from relayd_sandbox.gitlfs import GitLfsServer
+from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
 
 OWNER, NAME = "demo", "tiny-model"
 REPO = f"{OWNER}/{NAME}"
@@ -104,7 +104,7 @@ class RouteSandbox:
         self.git.start()
         self.git.new_repo(OWNER, NAME)
         if self.use_ssh:
-            from relayd.sandbox.sshd import SandboxSshd
+            from relayd_sandbox.sshd import SandboxSshd
 
             self.sshd = SandboxSshd(self.root / "sshd")
             self.sshd.start()

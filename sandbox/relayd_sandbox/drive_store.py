@@ -2,7 +2,7 @@
 SHA-1 content store (so rapid upload hits across users), multipart uploads with signed part URLs,
 and signed download links.
 
-Nothing here speaks HTTP; ``relayd.sandbox.drive`` serves it. Every public method is thread-safe.
+Nothing here speaks HTTP; ``relayd_sandbox.drive`` serves it. Every public method is thread-safe.
 The semantics follow reference/aliyun-drive.md §8; where the real service is undocumented the choice
 made here is written next to the code.
 """
