@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from systools import require
 
 from relayd_sandbox._http import free_port
+from relayd_sandbox.systools import require
 
 TINYPROXY = "/usr/bin/tinyproxy"
 VIA_NAME = "relayd-test-proxy"

@@ -330,9 +330,9 @@ def sign_in_other_devices(fake: FakeDrive, count: int) -> None:
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDrive]:
-    with FakeDrive(tmp_path / "fake-drive") as drive:
-        yield drive
+def fake(fake_drive: FakeDrive) -> FakeDrive:
+    """The sandbox plugin's fake drive, the one the DriveBox talks to."""
+    return fake_drive
 
 
 @pytest.fixture

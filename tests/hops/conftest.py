@@ -13,10 +13,10 @@ from relayd_sandbox.hub import FakeHub
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[FakeHub]:
-    with FakeHub(tmp_path / "hub") as fake:
-        fake.add_token(TOKEN, user="alice")
-        yield fake
+def hub(fake_hub: FakeHub) -> FakeHub:
+    """The sandbox plugin's fake Hub, where user ``alice`` has TOKEN."""
+    fake_hub.add_token(TOKEN, user="alice")
+    return fake_hub
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from hermetic_git import GitClient, hermetic_git
-from systools import require_git_lfs
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
@@ -36,6 +35,7 @@ from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd_sandbox.sshd import SandboxSshd
+from relayd_sandbox.systools import require_git_lfs
 
 require_git_lfs()
 
@@ -213,10 +213,9 @@ def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        srv.new_repo(OWNER, "model")
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    gitlfs_server.new_repo(OWNER, "model")
+    return gitlfs_server
 
 
 @pytest.fixture

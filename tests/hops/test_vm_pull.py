@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from systools import require
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Piece, Transfer
@@ -35,6 +34,7 @@ from relayd.staging import Staging
 from relayd.vm.executor import Executor, make_executor
 from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
 from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
+from relayd_sandbox.systools import require
 from relayd_sandbox.vm_testkit import (
     FakeDriveLinks,
     no_agent_left,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +12,9 @@ from relayd_sandbox.gitlfs import GitLfsServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    """The sandbox plugin's git + LFS server."""
+    return gitlfs_server
 
 
 @pytest.fixture

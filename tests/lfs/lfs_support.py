@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from systools import require_git_lfs
+from relayd_sandbox.systools import require_git_lfs
 
 require_git_lfs()
 

@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from systools import require
 
 from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd, processes_with_cmdline, restricted_path
+from relayd_sandbox.systools import require
 from relayd_sandbox.vm_testkit import wait_until
 
 pytestmark = pytest.mark.timeout(60)

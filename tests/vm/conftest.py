@@ -1,5 +1,5 @@
 """Fixtures for the VM executor and the vm_pull hop: agent markers (the sandbox sshd and the fake drive
-are in tests/conftest.py)."""
+come from relayd-sandbox's pytest plugin; ``sshd`` is tests/conftest.py's name for the former)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""System tools a test needs (sshd, git, git-lfs): skip the test where one is missing, fail it under CI.
-
-A helper module, not a test file (tests/conftest.py puts this directory on sys.path); a uniquely named
-module, since every test folder may have a conftest.
-"""
+"""System tools the fakes and the tests need (sshd, git, git-lfs, tinyproxy, openssl): skip the test where
+one is missing, fail it when the environment says CI (where a missing tool is a broken machine, not a
+reason to test less)."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ def require(path: str, what: str) -> None:
     calling test, or fail it when the environment says CI."""
     if os.access(path, os.X_OK):
         return
-    message = f"{what} ({path}) is not installed: run scripts/dev setup"
+    message = f"{what} ({path}) is not installed (in a relayd checkout, scripts/dev setup installs it)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
