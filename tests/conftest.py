@@ -14,6 +14,9 @@ import pytest
 
 from relayd_sandbox.sshd import SandboxSshd
 
+# Fixtures of the helpers in tests/support, for every test package.
+pytest_plugins = ["tests.support.drivebox", "tests.support.proxybox"]
+
 ConfigFactory = Callable[..., Path]
 
 

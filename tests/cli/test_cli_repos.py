@@ -27,7 +27,7 @@ from relayd_sandbox._http import free_port
 from relayd_sandbox.hub import FakeHub, make_model_repo
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
+    from tests.support.relayctl import Relayctl
 
 INVALID_IDS = [
     "",

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from doctables import documented_tables
 
 import relayd.hub_limits
 from relayd.catalogue import migrate
@@ -30,6 +29,7 @@ from relayd.cli import cli
 from relayd_sandbox.route import HUB_USER, REPO, RouteSandbox
 from relayd_sandbox.sshd import restricted_path
 from relayd_sandbox.systools import require
+from tests.support.doctables import documented_tables
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "doctor-json.md"
 SHAPES = ("Doctor document", "Check")

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from claimkit import OWNER, claim
-from doctables import check_shape, documented_tables
 
 from relayd.catalogue.schema import BLOCKED
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
+from tests.support.claimkit import OWNER, claim
+from tests.support.doctables import check_shape, documented_tables
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
-
     from relayd_sandbox.route import RouteSandbox
+    from tests.support.relayctl import Relayctl
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "whereis-json.md"
 SHAPES = ("Whereis document", "File location", "Hop location")

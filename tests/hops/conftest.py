@@ -1,4 +1,4 @@
-"""Fixtures: a fake Hub and a relay of its repos (see hubrelay.py)."""
+"""Fixtures: a fake Hub and a relay of its repos (see tests/support/hubrelay.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubrelay import TOKEN, HubRelay
-from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
 from relayd_sandbox.hub import FakeHub
+from tests.support.hubrelay import TOKEN, HubRelay
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
 import relayd.hub_limits
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
@@ -25,6 +24,7 @@ from relayd.hops.base import plan_ranges
 from relayd.hops.download import _Run, piece_length
 from relayd_sandbox._http import LoggedRequest
 from relayd_sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
+from tests.support.hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
 MiB = 1024 * 1024
 WEIGHTS = "model.safetensors"

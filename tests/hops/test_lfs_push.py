@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hermetic_git import GitClient, hermetic_git
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
@@ -36,6 +35,7 @@ from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd_sandbox.sshd import SandboxSshd
 from relayd_sandbox.systools import require_git_lfs
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
 

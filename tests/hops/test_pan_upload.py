@@ -8,18 +8,11 @@ import hashlib
 import os
 import re
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "drive"))
-
-import drivebox
-from drivebox import PART, DriveBox
 
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING
 from relayd.drive.base import (
@@ -36,11 +29,11 @@ from relayd.drive.base import (
 from relayd.drive.hashing import part_count
 from relayd.errors import Cancelled
 from relayd_sandbox.drive import FakeDrive
+from tests.support.drivebox import PART, DriveBox, sign_in_other_devices
 
 MIB = 1024 * 1024
 
 # tests/drive's fixtures, for this module's tests: the fake drive, the tokens it issues, a DriveBox over it.
-fake, secrets, box = drivebox.fake, drivebox.secrets, drivebox.box
 
 
 def _resource(fake: FakeDrive, path: str) -> Any:
@@ -316,7 +309,7 @@ def _one_blocked(box: DriveBox, error_class: str) -> Any:
 def test_too_many_devices_blocks_with_the_device_hint_and_retry_resumes(
     box: DriveBox, fake: FakeDrive
 ) -> None:
-    drivebox.sign_in_other_devices(fake, 10)
+    sign_in_other_devices(fake, 10)
     box.stage("acme/devices", {"w.bin": os.urandom(2 * PART)})
     engine = box.run()
     transfer = _one_blocked(box, "device")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hermetic_git import GitClient, hermetic_git
-from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
 from relayd_sandbox.gitlfs import GitLfsServer
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 
 @pytest.fixture

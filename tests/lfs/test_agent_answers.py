@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lfs_support import OWNER, run_agent
 
 from relayd.vm.agent.core import Context
 from relayd.vm.agent.lfs import GitRunner, LfsClient, expires_at, expiring
 from relayd_sandbox.gitlfs import GitLfsServer
+from tests.support.lfs_support import OWNER, run_agent
 
 pytestmark = pytest.mark.timeout(120)
 

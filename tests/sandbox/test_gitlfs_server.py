@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import requests
-from hermetic_git import GitClient, hermetic_git
 
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd_sandbox.systools import require_git_lfs
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from proxybox import locked_proxy, no_proxy_variables  # noqa: F401 - fixtures
 
 
 @pytest.fixture

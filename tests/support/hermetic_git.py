@@ -1,9 +1,6 @@
 """A hermetic git client for tests against the sandbox git + LFS server: a private HOME, no system
 config, no prompts, and a credential helper that reads the token from ``$MS_TOKEN``, so it never
 appears in a URL, in argv or in ``.git/config`` (the recipe relayd itself uses against ModelScope).
-
-A helper module, not a test file (tests/conftest.py puts this directory on sys.path); a uniquely named
-module, since every test folder may have a conftest.
 """
 
 from __future__ import annotations

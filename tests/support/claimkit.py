@@ -1,6 +1,4 @@
-"""Claiming one file's transfer in a seeded catalogue, the way a hop worker would.
-
-A helper module, not a test file: the tests of this directory import it by its bare name."""
+"""Claiming one file's transfer in a seeded catalogue, the way a hop worker would."""
 
 from __future__ import annotations
 

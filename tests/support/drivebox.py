@@ -2,8 +2,8 @@
 them), and relayd's drive pieces wired to both: the real AligoDrive (real aligo, headless, through the
 redirect adapter), the real pan_upload hop and engine in process, or the real daemon in a subprocess.
 
-Used by tests/drive (its conftest takes the fixtures at the end) and tests/hops/test_pan_upload.py
-(which puts this directory on sys.path and takes them too).
+Used by tests/drive and tests/hops/test_pan_upload.py; its fixtures (``fake``, ``secrets``, ``box``) are
+registered in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import requests
-from daemonlog import DaemonLog
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Piece, Transfer
@@ -35,6 +34,7 @@ from relayd.hops.base import HopContext, Services
 from relayd.hops.pan_upload import PanUploadHop
 from relayd.staging import Staging
 from relayd_sandbox.drive import FakeDrive
+from tests.support.daemonlog import DaemonLog
 
 PART = 64 * 1024
 REFERER = "https://www.aliyundrive.com/"

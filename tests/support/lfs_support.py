@@ -1,6 +1,5 @@
 """Helpers for the lfs_push agent tests: the agent run as the executors run it (the hermetic git client
-for checking what was pushed is tests/hermetic_git.py; a uniquely named module: every test folder has a
-conftest)."""
+for checking what was pushed is tests/support/hermetic_git.py)."""
 
 from __future__ import annotations
 

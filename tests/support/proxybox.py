@@ -5,8 +5,8 @@ tunnels are tested too.
 tinyproxy logs each request it carries (``GET http://host:port/path HTTP/1.1`` for plain http, the
 absolute form a client sends it; ``CONNECT host:port HTTP/1.1`` for a tunnel) and adds
 ``Via: 1.1 relayd-test-proxy`` to every request it forwards, so a fake's request log shows which
-requests came through it. A helper module, not a test file (tests/conftest.py puts this directory on
-sys.path); the conftest of each test folder that uses them takes the fixtures at the end.
+requests came through it. Its fixtures (``no_proxy_variables``, ``tinyproxy``, ``locked_proxy``) are
+registered in tests/conftest.py.
 """
 
 from __future__ import annotations

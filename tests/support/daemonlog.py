@@ -1,9 +1,5 @@
 """The log of the relayd daemons a test box starts in subprocesses: read it, and wait for a condition
-with its tail in the failure.
-
-A helper module, not a test file (tests/conftest.py puts this directory on sys.path); a uniquely named
-module, since every test folder may have a conftest.
-"""
+with its tail in the failure."""
 
 from __future__ import annotations
 

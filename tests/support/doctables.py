@@ -1,6 +1,5 @@
-"""The field tables of the documented JSON shapes (docs/*-json.md), and a check of real output against them.
-
-A helper module, not a test file: the tests of this directory import it by its bare name."""
+"""The field tables of the documented JSON shapes (docs/*-json.md), and a check of real output against
+them."""
 
 from __future__ import annotations
 

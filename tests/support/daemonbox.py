@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemonlog import DaemonLog
-
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Piece, Snapshot, Transfer
 from relayd.catalogue.store import RepoSpec, Store
+from tests.support.daemonlog import DaemonLog
 
 
 class DaemonSandbox(DaemonLog):
