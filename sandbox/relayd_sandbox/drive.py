@@ -27,23 +27,21 @@ from pathlib import Path
 from types import TracebackType
 
 from relayd_sandbox._http import LoggedRequest, RequestLog
+from relayd_sandbox.drive_hashes import pre_hash, proof_code, proof_offset
 from relayd_sandbox.drive_http import DriveServer
-from relayd_sandbox.drive_store import (
+from relayd_sandbox.drive_records import (
     DOWNLOAD_PREFIX,
     JSON,
     UPLOAD_PREFIX,
     WEB_APP_ID,
     DriveSettings,
     DriveStats,
-    DriveStore,
     DriveUser,
     Injection,
     StoredFile,
     UploadInfo,
-    pre_hash,
-    proof_code,
-    proof_offset,
 )
+from relayd_sandbox.drive_store import DriveStore
 
 __all__ = [
     "DOWNLOAD_PREFIX",

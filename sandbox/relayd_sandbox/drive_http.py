@@ -21,16 +21,16 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from relayd_sandbox._http import LoggedRequest, LoopbackServer
-from relayd_sandbox.drive_store import (
+from relayd_sandbox.drive_records import (
     DOWNLOAD_PREFIX,
     JSON,
     UPLOAD_PREFIX,
     ApiError,
     DownloadTicket,
-    DriveStore,
     Injection,
     PutTicket,
 )
+from relayd_sandbox.drive_store import DriveStore
 
 if TYPE_CHECKING:
     from relayd_sandbox.drive import FakeDrive
