@@ -28,13 +28,11 @@ for as long as the command runs; ``tests/sandbox/test_sshd.py`` shows such a gua
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pwd
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -45,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 
 from relayd_sandbox._http import free_port
+from relayd_sandbox.processes import kill_sshd_descendants, process_table, terminate_tree, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ class SandboxSshd:
                 if ready_error is None:
                     self._write_client_files()
             except BaseException:
-                _terminate_tree(process)
+                terminate_tree(process)
                 raise
             if ready_error is None:
                 self._process = process
@@ -164,7 +163,7 @@ class SandboxSshd:
                 log.info("sandbox sshd listening on %s:%d (pid %d)", self.host, self.port, process.pid)
                 return
             error = ready_error
-            _terminate_tree(process)
+            terminate_tree(process)
             if "Address already in use" not in error:
                 break
             log.debug("port %d was taken before sshd bound it; trying another", self.port)
@@ -213,7 +212,7 @@ class SandboxSshd:
         pid = self.pid
         if pid is None:
             return []
-        return sorted(_process_table().children.get(pid, []))
+        return sorted(process_table().children.get(pid, []))
 
     def kill_sessions(self, timeout: float = 5.0) -> list[int]:
         """SIGKILL every session's sshd processes, dropping all live connections; return their pids.
@@ -224,8 +223,8 @@ class SandboxSshd:
         pid = self.pid
         if pid is None:
             return []
-        killed = _kill_sshd_descendants(pid)
-        _wait_gone(killed, timeout)
+        killed = kill_sshd_descendants(pid)
+        wait_gone(killed, timeout)
         if killed:
             log.info("killed sandbox sshd sessions %s", killed)
         return killed
@@ -383,102 +382,8 @@ def restricted_path(directory: Path, *, hide: Iterable[str] = ("git-lfs",), path
     return str(directory)
 
 
-def processes_with_cmdline(text: str) -> list[int]:
-    """Return the pids of live (not zombie) processes whose command line contains *text*."""
-    table = _process_table()
-    found = []
-    for pid in table.live:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            found.append(pid)
-    return sorted(found)
-
-
-class _ProcessTable:
-    """One read of /proc: each process's children, its comm, and which ones are not zombies."""
-
-    def __init__(self) -> None:
-        self.children: dict[int, list[int]] = {}
-        self.comm: dict[int, str] = {}
-        self.live: set[int] = set()
-
-
-def _process_table() -> _ProcessTable:
-    table = _ProcessTable()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # The comm field is in parentheses and may itself hold spaces or parentheses.
-        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-        fields = stat[stat.rfind(")") + 2 :].split()
-        pid, state, ppid = int(entry), fields[0], int(fields[1])
-        table.children.setdefault(ppid, []).append(pid)
-        table.comm[pid] = comm
-        if state not in ("Z", "X"):
-            table.live.add(pid)
-    return table
-
-
-def _kill_sshd_descendants(root: int) -> list[int]:
-    """SIGKILL every live sshd process below *root* (repeating while sessions fork); return them."""
-    killed: list[int] = []
-    for _round in range(10):
-        table = _process_table()
-        targets = []
-        stack = list(table.children.get(root, []))
-        while stack:
-            pid = stack.pop()
-            stack.extend(table.children.get(pid, []))
-            # Only sshd itself: the user's commands are left to show what a dropped connection does.
-            if pid in table.live and table.comm.get(pid) == "sshd":
-                targets.append(pid)
-        if not targets:
-            break
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed.extend(p for p in targets if p not in killed)
-        time.sleep(0.02)
-    return sorted(killed)
-
-
-def _wait_gone(pids: Iterable[int], timeout: float) -> None:
-    wanted = set(pids)
-    deadline = time.monotonic() + timeout
-    while wanted and time.monotonic() < deadline:
-        wanted &= _process_table().live
-        if wanted:
-            time.sleep(0.02)
-
-
-def _terminate_tree(process: subprocess.Popen[bytes]) -> None:
-    """Stop the listener *process* and every sshd below it, leaving no sshd process behind."""
-    if process.poll() is not None:
-        return
-    try:
-        # Freeze the listener so it accepts no new connection while its sessions are killed.
-        os.kill(process.pid, signal.SIGSTOP)
-        _wait_gone(_kill_sshd_descendants(process.pid), 5.0)
-        os.kill(process.pid, signal.SIGTERM)
-        os.kill(process.pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=5.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5.0)
-
-
 def _shutdown(process: subprocess.Popen[bytes], workdir: Path | None) -> None:
     """Finalizer of a started SandboxSshd: also runs at interpreter exit if stop() was never called."""
-    _terminate_tree(process)
+    terminate_tree(process)
     if workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)

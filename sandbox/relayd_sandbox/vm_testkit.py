@@ -26,6 +26,8 @@ from relayd.catalogue.schema import File
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.config import VmConfig
 from relayd.errors import NeedsPerson, Retryable
+from relayd_sandbox.drive_hashes import proof_code
+from relayd_sandbox.processes import processes_with_cmdline
 
 DEFAULT_REFERER = "https://www.aliyundrive.com/"
 
@@ -92,8 +94,6 @@ class FakeDriveLinks:
 def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str, *, drive_id: str = "") -> str:
     """Put *data* on the FakeDrive *drive* as ``/<name>`` (rapid upload with a proof) in *drive_id*
     (default: the user's default drive) and return its file id."""
-    from relayd_sandbox.drive import proof_code
-
     content_hash = drive.seed_content(data)
     token = drive.issue_access_token()
     size = len(data) if isinstance(data, bytes) else data.stat().st_size
@@ -175,8 +175,6 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, step: flo
 def no_agent_left(marker: str, timeout: float = 10.0) -> bool:
     """Return True once no live process (an ssh client or an agent) carries *marker* in its command
     line."""
-    from relayd_sandbox.sshd import processes_with_cmdline
-
     return wait_until(lambda: not processes_with_cmdline(marker), timeout)
 
 

@@ -36,7 +36,8 @@ from relayd.vm.executor import (
     make_executor,
 )
 from relayd_sandbox.drive import FakeDrive
-from relayd_sandbox.sshd import SandboxSshd, processes_with_cmdline, restricted_path
+from relayd_sandbox.processes import processes_with_cmdline
+from relayd_sandbox.sshd import SandboxSshd, restricted_path
 from relayd_sandbox.vm_testkit import (
     DEFAULT_REFERER,
     FakeDriveLinks,
