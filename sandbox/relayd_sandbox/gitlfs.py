@@ -47,7 +47,6 @@ import hmac
 import logging
 import os
 import re
-import socket
 import subprocess
 import threading
 import time
@@ -58,8 +57,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from relayd_sandbox._http import LoopbackServer, RequestLog
-from relayd_sandbox.gitlfs_http import GitLfsHandler
+from relayd_sandbox._http import RequestLog
+from relayd_sandbox.gitlfs_http import GitLfsListener
 from relayd_sandbox.gitlfs_store import ActionSigner, ObjectStore, lfs_pointer
 
 logger = logging.getLogger(__name__)
@@ -130,45 +129,6 @@ class _Tally:
     batches: list[BatchRecord] = field(default_factory=list)
 
 
-class _Listener(LoopbackServer):
-    """The HTTP listener of one start()…stop() period; it knows its open connections so that stop()
-    can cut them the way a crashed server would."""
-
-    def __init__(self, app: GitLfsServer, port: int, *, storage: bool = False) -> None:
-        self.app = app
-        # The storage origin serves only object transfers (signed_url actions), as a separate host would.
-        self.storage = storage
-        self.request_log = app.storage_log if storage else app.request_log
-        self.closing = False
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(GitLfsHandler, port)
-
-    def process_request(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
-    ) -> None:
-        if isinstance(request, socket.socket):
-            with self._open_lock:
-                self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
-        if isinstance(request, socket.socket):
-            with self._open_lock:
-                self._open.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """Reset every open client connection; their handlers fail on their next read or write."""
-        with self._open_lock:
-            sockets = list(self._open)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                logger.debug("connection already closed while dropping it")
-
-
 class GitLfsServer:
     """A git smart-HTTP + LFS server for *root* on 127.0.0.1, guarded by Basic ``oauth2:<token>``.
 
@@ -236,8 +196,8 @@ class GitLfsServer:
         self.http_backend = Path(exec_path) / "git-http-backend"
         self._port = port
         self._storage_port = 0
-        self._listener: _Listener | None = None
-        self._storage: _Listener | None = None
+        self._listener: GitLfsListener | None = None
+        self._storage: GitLfsListener | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
@@ -251,10 +211,10 @@ class GitLfsServer:
         """Start serving (again) on the server's port."""
         if self._listener is not None:
             raise RuntimeError("GitLfsServer is already running")
-        listener = _Listener(self, self._port)
+        listener = GitLfsListener(self, self._port)
         self._port = listener.port
         try:
-            storage = _Listener(self, self._storage_port, storage=True)
+            storage = GitLfsListener(self, self._storage_port, storage=True)
         except BaseException:
             listener.server_close()
             raise

@@ -16,7 +16,8 @@ from relayd_sandbox._http import LoggedRequest
 from relayd_sandbox.gitlfs_body import CHUNK, BadRequest, ClientGone, RequestBody
 
 if TYPE_CHECKING:
-    from relayd_sandbox.gitlfs import Endpoint, GitLfsServer, _Listener
+    from relayd_sandbox.gitlfs import Endpoint, GitLfsServer
+    from relayd_sandbox.gitlfs_http import GitLfsListener
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class HandlerBase(BaseHTTPRequestHandler):
 
     @property
     def app(self) -> GitLfsServer:
-        return cast("_Listener", self.server).app
+        return cast("GitLfsListener", self.server).app
 
     def log_message(self, format: str, *args: Any) -> None:
         if logger.isEnabledFor(logging.DEBUG):
@@ -62,7 +63,7 @@ class HandlerBase(BaseHTTPRequestHandler):
     def _log_request(self) -> None:
         if not self._logged:
             self._logged = True
-            cast("_Listener", self.server).request_log.add(
+            cast("GitLfsListener", self.server).request_log.add(
                 LoggedRequest(self.command, self.path, self._redacted_headers(), self._status)
             )
 

@@ -1,21 +1,25 @@
-"""The HTTP side of the sandbox git + LFS server: one handler per connection, speaking HTTP/1.1 with
-keep-alive as git (libcurl) and git-lfs (Go) expect, that routes each request to git's CGI bridge
-(``gitlfs_git``) or to the LFS endpoints (``gitlfs_lfs``); the plumbing they share is ``gitlfs_base``,
-the request body's framing ``gitlfs_body``."""
+"""The HTTP side of the sandbox git + LFS server: a listener per origin that can cut its open
+connections, and one handler per connection, speaking HTTP/1.1 with keep-alive as git (libcurl) and
+git-lfs (Go) expect, that routes each request to git's CGI bridge (``gitlfs_git``) or to the LFS
+endpoints (``gitlfs_lfs``); the plumbing they share is ``gitlfs_base``, the request body's framing
+``gitlfs_body``."""
 
 from __future__ import annotations
 
 import logging
 import re
+import socket
+import threading
 from typing import TYPE_CHECKING, BinaryIO, cast
 from urllib.parse import urlsplit
 
+from relayd_sandbox._http import LoopbackServer
 from relayd_sandbox.gitlfs_body import BadRequest, ClientGone, RequestBody
 from relayd_sandbox.gitlfs_git import GitBackend
 from relayd_sandbox.gitlfs_lfs import LfsEndpoints
 
 if TYPE_CHECKING:
-    from relayd_sandbox.gitlfs import _Listener
+    from relayd_sandbox.gitlfs import GitLfsServer
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +60,14 @@ class GitLfsHandler(GitBackend, LfsEndpoints):
             logger.info("%s %s: connection lost: %s", self.command, self.path, exc)
             self.close_connection = True
         finally:
-            if cast("_Listener", self.server).closing:
+            if cast("GitLfsListener", self.server).closing:
                 self.close_connection = True
             app.request_finished()
             self._log_request()  # no answer was sent (the connection was lost)
 
     def _route(self) -> None:
         split = urlsplit(self.path)
-        storage = cast("_Listener", self.server).storage
+        storage = cast("GitLfsListener", self.server).storage
         redirect = self.app.redirect
         if redirect is not None and not storage:
             status, target = redirect
@@ -86,3 +90,42 @@ class GitLfsHandler(GitBackend, LfsEndpoints):
             self._lfs(owner, name, rest[len("/info/lfs") :])
         else:
             self._git(owner, name, rest, split.query)
+
+
+class GitLfsListener(LoopbackServer):
+    """The HTTP listener of one start()…stop() period; it knows its open connections so that stop()
+    can cut them the way a crashed server would."""
+
+    def __init__(self, app: GitLfsServer, port: int, *, storage: bool = False) -> None:
+        self.app = app
+        # The storage origin serves only object transfers (signed_url actions), as a separate host would.
+        self.storage = storage
+        self.request_log = app.storage_log if storage else app.request_log
+        self.closing = False
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(GitLfsHandler, port)
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        if isinstance(request, socket.socket):
+            with self._open_lock:
+                self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
+        if isinstance(request, socket.socket):
+            with self._open_lock:
+                self._open.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Reset every open client connection; their handlers fail on their next read or write."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                logger.debug("connection already closed while dropping it")

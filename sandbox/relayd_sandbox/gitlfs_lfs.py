@@ -16,7 +16,7 @@ from relayd_sandbox.gitlfs_body import CHUNK
 from relayd_sandbox.gitlfs_store import OID_RE, Grant, ObjectRejected, TokenError
 
 if TYPE_CHECKING:
-    from relayd_sandbox.gitlfs import _Listener
+    from relayd_sandbox.gitlfs_http import GitLfsListener
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class LfsEndpoints(HandlerBase):
     """``/<owner>/<name>.git/info/lfs/*``, on the main origin or the storage origin."""
 
     def _lfs(self, owner: str, name: str, rest: str) -> None:
-        if rest == "/objects/batch" and not cast("_Listener", self.server).storage:
+        if rest == "/objects/batch" and not cast("GitLfsListener", self.server).storage:
             if self.command != "POST":
                 self._lfs_error(405, "Use POST for the batch API")
             elif self._basic_auth(lfs=True):
@@ -50,7 +50,7 @@ class LfsEndpoints(HandlerBase):
             return
         # Locking (/locks, /locks/verify, …) is not implemented, like on the servers relayd targets;
         # git-lfs warns and carries on, and relayd sets lfs.locksverify=false anyway.
-        if cast("_Listener", self.server).storage:
+        if cast("GitLfsListener", self.server).storage:
             self._lfs_error(404, f"Not found: {rest}")
         elif self._basic_auth(lfs=True):
             self._lfs_error(404, f"Not found: {rest} (this server implements no LFS locking API)")
@@ -179,7 +179,7 @@ class LfsEndpoints(HandlerBase):
             except TokenError as exc:
                 self._lfs_error(403, str(exc))
                 return None
-        if app.action_auth == "basic" and not cast("_Listener", self.server).storage:
+        if app.action_auth == "basic" and not cast("GitLfsListener", self.server).storage:
             if not self._basic_auth(lfs=True):
                 return None
             if size is None:
