@@ -61,6 +61,34 @@ def test_the_wheel_carries_no_fake_and_does_not_depend_on_the_sandbox(wheel: Pat
     assert not [line for line in requirements if "sandbox" in line.lower()]
 
 
+def test_the_sandbox_is_a_distribution_of_its_own_with_its_pytest_plugin(tmp_path: Path) -> None:
+    """sandbox/ builds the relayd-sandbox wheel: the fakes and their fixtures, nothing of relayd's, and
+    relayd as a dependency."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path),
+            str(ROOT / "sandbox"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (built,) = tmp_path.glob("relayd_sandbox-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert {"relayd_sandbox/hub.py", "relayd_sandbox/drive.py", "relayd_sandbox/pytest_plugin.py"} <= names
+    assert not [n for n in names if n.startswith("relayd/")]
+    assert "Requires-Dist: relayd\n" in metadata
+    assert "[pytest11]\nrelayd_sandbox = relayd_sandbox.pytest_plugin" in entry_points
+
+
 def test_an_installed_relayd_creates_and_upgrades_its_catalogue(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     install(wheel, target)
