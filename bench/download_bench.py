@@ -42,8 +42,8 @@ from relayd.catalogue import migrate
 from relayd.catalogue.schema import Transfer
 from relayd.catalogue.store import RepoSpec, Store
 from relayd.digest import PrefixHasher
-from relayd.sandbox.hub import FakeHub, Generated
 from relayd.units import parse_size
+from relayd_sandbox.hub import FakeHub, Generated
 
 MiB = 1024 * 1024
 MB = 1000 * 1000

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the pan_upload hop against the fake drive (docs/benchmarks.md, "pan_upload").
 
-Everything runs on this machine: the fake Aliyun Drive (relayd/sandbox/drive.py) in this process, and
+Everything runs on this machine: the fake Aliyun Drive (sandbox/relayd_sandbox/drive.py) in this process, and
 relayd as the real daemon in a subprocess (`relayd run`), so /usr/bin/time sees only relayd. Real
 aligo 6.2.8 does the API calls, through the redirect adapter; the part size is the drive's own 10 MiB.
 
@@ -45,9 +45,9 @@ from relayd.drive.aligo_backend import AligoDrive
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
 from relayd.hops.pan_upload import PanUploadHop
-from relayd.sandbox.drive import FakeDrive
 from relayd.staging import Staging
 from relayd.units import parse_size
+from relayd_sandbox.drive import FakeDrive
 
 MiB = 1024 * 1024
 PART = 10 * MiB

@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/lfs_bench.py [--size "4 GiB"] [--shards 4] [--dir 
 LFS_BENCH_LANES (default 2, the hop's default concurrency) sets how many objects are uploaded at once,
 by relayd and by git-lfs (lfs.concurrenttransfers) alike.
 
-One sandbox git + LFS server (relayd/sandbox/gitlfs.py) on 127.0.0.1, in its own process, serves
+One sandbox git + LFS server (sandbox/relayd_sandbox/gitlfs.py) on 127.0.0.1, in its own process, serves
 both sides:
 
 1. relayd: the agent's ``lfs_upload`` (two objects at a time, as the hop runs with concurrency 2) and
@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from relayd.config import VmConfig
-from relayd.sandbox.gitlfs import GitLfsServer
 from relayd.units import format_size, parse_size
 from relayd.vm.executor import LocalExecutor
+from relayd_sandbox.gitlfs import GitLfsServer
 
 OWNER = "bench"
 LANES = int(os.environ.get("LFS_BENCH_LANES", "2"))

@@ -31,9 +31,9 @@ from sqlalchemy import select
 
 from relayd.catalogue.schema import File, Repo, Snapshot, Transfer
 from relayd.catalogue.store import Store
-from relayd.sandbox.hub import make_model_repo
-from relayd.sandbox.route import REPO, RouteSandbox
 from relayd.units import format_size, parse_size
+from relayd_sandbox.hub import make_model_repo
+from relayd_sandbox.route import REPO, RouteSandbox
 
 
 def wait_done(box: RouteSandbox, name: str, timeout: float = 3600) -> None:

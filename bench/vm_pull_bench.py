@@ -44,12 +44,12 @@ from relayd.config import RetryConfig, StagingConfig
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
 from relayd.hops.vm_pull import VmPullHop
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.sshd import SandboxSshd
 from relayd.staging import Staging
 from relayd.units import parse_size
 from relayd.vm.executor import make_executor
-from relayd.vm.testkit import FakeDriveLinks, seed_pulls, upload_to_fake_drive, vm_config
+from relayd_sandbox.drive import FakeDrive
+from relayd_sandbox.sshd import SandboxSshd
+from relayd_sandbox.vm_testkit import FakeDriveLinks, seed_pulls, upload_to_fake_drive, vm_config
 
 MiB = 1024 * 1024
 MB = 1000 * 1000

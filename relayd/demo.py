@@ -8,14 +8,19 @@ commits a change upstream (one shard changed, one file removed) and shows that o
 and that the pushed repo matches the new revision, and last each hop's bytes moved (re-sends included)
 beside what the sandbox's servers counted. It exits 0 only if everything verified and agreed.
 ``--local`` runs the short local_copy route instead (no network services at all).
+
+The sandbox is a distribution of its own (``relayd-sandbox``, in the checkout's ``sandbox/``), imported
+only here and only when the demo runs: without it the demo says how to install it.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,10 +35,10 @@ from typing import Any
 import click
 
 from relayd.digest import sha256_file
-from relayd.sandbox.hub import write_generated_file
 from relayd.units import format_size, parse_size
 
 DEMO_REPO = "demo/tiny-model"
+SANDBOX_PACKAGE = "relayd_sandbox"
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class LocalDemo(Demo):
     # -- setup -------------------------------------------------------------------------------------
 
     def build_model(self) -> None:
+        from relayd_sandbox.hub_store import write_generated_file
+
         for index in range(self.options.shards):
             name = f"model-{index + 1:05d}-of-{self.options.shards:05d}.safetensors"
             write_generated_file(self.source / name, self.options.shard_size, seed=index)
@@ -227,6 +234,8 @@ concurrency = 2
 
     def change_upstream(self) -> tuple[str, str]:
         """Change one shard and remove the tokenizer; return (changed, removed)."""
+        from relayd_sandbox.hub_store import write_generated_file
+
         changed = f"model-00001-of-{self.options.shards:05d}.safetensors"
         write_generated_file(self.source / changed, self.options.shard_size, seed=424242)
         removed = "tokenizer.json"
@@ -238,7 +247,7 @@ class RouteDemo(Demo):
     """The default route on the route sandbox: Hub → staging → drive → VM → git + LFS."""
 
     def __init__(self, options: DemoOptions, root: Path) -> None:
-        from relayd.sandbox.route import RouteSandbox
+        from relayd_sandbox.route import RouteSandbox
 
         self.options = options
         self.sandbox = RouteSandbox(
@@ -379,7 +388,36 @@ def print_table(rows: list[tuple[str, str, str, bool]], columns: tuple[str, str]
     show_table(table)
 
 
+def sandbox_install_command() -> str:
+    """Return the command that installs the sandbox into this Python: from this checkout (editable, as
+    ``scripts/dev setup`` does) when relayd runs from one, else from wherever the checkout is."""
+    checkout = Path(__file__).resolve().parent.parent / "sandbox"
+    python = shlex.quote(sys.executable)
+    if (checkout / "pyproject.toml").is_file():
+        return f"{python} -m pip install -e {shlex.quote(str(checkout))}"
+    return f"{python} -m pip install /path/to/relayd-checkout/sandbox"
+
+
+def sandbox_missing() -> str | None:
+    """Return what to tell the person when the sandbox cannot be imported (with the command that
+    installs it), or None when it can."""
+    try:
+        importlib.import_module(SANDBOX_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SANDBOX_PACKAGE:
+            raise  # the sandbox is there but something it needs is not: that is not ours to explain
+        return (
+            "the demo runs on relayd's sandbox (the fake Hub, drive, git + LFS server and sshd), which "
+            f"is not installed. Install it with: {sandbox_install_command()}"
+        )
+    return None
+
+
 def run_demo(options: DemoOptions) -> int:
+    missing = sandbox_missing()
+    if missing is not None:
+        click.echo(f"relayd demo: {missing}", err=True)
+        return 1
     root = options.workdir or Path(tempfile.mkdtemp(prefix="relayd-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     demo = LocalDemo(options, root)

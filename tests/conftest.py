@@ -1,18 +1,21 @@
-"""Fixtures shared by every test package. Keep each one small and generic."""
+"""Fixtures shared by every test package. Keep each one small and generic. The fakes' own fixtures
+(``fake_hub``, ``fake_drive``, ``gitlfs_server``, ``sandbox_sshd``) come from relayd-sandbox's pytest
+plugin."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from systools import require
 
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd
+from relayd_sandbox.sshd import SandboxSshd
+
+# Fixtures of the helpers in tests/support, for every test package.
+pytest_plugins = ["tests.support.drivebox", "tests.support.proxybox"]
 
 ConfigFactory = Callable[..., Path]
 
@@ -60,12 +63,10 @@ def make_config() -> ConfigFactory:
 
 
 @pytest.fixture(scope="module")
-def sshd() -> Iterator[SandboxSshd]:
-    """A sandbox OpenSSH server on 127.0.0.1, one per test module (skipped, or failed under CI, without
-    sshd)."""
-    require(SSHD_PATH, "OpenSSH server")
-    with SandboxSshd() as server:
-        yield server
+def sshd(sandbox_sshd: SandboxSshd) -> SandboxSshd:
+    """The sandbox plugin's OpenSSH server on 127.0.0.1, one per test module (skipped, or failed under
+    CI, without sshd)."""
+    return sandbox_sshd
 
 
 @pytest.fixture
@@ -77,10 +78,3 @@ def wrong_known_hosts(sshd: SandboxSshd, tmp_path: Path) -> Path:
     wrong = tmp_path / "known_hosts_wrong"
     wrong.write_text(f"[127.0.0.1]:{sshd.port} {key_type} {key_data}\n")
     return wrong
-
-
-@pytest.fixture
-def fake_drive(tmp_path: Path) -> Iterator[FakeDrive]:
-    """A fake Aliyun Drive for this test, its files under ``tmp_path / "drive"``."""
-    with FakeDrive(tmp_path / "drive") as drive:
-        yield drive

@@ -50,6 +50,37 @@ def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:
     assert "second revision moved 1.0 MiB (one shard is 1.0 MiB)" in output
 
 
+def test_without_the_sandbox_the_demo_says_the_exact_install_command(tmp_path: Path) -> None:
+    """The sandbox is its own distribution: a relayd without it runs no demo, creates nothing, and names
+    the command that installs it (from this checkout, into this Python)."""
+    from relayd.demo import sandbox_install_command
+
+    checkout = Path(__file__).resolve().parent.parent
+    # The demo's entry in a Python where importing the sandbox fails as if it were not installed.
+    code = (
+        "import sys\n"
+        "sys.modules['relayd_sandbox'] = None\n"
+        "from relayd.daemon import main\n"
+        "sys.argv = ['relayd', 'demo', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    for mode in ([], ["--local"]):
+        workdir = tmp_path / ("local" if mode else "route")
+        result = subprocess.run(
+            [sys.executable, "-c", code, *mode, "--workdir", str(workdir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        command = f"{sys.executable} -m pip install -e {checkout / 'sandbox'}"
+        assert command == sandbox_install_command()
+        assert f"Install it with: {command}\n" in result.stderr
+        assert "relayd_sandbox" not in result.stdout and "Traceback" not in result.stderr
+        assert not workdir.exists()
+
+
 def test_demo_help_lists_every_option_with_its_help() -> None:
     """`relayd demo --help` reaches the demo's own command (not the daemon's wrapper) and lists every
     option the demo parses, each with its help text."""

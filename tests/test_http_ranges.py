@@ -26,7 +26,7 @@ from relayd.http_ranges import (
     Stalled,
     parse_content_range,
 )
-from relayd.sandbox._http import LoopbackServer
+from relayd_sandbox._http import LoopbackServer
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -232,7 +232,7 @@ def test_a_stale_keep_alive_connection_is_renewed_once(servers: tuple[Server, Se
 
 
 def test_a_refused_connection_is_lost() -> None:
-    from relayd.sandbox._http import free_port
+    from relayd_sandbox._http import free_port
 
     client = RangeClient(connect_timeout=2, stall_timeout=2)
     with pytest.raises(ConnectionLost):

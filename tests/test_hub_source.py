@@ -23,8 +23,8 @@ from relayd.config import HubConfig, SecretRef
 from relayd.errors import Permanent
 from relayd.hub import HubSource
 from relayd.poll import Poller, check_listing
-from relayd.sandbox._http import free_port
-from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
+from relayd_sandbox._http import free_port
+from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
 
 TOKEN = "hf_alice_secret_0123456789"
 

@@ -23,7 +23,7 @@ from relayd.catalogue.store import FileSpec, RepoSpec, Store, utcnow
 from relayd.config import NotifyConfig
 from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier
-from relayd.sandbox._http import free_port
+from relayd_sandbox._http import free_port
 
 
 class Receiver:

@@ -47,6 +47,48 @@ def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None
     assert "[relayd.hops.v1]" in text
 
 
+def test_the_wheel_carries_no_fake_and_does_not_depend_on_the_sandbox(wheel: Path) -> None:
+    """The fakes are their own distribution (sandbox/): the product's wheel holds none of them and
+    does not pull them in, not even as an extra."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "relayd/daemon.py" in names  # the wheel is read right
+    assert not [n for n in names if n.startswith(("relayd/sandbox/", "relayd_sandbox/"))]
+    assert not [n for n in names if "testkit" in n]
+    requirements = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert requirements  # relayd's own dependencies are there
+    assert not [line for line in requirements if "sandbox" in line.lower()]
+
+
+def test_the_sandbox_is_a_distribution_of_its_own_with_its_pytest_plugin(tmp_path: Path) -> None:
+    """sandbox/ builds the relayd-sandbox wheel: the fakes and their fixtures, nothing of relayd's, and
+    relayd as a dependency."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(tmp_path),
+            str(ROOT / "sandbox"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (built,) = tmp_path.glob("relayd_sandbox-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert {"relayd_sandbox/hub.py", "relayd_sandbox/drive.py", "relayd_sandbox/pytest_plugin.py"} <= names
+    assert not [n for n in names if n.startswith("relayd/")]
+    assert "Requires-Dist: relayd\n" in metadata
+    assert "[pytest11]\nrelayd_sandbox = relayd_sandbox.pytest_plugin" in entry_points
+
+
 def test_an_installed_relayd_creates_and_upgrades_its_catalogue(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     install(wheel, target)

@@ -20,7 +20,7 @@ from relayd.catalogue.db import make_engine
 from relayd.cli import cli
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
+    from tests.support.relayctl import Relayctl
 
 TOKEN = "hf_inline_secret_value_1234567890"
 

@@ -22,12 +22,12 @@ from relayd.config import DEFAULT_ROUTE
 from relayd.errors import UsageError
 from relayd.hops.base import Hop
 from relayd.names import validate_repo_id
-from relayd.sandbox._http import free_port
-from relayd.sandbox.hub import FakeHub, make_model_repo
 from relayd.units import format_size
+from relayd_sandbox._http import free_port
+from relayd_sandbox.hub import FakeHub, make_model_repo
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
+    from tests.support.relayctl import Relayctl
 
 INVALID_IDS = [
     "",

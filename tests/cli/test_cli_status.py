@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from claimkit import OWNER, claim
 from click.testing import CliRunner
-from doctables import check_shape, documented_tables
 
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.db import make_engine
 from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, POLL_WAITING, WAITING
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
 from relayd.cli import cli
+from tests.support.claimkit import OWNER, claim
+from tests.support.doctables import check_shape, documented_tables
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
+    from tests.support.relayctl import Relayctl
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "status-json.md"
 

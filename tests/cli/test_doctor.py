@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from doctables import documented_tables
-from systools import require
 
 import relayd.hub_limits
 from relayd.catalogue import migrate
 from relayd.catalogue.store import RepoSpec, Store
 from relayd.cli import cli
-from relayd.sandbox.route import HUB_USER, REPO, RouteSandbox
-from relayd.sandbox.sshd import restricted_path
+from relayd_sandbox.route import HUB_USER, REPO, RouteSandbox
+from relayd_sandbox.sshd import restricted_path
+from relayd_sandbox.systools import require
+from tests.support.doctables import documented_tables
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "doctor-json.md"
 SHAPES = ("Doctor document", "Check")

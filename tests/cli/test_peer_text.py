@@ -14,7 +14,7 @@ from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.text import TEXT_LIMIT, TRUNCATED, safe_text
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
+    from tests.support.relayctl import Relayctl
 
 # Clear the screen, set the window title, a hyperlink, a cursor move, an 8-bit CSI, a carriage return
 # that would overwrite the line, and a right-to-left override.

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from claimkit import OWNER, claim
-from doctables import check_shape, documented_tables
 
 from relayd.catalogue.schema import BLOCKED
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
+from tests.support.claimkit import OWNER, claim
+from tests.support.doctables import check_shape, documented_tables
 
 if TYPE_CHECKING:
-    from conftest import Relayctl
-
-    from relayd.sandbox.route import RouteSandbox
+    from relayd_sandbox.route import RouteSandbox
+    from tests.support.relayctl import Relayctl
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "whereis-json.md"
 SHAPES = ("Whereis document", "File location", "Hop location")
@@ -303,8 +302,8 @@ def test_the_whereis_path_imports_no_heavy_modules(seeded: Relayctl) -> None:
 def test_whereis_after_a_relay_through_the_sandbox(tmp_path: Path) -> None:
     """Relay a small model with `relayd run --once`; whereis names the drive file ids, the VM paths and
     the pushed commit that the fake drive, the VM directory and the git server actually hold."""
-    from relayd.sandbox.route import NAME, REPO, RouteSandbox
-    from relayd.sandbox.route import OWNER as MS_OWNER
+    from relayd_sandbox.route import NAME, REPO, RouteSandbox
+    from relayd_sandbox.route import OWNER as MS_OWNER
 
     box: RouteSandbox = RouteSandbox(
         tmp_path / "route", shards=1, shard_size=64 * 1024, ssh=False, concurrency=3, connections=1

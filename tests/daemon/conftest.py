@@ -1,4 +1,4 @@
-"""Fixtures for the daemon process tests (the sandbox itself lives in daemonbox.py)."""
+"""Fixtures for the daemon process tests (the sandbox itself lives in tests/support/daemonbox.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonbox import DaemonSandbox
+
+from tests.support.daemonbox import DaemonSandbox
 
 
 @pytest.fixture

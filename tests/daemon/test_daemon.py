@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from daemonbox import DaemonSandbox
 
 from relayd.catalogue.schema import DONE, RUNNING
+from tests.support.daemonbox import DaemonSandbox
 
 MiB = 1024 * 1024
 

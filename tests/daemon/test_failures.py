@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemonbox import DaemonSandbox
 
 from relayd.catalogue import queries
 from relayd.catalogue.store import RepoSpec
 from relayd.config import load_config
 from relayd.daemon import instance_lock
-from relayd.sandbox.hub import FakeHub, make_model_repo
+from relayd_sandbox.hub import FakeHub, make_model_repo
+from tests.support.daemonbox import DaemonSandbox
 
 MiB = 1024 * 1024
 TOKEN = "hf_alice_0123456789"

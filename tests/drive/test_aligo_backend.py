@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import requests
-from drivebox import DriveBox, sign_in_other_devices
 
 from relayd.config import SecretRef
 from relayd.drive.aligo_backend import AligoDrive, retry_after_seconds
 from relayd.drive.base import LocalFile, NameTaken, UploadCallbacks, UploadResult
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
-from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
+from relayd_sandbox.drive import UPLOAD_PREFIX, FakeDrive
+from tests.support.drivebox import DriveBox, sign_in_other_devices
 
 PART = 64 * 1024
 REAL_CONFIG = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".aligo" / "config.json5"

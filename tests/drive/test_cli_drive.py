@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from drivebox import PART, DriveBox
 from sqlalchemy import update
 
 from relayd.catalogue.schema import Piece, Transfer
 from relayd.cli import cli
-from relayd.sandbox.drive import FakeDrive
+from relayd_sandbox.drive import FakeDrive
+from tests.support.drivebox import PART, DriveBox
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from drivebox import DriveBox
-from proxybox import Tinyproxy, via_proxy
 
 from relayd.drive.base import LocalFile, UploadCallbacks
-from relayd.sandbox.drive import UPLOAD_PREFIX, FakeDrive
+from relayd_sandbox.drive import UPLOAD_PREFIX, FakeDrive
+from tests.support.drivebox import DriveBox
+from tests.support.proxybox import Tinyproxy, via_proxy
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from relayd.config import parse_config
 from relayd.drive.aligo_backend import AligoDrive
-from relayd.sandbox.drive import FakeDrive
+from relayd_sandbox.drive import FakeDrive
 
 
 def test_a_slow_stale_publish_never_overwrites_the_refreshed_state(

@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
-from test_route import Catalogue, wait_for
 
-from relayd.sandbox.route import REPO, RouteSandbox
+from relayd_sandbox.route import REPO, RouteSandbox
+from tests.support.proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
+from tests.support.routewatch import Catalogue, wait_for
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_proxy_variables")]
 

@@ -19,8 +19,8 @@ from relayd.cli import status_view
 from relayd.config import HubConfig, RetryConfig, SecretRef
 from relayd.hub import HubSource
 from relayd.poll import Poller
-from relayd.sandbox._http import free_port
-from relayd.sandbox.hub import FakeHub, make_model_repo
+from relayd_sandbox._http import free_port
+from relayd_sandbox.hub import FakeHub, make_model_repo
 
 TOKEN = "hf_alice_secret_0123456789"
 # Attempt n waits between half and all of initial × 2^(n-1) (relayd.engine.backoff_delay).

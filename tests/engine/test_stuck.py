@@ -28,8 +28,8 @@ from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.hub import HubSource
 from relayd.poll import Poller
-from relayd.sandbox._http import free_port
 from relayd.staging import Staging
+from relayd_sandbox._http import free_port
 
 WEBHOOK = "http://127.0.0.1:9/relayd-hook"  # only queued here, never delivered
 SURFACE_AFTER = 0.2

@@ -1,4 +1,4 @@
-"""Fixtures: a fake Hub and a relay of its repos (see hubrelay.py)."""
+"""Fixtures: a fake Hub and a relay of its repos (see tests/support/hubrelay.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubrelay import TOKEN, HubRelay
-from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
-from relayd.sandbox.hub import FakeHub
+from relayd_sandbox.hub import FakeHub
+from tests.support.hubrelay import TOKEN, HubRelay
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[FakeHub]:
-    with FakeHub(tmp_path / "hub") as fake:
-        fake.add_token(TOKEN, user="alice")
-        yield fake
+def hub(fake_hub: FakeHub) -> FakeHub:
+    """The sandbox plugin's fake Hub, where user ``alice`` has TOKEN."""
+    fake_hub.add_token(TOKEN, user="alice")
+    return fake_hub
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
 import relayd.hub_limits
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
 from relayd.hops.base import plan_ranges
 from relayd.hops.download import _Run, piece_length
-from relayd.sandbox._http import LoggedRequest
-from relayd.sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
+from relayd_sandbox._http import LoggedRequest
+from relayd_sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
+from tests.support.hubrelay import TOKEN, HubRelay, files_outside, sha256_of
 
 MiB = 1024 * 1024
 WEIGHTS = "model.safetensors"

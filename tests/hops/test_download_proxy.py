@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hubrelay import TOKEN, HubRelay
-from proxybox import LOCKED_PASSWORD, Tinyproxy, TlsFront, make_certificate, via_proxy
 
 from relayd.catalogue.schema import DONE
 from relayd.http_ranges import ConnectionLost, ProxyUnusable, RangeClient, origin_of
 from relayd.hub_session import route_hub_session
-from relayd.sandbox.hub import FakeHub, Generated, make_model_repo
+from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
+from tests.support.hubrelay import TOKEN, HubRelay
+from tests.support.proxybox import LOCKED_PASSWORD, Tinyproxy, TlsFront, make_certificate, via_proxy
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hermetic_git import GitClient, hermetic_git
-from systools import require_git_lfs
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
@@ -32,10 +30,12 @@ from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services
 from relayd.hops.lfs_push import LfsPushHop
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
-from relayd.sandbox.sshd import SandboxSshd
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.sshd import SandboxSshd
+from relayd_sandbox.systools import require_git_lfs
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
 
@@ -213,10 +213,9 @@ def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        srv.new_repo(OWNER, "model")
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    gitlfs_server.new_repo(OWNER, "model")
+    return gitlfs_server
 
 
 @pytest.fixture

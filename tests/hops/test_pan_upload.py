@@ -8,18 +8,11 @@ import hashlib
 import os
 import re
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "drive"))
-
-import drivebox
-from drivebox import PART, DriveBox
 
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING
 from relayd.drive.base import (
@@ -35,12 +28,12 @@ from relayd.drive.base import (
 )
 from relayd.drive.hashing import part_count
 from relayd.errors import Cancelled
-from relayd.sandbox.drive import FakeDrive
+from relayd_sandbox.drive import FakeDrive
+from tests.support.drivebox import PART, DriveBox, sign_in_other_devices
 
 MIB = 1024 * 1024
 
 # tests/drive's fixtures, for this module's tests: the fake drive, the tokens it issues, a DriveBox over it.
-fake, secrets, box = drivebox.fake, drivebox.secrets, drivebox.box
 
 
 def _resource(fake: FakeDrive, path: str) -> Any:
@@ -285,7 +278,7 @@ def test_access_token_expiry_mid_upload_refreshes_and_the_same_part_continues(
 
 
 def test_429_backs_off_with_retry_after_and_continues(box: DriveBox, fake: FakeDrive) -> None:
-    from relayd.sandbox.drive import UPLOAD_PREFIX
+    from relayd_sandbox.drive import UPLOAD_PREFIX
 
     data = os.urandom(4 * PART)
     box.stage("acme/slow", {"w.bin": data})
@@ -316,7 +309,7 @@ def _one_blocked(box: DriveBox, error_class: str) -> Any:
 def test_too_many_devices_blocks_with_the_device_hint_and_retry_resumes(
     box: DriveBox, fake: FakeDrive
 ) -> None:
-    drivebox.sign_in_other_devices(fake, 10)
+    sign_in_other_devices(fake, 10)
     box.stage("acme/devices", {"w.bin": os.urandom(2 * PART)})
     engine = box.run()
     transfer = _one_blocked(box, "device")

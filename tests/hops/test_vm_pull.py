@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from systools import require
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Piece, Transfer
@@ -31,11 +30,12 @@ from relayd.engine import Engine, EngineSettings
 from relayd.hops import vm_pull
 from relayd.hops.base import HopContext, Services
 from relayd.hops.vm_pull import VmPullHop
-from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
 from relayd.staging import Staging
 from relayd.vm.executor import Executor, make_executor
-from relayd.vm.testkit import (
+from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
+from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
+from relayd_sandbox.systools import require
+from relayd_sandbox.vm_testkit import (
     FakeDriveLinks,
     no_agent_left,
     seed_pulls,

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hermetic_git import GitClient, hermetic_git
-from proxybox import locked_proxy, no_proxy_variables, tinyproxy  # noqa: F401 - fixtures
 
-from relayd.sandbox.gitlfs import GitLfsServer
+from relayd_sandbox.gitlfs import GitLfsServer
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    """The sandbox plugin's git + LFS server."""
+    return gitlfs_server
 
 
 @pytest.fixture

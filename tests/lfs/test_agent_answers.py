@@ -8,18 +8,16 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lfs_support import OWNER, run_agent
 
-from relayd.sandbox.gitlfs import GitLfsServer
 from relayd.vm.agent.core import Context
 from relayd.vm.agent.lfs import GitRunner, LfsClient, expires_at, expiring
+from relayd_sandbox.gitlfs import GitLfsServer
+from tests.support.lfs_support import OWNER, run_agent
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,10 +57,9 @@ def statuses(server: GitLfsServer) -> list[int]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        srv.new_repo(OWNER, "m")
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    gitlfs_server.new_repo(OWNER, "m")
+    return gitlfs_server
 
 
 # -- the batch API's answer shapes -------------------------------------------------------------------

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hermetic_git import CREDENTIAL_HELPER, GitClient
-from lfs_support import OWNER, run_agent, start_agent
 
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
+from tests.support.hermetic_git import CREDENTIAL_HELPER, GitClient
+from tests.support.lfs_support import OWNER, run_agent, start_agent
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from systools import require_git_lfs
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import POLL_BLOCKED, POLL_OK, File, Snapshot, SnapshotFile, Transfer
@@ -19,7 +18,8 @@ from relayd.errors import Permanent
 from relayd.hub import HubSource
 from relayd.names import git_path_problem, refuse_git_paths
 from relayd.poll import Poller
-from relayd.sandbox.hub import FakeHub, make_model_repo
+from relayd_sandbox.hub import FakeHub, make_model_repo
+from relayd_sandbox.systools import require_git_lfs
 
 require_git_lfs()
 

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lfs_support import OWNER
-from proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
 
-from relayd.sandbox._http import LoggedRequest
-from relayd.sandbox.gitlfs import GitLfsServer
 from relayd.vm.agent.core import Context
 from relayd.vm.agent.lfs import GitRunner
 from relayd.vm.executor import Executor, make_executor
-from relayd.vm.testkit import vm_config
+from relayd_sandbox._http import LoggedRequest
+from relayd_sandbox.gitlfs import GitLfsServer
+from relayd_sandbox.vm_testkit import vm_config
+from tests.support.lfs_support import OWNER
+from tests.support.proxybox import LOCKED_PASSWORD, Tinyproxy, via_proxy
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_proxy_variables")]
 

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxybox import Tinyproxy, via_proxy
 
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, Notification
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.config import NotifyConfig
 from relayd.notify import ANSWER_LIMIT, DeliveryFailed, Notifier, post_json
-from relayd.sandbox._http import LoopbackServer
+from relayd_sandbox._http import LoopbackServer
+from tests.support.proxybox import Tinyproxy, via_proxy
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 

@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from relayd.drive._redirect import ALIGO_HOSTS, RedirectAdapter, redirect_session
-from relayd.sandbox.drive import (
+from relayd_sandbox.drive import (
     DOWNLOAD_PREFIX,
     UPLOAD_PREFIX,
     FakeDrive,

@@ -44,8 +44,8 @@ from huggingface_hub.errors import (
 )
 
 from relayd.digest import sha256_file
-from relayd.sandbox.hub import FakeHub, Generated, make_model_repo, parse_range, write_generated_file
-from relayd.sandbox.hub_store import git_blob_sha1, lfs_pointer
+from relayd_sandbox.hub import FakeHub, Generated, make_model_repo, parse_range, write_generated_file
+from relayd_sandbox.hub_store import git_blob_sha1, lfs_pointer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
 import pytest
 import requests
-from hermetic_git import GitClient, hermetic_git
-from systools import require_git_lfs
 
-from relayd.sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.systools import require_git_lfs
+from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
 
@@ -34,9 +32,9 @@ LFS_JSON = "application/vnd.git-lfs+json"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GitLfsServer]:
-    with GitLfsServer(tmp_path / "server", token=secrets.token_hex(16)) as srv:
-        yield srv
+def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
+    """The plugin's git + LFS server."""
+    return gitlfs_server
 
 
 @pytest.fixture

@@ -13,10 +13,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from systools import require
 
-from relayd.sandbox.sshd import SSHD_PATH, SandboxSshd, processes_with_cmdline, restricted_path
-from relayd.vm.testkit import wait_until
+from relayd_sandbox.processes import processes_with_cmdline
+from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd, restricted_path
+from relayd_sandbox.systools import require
+from relayd_sandbox.vm_testkit import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.sandbox.route import RouteSandbox
+from relayd_sandbox.route import RouteSandbox
 
 
 def _route(tmp_path: Path, *, ssh: bool) -> Iterator[RouteSandbox]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd.sandbox.hub import make_model_repo
-from relayd.sandbox.route import NAME, OWNER, REPO, RouteSandbox
+from relayd_sandbox.hub import make_model_repo
+from relayd_sandbox.route import NAME, OWNER, REPO, RouteSandbox
 
 pytestmark = pytest.mark.timeout(300)
 

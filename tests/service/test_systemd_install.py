@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from systools import require
 
-from relayd.sandbox.hub import make_model_repo
-from relayd.sandbox.route import HUB_USER, OWNER, RouteSandbox
+from relayd_sandbox.hub import make_model_repo
+from relayd_sandbox.route import HUB_USER, OWNER, RouteSandbox
+from relayd_sandbox.systools import require
 
 pytestmark = pytest.mark.timeout(300)
 

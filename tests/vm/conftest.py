@@ -1,12 +1,11 @@
 """Fixtures for the VM executor and the vm_pull hop: agent markers (the sandbox sshd and the fake drive
-are in tests/conftest.py)."""
+come from relayd-sandbox's pytest plugin; ``sshd`` is tests/conftest.py's name for the former)."""
 
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from proxybox import locked_proxy, no_proxy_variables  # noqa: F401 - fixtures
 
 
 @pytest.fixture

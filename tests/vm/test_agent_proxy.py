@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from proxybox import Tinyproxy, TlsFront, make_certificate, via_proxy
 
 from relayd.errors import NeedsPerson
 from relayd.http_ranges import origin_of
-from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
 from relayd.vm.executor import make_executor
-from relayd.vm.testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
+from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from tests.support.proxybox import Tinyproxy, TlsFront, make_certificate, via_proxy
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_proxy_variables")]
 

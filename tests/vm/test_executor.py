@@ -25,8 +25,6 @@ import pytest
 
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Services
-from relayd.sandbox.drive import FakeDrive
-from relayd.sandbox.sshd import SandboxSshd, processes_with_cmdline, restricted_path
 from relayd.vm.executor import (
     BOOTSTRAP,
     MAX_LINE,
@@ -37,7 +35,10 @@ from relayd.vm.executor import (
     agent_bundle,
     make_executor,
 )
-from relayd.vm.testkit import (
+from relayd_sandbox.drive import FakeDrive
+from relayd_sandbox.processes import processes_with_cmdline
+from relayd_sandbox.sshd import SandboxSshd, restricted_path
+from relayd_sandbox.vm_testkit import (
     DEFAULT_REFERER,
     FakeDriveLinks,
     no_agent_left,
@@ -360,7 +361,7 @@ def test_vm_without_python_is_blocked(sshd: SandboxSshd, tmp_path: Path, marker:
 
 
 def test_unreachable_vm_is_retryable(tmp_path: Path, marker: str, sshd: SandboxSshd) -> None:
-    from relayd.sandbox._http import free_port
+    from relayd_sandbox._http import free_port
 
     executor = ssh_executor(sshd, tmp_path, marker, ssh_options=("-p", str(free_port())))
     with pytest.raises(Retryable) as caught:

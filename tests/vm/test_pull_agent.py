@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from relayd.errors import Permanent, Retryable
-from relayd.sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
 from relayd.vm.executor import Executor, make_executor
-from relayd.vm.testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
+from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
 
 pytestmark = pytest.mark.timeout(120)
 

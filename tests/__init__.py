@@ -1,0 +1,1 @@
+"""relayd's tests, a package so that they import their helpers from ``tests.support``."""
