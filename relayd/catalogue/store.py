@@ -50,6 +50,15 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.errors import CatalogueError, UsageError
+from relayd.hops.records import (
+    FileInfo,
+    Handles,
+    JobData,
+    PieceSpec,
+    RepoInfo,
+    SnapshotInfo,
+    SnapshotMember,
+)
 from relayd.text import safe_optional, safe_text
 
 log = logging.getLogger(__name__)
@@ -106,49 +115,6 @@ class HopRules:
 
 
 @dataclass(frozen=True)
-class PieceSpec:
-    """A byte range of a transfer, as a hop plans it."""
-
-    index: int
-    offset: int
-    length: int
-    done: bool = False
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: int
-    repo_id: int
-    blob_id: int
-    path: str
-    size: int
-    lfs: bool
-    sha256: str | None
-    git_blob_id: str | None
-    sha1: str | None
-    staged_path: str | None
-
-
-@dataclass(frozen=True)
-class JobData:
-    """Everything a hop may read about one claimed transfer, loaded in one go."""
-
-    transfer: Transfer
-    repo: Repo
-    file: FileRow | None
-    snapshot: Snapshot | None
-    pieces: list[PieceSpec]
-    # Handles of this file's done transfers, by hop (where its verified copies are).
-    locations: dict[str, dict[str, Any]]
-    # For a snapshot-level transfer: the snapshot's files and each one's locations.
-    snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]]
-    # For a snapshot-level transfer: the handles of this repo's last finished snapshot on this hop.
-    previous_snapshot_handles: dict[str, Any] | None
-    # The pinned commit the transfer belongs to: its snapshot's, or the newest snapshot listing its file.
-    commit: str = ""
-
-
-@dataclass(frozen=True)
 class SnapshotResult:
     snapshot_id: int
     created: bool
@@ -197,10 +163,9 @@ def _runnable(now: datetime) -> tuple[Any, ...]:
     )
 
 
-def _file_row(file: File, blob: Blob) -> FileRow:
-    return FileRow(
+def _file_info(file: File, blob: Blob) -> FileInfo:
+    return FileInfo(
         id=file.id,
-        repo_id=file.repo_id,
         blob_id=file.blob_id,
         path=file.path,
         size=file.size,
@@ -209,6 +174,17 @@ def _file_row(file: File, blob: Blob) -> FileRow:
         git_blob_id=file.git_blob_id,
         sha1=file.sha1 or blob.sha1,
         staged_path=blob.staged_path,
+    )
+
+
+def _repo_info(repo: Repo) -> RepoInfo:
+    return RepoInfo(
+        name=repo.name,
+        repo_type=repo.repo_type,
+        revision=repo.revision,
+        route=tuple(repo.route),
+        destinations=dict(repo.destinations or {}),
+        options=dict(repo.options or {}),
     )
 
 
@@ -973,18 +949,18 @@ class Store:
             return set(transfer_ids) - owned
 
     def load_job(self, transfer_id: int) -> JobData:
-        """Return what a hop needs to run this transfer."""
+        """Return what a hop needs to run this transfer, as plain records."""
         with self.read() as session:
             transfer = session.get(Transfer, transfer_id)
             if transfer is None:
                 raise CatalogueError(f"transfer {transfer_id} does not exist")
             repo = session.get(Repo, transfer.repo_id)
             assert repo is not None  # noqa: S101 - enforced by the foreign key
-            file_row: FileRow | None = None
-            locations: dict[str, dict[str, Any]] = {}
+            file: FileInfo | None = None
+            locations: dict[str, Handles] = {}
             commit = ""
             if transfer.file_id is not None:
-                file_row = self._file_row(session, transfer.file_id)
+                file = self._file_info(session, transfer.file_id)
                 locations = self._locations(session, transfer.file_id)
                 commit = (
                     session.scalar(
@@ -996,27 +972,30 @@ class Store:
                     )
                     or ""
                 )
-            pieces = [
+            pieces = tuple(
                 PieceSpec(p.idx, p.offset, p.length, p.done)
                 for p in session.scalars(
                     select(Piece).where(Piece.transfer_id == transfer_id).order_by(Piece.idx)
                 )
-            ]
-            snapshot: Snapshot | None = None
-            snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]] = []
-            previous_handles: dict[str, Any] | None = None
+            )
+            snapshot: SnapshotInfo | None = None
+            members: list[SnapshotMember] = []
+            previous_handles: Handles | None = None
             if transfer.snapshot_id is not None:
-                snapshot = session.get(Snapshot, transfer.snapshot_id)
+                row = session.get(Snapshot, transfer.snapshot_id)
+                if row is not None:
+                    snapshot = SnapshotInfo(row.id, row.commit)
+                    commit = row.commit
                 member_ids = list(
                     session.scalars(
                         select(SnapshotFile.file_id).where(SnapshotFile.snapshot_id == transfer.snapshot_id)
                     )
                 )
-                for file_id in member_ids:
-                    snapshot_files.append(
-                        (self._file_row(session, file_id), self._locations(session, file_id))
-                    )
-                snapshot_files.sort(key=lambda item: item[0].path)
+                members = [
+                    SnapshotMember(self._file_info(session, file_id), self._locations(session, file_id))
+                    for file_id in member_ids
+                ]
+                members.sort(key=lambda member: member.file.path)
                 previous_handles = session.scalar(
                     select(Transfer.handles)
                     .where(
@@ -1030,27 +1009,30 @@ class Store:
                     .limit(1)
                 )
             return JobData(
-                transfer=transfer,
-                repo=repo,
-                file=file_row,
-                snapshot=snapshot,
+                transfer_id=transfer.id,
+                hop=transfer.hop,
+                attempts=transfer.attempts,
+                handles=dict(transfer.handles or {}),
+                repo=_repo_info(repo),
+                commit=commit or repo.head_commit or "",
+                file=file,
                 pieces=pieces,
                 locations=locations,
-                snapshot_files=snapshot_files,
-                previous_snapshot_handles=previous_handles,
-                commit=snapshot.commit if snapshot is not None else commit,
+                snapshot=snapshot,
+                snapshot_files=tuple(members),
+                previous_snapshot_handles=dict(previous_handles) if previous_handles is not None else None,
             )
 
     @staticmethod
-    def _file_row(session: Session, file_id: int) -> FileRow:
+    def _file_info(session: Session, file_id: int) -> FileInfo:
         file = session.get(File, file_id)
         assert file is not None  # noqa: S101 - enforced by the foreign key
         blob = session.get(Blob, file.blob_id)
         assert blob is not None  # noqa: S101 - enforced by the foreign key
-        return _file_row(file, blob)
+        return _file_info(file, blob)
 
     @staticmethod
-    def _locations(session: Session, file_id: int) -> dict[str, dict[str, Any]]:
+    def _locations(session: Session, file_id: int) -> dict[str, Handles]:
         rows = session.execute(
             select(Transfer.hop, Transfer.handles).where(Transfer.file_id == file_id, Transfer.state == DONE)
         )

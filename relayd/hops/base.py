@@ -17,14 +17,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from relayd.catalogue.store import FileRow, JobData, PieceSpec
 from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.hops.records import (
+    FileInfo,
+    Handles,
+    JobData,
+    PieceSpec,
+    RepoInfo,
+    SnapshotInfo,
+    SnapshotMember,
+)
 
 if TYPE_CHECKING:
     from relayd.catalogue.store import Store
     from relayd.staging import Staging
 
-__all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "Services", "plan_ranges"]
+__all__ = [
+    "Check",
+    "FileInfo",
+    "Handles",
+    "Hop",
+    "HopContext",
+    "Job",
+    "JobData",
+    "Outcome",
+    "PieceSpec",
+    "RepoInfo",
+    "Services",
+    "SnapshotInfo",
+    "SnapshotMember",
+    "plan_ranges",
+]
 
 PROGRESS_INTERVAL = 1.0
 #: The handle key under which Job keeps a transfer's integrity mismatches in a row (hops never see it).
@@ -141,20 +164,22 @@ class Job:
     """One claimed transfer as a hop sees it: what to move, where it came from, and how to report."""
 
     def __init__(self, data: JobData, ctx: HopContext) -> None:
-        self._data = data
         self._ctx = ctx
-        self.id: int = data.transfer.id
-        self.hop: str = data.transfer.hop
-        self.repo = data.repo
-        self.file: FileRow | None = data.file
-        self.snapshot = data.snapshot
-        self.snapshot_files = data.snapshot_files
-        self.previous_snapshot_handles = data.previous_snapshot_handles
-        self.attempts: int = data.transfer.attempts
-        self.handles: dict[str, Any] = dict(data.transfer.handles or {})
+        self.id: int = data.transfer_id
+        self.hop: str = data.hop
+        self.repo: RepoInfo = data.repo
+        self.file: FileInfo | None = data.file
+        #: The pinned commit this transfer belongs to: its snapshot's, or that of the newest snapshot
+        #: listing its file (never a branch head that moved on).
+        self.commit: str = data.commit
+        self.snapshot: SnapshotInfo | None = data.snapshot
+        self.snapshot_files: tuple[SnapshotMember, ...] = data.snapshot_files
+        self.previous_snapshot_handles: Handles | None = data.previous_snapshot_handles
+        self.attempts: int = data.attempts
+        self.handles: Handles = dict(data.handles)
         self._mismatches: list[dict[str, str]] = list(self.handles.pop(MISMATCHES, None) or [])
         self._begun: set[int] = set()  # pieces whose latest send this attempt began
-        self.locations: dict[str, dict[str, Any]] = data.locations
+        self.locations: dict[str, Handles] = {hop: dict(handles) for hop, handles in data.locations.items()}
         self.pieces: list[PieceSpec] = list(data.pieces)
         self.log = JobLog(
             logging.getLogger(f"relayd.hops.{self.hop}"),
@@ -163,20 +188,14 @@ class Job:
         self._rate = _Rate()
 
     @property
-    def commit(self) -> str:
-        """The pinned commit this transfer belongs to: its snapshot's, or that of the newest snapshot
-        listing its file (never a branch head that moved on)."""
-        return self._data.commit or self.repo.head_commit or ""
-
-    @property
-    def previous(self) -> dict[str, Any]:
+    def previous(self) -> Handles:
         """Handles of the copy made by the previous hop of the route ({} for the first hop)."""
         route = list(self.repo.route)
         step = route.index(self.hop) if self.hop in route else 0
         return self.locations.get(route[step - 1], {}) if step > 0 else {}
 
     @property
-    def file_or_fail(self) -> FileRow:
+    def file_or_fail(self) -> FileInfo:
         if self.file is None:
             raise TypeError("this is a snapshot-level transfer; it has no single file")
         return self.file

@@ -35,9 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from sqlalchemy import select
-
-from relayd.catalogue.schema import Snapshot, SnapshotFile
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
 from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
@@ -339,7 +336,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": self._commit(job),
+                "commit": job.commit,
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": digest.size,
             },
@@ -405,7 +402,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": self._commit(job),
+                "commit": job.commit,
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": file.size,
                 "reused": True,
@@ -438,26 +435,11 @@ class DownloadHop(Hop):
 
     # -- metadata ----------------------------------------------------------------------------------
 
-    def _commit(self, job: Job) -> str:
-        """Return the commit to fetch the file at: the newest snapshot that lists this file (path and
-        content). ``job.commit`` is the repo's latest head, which may no longer hold this content when
-        the head moved while the transfer was running."""
-        file = job.file_or_fail
-        with self.ctx.store.read() as session:
-            commit = session.scalar(
-                select(Snapshot.commit)
-                .join(SnapshotFile, SnapshotFile.snapshot_id == Snapshot.id)
-                .where(SnapshotFile.file_id == file.id)
-                .order_by(Snapshot.id.desc())
-                .limit(1)
-            )
-        return commit or job.commit
-
     def _metadata(self, job: Job) -> FileMetadata:
         """Return fresh metadata of the file at the pinned commit; refuse it if it contradicts the tree."""
         file = job.file_or_fail
         repo = job.repo
-        commit = self._commit(job)
+        commit = job.commit
         meta = self.hub.file_metadata(
             repo.name, repo.repo_type, commit, file.path, calls=1 if file.lfs else 2
         )

@@ -30,7 +30,7 @@ import posixpath
 import re
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relayd import __version__
@@ -44,7 +44,7 @@ from relayd.errors import (
     Retryable,
     UsageError,
 )
-from relayd.hops.base import Check, FileRow, Hop, HopContext, Job, Outcome, PieceSpec
+from relayd.hops.base import Check, FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec
 from relayd.names import validate_repo_id
 from relayd.vm.agent.lfs import MISMATCH, wants_lfs
 from relayd.vm.executor import Executor, LocalExecutor
@@ -130,7 +130,7 @@ class LfsPushHop(Hop):
             return posixpath.join(executor.config.root, ".relayd-git")
         return str(self.ctx.state_dir / "lfs")
 
-    def _source(self, job: Job, file: FileRow, locations: dict[str, dict[str, Any]]) -> str | None:
+    def _source(self, job: Job, file: FileInfo, locations: Mapping[str, Handles]) -> str | None:
         """Return where *file* is: its path on the VM (vm_pull's handle), or its staged copy."""
         if self._on_vm(job):
             path = locations.get("vm_pull", {}).get("path")
@@ -283,7 +283,8 @@ class LfsPushHop(Hop):
         executor = self._executor_for(job)
         remote = self.remote(job)
         files: list[dict[str, Any]] = []
-        for file, locations in job.snapshot_files:
+        for member in job.snapshot_files:
+            file, locations = member.file, member.locations
             pushed = locations.get(self.name, {})
             entry: dict[str, Any] = {
                 "path": file.path,
