@@ -4,6 +4,9 @@ This module is the whole public surface a hop needs. The engine claims a transfe
 it and calls ``plan`` (only when no plan is recorded), ``move`` with the pieces not yet durable, and
 ``verify``; a hop that commits a whole snapshot at once also implements ``finish_snapshot``. A hop
 signals what should happen after a failure by the error class it raises (see relayd.errors).
+
+A hop reads plain records (relayd.hops.records) and reports through its ``Job``, which reaches the
+catalogue only by the narrow ``StorePort``; a hop never imports the catalogue or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import abc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
 from relayd.hops.records import (
@@ -29,7 +32,6 @@ from relayd.hops.records import (
 )
 
 if TYPE_CHECKING:
-    from relayd.catalogue.store import Store
     from relayd.staging import Staging
 
 __all__ = [
@@ -46,12 +48,59 @@ __all__ = [
     "Services",
     "SnapshotInfo",
     "SnapshotMember",
+    "StorePort",
     "plan_ranges",
 ]
 
 PROGRESS_INTERVAL = 1.0
 #: The handle key under which Job keeps a transfer's integrity mismatches in a row (hops never see it).
 MISMATCHES = "integrity_mismatches"
+
+
+class StorePort(Protocol):
+    """The few calls through which a job reports to the catalogue (``relayd.catalogue.store.Store``
+    implements them). Each is one short transaction; a hop reaches them through its ``Job``."""
+
+    def record_plan(self, transfer_id: int, pieces: Sequence[PieceSpec], bytes_total: int) -> None:
+        """Replace the transfer's pieces with *pieces* (a fresh plan)."""
+
+    def piece_started(self, transfer_id: int, index: int, *, moved: int = 0) -> None:
+        """Count one more send of the piece; *moved*: bytes of its previous send not counted yet."""
+
+    def piece_done(
+        self,
+        transfer_id: int,
+        indices: Sequence[int],
+        *,
+        moved: int = 0,
+        by_piece: Mapping[int, int] | None = None,
+        sent_before: Sequence[int] = (),
+        rate: float | None = None,
+    ) -> None:
+        """Record that the pieces are durable at the destination, with the bytes counted so far."""
+
+    def reset_pieces(self, transfer_id: int, indices: Sequence[int] | None = None) -> None:
+        """Mark the pieces (all when *indices* is None) as missing again."""
+
+    def progress(
+        self,
+        transfer_id: int,
+        *,
+        moved: int,
+        rate: float | None,
+        bytes_done: int | None = None,
+        by_piece: Mapping[int, int] | None = None,
+    ) -> None:
+        """Count *moved* bytes towards the transfer's traffic and record its current rate."""
+
+    def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
+        """Persist the transfer's remote handles before they are relied on."""
+
+    def fetch_again(self, transfer_id: int, reason: str) -> None:
+        """Forget the file's reused copies and have the route's first hop fetch it again."""
+
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        """Set a fact for relayctl (a token's lifetime, a cap the service imposed)."""
 
 
 class Services:
@@ -96,10 +145,11 @@ class Services:
 
 @dataclass(frozen=True)
 class HopContext:
-    """What every hop of one daemon shares. ``cancel`` is set when work must stop at the next durable
-    point (the daemon is stopping); ``services`` hands out shared clients (the drive, the VM executor)."""
+    """What every hop of one daemon shares. ``store`` is the narrow port jobs report through (never the
+    catalogue itself); ``cancel`` is set when work must stop at the next durable point (the daemon is
+    stopping); ``services`` hands out shared clients (the drive, the VM executor)."""
 
-    store: Store
+    store: StorePort
     staging: Staging
     state_dir: Path
     cancel: threading.Event
