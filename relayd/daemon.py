@@ -107,7 +107,7 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
     for name in hop_names():
         try:
             hop_class = load_hop_class(name)
-            hops[name] = hop_class(config.section_for(name), ctx)
+            hops[name] = hop_class(config.section(hop_class.section_key()), ctx)
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
@@ -136,12 +136,16 @@ def build_services(config: Config, store: Store, services: Services | None = Non
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
+    """Return the store's rules from what the built *hops* declare."""
     return HopRules(
         reads_staging=frozenset(name for name, hop in hops.items() if hop.reads_staging),
         finishes_snapshot=frozenset(name for name, hop in hops.items() if hop.finishes_snapshot),
         staging_unneeded_after={
             name: hop.staging_unneeded_after for name, hop in hops.items() if hop.staging_unneeded_after
         },
+        writes_staging=frozenset(name for name, hop in hops.items() if hop.writes_staging),
+        produces={name: hop.produces for name, hop in hops.items() if hop.produces},
+        consumes={name: hop.consumes for name, hop in hops.items() if hop.consumes},
     )
 
 

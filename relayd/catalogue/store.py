@@ -64,9 +64,10 @@ from relayd.text import safe_optional, safe_text
 log = logging.getLogger(__name__)
 
 
-#: The first hops of a route that a verified drive copy of the same content satisfies (when the route
-#: reads the drive next): the file is not downloaded from the Hub again.
-REUSED_FROM_DRIVE = ("download", "pan_upload")
+#: The kind of location (``Hop.produces``) whose verified copies later files of the same content reuse.
+DRIVE = "drive"
+#: The handles of a drive copy that a file reusing it gets.
+DRIVE_HANDLES = ("file_id", "drive_id", "path", "content_hash")
 
 
 def utcnow() -> datetime:
@@ -106,12 +107,27 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class HopRules:
-    """What the store must know about hops: which read the staged copy, which finish a snapshot."""
+    """What the store must know about hops, from what they declare (``relayd.daemon.hop_rules``):
+    which fill and which read the staged copy, which finish a snapshot, and the kinds of location each
+    reads and leaves its copy in."""
 
     reads_staging: frozenset[str] = frozenset()
     finishes_snapshot: frozenset[str] = frozenset()
     # hop → hops that, when earlier in the route, mean it does not read the staged copy there.
     staging_unneeded_after: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    writes_staging: frozenset[str] = frozenset()
+    produces: Mapping[str, str] = field(default_factory=dict)
+    consumes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def reuses_drive_copy(self, route: Sequence[str]) -> bool:
+        """Return whether a verified drive copy of a file's content can stand for *route*'s first two
+        hops: they fill staging and then the drive, and the third reads the drive."""
+        return (
+            len(route) > 2
+            and route[0] in self.writes_staging
+            and self.produces.get(route[1]) == DRIVE
+            and DRIVE in self.consumes.get(route[2], frozenset())
+        )
 
 
 @dataclass(frozen=True)
@@ -517,7 +533,7 @@ class Store:
             file = session.get(File, file_id)
             assert file is not None  # noqa: S101 - file_id comes from this transaction
             if step == 0 and self._reuse_drive_copy(session, repo, file, now):
-                done_hops.update(dict.fromkeys(REUSED_FROM_DRIVE, DONE))
+                done_hops.update(dict.fromkeys(route[:2], DONE))
                 continue
             session.add(
                 Transfer(
@@ -536,13 +552,15 @@ class Store:
             return True
         return False
 
-    @staticmethod
-    def _reuse_drive_copy(session: Session, repo: Repo, file: File, now: datetime) -> bool:
-        """Record the file's download and pan_upload as done by a verified drive copy of its content
-        (another file's done pan_upload), when it is no longer staged and the route reads the drive
-        next (vm_pull); return False, recording nothing, when there is no such copy."""
-        if tuple(repo.route[: len(REUSED_FROM_DRIVE) + 1]) != (*REUSED_FROM_DRIVE, "vm_pull"):
+    def _reuse_drive_copy(self, session: Session, repo: Repo, file: File, now: datetime) -> bool:
+        """Record the route's first two hops (to staging, to the drive) as done by a verified drive copy
+        of the file's content (another file's done transfer to the drive), when it is no longer staged
+        and the route reads the drive next; return False, recording nothing, when there is no such
+        copy."""
+        if not self.rules.reuses_drive_copy(repo.route):
             return False
+        to_staging, to_drive = repo.route[:2]
+        drive_hops = [hop for hop, kind in self.rules.produces.items() if kind == DRIVE]
         blob = session.get(Blob, file.blob_id)
         if blob is None or not blob.sha256 or not blob.sha1 or blob.staged_path:
             return False
@@ -552,7 +570,7 @@ class Store:
             .where(
                 File.blob_id == blob.id,
                 File.id != file.id,
-                Transfer.hop == "pan_upload",
+                Transfer.hop.in_(drive_hops),
                 Transfer.state == DONE,
             )
             .order_by(Transfer.finished_at.desc())
@@ -562,9 +580,9 @@ class Store:
             return False
         reason = f"reused drive copy of {blob.sha256}"
         reused = {"reused": True, "reason": reason}
-        drive = {key: copy.get(key) for key in ("file_id", "drive_id", "path", "content_hash")}
-        handles = {"download": reused, "pan_upload": {**drive, **reused}}
-        for step, hop in enumerate(REUSED_FROM_DRIVE):
+        drive = {key: copy.get(key) for key in DRIVE_HANDLES}
+        handles = {to_staging: reused, to_drive: {**drive, **reused}}
+        for step, hop in enumerate((to_staging, to_drive)):
             session.add(
                 Transfer(
                     repo_id=repo.id,
@@ -906,20 +924,21 @@ class Store:
             transfer.rate = None
             return transfer
 
-    def runnable_hops(self) -> set[str]:
-        """Return the hops that have a transfer claimable now (a cheap read, so an idle daemon never
-        takes the write lock just to find nothing)."""
+    def runnable_hops(self) -> dict[str, int]:
+        """Return the hops that have a transfer claimable now, each with the furthest position in its
+        repo's route among them (0: the first hop). A cheap read, so an idle daemon never takes the
+        write lock just to find nothing."""
         now = utcnow()
         with self.read() as session:
             rows = session.execute(
-                select(Transfer.hop)
+                select(Transfer.hop, func.max(Transfer.step))
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     *_runnable(now),
                 )
-                .distinct()
+                .group_by(Transfer.hop)
             ).all()
-        return {hop for (hop,) in rows}
+        return {hop: int(step) for hop, step in rows}
 
     def repos_fingerprint(self) -> tuple[Any, ...]:
         """Return a value that changes whenever a repo is added, removed, changed or asks for a poll."""
@@ -1300,12 +1319,12 @@ class Store:
         """Return the blob's staged copy if no hop of any live file still needs to read it."""
         if not blob.staged_path:
             return []
-        readers = set(self.rules.reads_staging) | {"download"}
+        readers = self.rules.reads_staging | self.rules.writes_staging
         files = session.execute(
             select(File.id, Repo.route).join(Repo, Repo.id == File.repo_id).where(File.blob_id == blob.id)
         ).all()
         for file_id, route in files:
-            if route and route[-1] == "download":
+            if route and route[-1] in self.rules.writes_staging:
                 return []  # a mirror route: staging is the destination
             if not self._live_snapshots(session, file_id):
                 continue

@@ -476,15 +476,16 @@ def drive_rate_rows(reader: Reader | None) -> list[Row]:
     """Return how fast the drive moved bytes in the last hour (none when it moved nothing lately); a
     warning when downloads look held to the third-party rate."""
     from relayd.catalogue.queries import measured_rates
-    from relayd.cli.drive import DRIVE_HOPS, SLOW_HINT, THIRD_PARTY_RATE, rate_text
+    from relayd.cli.drive import SLOW_HINT, drive_hops, rate_text, slow_downloads
 
     if reader is None:
         return []
-    rates = [rate for rate in measured_rates(reader, list(DRIVE_HOPS)) if rate.rate or rate.running]
+    hops = drive_hops()
+    rates = [rate for rate in measured_rates(reader, list(hops)) if rate.rate or rate.running]
     if not rates:
         return []
-    slow = any(r.hop == "vm_pull" and r.rate is not None and r.rate < THIRD_PARTY_RATE for r in rates)
-    detail = "; ".join(rate_text(rate) for rate in rates)
+    slow = slow_downloads(rates, hops)
+    detail = "; ".join(rate_text(rate, hops) for rate in rates)
     return [Row("drive", "drive rate", WARN if slow else OK, detail, SLOW_HINT if slow else "")]
 
 
@@ -853,7 +854,7 @@ def _no_answer(probe: Probe, timeout: float, spent: float) -> Row:
 
 def plan_hops(repos: Sequence[RepoTarget]) -> list[str]:
     """Return the hops some repo's route uses, in route order (the default route if there is no repo)."""
-    from relayd.config import DEFAULT_ROUTE
+    from relayd.hops import DEFAULT_ROUTE
 
     hops: list[str] = []
     for repo in repos:

@@ -6,7 +6,9 @@ it and calls ``plan`` (only when no plan is recorded), ``move`` with the pieces 
 signals what should happen after a failure by the error class it raises (see relayd.errors).
 
 A hop reads plain records (relayd.hops.records) and reports through its ``Job``, which reaches the
-catalogue only by the narrow ``StorePort``; a hop never imports the catalogue or SQLAlchemy.
+catalogue only by the narrow ``StorePort``; a hop never imports the catalogue or SQLAlchemy (ruff's
+banned-api rule, pyproject.toml). What the rest of relayd needs to know about a hop is what its class
+declares (``Hop``), never its name.
 """
 
 from __future__ import annotations
@@ -384,14 +386,23 @@ class Job:
 class Hop(abc.ABC):
     """A stage of the route: moves one file from the previous location to the next and verifies it.
 
-    Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
-    done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
-    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), ``consumes``
-    and ``produces`` for where they read each file and leave their verified copy, and
-    ``large_files`` when one large file already takes all they can move at once (see there).
+    Subclasses set ``name`` and declare what the rest of relayd needs to know about them (it never
+    tests a hop's name): ``config_section``, the config table they receive; ``short_name`` for the
+    one-line status; ``writes_staging`` when they fill the staging disk (downloads wait while it is
+    over its budget), ``reads_staging`` when they read the staged copy (it is kept until they are
+    done), ``finishes_snapshot`` when a snapshot-level step must run after all files
+    (``finish_snapshot``), ``source`` when they are a route's first hop and need a poller ("hub" or
+    "local"), ``consumes`` and ``produces`` for where they read each file and leave their verified
+    copy, and ``large_files`` when one large file already takes all they can move at once (see there).
     """
 
     name: ClassVar[str]
+    # The config table the hop receives (relayd.config.HOP_SECTIONS: "hub", "drive", …); None: its own
+    # [hops.NAME] table, as a plain mapping it validates itself.
+    config_section: ClassVar[str | None] = None
+    # What `relayctl status` calls it where space is short ("dl", "up", …); None: its name.
+    short_name: ClassVar[str | None] = None
+    writes_staging: ClassVar[bool] = False
     reads_staging: ClassVar[bool] = False
     finishes_snapshot: ClassVar[bool] = False
     # With reads_staging: hops that, when earlier in a repo's route, make this one read their copy
@@ -403,6 +414,16 @@ class Hop(abc.ABC):
     # a kind that a hop before it produces (relayd.hops.routes); the first one reads its ``source``.
     consumes: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[str | None] = None
+
+    @classmethod
+    def section_key(cls) -> str:
+        """Return the key of the config section this hop receives (``relayd.config.Config.section``)."""
+        return cls.config_section or f"hops.{cls.name}"
+
+    @classmethod
+    def short(cls) -> str:
+        """Return the hop's short name for the one-line status."""
+        return cls.short_name or cls.name
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
         self.section = section

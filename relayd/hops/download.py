@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
@@ -49,8 +49,10 @@ from relayd.http_ranges import (
     Stopped,
     origin_of,
 )
-from relayd.hub import FileMetadata, HubClient
 from relayd.staging import fsync_dir
+
+if TYPE_CHECKING:
+    from relayd.hub import FileMetadata, HubClient
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +278,18 @@ class DownloadHop(Hop):
     """Bring one file of a Hub repo, pinned to its snapshot's commit, into content-addressed staging."""
 
     name = "download"
+    config_section = "hub"
+    short_name = "dl"
+    writes_staging = True
     source = "hub"
     produces = "staging"
     section: HubConfig
 
     def __init__(self, section: HubConfig, ctx: HopContext) -> None:
         super().__init__(section, ctx)
-        self.hub = HubClient(section)
+        from relayd.hub import HubClient  # huggingface_hub is loaded when a download hop is built
+
+        self.hub: HubClient = HubClient(section)
         self._digests: dict[int, _Digest] = {}
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()

@@ -76,6 +76,8 @@ class LfsPushHop(Hop):
     """VM (or staging) → ModelScope via the LFS batch API and one plumbing commit; see the module doc."""
 
     name = "lfs_push"
+    config_section = "modelscope"
+    short_name = "push"
     finishes_snapshot = True
     # On a route without vm_pull the files are pushed from staging, which must wait for this hop.
     reads_staging = True

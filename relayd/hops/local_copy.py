@@ -34,6 +34,8 @@ class LocalCopyHop(Hop):
     """Copy ``<source>/<repo>/<path>`` (or the staged copy) to ``<dest>/<repo>/<path>``."""
 
     name = "local_copy"
+    config_section = "local_copy"
+    short_name = "copy"
     source = "local"
     consumes = frozenset({"staging"})  # after download; first in a route, it reads local_copy.source
     produces = "local_copy.dest"

@@ -58,6 +58,8 @@ class PanUploadHop(Hop):
     """Upload each staged file to the drive (rapid upload when the drive knows the content)."""
 
     name = "pan_upload"
+    config_section = "drive"
+    short_name = "up"
     reads_staging = True
     consumes = frozenset({"staging"})
     produces = "drive"

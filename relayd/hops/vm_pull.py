@@ -85,6 +85,8 @@ class VmPullHop(Hop):
     """Drive → VM disk, through the VM agent; see the module doc."""
 
     name = "vm_pull"
+    config_section = "vm"
+    short_name = "vm"
     consumes = frozenset({"drive"})  # vm_from_staging is a shortcut only: the drive's copy is the way
     produces = "vm"
     section: VmConfig
