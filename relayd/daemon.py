@@ -8,7 +8,6 @@ path. `relayd run --once` polls every repo once and runs until nothing is runnab
 from __future__ import annotations
 
 import fcntl
-import importlib
 import logging
 import os
 import signal
@@ -35,12 +34,13 @@ from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
-from relayd.hops.base import Hop, HopContext, Services
+from relayd.hops.base import Hop, HopContext
 from relayd.logs import SCRUBBER, setup_logging
 from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
+from relayd.services import build_services
 from relayd.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -111,28 +111,6 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
-
-
-def build_services(config: Config, store: Store, services: Services | None = None) -> Services:
-    """Register the shared clients hops may ask for; each is built on first use. Given *services*
-    (a reload), replace its factories: new calls get clients built from the new config, while
-    transfers already running finish with the clients they hold."""
-
-    def drive() -> Any:
-        return importlib.import_module("relayd.drive").make_drive(
-            config.drive, config.daemon.state_dir, store
-        )
-
-    def vm() -> Any:
-        return importlib.import_module("relayd.vm.executor").make_executor(
-            config.vm, state_dir=config.daemon.state_dir
-        )
-
-    if services is None:
-        return Services({"drive": drive, "vm": vm})
-    services.register("drive", drive)
-    services.register("vm", vm)
-    return services
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:

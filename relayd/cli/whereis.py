@@ -11,7 +11,6 @@ declarations. The JSON shape is documented in docs/whereis-json.md.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ import click
 from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
 from relayd.cli.status_view import iso, snapshot_json
 from relayd.errors import UsageError
+from relayd.text import public_url
 
 if TYPE_CHECKING:
     from relayd.catalogue.queries import FileLocations, SnapshotTransfer, TransferRecord, WhereIs
@@ -30,12 +30,6 @@ FORMAT = 1
 #: and the pushed one.
 STAGING, DRIVE, VM, PUSHED = "staging", "drive", "vm", "modelscope"
 SECRET_NAMES = frozenset({"token", "refresh_token", "access_token", "password", "secret", "url"})
-_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^/@]*@")
-
-
-def public_url(url: str) -> str:
-    """Return *url* without any ``user:password@`` part."""
-    return _USERINFO.sub(r"\1", url)
 
 
 def scrub(value: Any) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.health import FAIL, OK, SKIP, WARN, Check, CheckScope, Finding
 from relayd.hops.records import (
     FileInfo,
     Handles,
@@ -32,13 +33,20 @@ from relayd.hops.records import (
     SnapshotInfo,
     SnapshotMember,
 )
+from relayd.services import Services
 
 if TYPE_CHECKING:
     from relayd.staging import Staging
 
 __all__ = [
+    "FAIL",
+    "OK",
+    "SKIP",
+    "WARN",
     "Check",
+    "CheckScope",
     "FileInfo",
+    "Finding",
     "Handles",
     "Hop",
     "HopContext",
@@ -105,46 +113,6 @@ class StorePort(Protocol):
         """Set a fact for relayctl (a token's lifetime, a cap the service imposed)."""
 
 
-class Services:
-    """Shared clients built once per daemon, on first use: a hop asks for the drive or the VM executor
-    by name instead of reading another hop's config section.
-
-    The daemon registers ``"drive"`` (``relayd.drive.make_drive(DriveConfig, state_dir, store)``) and
-    ``"vm"`` (``relayd.vm.executor.make_executor(VmConfig)``).
-    """
-
-    def __init__(self, factories: dict[str, Callable[[], Any]] | None = None) -> None:
-        self._factories = dict(factories or {})
-        self._built: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def register(self, name: str, factory: Callable[[], Any]) -> None:
-        """Use *factory* for *name* from now on. A client already built is retired (``retire()``,
-        when it has one): whoever holds it may finish with it, but it keeps nothing idle."""
-        with self._lock:
-            self._factories[name] = factory
-            old = self._built.pop(name, None)
-        retire = getattr(old, "retire", None)
-        if callable(retire):
-            retire()
-
-    def get(self, name: str) -> Any:
-        """Return the shared client *name*, building it on first use. Raise KeyError if unknown."""
-        with self._lock:
-            if name not in self._built:
-                self._built[name] = self._factories[name]()
-            return self._built[name]
-
-    def close(self) -> None:
-        """Close every client built so far (those with a close() method)."""
-        with self._lock:
-            built, self._built = self._built, {}
-        for client in built.values():
-            close = getattr(client, "close", None)
-            if callable(close):
-                close()
-
-
 @dataclass(frozen=True)
 class HopContext:
     """What every hop of one daemon shares. ``store`` is the narrow port jobs report through (never the
@@ -168,16 +136,6 @@ class Outcome:
     sha256: str | None = None
     sha1: str | None = None
     staged_path: str | None = None
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of `relayctl doctor`: what was checked, whether it passed, and how to fix it."""
-
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
 
 
 def plan_ranges(size: int, piece_size: int) -> list[PieceSpec]:
@@ -414,6 +372,8 @@ class Hop(abc.ABC):
     # a kind that a hop before it produces (relayd.hops.routes); the first one reads its ``source``.
     consumes: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[str | None] = None
+    # The shared services it asks ``ctx.services`` for ("hub", "drive", "vm"): doctor checks them too.
+    services: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def section_key(cls) -> str:
@@ -457,9 +417,12 @@ class Hop(abc.ABC):
 
         raise Permanent(f"hop {self.name} has no snapshot-level step")
 
-    def checks(self) -> list[Check]:
-        """Return health checks for `relayctl doctor` (none by default)."""
-        return []
+    @classmethod
+    def checks(cls, section: Any, scope: CheckScope) -> Sequence[Check]:
+        """Return what `relayctl doctor` checks for this hop given its config *section*, beside the
+        checks of the services it uses (``services``): none by default. Each check runs in its own
+        thread within ``scope.timeout`` and returns its findings (relayd.health)."""
+        return ()
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and child processes (called when the daemon stops)."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, NoReturn
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
 from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
     Origin,
@@ -283,18 +283,32 @@ class DownloadHop(Hop):
     writes_staging = True
     source = "hub"
     produces = "staging"
+    services = ("hub",)
     section: HubConfig
 
     def __init__(self, section: HubConfig, ctx: HopContext) -> None:
         super().__init__(section, ctx)
-        from relayd.hub import HubClient  # huggingface_hub is loaded when a download hop is built
-
-        self.hub: HubClient = HubClient(section)
+        self._hub: HubClient | None = None
+        self._hub_lock = threading.Lock()
         self._digests: dict[int, _Digest] = {}
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()
         self._reused: dict[int, Outcome] = {}
         self._one_range_origins: set[Origin] = set()  # CDNs that said their URLs serve one range each
+
+    @property
+    def hub(self) -> HubClient:
+        """Return the daemon's shared Hub client (``ctx.services``), or one of this hop's own, made on
+        first use."""
+        with self._hub_lock:
+            if self._hub is None:
+                try:
+                    self._hub = self.ctx.services.get("hub")
+                except KeyError:
+                    from relayd.hub import HubClient  # huggingface_hub is loaded when it is needed
+
+                    self._hub = HubClient(self.section)
+            return self._hub
 
     # -- the contract ------------------------------------------------------------------------------
 
@@ -351,28 +365,6 @@ class DownloadHop(Hop):
             sha1=digest.sha1,
             staged_path=relative,
         )
-
-    def checks(self) -> list[Check]:
-        """Check that the Hub answers and accepts the configured token."""
-        endpoint = self.hub.endpoint
-        try:
-            token = self.hub.token()
-        except NeedsPerson as exc:
-            return [Check("hub token", False, str(exc), hint=exc.hint)]
-        if not token:
-            return [
-                Check(
-                    "hub token",
-                    True,
-                    f"none ({self.section.token.describe()}): public repos of {endpoint} only",
-                    hint="set hub.token_env, hub.token_file or hub.token for gated and private repos",
-                )
-            ]
-        try:
-            user = self.hub.whoami()
-        except HopError as exc:
-            return [Check("hub token", False, str(exc), hint=getattr(exc, "hint", "") or "")]
-        return [Check("hub token", True, f"valid for {user} on {endpoint}")]
 
     # -- reuse and deduplication -------------------------------------------------------------------
 

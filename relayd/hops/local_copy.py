@@ -16,10 +16,23 @@ from pathlib import Path
 from relayd.config import LocalCopyConfig
 from relayd.digest import hash_file, sha256_of_range
 from relayd.errors import IntegrityMismatch, NeedsPerson, Retryable
-from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.base import (
+    FAIL,
+    OK,
+    Check,
+    CheckScope,
+    Finding,
+    Hop,
+    HopContext,
+    Job,
+    Outcome,
+    PieceSpec,
+    plan_ranges,
+)
 from relayd.staging import fsync_dir
 
 CHUNK = 4 * 1024 * 1024
+GROUP = "local_copy"  # doctor's group of its checks
 PARTIAL_SUFFIX = ".relayd-partial"
 
 
@@ -59,6 +72,41 @@ class LocalCopyHop(Hop):
 
     def plan(self, job: Job) -> Sequence[PieceSpec]:
         return plan_ranges(job.file_or_fail.size, self.section.piece_size)
+
+    @classmethod
+    def checks(cls, section: LocalCopyConfig, scope: CheckScope) -> Sequence[Check]:
+        """Return whether the source folder can be read and the destination written."""
+
+        def source() -> list[Finding]:
+            if section.source.is_dir() and os.access(section.source, os.R_OK | os.X_OK):
+                return [Finding(GROUP, "local_copy source", OK, str(section.source))]
+            return [
+                Finding(
+                    GROUP,
+                    "local_copy source",
+                    FAIL,
+                    f"{section.source} is not a readable directory",
+                    "create it or fix local_copy.source",
+                )
+            ]
+
+        def dest() -> list[Finding]:
+            existing = section.dest
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if os.access(existing, os.W_OK | os.X_OK):
+                return [Finding(GROUP, "local_copy dest", OK, str(section.dest))]
+            return [
+                Finding(
+                    GROUP,
+                    "local_copy dest",
+                    FAIL,
+                    f"{section.dest} cannot be written ({existing} is not writable)",
+                    "fix local_copy.dest or its permissions",
+                )
+            ]
+
+        return [Check(GROUP, "local_copy source", source), Check(GROUP, "local_copy dest", dest)]
 
     def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
         source = self._source(job)

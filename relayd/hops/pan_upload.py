@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 
 from relayd.config import DriveConfig
 from relayd.drive import (
-    LOGIN_HINT,
     ContentMismatch,
     Drive,
     DriveFile,
@@ -35,7 +34,7 @@ from relayd.drive import (
 )
 from relayd.drive.hashing import content_hash
 from relayd.errors import ConfigError, IntegrityMismatch, NeedsPerson, Permanent, RelayError, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ class PanUploadHop(Hop):
     reads_staging = True
     consumes = frozenset({"staging"})
     produces = "drive"
+    services = ("drive",)
     section: DriveConfig
 
     def __init__(self, section: DriveConfig, ctx: HopContext) -> None:
@@ -336,21 +336,6 @@ class PanUploadHop(Hop):
             hint="the uploads arrive damaged at the drive (the staged copy is intact): check the network "
             "path to the drive (a proxy or middlebox that alters bodies), then `relayctl retry`",
         )
-
-    def checks(self) -> list[Check]:
-        try:
-            lifetime = self.drive().token_lifetime()
-        except (RelayError, ImportError) as exc:
-            return [Check("drive login", False, str(exc), LOGIN_HINT)]
-        remaining = lifetime.remaining()
-        if lifetime.state in ("missing", "refused"):
-            return [Check("drive login", False, f"the drive login is {lifetime.state}", LOGIN_HINT)]
-        detail = (
-            f"access token valid for {remaining / 60:.0f} more minutes"
-            if remaining is not None and remaining > 0
-            else "access token expired; it is refreshed on the next call"
-        )
-        return [Check("drive login", True, detail)]
 
     def close(self) -> None:
         if self._own_drive is not None:

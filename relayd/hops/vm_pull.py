@@ -42,7 +42,7 @@ from typing import Any, NoReturn
 from relayd.config import VmConfig
 from relayd.digest import sha256_of_range
 from relayd.errors import ConfigError, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.units import format_size
 from relayd.vm.executor import Executor, make_executor
 
@@ -89,6 +89,7 @@ class VmPullHop(Hop):
     short_name = "vm"
     consumes = frozenset({"drive"})  # vm_from_staging is a shortcut only: the drive's copy is the way
     produces = "vm"
+    services = ("drive", "vm")
     section: VmConfig
 
     def __init__(self, section: VmConfig, ctx: HopContext) -> None:
@@ -481,20 +482,6 @@ class VmPullHop(Hop):
             for p in job.pieces
             if remote.get(str(p.index)) != sha256_of_range(source, p.offset, p.length)
         ]
-
-    # -- operations -------------------------------------------------------------------------------
-
-    def checks(self) -> list[Check]:
-        executor = self._executor()
-        try:
-            facts = executor.check(need=("git", "git_lfs"))
-        except HopError as exc:
-            return [Check("vm", False, f"{executor.describe()}: {exc}", getattr(exc, "hint", ""))]
-        detail = (
-            f"{executor.describe()}: python {facts.python}, {facts.git}, {facts.git_lfs}; "
-            f"{format_size(facts.free)} free under {facts.root}"
-        )
-        return [Check("vm", True, detail)]
 
     def close(self) -> None:
         with self._lock:

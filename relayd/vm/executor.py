@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -43,6 +44,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -901,6 +903,12 @@ def _private_directory_problem(directory: Path) -> str | None:
     if stat.S_IMODE(facts.st_mode) != 0o700:
         return f"its mode is {stat.S_IMODE(facts.st_mode):o}, not 700"
     return None
+
+
+def local_executor(config: VmConfig) -> LocalExecutor:
+    """Return an executor on this machine with *config*'s settings otherwise, for work on the files
+    staged here: this process's python and PATH."""
+    return LocalExecutor(dataclasses.replace(config, executor="local", python=sys.executable, path=""))
 
 
 def make_executor(config: VmConfig, *, state_dir: Path | None = None) -> Executor:
