@@ -1,7 +1,8 @@
-"""The hop registry: built-in and third-party hops, all loaded from the ``relayd.hops.v1`` entry-point
+"""The hop registry: built-in and third-party hops, all loaded from the ``relayd.hops.v2`` entry-point
 group (the version is bumped when the contract in relayd.hops.base breaks, so stale plugins are never
-loaded). Hop classes are imported only when they are needed: what the rest of relayd knows about a hop
-is what its class declares (relayd.hops.base.Hop), never its name."""
+loaded: v2 hands hops plain records and asks them for their checks). Hop classes are imported only
+when they are needed: what the rest of relayd knows about a hop is what its class declares
+(relayd.hops.base.Hop), never its name."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from relayd.errors import ConfigError, RelayError
 if TYPE_CHECKING:
     from relayd.hops.base import Hop
 
-ENTRY_POINT_GROUP = "relayd.hops.v1"
+ENTRY_POINT_GROUP = "relayd.hops.v2"
 
 #: The route of a repo added without one: Hugging Face → staging → the drive → the VM → ModelScope.
 DEFAULT_ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
