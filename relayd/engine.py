@@ -28,7 +28,7 @@ from datetime import timedelta
 from relayd.catalogue.schema import BLOCKED, WAITING
 from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
-from relayd.errors import Cancelled, IntegrityMismatch, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
@@ -264,7 +264,7 @@ class Engine:
         if staging and self.staging.budget().hold_reason is None:
             hops += staging
         if hops:
-            count = self.store.unblock(error_class="disk", hops=hops)
+            count = self.store.unblock(error_class=ErrorClass.DISK, hops=hops)
             if count:
                 log.info("%d transfer(s) blocked by a full disk try again", count)
 
@@ -363,7 +363,7 @@ class Engine:
                     self.owner,
                     state=WAITING,
                     error=f"internal error: {type(exc).__name__}: {exc}",
-                    error_class="internal",
+                    error_class=ErrorClass.INTERNAL,
                     next_attempt_at=utcnow() + timedelta(seconds=delay),
                 )
             except Exception:
@@ -415,7 +415,7 @@ class Engine:
                     job,
                     WAITING,
                     f"{type(exc).__name__}: {exc}",
-                    error_class="io",
+                    error_class=ErrorClass.IO,
                     hint=None,
                     retry_after=None,
                 )
@@ -433,9 +433,13 @@ class Engine:
                 )
                 with self._lock:
                     self._internal_errors.pop(transfer_id, None)  # `relayctl retry` starts a new count
-                self._defer(job, BLOCKED, message, error_class="internal", hint=hint, retry_after=None)
+                self._defer(
+                    job, BLOCKED, message, error_class=ErrorClass.INTERNAL, hint=hint, retry_after=None
+                )
             else:
-                self._defer(job, WAITING, message, error_class="internal", hint=None, retry_after=None)
+                self._defer(
+                    job, WAITING, message, error_class=ErrorClass.INTERNAL, hint=None, retry_after=None
+                )
             return
         finally:
             if not internal:
@@ -474,7 +478,7 @@ class Engine:
         state: str,
         message: str,
         *,
-        error_class: str,
+        error_class: ErrorClass,
         hint: str | None,
         retry_after: float | None,
     ) -> None:

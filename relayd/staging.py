@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relayd.config import StagingConfig
-from relayd.errors import NeedsPerson
+from relayd.errors import ErrorClass, NeedsPerson
 from relayd.health import FAIL, OK, WARN, Check, Finding, failed
 from relayd.units import format_size
 
@@ -57,7 +57,7 @@ def disk_full_error(path: Path | str) -> NeedsPerson:
     return NeedsPerson(
         f"no space left on the disk holding {path}",
         hint="free space on that disk (or lower staging.max_bytes); relayd resumes by itself",
-        error_class="disk",
+        error_class=ErrorClass.DISK,
     )
 
 

@@ -49,7 +49,7 @@ from relayd.catalogue.schema import (
     SnapshotFile,
     Transfer,
 )
-from relayd.errors import CatalogueError, UsageError
+from relayd.errors import CatalogueError, ErrorClass, UsageError
 from relayd.hops.records import (
     FileInfo,
     Handles,
@@ -310,7 +310,7 @@ class Store:
         *,
         state: str,
         error: str | None = None,
-        error_class: str | None = None,
+        error_class: ErrorClass | None = None,
         hint: str | None = None,
         next_poll_at: datetime | None = None,
     ) -> None:
@@ -454,7 +454,7 @@ class Store:
             )
             repo.poll_state = POLL_BLOCKED
             repo.poll_error = reason
-            repo.poll_error_class = "hostile"
+            repo.poll_error_class = ErrorClass.HOSTILE
             repo.poll_hint = hint
             repo.next_poll_at = None
 
@@ -1354,7 +1354,7 @@ class Store:
         *,
         state: str,
         error: str,
-        error_class: str,
+        error_class: ErrorClass,
         hint: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
@@ -1393,7 +1393,7 @@ class Store:
             self.on_deferred(parked, state, error_class)
 
     def _notify_blocked(
-        self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
+        self, session: Session, transfer_id: int, *, error: str, error_class: ErrorClass, hint: str | None
     ) -> None:
         transfer = session.get(Transfer, transfer_id)
         if transfer is None or transfer.state == BLOCKED:
@@ -1476,7 +1476,7 @@ class Store:
                 )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def unblock(self, *, error_class: str, hops: Sequence[str]) -> int:
+    def unblock(self, *, error_class: ErrorClass, hops: Sequence[str]) -> int:
         """Make transfers of *hops* blocked for *error_class* (e.g. a full disk) runnable again."""
         with self._write() as session:
             result = session.execute(

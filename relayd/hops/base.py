@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.errors import Cancelled, ErrorClass, HopError, IntegrityMismatch, NeedsPerson, Retryable
 from relayd.health import FAIL, OK, SKIP, WARN, Check, CheckScope, Finding
 from relayd.hops.records import (
     FileInfo,
@@ -236,7 +236,7 @@ class Job:
         self._mismatches = [*self._mismatches, seen][-2:]
         if len(self._mismatches) < 2:
             self.save_handles()
-            return Retryable(f"{mismatch}; sending it again", error_class="integrity")
+            return Retryable(f"{mismatch}; sending it again", error_class=ErrorClass.INTEGRITY)
         first = self._mismatches[0]
         self._mismatches = []
         self.save_handles()
@@ -246,7 +246,7 @@ class Job:
             f"{mismatch.algorithm} mismatch measured {mismatch.where}, twice in a row: expected "
             f"{mismatch.expected}, got {mismatch.actual}{before}{detail}",
             hint=mismatch.hint,
-            error_class="integrity",
+            error_class=ErrorClass.INTEGRITY,
         )
 
     def fetch_again(self, reason: str) -> None:

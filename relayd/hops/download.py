@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
-from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
+from relayd.errors import ErrorClass, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
@@ -345,7 +345,9 @@ class DownloadHop(Hop):
         if digest is None:
             if not partial.is_file():
                 job.reset_pieces()
-                raise Retryable(f"the partial file {partial} vanished; downloading again", error_class="io")
+                raise Retryable(
+                    f"the partial file {partial} vanished; downloading again", error_class=ErrorClass.IO
+                )
             # Every piece was durable before a restart: the durable prefix is the whole file.
             hashed = hash_file(partial, git_blob=not file.lfs)
             digest = _Digest(partial.stat().st_size, hashed.sha256, hashed.sha1, hashed.git_blob_id)
@@ -422,7 +424,7 @@ class DownloadHop(Hop):
                 raise Retryable(
                     f"the same content is being downloaded by transfer {holder}; it will be reused",
                     retry_after=5,
-                    error_class="duplicate",
+                    error_class=ErrorClass.DUPLICATE,
                 )
             self._active[key] = job.id
         try:
@@ -455,7 +457,7 @@ class DownloadHop(Hop):
                 f"the Hub's metadata for {file.path} contradicts the tree of the pinned commit "
                 f"({'; '.join(problems)}): the tree changed under a pinned commit",
                 hint="the Hub (or mirror) is inconsistent; check the repo there, then `relayctl retry`",
-                error_class="changed",
+                error_class=ErrorClass.CHANGED,
             )
         return meta
 
@@ -509,11 +511,11 @@ class DownloadHop(Hop):
                 f"refused ({reason}). relayd downloads over HTTP Range only",
                 hint="exclude the file from the repo's globs, or fetch it with `hf download` (hf_xet) "
                 "outside relayd",
-                error_class="xet",
+                error_class=ErrorClass.XET,
             )
         return Retryable(
             f"{MAX_FRESH_REFUSALS} fresh signed locations in a row were refused ({reason})",
-            error_class="upstream",
+            error_class=ErrorClass.UPSTREAM,
         )
 
     # -- moving the bytes --------------------------------------------------------------------------
@@ -604,7 +606,7 @@ class DownloadHop(Hop):
         job.check_cancelled()
         if hasher.offset != run.size:
             raise Retryable(
-                f"hashed {hasher.offset} of {run.size} bytes; trying again", error_class="internal"
+                f"hashed {hasher.offset} of {run.size} bytes; trying again", error_class=ErrorClass.INTERNAL
             )
         return _Digest(run.size, hasher.sha256, hasher.sha1, hasher.git_blob_id)
 
@@ -708,7 +710,7 @@ class DownloadHop(Hop):
                     raise Retryable(
                         f"the CDN rate-limits the download of {job.file_or_fail.path} ({exc})",
                         retry_after=wait,
-                        error_class="rate_limit",
+                        error_class=ErrorClass.RATE_LIMIT,
                     ) from exc
                 job.log.info("piece %d: %s; waiting %.0fs", piece.index, exc, wait)
                 self._sleep(run, wait)
@@ -724,7 +726,7 @@ class DownloadHop(Hop):
                     raise Retryable(
                         f"piece {piece.index} of {job.file_or_fail.path} failed {failures - 1} times "
                         f"in a row without progress: {exc}",
-                        error_class="network",
+                        error_class=ErrorClass.NETWORK,
                     ) from exc
                 delay = min(10.0, 0.1 * 2**failures)
                 job.log.info("piece %d: %s; retrying from byte %d", piece.index, exc, start + exc.received)

@@ -37,6 +37,7 @@ from relayd import __version__
 from relayd.config import ModelScopeConfig
 from relayd.errors import (
     ConfigError,
+    ErrorClass,
     IntegrityMismatch,
     NeedsPerson,
     Permanent,
@@ -48,7 +49,7 @@ from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, P
 from relayd.names import validate_repo_id
 from relayd.services import LOCAL_EXECUTOR
 from relayd.text import public_url
-from relayd.vm.agent.lfs import MISMATCH, wants_lfs
+from relayd.vm.agent.lfs import wants_lfs
 from relayd.vm.executor import Executor, local_executor
 
 #: How long one call for a small file may take.
@@ -212,7 +213,7 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 "lfs_push runs on the VM, and this relayd has no VM executor",
                 hint="configure [vm] (lfs_push pushes from where vm_pull put the files)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
         except ConfigError as exc:
             raise NeedsPerson(f"the VM cannot be used: {exc}", hint="fix [vm] in the config") from exc
@@ -264,14 +265,14 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 f"the ModelScope repo {target!r} is not a valid repo id: {exc}",
                 hint="set the repo's modelscope_repo destination to OWNER/NAME",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
         if "/" not in target:
             raise NeedsPerson(
                 f"the ModelScope repo {target!r} has no owner",
                 hint="set the repo's modelscope_repo destination to OWNER/NAME (your ModelScope user "
                 "or organisation)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         return target
 
@@ -292,7 +293,7 @@ class LfsPushHop(Hop):
                 f"no ModelScope access token ({self.section.token.describe()})",
                 hint="set MODELSCOPE_TOKEN (or [modelscope] token_env, token_file or token_credential) to "
                 "an access token with write access, then `relayctl retry`",
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
         return token
 
@@ -318,7 +319,7 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 f"the file is not where lfs_push can read it ({where})",
                 hint="`relayctl retry` the earlier hops of the route, so that the file is there again",
-                error_class="missing",
+                error_class=ErrorClass.MISSING,
             )
         params = self._common(job, executor)
         secrets = {"token": self._token(), "proxy": self.section.proxy}
@@ -366,7 +367,7 @@ class LfsPushHop(Hop):
                 cancel=self.ctx.cancel,
             )
         except Retryable as exc:
-            if exc.error_class == MISMATCH:
+            if exc.error_class is ErrorClass.MISMATCH:
                 raise measured_wrong(exc, [oid]) from exc
             raise
         answer = result["objects"][0]
@@ -389,7 +390,9 @@ class LfsPushHop(Hop):
         if handles.get("oid") and handles.get("size") == file.size:
             return Outcome(handles=handles, sha256=str(handles["oid"]))
         job.reset_pieces()
-        raise Retryable("no upload of this file is recorded; uploading it again", error_class="integrity")
+        raise Retryable(
+            "no upload of this file is recorded; uploading it again", error_class=ErrorClass.INTEGRITY
+        )
 
     # -- per snapshot -----------------------------------------------------------------------------
 
@@ -408,7 +411,9 @@ class LfsPushHop(Hop):
             if wants_lfs(file.path, file.size, file.lfs):
                 oid = pushed.get("oid") or file.sha256
                 if not oid:
-                    raise Retryable(f"{file.path} has no recorded LFS object yet", error_class="integrity")
+                    raise Retryable(
+                        f"{file.path} has no recorded LFS object yet", error_class=ErrorClass.INTEGRITY
+                    )
                 entry.update(lfs=True, oid=oid)
             else:
                 entry.update(lfs=False, blob=pushed.get("blob") or file.git_blob_id)
@@ -445,7 +450,7 @@ class LfsPushHop(Hop):
                 cancel=self.ctx.cancel,
             )
         except Retryable as exc:
-            if exc.error_class == MISMATCH:
+            if exc.error_class is ErrorClass.MISMATCH:
                 raise measured_wrong(exc, [str(f["oid"]) for f in files if f.get("lfs")]) from exc
             raise
         commit = str(result["commit"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from relayd.config import LocalCopyConfig
 from relayd.digest import hash_file, sha256_of_range
-from relayd.errors import IntegrityMismatch, NeedsPerson, Retryable
+from relayd.errors import ErrorClass, IntegrityMismatch, NeedsPerson, Retryable
 from relayd.hops.base import (
     FAIL,
     OK,
@@ -116,7 +116,7 @@ class LocalCopyHop(Hop):
             raise NeedsPerson(
                 f"the source file {source} is missing",
                 hint="restore it, then `relayctl retry`",
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         if len(missing) == len(job.pieces):
             partial.unlink(missing_ok=True)  # nothing recorded: whatever is there is not trusted
@@ -141,7 +141,7 @@ class LocalCopyHop(Hop):
             data = os.pread(source_fd, min(CHUNK, end - position), position)
             if not data:
                 raise Retryable(
-                    f"the source ended at {position} bytes, expected {end}", error_class="changed"
+                    f"the source ended at {position} bytes, expected {end}", error_class=ErrorClass.CHANGED
                 )
             written = os.pwrite(target_fd, data, position)
             position += written
@@ -159,7 +159,7 @@ class LocalCopyHop(Hop):
             partial = target  # verified and renamed before a crash; check it again
         if not partial.exists():
             job.reset_pieces()
-            raise Retryable(f"{partial} vanished; copying it again", error_class="integrity")
+            raise Retryable(f"{partial} vanished; copying it again", error_class=ErrorClass.INTEGRITY)
         digest = hash_file(partial)
         if partial.stat().st_size != file.size or digest.sha256 != file.sha256:
             bad = self._bad_pieces(job, partial)
