@@ -50,6 +50,7 @@ from relayd.names import validate_repo_id
 from relayd.services import LOCAL_EXECUTOR
 from relayd.text import public_url
 from relayd.vm.agent.lfs import wants_lfs
+from relayd.vm.checks import tool_findings
 from relayd.vm.executor import Executor, local_executor
 
 #: How long one call for a small file may take.
@@ -107,21 +108,8 @@ def _local_git_check(scope: CheckScope) -> Check:
 
     def run() -> list[Finding]:
         facts = scope.services.get(LOCAL_EXECUTOR).facts(timeout=scope.timeout)
-        found = []
-        for name, version, package in (("git", facts.git, "git"), ("git-lfs", facts.git_lfs, "git-lfs")):
-            if version:
-                found.append(Finding(GROUP, f"local {name}", OK, version))
-            else:
-                found.append(
-                    Finding(
-                        GROUP,
-                        f"local {name}",
-                        FAIL,
-                        f"{name} is not installed on this machine (lfs_push pushes from staging here)",
-                        f"install {package} (apt-get install {package})",
-                    )
-                )
-        return found
+        where = "on this machine (lfs_push pushes from staging here)"
+        return tool_findings(facts, GROUP, "local", where, "install {package} (apt-get install {package})")
 
     also = ((GROUP, "local git-lfs"),)
     return Check(GROUP, "local git", run, label="the check of git on this machine", also=also)

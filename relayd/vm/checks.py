@@ -37,6 +37,19 @@ def vm_checks(config: VmConfig, scope: CheckScope) -> list[Check]:
     return [Check(GROUP, "vm", run, reach_hint(config), label="the VM", also=tools)]
 
 
+def tool_findings(facts: VmFacts, group: str, prefix: str, where: str, hint: str) -> list[Finding]:
+    """Return the findings ``<prefix> git`` and ``<prefix> git-lfs``: each tool's version in *facts*, or
+    that it is not installed *where*, with *hint* (``{package}`` is the package to install)."""
+    found = []
+    for name, version in (("git", facts.git), ("git-lfs", facts.git_lfs)):
+        if version:
+            found.append(Finding(group, f"{prefix} {name}", OK, version))
+        else:
+            missing = f"{name} is not installed {where}"
+            found.append(Finding(group, f"{prefix} {name}", FAIL, missing, hint.format(package=name)))
+    return found
+
+
 def vm_findings(executor: Executor, facts: VmFacts, needed: int) -> list[Finding]:
     """Return what the VM's *facts* say: python3, git, git-lfs, and free space against *needed*."""
     where = executor.describe()
@@ -54,19 +67,13 @@ def vm_findings(executor: Executor, facts: VmFacts, needed: int) -> list[Finding
         )
     else:
         rows.append(Finding(GROUP, "vm python3", OK, facts.python))
-    for name, version_text, package in (("git", facts.git, "git"), ("git-lfs", facts.git_lfs, "git-lfs")):
-        if version_text:
-            rows.append(Finding(GROUP, f"vm {name}", OK, version_text))
-        else:
-            rows.append(
-                Finding(
-                    GROUP,
-                    f"vm {name}",
-                    FAIL,
-                    f"{name} is not installed on {where}",
-                    f"install {package} on the VM (apt-get install {package}), or fix vm.path",
-                )
-            )
+    rows += tool_findings(
+        facts,
+        GROUP,
+        "vm",
+        f"on {where}",
+        "install {package} on the VM (apt-get install {package}), or fix vm.path",
+    )
     space = f"{format_size(facts.free)} free under {facts.root}"
     if not facts.root_exists:
         space += " (not created yet)"
