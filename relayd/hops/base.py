@@ -1,9 +1,10 @@
 """The hop contract: plan the pieces, move the missing ones, verify the whole.
 
-This module is the whole public surface a hop needs. The engine claims a transfer, builds a ``Job`` for
-it and calls ``plan`` (only when no plan is recorded), ``move`` with the pieces not yet durable, and
-``verify``; a hop that commits a whole snapshot at once also implements ``finish_snapshot``. A hop
-signals what should happen after a failure by the error class it raises (see relayd.errors).
+This module is the whole public surface a hop needs, the errors it raises included. The engine claims
+a transfer, builds a ``Job`` for it and calls ``plan`` (only when no plan is recorded), ``move`` with
+the pieces not yet durable, and ``verify``; a hop that commits a whole snapshot at once also implements
+``finish_snapshot``. A hop signals what should happen after a failure by the error it raises (see
+relayd.errors).
 
 A hop reads plain records (relayd.hops.records) and reports through its ``Job``, which reaches the
 catalogue only by the narrow ``StorePort``; a hop never imports the catalogue or SQLAlchemy (ruff's
@@ -22,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from relayd.errors import Cancelled, ErrorClass, HopError, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.errors import (
+    Cancelled,
+    ErrorClass,
+    HopError,
+    IntegrityMismatch,
+    NeedsPerson,
+    Permanent,
+    Retryable,
+)
 from relayd.health import FAIL, OK, SKIP, WARN, Check, CheckScope, Finding
 from relayd.hops.records import (
     FileInfo,
@@ -43,18 +52,24 @@ __all__ = [
     "OK",
     "SKIP",
     "WARN",
+    "Cancelled",
     "Check",
     "CheckScope",
+    "ErrorClass",
     "FileInfo",
     "Finding",
     "Handles",
     "Hop",
     "HopContext",
+    "IntegrityMismatch",
     "Job",
     "JobData",
+    "NeedsPerson",
     "Outcome",
+    "Permanent",
     "PieceSpec",
     "RepoInfo",
+    "Retryable",
     "Services",
     "SnapshotInfo",
     "SnapshotMember",
@@ -413,8 +428,6 @@ class Hop(abc.ABC):
 
     def finish_snapshot(self, job: Job) -> Outcome:
         """Run the snapshot-level step (only for hops with finishes_snapshot)."""
-        from relayd.errors import Permanent
-
         raise Permanent(f"hop {self.name} has no snapshot-level step")
 
     @classmethod
