@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
-
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -227,9 +225,13 @@ class NotifyConfig:
     retries: int
 
 
+#: The tables a hop may declare as its section (``Hop.config_section``): a service's, or its own.
+HOP_SECTIONS = frozenset({"hub", "drive", "vm", "modelscope", "local_copy"})
+
+
 @dataclass(frozen=True)
 class Config:
-    """The whole validated configuration. ``hops`` maps a hop name to the section it receives."""
+    """The whole validated configuration: one section per service, and each plugin hop's raw table."""
 
     path: Path
     catalogue: CatalogueConfig
@@ -245,18 +247,22 @@ class Config:
     notify: NotifyConfig
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def section(self, key: str) -> Any:
+        """Return the config section *key* names: a service's own table (``"hub"``, ``"drive"``, …) or
+        a plugin hop's ``"hops.NAME"`` (its raw table, {} when absent). Raise ConfigError otherwise."""
+        prefix, dot, plugin = key.partition(".")
+        if prefix == "hops" and dot and plugin:
+            return self.plugin_sections.get(plugin, {})
+        if key in HOP_SECTIONS:
+            return getattr(self, key)
+        raise ConfigError(f"no config section [{key}]")
+
     def section_for(self, hop_name: str) -> Any:
-        """Return the config section a hop of that name receives (its own slice, nothing else)."""
-        builtin = {
-            "download": self.hub,
-            "pan_upload": self.drive,
-            "vm_pull": self.vm,
-            "lfs_push": self.modelscope,
-            "local_copy": self.local_copy,
-        }
-        if hop_name in builtin:
-            return builtin[hop_name]
-        return self.plugin_sections.get(hop_name, {})
+        """Return the config section a hop of that name receives (its own slice, nothing else): the one
+        its class declares (``Hop.config_section``), else its ``[hops.NAME]`` table."""
+        from relayd.hops import load_hop_class
+
+        return self.section(load_hop_class(hop_name).section_key())
 
     def concurrency_for(self, hop_name: str) -> int:
         """Return how many transfers of that hop may run at once."""

@@ -8,7 +8,6 @@ path. `relayd run --once` polls every repo once and runs until nothing is runnab
 from __future__ import annotations
 
 import fcntl
-import importlib
 import logging
 import os
 import signal
@@ -35,12 +34,13 @@ from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
-from relayd.hops.base import Hop, HopContext, Services
+from relayd.hops.base import Hop, HopContext
 from relayd.logs import SCRUBBER, setup_logging
 from relayd.metrics import Metrics, MetricsServer
 from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
+from relayd.services import build_services
 from relayd.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -107,41 +107,23 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
     for name in hop_names():
         try:
             hop_class = load_hop_class(name)
-            hops[name] = hop_class(config.section_for(name), ctx)
+            hops[name] = hop_class(config.section(hop_class.section_key()), ctx)
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
 
 
-def build_services(config: Config, store: Store, services: Services | None = None) -> Services:
-    """Register the shared clients hops may ask for; each is built on first use. Given *services*
-    (a reload), replace its factories: new calls get clients built from the new config, while
-    transfers already running finish with the clients they hold."""
-
-    def drive() -> Any:
-        return importlib.import_module("relayd.drive").make_drive(
-            config.drive, config.daemon.state_dir, store
-        )
-
-    def vm() -> Any:
-        return importlib.import_module("relayd.vm.executor").make_executor(
-            config.vm, state_dir=config.daemon.state_dir
-        )
-
-    if services is None:
-        return Services({"drive": drive, "vm": vm})
-    services.register("drive", drive)
-    services.register("vm", vm)
-    return services
-
-
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
+    """Return the store's rules from what the built *hops* declare."""
     return HopRules(
         reads_staging=frozenset(name for name, hop in hops.items() if hop.reads_staging),
         finishes_snapshot=frozenset(name for name, hop in hops.items() if hop.finishes_snapshot),
         staging_unneeded_after={
             name: hop.staging_unneeded_after for name, hop in hops.items() if hop.staging_unneeded_after
         },
+        writes_staging=frozenset(name for name, hop in hops.items() if hop.writes_staging),
+        produces={name: hop.produces for name, hop in hops.items() if hop.produces},
+        consumes={name: hop.consumes for name, hop in hops.items() if hop.consumes},
     )
 
 

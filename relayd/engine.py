@@ -28,7 +28,7 @@ from datetime import timedelta
 from relayd.catalogue.schema import BLOCKED, WAITING
 from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
-from relayd.errors import Cancelled, IntegrityMismatch, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
@@ -255,15 +255,16 @@ class Engine:
         if now - self._last_disk_check < DISK_RECHECK:
             return
         self._last_disk_check = now
-        hops = [name for name in self.hops if name != "download"]
+        staging = [name for name, hop in self.hops.items() if hop.writes_staging]
+        hops = [name for name in self.hops if name not in staging]
         if now - self._last_remote_disk_check >= REMOTE_DISK_RECHECK:
             self._last_remote_disk_check = now
         else:
             hops = []
-        if "download" in self.hops and self.staging.budget().hold_reason is None:
-            hops.append("download")
+        if staging and self.staging.budget().hold_reason is None:
+            hops += staging
         if hops:
-            count = self.store.unblock(error_class="disk", hops=hops)
+            count = self.store.unblock(error_class=ErrorClass.DISK, hops=hops)
             if count:
                 log.info("%d transfer(s) blocked by a full disk try again", count)
 
@@ -291,8 +292,10 @@ class Engine:
         started = 0
         self._unblock_disk()
         self._surface_stuck()
-        candidates = self.store.runnable_hops() & set(self.hops)
-        for hop_name in sorted(candidates, key=lambda name: -self._route_position(name)):
+        # Later hops first: finishing files frees staging and shows progress sooner.
+        runnable = self.store.runnable_hops()
+        candidates = [name for name in runnable if name in self.hops]
+        for hop_name in sorted(candidates, key=lambda name: (-runnable[name], name)):
             while not self._stop_claiming.is_set():
                 with self._lock:
                     if len(self._running) >= self.settings.workers:
@@ -302,16 +305,17 @@ class Engine:
                     large_in_hop = sum(1 for tid in self._large if self._running.get(tid) == hop_name)
                 if in_hop >= self.settings.limits.get(hop_name, 1):
                     break
-                if hop_name == "download" and self._downloads_held():
+                hop = self.hops[hop_name]
+                if hop.writes_staging and self._downloads_held():
                     break
-                large = self.hops[hop_name].large_files
+                large = hop.large_files
                 smaller_than = large[0] if large and large_in_hop >= large[1] else None
                 transfer = self.store.claim(
                     hop_name, self.owner, self.settings.lease, exclude=busy, smaller_than=smaller_than
                 )
                 if transfer is None:
                     break
-                if hop_name == "download" and not self._admit_download(transfer.id, transfer.bytes_total):
+                if hop.writes_staging and not self._admit_download(transfer.id, transfer.bytes_total):
                     break
                 with self._lock:
                     self._running[transfer.id] = hop_name
@@ -320,12 +324,6 @@ class Engine:
                 self._pool.submit(self._run, transfer.id, hop_name, transfer.attempts)
                 started += 1
         return started
-
-    @staticmethod
-    def _route_position(hop_name: str) -> int:
-        # Later hops first: finishing files frees staging and shows progress sooner.
-        order = ("local_copy", "download", "pan_upload", "vm_pull", "lfs_push")
-        return order.index(hop_name) if hop_name in order else 0
 
     def _heartbeat_loop(self) -> None:
         interval = max(1.0, self.settings.lease / 3)
@@ -365,7 +363,7 @@ class Engine:
                     self.owner,
                     state=WAITING,
                     error=f"internal error: {type(exc).__name__}: {exc}",
-                    error_class="internal",
+                    error_class=ErrorClass.INTERNAL,
                     next_attempt_at=utcnow() + timedelta(seconds=delay),
                 )
             except Exception:
@@ -417,7 +415,7 @@ class Engine:
                     job,
                     WAITING,
                     f"{type(exc).__name__}: {exc}",
-                    error_class="io",
+                    error_class=ErrorClass.IO,
                     hint=None,
                     retry_after=None,
                 )
@@ -435,9 +433,13 @@ class Engine:
                 )
                 with self._lock:
                     self._internal_errors.pop(transfer_id, None)  # `relayctl retry` starts a new count
-                self._defer(job, BLOCKED, message, error_class="internal", hint=hint, retry_after=None)
+                self._defer(
+                    job, BLOCKED, message, error_class=ErrorClass.INTERNAL, hint=hint, retry_after=None
+                )
             else:
-                self._defer(job, WAITING, message, error_class="internal", hint=None, retry_after=None)
+                self._defer(
+                    job, WAITING, message, error_class=ErrorClass.INTERNAL, hint=None, retry_after=None
+                )
             return
         finally:
             if not internal:
@@ -476,7 +478,7 @@ class Engine:
         state: str,
         message: str,
         *,
-        error_class: str,
+        error_class: ErrorClass,
         hint: str | None,
         retry_after: float | None,
     ) -> None:

@@ -5,9 +5,81 @@ A hop signals what should happen next by the class it raises: ``Retryable`` park
 what to do, ``Permanent`` blocks it as well (nothing a retry can fix), ``IntegrityMismatch`` sends the
 copy again once and blocks on the second mismatch in a row, ``Cancelled`` puts it back to ``pending``
 untouched because the daemon is stopping.
+
+What kind of failure it was is its ``ErrorClass``, stored with the transfer or poll it parked and shown
+by `relayctl status`, whereis, the webhooks and the metrics; docs/errors.md says what each means.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class ErrorClass(enum.StrEnum):
+    """The kinds of failure, as stored in the catalogue and shown to people and scripts: each value is
+    documented in docs/errors.md (tests/test_errors.py keeps the two equal). The values are part of
+    relayd's interface (status JSON, webhooks, metrics labels): a value, once used, keeps its spelling."""
+
+    AGENT = "agent"
+    API_CHANGED = "api_changed"
+    AUTH = "auth"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    CHANGED = "changed"
+    CLIENT = "client"
+    CONFIG = "config"
+    CONFLICT = "conflict"
+    DEVICE = "device"
+    DISK = "disk"
+    DOWNLOAD_REFUSED = "download_refused"
+    DRIVE = "drive"
+    DUPLICATE = "duplicate"
+    ERROR = "error"
+    FORBIDDEN = "forbidden"
+    GATED = "gated"
+    GIT = "git"
+    HOST_KEY = "host_key"
+    HOSTILE = "hostile"
+    INTEGRITY = "integrity"
+    INTERNAL = "internal"
+    IO = "io"
+    MISMATCH = "mismatch"
+    MISSING = "missing"
+    NETWORK = "network"
+    NOT_FOUND = "not_found"
+    PARTIAL_LOST = "partial_lost"
+    PATH = "path"
+    PERMANENT = "permanent"
+    PROTOCOL = "protocol"
+    QUOTA = "quota"
+    RANGE = "range"
+    RANGE_IGNORED = "range_ignored"
+    RANGE_UNSATISFIABLE = "range_unsatisfiable"
+    RATE_LIMIT = "rate_limit"
+    REDIRECT = "redirect"
+    REUSE = "reuse"
+    SERVER = "server"
+    SETUP = "setup"
+    STAGING = "staging"
+    STALL = "stall"
+    TIMEOUT = "timeout"
+    TOO_LARGE = "too_large"
+    UPLOAD_EXPIRED = "upload_expired"
+    UPSTREAM = "upstream"
+    URL = "url"
+    URL_EXPIRED = "url_expired"
+    XET = "xet"
+
+    @classmethod
+    def parse(cls, value: object) -> ErrorClass:
+        """Return the class a peer named (the VM agent sends plain strings), or ``ERROR`` for a value
+        that is not one (an agent of another version, or garbage)."""
+        if isinstance(value, str):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        return cls.ERROR
 
 
 class RelayError(Exception):
@@ -37,25 +109,24 @@ class InstanceLocked(RelayError):
 class HopError(RelayError):
     """A hop could not finish a transfer.
 
-    *error_class* is a short machine-readable category (``network``, ``auth``, ``gated``, ``disk``,
-    ``quota``, ``integrity``, ``not_found``, ``rate_limit``, ``server``, ...) used by status and metrics.
+    *error_class* says what kind of failure it is (``ErrorClass``), for status, webhooks and metrics.
     """
 
-    error_class: str = "error"
+    error_class: ErrorClass = ErrorClass.ERROR
 
-    def __init__(self, message: str, *, error_class: str | None = None) -> None:
+    def __init__(self, message: str, *, error_class: ErrorClass | None = None) -> None:
         super().__init__(message)
         if error_class is not None:
-            self.error_class = error_class
+            self.error_class = ErrorClass(error_class)
 
 
 class Retryable(HopError):
     """A transient failure: try again later, at *retry_after* seconds if the server said so."""
 
-    error_class = "network"
+    error_class = ErrorClass.NETWORK
 
     def __init__(
-        self, message: str, *, error_class: str | None = None, retry_after: float | None = None
+        self, message: str, *, error_class: ErrorClass | None = None, retry_after: float | None = None
     ) -> None:
         super().__init__(message, error_class=error_class)
         self.retry_after = retry_after
@@ -64,9 +135,9 @@ class Retryable(HopError):
 class NeedsPerson(HopError):
     """Only a person can fix this (token, gating, disk, quota); *hint* says what to do."""
 
-    error_class = "blocked"
+    error_class = ErrorClass.BLOCKED
 
-    def __init__(self, message: str, *, hint: str, error_class: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str, error_class: ErrorClass | None = None) -> None:
         super().__init__(message, error_class=error_class)
         self.hint = hint
 
@@ -74,9 +145,9 @@ class NeedsPerson(HopError):
 class Permanent(HopError):
     """The transfer cannot succeed as it is (e.g. the upstream file is invalid)."""
 
-    error_class = "permanent"
+    error_class = ErrorClass.PERMANENT
 
-    def __init__(self, message: str, *, hint: str = "", error_class: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str = "", error_class: ErrorClass | None = None) -> None:
         super().__init__(message, error_class=error_class)
         self.hint = hint or "fix the cause, then run `relayctl retry`"
 
@@ -91,7 +162,7 @@ class IntegrityMismatch(HopError):
     should check when it repeats.
     """
 
-    error_class = "integrity"
+    error_class = ErrorClass.INTEGRITY
 
     def __init__(
         self,
@@ -116,4 +187,4 @@ class IntegrityMismatch(HopError):
 class Cancelled(HopError):
     """The daemon is stopping; the transfer goes back to pending with its durable pieces kept."""
 
-    error_class = "cancelled"
+    error_class = ErrorClass.CANCELLED

@@ -55,7 +55,7 @@ from relayd import __version__
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import FileSpec
 from relayd.config import HubConfig
-from relayd.errors import ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import ConfigError, ErrorClass, HopError, NeedsPerson, Permanent, Retryable
 from relayd.http_ranges import origin_of, retry_after_seconds
 from relayd.hub_limits import BucketState, RateBudget, budget_for
 from relayd.hub_session import route_hub_session
@@ -145,7 +145,7 @@ class HubClient:
             raise NeedsPerson(
                 f"the Hub token cannot be read: {exc}",
                 hint="fix hub.token_file or hub.token_credential (or the service's credentials)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
 
     def authorization_for(self, url: str) -> dict[str, str]:
@@ -232,7 +232,7 @@ class HubClient:
             raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=revision) from exc
         if not info.sha:
             raise Permanent(
-                f"{self.endpoint} named no commit for {repo_id}@{revision}", error_class="upstream"
+                f"{self.endpoint} named no commit for {repo_id}@{revision}", error_class=ErrorClass.UPSTREAM
             )
         return info.sha.lower()
 
@@ -248,7 +248,7 @@ class HubClient:
                 raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=commit) from exc
             raise Permanent(
                 f"the tree listing of {repo_id}@{commit[:12]} is malformed ({type(exc).__name__}: {exc})",
-                error_class="hostile",
+                error_class=ErrorClass.HOSTILE,
             ) from exc
         except Exception as exc:
             raise self.translate(exc, repo_id=repo_id, repo_type=repo_type, revision=commit) from exc
@@ -329,26 +329,26 @@ class HubClient:
                     f"accept the licence at {repo_page(self.endpoint, repo_id, repo_type)}, then set the "
                     f"token ({token_keys}; now {token_ref.describe()}) to one of the account that accepted it"
                 ),
-                error_class="gated",
+                error_class=ErrorClass.GATED,
             )
         if isinstance(exc, DisabledRepoError):
             return NeedsPerson(
                 f"{repo_id} is disabled on {self.endpoint}",
                 hint="the repo's owner or the Hub disabled it; remove it (`relayctl remove`) or wait",
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         if isinstance(exc, RevisionNotFoundError):
             return NeedsPerson(
                 f"{repo_id} has no revision {revision!r}",
                 hint="check the branch, tag or commit name of the repo (`relayctl add … --revision`)",
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         if isinstance(exc, RemoteEntryNotFoundError):
             return Permanent(
                 f"{path or 'a file'} is listed in the tree of {where} but the Hub does not serve it there: "
                 "the tree changed under a pinned commit",
                 hint="check the repo on the Hub; `relayctl retry` once it is consistent",
-                error_class="changed",
+                error_class=ErrorClass.CHANGED,
             )
         if isinstance(exc, RepositoryNotFoundError) or _missing_or_private(exc):
             return NeedsPerson(
@@ -357,26 +357,27 @@ class HubClient:
                     f"check the name and the type (model or dataset); if it is private, set a token that can "
                     f"read it ({token_keys}; now {token_ref.describe()})"
                 ),
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         if isinstance(exc, FileMetadataError):
             return NeedsPerson(
                 f"{self.endpoint} did not answer like a Hugging Face Hub ({exc})",
                 hint="check hub.endpoint (a mirror must pass X-Repo-Commit and ETag through)",
-                error_class="upstream",
+                error_class=ErrorClass.UPSTREAM,
             )
         if isinstance(exc, OfflineModeIsEnabled):
             return NeedsPerson(
                 "HF_HUB_OFFLINE is set in relayd's environment",
                 hint="unset HF_HUB_OFFLINE for the relayd service",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         if isinstance(exc, HfHubHTTPError):
             return self._http_error(exc, where)
         if isinstance(exc, (httpx2.TransportError, OSError, TimeoutError)):
             return Retryable(f"cannot reach {self.endpoint} for {where}: {type(exc).__name__}: {exc}")
         return Retryable(
-            f"unexpected error from the Hub for {where}: {type(exc).__name__}: {exc}", error_class="upstream"
+            f"unexpected error from the Hub for {where}: {type(exc).__name__}: {exc}",
+            error_class=ErrorClass.UPSTREAM,
         )
 
     def _http_error(self, exc: HfHubHTTPError, where: str) -> HopError:
@@ -391,24 +392,28 @@ class HubClient:
                     "set a valid token (hub.token_env, hub.token_file or hub.token; now "
                     f"{self.config.token.describe()}), or remove it for public repos"
                 ),
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
         if status == 429:
             retry_after = retry_after_seconds(response.headers) if response is not None else None
             return Retryable(
                 f"{self.endpoint} rate-limited the request for {where} (429){said}",
                 retry_after=retry_after,
-                error_class="rate_limit",
+                error_class=ErrorClass.RATE_LIMIT,
             )
         if status >= 500 or status in (408, 425):
-            return Retryable(f"{self.endpoint} failed for {where} ({status}){said}", error_class="server")
+            return Retryable(
+                f"{self.endpoint} failed for {where} ({status}){said}", error_class=ErrorClass.SERVER
+            )
         if status == 403:
             return NeedsPerson(
                 f"{self.endpoint} refused access to {where} (403){said}",
                 hint="check that the token has read access to the repo",
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
-        return Permanent(f"{self.endpoint} answered {status} for {where}{said}", error_class="upstream")
+        return Permanent(
+            f"{self.endpoint} answered {status} for {where}{said}", error_class=ErrorClass.UPSTREAM
+        )
 
     @staticmethod
     def _kind(repo_type: str) -> str:
@@ -455,7 +460,7 @@ def file_spec(entry: Any) -> FileSpec | None:
         if entry.lfs.size != entry.size:
             raise Permanent(
                 f"upstream gives {entry.path!r} two sizes ({entry.size} and LFS {entry.lfs.size})",
-                error_class="hostile",
+                error_class=ErrorClass.HOSTILE,
             )
         return FileSpec(path=entry.path, size=entry.size, lfs=True, sha256=str(entry.lfs.sha256).lower())
     return FileSpec(path=entry.path, size=entry.size, lfs=False, git_blob_id=str(entry.blob_id).lower())
@@ -482,7 +487,7 @@ class HubSource(Source):
             raise NeedsPerson(
                 f"{repo.name} has the type {repo.repo_type!r}; relayd relays models and datasets",
                 hint="add it again with --type model or --type dataset",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         return repo.repo_type
 
@@ -501,7 +506,7 @@ class HubSource(Source):
             raise Permanent(
                 f"two listings of {repo.name}@{commit[:12]} disagree: the tree changed under a pinned commit",
                 hint="the Hub (or mirror) is inconsistent; check the repo there, then `relayctl retry`",
-                error_class="hostile",
+                error_class=ErrorClass.HOSTILE,
             )
         self._listings[key] = digest
         self._listings.move_to_end(key)

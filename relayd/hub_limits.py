@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relayd.errors import Retryable
+from relayd.errors import ErrorClass, Retryable
 from relayd.http_ranges import Origin, origin_of
 from relayd.units import format_duration
 
@@ -99,7 +99,7 @@ class RateBudget:
             f"paced: the Hub's {bucket!r} rate limit is nearly used up ({left} calls left in this window); "
             f"waiting {format_duration(wait)} for it to reset instead of running into a 429",
             retry_after=math.ceil(wait) + 1,
-            error_class="rate_limit",
+            error_class=ErrorClass.RATE_LIMIT,
         )
 
     def state(self) -> list[BucketState]:

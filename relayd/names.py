@@ -13,7 +13,7 @@ import re
 import shlex
 from collections.abc import Iterable
 
-from relayd.errors import Permanent, UsageError
+from relayd.errors import ErrorClass, Permanent, UsageError
 
 MAX_PART = 96
 _PART = re.compile(r"[A-Za-z0-9._-]+")
@@ -107,5 +107,5 @@ def refuse_git_paths(repo: str, paths: Iterable[str]) -> None:
                 "out): exclude the path with the repo's globs, e.g. "
                 f"`relayctl add {repo} --replace --exclude {example}` (repeating the repo's other "
                 "options), or have it renamed upstream",
-                error_class="path",
+                error_class=ErrorClass.PATH,
             )

@@ -28,7 +28,7 @@ from relayd.catalogue.store import FileSpec, Store, utcnow
 from relayd.config import Config, LocalCopyConfig, RetryConfig
 from relayd.digest import sha256_file
 from relayd.engine import backoff_delay
-from relayd.errors import NeedsPerson, Permanent, Retryable
+from relayd.errors import ErrorClass, NeedsPerson, Permanent, Retryable
 from relayd.names import refuse_git_paths
 
 log = logging.getLogger(__name__)
@@ -100,28 +100,36 @@ def check_listing(files: Sequence[FileSpec]) -> None:
     for spec in files:
         reason = unsafe_path_reason(spec.path)
         if reason:
-            raise Permanent(f"upstream lists {spec.path!r}: {reason}", error_class="hostile")
+            raise Permanent(f"upstream lists {spec.path!r}: {reason}", error_class=ErrorClass.HOSTILE)
         if spec.path in seen:
-            raise Permanent(f"upstream lists {spec.path!r} twice", error_class="hostile")
+            raise Permanent(f"upstream lists {spec.path!r} twice", error_class=ErrorClass.HOSTILE)
         seen.add(spec.path)
         lowered.add(spec.path.lower())
         if isinstance(spec.size, bool) or not isinstance(spec.size, int) or spec.size < 0:
-            raise Permanent(f"upstream gives {spec.path!r} the size {spec.size!r}", error_class="hostile")
+            raise Permanent(
+                f"upstream gives {spec.path!r} the size {spec.size!r}", error_class=ErrorClass.HOSTILE
+            )
         if spec.size > MAX_FILE_SIZE:
             raise Permanent(
-                f"upstream gives {spec.path!r} an absurd size of {spec.size} bytes", error_class="hostile"
+                f"upstream gives {spec.path!r} an absurd size of {spec.size} bytes",
+                error_class=ErrorClass.HOSTILE,
             )
         if spec.lfs and not (spec.sha256 and _SHA256.match(spec.sha256)):
-            raise Permanent(f"upstream gives {spec.path!r} no valid sha256 (LFS oid)", error_class="hostile")
+            raise Permanent(
+                f"upstream gives {spec.path!r} no valid sha256 (LFS oid)", error_class=ErrorClass.HOSTILE
+            )
         if not spec.lfs and not (spec.git_blob_id and _SHA1.match(spec.git_blob_id)) and not spec.sha256:
-            raise Permanent(f"upstream gives {spec.path!r} no valid git blob id", error_class="hostile")
+            raise Permanent(
+                f"upstream gives {spec.path!r} no valid git blob id", error_class=ErrorClass.HOSTILE
+            )
     # A file and a folder of the same name cannot both be written.
     for path in seen:
         parent = path.rsplit("/", 1)[0] if "/" in path else None
         while parent:
             if parent in seen:
                 raise Permanent(
-                    f"upstream lists {parent!r} both as a file and as a folder", error_class="hostile"
+                    f"upstream lists {parent!r} both as a file and as a folder",
+                    error_class=ErrorClass.HOSTILE,
                 )
             parent = parent.rsplit("/", 1)[0] if "/" in parent else None
 
@@ -181,7 +189,7 @@ class Poller:
             try:
                 listing = source.list_files(repo, head)
             except Permanent as exc:
-                if exc.error_class != "hostile":
+                if exc.error_class is not ErrorClass.HOSTILE:
                     raise
                 # The source found the listing hostile or inconsistent: refuse the snapshot, so the
                 # same head is not listed again.
@@ -260,7 +268,7 @@ class LocalDirSource(Source):
             raise NeedsPerson(
                 f"{base} does not exist",
                 hint=f"create {base} with the files to relay",
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         entries = []
         for directory, dirs, files in os.walk(base):
@@ -280,7 +288,7 @@ class LocalDirSource(Source):
 
     def list_files(self, repo: Repo, commit: str) -> list[FileSpec]:
         if commit != self.head(repo):
-            raise Retryable("the directory changed while it was being listed", error_class="changed")
+            raise Retryable("the directory changed while it was being listed", error_class=ErrorClass.CHANGED)
         specs = []
         for path, info in self._scan(repo):
             key = (f"{repo.name}/{path}", info.st_size, info.st_mtime_ns, info.st_ino)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relayd.config import StagingConfig
-from relayd.errors import NeedsPerson
+from relayd.errors import ErrorClass, NeedsPerson
+from relayd.health import FAIL, OK, WARN, Check, Finding, failed
 from relayd.units import format_size
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def disk_full_error(path: Path | str) -> NeedsPerson:
     return NeedsPerson(
         f"no space left on the disk holding {path}",
         hint="free space on that disk (or lower staging.max_bytes); relayd resumes by itself",
-        error_class="disk",
+        error_class=ErrorClass.DISK,
     )
 
 
@@ -148,3 +149,49 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def staging_checks(config: StagingConfig) -> list[Check]:
+    """Return the staging disk's check (`relayctl doctor`): free space against min_free, use against
+    max_bytes. It creates nothing: a staging directory not made yet is measured by its disk."""
+
+    def run() -> list[Finding]:
+        root = config.dir
+        probe = root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            if all((root / name).is_dir() for name in ("blobs", "partial", "quarantine")):
+                budget = Staging(config).budget()
+            else:
+                budget = Budget(0, shutil.disk_usage(probe).free, config.max_bytes, config.min_free)
+        except OSError as exc:
+            return [failed("disk", "staging disk", exc, f"check staging.dir ({root}) and its permissions")]
+        limits = (
+            f"{format_size(budget.free)} free (floor {format_size(budget.min_free)}), "
+            f"{format_size(budget.used)} staged (maximum {format_size(budget.max_bytes)}) at {root}"
+        )
+        if budget.free <= budget.min_free:
+            return [
+                Finding(
+                    "disk",
+                    "staging disk",
+                    FAIL,
+                    limits,
+                    f"free space on the disk holding {root}, or lower staging.min_free: downloads wait until "
+                    "then",
+                )
+            ]
+        if budget.used >= budget.max_bytes:
+            return [
+                Finding(
+                    "disk",
+                    "staging disk",
+                    WARN,
+                    limits,
+                    "downloads wait until later hops release staged copies (or raise staging.max_bytes)",
+                )
+            ]
+        return [Finding("disk", "staging disk", OK, limits)]
+
+    return [Check("disk", "staging disk", run)]

@@ -24,6 +24,12 @@ _ESCAPES = re.compile(
 # What is left of control characters after the sequences are gone: C0 but newline, DEL, C1 (0x9b is
 # an 8-bit CSI on some terminals), and the Unicode bidirectional overrides and isolates.
 _CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^/@]*@")
+
+
+def public_url(url: str) -> str:
+    """Return *url* without any ``user:password@`` part."""
+    return _USERINFO.sub(r"\1", url)
 
 
 def safe_text(text: str, limit: int = TEXT_LIMIT) -> str:

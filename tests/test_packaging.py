@@ -44,7 +44,7 @@ def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None
     assert any(n.startswith("relayd/_migrations/versions/") and n.endswith(".py") for n in names)
     assert "relayd = relayd.daemon:main" in text
     assert "relayctl = relayd.cli:main" in text
-    assert "[relayd.hops.v1]" in text
+    assert "[relayd.hops.v2]" in text
 
 
 def test_the_wheel_carries_no_fake_and_does_not_depend_on_the_sandbox(wheel: Path) -> None:

@@ -31,6 +31,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from relayd.errors import ErrorClass
 from relayd.units import format_duration
 
 if TYPE_CHECKING:
@@ -611,20 +612,34 @@ def daemon_of(reader: Reader, now: datetime, facts: Iterable[ServiceFact] | None
 #: with the "stuck" notification). Classes a hop raises only with NeedsPerson block instead, and come
 #: with their own hint.
 STUCK_HINTS = {
-    "network": "this host's network, DNS and proxy, and the service's endpoint in the config "
-    "(`relayctl doctor` tries every service)",
-    "timeout": "the network path to the service, and its status page: it answers too slowly or not at all "
-    "(`relayctl doctor`)",
-    "stall": "the link and any proxy in between: connections keep stalling mid-transfer",
-    "server": "the service's status page: it keeps answering with server errors; relayd carries on by "
-    "itself once it recovers",
-    "rate_limit": "the hop's connections and concurrency (lower them) or the token's rate limit: the "
-    "service keeps rate-limiting relayd",
-    "integrity": "the link (a proxy that rewrites bodies?) and the destination's disk: copies keep "
-    "arriving with the wrong hash",
-    "io": "the disk and the permissions of the path in the error: a local file operation keeps failing",
-    "internal": "the traceback in the daemon log (`journalctl -u relayd`), and report it: an unexpected "
-    "error inside relayd",
+    ErrorClass.NETWORK: (
+        "this host's network, DNS and proxy, and the service's endpoint in the config (`relayctl "
+        "doctor` tries every service)"
+    ),
+    ErrorClass.TIMEOUT: (
+        "the network path to the service, and its status page: it answers too slowly or not at "
+        "all (`relayctl doctor`)"
+    ),
+    ErrorClass.STALL: ("the link and any proxy in between: connections keep stalling mid-transfer"),
+    ErrorClass.SERVER: (
+        "the service's status page: it keeps answering with server errors; relayd carries on by "
+        "itself once it recovers"
+    ),
+    ErrorClass.RATE_LIMIT: (
+        "the hop's connections and concurrency (lower them) or the token's rate limit: the "
+        "service keeps rate-limiting relayd"
+    ),
+    ErrorClass.INTEGRITY: (
+        "the link (a proxy that rewrites bodies?) and the destination's disk: copies keep "
+        "arriving with the wrong hash"
+    ),
+    ErrorClass.IO: (
+        "the disk and the permissions of the path in the error: a local file operation keeps failing"
+    ),
+    ErrorClass.INTERNAL: (
+        "the traceback in the daemon log (`journalctl -u relayd`), and report it: an unexpected "
+        "error inside relayd"
+    ),
 }
 DEFAULT_STUCK_HINT = (
     "the last error and the daemon log (`journalctl -u relayd`); `relayctl doctor` checks every service"
@@ -635,7 +650,7 @@ _LONG_AGO = "1970-01-01"
 
 def stuck_hint(error_class: str | None) -> str:
     """Return what to check when failures of *error_class* keep coming."""
-    return STUCK_HINTS.get(error_class or "", DEFAULT_STUCK_HINT)
+    return STUCK_HINTS.get(ErrorClass.parse(error_class), DEFAULT_STUCK_HINT)
 
 
 def _stuck_filter(repo_id: int | None) -> tuple[str, dict[str, Any]]:

@@ -49,15 +49,25 @@ from relayd.catalogue.schema import (
     SnapshotFile,
     Transfer,
 )
-from relayd.errors import CatalogueError, UsageError
+from relayd.errors import CatalogueError, ErrorClass, UsageError
+from relayd.hops.records import (
+    FileInfo,
+    Handles,
+    JobData,
+    PieceSpec,
+    RepoInfo,
+    SnapshotInfo,
+    SnapshotMember,
+)
 from relayd.text import safe_optional, safe_text
 
 log = logging.getLogger(__name__)
 
 
-#: The first hops of a route that a verified drive copy of the same content satisfies (when the route
-#: reads the drive next): the file is not downloaded from the Hub again.
-REUSED_FROM_DRIVE = ("download", "pan_upload")
+#: The kind of location (``Hop.produces``) whose verified copies later files of the same content reuse.
+DRIVE = "drive"
+#: The handles of a drive copy that a file reusing it gets.
+DRIVE_HANDLES = ("file_id", "drive_id", "path", "content_hash")
 
 
 def utcnow() -> datetime:
@@ -97,55 +107,27 @@ class FileSpec:
 
 @dataclass(frozen=True)
 class HopRules:
-    """What the store must know about hops: which read the staged copy, which finish a snapshot."""
+    """What the store must know about hops, from what they declare (``relayd.daemon.hop_rules``):
+    which fill and which read the staged copy, which finish a snapshot, and the kinds of location each
+    reads and leaves its copy in."""
 
     reads_staging: frozenset[str] = frozenset()
     finishes_snapshot: frozenset[str] = frozenset()
     # hop → hops that, when earlier in the route, mean it does not read the staged copy there.
     staging_unneeded_after: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    writes_staging: frozenset[str] = frozenset()
+    produces: Mapping[str, str] = field(default_factory=dict)
+    consumes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class PieceSpec:
-    """A byte range of a transfer, as a hop plans it."""
-
-    index: int
-    offset: int
-    length: int
-    done: bool = False
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: int
-    repo_id: int
-    blob_id: int
-    path: str
-    size: int
-    lfs: bool
-    sha256: str | None
-    git_blob_id: str | None
-    sha1: str | None
-    staged_path: str | None
-
-
-@dataclass(frozen=True)
-class JobData:
-    """Everything a hop may read about one claimed transfer, loaded in one go."""
-
-    transfer: Transfer
-    repo: Repo
-    file: FileRow | None
-    snapshot: Snapshot | None
-    pieces: list[PieceSpec]
-    # Handles of this file's done transfers, by hop (where its verified copies are).
-    locations: dict[str, dict[str, Any]]
-    # For a snapshot-level transfer: the snapshot's files and each one's locations.
-    snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]]
-    # For a snapshot-level transfer: the handles of this repo's last finished snapshot on this hop.
-    previous_snapshot_handles: dict[str, Any] | None
-    # The pinned commit the transfer belongs to: its snapshot's, or the newest snapshot listing its file.
-    commit: str = ""
+    def reuses_drive_copy(self, route: Sequence[str]) -> bool:
+        """Return whether a verified drive copy of a file's content can stand for *route*'s first two
+        hops: they fill staging and then the drive, and the third reads the drive."""
+        return (
+            len(route) > 2
+            and route[0] in self.writes_staging
+            and self.produces.get(route[1]) == DRIVE
+            and DRIVE in self.consumes.get(route[2], frozenset())
+        )
 
 
 @dataclass(frozen=True)
@@ -197,10 +179,9 @@ def _runnable(now: datetime) -> tuple[Any, ...]:
     )
 
 
-def _file_row(file: File, blob: Blob) -> FileRow:
-    return FileRow(
+def _file_info(file: File, blob: Blob) -> FileInfo:
+    return FileInfo(
         id=file.id,
-        repo_id=file.repo_id,
         blob_id=file.blob_id,
         path=file.path,
         size=file.size,
@@ -209,6 +190,17 @@ def _file_row(file: File, blob: Blob) -> FileRow:
         git_blob_id=file.git_blob_id,
         sha1=file.sha1 or blob.sha1,
         staged_path=blob.staged_path,
+    )
+
+
+def _repo_info(repo: Repo) -> RepoInfo:
+    return RepoInfo(
+        name=repo.name,
+        repo_type=repo.repo_type,
+        revision=repo.revision,
+        route=tuple(repo.route),
+        destinations=dict(repo.destinations or {}),
+        options=dict(repo.options or {}),
     )
 
 
@@ -318,7 +310,7 @@ class Store:
         *,
         state: str,
         error: str | None = None,
-        error_class: str | None = None,
+        error_class: ErrorClass | None = None,
         hint: str | None = None,
         next_poll_at: datetime | None = None,
     ) -> None:
@@ -462,7 +454,7 @@ class Store:
             )
             repo.poll_state = POLL_BLOCKED
             repo.poll_error = reason
-            repo.poll_error_class = "hostile"
+            repo.poll_error_class = ErrorClass.HOSTILE
             repo.poll_hint = hint
             repo.next_poll_at = None
 
@@ -541,7 +533,7 @@ class Store:
             file = session.get(File, file_id)
             assert file is not None  # noqa: S101 - file_id comes from this transaction
             if step == 0 and self._reuse_drive_copy(session, repo, file, now):
-                done_hops.update(dict.fromkeys(REUSED_FROM_DRIVE, DONE))
+                done_hops.update(dict.fromkeys(route[:2], DONE))
                 continue
             session.add(
                 Transfer(
@@ -560,13 +552,15 @@ class Store:
             return True
         return False
 
-    @staticmethod
-    def _reuse_drive_copy(session: Session, repo: Repo, file: File, now: datetime) -> bool:
-        """Record the file's download and pan_upload as done by a verified drive copy of its content
-        (another file's done pan_upload), when it is no longer staged and the route reads the drive
-        next (vm_pull); return False, recording nothing, when there is no such copy."""
-        if tuple(repo.route[: len(REUSED_FROM_DRIVE) + 1]) != (*REUSED_FROM_DRIVE, "vm_pull"):
+    def _reuse_drive_copy(self, session: Session, repo: Repo, file: File, now: datetime) -> bool:
+        """Record the route's first two hops (to staging, to the drive) as done by a verified drive copy
+        of the file's content (another file's done transfer to the drive), when it is no longer staged
+        and the route reads the drive next; return False, recording nothing, when there is no such
+        copy."""
+        if not self.rules.reuses_drive_copy(repo.route):
             return False
+        to_staging, to_drive = repo.route[:2]
+        drive_hops = [hop for hop, kind in self.rules.produces.items() if kind == DRIVE]
         blob = session.get(Blob, file.blob_id)
         if blob is None or not blob.sha256 or not blob.sha1 or blob.staged_path:
             return False
@@ -576,7 +570,7 @@ class Store:
             .where(
                 File.blob_id == blob.id,
                 File.id != file.id,
-                Transfer.hop == "pan_upload",
+                Transfer.hop.in_(drive_hops),
                 Transfer.state == DONE,
             )
             .order_by(Transfer.finished_at.desc())
@@ -586,9 +580,9 @@ class Store:
             return False
         reason = f"reused drive copy of {blob.sha256}"
         reused = {"reused": True, "reason": reason}
-        drive = {key: copy.get(key) for key in ("file_id", "drive_id", "path", "content_hash")}
-        handles = {"download": reused, "pan_upload": {**drive, **reused}}
-        for step, hop in enumerate(REUSED_FROM_DRIVE):
+        drive = {key: copy.get(key) for key in DRIVE_HANDLES}
+        handles = {to_staging: reused, to_drive: {**drive, **reused}}
+        for step, hop in enumerate((to_staging, to_drive)):
             session.add(
                 Transfer(
                     repo_id=repo.id,
@@ -930,20 +924,21 @@ class Store:
             transfer.rate = None
             return transfer
 
-    def runnable_hops(self) -> set[str]:
-        """Return the hops that have a transfer claimable now (a cheap read, so an idle daemon never
-        takes the write lock just to find nothing)."""
+    def runnable_hops(self) -> dict[str, int]:
+        """Return the hops that have a transfer claimable now, each with the furthest position in its
+        repo's route among them (0: the first hop). A cheap read, so an idle daemon never takes the
+        write lock just to find nothing."""
         now = utcnow()
         with self.read() as session:
             rows = session.execute(
-                select(Transfer.hop)
+                select(Transfer.hop, func.max(Transfer.step))
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     *_runnable(now),
                 )
-                .distinct()
+                .group_by(Transfer.hop)
             ).all()
-        return {hop for (hop,) in rows}
+        return {hop: int(step) for hop, step in rows}
 
     def repos_fingerprint(self) -> tuple[Any, ...]:
         """Return a value that changes whenever a repo is added, removed, changed or asks for a poll."""
@@ -973,18 +968,18 @@ class Store:
             return set(transfer_ids) - owned
 
     def load_job(self, transfer_id: int) -> JobData:
-        """Return what a hop needs to run this transfer."""
+        """Return what a hop needs to run this transfer, as plain records."""
         with self.read() as session:
             transfer = session.get(Transfer, transfer_id)
             if transfer is None:
                 raise CatalogueError(f"transfer {transfer_id} does not exist")
             repo = session.get(Repo, transfer.repo_id)
             assert repo is not None  # noqa: S101 - enforced by the foreign key
-            file_row: FileRow | None = None
-            locations: dict[str, dict[str, Any]] = {}
+            file: FileInfo | None = None
+            locations: dict[str, Handles] = {}
             commit = ""
             if transfer.file_id is not None:
-                file_row = self._file_row(session, transfer.file_id)
+                file = self._file_info(session, transfer.file_id)
                 locations = self._locations(session, transfer.file_id)
                 commit = (
                     session.scalar(
@@ -996,27 +991,30 @@ class Store:
                     )
                     or ""
                 )
-            pieces = [
+            pieces = tuple(
                 PieceSpec(p.idx, p.offset, p.length, p.done)
                 for p in session.scalars(
                     select(Piece).where(Piece.transfer_id == transfer_id).order_by(Piece.idx)
                 )
-            ]
-            snapshot: Snapshot | None = None
-            snapshot_files: list[tuple[FileRow, dict[str, dict[str, Any]]]] = []
-            previous_handles: dict[str, Any] | None = None
+            )
+            snapshot: SnapshotInfo | None = None
+            members: list[SnapshotMember] = []
+            previous_handles: Handles | None = None
             if transfer.snapshot_id is not None:
-                snapshot = session.get(Snapshot, transfer.snapshot_id)
+                row = session.get(Snapshot, transfer.snapshot_id)
+                if row is not None:
+                    snapshot = SnapshotInfo(row.id, row.commit)
+                    commit = row.commit
                 member_ids = list(
                     session.scalars(
                         select(SnapshotFile.file_id).where(SnapshotFile.snapshot_id == transfer.snapshot_id)
                     )
                 )
-                for file_id in member_ids:
-                    snapshot_files.append(
-                        (self._file_row(session, file_id), self._locations(session, file_id))
-                    )
-                snapshot_files.sort(key=lambda item: item[0].path)
+                members = [
+                    SnapshotMember(self._file_info(session, file_id), self._locations(session, file_id))
+                    for file_id in member_ids
+                ]
+                members.sort(key=lambda member: member.file.path)
                 previous_handles = session.scalar(
                     select(Transfer.handles)
                     .where(
@@ -1030,27 +1028,30 @@ class Store:
                     .limit(1)
                 )
             return JobData(
-                transfer=transfer,
-                repo=repo,
-                file=file_row,
-                snapshot=snapshot,
+                transfer_id=transfer.id,
+                hop=transfer.hop,
+                attempts=transfer.attempts,
+                handles=dict(transfer.handles or {}),
+                repo=_repo_info(repo),
+                commit=commit or repo.head_commit or "",
+                file=file,
                 pieces=pieces,
                 locations=locations,
-                snapshot_files=snapshot_files,
-                previous_snapshot_handles=previous_handles,
-                commit=snapshot.commit if snapshot is not None else commit,
+                snapshot=snapshot,
+                snapshot_files=tuple(members),
+                previous_snapshot_handles=dict(previous_handles) if previous_handles is not None else None,
             )
 
     @staticmethod
-    def _file_row(session: Session, file_id: int) -> FileRow:
+    def _file_info(session: Session, file_id: int) -> FileInfo:
         file = session.get(File, file_id)
         assert file is not None  # noqa: S101 - enforced by the foreign key
         blob = session.get(Blob, file.blob_id)
         assert blob is not None  # noqa: S101 - enforced by the foreign key
-        return _file_row(file, blob)
+        return _file_info(file, blob)
 
     @staticmethod
-    def _locations(session: Session, file_id: int) -> dict[str, dict[str, Any]]:
+    def _locations(session: Session, file_id: int) -> dict[str, Handles]:
         rows = session.execute(
             select(Transfer.hop, Transfer.handles).where(Transfer.file_id == file_id, Transfer.state == DONE)
         )
@@ -1318,12 +1319,12 @@ class Store:
         """Return the blob's staged copy if no hop of any live file still needs to read it."""
         if not blob.staged_path:
             return []
-        readers = set(self.rules.reads_staging) | {"download"}
+        readers = self.rules.reads_staging | self.rules.writes_staging
         files = session.execute(
             select(File.id, Repo.route).join(Repo, Repo.id == File.repo_id).where(File.blob_id == blob.id)
         ).all()
         for file_id, route in files:
-            if route and route[-1] == "download":
+            if route and route[-1] in self.rules.writes_staging:
                 return []  # a mirror route: staging is the destination
             if not self._live_snapshots(session, file_id):
                 continue
@@ -1353,7 +1354,7 @@ class Store:
         *,
         state: str,
         error: str,
-        error_class: str,
+        error_class: ErrorClass,
         hint: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> None:
@@ -1392,7 +1393,7 @@ class Store:
             self.on_deferred(parked, state, error_class)
 
     def _notify_blocked(
-        self, session: Session, transfer_id: int, *, error: str, error_class: str, hint: str | None
+        self, session: Session, transfer_id: int, *, error: str, error_class: ErrorClass, hint: str | None
     ) -> None:
         transfer = session.get(Transfer, transfer_id)
         if transfer is None or transfer.state == BLOCKED:
@@ -1475,7 +1476,7 @@ class Store:
                 )
             return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def unblock(self, *, error_class: str, hops: Sequence[str]) -> int:
+    def unblock(self, *, error_class: ErrorClass, hops: Sequence[str]) -> int:
         """Make transfers of *hops* blocked for *error_class* (e.g. a full disk) runnable again."""
         with self._write() as session:
             result = session.execute(

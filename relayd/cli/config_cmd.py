@@ -53,8 +53,7 @@ def config_warnings(config: Config) -> list[str]:
 
     Raise ConfigError if a configured secret file or credential cannot be read.
     """
-    from relayd.config import DEFAULT_ROUTE
-    from relayd.hops import hop_names, load_hop_class
+    from relayd.hops import DEFAULT_ROUTE, hop_names, load_hop_class
 
     warnings: list[str] = []
     for ref in config.secrets():

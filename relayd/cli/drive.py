@@ -24,8 +24,8 @@ from relayd.errors import ConfigError, NeedsPerson, RelayError, UsageError
 if TYPE_CHECKING:
     from relayd.catalogue.queries import HopRate
 
-#: The hops that move bytes to and from the drive, and what each measures.
-DRIVE_HOPS = {"pan_upload": "upload to the drive", "vm_pull": "download from the drive"}
+#: What a hop that moves bytes to (``produces``) or from (``consumes``) the drive measures.
+UPLOAD, DOWNLOAD = "upload to the drive", "download from the drive"
 #: Below this the drive is probably holding relayd to the third-party rate (about 1.5 MB/s per user
 #: without Aliyun's paid 三方应用权益包; docs/drive.md).
 THIRD_PARTY_RATE = 2_000_000
@@ -79,7 +79,26 @@ def _publish(app: App, fact: dict[str, Any]) -> None:
         click.echo(f"relayctl: note: the catalogue was not updated ({exc})", err=True)
 
 
-def drive_rates(app: App) -> list[HopRate]:
+def drive_hops() -> dict[str, str]:
+    """Return the installed hops that move bytes to or from the drive (they declare that they leave
+    their copy there, or read it from there), each with what it measures."""
+    from relayd.hops import hop_names, loadable
+
+    classes = loadable(hop_names())
+    found = {name: UPLOAD for name, hop in classes.items() if hop.produces == "drive"}
+    found.update({name: DOWNLOAD for name, hop in classes.items() if "drive" in hop.consumes})
+    return found
+
+
+def slow_downloads(rates: list[HopRate], hops: dict[str, str]) -> bool:
+    """Return whether downloads from the drive ran below the third-party rate."""
+    return any(
+        hops.get(rate.hop) == DOWNLOAD and rate.rate is not None and rate.rate < THIRD_PARTY_RATE
+        for rate in rates
+    )
+
+
+def drive_rates(app: App, hops: dict[str, str]) -> list[HopRate]:
     """Return the measured throughput of the drive hops over the last hour, from the catalogue ([]
     when there is no catalogue yet)."""
     from relayd.catalogue import queries
@@ -89,16 +108,16 @@ def drive_rates(app: App) -> list[HopRate]:
         return []
     reader = queries.open_reader(app.config.catalogue.url)
     try:
-        return queries.measured_rates(reader, list(DRIVE_HOPS))
+        return queries.measured_rates(reader, list(hops))
     finally:
         reader.close()
 
 
-def rate_text(rate: HopRate) -> str:
-    """Return one hop's measured rate as a line of text."""
+def rate_text(rate: HopRate, hops: dict[str, str]) -> str:
+    """Return one hop's measured rate as a line of text (*hops*: what each measures)."""
     from relayd.units import format_rate, format_size
 
-    what = f"{DRIVE_HOPS.get(rate.hop, rate.hop)} ({rate.hop})"
+    what = f"{hops.get(rate.hop, rate.hop)} ({rate.hop})"
     if rate.rate is None:
         text = f"{what}: nothing measured in the last hour"
     else:
@@ -188,8 +207,9 @@ def status(app: App, as_json: bool) -> None:
     lifetime = tokens.lifetime()
     now = datetime.now(UTC)
     remaining = lifetime.remaining(now)
+    hops = drive_hops()
     try:
-        rates = drive_rates(app)
+        rates = drive_rates(app, hops)
     except Exception as exc:  # noqa: BLE001 - the rate is a side note; the login's state still shows
         click.echo(f"relayctl: note: cannot read the drive's rate from the catalogue ({exc})", err=True)
         rates = []
@@ -219,8 +239,8 @@ def status(app: App, as_json: bool) -> None:
             click.echo(f"last refreshed: {lifetime.refreshed_at.isoformat()}")
         click.echo(f"token file: {tokens.path} (mode {data['mode'] or '-'})")
         for rate in rates:
-            click.echo(rate_text(rate))
-            if rate.hop == "vm_pull" and rate.rate is not None and rate.rate < THIRD_PARTY_RATE:
+            click.echo(rate_text(rate, hops))
+            if slow_downloads([rate], hops):
                 click.echo(f"  note: {SLOW_HINT}")
         if lifetime.state in ("missing", "refused"):
             click.echo("give relayd a login: relayctl drive login --refresh-token-file PATH")

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from relayd.catalogue.schema import Repo
     from relayd.catalogue.store import RepoSpec
     from relayd.config import Config
-    from relayd.hops.base import Hop
 
 MIN_EVERY = 10.0
 _BAD_REVISION = re.compile(r"[\s\x00-\x1f\x7f~^:?*\[\\]")
@@ -114,8 +113,7 @@ def _every(text: str | None, default: float) -> float:
 def _route(text: str | None) -> tuple[str, ...]:
     """Return the route named by ``HOP,HOP,...`` (the default route if None). Every hop must be
     installed, and have its input: read from the source (the first) or produced by a hop before it."""
-    from relayd.config import DEFAULT_ROUTE
-    from relayd.hops import hop_names
+    from relayd.hops import DEFAULT_ROUTE, hop_names
 
     hops = DEFAULT_ROUTE if text is None else tuple(part.strip() for part in text.split(","))
     if not hops or any(not hop for hop in hops):
@@ -136,18 +134,12 @@ def _route(text: str | None) -> tuple[str, ...]:
 
 def _check_inputs(hops: tuple[str, ...], which: str) -> None:
     """Raise UsageError naming the hop of *hops* that has nothing to read, and a route that works."""
-    from relayd.config import DEFAULT_ROUTE
-    from relayd.hops import hop_names, load_hop_class
+    from relayd.hops import DEFAULT_ROUTE, hop_names, load_hop_class, loadable
     from relayd.hops.routes import find_gap, suggest
 
     if find_gap(hops, {hop: load_hop_class(hop) for hop in hops}) is None:
         return
-    installed: dict[str, type[Hop]] = {}
-    for name in hop_names():
-        try:
-            installed[name] = load_hop_class(name)
-        except RelayError:
-            continue  # a broken plugin cannot be part of a route that works
+    installed = loadable(hop_names())  # a broken plugin cannot be part of a route that works
     gap = find_gap(hops, installed)  # again, to name every hop that could fill the gap
     assert gap is not None  # noqa: S101 - the same route, the same hops
     better = suggest(hops, installed)

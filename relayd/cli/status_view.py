@@ -7,6 +7,7 @@ field is removed or changes meaning (adding fields does not).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from relayd.catalogue.queries import (
@@ -306,8 +307,6 @@ def service_lines(facts: list[ServiceFact], now: datetime, width: int | None = N
     return lines
 
 
-#: Short names of the built-in hops for the one-line-per-repo view (other hops show their own name).
-SHORT_HOPS = {"download": "dl", "pan_upload": "up", "vm_pull": "vm", "lfs_push": "push", "local_copy": "copy"}
 BAR_WIDTHS = (20, 6)  # the widest and the narrowest bar drawn; narrower than that, none
 NAME_ALIGN = 32  # names up to this long are padded so that the bars line up
 
@@ -340,6 +339,30 @@ def _rate_text(rate: float) -> str:
     return f"{number} {unit}/s"
 
 
+#: The short names the built-in hops declare (``Hop.short_name``; tests/hops/test_contract.py keeps
+#: them equal). Status must answer within 0.3 s (docs/benchmarks.md), and loading the built-in hops'
+#: modules to read them would take a third of that.
+BUILT_IN_SHORT_NAMES = {
+    "download": "dl",
+    "pan_upload": "up",
+    "vm_pull": "vm",
+    "lfs_push": "push",
+    "local_copy": "copy",
+}
+
+
+@cache
+def short_name(hop: str) -> str:
+    """Return what *hop* is called in the one-line-per-repo view: the short name its class declares
+    (``Hop.short_name``), or its own name when it declares none or is not installed here."""
+    if hop in BUILT_IN_SHORT_NAMES:
+        return BUILT_IN_SHORT_NAMES[hop]
+    from relayd.hops import loadable
+
+    found = loadable([hop]).get(hop)
+    return found.short() if found is not None else hop
+
+
 def _hop_counts(repo: RepoSummary, compact: int) -> Cell:
     """Return each hop's files done of its files, in route order: ``dl 8/8 up 5/8 vm 3/8``. More
     *compact*: 1, a hop that is through shows ✓ (``dl✓ up 5/8``); 2, also the total once when every hop
@@ -349,7 +372,7 @@ def _hop_counts(repo: RepoSummary, compact: int) -> Cell:
     cell: Cell = []
     counted = False
     for hop in repo.hops:
-        short = SHORT_HOPS.get(hop.hop, hop.hop)
+        short = short_name(hop.hop)
         through = hop.files_total > 0 and hop.files_done == hop.files_total
         role = "bad" if hop.states.get(BLOCKED) else "ok" if through else ""
         if hop.files_total == 0:

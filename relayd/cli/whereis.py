@@ -3,14 +3,14 @@
 Every done transfer records handles naming the verified copy it made (download: the staged path and
 the commit fetched; pan_upload: the drive file id and path; vm_pull: the path on the VM; lfs_push: the
 LFS object or git blob, and per snapshot the pushed commit). This command lays them out per file, with
-the state of every hop that is not done. Like `relayctl status` it reads the catalogue with the
-standard library alone (for SQLite) and imports no hop. The JSON shape is documented in
-docs/whereis-json.md.
+the state of every hop that is not done; which hop's handles name the drive, the VM or the ModelScope
+copy is what each hop declares it produces (``Hop.produces``). Like `relayctl status` it reads the
+catalogue with the standard library alone (for SQLite); of the hops it loads only their classes'
+declarations. The JSON shape is documented in docs/whereis-json.md.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,18 +20,16 @@ import click
 from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
 from relayd.cli.status_view import iso, snapshot_json
 from relayd.errors import UsageError
+from relayd.text import public_url
 
 if TYPE_CHECKING:
     from relayd.catalogue.queries import FileLocations, SnapshotTransfer, TransferRecord, WhereIs
 
 FORMAT = 1
+#: The kinds of location (``Hop.produces``) the document names: the staged copy, the drive's, the VM's
+#: and the pushed one.
+STAGING, DRIVE, VM, PUSHED = "staging", "drive", "vm", "modelscope"
 SECRET_NAMES = frozenset({"token", "refresh_token", "access_token", "password", "secret", "url"})
-_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^/@]*@")
-
-
-def public_url(url: str) -> str:
-    """Return *url* without any ``user:password@`` part."""
-    return _USERINFO.sub(r"\1", url)
 
 
 def scrub(value: Any) -> Any:
@@ -78,8 +76,25 @@ def _location(item: FileLocations, hop: str) -> dict[str, Any] | None:
     return located
 
 
-def _drive(item: FileLocations) -> dict[str, Any] | None:
-    handles = _location(item, "pan_upload")
+def produced_kinds(route: list[str]) -> dict[str, str]:
+    """Return the kind of location each hop of *route* leaves its copy in (``Hop.produces``), for the
+    hops that are installed here and declare one."""
+    from relayd.hops import loadable
+
+    return {name: hop.produces for name, hop in loadable(route).items() if hop.produces}
+
+
+def _producer(kinds: dict[str, str], kind: str) -> str | None:
+    return next((hop for hop, produced in kinds.items() if produced == kind), None)
+
+
+def _by_kind(item: FileLocations, kinds: dict[str, str], kind: str) -> dict[str, Any] | None:
+    hop = _producer(kinds, kind)
+    return None if hop is None else _location(item, hop)
+
+
+def _drive(item: FileLocations, kinds: dict[str, str]) -> dict[str, Any] | None:
+    handles = _by_kind(item, kinds, DRIVE)
     if handles is None or not handles.get("file_id"):
         return None
     return {
@@ -90,8 +105,8 @@ def _drive(item: FileLocations) -> dict[str, Any] | None:
     }
 
 
-def _vm(item: FileLocations) -> dict[str, Any] | None:
-    handles = _location(item, "vm_pull")
+def _vm(item: FileLocations, kinds: dict[str, str]) -> dict[str, Any] | None:
+    handles = _by_kind(item, kinds, VM)
     if handles is None or not handles.get("path"):
         return None
     return {
@@ -101,8 +116,8 @@ def _vm(item: FileLocations) -> dict[str, Any] | None:
     }
 
 
-def _pushed(item: FileLocations) -> dict[str, Any] | None:
-    handles = _location(item, "lfs_push")
+def _pushed(item: FileLocations, kinds: dict[str, str]) -> dict[str, Any] | None:
+    handles = _by_kind(item, kinds, PUSHED)
     if handles is None:
         return None
     commit = item.pushed.handles if item.pushed is not None and item.pushed.handles else {}
@@ -140,7 +155,9 @@ def _hop_json(item: FileLocations, hop: str) -> dict[str, Any]:
     }
 
 
-def _file_json(item: FileLocations, route: list[str], staging_dir: Path) -> dict[str, Any]:
+def _file_json(
+    item: FileLocations, route: list[str], kinds: dict[str, str], staging_dir: Path
+) -> dict[str, Any]:
     return {
         "path": item.path,
         "size": item.size,
@@ -150,9 +167,9 @@ def _file_json(item: FileLocations, route: list[str], staging_dir: Path) -> dict
         "current": item.current,
         "state": _overall(route, item.transfers),
         "staged": _staged(item, staging_dir),
-        "drive": _drive(item),
-        "vm": _vm(item),
-        "pushed": _pushed(item),
+        "drive": _drive(item, kinds),
+        "vm": _vm(item, kinds),
+        "pushed": _pushed(item, kinds),
         "hops": [_hop_json(item, hop) for hop in route],
     }
 
@@ -179,6 +196,8 @@ def whereis_json(
 ) -> dict[str, Any]:
     """Return the documented whereis document (docs/whereis-json.md)."""
     repo, snapshot = found.repo, found.snapshot
+    route = list(repo.route)
+    kinds = produced_kinds(route)
     return {
         "format": FORMAT,
         "kind": "whereis",
@@ -194,7 +213,7 @@ def whereis_json(
         },
         "snapshot": snapshot_json(snapshot),
         "finish": _finish_json(found.finish),
-        "files": [_file_json(item, list(repo.route), staging_dir) for item in found.files],
+        "files": [_file_json(item, route, kinds, staging_dir) for item in found.files],
     }
 
 
@@ -224,21 +243,21 @@ def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
     return lines
 
 
-def _done_text(document: dict[str, Any], hop: dict[str, Any]) -> str:
-    """Say where a done hop's verified copy is, in words."""
-    name, handles = hop["hop"], hop["location"] or {}
-    if name == "download":
+def _done_text(document: dict[str, Any], hop: dict[str, Any], kind: str | None) -> str:
+    """Say where a done hop's verified copy (of *kind*, as the hop declares it) is, in words."""
+    handles = hop["location"] or {}
+    if kind == STAGING:
         staged = document["staged"]
         where = f"staged at {staged['file']}" if staged else "verified; no longer staged (released)"
         fetched = handles.get("commit")
         return f"{where} (fetched at {fetched})" if fetched and fetched != document["commit"] else where
-    if name == "pan_upload" and document["drive"]:
+    if kind == DRIVE and document["drive"]:
         drive = document["drive"]
         return f"drive file {drive['file_id']} at {drive['path'] or '?'}"
-    if name == "vm_pull" and document["vm"]:
+    if kind == VM and document["vm"]:
         vm = document["vm"]
         return f"{vm['path']} on the {vm['executor'] or '?'} VM {vm['host'] or '?'}"
-    if name == "lfs_push" and document["pushed"]:
+    if kind == PUSHED and document["pushed"]:
         pushed = document["pushed"]
         what = f"object {pushed['oid']}" if pushed["oid"] else f"blob {pushed['blob']}"
         if pushed["commit"]:
@@ -267,6 +286,7 @@ def whereis_lines(document: dict[str, Any], found: WhereIs, now: datetime) -> li
 
     repo = document["repo"]
     route = list(repo["route"])
+    kinds = produced_kinds(route)
     lines = [f"REPO {repo['name']} ({repo['type']}@{repo['revision']})  route: {' → '.join(route)}"]
     snapshot = document["snapshot"]
     if snapshot is None:
@@ -288,7 +308,7 @@ def whereis_lines(document: dict[str, Any], found: WhereIs, now: datetime) -> li
             if hop["state"] is None:
                 lines.append(f"{label}not reached")
             elif hop["state"] == "done":
-                lines.append(f"{label}{_done_text(entry, hop)}")
+                lines.append(f"{label}{_done_text(entry, hop, kinds.get(hop['hop']))}")
             else:
                 problem = _problem_lines(item.transfers[hop["hop"]], now)
                 lines.append(f"{label}{problem[0]}")

@@ -8,7 +8,7 @@ importing this package costs nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relayd.drive.base import (
     LOGIN_HINT,
@@ -26,7 +26,6 @@ from relayd.drive.base import (
 from relayd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from relayd.catalogue.store import Store
     from relayd.config import DriveConfig
 
 __all__ = [
@@ -35,6 +34,7 @@ __all__ = [
     "DownloadLink",
     "Drive",
     "DriveFile",
+    "FactSink",
     "LocalFile",
     "NameTaken",
     "TokenLifetime",
@@ -45,12 +45,19 @@ __all__ = [
 ]
 
 
-def make_drive(config: DriveConfig, state_dir: Path, store: Store | None = None) -> Drive:
+class FactSink(Protocol):
+    """Where the drive publishes facts for relayctl (the catalogue's store, or a hop's port to it)."""
+
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        """Set the fact *key* to *value*."""
+
+
+def make_drive(config: DriveConfig, state_dir: Path, facts: FactSink | None = None) -> Drive:
     """Return the drive backend *config* names, keeping its login under ``<state_dir>/drive`` and
-    publishing the access token's lifetime as ``drive.token`` through *store*. No network call is made
+    publishing the access token's lifetime as ``drive.token`` through *facts*. No network call is made
     until the drive is used. Raise ConfigError for an unknown backend."""
     if config.backend == "aligo":
         from relayd.drive.aligo_backend import AligoDrive
 
-        return AligoDrive(config, Path(state_dir), publish=store.publish if store is not None else None)
+        return AligoDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
     raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo')")

@@ -59,7 +59,7 @@ from relayd.drive.hashing import (
     proof_code,
 )
 from relayd.drive.tokens import TokenStore, expiry_from, fingerprint, new_record, parse_time
-from relayd.errors import Cancelled, ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, ConfigError, ErrorClass, HopError, NeedsPerson, Permanent, Retryable
 from relayd.logs import SCRUBBER
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,9 @@ class AligoDrive(Drive):
                 record = new_record(configured, source="config", previous=record, bootstrap_sha256=marker)
                 self.tokens.save(record)
         if record is None:
-            raise NeedsPerson("relayd has no Aliyun Drive login", hint=LOGIN_HINT, error_class="auth")
+            raise NeedsPerson(
+                "relayd has no Aliyun Drive login", hint=LOGIN_HINT, error_class=ErrorClass.AUTH
+            )
         if record.get("refused"):
             raise self._refused_error()
         return record
@@ -473,11 +475,12 @@ class AligoDrive(Drive):
             raise self._throttled_error("refreshing the access token", exc) from None
         except requests.RequestException as exc:
             raise Retryable(
-                f"refreshing the drive access token failed: {type(exc).__name__}", error_class="network"
+                f"refreshing the drive access token failed: {type(exc).__name__}",
+                error_class=ErrorClass.NETWORK,
             ) from None
         except ValueError:
             raise Retryable(
-                "the drive answered the token refresh with something not JSON", error_class="server"
+                "the drive answered the token refresh with something not JSON", error_class=ErrorClass.SERVER
             ) from None
         log.info("refreshed the drive access token (valid until %s)", self._expires_at)
 
@@ -520,7 +523,7 @@ class AligoDrive(Drive):
             record = self.tokens.load()
             if record is None:
                 raise NeedsPerson(
-                    "relayd's Aliyun Drive login was removed", hint=LOGIN_HINT, error_class="auth"
+                    "relayd's Aliyun Drive login was removed", hint=LOGIN_HINT, error_class=ErrorClass.AUTH
                 )
             if record.get("refused"):
                 raise self._refused_error()
@@ -534,7 +537,7 @@ class AligoDrive(Drive):
         return NeedsPerson(
             "Aliyun Drive refused relayd's refresh token (expired, revoked, or used elsewhere)",
             hint=LOGIN_HINT,
-            error_class="auth",
+            error_class=ErrorClass.AUTH,
         )
 
     def _publish(self, lifetime: TokenLifetime | None = None) -> None:
@@ -593,15 +596,17 @@ class AligoDrive(Drive):
         except _InteractiveLoginRefused:
             raise self._refused_error() from None
         except requests.Timeout:
-            raise Retryable(f"{what}: the drive did not answer in time", error_class="timeout") from None
+            raise Retryable(
+                f"{what}: the drive did not answer in time", error_class=ErrorClass.TIMEOUT
+            ) from None
         except requests.RequestException as exc:
             raise Retryable(
-                f"{what}: {type(exc).__name__} talking to the drive", error_class="network"
+                f"{what}: {type(exc).__name__} talking to the drive", error_class=ErrorClass.NETWORK
             ) from None
         except Exception as exc:  # noqa: BLE001 - every aligo failure is mapped to relayd's errors
             raise self._client_error(what, exc) from None
         if result is None:
-            raise Retryable(f"{what}: the drive client returned nothing", error_class="client")
+            raise Retryable(f"{what}: the drive client returned nothing", error_class=ErrorClass.CLIENT)
         if isinstance(result, self._errors_null()):
             code = str(getattr(result, "code", "") or "")
             if code in accept:
@@ -621,25 +626,27 @@ class AligoDrive(Drive):
         if errors is not None and isinstance(exc, errors.AligoRefreshFailed):
             return self._refused_error()
         if errors is not None and isinstance(exc, errors.AligoStatus500):
-            return Retryable(f"{what}: the drive answered 500", error_class="server")
+            return Retryable(f"{what}: the drive answered 500", error_class=ErrorClass.SERVER)
         if errors is not None and isinstance(exc, errors.AligoFatalError):
             # aligo gives up after 5 attempts and raises with the last answer's body: a device refusal
             # that outlived its create_session retries does not heal by waiting.
             return self._device_refusal(what, str(exc)) or Retryable(
-                f"{what}: the drive kept failing the request", error_class="server"
+                f"{what}: the drive kept failing the request", error_class=ErrorClass.SERVER
             )
         if isinstance(exc, AttributeError | TypeError):
             # aligo reports an exhausted connection retry, or an answer it could not parse, this way.
-            return Retryable(f"{what}: the drive client failed ({type(exc).__name__})", error_class="client")
+            return Retryable(
+                f"{what}: the drive client failed ({type(exc).__name__})", error_class=ErrorClass.CLIENT
+            )
         if isinstance(exc, ValueError):
-            return Retryable(f"{what}: the drive's answer was not valid JSON", error_class="server")
+            return Retryable(f"{what}: the drive's answer was not valid JSON", error_class=ErrorClass.SERVER)
         return Retryable(
-            f"{what}: unexpected {type(exc).__name__} from the drive client", error_class="client"
+            f"{what}: unexpected {type(exc).__name__} from the drive client", error_class=ErrorClass.CLIENT
         )
 
     @staticmethod
     def _throttled_error(what: str, exc: _Throttled) -> Retryable:
-        kind = "rate_limit" if exc.status == 429 else "server"
+        kind = ErrorClass.RATE_LIMIT if exc.status == 429 else ErrorClass.SERVER
         return Retryable(
             f"{what}: the drive answered {exc.status}", error_class=kind, retry_after=exc.retry_after
         )
@@ -652,14 +659,14 @@ class AligoDrive(Drive):
                 f"{what}: the drive says relayd's device is offline (UserDeviceOffline) even after "
                 "registering it again: the account has too many devices logged in",
                 hint=DEVICES_HINT,
-                error_class="device",
+                error_class=ErrorClass.DEVICE,
             )
         if "DeviceSessionSignatureInvalid" in answer:
             return NeedsPerson(
                 f"{what}: the drive refuses relayd's device signature (DeviceSessionSignatureInvalid) "
                 "even after registering the device again",
                 hint=SIGNATURE_HINT,
-                error_class="device",
+                error_class=ErrorClass.DEVICE,
             )
         return None
 
@@ -671,28 +678,30 @@ class AligoDrive(Drive):
             return NeedsPerson(
                 f"{what}: the drive does not know this API ({detail})",
                 hint=API_CHANGED_HINT,
-                error_class="api_changed",
+                error_class=ErrorClass.API_CHANGED,
             )
         if status == 401:
             return NeedsPerson(
                 f"{what}: the drive refused relayd's access token ({detail})",
                 hint=LOGIN_HINT,
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
         if status == 403:
             return NeedsPerson(
                 f"{what}: the drive forbids this ({detail})",
                 hint="check the account in the Aliyun Drive app, then `relayctl retry`",
-                error_class="forbidden",
+                error_class=ErrorClass.FORBIDDEN,
             )
         if code.startswith("QuotaExhausted") or "Quota" in code:
             return NeedsPerson(
                 f"{what}: the drive is full ({detail})",
                 hint="free space on the drive (or add capacity), then `relayctl retry`",
-                error_class="quota",
+                error_class=ErrorClass.QUOTA,
             )
         if status in (404, 409) or 200 <= status < 300 or status == 0:
-            return Retryable(f"{what}: unexpected answer from the drive ({detail})", error_class="drive")
+            return Retryable(
+                f"{what}: unexpected answer from the drive ({detail})", error_class=ErrorClass.DRIVE
+            )
         return Permanent(
             f"{what}: the drive refused the request ({detail})",
             hint="this looks like a relayd bug or an API change; report it",
@@ -728,14 +737,16 @@ class AligoDrive(Drive):
         if self.config.drive == "resource":
             user = self._call("looking up the resource drive", "v2_user_get")
             if not getattr(user, "user_id", None):
-                raise Retryable("the drive answered the user lookup without a user", error_class="drive")
+                raise Retryable(
+                    "the drive answered the user lookup without a user", error_class=ErrorClass.DRIVE
+                )
             drive_id = str(getattr(user, "resource_drive_id", "") or "")
             if not drive_id:
                 log.warning("this account has no resource drive; using its default (backup) drive")
         if not drive_id:
             drive_id = str(ali.default_drive_id or "")
         if not drive_id:
-            raise Retryable("the drive did not say which drive id to use", error_class="drive")
+            raise Retryable("the drive did not say which drive id to use", error_class=ErrorClass.DRIVE)
         self._drive_id = drive_id
         return drive_id
 
@@ -744,7 +755,7 @@ class AligoDrive(Drive):
         """Return a DriveFile from aligo's BaseFile; raise Retryable for an answer without a file id
         (aligo turns a non-JSON 2xx, such as a gateway page, into an empty object)."""
         if not getattr(found, "file_id", None):
-            raise Retryable("the drive answered without a file id", error_class="drive")
+            raise Retryable("the drive answered without a file id", error_class=ErrorClass.DRIVE)
         content = getattr(found, "content_hash", None)
         return DriveFile(
             file_id=str(found.file_id),
@@ -787,10 +798,12 @@ class AligoDrive(Drive):
             )
             if not created:
                 self.forget_folders()
-                raise Retryable(f"a folder above {walked} vanished from the drive", error_class="drive")
+                raise Retryable(
+                    f"a folder above {walked} vanished from the drive", error_class=ErrorClass.DRIVE
+                )
             if not created.file_id:
                 raise Retryable(
-                    f"creating the folder {walked}: no folder id in the answer", error_class="drive"
+                    f"creating the folder {walked}: no folder id in the answer", error_class=ErrorClass.DRIVE
                 )
             parent = str(created.file_id)
             with self._folders_lock:
@@ -902,7 +915,7 @@ class AligoDrive(Drive):
                 hint="the drive copy is gone; upload it again",
             )
         if not answer.url:
-            raise Retryable("the drive answered without a download URL", error_class="drive")
+            raise Retryable("the drive answered without a download URL", error_class=ErrorClass.DRIVE)
         expires_at = parse_time(answer.expiration) or datetime.now(UTC) + timedelta(
             seconds=self.config.url_lifetime
         )
@@ -1000,7 +1013,7 @@ class AligoDrive(Drive):
             log.info("%s: rapid upload: the drive already holds this content", name)
             return UploadResult(self.verify(str(created.file_id), local.size, local.sha1), rapid=True)
         if not created.upload_id or not created.file_id:
-            raise Retryable(f"creating {name}: the drive gave no upload id", error_class="drive")
+            raise Retryable(f"creating {name}: the drive gave no upload id", error_class=ErrorClass.DRIVE)
         state = {
             "upload_id": str(created.upload_id),
             "file_id": str(created.file_id),
@@ -1026,7 +1039,7 @@ class AligoDrive(Drive):
             if code == "NotFound.File":
                 self.forget_folders()
                 raise Retryable(
-                    f"the destination folder of {name} vanished from the drive", error_class="drive"
+                    f"the destination folder of {name} vanished from the drive", error_class=ErrorClass.DRIVE
                 )
             response = getattr(created, "response", None)
             status = response.status_code if response is not None else 400
@@ -1133,7 +1146,7 @@ class AligoDrive(Drive):
             raise UploadGone("the drive no longer knows the upload id (it expired)")
         infos = list(answer.part_info_list or [])
         if len(infos) != len(numbers):
-            raise Retryable("the drive returned the wrong number of part URLs", error_class="drive")
+            raise Retryable("the drive returned the wrong number of part URLs", error_class=ErrorClass.DRIVE)
         # URLs come back by position, in request order (reference §4).
         return {number: str(info.upload_url) for number, info in zip(numbers, infos, strict=True)}
 
@@ -1171,7 +1184,7 @@ class AligoDrive(Drive):
                 if outcome == _PutOutcome.THROTTLED:
                     raise Retryable(
                         f"the drive's upload host answered {status}",
-                        error_class="rate_limit" if status == 429 else "server",
+                        error_class=ErrorClass.RATE_LIMIT if status == 429 else ErrorClass.SERVER,
                         retry_after=retry_after,
                     )
                 if outcome == _PutOutcome.GONE:
@@ -1183,7 +1196,8 @@ class AligoDrive(Drive):
                     )
                 if failures >= PART_ATTEMPTS:
                     raise Retryable(
-                        f"part {part} of {name} failed {failures} times ({outcome})", error_class="network"
+                        f"part {part} of {name} failed {failures} times ({outcome})",
+                        error_class=ErrorClass.NETWORK,
                     )
                 if outcome == _PutOutcome.EXPIRED:
                     urls = self._fresh_urls(state, part)
@@ -1252,7 +1266,9 @@ class AligoDrive(Drive):
                     f"{name} appeared in the destination folder during the upload",
                     self.find(str(state["parent_id"]), name),
                 )
-            raise Retryable(f"completing {name}: the drive counts missing parts", error_class="drive")
+            raise Retryable(
+                f"completing {name}: the drive counts missing parts", error_class=ErrorClass.DRIVE
+            )
         file = self._file(done)
         if not file.matches(local.size, local.sha1):
             raise ContentMismatch(

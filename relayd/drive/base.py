@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from relayd.errors import Retryable, UsageError
+from relayd.errors import ErrorClass, Retryable, UsageError
 
 LOGIN_HINT = (
     "give relayd a new refresh token: `relayctl drive login --refresh-token-file PATH`, then `relayctl retry`"
@@ -139,7 +139,7 @@ class NameTaken(Retryable):
     """Another file already has the destination name (*existing*, when the drive said which)."""
 
     def __init__(self, message: str, existing: DriveFile | None = None) -> None:
-        super().__init__(message, error_class="conflict")
+        super().__init__(message, error_class=ErrorClass.CONFLICT)
         self.existing = existing
 
 
@@ -147,7 +147,7 @@ class ContentMismatch(Retryable):
     """The drive reports a size or content hash that is not the local content's."""
 
     def __init__(self, message: str, file: DriveFile) -> None:
-        super().__init__(message, error_class="integrity")
+        super().__init__(message, error_class=ErrorClass.INTEGRITY)
         self.file = file
 
 
@@ -155,7 +155,7 @@ class UploadGone(Retryable):
     """The drive no longer knows the upload (expired upload id); it must start again."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, error_class="upload_expired")
+        super().__init__(message, error_class=ErrorClass.UPLOAD_EXPIRED)
 
 
 class Drive(abc.ABC):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from relayd.drive.base import TokenLifetime
-from relayd.errors import Retryable
+from relayd.errors import ErrorClass, Retryable
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class _PathLock:
     def hold(self, wait: float) -> Iterator[None]:
         if not self._thread_lock.acquire(timeout=wait):
             raise Retryable(
-                "another worker has been refreshing the drive token for too long", error_class="auth"
+                "another worker has been refreshing the drive token for too long", error_class=ErrorClass.AUTH
             )
         try:
             if self._depth == 0:
@@ -99,7 +99,8 @@ class _PathLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
                     os.close(fd)
                     raise Retryable(
-                        f"another process holds the drive token lock {self.lock_path}", error_class="auth"
+                        f"another process holds the drive token lock {self.lock_path}",
+                        error_class=ErrorClass.AUTH,
                     ) from None
                 time.sleep(0.05)
 

@@ -1,20 +1,25 @@
-"""The hop registry: built-in and third-party hops, all loaded from the ``relayd.hops.v1`` entry-point
+"""The hop registry: built-in and third-party hops, all loaded from the ``relayd.hops.v2`` entry-point
 group (the version is bumped when the contract in relayd.hops.base breaks, so stale plugins are never
-loaded). Hop classes are imported only when a daemon builds them."""
+loaded: v2 hands hops plain records and asks them for their checks). Hop classes are imported only
+when they are needed: what the rest of relayd knows about a hop is what its class declares
+(relayd.hops.base.Hop), never its name."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from functools import cache
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from relayd.errors import ConfigError
+from relayd.errors import ConfigError, RelayError
 
 if TYPE_CHECKING:
     from relayd.hops.base import Hop
 
-ENTRY_POINT_GROUP = "relayd.hops.v1"
+ENTRY_POINT_GROUP = "relayd.hops.v2"
+
+#: The route of a repo added without one: Hugging Face → staging → the drive → the VM → ModelScope.
+DEFAULT_ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
 
 # The built-in hops, so that a checkout without installed metadata still finds them.
 BUILTIN: dict[str, str] = {
@@ -29,6 +34,8 @@ BUILTIN: dict[str, str] = {
 @cache
 def registry() -> dict[str, str]:
     """Return hop name → "module:Class" for every registered hop."""
+    from importlib.metadata import entry_points  # scanning the installed packages takes a while
+
     found = dict(BUILTIN)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry.name, entry.value)
@@ -41,7 +48,7 @@ def hop_names() -> list[str]:
 
 def load_hop_class(name: str) -> type[Hop]:
     """Import and return the hop class registered as *name*. Raise ConfigError with a hint."""
-    target = registry().get(name)
+    target = BUILTIN.get(name) or registry().get(name)  # a built-in hop needs no look at the plugins
     if target is None:
         raise ConfigError(f"unknown hop {name!r}; known hops: {', '.join(hop_names())}")
     module_name, _, class_name = target.partition(":")
@@ -53,3 +60,15 @@ def load_hop_class(name: str) -> type[Hop]:
         ) from exc
     hop_class: type[Hop] = getattr(module, class_name)
     return hop_class
+
+
+def loadable(names: Iterable[str]) -> dict[str, type[Hop]]:
+    """Return the class of each hop of *names* that is installed and loads; skip the others (a broken
+    or missing plugin cannot be described, so whoever asks falls back to its name)."""
+    classes: dict[str, type[Hop]] = {}
+    for name in names:
+        try:
+            classes[name] = load_hop_class(name)
+        except RelayError:
+            continue
+    return classes

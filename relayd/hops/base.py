@@ -1,9 +1,15 @@
 """The hop contract: plan the pieces, move the missing ones, verify the whole.
 
-This module is the whole public surface a hop needs. The engine claims a transfer, builds a ``Job`` for
-it and calls ``plan`` (only when no plan is recorded), ``move`` with the pieces not yet durable, and
-``verify``; a hop that commits a whole snapshot at once also implements ``finish_snapshot``. A hop
-signals what should happen after a failure by the error class it raises (see relayd.errors).
+This module is the whole public surface a hop needs, the errors it raises included. The engine claims
+a transfer, builds a ``Job`` for it and calls ``plan`` (only when no plan is recorded), ``move`` with
+the pieces not yet durable, and ``verify``; a hop that commits a whole snapshot at once also implements
+``finish_snapshot``. A hop signals what should happen after a failure by the error it raises (see
+relayd.errors).
+
+A hop reads plain records (relayd.hops.records) and reports through its ``Job``, which reaches the
+catalogue only by the narrow ``StorePort``; a hop never imports the catalogue or SQLAlchemy (ruff's
+banned-api rule, pyproject.toml). What the rest of relayd needs to know about a hop is what its class
+declares (``Hop``), never its name.
 """
 
 from __future__ import annotations
@@ -12,71 +18,123 @@ import abc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from relayd.catalogue.store import FileRow, JobData, PieceSpec
-from relayd.errors import Cancelled, HopError, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.errors import (
+    Cancelled,
+    ErrorClass,
+    HopError,
+    IntegrityMismatch,
+    NeedsPerson,
+    Permanent,
+    Retryable,
+)
+from relayd.health import FAIL, OK, SKIP, WARN, Check, CheckScope, Finding
+from relayd.hops.records import (
+    FileInfo,
+    Handles,
+    JobData,
+    PieceSpec,
+    RepoInfo,
+    SnapshotInfo,
+    SnapshotMember,
+)
+from relayd.services import Services
 
 if TYPE_CHECKING:
-    from relayd.catalogue.store import Store
     from relayd.staging import Staging
 
-__all__ = ["Check", "FileRow", "Hop", "HopContext", "Job", "Outcome", "PieceSpec", "Services", "plan_ranges"]
+__all__ = [
+    "FAIL",
+    "OK",
+    "SKIP",
+    "WARN",
+    "Cancelled",
+    "Check",
+    "CheckScope",
+    "ErrorClass",
+    "FileInfo",
+    "Finding",
+    "Handles",
+    "Hop",
+    "HopContext",
+    "IntegrityMismatch",
+    "Job",
+    "JobData",
+    "NeedsPerson",
+    "Outcome",
+    "Permanent",
+    "PieceSpec",
+    "RepoInfo",
+    "Retryable",
+    "Services",
+    "SnapshotInfo",
+    "SnapshotMember",
+    "StorePort",
+    "plan_ranges",
+]
 
 PROGRESS_INTERVAL = 1.0
 #: The handle key under which Job keeps a transfer's integrity mismatches in a row (hops never see it).
 MISMATCHES = "integrity_mismatches"
 
 
-class Services:
-    """Shared clients built once per daemon, on first use: a hop asks for the drive or the VM executor
-    by name instead of reading another hop's config section.
+class StorePort(Protocol):
+    """The few calls through which a job reports to the catalogue (``relayd.catalogue.store.Store``
+    implements them). Each is one short transaction; a hop reaches them through its ``Job``."""
 
-    The daemon registers ``"drive"`` (``relayd.drive.make_drive(DriveConfig, state_dir, store)``) and
-    ``"vm"`` (``relayd.vm.executor.make_executor(VmConfig)``).
-    """
+    def record_plan(self, transfer_id: int, pieces: Sequence[PieceSpec], bytes_total: int) -> None:
+        """Replace the transfer's pieces with *pieces* (a fresh plan)."""
 
-    def __init__(self, factories: dict[str, Callable[[], Any]] | None = None) -> None:
-        self._factories = dict(factories or {})
-        self._built: dict[str, Any] = {}
-        self._lock = threading.Lock()
+    def piece_started(self, transfer_id: int, index: int, *, moved: int = 0) -> None:
+        """Count one more send of the piece; *moved*: bytes of its previous send not counted yet."""
 
-    def register(self, name: str, factory: Callable[[], Any]) -> None:
-        """Use *factory* for *name* from now on. A client already built is retired (``retire()``,
-        when it has one): whoever holds it may finish with it, but it keeps nothing idle."""
-        with self._lock:
-            self._factories[name] = factory
-            old = self._built.pop(name, None)
-        retire = getattr(old, "retire", None)
-        if callable(retire):
-            retire()
+    def piece_done(
+        self,
+        transfer_id: int,
+        indices: Sequence[int],
+        *,
+        moved: int = 0,
+        by_piece: Mapping[int, int] | None = None,
+        sent_before: Sequence[int] = (),
+        rate: float | None = None,
+    ) -> None:
+        """Record that the pieces are durable at the destination, with the bytes counted so far."""
 
-    def get(self, name: str) -> Any:
-        """Return the shared client *name*, building it on first use. Raise KeyError if unknown."""
-        with self._lock:
-            if name not in self._built:
-                self._built[name] = self._factories[name]()
-            return self._built[name]
+    def reset_pieces(self, transfer_id: int, indices: Sequence[int] | None = None) -> None:
+        """Mark the pieces (all when *indices* is None) as missing again."""
 
-    def close(self) -> None:
-        """Close every client built so far (those with a close() method)."""
-        with self._lock:
-            built, self._built = self._built, {}
-        for client in built.values():
-            close = getattr(client, "close", None)
-            if callable(close):
-                close()
+    def progress(
+        self,
+        transfer_id: int,
+        *,
+        moved: int,
+        rate: float | None,
+        bytes_done: int | None = None,
+        by_piece: Mapping[int, int] | None = None,
+    ) -> None:
+        """Count *moved* bytes towards the transfer's traffic and record its current rate."""
+
+    def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
+        """Persist the transfer's remote handles before they are relied on."""
+
+    def fetch_again(self, transfer_id: int, reason: str) -> None:
+        """Forget the file's reused copies and have the route's first hop fetch it again."""
+
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        """Set a fact for relayctl (a token's lifetime, a cap the service imposed)."""
 
 
 @dataclass(frozen=True)
 class HopContext:
-    """What every hop of one daemon shares. ``cancel`` is set when work must stop at the next durable
-    point (the daemon is stopping); ``services`` hands out shared clients (the drive, the VM executor)."""
+    """What every hop of one daemon shares. ``store`` is the narrow port jobs report through (never the
+    catalogue itself); ``cancel`` is set when work must stop at the next durable point (the daemon is
+    stopping); ``services`` hands out shared clients (the drive, the VM executor)."""
 
-    store: Store
+    store: StorePort
     staging: Staging
     state_dir: Path
     cancel: threading.Event
@@ -93,16 +151,6 @@ class Outcome:
     sha256: str | None = None
     sha1: str | None = None
     staged_path: str | None = None
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of `relayctl doctor`: what was checked, whether it passed, and how to fix it."""
-
-    name: str
-    ok: bool
-    detail: str
-    hint: str = ""
 
 
 def plan_ranges(size: int, piece_size: int) -> list[PieceSpec]:
@@ -141,20 +189,22 @@ class Job:
     """One claimed transfer as a hop sees it: what to move, where it came from, and how to report."""
 
     def __init__(self, data: JobData, ctx: HopContext) -> None:
-        self._data = data
         self._ctx = ctx
-        self.id: int = data.transfer.id
-        self.hop: str = data.transfer.hop
-        self.repo = data.repo
-        self.file: FileRow | None = data.file
-        self.snapshot = data.snapshot
-        self.snapshot_files = data.snapshot_files
-        self.previous_snapshot_handles = data.previous_snapshot_handles
-        self.attempts: int = data.transfer.attempts
-        self.handles: dict[str, Any] = dict(data.transfer.handles or {})
+        self.id: int = data.transfer_id
+        self.hop: str = data.hop
+        self.repo: RepoInfo = data.repo
+        self.file: FileInfo | None = data.file
+        #: The pinned commit this transfer belongs to: its snapshot's, or that of the newest snapshot
+        #: listing its file (never a branch head that moved on).
+        self.commit: str = data.commit
+        self.snapshot: SnapshotInfo | None = data.snapshot
+        self.snapshot_files: tuple[SnapshotMember, ...] = data.snapshot_files
+        self.previous_snapshot_handles: Handles | None = data.previous_snapshot_handles
+        self.attempts: int = data.attempts
+        self.handles: Handles = dict(data.handles)
         self._mismatches: list[dict[str, str]] = list(self.handles.pop(MISMATCHES, None) or [])
         self._begun: set[int] = set()  # pieces whose latest send this attempt began
-        self.locations: dict[str, dict[str, Any]] = data.locations
+        self.locations: dict[str, Handles] = {hop: dict(handles) for hop, handles in data.locations.items()}
         self.pieces: list[PieceSpec] = list(data.pieces)
         self.log = JobLog(
             logging.getLogger(f"relayd.hops.{self.hop}"),
@@ -163,20 +213,14 @@ class Job:
         self._rate = _Rate()
 
     @property
-    def commit(self) -> str:
-        """The pinned commit this transfer belongs to: its snapshot's, or that of the newest snapshot
-        listing its file (never a branch head that moved on)."""
-        return self._data.commit or self.repo.head_commit or ""
-
-    @property
-    def previous(self) -> dict[str, Any]:
+    def previous(self) -> Handles:
         """Handles of the copy made by the previous hop of the route ({} for the first hop)."""
         route = list(self.repo.route)
         step = route.index(self.hop) if self.hop in route else 0
         return self.locations.get(route[step - 1], {}) if step > 0 else {}
 
     @property
-    def file_or_fail(self) -> FileRow:
+    def file_or_fail(self) -> FileInfo:
         if self.file is None:
             raise TypeError("this is a snapshot-level transfer; it has no single file")
         return self.file
@@ -207,7 +251,7 @@ class Job:
         self._mismatches = [*self._mismatches, seen][-2:]
         if len(self._mismatches) < 2:
             self.save_handles()
-            return Retryable(f"{mismatch}; sending it again", error_class="integrity")
+            return Retryable(f"{mismatch}; sending it again", error_class=ErrorClass.INTEGRITY)
         first = self._mismatches[0]
         self._mismatches = []
         self.save_handles()
@@ -217,7 +261,7 @@ class Job:
             f"{mismatch.algorithm} mismatch measured {mismatch.where}, twice in a row: expected "
             f"{mismatch.expected}, got {mismatch.actual}{before}{detail}",
             hint=mismatch.hint,
-            error_class="integrity",
+            error_class=ErrorClass.INTEGRITY,
         )
 
     def fetch_again(self, reason: str) -> None:
@@ -315,14 +359,23 @@ class Job:
 class Hop(abc.ABC):
     """A stage of the route: moves one file from the previous location to the next and verifies it.
 
-    Subclasses set ``name``; ``reads_staging`` when they read the staged copy (it is kept until they are
-    done), ``finishes_snapshot`` when a snapshot-level step must run after all files (``finish_snapshot``),
-    ``source`` when they are a route's first hop and need a poller ("hub" or "local"), ``consumes``
-    and ``produces`` for where they read each file and leave their verified copy, and
-    ``large_files`` when one large file already takes all they can move at once (see there).
+    Subclasses set ``name`` and declare what the rest of relayd needs to know about them (it never
+    tests a hop's name): ``config_section``, the config table they receive; ``short_name`` for the
+    one-line status; ``writes_staging`` when they fill the staging disk (downloads wait while it is
+    over its budget), ``reads_staging`` when they read the staged copy (it is kept until they are
+    done), ``finishes_snapshot`` when a snapshot-level step must run after all files
+    (``finish_snapshot``), ``source`` when they are a route's first hop and need a poller ("hub" or
+    "local"), ``consumes`` and ``produces`` for where they read each file and leave their verified
+    copy, and ``large_files`` when one large file already takes all they can move at once (see there).
     """
 
     name: ClassVar[str]
+    # The config table the hop receives (relayd.config.HOP_SECTIONS: "hub", "drive", …); None: its own
+    # [hops.NAME] table, as a plain mapping it validates itself.
+    config_section: ClassVar[str | None] = None
+    # What `relayctl status` calls it where space is short ("dl", "up", …); None: its name.
+    short_name: ClassVar[str | None] = None
+    writes_staging: ClassVar[bool] = False
     reads_staging: ClassVar[bool] = False
     finishes_snapshot: ClassVar[bool] = False
     # With reads_staging: hops that, when earlier in a repo's route, make this one read their copy
@@ -334,6 +387,18 @@ class Hop(abc.ABC):
     # a kind that a hop before it produces (relayd.hops.routes); the first one reads its ``source``.
     consumes: ClassVar[frozenset[str]] = frozenset()
     produces: ClassVar[str | None] = None
+    # The shared services it asks ``ctx.services`` for ("hub", "drive", "vm"): doctor checks them too.
+    services: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def section_key(cls) -> str:
+        """Return the key of the config section this hop receives (``relayd.config.Config.section``)."""
+        return cls.config_section or f"hops.{cls.name}"
+
+    @classmethod
+    def short(cls) -> str:
+        """Return the hop's short name for the one-line status."""
+        return cls.short_name or cls.name
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
         self.section = section
@@ -363,13 +428,14 @@ class Hop(abc.ABC):
 
     def finish_snapshot(self, job: Job) -> Outcome:
         """Run the snapshot-level step (only for hops with finishes_snapshot)."""
-        from relayd.errors import Permanent
-
         raise Permanent(f"hop {self.name} has no snapshot-level step")
 
-    def checks(self) -> list[Check]:
-        """Return health checks for `relayctl doctor` (none by default)."""
-        return []
+    @classmethod
+    def checks(cls, section: Any, scope: CheckScope) -> Sequence[Check]:
+        """Return what `relayctl doctor` checks for this hop given its config *section*, beside the
+        checks of the services it uses (``services``): none by default. Each check runs in its own
+        thread within ``scope.timeout`` and returns its findings (relayd.health)."""
+        return ()
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and child processes (called when the daemon stops)."""

@@ -33,15 +33,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from sqlalchemy import select
-
-from relayd.catalogue.schema import Snapshot, SnapshotFile
 from relayd.config import HubConfig
 from relayd.digest import PrefixHasher, hash_file
-from relayd.errors import HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.errors import ErrorClass, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.http_ranges import (
     LocationRefused,
     Origin,
@@ -52,8 +49,10 @@ from relayd.http_ranges import (
     Stopped,
     origin_of,
 )
-from relayd.hub import FileMetadata, HubClient
 from relayd.staging import fsync_dir
+
+if TYPE_CHECKING:
+    from relayd.hub import FileMetadata, HubClient
 
 log = logging.getLogger(__name__)
 
@@ -279,18 +278,37 @@ class DownloadHop(Hop):
     """Bring one file of a Hub repo, pinned to its snapshot's commit, into content-addressed staging."""
 
     name = "download"
+    config_section = "hub"
+    short_name = "dl"
+    writes_staging = True
     source = "hub"
     produces = "staging"
+    services = ("hub",)
     section: HubConfig
 
     def __init__(self, section: HubConfig, ctx: HopContext) -> None:
         super().__init__(section, ctx)
-        self.hub = HubClient(section)
+        self._hub: HubClient | None = None
+        self._hub_lock = threading.Lock()
         self._digests: dict[int, _Digest] = {}
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()
         self._reused: dict[int, Outcome] = {}
         self._one_range_origins: set[Origin] = set()  # CDNs that said their URLs serve one range each
+
+    @property
+    def hub(self) -> HubClient:
+        """Return the daemon's shared Hub client (``ctx.services``), or one of this hop's own, made on
+        first use."""
+        with self._hub_lock:
+            if self._hub is None:
+                try:
+                    self._hub = self.ctx.services.get("hub")
+                except KeyError:
+                    from relayd.hub import HubClient  # huggingface_hub is loaded when it is needed
+
+                    self._hub = HubClient(self.section)
+            return self._hub
 
     # -- the contract ------------------------------------------------------------------------------
 
@@ -327,7 +345,9 @@ class DownloadHop(Hop):
         if digest is None:
             if not partial.is_file():
                 job.reset_pieces()
-                raise Retryable(f"the partial file {partial} vanished; downloading again", error_class="io")
+                raise Retryable(
+                    f"the partial file {partial} vanished; downloading again", error_class=ErrorClass.IO
+                )
             # Every piece was durable before a restart: the durable prefix is the whole file.
             hashed = hash_file(partial, git_blob=not file.lfs)
             digest = _Digest(partial.stat().st_size, hashed.sha256, hashed.sha1, hashed.git_blob_id)
@@ -339,7 +359,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": self._commit(job),
+                "commit": job.commit,
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": digest.size,
             },
@@ -347,28 +367,6 @@ class DownloadHop(Hop):
             sha1=digest.sha1,
             staged_path=relative,
         )
-
-    def checks(self) -> list[Check]:
-        """Check that the Hub answers and accepts the configured token."""
-        endpoint = self.hub.endpoint
-        try:
-            token = self.hub.token()
-        except NeedsPerson as exc:
-            return [Check("hub token", False, str(exc), hint=exc.hint)]
-        if not token:
-            return [
-                Check(
-                    "hub token",
-                    True,
-                    f"none ({self.section.token.describe()}): public repos of {endpoint} only",
-                    hint="set hub.token_env, hub.token_file or hub.token for gated and private repos",
-                )
-            ]
-        try:
-            user = self.hub.whoami()
-        except HopError as exc:
-            return [Check("hub token", False, str(exc), hint=getattr(exc, "hint", "") or "")]
-        return [Check("hub token", True, f"valid for {user} on {endpoint}")]
 
     # -- reuse and deduplication -------------------------------------------------------------------
 
@@ -405,7 +403,7 @@ class DownloadHop(Hop):
         return Outcome(
             handles={
                 "staged": relative,
-                "commit": self._commit(job),
+                "commit": job.commit,
                 "etag": file.sha256 if file.lfs else file.git_blob_id,
                 "size": file.size,
                 "reused": True,
@@ -426,7 +424,7 @@ class DownloadHop(Hop):
                 raise Retryable(
                     f"the same content is being downloaded by transfer {holder}; it will be reused",
                     retry_after=5,
-                    error_class="duplicate",
+                    error_class=ErrorClass.DUPLICATE,
                 )
             self._active[key] = job.id
         try:
@@ -438,26 +436,11 @@ class DownloadHop(Hop):
 
     # -- metadata ----------------------------------------------------------------------------------
 
-    def _commit(self, job: Job) -> str:
-        """Return the commit to fetch the file at: the newest snapshot that lists this file (path and
-        content). ``job.commit`` is the repo's latest head, which may no longer hold this content when
-        the head moved while the transfer was running."""
-        file = job.file_or_fail
-        with self.ctx.store.read() as session:
-            commit = session.scalar(
-                select(Snapshot.commit)
-                .join(SnapshotFile, SnapshotFile.snapshot_id == Snapshot.id)
-                .where(SnapshotFile.file_id == file.id)
-                .order_by(Snapshot.id.desc())
-                .limit(1)
-            )
-        return commit or job.commit
-
     def _metadata(self, job: Job) -> FileMetadata:
         """Return fresh metadata of the file at the pinned commit; refuse it if it contradicts the tree."""
         file = job.file_or_fail
         repo = job.repo
-        commit = self._commit(job)
+        commit = job.commit
         meta = self.hub.file_metadata(
             repo.name, repo.repo_type, commit, file.path, calls=1 if file.lfs else 2
         )
@@ -474,7 +457,7 @@ class DownloadHop(Hop):
                 f"the Hub's metadata for {file.path} contradicts the tree of the pinned commit "
                 f"({'; '.join(problems)}): the tree changed under a pinned commit",
                 hint="the Hub (or mirror) is inconsistent; check the repo there, then `relayctl retry`",
-                error_class="changed",
+                error_class=ErrorClass.CHANGED,
             )
         return meta
 
@@ -528,11 +511,11 @@ class DownloadHop(Hop):
                 f"refused ({reason}). relayd downloads over HTTP Range only",
                 hint="exclude the file from the repo's globs, or fetch it with `hf download` (hf_xet) "
                 "outside relayd",
-                error_class="xet",
+                error_class=ErrorClass.XET,
             )
         return Retryable(
             f"{MAX_FRESH_REFUSALS} fresh signed locations in a row were refused ({reason})",
-            error_class="upstream",
+            error_class=ErrorClass.UPSTREAM,
         )
 
     # -- moving the bytes --------------------------------------------------------------------------
@@ -623,7 +606,7 @@ class DownloadHop(Hop):
         job.check_cancelled()
         if hasher.offset != run.size:
             raise Retryable(
-                f"hashed {hasher.offset} of {run.size} bytes; trying again", error_class="internal"
+                f"hashed {hasher.offset} of {run.size} bytes; trying again", error_class=ErrorClass.INTERNAL
             )
         return _Digest(run.size, hasher.sha256, hasher.sha1, hasher.git_blob_id)
 
@@ -727,7 +710,7 @@ class DownloadHop(Hop):
                     raise Retryable(
                         f"the CDN rate-limits the download of {job.file_or_fail.path} ({exc})",
                         retry_after=wait,
-                        error_class="rate_limit",
+                        error_class=ErrorClass.RATE_LIMIT,
                     ) from exc
                 job.log.info("piece %d: %s; waiting %.0fs", piece.index, exc, wait)
                 self._sleep(run, wait)
@@ -743,7 +726,7 @@ class DownloadHop(Hop):
                     raise Retryable(
                         f"piece {piece.index} of {job.file_or_fail.path} failed {failures - 1} times "
                         f"in a row without progress: {exc}",
-                        error_class="network",
+                        error_class=ErrorClass.NETWORK,
                     ) from exc
                 delay = min(10.0, 0.1 * 2**failures)
                 job.log.info("piece %d: %s; retrying from byte %d", piece.index, exc, start + exc.received)

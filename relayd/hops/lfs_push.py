@@ -25,33 +25,134 @@ environment and a credential helper, never in a URL, argv or ``.git/config``.
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 import re
-import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from relayd import __version__
 from relayd.config import ModelScopeConfig
 from relayd.errors import (
     ConfigError,
-    HopError,
+    ErrorClass,
     IntegrityMismatch,
     NeedsPerson,
     Permanent,
     Retryable,
     UsageError,
 )
-from relayd.hops.base import Check, FileRow, Hop, HopContext, Job, Outcome, PieceSpec
+from relayd.health import FAIL, OK, Check, CheckScope, Finding, answered, failed
+from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec
 from relayd.names import validate_repo_id
-from relayd.vm.agent.lfs import MISMATCH, wants_lfs
-from relayd.vm.executor import Executor, LocalExecutor
+from relayd.services import LOCAL_EXECUTOR
+from relayd.text import public_url
+from relayd.vm.agent.lfs import wants_lfs
+from relayd.vm.checks import tool_findings
+from relayd.vm.executor import Executor, local_executor
 
 #: How long one call for a small file may take.
 SMALL_CALL_TIMEOUT = 600.0
 _SHA256 = re.compile(r"\b[0-9a-f]{64}\b")
+#: The doctor's group of the checks below.
+GROUP = "modelscope"
+NO_ACCESS_HINT = (
+    "set MODELSCOPE_TOKEN (or [modelscope] token_env, token_file or token_credential) to an access token "
+    "with write access"
+)
+
+
+def pushes_from_vm(route: Sequence[str]) -> bool:
+    """Return whether lfs_push pushes a route's files from the VM (where vm_pull put them), not from
+    the staged copies on this machine."""
+    return "vm_pull" in route
+
+
+def work_dir(section: ModelScopeConfig, executor: Executor, on_vm: bool, state_dir: Path) -> str:
+    """Return the scratch repository's directory where *executor* runs."""
+    if section.work_dir:
+        return section.work_dir
+    if on_vm:
+        return posixpath.join(executor.config.root, ".relayd-git")
+    return str(state_dir / "lfs")
+
+
+def _checked_destination(target: str) -> str:
+    """Return the ModelScope repo id *target*. Raise UsageError when it is not ``owner/name``."""
+    validate_repo_id(target)
+    if "/" not in target:
+        raise UsageError(f"the ModelScope repo {target!r} has no owner")
+    return target
+
+
+def _found(finding: Finding) -> Check:
+    """Return a check that reports *finding*, known already."""
+    return Check(finding.group, finding.name, lambda: [finding])
+
+
+def _token_finding(section: ModelScopeConfig) -> Finding:
+    ref = section.token
+    try:
+        token = ref.resolve()
+    except ConfigError as exc:
+        return failed(GROUP, "modelscope token", exc, "fix [modelscope] token")
+    if token:
+        return Finding(GROUP, "modelscope token", OK, f"set ({ref.describe()})")
+    return Finding(GROUP, "modelscope token", FAIL, f"no access token ({ref.describe()})", NO_ACCESS_HINT)
+
+
+def _local_git_check(scope: CheckScope) -> Check:
+    """Return the check of git and git-lfs on this machine (lfs_push on routes without vm_pull)."""
+
+    def run() -> list[Finding]:
+        facts = scope.services.get(LOCAL_EXECUTOR).facts(timeout=scope.timeout)
+        where = "on this machine (lfs_push pushes from staging here)"
+        return tool_findings(facts, GROUP, "local", where, "install {package} (apt-get install {package})")
+
+    also = ((GROUP, "local git-lfs"),)
+    return Check(GROUP, "local git", run, label="the check of git on this machine", also=also)
+
+
+def _destination_check(
+    section: ModelScopeConfig, scope: CheckScope, on_vm: bool, remote: str, name: str
+) -> Callable[[], list[Finding]]:
+    """Return the run of a destination's check: the agent's ``lfs_check`` where the route pushes from."""
+
+    def run() -> list[Finding]:
+        executor: Executor = scope.services.get("vm" if on_vm else LOCAL_EXECUTOR)
+        params = {
+            "remote": remote,
+            "work_dir": work_dir(section, executor, on_vm, scope.state_dir),
+            "branch": section.branch,
+            "activity_timeout": scope.timeout,
+        }
+        secrets = {"token": section.token.resolve() or "", "proxy": section.proxy}
+        result = executor.call("lfs_check", params, secrets=secrets, timeout=scope.timeout)
+        head = result.get("branch_head")
+        tip = f"{section.branch} is at {str(head)[:12]}" if head else f"{section.branch} does not exist yet"
+        return [Finding(GROUP, name, OK, f"{public_url(remote)} accepts the token; {tip}")]
+
+    return run
+
+
+def _endpoint_check(section: ModelScopeConfig, scope: CheckScope) -> Check:
+    """Return whether the remote's host answers this machine (while no repo pushes to ModelScope)."""
+    parts = urlsplit(public_url(section.remote.format(owner="owner", name="name")))
+    origin = f"{parts.scheme}://{parts.netloc}"
+    reach = f"check [modelscope] remote ({origin}) and the network path to it from this machine"
+
+    def run() -> list[Finding]:
+        import requests
+
+        with requests.get(
+            f"{origin}/", timeout=scope.timeout, allow_redirects=False, stream=True
+        ) as response:
+            status = response.status_code
+        return [answered(GROUP, "modelscope endpoint", origin, status, reach)]
+
+    return Check(GROUP, "modelscope endpoint", run, reach, origin, "modelscope.remote")
 
 
 def measured_wrong(refused: Retryable, oids: Sequence[str]) -> IntegrityMismatch:
@@ -76,6 +177,8 @@ class LfsPushHop(Hop):
     """VM (or staging) → ModelScope via the LFS batch API and one plumbing commit; see the module doc."""
 
     name = "lfs_push"
+    config_section = "modelscope"
+    short_name = "push"
     finishes_snapshot = True
     # On a route without vm_pull the files are pushed from staging, which must wait for this hop.
     reads_staging = True
@@ -98,7 +201,7 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 "lfs_push runs on the VM, and this relayd has no VM executor",
                 hint="configure [vm] (lfs_push pushes from where vm_pull put the files)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
         except ConfigError as exc:
             raise NeedsPerson(f"the VM cannot be used: {exc}", hint="fix [vm] in the config") from exc
@@ -107,30 +210,30 @@ class LfsPushHop(Hop):
         return executor
 
     def _staging_executor(self) -> Executor:
-        """Return an executor on this machine (for routes without vm_pull: the files are staged here)."""
+        """Return an executor on this machine (for routes without vm_pull: the files are staged here):
+        the daemon's shared one (``ctx.services``), or one of this hop's own."""
+        try:
+            shared = self.ctx.services.get(LOCAL_EXECUTOR)
+        except KeyError:
+            shared = None
+        if isinstance(shared, Executor):
+            return shared
         with self._lock:
             if self._local is None:
-                config = dataclasses.replace(
-                    self._vm().config, executor="local", python=sys.executable, path=""
-                )
-                self._local = LocalExecutor(config)
+                self._local = local_executor(self._vm().config)
             return self._local
 
     @staticmethod
     def _on_vm(job: Job) -> bool:
-        return "vm_pull" in list(job.repo.route)
+        return pushes_from_vm(job.repo.route)
 
     def _executor_for(self, job: Job) -> Executor:
         return self._vm() if self._on_vm(job) else self._staging_executor()
 
     def _work_dir(self, job: Job, executor: Executor) -> str:
-        if self.section.work_dir:
-            return self.section.work_dir
-        if self._on_vm(job):
-            return posixpath.join(executor.config.root, ".relayd-git")
-        return str(self.ctx.state_dir / "lfs")
+        return work_dir(self.section, executor, self._on_vm(job), self.ctx.state_dir)
 
-    def _source(self, job: Job, file: FileRow, locations: dict[str, dict[str, Any]]) -> str | None:
+    def _source(self, job: Job, file: FileInfo, locations: Mapping[str, Handles]) -> str | None:
         """Return where *file* is: its path on the VM (vm_pull's handle), or its staged copy."""
         if self._on_vm(job):
             path = locations.get("vm_pull", {}).get("path")
@@ -150,14 +253,14 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 f"the ModelScope repo {target!r} is not a valid repo id: {exc}",
                 hint="set the repo's modelscope_repo destination to OWNER/NAME",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
         if "/" not in target:
             raise NeedsPerson(
                 f"the ModelScope repo {target!r} has no owner",
                 hint="set the repo's modelscope_repo destination to OWNER/NAME (your ModelScope user "
                 "or organisation)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         return target
 
@@ -178,7 +281,7 @@ class LfsPushHop(Hop):
                 f"no ModelScope access token ({self.section.token.describe()})",
                 hint="set MODELSCOPE_TOKEN (or [modelscope] token_env, token_file or token_credential) to "
                 "an access token with write access, then `relayctl retry`",
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
         return token
 
@@ -204,7 +307,7 @@ class LfsPushHop(Hop):
             raise NeedsPerson(
                 f"the file is not where lfs_push can read it ({where})",
                 hint="`relayctl retry` the earlier hops of the route, so that the file is there again",
-                error_class="missing",
+                error_class=ErrorClass.MISSING,
             )
         params = self._common(job, executor)
         secrets = {"token": self._token(), "proxy": self.section.proxy}
@@ -252,7 +355,7 @@ class LfsPushHop(Hop):
                 cancel=self.ctx.cancel,
             )
         except Retryable as exc:
-            if exc.error_class == MISMATCH:
+            if exc.error_class is ErrorClass.MISMATCH:
                 raise measured_wrong(exc, [oid]) from exc
             raise
         answer = result["objects"][0]
@@ -275,7 +378,9 @@ class LfsPushHop(Hop):
         if handles.get("oid") and handles.get("size") == file.size:
             return Outcome(handles=handles, sha256=str(handles["oid"]))
         job.reset_pieces()
-        raise Retryable("no upload of this file is recorded; uploading it again", error_class="integrity")
+        raise Retryable(
+            "no upload of this file is recorded; uploading it again", error_class=ErrorClass.INTEGRITY
+        )
 
     # -- per snapshot -----------------------------------------------------------------------------
 
@@ -283,7 +388,8 @@ class LfsPushHop(Hop):
         executor = self._executor_for(job)
         remote = self.remote(job)
         files: list[dict[str, Any]] = []
-        for file, locations in job.snapshot_files:
+        for member in job.snapshot_files:
+            file, locations = member.file, member.locations
             pushed = locations.get(self.name, {})
             entry: dict[str, Any] = {
                 "path": file.path,
@@ -293,7 +399,9 @@ class LfsPushHop(Hop):
             if wants_lfs(file.path, file.size, file.lfs):
                 oid = pushed.get("oid") or file.sha256
                 if not oid:
-                    raise Retryable(f"{file.path} has no recorded LFS object yet", error_class="integrity")
+                    raise Retryable(
+                        f"{file.path} has no recorded LFS object yet", error_class=ErrorClass.INTEGRITY
+                    )
                 entry.update(lfs=True, oid=oid)
             else:
                 entry.update(lfs=False, blob=pushed.get("blob") or file.git_blob_id)
@@ -330,7 +438,7 @@ class LfsPushHop(Hop):
                 cancel=self.ctx.cancel,
             )
         except Retryable as exc:
-            if exc.error_class == MISMATCH:
+            if exc.error_class is ErrorClass.MISMATCH:
                 raise measured_wrong(exc, [str(f["oid"]) for f in files if f.get("lfs")]) from exc
             raise
         commit = str(result["commit"])
@@ -365,30 +473,45 @@ class LfsPushHop(Hop):
 
     # -- operations -------------------------------------------------------------------------------
 
-    def checks(self) -> list[Check]:
-        token = self.section.token
-        checks = [
-            Check(
-                "modelscope token",
-                bool(token.configured),
-                token.describe(),
-                "" if token.configured else "set MODELSCOPE_TOKEN or [modelscope] token_file",
+    @classmethod
+    def checks(cls, section: ModelScopeConfig, scope: CheckScope) -> Sequence[Check]:
+        """Return the token's check; git and git-lfs on this machine when a route pushes from staging;
+        one check per destination repo (the agent's ``lfs_check`` where the route pushes from: the
+        remote exists and accepts the token on the git and LFS legs); while no repo pushes, whether the
+        remote's host answers this machine."""
+        checks = [Check(GROUP, "modelscope token", lambda: [_token_finding(section)])]
+        if any(not pushes_from_vm(route) for route in scope.routes):
+            checks.append(_local_git_check(scope))
+        seen: set[tuple[str, bool]] = set()
+        for repo in scope.repos:
+            on_vm = pushes_from_vm(repo.route)
+            target = str(repo.destinations.get("modelscope_repo") or repo.name)
+            name = f"modelscope {target}"
+            try:
+                target = _checked_destination(target)
+            except UsageError as exc:
+                hint = "set the repo's modelscope_repo destination to OWNER/NAME"
+                checks.append(_found(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
+                continue
+            owner, repo_name = target.split("/", 1)
+            remote = section.remote.format(owner=owner, name=repo_name)
+            if (remote, on_vm) in seen:
+                continue
+            seen.add((remote, on_vm))
+            git_lfs = (
+                {"vm git-lfs": "git-lfs on the VM"} if on_vm else {"local git-lfs": "git-lfs on this machine"}
             )
-        ]
-        try:
-            resolved = token.resolve()
-        except ConfigError as exc:
-            return [*checks, Check("modelscope token readable", False, str(exc), "fix [modelscope] token")]
-        if token.configured and not resolved:
             checks.append(
-                Check("modelscope token readable", False, "the source is empty", "put the token there")
+                Check(
+                    GROUP,
+                    name,
+                    _destination_check(section, scope, on_vm, remote, name),
+                    f"check [modelscope] remote ({public_url(remote)}) and the network path to it",
+                    needs={"modelscope token": "the ModelScope token", **git_lfs},
+                )
             )
-        try:
-            facts = self._vm().check(need=("git", "git_lfs"))
-        except HopError as exc:
-            checks.append(Check("lfs_push on the VM", False, str(exc), getattr(exc, "hint", "")))
-        else:
-            checks.append(Check("lfs_push on the VM", True, f"{facts.git}, {facts.git_lfs}"))
+        if not scope.repos:
+            checks.append(_endpoint_check(section, scope))
         return checks
 
     def close(self) -> None:

@@ -15,11 +15,24 @@ from pathlib import Path
 
 from relayd.config import LocalCopyConfig
 from relayd.digest import hash_file, sha256_of_range
-from relayd.errors import IntegrityMismatch, NeedsPerson, Retryable
-from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.errors import ErrorClass, IntegrityMismatch, NeedsPerson, Retryable
+from relayd.hops.base import (
+    FAIL,
+    OK,
+    Check,
+    CheckScope,
+    Finding,
+    Hop,
+    HopContext,
+    Job,
+    Outcome,
+    PieceSpec,
+    plan_ranges,
+)
 from relayd.staging import fsync_dir
 
 CHUNK = 4 * 1024 * 1024
+GROUP = "local_copy"  # doctor's group of its checks
 PARTIAL_SUFFIX = ".relayd-partial"
 
 
@@ -34,6 +47,8 @@ class LocalCopyHop(Hop):
     """Copy ``<source>/<repo>/<path>`` (or the staged copy) to ``<dest>/<repo>/<path>``."""
 
     name = "local_copy"
+    config_section = "local_copy"
+    short_name = "copy"
     source = "local"
     consumes = frozenset({"staging"})  # after download; first in a route, it reads local_copy.source
     produces = "local_copy.dest"
@@ -58,6 +73,41 @@ class LocalCopyHop(Hop):
     def plan(self, job: Job) -> Sequence[PieceSpec]:
         return plan_ranges(job.file_or_fail.size, self.section.piece_size)
 
+    @classmethod
+    def checks(cls, section: LocalCopyConfig, scope: CheckScope) -> Sequence[Check]:
+        """Return whether the source folder can be read and the destination written."""
+
+        def source() -> list[Finding]:
+            if section.source.is_dir() and os.access(section.source, os.R_OK | os.X_OK):
+                return [Finding(GROUP, "local_copy source", OK, str(section.source))]
+            return [
+                Finding(
+                    GROUP,
+                    "local_copy source",
+                    FAIL,
+                    f"{section.source} is not a readable directory",
+                    "create it or fix local_copy.source",
+                )
+            ]
+
+        def dest() -> list[Finding]:
+            existing = section.dest
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            if os.access(existing, os.W_OK | os.X_OK):
+                return [Finding(GROUP, "local_copy dest", OK, str(section.dest))]
+            return [
+                Finding(
+                    GROUP,
+                    "local_copy dest",
+                    FAIL,
+                    f"{section.dest} cannot be written ({existing} is not writable)",
+                    "fix local_copy.dest or its permissions",
+                )
+            ]
+
+        return [Check(GROUP, "local_copy source", source), Check(GROUP, "local_copy dest", dest)]
+
     def move(self, job: Job, missing: Sequence[PieceSpec]) -> None:
         source = self._source(job)
         partial = self._partial(job)
@@ -66,7 +116,7 @@ class LocalCopyHop(Hop):
             raise NeedsPerson(
                 f"the source file {source} is missing",
                 hint="restore it, then `relayctl retry`",
-                error_class="not_found",
+                error_class=ErrorClass.NOT_FOUND,
             )
         if len(missing) == len(job.pieces):
             partial.unlink(missing_ok=True)  # nothing recorded: whatever is there is not trusted
@@ -91,7 +141,7 @@ class LocalCopyHop(Hop):
             data = os.pread(source_fd, min(CHUNK, end - position), position)
             if not data:
                 raise Retryable(
-                    f"the source ended at {position} bytes, expected {end}", error_class="changed"
+                    f"the source ended at {position} bytes, expected {end}", error_class=ErrorClass.CHANGED
                 )
             written = os.pwrite(target_fd, data, position)
             position += written
@@ -109,7 +159,7 @@ class LocalCopyHop(Hop):
             partial = target  # verified and renamed before a crash; check it again
         if not partial.exists():
             job.reset_pieces()
-            raise Retryable(f"{partial} vanished; copying it again", error_class="integrity")
+            raise Retryable(f"{partial} vanished; copying it again", error_class=ErrorClass.INTEGRITY)
         digest = hash_file(partial)
         if partial.stat().st_size != file.size or digest.sha256 != file.sha256:
             bad = self._bad_pieces(job, partial)

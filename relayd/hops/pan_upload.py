@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 
 from relayd.config import DriveConfig
 from relayd.drive import (
-    LOGIN_HINT,
     ContentMismatch,
     Drive,
     DriveFile,
@@ -34,8 +33,16 @@ from relayd.drive import (
     make_drive,
 )
 from relayd.drive.hashing import content_hash
-from relayd.errors import ConfigError, IntegrityMismatch, NeedsPerson, Permanent, RelayError, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.errors import (
+    ConfigError,
+    ErrorClass,
+    IntegrityMismatch,
+    NeedsPerson,
+    Permanent,
+    RelayError,
+    Retryable,
+)
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,12 @@ class PanUploadHop(Hop):
     """Upload each staged file to the drive (rapid upload when the drive knows the content)."""
 
     name = "pan_upload"
+    config_section = "drive"
+    short_name = "up"
     reads_staging = True
     consumes = frozenset({"staging"})
     produces = "drive"
+    services = ("drive",)
     section: DriveConfig
 
     def __init__(self, section: DriveConfig, ctx: HopContext) -> None:
@@ -116,7 +126,7 @@ class PanUploadHop(Hop):
             raise NeedsPerson(
                 f"{file.path} has no staged copy to upload",
                 hint="pan_upload reads what the download hop staged; put download before it in the route",
-                error_class="staging",
+                error_class=ErrorClass.STAGING,
             )
         path = self.ctx.staging.resolve(file.staged_path)
         try:
@@ -125,13 +135,13 @@ class PanUploadHop(Hop):
             raise NeedsPerson(
                 f"the staged copy {path} is gone",
                 hint="check the staging disk; the file must be downloaded again",
-                error_class="staging",
+                error_class=ErrorClass.STAGING,
             ) from None
         if size != file.size:
             raise NeedsPerson(
                 f"the staged copy {path} has {size} bytes, expected {file.size}",
                 hint="check the staging disk; the file must be downloaded again",
-                error_class="integrity",
+                error_class=ErrorClass.INTEGRITY,
             )
         return path
 
@@ -187,7 +197,7 @@ class PanUploadHop(Hop):
                 self._bad_copy(job, drive, exc.file, local, str(exc))
             self._adopt(job, result.file, folder, name, rapid=result.rapid)
             return
-        raise Retryable(f"{folder}/{name} keeps being taken by another file", error_class="conflict")
+        raise Retryable(f"{folder}/{name} keeps being taken by another file", error_class=ErrorClass.CONFLICT)
 
     def verify(self, job: Job) -> Outcome:
         file = job.file_or_fail
@@ -196,12 +206,16 @@ class PanUploadHop(Hop):
         sha1 = str(file.sha1 or job.handles.get("sha1") or "")
         if not file_id or not sha1:
             self._forget(job)
-            raise Retryable("no verified drive copy is recorded; uploading again", error_class="integrity")
+            raise Retryable(
+                "no verified drive copy is recorded; uploading again", error_class=ErrorClass.INTEGRITY
+            )
         try:
             remote = drive.verify(str(file_id), file.size, sha1)
         except UploadGone:
             self._forget(job)
-            raise Retryable("the drive copy vanished; uploading again", error_class="integrity") from None
+            raise Retryable(
+                "the drive copy vanished; uploading again", error_class=ErrorClass.INTEGRITY
+            ) from None
         except ContentMismatch as exc:
             path = self._staged(job)
             self._bad_copy(job, drive, exc.file, LocalFile(path, file.size, sha1), str(exc))
@@ -296,7 +310,7 @@ class PanUploadHop(Hop):
                 detail,
                 hint="move or delete that file on the drive (or set drive.on_conflict to 'replace' or "
                 "'keep_both'), then `relayctl retry`",
-                error_class="conflict",
+                error_class=ErrorClass.CONFLICT,
             )
         if policy == "replace":
             job.log.warning("%s; moving it to the drive's recycle bin (drive.on_conflict = replace)", detail)
@@ -322,7 +336,7 @@ class PanUploadHop(Hop):
                 f"the staged copy {local.path} no longer matches its recorded sha1 "
                 f"({actual.lower()}, expected {local.sha1.lower()})",
                 hint="check the staging disk; the file must be downloaded again",
-                error_class="integrity",
+                error_class=ErrorClass.INTEGRITY,
             )
         size = f"{remote.size} bytes, expected {local.size}; " if remote.size != local.size else ""
         raise IntegrityMismatch(
@@ -334,21 +348,6 @@ class PanUploadHop(Hop):
             hint="the uploads arrive damaged at the drive (the staged copy is intact): check the network "
             "path to the drive (a proxy or middlebox that alters bodies), then `relayctl retry`",
         )
-
-    def checks(self) -> list[Check]:
-        try:
-            lifetime = self.drive().token_lifetime()
-        except (RelayError, ImportError) as exc:
-            return [Check("drive login", False, str(exc), LOGIN_HINT)]
-        remaining = lifetime.remaining()
-        if lifetime.state in ("missing", "refused"):
-            return [Check("drive login", False, f"the drive login is {lifetime.state}", LOGIN_HINT)]
-        detail = (
-            f"access token valid for {remaining / 60:.0f} more minutes"
-            if remaining is not None and remaining > 0
-            else "access token expired; it is refreshed on the next call"
-        )
-        return [Check("drive login", True, detail)]
 
     def close(self) -> None:
         if self._own_drive is not None:

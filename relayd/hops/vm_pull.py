@@ -41,8 +41,16 @@ from typing import Any, NoReturn
 
 from relayd.config import VmConfig
 from relayd.digest import sha256_of_range
-from relayd.errors import ConfigError, HopError, IntegrityMismatch, NeedsPerson, Permanent, Retryable
-from relayd.hops.base import Check, Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
+from relayd.errors import (
+    ConfigError,
+    ErrorClass,
+    HopError,
+    IntegrityMismatch,
+    NeedsPerson,
+    Permanent,
+    Retryable,
+)
+from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.units import format_size
 from relayd.vm.executor import Executor, make_executor
 
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Reconnections to the VM within one attempt, counted since the last piece that landed.
 RECONNECTS = 5
+#: The failures of a call that reconnecting to the VM may cure.
+RECONNECT_AFTER = frozenset({ErrorClass.NETWORK, ErrorClass.STALL, ErrorClass.TIMEOUT, ErrorClass.AGENT})
 #: Fresh links the drive may refuse in a row (no piece landing in between) before a person looks.
 REFUSED_LINKS = 3
 #: How long a good readiness check of the VM (python3, git, git-lfs) is trusted.
@@ -85,8 +95,11 @@ class VmPullHop(Hop):
     """Drive → VM disk, through the VM agent; see the module doc."""
 
     name = "vm_pull"
+    config_section = "vm"
+    short_name = "vm"
     consumes = frozenset({"drive"})  # vm_from_staging is a shortcut only: the drive's copy is the way
     produces = "vm"
+    services = ("drive", "vm")
     section: VmConfig
 
     def __init__(self, section: VmConfig, ctx: HopContext) -> None:
@@ -125,7 +138,7 @@ class VmPullHop(Hop):
             raise NeedsPerson(
                 "vm_pull needs the drive, and this relayd has no drive client",
                 hint="configure [drive] (vm_pull reads the files pan_upload put there)",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             ) from exc
         except ConfigError as exc:
             raise NeedsPerson(f"the drive cannot be used: {exc}", hint="fix [drive] in the config") from exc
@@ -290,13 +303,13 @@ class VmPullHop(Hop):
             raise NeedsPerson(
                 "no drive copy of this file is recorded (pan_upload left no file_id)",
                 hint="put pan_upload before vm_pull in the repo's route, then `relayctl retry`",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         drive = self._drive()
         if job.locations.get("pan_upload", {}).get("reused") and drive.get(str(file_id)) is None:
             reason = f"the drive copy {file_id} this file reused is gone (the drive answers not found)"
             job.fetch_again(reason)
-            raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class="reuse")
+            raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class=ErrorClass.REUSE)
         params = self._base_params(job, missing)
         params["stall_timeout"] = 60
         landed: list[int] = []
@@ -321,7 +334,7 @@ class VmPullHop(Hop):
                 raise NeedsPerson(
                     f"the drive's copy is {link.size} bytes, expected {file.size}",
                     hint="the drive holds another file under this id: `relayctl retry` the pan_upload",
-                    error_class="integrity",
+                    error_class=ErrorClass.INTEGRITY,
                 )
             headers = choices[0]
             params["headers"] = headers
@@ -339,21 +352,21 @@ class VmPullHop(Hop):
                 )
             except Retryable as exc:
                 progressed = len(landed) > before
-                if accepted or exc.error_class == "rate_limit":
+                if accepted or exc.error_class is ErrorClass.RATE_LIMIT:
                     self._note_cap(min(accepted, default=1))
                 if progressed:
                     params["fresh"] = False
                     reconnects = refused = 0
                     self._good_headers = headers
                 params["missing"] = sorted(p.index for p in job.pieces if not p.done)
-                if exc.error_class == "rate_limit":
+                if exc.error_class is ErrorClass.RATE_LIMIT:
                     raise Retryable(
                         f"{CAP_REASON}: another client of this account may be downloading; waiting, "
                         f"then going on with {self._connections()} connection(s) ({exc})",
-                        error_class="rate_limit",
+                        error_class=ErrorClass.RATE_LIMIT,
                         retry_after=CAP_WAIT,
                     ) from exc
-                if exc.error_class == "download_refused":
+                if exc.error_class is ErrorClass.DOWNLOAD_REFUSED:
                     choices.pop(0)
                     if not choices:
                         raise NeedsPerson(
@@ -363,11 +376,11 @@ class VmPullHop(Hop):
                                 "or https://www.alipan.com/; relayd tried both), the drive login and the "
                                 "account in the Aliyun Drive app, then `relayctl retry`"
                             ),
-                            error_class="download_refused",
+                            error_class=ErrorClass.DOWNLOAD_REFUSED,
                         ) from exc
                     job.log.info("the drive refused the download as sent; trying %s", choices[0])
                     continue
-                if exc.error_class == "url_expired":
+                if exc.error_class is ErrorClass.URL_EXPIRED:
                     self._forget_link(str(file_id))
                     link = None
                     refused = 0 if progressed else refused + 1
@@ -375,11 +388,11 @@ class VmPullHop(Hop):
                         raise NeedsPerson(
                             f"the drive refuses fresh download links: {exc}",
                             hint="check the clocks (the drive's links expire) and the drive login",
-                            error_class="auth",
+                            error_class=ErrorClass.AUTH,
                         ) from exc
                     job.log.info("the download link expired; asking the drive for a new one")
                     continue
-                if exc.error_class == "partial_lost":
+                if exc.error_class is ErrorClass.PARTIAL_LOST:
                     lost += 1
                     if lost > 1:
                         raise
@@ -388,7 +401,7 @@ class VmPullHop(Hop):
                     params["missing"] = [p.index for p in job.pieces]
                     params["fresh"] = True
                     continue
-                if exc.error_class in ("network", "stall", "timeout", "agent") and reconnects < RECONNECTS:
+                if exc.error_class in RECONNECT_AFTER and reconnects < RECONNECTS:
                     reconnects += 1
                     delay = min(2.0**reconnects, 20.0)
                     job.log.warning(
@@ -425,9 +438,9 @@ class VmPullHop(Hop):
             try:
                 result = executor.call("pull_finish", params, cancel=self.ctx.cancel)
             except Retryable as exc:
-                if exc.error_class == "partial_lost":
+                if exc.error_class is ErrorClass.PARTIAL_LOST:
                     job.reset_pieces()
-                    raise Retryable(f"{exc}; fetching it again", error_class="integrity") from exc
+                    raise Retryable(f"{exc}; fetching it again", error_class=ErrorClass.INTEGRITY) from exc
                 raise
         if result.get("sha256") != file.sha256 or not result.get("renamed"):
             self._mismatch(job, executor, result)
@@ -479,20 +492,6 @@ class VmPullHop(Hop):
             for p in job.pieces
             if remote.get(str(p.index)) != sha256_of_range(source, p.offset, p.length)
         ]
-
-    # -- operations -------------------------------------------------------------------------------
-
-    def checks(self) -> list[Check]:
-        executor = self._executor()
-        try:
-            facts = executor.check(need=("git", "git_lfs"))
-        except HopError as exc:
-            return [Check("vm", False, f"{executor.describe()}: {exc}", getattr(exc, "hint", ""))]
-        detail = (
-            f"{executor.describe()}: python {facts.python}, {facts.git}, {facts.git_lfs}; "
-            f"{format_size(facts.free)} free under {facts.root}"
-        )
-        return [Check("vm", True, detail)]
 
     def close(self) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ Use::
     executor.close()                               # ends idle sessions, kills running calls
 
 ``call`` raises relayd.errors: the agent's error kinds map to Retryable / NeedsPerson / Permanent /
-Cancelled; a dropped connection is Retryable(error_class="network"); an SSH host-key or login
+Cancelled; a dropped connection is Retryable(error_class=ErrorClass.NETWORK); an SSH host-key or login
 failure is NeedsPerson with a hint. Calls may run from several threads at once (a session each).
 """
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -43,6 +44,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from relayd.config import VmConfig, credential_path
-from relayd.errors import Cancelled, ConfigError, HopError, NeedsPerson, Permanent, Retryable
+from relayd.errors import Cancelled, ConfigError, ErrorClass, HopError, NeedsPerson, Permanent, Retryable
 from relayd.vm.agent.proxy import PROXY_VARIABLES
 
 log = logging.getLogger(__name__)
@@ -320,7 +322,7 @@ class Executor(abc.ABC):
         return NeedsPerson(
             f"{program} was not found on this machine",
             hint=f"install it (or set vm.python / vm.path), then `relayctl retry`: {program}",
-            error_class="setup",
+            error_class=ErrorClass.SETUP,
         )
 
     # -- facts ------------------------------------------------------------------------------------
@@ -348,20 +350,20 @@ class Executor(abc.ABC):
             raise NeedsPerson(
                 f"the VM's python is {facts.python or 'unknown'}; relayd's agent needs python ≥ 3.8",
                 hint=f"install python3 ≥ 3.8 on {self.describe()} (apt-get install python3) or set vm.python",
-                error_class="setup",
+                error_class=ErrorClass.SETUP,
             )
         wanted = set(need)
         if "git" in wanted and not facts.git:
             raise NeedsPerson(
                 f"git is not installed on {self.describe()}",
                 hint="install git on the VM (apt-get install git), then `relayctl retry`",
-                error_class="setup",
+                error_class=ErrorClass.SETUP,
             )
         if "git_lfs" in wanted and not facts.git_lfs:
             raise NeedsPerson(
                 f"git-lfs is not installed on {self.describe()}",
                 hint="install git-lfs on the VM (apt-get install git-lfs), then `relayctl retry`",
-                error_class="setup",
+                error_class=ErrorClass.SETUP,
             )
         return facts
 
@@ -550,7 +552,7 @@ class _Call:
                 f"the VM agent ({self.op}) sent a line longer than {MAX_LINE // (1024 * 1024)} MiB, which "
                 "no relayd agent does; relayd ended that session (is something on the VM printing to the "
                 "agent's output?)",
-                error_class="protocol",
+                error_class=ErrorClass.PROTOCOL,
             ) from None
         finally:
             self._done.set()
@@ -564,7 +566,11 @@ class _Call:
         error = event.get("error") or {}
         kind = str(error.get("kind") or "retryable")
         message = str(error.get("message") or "the agent failed without a message")
-        error_class = str(error.get("class") or "error")
+        error_class = ErrorClass.parse(error.get("class"))
+        if error_class is ErrorClass.ERROR and error.get("class") not in (None, "", ErrorClass.ERROR):
+            log.warning(
+                "the VM agent (%s) named an unknown error class; recorded as %s", self.op, error_class
+            )
         hint = str(error.get("hint") or "")
         if kind == "cancelled":
             raise Cancelled(message)
@@ -594,7 +600,7 @@ class _Call:
         if self.killed_for == "cancel":
             return Cancelled("the daemon is stopping; the VM agent was stopped")
         if self.killed_for == "timeout":
-            return Retryable(f"the VM agent ({self.op}) timed out", error_class="timeout")
+            return Retryable(f"the VM agent ({self.op}) timed out", error_class=ErrorClass.TIMEOUT)
         if self.reused and not self.answered:
             return _StaleSession()
         stderr = "\n".join(self.session.stderr_tail)
@@ -602,7 +608,7 @@ class _Call:
             return start_failure(process.returncode, stderr)
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {process.returncode}"
         return Retryable(
-            f"the connection to the VM agent ({self.op}) was lost: {last}", error_class="network"
+            f"the connection to the VM agent ({self.op}) was lost: {last}", error_class=ErrorClass.NETWORK
         )
 
     def _watch(self) -> None:
@@ -662,13 +668,13 @@ class LocalExecutor(Executor):
 
     def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
-        return Retryable(f"the VM agent did not start: {last}", error_class="agent")
+        return Retryable(f"the VM agent did not start: {last}", error_class=ErrorClass.AGENT)
 
     def _missing_program(self, program: str) -> HopError:
         return NeedsPerson(
             f"python ({program}) was not found on this machine (the local VM)",
             hint="install python3 ≥ 3.8 (apt-get install python3) or set vm.python to its path",
-            error_class="setup",
+            error_class=ErrorClass.SETUP,
         )
 
 
@@ -765,7 +771,7 @@ class SshExecutor(Executor):
             f"the credential {name!r} (vm.{key}) {problem}",
             hint=f"put the file in the directory LoadCredential= reads it from (relayd.service) and name it "
             f"{name!r}, then `systemctl restart relayd`",
-            error_class="config",
+            error_class=ErrorClass.CONFIG,
         )
 
     def _control_path(self) -> str | None:
@@ -835,7 +841,7 @@ class SshExecutor(Executor):
         return NeedsPerson(
             "the OpenSSH client (ssh) is not installed on this machine",
             hint="install it (apt-get install openssh-client), then `relayctl retry`",
-            error_class="setup",
+            error_class=ErrorClass.SETUP,
         )
 
     def _start_failure(self, returncode: int | None, stderr: str) -> HopError:
@@ -851,31 +857,33 @@ class SshExecutor(Executor):
                     f"(e.g. ssh-keyscan -p {self.config.port} {self.config.host} and compare), "
                     "or set vm.known_hosts_file"
                 ),
-                error_class="host_key",
+                error_class=ErrorClass.HOST_KEY,
             )
         if any(marker in text for marker in _AUTH_ERRORS):
             return NeedsPerson(
                 f"ssh could not log in to {where}: {last}",
                 hint="check vm.user and vm.identity_file (or the ssh agent), and the VM's authorized_keys",
-                error_class="auth",
+                error_class=ErrorClass.AUTH,
             )
         if any(marker in text for marker in _CONFIG_ERRORS):
             return NeedsPerson(
                 f"ssh rejected its configuration: {last}",
                 hint="fix vm.ssh_config_file / vm.ssh_options",
-                error_class="config",
+                error_class=ErrorClass.CONFIG,
             )
         if "Could not resolve hostname" in text and "Temporary failure" not in text:
             return NeedsPerson(
-                f"ssh cannot resolve {self.config.host}: {last}", hint="check vm.host", error_class="config"
+                f"ssh cannot resolve {self.config.host}: {last}",
+                hint="check vm.host",
+                error_class=ErrorClass.CONFIG,
             )
         if returncode == 127 or (returncode != 255 and _MISSING_PYTHON.search(text)):
             return NeedsPerson(
                 f"{self.config.python} is not available on {where}: {last}",
                 hint="install python3 ≥ 3.8 on the VM (apt-get install python3), or set vm.python / vm.path",
-                error_class="setup",
+                error_class=ErrorClass.SETUP,
             )
-        return Retryable(f"cannot reach the VM {where} over ssh: {last}", error_class="network")
+        return Retryable(f"cannot reach the VM {where} over ssh: {last}", error_class=ErrorClass.NETWORK)
 
 
 def _private_directory_problem(directory: Path) -> str | None:
@@ -895,6 +903,12 @@ def _private_directory_problem(directory: Path) -> str | None:
     if stat.S_IMODE(facts.st_mode) != 0o700:
         return f"its mode is {stat.S_IMODE(facts.st_mode):o}, not 700"
     return None
+
+
+def local_executor(config: VmConfig) -> LocalExecutor:
+    """Return an executor on this machine with *config*'s settings otherwise, for work on the files
+    staged here: this process's python and PATH."""
+    return LocalExecutor(dataclasses.replace(config, executor="local", python=sys.executable, path=""))
 
 
 def make_executor(config: VmConfig, *, state_dir: Path | None = None) -> Executor:

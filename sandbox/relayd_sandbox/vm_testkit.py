@@ -25,7 +25,7 @@ from sqlalchemy import select
 from relayd.catalogue.schema import File
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
 from relayd.config import VmConfig
-from relayd.errors import NeedsPerson, Retryable
+from relayd.errors import ErrorClass, NeedsPerson, Retryable
 from relayd_sandbox.drive_hashes import proof_code
 from relayd_sandbox.processes import processes_with_cmdline
 
@@ -74,7 +74,7 @@ class FakeDriveLinks:
         if answer.status_code == 401:
             raise NeedsPerson("the drive refused the access token", hint="log in to the drive again")
         if answer.status_code != 200:
-            raise Retryable(f"get_download_url answered {answer.status_code}", error_class="server")
+            raise Retryable(f"get_download_url answered {answer.status_code}", error_class=ErrorClass.SERVER)
         data = answer.json()
         with self._lock:
             self.minted += 1

@@ -18,7 +18,6 @@ from sqlalchemy import select
 import relayd.hops
 from relayd.catalogue.schema import BLOCKED, PENDING, WAITING, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, utcnow
-from relayd.config import DEFAULT_ROUTE
 from relayd.errors import UsageError
 from relayd.hops.base import Hop
 from relayd.names import validate_repo_id
@@ -132,11 +131,11 @@ def test_the_default_route_must_be_installed(relayctl: Relayctl, monkeypatch: py
     assert result.exit_code == 2
     assert "default route names hops that are not installed: pan_upload, vm_pull, lfs_push" in result.stderr
     assert not relayctl.db.exists()
-    monkeypatch.setattr(relayd.hops, "hop_names", lambda: sorted(DEFAULT_ROUTE))
+    monkeypatch.setattr(relayd.hops, "hop_names", lambda: sorted(relayd.hops.DEFAULT_ROUTE))
     assert relayctl("add", "org/name").exit_code == 0
     repo = relayctl.store.repo("org/name")
     assert repo is not None
-    assert tuple(repo.route) == DEFAULT_ROUTE
+    assert tuple(repo.route) == relayd.hops.DEFAULT_ROUTE
 
 
 def test_add_stores_the_settings_and_list_shows_them(relayctl: Relayctl) -> None:

@@ -522,3 +522,23 @@ def test_an_unreachable_vm_skips_what_runs_there(doctor: Doctor) -> None:
     for name in ("vm python3", "vm git", "vm git-lfs", "vm disk", f"modelscope {REPO}"):
         assert check(document, name)["status"] == "skip", name
         assert check(document, name)["detail"] == "skipped: the VM failed", name
+
+
+def test_a_route_that_pushes_from_staging_checks_git_on_this_machine(doctor: Doctor) -> None:
+    """Without vm_pull, lfs_push pushes the staged copies from this machine: doctor checks git and git-lfs
+    here and the destination through a local agent, and neither the VM nor the drive."""
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.add_repo(RepoSpec(name=REPO, every=3600, route=("download", "lfs_push")), replace=True)
+    try:
+        document = doctor.json(code=0)
+    finally:
+        store.add_repo(
+            RepoSpec(name=REPO, every=3600, route=("download", "pan_upload", "vm_pull", "lfs_push")),
+            replace=True,
+        )
+        store.close()
+    assert document["hops"] == ["download", "lfs_push"]
+    for name in ("local git", "local git-lfs"):
+        assert check(document, name)["status"] == "ok", name
+    assert "accepts the token" in check(document, f"modelscope {REPO}")["detail"]
+    assert not {item["group"] for item in document["checks"]} & {"vm", "drive"}

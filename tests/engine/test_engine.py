@@ -18,8 +18,10 @@ from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Piece, Snapshot, Transfer
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
 from relayd.config import LocalCopyConfig, RetryConfig, StagingConfig
+from relayd.daemon import hop_rules
 from relayd.engine import Engine, EngineSettings, backoff_delay
 from relayd.errors import IntegrityMismatch, NeedsPerson, Permanent, Retryable
+from relayd.hops import loadable
 from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_ranges
 from relayd.hops.local_copy import LocalCopyHop
 from relayd.staging import Staging
@@ -52,10 +54,7 @@ class World:
     ) -> Engine:
         ctx = self.ctx(owner)
         built = hops(ctx)
-        self.store.rules = HopRules(
-            reads_staging=frozenset(n for n, h in built.items() if h.reads_staging),
-            finishes_snapshot=frozenset(n for n, h in built.items() if h.finishes_snapshot),
-        )
+        self.store.rules = hop_rules(built)
         settings = EngineSettings(
             workers=workers,
             lease=lease,
@@ -369,6 +368,7 @@ class StagingHop(ScriptedHop):
     """A first hop that puts the content into staging, like the download hop does."""
 
     name = "download"
+    writes_staging = True
 
     def verify(self, job: Job) -> Outcome:
         file = job.file_or_fail
@@ -583,6 +583,12 @@ def test_content_relayed_before_reuses_its_verified_drive_copy(
     sha256 = hashlib.sha256(data).hexdigest()
     spec = FileSpec("w.bin", len(data), True, sha256)
     full = ("download", "pan_upload", "vm_pull", "lfs_push")
+    declared = loadable(full)  # what those hops declare
+    world.store.rules = HopRules(
+        writes_staging=frozenset(name for name, hop in declared.items() if hop.writes_staging),
+        produces={name: hop.produces for name, hop in declared.items() if hop.produces},
+        consumes={name: hop.consumes for name, hop in declared.items()},
+    )
     first, _ = world.store.add_repo(RepoSpec(name="acme/first", every=3600, route=full))
     world.store.record_snapshot(first.id, "1" * 40, [spec])
     for hop, handles in (

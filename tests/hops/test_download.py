@@ -508,14 +508,23 @@ def test_a_transfer_running_when_the_head_moves_fetches_its_own_commit(relay: Hu
     ],
 )
 def test_doctor_checks_the_token(relay: HubRelay, token: str | None, ok: bool, detail: str) -> None:
+    """The Hub's checks, which doctor runs for the download hop (it uses the Hub), judge the token."""
+    from relayd.cli.doctor import run_checks
+    from relayd.health import CheckScope
+    from relayd.hops.download import DownloadHop
+    from relayd.hub_checks import hub_checks
+    from relayd.services import Services
+
     relay.write_config(token=token)
-    relay.build()
-    assert relay.engine is not None
+    config = relay.config()
+    assert DownloadHop.services == ("hub",)
+    scope = CheckScope(10.0, Services(), config.daemon.state_dir)
+    checks = [check for check in hub_checks(config.hub, scope) if check.name in ("hub endpoint", "hub token")]
 
-    (check,) = relay.engine.hops["download"].checks()
+    rows = {row.name: row for row in run_checks(checks, 10.0)}
 
-    assert check.ok is ok and detail in check.detail
-    assert "hf_revoked" not in check.detail + check.hint
+    assert (rows["hub token"].status == "ok") is ok and detail in rows["hub token"].detail
+    assert "hf_revoked" not in rows["hub token"].detail + rows["hub token"].hint
 
 
 def test_dataset_files_download(relay: HubRelay, hub: FakeHub) -> None:

@@ -483,6 +483,23 @@ def test_an_agent_line_without_end_fails_the_call_and_the_memory_stays_flat(
     executor.close()
 
 
+def test_an_error_class_the_daemon_does_not_know_becomes_the_generic_one(tmp_path: Path, marker: str) -> None:
+    """The agent names error classes as plain strings: one relayd does not know (an agent of another
+    version) is recorded as "error", the rest of the agent's report kept."""
+    error = '"kind": "blocked", "class": "warp_core_breach", "message": "the VM melted", "hint": "cool it"'
+    answer = '{"event": "result", "ok": false, "reusable": false, "error": {' + error + "}}"
+    python = fake_agent(tmp_path, f"sys.stdout.write({answer!r} + chr(10)); sys.stdout.flush()\n")
+    executor = local_executor(tmp_path, marker, python=str(python))
+    with pytest.raises(NeedsPerson) as caught:
+        executor.call("stat", {"path": "/"}, timeout=60)
+    executor.close()
+    assert (caught.value.error_class, str(caught.value), caught.value.hint) == (
+        "error",
+        "the VM melted",
+        "cool it",
+    )
+
+
 def test_an_agent_flooding_stderr_costs_a_bounded_tail(tmp_path: Path, marker: str) -> None:
     python = fake_agent(
         tmp_path,
