@@ -698,7 +698,7 @@ def _web(reader: SectionReader) -> WebConfig:
     token = reader.secret("token")
     if listen:
         host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit() or int(port) > 65535:
             raise reader.error("listen", "'' (off) or host:port such as '127.0.0.1:9109'", listen)
         if not is_loopback(host) and not token.configured:
             refused = reader.error("listen", "a loopback address (127.0.0.1, ::1 or localhost)", listen)

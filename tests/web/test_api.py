@@ -8,21 +8,9 @@ import json
 from typing import Any
 
 import pytest
-from webbox import TOKEN, WebBox
+from webbox import TOKEN, WebBox, timeless
 
 from relayd.catalogue.queries import DRIVE_COPY_REUSED, RAPID_UPLOAD, SERVER_HAD_IT, STAGED_ALREADY
-
-#: Fields that say when a document was made; they differ between two documents made a moment apart.
-MOMENTS = {"generated_at", "age_seconds", "heartbeat_age_seconds", "failing_seconds", "detail"}
-
-
-def timeless(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {key: timeless(value) for key, value in data.items() if key not in MOMENTS}
-    if isinstance(data, list):
-        return [timeless(item) for item in data]
-    return data
-
 
 # -- the documents ----------------------------------------------------------------------------------
 

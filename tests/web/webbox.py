@@ -19,6 +19,8 @@ from relayd.config import load_config
 from relayd.web.server import WebServer, serve
 from relayd.web.throughput import Throughput
 
+#: Fields that say when a document was made; they differ between two documents made a moment apart.
+MOMENTS = {"generated_at", "age_seconds", "heartbeat_age_seconds", "failing_seconds", "detail"}
 TOKEN = "web-token-" + "x" * 24
 WORKER = "test-worker"
 
@@ -100,3 +102,12 @@ class WebBox:
         self.stop()
         self.session.close()
         self.store.close()
+
+
+def timeless(data: Any) -> Any:
+    """Return a status document without the fields that say when it was made."""
+    if isinstance(data, dict):
+        return {key: timeless(value) for key, value in data.items() if key not in MOMENTS}
+    if isinstance(data, list):
+        return [timeless(item) for item in data]
+    return data
