@@ -47,6 +47,10 @@ function size(bytes) {
   }
 }
 
+function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function rate(bytesPerSecond) {
   return bytesPerSecond ? `${size(bytesPerSecond)}/s` : "-";
 }
@@ -66,6 +70,12 @@ function ago(iso, now) {
   if (!iso) return "";
   const seconds = (now - Date.parse(iso)) / 1000;
   return seconds < 0 ? `in ${duration(-seconds)}` : `${duration(seconds)} ago`;
+}
+
+function clock(ms, seconds) {
+  const options = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+  if (seconds) options.second = "2-digit";
+  return new Date(ms).toLocaleTimeString([], options);
 }
 
 function bar(fraction, done, small) {
@@ -263,12 +273,14 @@ function renderDaemon(summary) {
   pill.className = `pill ${running ? "ok" : "bad"}`;
   pill.textContent = running ? `running (relayd ${daemon.version || "?"})` : `daemon ${daemon.state}`;
   pill.title = daemon.hint ? `${daemon.detail} — ${daemon.hint}` : daemon.detail;
-  const when = new Date(Date.parse(summary.generated_at));
-  document.getElementById("updated").textContent = `updated ${when.toLocaleTimeString()}`;
+  const when = Date.parse(summary.generated_at);
+  document.getElementById("updated").textContent = `updated ${clock(when, true)}`;
 }
 
 // -- throughput and bytes avoided ------------------------------------------------------------------
 
+// The plot starts where the window does, or where relayd started if that is later: a daemon that has
+// run for ten minutes shows those ten minutes across the whole width.
 function renderPlot() {
   const doc = view.throughput;
   const plot = document.getElementById("plot");
@@ -278,34 +290,35 @@ function renderPlot() {
   if (!doc) return;
   const span = doc.windows.find((w) => w.name === view.window);
   const hops = byRoute(Object.keys(span.hops));
+  const step = span.step_seconds * 1000;
+  const total = hops.length ? span.hops[hops[0]].length : 0;
+  const first = Math.min(Math.max(0, Math.floor((Date.parse(doc.since) - Date.parse(span.start)) / step)), Math.max(0, total - 2));
+  const series = Object.fromEntries(hops.map((hop) => [hop, span.hops[hop].slice(first)]));
+  const start = Date.parse(span.start) + first * step, end = Date.parse(span.end);
   const [left, right, top, bottom] = [84, 632, 10, 176];
-  const values = hops.flatMap((hop) => span.hops[hop]);
-  const peak = Math.max(1, ...values);
-  const count = values.length ? span.hops[hops[0]].length : 1;
-  const x = (i) => left + ((right - left) * i) / Math.max(1, count - 1);
+  const peak = Math.max(1, ...hops.flatMap((hop) => series[hop]));
+  const count = Math.max(2, total - first);
+  const x = (i) => left + ((right - left) * i) / (count - 1);
   const y = (v) => bottom - ((bottom - top) * v) / peak;
-  plot.append(svg("line", { class: "axis", x1: left, y1: bottom, x2: right, y2: bottom }));
   for (const fraction of [0, 0.5, 1]) {
     plot.append(svg("line", { class: "axis", x1: left, y1: y(peak * fraction), x2: right, y2: y(peak * fraction) }));
     const label = svg("text", { x: left - 6, y: y(peak * fraction) + 4, "text-anchor": "end" });
     label.textContent = fraction ? rate(peak * fraction) : "0";
     plot.append(label);
-  }
-  const start = Date.parse(span.start), end = Date.parse(span.end);
-  for (const fraction of [0, 0.5, 1]) {
-    const label = svg("text", { x: left + (right - left) * fraction, y: bottom + 16, "text-anchor": ["start", "middle", "end"][fraction * 2] });
-    label.textContent = new Date(start + (end - start) * fraction).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
-    plot.append(label);
+    const when = svg("text", { x: left + (right - left) * fraction, y: bottom + 16, "text-anchor": ["start", "middle", "end"][fraction * 2] });
+    when.textContent = clock(start + (end - start) * fraction, view.window === "hour" && end - start < 600000);
+    plot.append(when);
   }
   for (const hop of hops) {
-    const points = span.hops[hop].map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
+    const points = series[hop].map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
     plot.append(svg("polyline", { points, stroke: hopColour(hop, hops), "data-hop": hop }));
     const swatch = el("span", { class: "swatch" });
     swatch.style.background = hopColour(hop, hops);
-    const latest = span.hops[hop][span.hops[hop].length - 1];
-    legend.append(el("li", {}, swatch, `${hop} ${rate(latest)} · ${size(doc.moved[hop] || 0)} since ${new Date(Date.parse(doc.since)).toLocaleTimeString()}`));
+    legend.append(el("li", {}, swatch, `${hop} ${rate(series[hop][series[hop].length - 1])} · ${size(doc.moved[hop] || 0)} in all`));
   }
-  if (!hops.length) legend.append(el("li", { class: "dim" }, "nothing moved since relayd started"));
+  legend.append(el("li", { class: "dim" }, hops.length
+    ? `moved since relayd started at ${clock(Date.parse(doc.since), true)}`
+    : "nothing moved since relayd started"));
 }
 
 function renderAvoided(doc) {
@@ -314,11 +327,11 @@ function renderAvoided(doc) {
   rows.replaceChildren();
   const files = doc.avoided.reduce((sum, item) => sum + item.files, 0);
   total.textContent = files
-    ? `${size(doc.total_bytes)} not moved (${files} file-hops), as the catalogue records it:`
+    ? `${size(doc.total_bytes)} not moved, in ${count(files, "transfer")} the catalogue holds:`
     : "nothing yet: no rapid upload, no object the server had, nothing staged or on the drive already.";
   for (const item of doc.avoided) {
     rows.append(el("tr", {}, el("td", {}, item.hop), el("td", {}, REASONS[item.reason] || item.reason),
-      el("td", { class: "num" }, `${item.files} files`), el("td", { class: "num" }, size(item.bytes))));
+      el("td", { class: "num" }, count(item.files, "file")), el("td", { class: "num" }, size(item.bytes))));
   }
 }
 
