@@ -196,7 +196,7 @@ class WebApp:
                 result = {"lines": [repos.pause_repo(self.store, str(name), paused=verb == "pause")]}
         finally:
             self.documents.forget()
-        log.info("web: %s %s", verb, name if isinstance(name, str) else "(all repos)")
+        log.info("web: %s %r", verb, name if isinstance(name, str) else "(all repos)")
         return Answer(200, encode({"format": 1, "ok": True, **result}))
 
     def _add(self, name: str, body: dict[str, Any]) -> dict[str, Any]:

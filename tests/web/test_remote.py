@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,12 +52,13 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *, serving: bool = True) -> None:
         log = (self.root / "daemon.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "relayd", "run", "-c", str(self.config)], stdout=log, stderr=log
         )
-        self.wait_for(lambda: self.answers(self.url), "the web server")
+        if serving:
+            self.wait_for(lambda: self.answers(self.url), "the web server")
 
     def answers(self, url: str) -> bool:
         try:
@@ -198,3 +200,29 @@ def test_a_reload_moves_the_server_and_the_plot_keeps_what_moved(daemon: Daemon)
     facts = parsed(daemon.local("status", "--json"))["service"]
     web = next(fact for fact in facts if fact["key"] == "web")
     assert web["value"] == {"state": "serving", "url": f"{daemon.url}/"}
+
+
+def test_a_port_in_use_leaves_the_relay_running_and_says_why(
+    tmp_path: Path, make_config: Callable[..., Path]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        box = Daemon(tmp_path, make_config)
+        box.port = taken.getsockname()[1]
+        box.write_config()
+        try:
+            box.start(serving=False)
+
+            def web_fact() -> dict[str, Any] | None:
+                facts = parsed(box.local("status", "--json"))["service"]
+                return next((fact["value"] for fact in facts if fact["key"] == "web"), None)
+
+            box.wait_for(lambda: web_fact() is not None, "the web fact")
+            fact = web_fact()
+            assert fact is not None and fact["state"] == "failed"
+            assert "Address already in use" in fact["error"]
+            assert parsed(box.local("status", "--json"))["daemon"]["state"] == "running"
+            assert "the status page is off" in (tmp_path / "daemon.log").read_text()
+        finally:
+            box.stop()
