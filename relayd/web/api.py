@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from relayd.catalogue.queries import Reader, bytes_avoided
+from relayd.cli import repos
+from relayd.cli.status import status_document, status_text
 from relayd.config import Config
 from relayd.errors import ConfigError, RelayError, UsageError
 from relayd.web.access import JSON_TYPE, REALM, Access, Refusal
@@ -101,9 +103,7 @@ class WebApp:
         try:
             answer = self._route(request)
         except UsageError as exc:
-            from relayd.cli.repos import UnknownRepo
-
-            answer = error(404 if isinstance(exc, UnknownRepo) else 400, str(exc))
+            answer = error(404 if isinstance(exc, repos.UnknownRepo) else 400, str(exc))
         except (ConfigError, RelayError) as exc:
             answer = error(500, str(exc))
         except Exception:
@@ -146,7 +146,7 @@ class WebApp:
                 return self._status_text(name, query)
             return _document(self.documents.get(("status", name), _status(name)), headers)
         if path == f"{PREFIX}repos":
-            return Answer(200, encode(self._list()))
+            return Answer(200, encode(repos.list_document(self.store)))
         if path == f"{PREFIX}throughput":
             return Answer(200, encode(self.throughput.document()))
         if path == f"{PREFIX}avoided":
@@ -157,24 +157,15 @@ class WebApp:
 
     def _status_text(self, repo: str | None, query: dict[str, list[str]]) -> Answer:
         """The text `relayctl status` prints, for relayctl --url."""
-        from relayd.cli.status import status_text
-
         width_text = (query.get("width") or [""])[0]
         width = max(int(width_text), 30) if width_text.isdigit() else None
         colour = query.get("colour") == ["1"]
         lines = self.documents.run(lambda reader: status_text(reader, repo, width, colour))
         return Answer(200, encode({"format": 1, "lines": lines}))
 
-    def _list(self) -> dict[str, Any]:
-        from relayd.cli.repos import list_document
-
-        return list_document(self.store)
-
     # -- control -------------------------------------------------------------------------------------
 
     def _control(self, verb: str, body: dict[str, Any]) -> Answer:
-        from relayd.cli import repos
-
         name = body.get("repo")
         if verb != "retry" and not isinstance(name, str):
             raise UsageError('give the repo as {"repo": "OWNER/NAME"}')
@@ -200,8 +191,6 @@ class WebApp:
         return Answer(200, encode({"format": 1, "ok": True, **result}))
 
     def _add(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        from relayd.cli import repos
-
         known = {
             "repo",
             "type",
@@ -243,8 +232,6 @@ class WebApp:
 
 
 def _status(repo: str | None) -> Callable[[Reader], Any]:
-    from relayd.cli.status import status_document
-
     return lambda reader: status_document(reader, repo)
 
 

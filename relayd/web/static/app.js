@@ -15,7 +15,8 @@ const REASONS = {
   drive_copy_reused: "a drive copy of the same content reused",
 };
 
-const seen = { etags: {}, docs: {} };
+// What the API last sent (by path), and whether anything new came since the page was last drawn.
+const seen = { etags: {}, docs: {}, fresh: true };
 const view = { window: "hour", open: new Set(), allFiles: new Set(), throughput: null };
 
 // -- helpers ---------------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ async function getJSON(path) {
   if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
   seen.etags[path] = response.headers.get("ETag");
   seen.docs[path] = body;
+  if (path.startsWith("status")) seen.fresh = true; // the plot and avoided bytes are drawn on their own
   return body;
 }
 
@@ -222,7 +224,7 @@ function fileTable(detail, name) {
     body);
   if (files.length === detail.files.length) return table;
   const more = el("button", { type: "button", class: "more" }, `show all ${detail.files.length} files`);
-  more.addEventListener("click", () => { view.allFiles.add(name); refresh(); });
+  more.addEventListener("click", () => { view.allFiles.add(name); seen.fresh = true; refresh(); });
   return el("div", {}, table, more);
 }
 
@@ -249,17 +251,22 @@ function repoBlock(repo, now, detail) {
   details.addEventListener("toggle", () => {
     if (details.open === view.open.has(repo.name)) return;
     if (details.open) view.open.add(repo.name); else view.open.delete(repo.name);
+    seen.fresh = true;
     refresh();
   });
   return details;
 }
 
-async function renderRepos(summary, now) {
+async function openDetails(summary) {
   const details = {};
   await Promise.all([...view.open].map(async (name) => {
     if (!summary.repos.some((repo) => repo.name === name)) { view.open.delete(name); return; }
     details[name] = await getJSON(`status/${encodeURIComponent(name)}`);
   }));
+  return details;
+}
+
+function renderRepos(summary, now, details) {
   document.getElementById("repos-title").textContent = `Repos (${summary.repos.length})`;
   const blocks = summary.repos.map((repo) => repoBlock(repo, now, details[repo.name]));
   if (!blocks.length) blocks.push(el("p", { class: "dim" }, "none yet: add one with `relayctl add OWNER/NAME`"));
@@ -351,10 +358,14 @@ async function refresh() {
   const problem = document.getElementById("problem");
   try {
     const summary = await getJSON("status");
-    const now = Date.parse(summary.generated_at);
-    renderDaemon(summary);
-    renderAttention(summary, now);
-    await renderRepos(summary, now);
+    const details = await openDetails(summary);
+    if (seen.fresh) { // unchanged documents (304) leave the page as it is
+      const now = Date.parse(summary.generated_at);
+      renderDaemon(summary);
+      renderAttention(summary, now);
+      renderRepos(summary, now, details);
+      seen.fresh = false;
+    }
     if (Date.now() - lastPlot >= PLOT_REFRESH_MS) {
       lastPlot = Date.now();
       view.throughput = await getJSON("throughput");
