@@ -5,9 +5,10 @@
   JSON (``Content-Type: application/json``), which a form cannot send and a cross-site script cannot
   send without asking first (a CORS preflight relayd never grants).
 * **Reading** needs the token too, except on a loopback address (``web.read_without_token``, on by
-  default) and only when the ``Host`` header names this machine's loopback: a page elsewhere that
-  points its own name at 127.0.0.1 (DNS rebinding), or a proxy that passes on its public name, gets
-  no anonymous answer.
+  default) and only when the ``Host`` header names this machine's loopback and no proxy header
+  (``X-Forwarded-For`` …) is present: a page elsewhere that points its own name at 127.0.0.1 (DNS
+  rebinding), or a proxy that passes on its public name or says whom it forwards, gets no anonymous
+  answer.
 
 The token is accepted as ``Authorization: Bearer TOKEN`` (relayctl --url, scripts) or as the password
 of HTTP Basic authentication (a browser asks for it; any user name), and compared in constant time.
@@ -29,6 +30,8 @@ from relayd.errors import ConfigError
 MIN_TOKEN_LENGTH = 16
 REALM = 'Basic realm="relayd", charset="UTF-8"'
 JSON_TYPE = "application/json"
+#: Headers a proxy adds: a request that carries one came from elsewhere, whatever its Host says.
+FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ class Access:
             return checked
         if checked:
             return None
-        if self.anonymous_reads and is_loopback(_host_of(headers.get("Host") or "")):
+        forwarded = any(headers.get(name) for name in FORWARDED)
+        if self.anonymous_reads and not forwarded and is_loopback(_host_of(headers.get("Host") or "")):
             return None
         if self.token is None:
             return Refusal(

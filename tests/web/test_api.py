@@ -135,6 +135,9 @@ def test_on_loopback_reading_needs_no_token_but_only_for_a_loopback_host(populat
     rebound = populated.get("api/v1/status", headers={"Host": "evil.example:8080"})
     assert rebound.status_code == 403
     assert "loopback" in rebound.json()["error"]
+    # A proxy on this machine that says whom it forwards for is not this machine.
+    proxied = populated.get("api/v1/status", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert proxied.status_code == 403
     populated.serve(token=TOKEN)
     asked = populated.get("", headers={"Host": "relay.example.com"})
     assert asked.status_code == 401
