@@ -323,7 +323,9 @@ class Daemon:
                 watcher.join(5)
             if metrics is not None:
                 metrics.stop()
-            self._stop_web()
+            if self.web is not None:
+                self._stop_web()
+                self._safely(lambda: self.store.publish("web", {"state": "stopped"}))
             self.notifier_thread.stop()
             self.scheduler.shutdown(wait=False)
             drained = self.engine.drain(self.config.daemon.shutdown_grace)

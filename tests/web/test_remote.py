@@ -200,6 +200,9 @@ def test_a_reload_moves_the_server_and_the_plot_keeps_what_moved(daemon: Daemon)
     facts = parsed(daemon.local("status", "--json"))["service"]
     web = next(fact for fact in facts if fact["key"] == "web")
     assert web["value"] == {"state": "serving", "url": f"{daemon.url}/"}
+    daemon.stop()
+    facts = parsed(daemon.local("status", "--json"))["service"]
+    assert next(fact for fact in facts if fact["key"] == "web")["value"] == {"state": "stopped"}
 
 
 def test_a_port_in_use_leaves_the_relay_running_and_says_why(
