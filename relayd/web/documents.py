@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -73,6 +74,8 @@ class Documents:
         self._kept: OrderedDict[tuple[Any, ...], Document] = OrderedDict()
         self._lock = threading.Lock()
         self._builds = 0
+        # Tags differ from those of an earlier process, whose numbers a page left open may still hold.
+        self._epoch = secrets.token_hex(4)
 
     def run(self, read: Callable[[Reader], Any]) -> Any:
         """Return ``read(reader)``, run on the reader thread (not kept)."""
@@ -122,7 +125,7 @@ class Documents:
             return kept
         data = build(self._open())
         self._builds += 1
-        document = Document(encode(data), f'W/"{self._builds}"', now, version)
+        document = Document(encode(data), f'W/"{self._epoch}-{self._builds}"', now, version)
         with self._lock:
             self._kept[key] = document
             self._kept.move_to_end(key)
