@@ -27,12 +27,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repos", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="relayd-idle-"))
+def prepare(root: Path, repos: int, extra: str = "") -> tuple[Path, Store]:
+    """Write a config (plus *extra* TOML) and a catalogue of *repos* local repos of one small file each
+    under *root*; return the config's path and the catalogue."""
     config = root / "relayd.toml"
     config.write_text(
         f"""[daemon]
@@ -45,35 +42,48 @@ min_free = "0"
 [local_copy]
 source = "{root / "source"}"
 dest = "{root / "dest"}"
-"""
+{extra}"""
     )
     store = Store(f"sqlite:///{root / 'catalogue.db'}")
     migrate.ensure_schema(store.engine, auto_upgrade=False)
-    for index in range(args.repos):
+    for index in range(repos):
         name = f"bench/repo{index:04d}"
         (root / "source" / name).mkdir(parents=True)
         (root / "source" / name / "config.json").write_text(f'{{"n": {index}}}')
         store.add_repo(RepoSpec(name=name, every=3600, route=("local_copy",)))
+    return config, store
+
+
+def relayed(store: Store, repos: int, timeout: float = 300) -> bool:
+    """Wait until the daemon copied every repo's file; return whether it did within *timeout*."""
+    from sqlalchemy import func, select
+
+    from relayd.catalogue.schema import Transfer
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.read() as session:
+            done = session.scalar(select(func.count()).select_from(Transfer).where(Transfer.state == "done"))
+        if done == repos:
+            return True
+        time.sleep(1)
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repos", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="relayd-idle-"))
+    config, store = prepare(root, args.repos)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "relayd", "run", "-c", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        from sqlalchemy import func, select
-
-        from relayd.catalogue.schema import Transfer
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            with store.read() as session:
-                done = session.scalar(
-                    select(func.count()).select_from(Transfer).where(Transfer.state == "done")
-                )
-            if done == args.repos:
-                break
-            time.sleep(1)
-        else:
+        if not relayed(store, args.repos):
             print("the daemon did not relay the repos in time", file=sys.stderr)
             return 1
         time.sleep(5)  # let the last polls settle

@@ -8,6 +8,7 @@ systemd credential) and is resolved at the moment it is used.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -219,6 +220,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The status page and control API (relayd.web): off while ``listen`` is ""."""
+
+    listen: str
+    token: SecretRef
+    # On a loopback address, reading (the page, GET /api/v1/...) needs no token; control always does.
+    read_without_token: bool
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     webhooks: tuple[str, ...]
     timeout: float
@@ -245,6 +256,7 @@ class Config:
     local_copy: LocalCopyConfig
     metrics: MetricsConfig
     notify: NotifyConfig
+    web: WebConfig
     plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, key: str) -> Any:
@@ -277,6 +289,7 @@ class Config:
         yield self.hub.token
         yield self.drive.refresh_token
         yield self.modelscope.token
+        yield self.web.token
 
 
 class SectionReader:
@@ -674,6 +687,40 @@ def _metrics(reader: SectionReader) -> MetricsConfig:
     return config
 
 
+def is_loopback(host: str) -> bool:
+    """Return whether *host* (an IP address, bracketed or not, or a name) is this machine's loopback:
+    127.0.0.0/8, ::1 or "localhost"."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _web(reader: SectionReader) -> WebConfig:
+    listen = reader.string("listen", "")
+    token = reader.secret("token")
+    if listen:
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise reader.error("listen", "'' (off) or host:port such as '127.0.0.1:9109'", listen)
+        if not is_loopback(host) and not token.configured:
+            refused = reader.error("listen", "a loopback address (127.0.0.1, ::1 or localhost)", listen)
+            raise ConfigError(
+                f"{refused}, since no web.token_* is set: anyone who reaches that address could read and "
+                "steer relayd. Set web.token_env, web.token_file or web.token_credential (and put a TLS "
+                "proxy in front), or listen on 127.0.0.1 and reach the page through an SSH tunnel "
+                "(README: the status page)"
+            )
+    config = WebConfig(
+        listen=listen, token=token, read_without_token=reader.boolean("read_without_token", True)
+    )
+    reader.finish()
+    return config
+
+
 def _notify(reader: SectionReader) -> NotifyConfig:
     webhooks = reader.strings("webhooks")
     for url in webhooks:
@@ -710,6 +757,7 @@ def parse_config(data: Mapping[str, Any], path: Path, *, seen: set[str] | None =
         local_copy=_local_copy(root.table("local_copy"), daemon.state_dir),
         metrics=_metrics(root.table("metrics")),
         notify=_notify(root.table("notify")),
+        web=_web(root.table("web")),
         plugin_sections=plugin_sections,
     )
     root.finish()

@@ -42,6 +42,9 @@ from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
 from relayd.staging import Staging
+from relayd.web.access import resolve_token
+from relayd.web.server import WebServer, serve
+from relayd.web.throughput import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,7 @@ class Daemon:
         self._next_due: datetime | None = None
         self._debounce_timer: threading.Timer | None = None
         self._started_at = utcnow()
+        self.web: WebServer | None = None
 
     # -- signals -----------------------------------------------------------------------------------
 
@@ -194,6 +198,8 @@ class Daemon:
     def run(self, *, once: bool = False) -> int:
         config = self.config
         register_secrets(config)
+        if config.web.listen and not once:
+            resolve_token(config.web)  # an unusable token refuses the start, before anything runs
         with instance_lock(config):
             store = Store(config.catalogue.url)
             try:
@@ -262,6 +268,9 @@ class Daemon:
         )
         self.scheduler.start()
         metrics = self._start_metrics()  # before the engine, so its counters miss no byte
+        self.throughput = Throughput()
+        self.throughput.watch(self.store)
+        self.web = self._start_web()
         self.engine.start()
         self.notifier_thread = WebhookNotifier(self.store, self.config.notify)
         self.notifier_thread.start()
@@ -296,6 +305,9 @@ class Daemon:
                 watcher.join(5)
             if metrics is not None:
                 metrics.stop()
+            if self.web is not None:
+                self._stop_web()
+                self._safely(lambda: self.store.publish("web", {"state": "stopped"}))
             self.notifier_thread.stop()
             self.scheduler.shutdown(wait=False)
             drained = self.engine.drain(self.config.daemon.shutdown_grace)
@@ -319,6 +331,44 @@ class Daemon:
         metrics.watch(self.store, self.engine.hops)
         server.start()
         return server
+
+    def _start_web(self) -> WebServer | None:
+        """Serve the status page and API when web.listen is set; a failure is logged and published
+        (the `web` service fact), and relaying goes on without them."""
+        listen = self.config.web.listen
+        if not listen:
+            return None
+        try:
+            server = serve(self.config, self.store, self.throughput)
+        except (ConfigError, OSError) as exc:
+            log.error("the status page is off: %s", exc)
+            failed = {"state": "failed", "listen": listen, "error": str(exc)}
+            self._safely(lambda: self.store.publish("web", failed))
+            return None
+        self._safely(lambda: self.store.publish("web", {"state": "serving", "url": server.url}))
+        return server
+
+    def _stop_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+
+    def _reload_web(self, old: Config) -> None:
+        """Keep serving with the new config when [web] and its token are unchanged; else restart."""
+        new = self.config
+        if self.web is not None and old.web == new.web:
+            try:
+                same = resolve_token(new.web) == self.web.app.access.token
+            except ConfigError:
+                same = False
+            if same:
+                self.web.app.config = new
+                return
+        was_on = self.web is not None
+        self._stop_web()
+        self.web = self._start_web()
+        if was_on and self.web is None and not new.web.listen:
+            self._safely(lambda: self.store.publish("web", {"state": "off"}))
 
     @staticmethod
     def _safely(action: Any) -> None:
@@ -463,7 +513,8 @@ class Daemon:
         sources, source_for_hop = build_sources(new, hops)
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
         self.poller.retry = new.retry
-        self.config = new
+        old, self.config = self.config, new
+        self._reload_web(old)
         self._scheduled.clear()
         self._fingerprint = None
         self._reconcile()

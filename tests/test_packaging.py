@@ -45,6 +45,8 @@ def test_the_wheel_carries_the_migrations_and_both_commands(wheel: Path) -> None
     assert "relayd = relayd.daemon:main" in text
     assert "relayctl = relayd.cli:main" in text
     assert "[relayd.hops.v2]" in text
+    page = {f"relayd/web/static/{name}" for name in ("index.html", "app.js", "style.css", "icon.svg")}
+    assert page <= names  # the status page is served from the package, not from the internet
 
 
 def test_the_wheel_carries_no_fake_and_does_not_depend_on_the_sandbox(wheel: Path) -> None:

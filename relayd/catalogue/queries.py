@@ -1279,3 +1279,53 @@ def measured_rates(
                 seconds += gap
         rates.append(HopRate(hop, moved_bytes, seconds, len(landed), running))
     return rates
+
+
+# -- bytes avoided (the web page) ----------------------------------------------------------------------
+
+#: Why a hop moved no payload for a file it is done with, as its handles record it.
+RAPID_UPLOAD = "rapid_upload"  # the drive had the content (秒传): pan_upload's ``"rapid": true``
+SERVER_HAD_IT = "server_had_it"  # the LFS server already stored the object: lfs_push's ``"skipped": true``
+STAGED_ALREADY = "staged_already"  # download found the content staged for another file
+DRIVE_COPY_REUSED = "drive_copy_reused"  # a verified drive copy of the content made for another file
+
+
+class Avoided(NamedTuple):
+    """Payload a hop did not move, for one reason: how many files, how many bytes."""
+
+    hop: str
+    reason: str
+    files: int
+    bytes: int
+
+
+def _avoided_reason(handles: Mapping[str, Any]) -> str | None:
+    if handles.get("rapid") is True:
+        return RAPID_UPLOAD
+    if handles.get("reused") is True:
+        return (
+            DRIVE_COPY_REUSED if str(handles.get("reason", "")).startswith("reused drive") else STAGED_ALREADY
+        )
+    if handles.get("skipped") is True:
+        return SERVER_HAD_IT
+    return None
+
+
+def bytes_avoided(reader: Reader) -> list[Avoided]:
+    """Return, by hop and reason, the files that hops are done with without moving their payload, and
+    their bytes, over the done transfers the catalogue holds (a removed repo's are gone with it).
+
+    Only handles that hold a ``true`` are parsed: the markers are booleans, and most handles have none.
+    """
+    totals: dict[tuple[str, str], list[int]] = {}
+    for hop, handles, size in reader.rows(
+        "SELECT t.hop, t.handles, f.size FROM transfers t JOIN files f ON f.id = t.file_id "
+        "WHERE t.state = 'done' AND CAST(t.handles AS TEXT) LIKE '%true%'"
+    ):
+        parsed = _json(handles)
+        reason = _avoided_reason(parsed) if isinstance(parsed, dict) else None
+        if reason is not None:
+            total = totals.setdefault((hop, reason), [0, 0])
+            total[0] += 1
+            total[1] += int(size or 0)
+    return [Avoided(hop, reason, files, size) for (hop, reason), (files, size) in sorted(totals.items())]

@@ -77,6 +77,9 @@ class App:
 
     config_path: Path
     verbose: int = 0
+    # relayctl --url: a daemon's web API to talk to instead of the catalogue, and where its token is.
+    url: str | None = None
+    token_file: Path | None = None
     _config: Config | None = None
     _store: Store | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
@@ -213,15 +216,33 @@ class RelayctlGroup(click.Group):
     """A click group that imports each command's module only when it runs, and turns relayd's expected
     errors into one line on stderr and an exit code."""
 
-    def __init__(self, *args: Any, lazy_commands: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lazy_commands: Mapping[str, str] | None = None,
+        remote_commands: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         # command name → "module:attribute"
         self.lazy_commands = dict(lazy_commands or {})
+        # what runs instead when --url names a daemon (never cached: the same group serves both)
+        self.remote_commands = dict(remote_commands or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if ctx.params.get("url") and cmd_name in self.lazy_commands:
+            remote = self.remote_commands.get(cmd_name)
+            if remote is None:
+                raise UsageError(
+                    f"relayctl --url runs {', '.join(sorted(self.remote_commands))}; run `relayctl "
+                    f"{cmd_name}` on the daemon's machine"
+                )
+            module_name, _, attribute = remote.partition(":")
+            command: click.Command = getattr(importlib.import_module(module_name), attribute)
+            return command
         target = self.lazy_commands.get(cmd_name)
         if target is not None and cmd_name not in self.commands:
             module_name, _, attribute = target.partition(":")

@@ -18,8 +18,10 @@ from relayd.errors import HopError, RelayError, UsageError
 from relayd.names import validate_repo_id
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from relayd.catalogue.schema import Repo
-    from relayd.catalogue.store import RepoSpec
+    from relayd.catalogue.store import RepoSpec, Store
     from relayd.config import Config
 
 MIN_EVERY = 10.0
@@ -183,8 +185,13 @@ def _known_hop(hop: str | None) -> str | None:
     return hop
 
 
-def _missing(name: str) -> UsageError:
-    return UsageError(f"no repo named {name!r} (see `relayctl list`)")
+class UnknownRepo(UsageError):
+    """No repo of that name is watched (the web API answers 404)."""
+
+
+def unknown_repo(name: str) -> UnknownRepo:
+    """Return the error for a repo *name* that is not watched."""
+    return UnknownRepo(f"no repo named {name!r} (see `relayctl list`)")
 
 
 def repo_as_dict(repo: Repo) -> dict[str, Any]:
@@ -207,11 +214,9 @@ def repo_as_dict(repo: Repo) -> dict[str, Any]:
     }
 
 
-def describe_repo(repo: Repo) -> list[str]:
-    """Return the repo's settings as indented text lines."""
+def describe_repo(data: dict[str, Any]) -> list[str]:
+    """Return a repo's settings (``repo_as_dict``) as indented text lines."""
     from relayd.units import format_duration
-
-    data = repo_as_dict(repo)
 
     def pairs(values: dict[str, Any]) -> str:
         def show(value: Any) -> str:
@@ -284,12 +289,55 @@ def add(
     …/datasets/OWNER/NAME for a dataset, …/tree/REVISION for a branch or tag). A route whose hops cannot
     get their input (each hop reads what the hop before it produced) is refused.
     """
+    context = click.get_current_context()
+
+    def given(parameter: str, value: str) -> str | None:
+        source = context.get_parameter_source(parameter)
+        return None if source in (click.core.ParameterSource.DEFAULT, None) else value
+
+    spec = repo_spec(
+        app.config,
+        repo,
+        repo_type=given("repo_type", repo_type),
+        revision=given("revision", revision),
+        include=include,
+        exclude=exclude,
+        every=every,
+        route=route,
+        drive_folder=drive_folder,
+        vm_dir=vm_dir,
+        modelscope_repo=modelscope_repo,
+        vm_from_staging=vm_from_staging,
+        webhooks=webhooks,
+    )
+    lines = dry_run_lines(app.config, spec) if dry_run else add_repo(app.store(), spec, replace=replace)[1]
+    for line in lines:
+        click.echo(line)
+
+
+def repo_spec(
+    config: Config,
+    repo: str,
+    *,
+    repo_type: str | None = None,
+    revision: str | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    every: str | None = None,
+    route: str | None = None,
+    drive_folder: str | None = None,
+    vm_dir: str | None = None,
+    modelscope_repo: str | None = None,
+    vm_from_staging: bool | None = None,
+    webhooks: Sequence[str] = (),
+) -> RepoSpec:
+    """Given what `relayctl add` was told (None: not given, so the URL's or the default), return the repo
+    to watch. Raise UsageError saying what is wrong; nothing is written."""
     from relayd.catalogue.store import RepoSpec
 
-    ref = parse_repo(repo, app.config.hub.endpoint)
-    name = ref.name
-    repo_type = _from_url("--type", "repo_type", repo_type, ref.repo_type)
-    revision = _from_url("--revision", "revision", revision, ref.revision)
+    ref = parse_repo(repo, config.hub.endpoint)
+    if repo_type not in (None, "model", "dataset"):
+        raise UsageError(f"invalid --type {repo_type!r}: expected 'model' or 'dataset'")
     for glob in (*include, *exclude):
         if not glob.strip():
             raise UsageError("--include and --exclude need a non-empty glob")
@@ -307,40 +355,42 @@ def add(
         options["vm_from_staging"] = vm_from_staging
     if webhooks:
         options["webhooks"] = [_webhook(url) for url in webhooks]
-    spec = RepoSpec(
-        name=name,
-        every=_every(every, app.config.hub.default_every),
+    return RepoSpec(
+        name=ref.name,
+        every=_every(every, config.hub.default_every),
         route=_route(route),
-        repo_type=repo_type,
-        revision=_revision(revision),
-        include=include,
-        exclude=exclude,
+        repo_type=_from_url("--type", repo_type, ref.repo_type, "model"),
+        revision=_revision(_from_url("--revision", revision, ref.revision, "main")),
+        include=tuple(include),
+        exclude=tuple(exclude),
         destinations=destinations,
         options=options,
     )
-    if dry_run:
-        for line in dry_run_lines(app.config, spec):
-            click.echo(line)
-        return
-    stored, outcome = app.store().add_repo(spec, replace=replace)
+
+
+def add_repo(store: Store, spec: RepoSpec, *, replace: bool) -> tuple[dict[str, Any], list[str]]:
+    """Watch *spec* (replacing the settings of a repo of that name only if *replace*); return the stored
+    settings and what to tell the person."""
+    stored, outcome = store.add_repo(spec, replace=replace)
+    name = spec.name
     if outcome == "exists":
-        click.echo(f"{name} is already watched; nothing changed (use --replace to change it):")
+        heading = f"{name} is already watched; nothing changed (use --replace to change it):"
     elif outcome == "updated":
-        click.echo(f"replaced the settings of {name}:")
+        heading = f"replaced the settings of {name}:"
     else:
-        click.echo(f"added {name}:")
-    for line in describe_repo(stored):
-        click.echo(line)
+        heading = f"added {name}:"
+    data = repo_as_dict(stored)
+    return {**data, "outcome": outcome}, [heading, *describe_repo(data)]
 
 
-def _from_url(option: str, parameter: str, given: str, from_url: str | None) -> str:
-    """Return the value of *option*: what the URL said, unless the option was given and disagrees."""
-    if from_url is None or from_url == given:
-        return given
-    source = click.get_current_context().get_parameter_source(parameter)
-    if source in (click.core.ParameterSource.DEFAULT, None):
-        return from_url
-    raise UsageError(f"{option} {given} disagrees with the URL, which names {from_url!r}")
+def _from_url(option: str, given: str | None, from_url: str | None, default: str) -> str:
+    """Return the value of *option*: the one *given*, else what the URL said, else *default*. Raise
+    UsageError when both were given and disagree."""
+    if given is None:
+        return from_url or default
+    if from_url is not None and from_url != given:
+        raise UsageError(f"{option} {given} disagrees with the URL, which names {from_url!r}")
+    return given
 
 
 def dry_run_lines(config: Config, spec: RepoSpec) -> list[str]:
@@ -409,31 +459,42 @@ def _source_failure(exc: HopError, config: Config, kind: str) -> str:
 @pass_app
 def list_repos(app: App, as_json: bool) -> None:
     """List the watched repos."""
+    document = list_document(app.store())
+    if as_json:
+        echo_json(document)
+        return
+    for line in list_lines(document["repos"]):
+        click.echo(line)
+
+
+def list_document(store: Store) -> dict[str, Any]:
+    """Return the document `relayctl list --json` writes (docs/status-json.md)."""
+    return {"format": 1, "repos": [repo_as_dict(repo) for repo in store.repos()]}
+
+
+def list_lines(repos: list[dict[str, Any]]) -> list[str]:
+    """Return the table `relayctl list` prints for *repos* (``repo_as_dict``)."""
     from relayd.units import format_duration
 
-    repos = app.store().repos()
-    if as_json:
-        echo_json({"format": 1, "repos": [repo_as_dict(repo) for repo in repos]})
-        return
     if not repos:
-        click.echo("no repos are watched (add one with `relayctl add OWNER/NAME`)")
-        return
+        return ["no repos are watched (add one with `relayctl add OWNER/NAME`)"]
     rows = [("NAME", "TYPE", "REVISION", "ROUTE", "EVERY", "PAUSED", "HEAD")]
     rows += [
         (
-            repo.name,
-            repo.repo_type,
-            repo.revision,
-            ",".join(repo.route or []),
-            format_duration(repo.every),
-            "yes" if repo.paused else "no",
-            (repo.head_commit or "-")[:12],
+            repo["name"],
+            repo["type"],
+            repo["revision"],
+            ",".join(repo["route"]),
+            format_duration(repo["every_seconds"]),
+            "yes" if repo["paused"] else "no",
+            (repo["head_commit"] or "-")[:12],
         )
         for repo in repos
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 @click.command("remove")
@@ -444,12 +505,17 @@ def remove(app: App, repo: str, yes: bool) -> None:
     """Stop watching REPO and forget everything recorded for it (copies already made stay)."""
     store = app.store()
     if store.repo(repo) is None:
-        raise _missing(repo)
+        raise unknown_repo(repo)
     if not yes:
         click.confirm(f"forget {repo} and all its transfer records?", abort=True, err=True)
-    if not store.remove_repo(repo):
-        raise _missing(repo)
-    click.echo(f"removed {repo}")
+    click.echo(remove_repo(store, repo))
+
+
+def remove_repo(store: Store, name: str) -> str:
+    """Forget the repo *name*; return what to tell the person. Raise UnknownRepo if there is none."""
+    if not store.remove_repo(name):
+        raise unknown_repo(name)
+    return f"removed {name}"
 
 
 @click.command("pause")
@@ -457,9 +523,7 @@ def remove(app: App, repo: str, yes: bool) -> None:
 @pass_app
 def pause(app: App, repo: str) -> None:
     """Stop polling REPO and starting its transfers (running ones finish)."""
-    if not app.store().set_paused(repo, True):
-        raise _missing(repo)
-    click.echo(f"paused {repo}")
+    click.echo(pause_repo(app.store(), repo, paused=True))
 
 
 @click.command("resume")
@@ -467,9 +531,15 @@ def pause(app: App, repo: str) -> None:
 @pass_app
 def resume(app: App, repo: str) -> None:
     """Poll REPO and run its transfers again."""
-    if not app.store().set_paused(repo, False):
-        raise _missing(repo)
-    click.echo(f"resumed {repo}")
+    click.echo(pause_repo(app.store(), repo, paused=False))
+
+
+def pause_repo(store: Store, name: str, *, paused: bool) -> str:
+    """Pause (or resume) the repo *name*; return what to tell the person. Raise UnknownRepo if there is
+    none."""
+    if not store.set_paused(name, paused):
+        raise unknown_repo(name)
+    return f"{'paused' if paused else 'resumed'} {name}"
 
 
 @click.command("retry")
@@ -479,11 +549,19 @@ def resume(app: App, repo: str) -> None:
 @pass_app
 def retry(app: App, repo: str | None, hop: str | None, all_repos: bool) -> None:
     """Make blocked and waiting transfers of REPO (or --all) runnable now, and their polls due."""
+    for line in retry_repos(app.store(), repo, hop, all_repos=all_repos)[1]:
+        click.echo(line)
+
+
+def retry_repos(store: Store, repo: str | None, hop: str | None, *, all_repos: bool) -> tuple[int, list[str]]:
+    """Make the blocked and waiting transfers of *repo* (or of every repo) and of *hop* (or every hop)
+    runnable now; return how many, and what to tell the person. Raise UsageError for a bad request."""
     if (repo is None) == (not all_repos):
         raise UsageError("name a REPO or give --all (not both)")
-    count = app.store().retry(repo, _known_hop(hop))
+    count = store.retry(repo, _known_hop(hop))
     noun = "transfer" if count == 1 else "transfers"
     where = f" of {repo}" if repo else ""
-    click.echo(f"made {count} {noun}{where} runnable")
+    lines = [f"made {count} {noun}{where} runnable"]
     if hop is None:
-        click.echo("polls that were waiting or blocked are due now")
+        lines.append("polls that were waiting or blocked are due now")
+    return count, lines

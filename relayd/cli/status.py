@@ -7,12 +7,14 @@ This is the command people run most and on the largest catalogues, so it imports
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
+from relayd.cli.repos import unknown_repo
 from relayd.errors import UsageError
 
 if TYPE_CHECKING:
@@ -21,11 +23,7 @@ if TYPE_CHECKING:
 BLOCKED_LIMIT = 50
 
 
-def _missing(name: str) -> UsageError:
-    return UsageError(f"no repo named {name!r} (see `relayctl list`)")
-
-
-def _text(reader: Reader, repo: str | None, width: int | None, colour: bool) -> list[str]:
+def status_text(reader: Reader, repo: str | None, width: int | None, colour: bool) -> list[str]:
     """Return the text view, every line at most *width* wide (None: no limit), coloured when *colour*."""
     from relayd.catalogue import queries
     from relayd.cli import status_view
@@ -36,12 +34,12 @@ def _text(reader: Reader, repo: str | None, width: int | None, colour: bool) -> 
         return status_view.summary_lines(summary, now, width, colour)
     detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
-        raise _missing(repo)
+        raise unknown_repo(repo)
     return status_view.detail_lines(detail, now, width)
 
 
-def _watch(reader: Reader, repo: str | None, interval: float) -> None:
-    """Redraw the text view every *interval* seconds until Ctrl-C."""
+def redraw(lines: Callable[[int, bool], list[str]], interval: float) -> None:
+    """Redraw ``lines(width, colour)`` every *interval* seconds until Ctrl-C."""
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
@@ -53,12 +51,9 @@ def _watch(reader: Reader, repo: str | None, interval: float) -> None:
 
     def frame() -> Text:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
-        lines = [
-            f"relayctl status (every {interval:g}s, Ctrl-C to quit)  {stamp} UTC",
-            "",
-            *_text(reader, repo, console.width, colour),
-        ]
-        return Text.from_ansi("\n".join(lines), no_wrap=True, overflow="ellipsis")
+        text = [f"relayctl status (every {interval:g}s, Ctrl-C to quit)  {stamp} UTC", ""]
+        text += lines(console.width, colour)
+        return Text.from_ansi("\n".join(text), no_wrap=True, overflow="ellipsis")
 
     try:
         with Live(frame(), console=console, auto_refresh=False, screen=False) as live:
@@ -97,24 +92,27 @@ def status(app: App, repo: str | None, as_json: bool, watch: bool, interval: flo
         raise UsageError("--watch and --json cannot be combined")
     reader = app.reader()
     if watch:
-        _watch(reader, repo, interval)
+        redraw(lambda width, colour: status_text(reader, repo, width, colour), interval)
         return
     if not as_json:
         from relayd.cli.term import output_width, use_colour
 
         colour = use_colour()
-        click.echo("\n".join(_text(reader, repo, output_width(), colour)), color=colour)
+        click.echo("\n".join(status_text(reader, repo, output_width(), colour)), color=colour)
         return
+    echo_json(status_document(reader, repo))
+
+
+def status_document(reader: Reader, repo: str | None) -> dict[str, Any]:
+    """Return the document `relayctl status [REPO] --json` writes (docs/status-json.md): the summary of
+    every repo, or every file of *repo*. Raise UsageError when there is no such repo."""
     from relayd.catalogue import queries
     from relayd.cli import status_view
 
     now = datetime.now(UTC)
     if repo is None:
-        echo_json(
-            status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
-        )
-        return
+        return status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
     detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
-        raise _missing(repo)
-    echo_json(status_view.detail_json(detail, now))
+        raise unknown_repo(repo)
+    return status_view.detail_json(detail, now)
