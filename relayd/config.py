@@ -285,11 +285,12 @@ class Config:
         return int(value) if value else 1
 
     def secrets(self) -> Iterator[SecretRef]:
-        """Yield every secret reference in the config."""
+        """Yield every secret reference of the config (the web token when [web] serves or names one)."""
         yield self.hub.token
         yield self.drive.refresh_token
         yield self.modelscope.token
-        yield self.web.token
+        if self.web.listen or self.web.token.configured:
+            yield self.web.token
 
 
 class SectionReader:

@@ -17,6 +17,8 @@ from urllib.parse import quote, urlsplit
 
 import click
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from relayd.cli import repos as local_repos
 from relayd.cli import status as local_status
@@ -47,6 +49,11 @@ class Remote:
             )
         self.base = url.rstrip("/") + "/api/v1/"
         self.session = requests.Session()
+        # A read is idempotent: one dropped on the way (a daemon reloading its web server) is asked
+        # again; a verb is sent once.
+        retry = Retry(total=2, backoff_factor=0.2, allowed_methods=frozenset({"GET"}), status_forcelist=())
+        self.session.mount("http://", HTTPAdapter(max_retries=retry))
+        self.session.mount("https://", HTTPAdapter(max_retries=retry))
         self.session.headers["Accept"] = "application/json"
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from relayd.config import Config
     from relayd.web.throughput import Throughput
 
+#: A body over MAX_BODY up to this size is read and dropped before the 413 (see Handler._handle).
+DRAIN_LIMIT = 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 30.0
@@ -66,11 +69,22 @@ class WebServer:
                 length = int(length_text)
                 if length > MAX_BODY:
                     self.close_connection = True
+                    if length <= DRAIN_LIMIT:
+                        # Take the body off the socket first: closing it with unread bytes makes the
+                        # kernel reset the connection, which can destroy the 413 before it is read.
+                        self._discard(length)
                     self._send(error(413, f"the body may be at most {MAX_BODY} bytes"), head=False)
                     return
                 body = self.rfile.read(length) if length else b""
                 request = Request(self.command, self.path, self.headers, body)
                 self._send(app.answer(request), head=self.command == "HEAD")
+
+            def _discard(self, length: int) -> None:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 65536))
+                    if not chunk:
+                        return
+                    length -= len(chunk)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
