@@ -120,10 +120,13 @@ def parsed(result: Result) -> Any:
 
 def test_status_through_the_daemon_is_relayctl_status(daemon: Daemon) -> None:
     daemon.wait_for(
-        lambda: parsed(daemon.local("status", "--json"))["repos"][0]["snapshot"] is not None, "a poll"
+        lambda: (
+            (parsed(daemon.local("status", "--json"))["repos"][0]["snapshot"] or {}).get("state") == "done"
+        ),
+        "the snapshot relayed",
     )
     # The same document, unless the daemon published a fact between the two reads: then read again.
-    for _ in range(3):
+    for _ in range(5):
         remote, local = (
             timeless(parsed(daemon.remote("status", "--json"))),
             timeless(parsed(daemon.local("status", "--json"))),
