@@ -10,6 +10,7 @@ takes a while to start), keeps the server's files in a directory of its own, nev
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from relayd_sandbox.drive import FakeDrive
 from relayd_sandbox.gitlfs import GitLfsServer
 from relayd_sandbox.hub import FakeHub
+from relayd_sandbox.postgres import ThrowawayPostgres
 from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd
 from relayd_sandbox.systools import require
 
@@ -52,3 +54,23 @@ def sandbox_sshd() -> Iterator[SandboxSshd]:
     require(SSHD_PATH, "OpenSSH server")
     with SandboxSshd() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (one per xdist worker): Debian's
+    ``initdb`` in a temporary directory on a free port. Never skipped: without PostgreSQL installed
+    (``scripts/dev setup`` installs it) the test fails with that hint."""
+    with ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: ThrowawayPostgres) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database on ``postgres_server`` for one test, dropped after."""
+    name = f"relayd_test_{uuid.uuid4().hex[:12]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(name)
