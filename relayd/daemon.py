@@ -41,6 +41,7 @@ from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
+from relayd.sites import check_sites, serves
 from relayd.staging import Staging
 from relayd.web.access import resolve_token
 from relayd.web.server import WebServer, serve
@@ -114,6 +115,11 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
+
+
+def served_hops(config: Config, hops: dict[str, Hop]) -> dict[str, Hop]:
+    """Return the built *hops* this daemon serves (daemon.hops): the only ones its engine claims."""
+    return {name: hop for name, hop in hops.items() if serves(config, name)}
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
@@ -197,6 +203,7 @@ class Daemon:
 
     def run(self, *, once: bool = False) -> int:
         config = self.config
+        check_sites(config)
         register_secrets(config)
         if config.web.listen and not once:
             resolve_token(config.web)  # an unusable token refuses the start, before anything runs
@@ -229,13 +236,14 @@ class Daemon:
             services=build_services(config, store),
         )
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        hops = build_hops(config, ctx)
+        hops = build_hops(config, ctx)  # every hop: the store's rules need what each one declares
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
-        sources, source_for_hop = build_sources(config, hops)
+        served = served_hops(config, hops)
+        sources, source_for_hop = build_sources(config, served)
         self.poller = Poller(store, sources, source_for_hop, config.retry)
         self.store = store
-        self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
+        self.engine = Engine(store, staging, served, ctx, self._engine_settings(config, served))
         if once:
             return self._run_once()
         return self._run_forever()
@@ -252,7 +260,7 @@ class Daemon:
 
     def _run_once(self) -> int:
         for repo in self.store.repos():
-            if not repo.paused:
+            if self._polls(repo):
                 self.poller.poll(repo)
         self.engine.run_until_idle()
         self.engine.drain(self.config.daemon.shutdown_grace)
@@ -394,10 +402,15 @@ class Daemon:
 
     def _poll_job(self, name: str) -> None:
         repo = self.store.repo(name)
-        if repo is None or repo.paused:
+        if repo is None or not self._polls(repo):
             return
         self.poller.poll(repo)
         self.engine.wake()
+
+    def _polls(self, repo: Repo) -> bool:
+        """Return whether this daemon polls *repo*: not paused, and its route's first hop is served here
+        (on the site that reaches its source)."""
+        return not repo.paused and bool(repo.route) and serves(self.config, repo.route[0])
 
     def _reconcile(self) -> None:
         """Bring the scheduler in line with the catalogue's repos (added, removed, paused, changed),
@@ -409,7 +422,7 @@ class Daemon:
         if fingerprint == self._fingerprint and (self._next_due is None or self._next_due > now):
             return  # nothing changed and no requested poll has come due: no need to read every repo
         self._fingerprint = fingerprint
-        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if not repo.paused}
+        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if self._polls(repo)}
         future = [
             repo.next_poll_at for repo in repos.values() if repo.next_poll_at and repo.next_poll_at > now
         ]
@@ -490,6 +503,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            check_sites(new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.status("reload refused: invalid config")
@@ -506,11 +520,12 @@ class Daemon:
         ctx = self.engine.ctx
         build_services(new, self.store, ctx.services)
         hops = build_hops(new, ctx)
-        self.engine.hops = hops
+        served = served_hops(new, hops)
+        self.engine.hops = served
         self.store.rules = hop_rules(hops)
-        self.engine.settings = self._engine_settings(new, hops)
+        self.engine.settings = self._engine_settings(new, served)
         self.engine.staging.config = new.staging
-        sources, source_for_hop = build_sources(new, hops)
+        sources, source_for_hop = build_sources(new, served)
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
         self.poller.retry = new.retry
         old, self.config = self.config, new
