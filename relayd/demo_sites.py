@@ -106,11 +106,11 @@ class SitesDemo(RouteDemo):
         )
 
     def _pulling(self) -> bool:
-        """Return whether a vm_pull transfer has begun moving bytes (or finished) while the snapshot
-        is still travelling."""
+        """Return whether a vm_pull transfer has begun moving bytes (or finished). Raise RuntimeError
+        when a transfer is blocked: it would wait for a person, not for the kill."""
         from sqlalchemy import select
 
-        from relayd.catalogue.schema import Transfer
+        from relayd.catalogue.schema import BLOCKED, Transfer
         from relayd.catalogue.store import Store
 
         store = Store(self.catalogue_url)
@@ -119,6 +119,9 @@ class SitesDemo(RouteDemo):
                 moved = session.scalars(
                     select(Transfer.bytes_done).where(Transfer.hop == KILLED_HOP, Transfer.bytes_done > 0)
                 ).first()
+                blocked = session.scalars(select(Transfer).where(Transfer.state == BLOCKED)).first()
+                if blocked is not None:
+                    raise RuntimeError(f"{blocked.hop} is blocked: {blocked.last_error}")
             return moved is not None
         finally:
             store.close()

@@ -146,13 +146,23 @@ class RouteSandbox:
     def write_site_config(self, path: Path, *, site: str, hops: list[str], catalogue_url: str) -> None:
         """Write the config of one site's daemon at *path*: its own state and staging directories under
         ``root/site``, the shared *catalogue_url*, serving *hops*; a short lease, so that a killed
-        daemon's claims come back within seconds."""
+        daemon's claims come back within seconds. Each site logs in to the drive on its own (a refresh
+        token of its own: one rotates at each refresh, so two daemons cannot share one)."""
+        assert self.drive is not None  # noqa: S101
         home = self.root / site
+        home.mkdir(parents=True, exist_ok=True)
+        token_file = home / "drive-refresh-token"
+        token_file.write_text(self.drive.issue_refresh_token())
+        token_file.chmod(0o600)
         served = ", ".join(json.dumps(hop) for hop in hops)
-        daemon = f'site = "{site}"\nhops = [{served}]\nlease = "6s"\n'
+        daemon = f'site = "{site}"\nhops = [{served}]\nlease = "10s"\n'
         path.write_text(
             self.config_text(
-                state=home / "state", staging=home / "staging", catalogue_url=catalogue_url, daemon=daemon
+                state=home / "state",
+                staging=home / "staging",
+                catalogue_url=catalogue_url,
+                daemon=daemon,
+                drive_token=token_file,
             )
         )
         path.chmod(0o600)
@@ -165,6 +175,7 @@ class RouteSandbox:
         staging: Path | None = None,
         catalogue_url: str | None = None,
         daemon: str = 'lease = "20s"\n',
+        drive_token: Path | None = None,
     ) -> str:
         """Return a daemon config over the sandbox's services; by default the one daemon's, with its
         state, catalogue and staging under the sandbox's root."""
@@ -199,7 +210,7 @@ token_env = "RELAYD_DEMO_HF_TOKEN"
 piece_size = "{self.piece_size}"
 {hub_tuning}[drive]
 api_url = "{self.drive.api_url}"
-refresh_token_file = "{self.root / "drive-refresh-token"}"
+refresh_token_file = "{drive_token or self.root / "drive-refresh-token"}"
 {tuning}[vm]
 {self.vm_section()}
 piece_size = "{self.piece_size}"
