@@ -21,7 +21,7 @@ down_revision: str | None = '0004'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-NOT_FINISHED = "state IN ('pending', 'waiting', 'running')"
+NOT_FINISHED = "state <> 'done'"
 
 
 def upgrade() -> None:
