@@ -230,6 +230,7 @@ def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credential
         "hf-token": box.hub_token,
         "drive-refresh-token": box.drive.issue_refresh_token(),
         "modelscope-token": box.ms_token,
+        "web-token": "web-" + os.urandom(16).hex(),
     }
     work = installation.workdir
     for name, value in secrets.items():
@@ -263,6 +264,7 @@ def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credential
                 "token_credential": "modelscope-token",
                 "activity_timeout": "60s",
             },
+            "web": {"token_credential": "web-token"},
         }
         for section, keys in values.items():
             for key, value in keys.items():
