@@ -29,7 +29,7 @@ from relayd.catalogue import migrate
 from relayd.catalogue.db import is_sqlite, sqlite_path
 from relayd.catalogue.queries import instance_lock_path
 from relayd.catalogue.schema import Repo
-from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
+from relayd.catalogue.store import HopRules, Store, WorkerBeat, new_owner_id, utcnow
 from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, InstanceLocked, RelayError
@@ -41,7 +41,7 @@ from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
-from relayd.sites import check_sites, serves
+from relayd.sites import check_sites, served_hops, serves, staging_holder, worker_beat
 from relayd.staging import Staging
 from relayd.web.access import resolve_token
 from relayd.web.server import WebServer, serve
@@ -115,11 +115,6 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
-
-
-def served_hops(config: Config, hops: dict[str, Hop]) -> dict[str, Hop]:
-    """Return the built *hops* this daemon serves (daemon.hops): the only ones its engine claims."""
-    return {name: hop for name, hop in hops.items() if serves(config, name)}
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
@@ -239,6 +234,8 @@ class Daemon:
         hops = build_hops(config, ctx)  # every hop: the store's rules need what each one declares
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
+        if not is_sqlite(config.catalogue.url):
+            store.staging_holder = staging_holder(config)
         served = served_hops(config, hops)
         sources, source_for_hop = build_sources(config, served)
         self.poller = Poller(store, sources, source_for_hop, config.retry)
@@ -284,6 +281,7 @@ class Daemon:
         self.notifier_thread.start()
         watcher = self._watch_config()
         self._reconcile()
+        self._safely(self.store.forget_workers)
         self._heartbeat()
         self.notifier.ready(f"serving {len(self._scheduled)} repos")
         log.info("relayd %s serving %s (pid %d)", __version__, self.config.catalogue.url, os.getpid())
@@ -324,6 +322,7 @@ class Daemon:
                     "some transfers did not reach a durable point within the grace; they resume next start"
                 )
             self._safely(lambda: self.store.publish("daemon", {**self._daemon_facts(), "state": "stopped"}))
+            self._safely(lambda: self.store.beat(self._worker("stopped")))
         log.info("stopped")
         return EXIT_OK
 
@@ -395,8 +394,12 @@ class Daemon:
             "config": str(self.config_path),
         }
 
+    def _worker(self, state: str = "running") -> WorkerBeat:
+        return worker_beat(self.config, self.engine.owner, self._started_at, state)
+
     def _heartbeat(self) -> None:
         self.store.publish("daemon", self._daemon_facts())
+        self.store.beat(self._worker())
 
     # -- scheduling --------------------------------------------------------------------------------
 

@@ -12,14 +12,16 @@ directory) is recorded with it, and a transfer that reads it is claimed only by 
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from relayd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from relayd.catalogue.queries.workers import WorkerView
+    from relayd.catalogue.store import WorkerBeat
     from relayd.config import Config
     from relayd.hops.base import Hop
 
@@ -32,6 +34,28 @@ def staging_holder(config: Config) -> str:
 def serves(config: Config, hop: str) -> bool:
     """Return whether this daemon serves *hop* (``daemon.hops``; unset: every hop)."""
     return config.daemon.hops is None or hop in config.daemon.hops
+
+
+def served_hops(config: Config, hops: Mapping[str, Hop]) -> dict[str, Hop]:
+    """Return the built *hops* this daemon serves: the only ones its engine claims."""
+    return {name: hop for name, hop in hops.items() if serves(config, name)}
+
+
+def worker_beat(config: Config, owner: str, started_at: datetime, state: str = "running") -> WorkerBeat:
+    """Return this daemon's heartbeat (its lease *owner* id names it): site, host, pid, hops, version."""
+    from relayd import __version__
+    from relayd.catalogue.store import WorkerBeat
+
+    return WorkerBeat(
+        id=owner,
+        site=config.daemon.site,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        hops=config.daemon.hops,
+        version=__version__,
+        started_at=started_at,
+        state=state,
+    )
 
 
 def check_served_hops(config: Config, classes: Mapping[str, type[Hop]]) -> None:
@@ -75,19 +99,3 @@ def check_sites(config: Config) -> None:
         except ImportError:
             continue
     check_served_hops(config, classes)
-
-
-def unserved_hops(needed: Iterable[str], workers: Iterable[WorkerView]) -> list[str]:
-    """Return the hops of *needed* that no running daemon serves, when any daemon runs (with none
-    running, status says the daemon is not running instead)."""
-    from relayd.catalogue.queries.workers import WORKER_RUNNING
-
-    live = [worker for worker in workers if worker.state == WORKER_RUNNING]
-    if not live:
-        return []
-    return sorted({hop for hop in needed if not any(worker.serves(hop) for worker in live)})
-
-
-def unserved_hint(hop: str) -> str:
-    """Return what `relayctl status` says of a hop no running daemon serves."""
-    return f'no daemon serves {hop}: start one with daemon.hops = ["{hop}"] (docs/sites.md)'

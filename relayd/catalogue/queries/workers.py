@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
 
@@ -83,3 +84,23 @@ def workers(reader: Reader, now: datetime) -> list[WorkerView]:
             )
         )
     return found
+
+
+class Unserved(NamedTuple):
+    """A hop that work waits for and no running daemon serves, with what to do."""
+
+    hop: str
+    hint: str
+
+
+def unserved_hops(wanted: Iterable[str], found: Iterable[WorkerView]) -> list[Unserved]:
+    """Return the hops of *wanted* that no running daemon serves, when a daemon runs (with none running,
+    status says the daemon is not running instead)."""
+    running = [worker for worker in found if worker.state == WORKER_RUNNING]
+    if not running:
+        return []
+    missing = sorted({hop for hop in wanted if not any(worker.serves(hop) for worker in running)})
+    return [
+        Unserved(hop, f'no daemon serves {hop}: start one with daemon.hops = ["{hop}"] (docs/sites.md)')
+        for hop in missing
+    ]

@@ -62,6 +62,14 @@ def _runnable(now: datetime) -> tuple[Any, ...]:
     )
 
 
+def _here(holder: str | None) -> tuple[Any, ...]:
+    """The condition of a transfer this daemon may run: one that reads no staged copy, or reads one
+    staged by *holder* (None: any, on a catalogue with one daemon)."""
+    if holder is None:
+        return ()
+    return (or_(Transfer.staged_on.is_(None), Transfer.staged_on == holder),)
+
+
 def _file_info(file: File, blob: Blob) -> FileInfo:
     return FileInfo(
         id=file.id,
@@ -113,7 +121,8 @@ class ClaimStore(SnapshotStore):
         """Claim one runnable transfer of *hop* for *owner* with a lease; return it or None.
 
         Runnable: pending, or waiting whose time has come, or running with an expired lease (its
-        worker died), in a repo that is not paused. *smaller_than*: only a transfer of fewer bytes.
+        worker died), in a repo that is not paused; one that reads a staged copy only where it was
+        staged (``staging_holder``). *smaller_than*: only a transfer of fewer bytes.
         The largest runnable transfer comes first (then the oldest): the slowest hop then ends on small
         files, so little of the route is left after it (a large file last would still have to go
         through every later hop alone).
@@ -126,6 +135,7 @@ class ClaimStore(SnapshotStore):
                 .where(
                     Transfer.hop == hop,
                     *_runnable(now),
+                    *_here(self.staging_holder),
                 )
                 .order_by(Transfer.bytes_total.desc(), Transfer.id)
                 .limit(1)
@@ -166,6 +176,7 @@ class ClaimStore(SnapshotStore):
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     *_runnable(now),
+                    *_here(self.staging_holder),
                 )
                 .group_by(Transfer.hop)
             ).all()
