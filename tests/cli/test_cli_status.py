@@ -166,17 +166,12 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     documented = {(table, path) for table, rows in tables.items() for path in rows}
     assert documented - seen == set()
 
+    # fetch (both repos' first hop, files pending) and local_copy (org/globs') have no daemon.
     summary = json.loads(relayctl("status", "--json").stdout)
-    assert summary["unserved"] == [
-        {
-            "hop": "fetch",
-            "hint": 'no daemon serves fetch: start one with daemon.hops = ["fetch"] (docs/sites.md)',
-        }
-    ]
-    assert (
-        'NOT SERVED no daemon serves fetch: start one with daemon.hops = ["fetch"]'
-        in relayctl("status").stdout
-    )
+    assert [item["hop"] for item in summary["unserved"]] == ["fetch", "local_copy"]
+    hint = 'no daemon serves fetch: start one with daemon.hops = ["fetch"] (docs/sites.md)'
+    assert summary["unserved"][0]["hint"] == hint
+    assert f"NOT SERVED {hint}" in relayctl("status").stdout
     full = json.loads(relayctl("status", "--json", "org/full").stdout)
     assert full["repo"]["finish"]["state"] == "blocked"
     assert full["repo"]["blocked"] == 1
