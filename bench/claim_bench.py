@@ -19,6 +19,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -113,7 +114,8 @@ def build(url: str, transfers: int, seed: int) -> None:
 
 
 def worker(url: str, owner: str, claims: int, start: Any, results: Any) -> None:
-    """Claim *claims* transfers once *start* is set; put (owner, ids, latencies in ms) on *results*."""
+    """Claim *claims* transfers once *start* is set; put (owner, ids, latencies in ms, the worker's CPU
+    seconds) on *results*."""
     from relayd.catalogue.store import Store
 
     store = Store(url)
@@ -121,6 +123,7 @@ def worker(url: str, owner: str, claims: int, start: Any, results: Any) -> None:
     ids: list[int] = []
     latencies: list[float] = []
     start.wait()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(claims):
         began = time.perf_counter()
         transfer = store.claim(HOP, owner, lease=600)
@@ -128,8 +131,10 @@ def worker(url: str, owner: str, claims: int, start: Any, results: Any) -> None:
         if transfer is None:
             break
         ids.append(transfer.id)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     store.close()
-    results.put((owner, ids, latencies))
+    results.put((owner, ids, latencies, cpu))
 
 
 def plan(url: str, log_file: Any) -> str:
@@ -206,8 +211,9 @@ def main() -> int:
         wall = time.perf_counter() - began
         for process in processes:
             process.join(60)
-    every_id = [transfer_id for _owner, ids, _latencies in found for transfer_id in ids]
-    latencies = sorted(ms for _owner, _ids, per in found for ms in per)
+    every_id = [transfer_id for _owner, ids, _latencies, _cpu in found for transfer_id in ids]
+    latencies = sorted(ms for _owner, _ids, per, _cpu in found for ms in per)
+    cpu_ms = sum(cpu for *_rest, cpu in found) * 1000 / max(1, len(every_id))
     assert len(every_id) == len(set(every_id)), "a transfer was claimed twice"
     median = statistics.median(latencies)
     p95 = latencies[int(len(latencies) * 0.95) - 1]
@@ -215,7 +221,7 @@ def main() -> int:
     print(
         f"{args.workers} workers, {len(every_id)} claims of {args.transfers} pending transfers ({index}): "
         f"median {median:.1f} ms, p95 {p95:.1f} ms, max {latencies[-1]:.1f} ms; "
-        f"{len(every_id) / wall:.0f} claims/s in all"
+        f"{len(every_id) / wall:.0f} claims/s in all; {cpu_ms:.1f} ms of the worker's CPU per claim"
     )
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

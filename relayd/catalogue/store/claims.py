@@ -130,7 +130,7 @@ class ClaimStore(SnapshotStore):
         now = utcnow()
         with self._write() as session:
             query = (
-                select(Transfer.id)
+                select(Transfer.id, Transfer.state, Transfer.lease_owner)
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     Transfer.hop == hop,
@@ -147,23 +147,28 @@ class ClaimStore(SnapshotStore):
                 query = query.where(Transfer.bytes_total < smaller_than)
             if self._skip_locked:
                 query = query.with_for_update(of=Transfer, skip_locked=True)
-            transfer_id = session.scalar(query)
-            if transfer_id is None:
+            found = session.execute(query).first()
+            if found is None:
                 return None
-            transfer = session.get(Transfer, transfer_id)
-            assert transfer is not None  # noqa: S101 - selected in this transaction
-            if transfer.state == RUNNING:
-                log.info(
-                    "transfer %s: the lease of %s expired; taking it over", transfer.id, transfer.lease_owner
+            transfer_id, state, previous = found
+            if state == RUNNING:
+                log.info("transfer %s: the lease of %s expired; taking it over", transfer_id, previous)
+            # One UPDATE … RETURNING, not a load and a flush: a claim is the engine's hottest write.
+            claimed = (
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(
+                    state=RUNNING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                    attempts=Transfer.attempts + 1,
+                    started_at=func.coalesce(Transfer.started_at, now),
+                    updated_at=now,
+                    rate=None,
                 )
-            transfer.state = RUNNING
-            transfer.lease_owner = owner
-            transfer.lease_expires_at = now + timedelta(seconds=lease)
-            transfer.attempts += 1
-            transfer.started_at = transfer.started_at or now
-            transfer.updated_at = now
-            transfer.rate = None
-            return transfer
+                .returning(Transfer)
+            )
+            return session.scalars(claimed, execution_options={"synchronize_session": False}).one()
 
     def runnable_hops(self) -> dict[str, int]:
         """Return the hops that have a transfer claimable now, each with the furthest position in its
