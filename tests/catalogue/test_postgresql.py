@@ -147,3 +147,38 @@ max_rate = "2 MB"
             process.terminate()
             process.wait(30)
         store.close()
+
+
+def test_status_reads_postgresql_through_psycopg_alone_and_agrees_with_sqlalchemy(postgres_url: str) -> None:
+    """relayctl's reader for PostgreSQL skips SQLAlchemy (its import alone costs status's budget) and
+    answers every status question as the SQLAlchemy reader does."""
+    from datetime import UTC, datetime
+
+    from relayd.catalogue import queries
+    from relayd.catalogue.db import make_engine
+    from relayd.catalogue.queries.reader import EngineReader, PsycopgReader
+
+    store = Store(postgres_url)
+    migrate.ensure_schema(store.engine, auto_upgrade=False)
+    seed(store, 5)
+    claimed = store.claim("local_copy", "w", lease=60)
+    assert claimed is not None
+    store.defer(claimed.id, "w", state="blocked", error="100% refused", error_class="auth", hint="fix it")
+    store.publish("daemon", {"pid": 1, "version": "t", "state": "running"})
+    store.close()
+    fast = queries.open_reader(postgres_url)
+    assert isinstance(fast, PsycopgReader)
+    slow = EngineReader(make_engine(postgres_url, immediate=False))
+    now = datetime.now(UTC)
+    try:
+        assert fast.has_table("transfers") and not fast.has_table("nothing_here")
+        assert queries.summary(fast, now=now) == queries.summary(slow, now=now)
+        assert queries.repo_detail(fast, "acme/shared", now=now) == queries.repo_detail(
+            slow, "acme/shared", now=now
+        )
+        assert queries.schema_revision(fast) == queries.schema_revision(slow) is not None
+        (blocked,) = queries.summary(fast, now=now).blocked
+        assert blocked.error == "100% refused"
+    finally:
+        fast.close()
+        slow.close()
