@@ -209,3 +209,23 @@ def test_no_heartbeat_says_so(tmp_path: Path, make_config: Callable[..., Path]) 
     result = CliRunner().invoke(cli, ["-c", str(config), "workers"])
     assert result.exit_code == 0
     assert result.output == "no daemon has published a heartbeat on this catalogue\n"
+
+
+def test_one_site_stopping_does_not_make_status_say_no_daemon_runs(
+    stores: dict[str, Store], url: str
+) -> None:
+    """Both sites write the one `daemon` fact; the last to stop says stopped while the other still runs."""
+    from relayd.catalogue.queries import daemon_of
+
+    store = stores[ABROAD_1]
+    beat(store, "abroad-1", "abroad", ("dl", "up"), state="stopped")
+    store.publish("daemon", {"pid": 1, "version": "9.9", "state": "stopped"})
+    reader = open_reader(url)
+    try:
+        assert daemon_of(reader, datetime.now(UTC)).state == "stopped"
+        beat(store, "vm-1", "vm", ("vm", "push"), pid=4321)
+        status = daemon_of(reader, datetime.now(UTC))
+    finally:
+        reader.close()
+    assert status.state == "running" and status.pid == 4321
+    assert status.detail == "running: 1 daemon(s) on site(s) vm (`relayctl workers`)"
