@@ -147,6 +147,8 @@ class HubConfig:
     stall_timeout: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class DriveConfig:
     url_lifetime: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ class VmConfig:
     from_staging: bool
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
     # The SSH key and known_hosts as systemd credentials (names in $CREDENTIALS_DIRECTORY), instead of
     # identity_file / known_hosts_file.
     identity_credential: str | None = None
@@ -485,6 +491,23 @@ def _proxy(reader: SectionReader) -> str:
     return value
 
 
+def _ca_bundle(reader: SectionReader) -> Path | None:
+    """Read a section's ``ca_bundle``: a PEM file of CA certificates trusted besides the system's.
+    A file that is missing or holds no certificate is an error naming the key."""
+    path = reader.path("ca_bundle", "")
+    if path is None:
+        return None
+    from relayd.vm.agent.proxy import new_client_context
+
+    try:
+        new_client_context(str(path))
+    except OSError as exc:  # ssl.SSLError included: no certificate in it
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        expected = f"a readable PEM file of CA certificates ({reason})"
+        raise reader.error("ca_bundle", expected, str(path)) from None
+    return path
+
+
 def _catalogue(reader: SectionReader, state_default: Path) -> CatalogueConfig:
     url = reader.string("url", f"sqlite:///{state_default / 'catalogue.db'}")
     # The backend name by hand, as SQLAlchemy's make_url would give it: `relayctl status` reads the
@@ -554,6 +577,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         default_every=reader.duration("default_every", "1h", minimum=10),
         stall_timeout=reader.duration("stall_timeout", "60s", minimum=1),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
     )
     reader.finish()
     return config
@@ -575,6 +599,7 @@ def _drive(reader: SectionReader) -> DriveConfig:
         timeout=reader.duration("timeout", "60s", minimum=1),
         url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
     )
     reader.finish()
     return config
@@ -609,6 +634,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
         identity_credential=reader.credential("identity_credential") or None,
         known_hosts_credential=reader.credential("known_hosts_credential") or None,
     )

@@ -47,9 +47,11 @@ from relayd.http_ranges import (
     RangeNotSatisfiable,
     RateLimited,
     Stopped,
+    Untrusted,
     origin_of,
 )
 from relayd.staging import fsync_dir
+from relayd.vm.agent.proxy import client_context
 
 if TYPE_CHECKING:
     from relayd.hub import FileMetadata, HubClient
@@ -647,6 +649,7 @@ class DownloadHop(Hop):
             buffer_size=RECEIVE_BUFFER,
             authorize=self.hub.authorization_for,
             on_answer=self.hub.note_answer,
+            ssl_context=client_context(str(section.ca_bundle) if section.ca_bundle else None),
             proxy=section.proxy,
         )
         lease = _Lease()
@@ -715,6 +718,15 @@ class DownloadHop(Hop):
                 job.log.info("piece %d: %s; waiting %.0fs", piece.index, exc, wait)
                 self._sleep(run, wait)
                 continue
+            except Untrusted as exc:
+                raise NeedsPerson(
+                    str(exc),
+                    hint="if the certificate is right (a private CA, or a TLS-inspecting proxy's), trust "
+                    "its CA with hub.ca_bundle (a PEM file), SSL_CERT_FILE or the system's store "
+                    "(update-ca-certificates); otherwise something intercepts TLS: check hub.proxy and "
+                    "the network, then `relayctl retry`",
+                    error_class=ErrorClass.TLS,
+                ) from exc
             except (LocationRefused, RangeNotSatisfiable) as exc:
                 if exc.received:
                     location.good = True
