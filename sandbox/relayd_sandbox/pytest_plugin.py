@@ -28,14 +28,6 @@ from relayd_sandbox.systools import require
 from relayd_sandbox.tls import OPENSSL, ThrowawayCA
 
 
-@pytest.fixture(scope="session")
-def sandbox_ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
-    """A throwaway CA for the session (``ca_cert`` is its certificate, PEM) and a certificate it signed
-    for 127.0.0.1. Skips the test without openssl (fails it when $CI is set)."""
-    require(OPENSSL, "openssl")
-    return ThrowawayCA.create(tmp_path_factory.mktemp("sandbox-ca"))
-
-
 def _tls(request: pytest.FixtureRequest, fixture: str) -> ssl.SSLContext | None:
     """Return the server context of ``sandbox_ca`` when the test parametrized *fixture* with "tls"."""
     mode = getattr(request, "param", "plain")
@@ -82,3 +74,11 @@ def sandbox_sshd() -> Iterator[SandboxSshd]:
     require(SSHD_PATH, "OpenSSH server")
     with SandboxSshd() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def sandbox_ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
+    """A throwaway CA for the session (``ca_cert`` is its certificate, PEM) and a certificate it signed
+    for 127.0.0.1. Skips the test without openssl (fails it when $CI is set)."""
+    require(OPENSSL, "openssl")
+    return ThrowawayCA.create(tmp_path_factory.mktemp("sandbox-ca"))
