@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from relayd import __version__
-from relayd.catalogue import migrate
 from relayd.catalogue.db import is_sqlite, sqlite_path
-from relayd.catalogue.queries import instance_lock_path
+from relayd.catalogue.queries import instance_lock_path, open_reader, schema_at_head
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
 from relayd.config import Config, load_config
@@ -36,15 +35,14 @@ from relayd.errors import ConfigError, InstanceLocked, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.metrics import Metrics, MetricsServer
-from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
 from relayd.staging import Staging
-from relayd.web.access import resolve_token
-from relayd.web.server import WebServer, serve
-from relayd.web.throughput import Throughput
+
+if TYPE_CHECKING:  # the metrics, the web server and Alembic are imported when a run uses them
+    from relayd.metrics import MetricsServer
+    from relayd.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +197,13 @@ class Daemon:
         config = self.config
         register_secrets(config)
         if config.web.listen and not once:
+            from relayd.web.access import resolve_token
+
             resolve_token(config.web)  # an unusable token refuses the start, before anything runs
         with instance_lock(config):
             store = Store(config.catalogue.url)
             try:
-                migrate.ensure_schema(
-                    store.engine, auto_upgrade=config.catalogue.auto_upgrade, config_path=self.config_path
-                )
+                self._check_schema(store)
                 if is_sqlite(config.catalogue.url):
                     orphans = store.reset_orphaned()
                     if orphans:
@@ -215,6 +213,21 @@ class Daemon:
                 return self._serve(store, once=once)
             finally:
                 store.close()
+
+    def _check_schema(self, store: Store) -> None:
+        """Create a new catalogue at head, upgrade it (catalogue.auto_upgrade), or raise SchemaMismatch.
+        A catalogue already at head is told without importing Alembic (a second of start-up)."""
+        reader = open_reader(self.config.catalogue.url)
+        try:
+            if schema_at_head(reader):
+                return
+        finally:
+            reader.close()
+        from relayd.catalogue import migrate
+
+        migrate.ensure_schema(
+            store.engine, auto_upgrade=self.config.catalogue.auto_upgrade, config_path=self.config_path
+        )
 
     def _serve(self, store: Store, *, once: bool) -> int:
         config = self.config
@@ -261,6 +274,9 @@ class Daemon:
 
     def _run_forever(self) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
+
+        from relayd.notify import Notifier as WebhookNotifier
+        from relayd.web.throughput import Throughput
 
         self.install_signals()
         self.scheduler = BackgroundScheduler(
@@ -322,6 +338,8 @@ class Daemon:
     def _start_metrics(self) -> MetricsServer | None:
         if not self.config.metrics.listen:
             return None
+        from relayd.metrics import Metrics, MetricsServer
+
         metrics = Metrics(self.store)
         try:
             server = MetricsServer(metrics, self.config.metrics.listen)
@@ -338,6 +356,8 @@ class Daemon:
         listen = self.config.web.listen
         if not listen:
             return None
+        from relayd.web.server import serve
+
         try:
             server = serve(self.config, self.store, self.throughput)
         except (ConfigError, OSError) as exc:
@@ -357,6 +377,8 @@ class Daemon:
         """Keep serving with the new config when [web] and its token are unchanged; else restart."""
         new = self.config
         if self.web is not None and old.web == new.web:
+            from relayd.web.access import resolve_token
+
             try:
                 same = resolve_token(new.web) == self.web.app.access.token
             except ConfigError:

@@ -361,6 +361,15 @@ def schema_revision(reader: Reader) -> str | None:
     return str(rows[0][0]) if len(rows) == 1 else None
 
 
+def schema_at_head(reader: Reader) -> bool:
+    """Return whether the catalogue is at the migrations' head, told without importing Alembic
+    (False when unsure: then Alembic decides)."""
+    from relayd.catalogue.revisions import fast_head_revision
+
+    head = fast_head_revision()
+    return head is not None and schema_revision(reader) == head
+
+
 _REPOS = (
     "SELECT id, name, repo_type, revision, route, every, paused, head_commit, "
     "poll_state, poll_error, poll_hint, next_poll_at, "
