@@ -8,6 +8,7 @@ path. `relayd run --once` polls every repo once and runs until nothing is runnab
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -249,6 +250,9 @@ class Daemon:
         self.poller = Poller(store, sources, source_for_hop, config.retry)
         self.store = store
         self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
+        # What start-up built (modules, the config, the hops) lives as long as the process: keep the
+        # garbage collector from walking it again on every full collection while bytes flow.
+        gc.freeze()
         if once:
             return self._run_once()
         return self._run_forever()

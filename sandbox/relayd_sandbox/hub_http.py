@@ -173,7 +173,7 @@ class OriginHandler(BaseHTTPRequestHandler, abc.ABC):
         self._target = unquote(self.path)
         try:
             self._route(split.path)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError) as exc:
             logger.debug("client left during %s %s: %s", self.command, self.path, exc)
             self.close_connection = True
         except Exception:
