@@ -18,6 +18,7 @@ import pytest
 from relayd.config import load_config
 from relayd.drive.base import LocalFile, UploadCallbacks
 from relayd.errors import ConfigError, ErrorClass, NeedsPerson
+from relayd.vm.agent.proxy import client_context
 from relayd.vm.executor import make_executor
 from relayd_sandbox.drive import DOWNLOAD_PREFIX, UPLOAD_PREFIX, FakeDrive
 from relayd_sandbox.tls import ThrowawayCA
@@ -56,6 +57,18 @@ def test_a_ca_bundle_that_is_missing_or_holds_no_certificate_is_refused_naming_t
         message = str(caught.value)
         assert f"{section}.ca_bundle: expected a readable PEM file of CA certificates" in message
         assert says in message
+
+
+def test_one_context_per_bundle_is_shared_and_a_replaced_bundle_is_read_again(
+    tmp_path: Path, sandbox_ca: ThrowawayCA
+) -> None:
+    bundle = tmp_path / "extra-ca.pem"
+    bundle.write_bytes(sandbox_ca.ca_cert.read_bytes())
+    first = client_context(str(bundle))
+    assert client_context(str(bundle)) is first
+    bundle.write_bytes(sandbox_ca.ca_cert.read_bytes())
+    os.utime(bundle, ns=(bundle.stat().st_atime_ns, bundle.stat().st_mtime_ns + 1_000_000_000))
+    assert client_context(str(bundle)) is not first
 
 
 # -- the drive's part uploads -----------------------------------------------------------------------

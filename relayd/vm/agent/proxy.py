@@ -86,8 +86,14 @@ def new_client_context(cafile: str | None = None, cadata: str | None = None) -> 
 def client_context(cafile: str | None = None, cadata: str | None = None) -> ssl.SSLContext:
     """new_client_context, made once per bundle and shared (building one reads the system's whole
     trust store, some milliseconds of CPU; a context may serve many connections and threads)."""
-    # The variables are part of the key: OpenSSL reads them when a context loads its defaults.
-    key = (cafile or None, cadata or None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    # The variables are part of the key (OpenSSL reads them when a context loads its defaults), and so
+    # is the bundle's modification time: a bundle replaced before a reload is read again.
+    try:
+        stamp = str(os.stat(cafile).st_mtime_ns) if cafile else None
+    except OSError:
+        stamp = None  # new_client_context says what is wrong with it
+    variables = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    key = (cafile or None, stamp, cadata or None, *variables)
     with _contexts_lock:
         context = _contexts.get(key)
         if context is None:
