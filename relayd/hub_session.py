@@ -22,8 +22,9 @@ from huggingface_hub.utils._http import hf_request_event_hook
 from relayd.vm.agent.proxy import ProxyError, client_context, proxy_for
 
 _lock = threading.Lock()
-#: The hub.proxy and hub.ca_bundle the installed factory uses (None: huggingface_hub's own factory).
-_installed: list[tuple[str, Path | None] | None] = [None]
+#: The hub.proxy, hub.ca_bundle and the bundle's mtime the installed factory uses (None: huggingface_hub's
+#: own factory).
+_installed: list[tuple[str, Path | None, int | None] | None] = [None]
 
 
 class ProxyRouting(httpx2.BaseTransport):
@@ -69,11 +70,16 @@ def route_hub_session(proxy: str, ca_bundle: Path | None = None) -> None:
     """Make huggingface_hub's shared client route by *proxy* (hub.proxy, "" for the environment's)
     and trust *ca_bundle*'s CAs besides the system's.
 
-    The factory is replaced (closing the current client) only when either changed, so building
-    another HubClient with the same config does not cut requests in flight.
+    The factory is replaced (closing the current client) only when either changed (or the bundle was
+    replaced on disk), so building another HubClient with the same config does not cut requests in
+    flight.
     """
+    try:
+        stamp = ca_bundle.stat().st_mtime_ns if ca_bundle else None
+    except OSError:
+        stamp = None
     with _lock:
-        if _installed[0] == (proxy, ca_bundle):
+        if _installed[0] == (proxy, ca_bundle, stamp):
             return
         verify: ssl.SSLContext | bool = client_context(str(ca_bundle)) if ca_bundle else True
 
@@ -88,4 +94,4 @@ def route_hub_session(proxy: str, ca_bundle: Path | None = None) -> None:
             )
 
         set_client_factory(build)
-        _installed[0] = (proxy, ca_bundle)
+        _installed[0] = (proxy, ca_bundle, stamp)
