@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,8 +38,6 @@ from relayd.staging import fsync_dir
 
 if TYPE_CHECKING:
     from relayd.hub import FileMetadata, HubClient
-
-log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 MIN_PIECE = 1 * MiB
