@@ -28,6 +28,7 @@ import requests
 
 from relayd.drive.base import (
     ContentMismatch,
+    Drive,
     DriveFile,
     LocalFile,
     NameTaken,
@@ -161,8 +162,8 @@ class _Completed(Exception):
         self.file = file
 
 
-class MultipartUploads(abc.ABC):
-    """The upload flow of ``Drive.upload`` over a backend's five API hooks (module doc)."""
+class MultipartUploads(Drive):
+    """A Drive whose upload is this module's flow over the backend's five API hooks (module doc)."""
 
     _data: requests.Session
     _timeout: tuple[float, float]
@@ -175,18 +176,6 @@ class MultipartUploads(abc.ABC):
         """Return the id of the drive uploads go to."""
 
     @abc.abstractmethod
-    def get(self, file_id: str) -> DriveFile | None:
-        """Return the file with this id, or None."""
-
-    @abc.abstractmethod
-    def find(self, parent_id: str, name: str) -> DriveFile | None:
-        """Return the file called *name* in *parent_id*, or None."""
-
-    @abc.abstractmethod
-    def verify(self, file_id: str, size: int, sha1: str) -> DriveFile:
-        """Return the file if it has *size* bytes and content hash *sha1*."""
-
-    @abc.abstractmethod
     def forget_folders(self) -> None:
         """Drop cached folder ids (a folder was found missing)."""
 
@@ -196,7 +185,9 @@ class MultipartUploads(abc.ABC):
         with it."""
 
     @abc.abstractmethod
-    def _api_create(self, name: str, parent_id: str, local: LocalFile, count: int, extra: dict[str, Any]) -> Created:
+    def _api_create(
+        self, name: str, parent_id: str, local: LocalFile, count: int, extra: dict[str, Any]
+    ) -> Created:
         """Create *name* in *parent_id* (``check_name_mode`` refuse, *count* parts, the *extra*
         fields). Return the answer; a refusal whose code is ``PreHashMatched``, ``NotFound.File`` or
         in PROOF_REFUSED comes back as ``Created(code=...)``, others raise."""
@@ -302,7 +293,9 @@ class MultipartUploads(abc.ABC):
                 raise Retryable(
                     f"the destination folder of {name} vanished from the drive", error_class=ErrorClass.DRIVE
                 )
-            raise Retryable(f"creating {name}: the drive answered {created.code}", error_class=ErrorClass.DRIVE)
+            raise Retryable(
+                f"creating {name}: the drive answered {created.code}", error_class=ErrorClass.DRIVE
+            )
         if created.exist:
             existing = self.get(created.file_id) if created.file_id else None
             raise NameTaken(f"{name} already exists in the destination folder", existing)
@@ -469,7 +462,9 @@ class MultipartUploads(abc.ABC):
         """PUT one part from the separate data session (no Authorization); classify the answer."""
         body = _PartBody(fd, offset, length, progress)
         try:
-            response = self._data.put(url, data=body, timeout=self._timeout, allow_redirects=False, stream=True)
+            response = self._data.put(
+                url, data=body, timeout=self._timeout, allow_redirects=False, stream=True
+            )
             with response:
                 status = response.status_code
                 text = _bounded_text(response)
@@ -502,7 +497,9 @@ class MultipartUploads(abc.ABC):
                 self.find(str(state["parent_id"]), name),
             )
         if not isinstance(done, DriveFile):
-            raise Retryable(f"completing {name}: the drive counts missing parts", error_class=ErrorClass.DRIVE)
+            raise Retryable(
+                f"completing {name}: the drive counts missing parts", error_class=ErrorClass.DRIVE
+            )
         if not done.matches(local.size, local.sha1):
             raise ContentMismatch(
                 f"the drive computed content hash {done.content_hash} over {done.size} bytes for {name}, "
