@@ -201,6 +201,14 @@ class DriveOAuth(DriveAccounts):
             "expires_in": int(ttl),
         }
 
+    def revoke_refresh_tokens(self, user: DriveUser | None = None) -> None:
+        """Invalidate live refresh tokens of both API families (of *user*, or of everyone)."""
+        super().revoke_refresh_tokens(user)
+        with self.lock:
+            for token, (owner, _client, _expiry) in list(self._open_refresh.items()):
+                if user is None or owner == user.user_id:
+                    del self._open_refresh[token]
+
     def issue_open_refresh_token(self, user: DriveUser, app: OpenApp) -> str:
         """Return a live refresh token of *app* for *user* (as if it had logged in before)."""
         with self.lock:
