@@ -38,11 +38,11 @@ SLOW_HINT = (
 )
 
 LOGIN_EPILOG = (
-    "Open Platform backend (drive.backend = 'open'): run it without options, scan the QR code with the "
-    "Aliyun Drive app and confirm. Web backend ('aligo'): get a refresh token from the Aliyun Drive web "
-    "app (developer tools: localStorage 'token', field refresh_token), write it to a file only you can "
-    "read (chmod 600), and pass that file. Then run `relayctl retry` so transfers blocked on the login "
-    "continue."
+    "Run it without options, scan the QR code with the Aliyun Drive app and confirm (the Open Platform "
+    "backend by its OAuth login, the web backend by the web app's own QR login, as aligo does it). Or, "
+    "web backend only: get a refresh token from the Aliyun Drive web app (developer tools: "
+    "localStorage 'token', field refresh_token), write it to a file only you can read (chmod 600), and "
+    "pass that file. Then run `relayctl retry` so transfers blocked on the login continue."
 )
 
 
@@ -157,7 +157,7 @@ def _describe(fact: dict[str, Any], now: datetime) -> str:
     type=click.FloatRange(min=1),
     default=300.0,
     show_default=True,
-    help="Open Platform: how many seconds to wait for the QR code's scan.",
+    help="How many seconds to wait for the QR code's scan (a login without --refresh-token-file).",
 )
 @pass_app
 def login(app: App, token_file: Path | None, no_check: bool, wait: float) -> None:
@@ -173,7 +173,12 @@ def login(app: App, token_file: Path | None, no_check: bool, wait: float) -> Non
         _publish(app, qr_login(config, wait))
         return
     if token_file is None:
-        raise UsageError("the web backend (drive.backend = 'aligo') needs --refresh-token-file PATH")
+        if no_check:
+            raise UsageError("--no-check needs --refresh-token-file PATH")
+        from relayd.cli.drive_login import web_qr_login
+
+        _publish(app, web_qr_login(config, wait, _configured_fingerprint(app)))
+        return
     token = _read_token(token_file)
     tokens = TokenStore(config.daemon.state_dir / "drive")
     bootstrap = _configured_fingerprint(app)

@@ -1,6 +1,7 @@
-"""`relayctl drive login` and `drive status` for the Open Platform backend: the QR code drawn in the
-terminal (and its URL, for a terminal that cannot show it), the wait for the scan, and what status
-adds: the refresh token's end, the account's third-party rights and the rate to expect."""
+"""`relayctl drive login` by QR code, and what `drive status` adds for the Open Platform backend: the QR
+code drawn in the terminal (and its URL, for a terminal that cannot show it) and the wait for the scan
+(the Open Platform's OAuth login, or the web app's own through aligo), the refresh token's end, the
+account's third-party rights and the rate to expect."""
 
 from __future__ import annotations
 
@@ -70,6 +71,30 @@ def qr_login(config: Config, wait: float, poll: float = QR_POLL) -> dict[str, An
         click.echo(f"refresh token valid until {fact['refresh_expires_at']} (relayd renews it by using it)")
     click.echo("run `relayctl retry` to continue transfers that waited for the login")
     return fact
+
+
+def web_qr_login(config: Config, wait: float, bootstrap_sha256: str | None) -> dict[str, Any]:
+    """The web backend's QR login (aligo's own flow): show the code, wait for the scan, save the
+    rotated pair; return the login's fact. Exit with status 1 when the code expires or nobody scans."""
+    from relayd.drive.aligo_backend import AligoDrive
+    from relayd.errors import NeedsPerson
+
+    def show(link: str) -> None:
+        click.echo(qr_text(link))
+        click.echo(f"Scan this QR code with the Aliyun Drive app and confirm, or open: {link}")
+
+    drive = AligoDrive(config.drive, config.daemon.state_dir)
+    try:
+        lifetime = drive.qr_login(show, wait, bootstrap_sha256=bootstrap_sha256)
+    except NeedsPerson as exc:
+        click.echo(f"relayctl: error: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_RUNTIME) from exc
+    finally:
+        drive.close()
+    click.echo(f"saved the drive login to {drive.tokens.path} (mode {drive.tokens.mode() or 0:o})")
+    click.echo(f"access token valid until {lifetime.as_fact()['expires_at']}")
+    click.echo("run `relayctl retry` to continue transfers that waited for the login")
+    return lifetime.as_fact()
 
 
 def open_status(config: Config, lifetime: TokenLifetime, now: datetime) -> dict[str, Any]:

@@ -11,12 +11,16 @@ resume, unchecked statuses).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import json
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
+
 from relayd.drive.aligo_session import AligoSession
-from relayd.drive.base import DownloadLink, DriveFile, LocalFile
+from relayd.drive.base import LOGIN_HINT, DownloadLink, DriveFile, LocalFile, TokenLifetime
 from relayd.drive.multipart import (
     COMPLETE_CODES,
     PROOF_REFUSED,
@@ -24,8 +28,8 @@ from relayd.drive.multipart import (
     MultipartUploads,
     segments,
 )
-from relayd.drive.tokens import parse_time
-from relayd.errors import ErrorClass, Permanent, Retryable
+from relayd.drive.tokens import new_record, parse_time
+from relayd.errors import ErrorClass, NeedsPerson, Permanent, Retryable
 
 LIST_LIMIT = 200
 #: The web origins whose Referer the drive's download links accept: the configured one is sent, the
@@ -200,6 +204,52 @@ class AligoDrive(AligoSession, MultipartUploads):
             content_hash=str(answer.content_hash or "").upper(),
             alternatives=others,
         )
+
+    # -- QR login ----------------------------------------------------------------------------------
+
+    def qr_login(
+        self, show: Callable[[str], None], wait: float, *, bootstrap_sha256: str | None = None
+    ) -> TokenLifetime:
+        """Log relayd in by aligo's own QR flow (the web app's passport login): *show* receives the
+        link to draw as a QR code; wait up to *wait* seconds for the scan and the confirmation, then
+        exchange the refresh token it yields as ``login`` does. Raise NeedsPerson when the code
+        expired or nobody scanned it in time, Retryable for network trouble."""
+        from aligo.utils.LoginTimout import LoginTimeout
+
+        with self._client_lock:
+            # A client without a token: aligo's QR flow needs only its session (and the redirect).
+            ali = self._build(new_record("qr-login", source="login", previous=self.tokens.load()))
+        auth = ali._auth
+        auth._show = show
+        auth._login_timeout = LoginTimeout(wait)
+        try:
+            response = auth._login_by_qrcode()
+            biz = response.json()["content"]["data"]["bizExt"]
+            token = str(
+                json.loads(base64.b64decode(biz).decode("gb18030"))["pds_login_result"]["refreshToken"]
+            )
+        except TimeoutError:
+            raise NeedsPerson(
+                f"nobody scanned the QR code within {wait:g} s", hint=LOGIN_HINT, error_class=ErrorClass.AUTH
+            ) from None
+        except self._errors.AligoFatalError:
+            raise NeedsPerson(
+                "the QR code expired (or the login was cancelled) before it was confirmed",
+                hint="run `relayctl drive login` again and scan the new code",
+                error_class=ErrorClass.AUTH,
+            ) from None
+        except requests.RequestException as exc:
+            raise Retryable(
+                f"the QR login failed: {type(exc).__name__} talking to the drive",
+                error_class=ErrorClass.NETWORK,
+            ) from None
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+            raise Retryable(
+                "the drive's QR login answer held no refresh token", error_class=ErrorClass.DRIVE
+            ) from None
+        finally:
+            ali._session.close()
+        return self.login(token, bootstrap_sha256=bootstrap_sha256)
 
     # -- the upload flow's hooks (relayd.drive.multipart) -----------------------------------------
 

@@ -190,6 +190,15 @@ class FakeDrive:
         and confirm the login (unless *confirm* is false); return its sid."""
         return self.store.scan_qr(user or self.user, sid, confirm=confirm)
 
+    def scan_web_qr(self, *, user: DriveUser | None = None, confirm: bool = True) -> None:
+        """Scan the newest QR code of the web app's login (aligo's) and confirm it (unless *confirm*
+        is false): its next status poll hands out a new web refresh token."""
+        self.store.scan_web_qr(user or self.user, confirm=confirm)
+
+    def web_qr_count(self) -> int:
+        """Return how many web login QR codes are waiting for their scan."""
+        return self.store.web_qr_count()
+
     def qr_sids(self) -> list[str]:
         """Return the sids of the login QR codes requested so far, oldest first."""
         return self.store.qr_sids()

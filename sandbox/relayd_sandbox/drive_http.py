@@ -31,6 +31,7 @@ from relayd_sandbox.drive_records import (
     PutTicket,
 )
 from relayd_sandbox.drive_store import DriveStore
+from relayd_sandbox.drive_weblogin import WEB_LOGIN_PATHS
 
 if TYPE_CHECKING:
     from relayd_sandbox.drive import FakeDrive
@@ -297,6 +298,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
             else:
                 self._send_injected(injection)
+            return
+        if path in WEB_LOGIN_PATHS:
+            try:
+                answer, headers = self._store.handle_web_login(self.command, path, raw)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            self._send_json(200, answer, headers)
             return
         if path.startswith("/oauth/"):
             try:

@@ -29,11 +29,12 @@ from relayd_sandbox.drive_records import (
     DriveSettings,
     DriveStats,
 )
+from relayd_sandbox.drive_weblogin import DriveWebLogin
 
 Route = Callable[["DriveStore", CallContext, JSON], tuple[int, JSON | None]]
 
 
-class DriveStore(DriveOpen):
+class DriveStore(DriveOpen, DriveWebLogin):
     """All state of one fake drive service, and the router of its JSON API. Methods raise ApiError for
     error answers."""
 
