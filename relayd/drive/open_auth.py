@@ -191,9 +191,10 @@ class OpenAuth:
                 SCRUBBER.add(secret)
         self.tokens.save(record)
         self._access, self._expires_at, self._stamp = access, expires_at, self.tokens.stamp()
-        self._publish()
+        self.publish()
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
+        """Publish the login's state as ``drive.token`` (read from the token file)."""
         if self._publish_fact is None:
             return
         try:
@@ -264,7 +265,7 @@ class OpenAuth:
             # A 400 on a refresh: the drive refused this refresh token; never send it again.
             record["refused"] = True
             self.tokens.save(record)
-            self._publish()
+            self.publish()
             raise self.refused() from None
         self._save(answer, source="refresh", pkce=False)
         log.info("refreshed the Open Platform access token (valid until %s)", self._expires_at)

@@ -83,6 +83,8 @@ class OpenDrive(MultipartUploads):
         self._drive_id: str | None = None
         self._folders: dict[str, str] = {}
         self._folders_lock = threading.Lock()
+        # `relayctl status` shows the login's state from the start, before the first drive call.
+        self.auth.publish()
 
     # -- calls ------------------------------------------------------------------------------------
 
@@ -138,9 +140,9 @@ class OpenDrive(MultipartUploads):
             if 200 <= status < 300:
                 raise Retryable(f"{what}: the drive's answer was not JSON", error_class=ErrorClass.SERVER)
             data = {}
-        code = str(data.get("code") or "") if status != 200 else ""
-        if status == 200:
+        if 200 <= status < 300:
             return data
+        code = str(data.get("code") or "")
         if code and code in accept:
             return {"code": code, "status": status}
         raise failure(what, status, code, str(data.get("message") or ""), login_hint=OPEN_LOGIN_HINT)
