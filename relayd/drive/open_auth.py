@@ -97,11 +97,14 @@ class OpenAuth:
     def secret(self) -> str:
         """Return the app's client secret, "" for a PKCE app."""
         try:
-            return (self.config.client_secret.resolve() or "").strip()
+            secret = (self.config.client_secret.resolve() or "").strip()
         except ConfigError as exc:
             raise NeedsPerson(
                 str(exc), hint="fix drive.client_secret", error_class=ErrorClass.CONFIG
             ) from None
+        if secret:
+            SCRUBBER.add(secret)
+        return secret
 
     def _oauth(self, what: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = self.config.api_url + path
@@ -120,7 +123,11 @@ class OpenAuth:
         if response.status_code != 200 or not isinstance(data, dict):
             data = data if isinstance(data, dict) else {}
             raise failure(
-                what, response.status_code, str(data.get("code") or ""), str(data.get("message") or "")
+                what,
+                response.status_code,
+                str(data.get("code") or ""),
+                str(data.get("message") or ""),
+                login_hint=OPEN_LOGIN_HINT,
             )
         return data
 

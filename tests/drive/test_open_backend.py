@@ -364,3 +364,15 @@ def test_a_part_put_never_carries_authorization(
     upload(drive, local(tmp_path, os.urandom(2 * PART)))
     puts = [r for r in fake_drive.requests.snapshot() if r.path.startswith(UPLOAD_PREFIX)]
     assert puts and all(r.header("Authorization") is None for r in puts)
+
+
+def test_a_wrong_client_secret_blocks_with_the_login_hint(drive: OpenDrive, fake_drive: FakeDrive) -> None:
+    secret_file = drive.config.client_secret.file
+    assert secret_file is not None
+    secret_file.write_text("not-the-secret")
+    fake_drive.expire_access_tokens()
+    with pytest.raises(NeedsPerson) as caught:
+        OpenDrive(drive.config, drive.tokens.directory.parent.parent).drive_id()
+    assert caught.value.error_class == ErrorClass.AUTH and "relayctl drive login" in (caught.value.hint or "")
+    assert "not-the-secret" not in str(caught.value)
+    assert drive.token_lifetime().state != "refused"  # the refresh token was not spent
