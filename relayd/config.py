@@ -183,9 +183,13 @@ def _drive(reader: SectionReader) -> DriveConfig:
     root = reader.string("root", "/relayd")
     if not root.startswith("/"):
         raise reader.error("root", "an absolute drive path such as '/relayd'", root)
+    backend = reader.string("backend", "aligo", choices=("aligo", "open"))
+    is_open = backend == "open"
     config = DriveConfig(
-        backend=reader.string("backend", "aligo", choices=("aligo",)),
-        api_url=reader.string("api_url", "https://api.aliyundrive.com").rstrip("/"),
+        backend=backend,
+        api_url=reader.string(
+            "api_url", "https://openapi.alipan.com" if is_open else "https://api.aliyundrive.com"
+        ).rstrip("/"),
         refresh_token=reader.secret("refresh_token"),
         root=root.rstrip("/") or "/",
         drive=reader.string("drive", "resource", choices=("resource", "backup")),
@@ -193,10 +197,16 @@ def _drive(reader: SectionReader) -> DriveConfig:
         referer=reader.string("referer", "https://www.aliyundrive.com/"),
         on_conflict=reader.string("on_conflict", "replace", choices=("replace", "keep_both", "block")),
         timeout=reader.duration("timeout", "60s", minimum=1),
-        url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
+        # The Open Platform's links last 900 s unless the app applied for more (up to 4 h).
+        url_lifetime=reader.duration("url_lifetime", "15m" if is_open else "4h", minimum=60),
         proxy=_proxy(reader),
         ca_bundle=_ca_bundle(reader),
+        client_id=reader.string("client_id", ""),
+        client_secret=reader.secret("client_secret"),
+        max_file_size=reader.size("max_file_size", "30 GB", minimum=1),
     )
+    if is_open and not config.client_id:
+        raise reader.error("client_id", "the client id of your Open Platform app when backend = 'open'")
     reader.finish()
     return config
 

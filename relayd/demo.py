@@ -51,6 +51,8 @@ class DemoOptions:
     change: bool
     local: bool
     ssh: bool | None
+    #: The drive backend the route uses: "aligo" (the web API) or "open" (the Open Platform).
+    drive: str = "aligo"
 
 
 def progress_line(document: dict[str, Any]) -> str:
@@ -251,7 +253,7 @@ class RouteDemo(Demo):
 
         self.options = options
         self.sandbox = RouteSandbox(
-            root, shards=options.shards, shard_size=options.shard_size, ssh=options.ssh
+            root, shards=options.shards, shard_size=options.shard_size, ssh=options.ssh, drive=options.drive
         )
         self.config_path = self.sandbox.config_path
         self.log_path = self.sandbox.log_path
@@ -260,6 +262,11 @@ class RouteDemo(Demo):
 
     def start(self) -> None:
         self.sandbox.start()
+        if self.options.drive == "open":
+            # The login a person makes once: `relayctl drive login` shows the QR code, the fake drive
+            # plays the phone that scans it.
+            login = self.relayctl("drive", "login", "--wait", "60")
+            click.echo(login.stdout, nl=False)
         self.daemon = self.sandbox.start_daemon()
 
     def stop(self) -> None:
@@ -534,6 +541,14 @@ def run_demo(options: DemoOptions) -> int:
 )
 @click.option("--local", is_flag=True, help="Relay through local_copy only (no Hub, drive, VM or git).")
 @click.option(
+    "--drive",
+    "drive",
+    type=click.Choice(["aligo", "open"]),
+    default="aligo",
+    show_default=True,
+    help="The drive backend: Aliyun Drive's web API (aligo) or its Open Platform (a QR login first).",
+)
+@click.option(
     "--ssh/--no-ssh",
     default=None,
     help="Reach the VM over SSH through a sandbox sshd, or run its side locally [default: SSH when an "
@@ -548,6 +563,7 @@ def demo_command(
     no_change: bool,
     local: bool,
     ssh: bool | None,
+    drive: str,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
     try:
@@ -563,6 +579,7 @@ def demo_command(
         change=not no_change,
         local=local,
         ssh=ssh,
+        drive=drive,
     )
     os.environ.setdefault("RELAYD_DEMO", "1")
     # A SIGTERM (an `--keep` sandbox stopped by kill, systemd, a CI timeout) unwinds like Ctrl-C, so

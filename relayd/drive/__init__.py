@@ -1,4 +1,5 @@
-"""The drive boundary: relayd's adapter over Aliyun Drive (aligo) and what it needs to run headless.
+"""The drive boundary: relayd's adapters over Aliyun Drive (its web API through aligo, or its Open
+Platform) and what they need to run headless.
 
 Hops use the ``Drive`` interface (``relayd.drive.base``) and get the daemon's shared instance from
 ``ctx.services.get("drive")``, which calls ``make_drive``. The backend is imported only then, so
@@ -60,4 +61,8 @@ def make_drive(config: DriveConfig, state_dir: Path, facts: FactSink | None = No
         from relayd.drive.aligo_backend import AligoDrive
 
         return AligoDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
-    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo')")
+    if config.backend == "open":
+        from relayd.drive.open_backend import OpenDrive
+
+        return OpenDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
+    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo', 'open')")

@@ -32,6 +32,7 @@ from relayd_sandbox.drive_records import (
     PutTicket,
 )
 from relayd_sandbox.drive_store import DriveStore
+from relayd_sandbox.drive_weblogin import WEB_LOGIN_PATHS
 
 if TYPE_CHECKING:
     from relayd_sandbox.drive import FakeDrive
@@ -260,6 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body, "application/json;charset=UTF-8", headers)
 
     def _send_error(self, error: ApiError) -> None:
+        if error.plain is not None:
+            self._send_text(error.status, error.plain, error.headers)
+            return
         if self._srv.role == "api":
             payload = {"code": error.code, "message": error.message, "requestId": os.urandom(8).hex()}
             self._send_json(error.status, payload, error.headers)
@@ -295,6 +299,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
             else:
                 self._send_injected(injection)
+            return
+        if path in WEB_LOGIN_PATHS:
+            try:
+                answer, headers = self._store.handle_web_login(self.command, path, raw)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            self._send_json(200, answer, headers)
+            return
+        if path.startswith("/oauth/"):
+            try:
+                answer = self._store.handle_oauth(self.command, path, self.headers.get("Authorization"), raw)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            self._send_json(200, answer)
             return
         if self.command != "POST":
             self._send_error(ApiError(405, "MethodNotAllowed", f"{self.command} is not allowed here."))
