@@ -1,0 +1,52 @@
+"""The conformance kit: one suite that every hop and every drive backend of relayd passes, against
+the sandbox's real servers on 127.0.0.1 (in the manner of rclone's fstests, run over every backend).
+
+What it checks, for each case (a hop, and the drive backend under it when the hop uses the drive):
+
+* plan, move and verify are idempotent: two plans agree; a move made again after its records were
+  lost leaves a copy that verifies; a second verify (a crash between verify and done) names the same
+  copy and moves no payload byte;
+* a SIGKILL at a piece (right after the first record of a durable piece, and right after the last
+  one before verify) resumes without sending a durable piece again: by the catalogue's count of
+  sends, and by the bytes the real server took in;
+* ``Cancelled`` (a daemon draining: stop claiming, set the cancel event) leaves the transfer
+  pending with its durable pieces, and the next run finishes it without sending them again;
+* a copy damaged on its way to the destination is detected (the transfer waits, with the error class
+  ``integrity``) and sent again; one damaged every time ends blocked and is never done, nor left as
+  the copy at the destination;
+* handles round-trip: every handles dict a hop saves comes back unchanged from the catalogue, and so
+  does its outcome's.
+
+Use it from a test module::
+
+    import pytest
+    from relayd_sandbox.conformance import HopConformance, cases, open_bench
+
+    @pytest.fixture(params=cases(["my_hop"]), ids=str)
+    def bench(request, tmp_path):
+        with open_bench(request.param, request.getfixturevalue, tmp_path / "bench") as opened:
+            yield opened
+
+    class TestMyHop(HopConformance):
+        pass
+
+and register the hop's harness (a ``HopHarness``; a drive backend's is a ``DriveHarness``) as
+``relayd_sandbox.conformance.registry`` says. sandbox/README.md has the details.
+"""
+
+from relayd_sandbox.conformance.bench import Bench, Completion
+from relayd_sandbox.conformance.harness import REPO, DriveHarness, HopHarness
+from relayd_sandbox.conformance.registry import Case, cases
+from relayd_sandbox.conformance.suite import HopConformance, open_bench
+
+__all__ = [
+    "REPO",
+    "Bench",
+    "Case",
+    "Completion",
+    "DriveHarness",
+    "HopConformance",
+    "HopHarness",
+    "cases",
+    "open_bench",
+]

@@ -1,0 +1,67 @@
+"""Drive backend harnesses: each drive backend of relayd (``relayd.drive.BACKENDS``) over its fake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from relayd_sandbox.conformance.harness import DriveHarness, Fixture
+from relayd_sandbox.vm_testkit import upload_to_fake_drive
+
+if TYPE_CHECKING:
+    from relayd.config import Config
+    from relayd.drive.base import Drive
+    from relayd_sandbox.drive import FakeDrive
+
+
+class AligoDriveHarness(DriveHarness):
+    """The ``aligo`` backend (the real aligo client) over the sandbox's fake Aliyun Drive, with
+    64 KiB parts so that small files still have several."""
+
+    backend = "aligo"
+    part_size: ClassVar[int] = 64 * 1024
+
+    def __init__(self, root: Path, fixture: Fixture) -> None:
+        super().__init__(root, fixture)
+        self.fake: FakeDrive = fixture("fake_drive")
+        root.mkdir(parents=True, exist_ok=True)
+        self.token_file = root / "bootstrap-refresh-token"
+        self.token_file.write_text(self.fake.issue_refresh_token() + "\n")
+        self.token_file.chmod(0o600)
+
+    def section(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "api_url": self.fake.api_url,
+            "refresh_token_file": str(self.token_file),
+            "root": "/relayd",
+            "timeout": "10s",
+        }
+
+    @classmethod
+    def make(cls, config: Config) -> Drive:
+        from relayd.drive.aligo_backend import AligoDrive
+
+        return AligoDrive(config.drive, config.daemon.state_dir, part_size=cls.part_size)
+
+    def put(self, path: str, data: bytes) -> str:
+        return upload_to_fake_drive(self.fake, data, path.lstrip("/"))
+
+    def read(self, path: str) -> bytes | None:
+        found = self.fake.lookup(path)
+        return None if found is None or found.data_path is None else found.read_bytes()
+
+    def uploaded(self) -> int:
+        return self.fake.stats().put_bytes
+
+    def downloaded(self) -> int:
+        return self.fake.stats().download_bytes
+
+    def damage_uploads(self) -> None:
+        self.fake.corrupt_next_parts(1_000_000)
+
+    def damage_file(self, file_id: str) -> None:
+        self.fake.corrupt_file(file_id)
+
+    def repair(self) -> None:
+        self.fake.repair()
