@@ -98,7 +98,7 @@ class Bench:
     @staticmethod
     def content(size: int) -> bytes:
         """Return *size* bytes that differ from any other size's (no rapid upload or dedupe hit)."""
-        return random.Random(size).randbytes(size)  # noqa: S311 - test content, not a secret
+        return random.Random(size).randbytes(size)
 
     def stage(self, data: bytes) -> str:
         """Put *data* in staging under its sha256, as the download hop leaves it; return its relative
@@ -119,7 +119,10 @@ class Bench:
     ) -> None:
         """Add REPO with *route* and record a snapshot of *files* (path → bytes, LFS files; or specs)."""
         specs = (
-            [FileSpec(path, len(data), True, hashlib.sha256(data).hexdigest()) for path, data in files.items()]
+            [
+                FileSpec(path, len(data), True, hashlib.sha256(data).hexdigest())
+                for path, data in files.items()
+            ]
             if isinstance(files, Mapping)
             else list(files)
         )
@@ -127,16 +130,20 @@ class Bench:
             RepoSpec(name=REPO, every=86400, route=tuple(route), destinations=dict(destinations or {})),
             replace=True,
         )
-        commit = commit or hashlib.sha1(repr(sorted(specs, key=str)).encode(), usedforsecurity=False).hexdigest()
+        commit = (
+            commit or hashlib.sha1(repr(sorted(specs, key=str)).encode(), usedforsecurity=False).hexdigest()
+        )
         self.store.record_snapshot(repo.id, commit, specs)
 
-    def complete_earlier(self, route: Sequence[str], completion: Callable[[str, FileInfo], Completion]) -> None:
+    def complete_earlier(
+        self, route: Sequence[str], completion: Callable[[str, FileInfo], Completion]
+    ) -> None:
         """Complete the transfers of every hop before the one under test, in route order, with what
         *completion* says each left (given the hop and the file)."""
         for earlier in route[: list(route).index(self.hop)]:
             while (transfer := self.store.claim(earlier, SEEDER, 60)) is not None:
                 file = self.store.load_job(transfer.id).file
-                assert file is not None  # noqa: S101 - a snapshot's files only
+                assert file is not None
                 done = completion(earlier, file)
                 self.store.complete(
                     transfer.id,
@@ -197,11 +204,17 @@ class Bench:
         spec = self.root / f"child-{uuid.uuid4().hex[:8]}.json"
         spec.write_text(
             json.dumps(
-                {"root": str(self.root), "config": self.config_data, "hop": self.hop, "hooks": self.hooks, "kill": kill}
+                {
+                    "root": str(self.root),
+                    "config": self.config_data,
+                    "hop": self.hop,
+                    "hooks": self.hooks,
+                    "kill": kill,
+                }
             )
         )
         env = {**os.environ, "RELAYD_AGENT_MARKER": self.marker}
-        child = subprocess.run(  # noqa: S603 - this interpreter, our own module
+        child = subprocess.run(
             [sys.executable, "-m", "relayd_sandbox.conformance.child", str(spec)],
             env=env,
             capture_output=True,
@@ -221,7 +234,9 @@ class Bench:
         deadline = time.monotonic() + timeout
         while processes_with_cmdline(self.marker):
             if time.monotonic() > deadline:
-                raise AssertionError(f"agents outlived the killed daemon: {processes_with_cmdline(self.marker)}")
+                raise AssertionError(
+                    f"agents outlived the killed daemon: {processes_with_cmdline(self.marker)}"
+                )
             time.sleep(0.05)
 
     # -- looking ------------------------------------------------------------------------------------
@@ -241,7 +256,9 @@ class Bench:
         """Return every piece of the hop's file transfers."""
         ids = [row.id for row in self.transfers()]
         with self.store.read() as session:
-            found = session.scalars(select(Piece).where(Piece.transfer_id.in_(ids)).order_by(Piece.transfer_id, Piece.idx))
+            found = session.scalars(
+                select(Piece).where(Piece.transfer_id.in_(ids)).order_by(Piece.transfer_id, Piece.idx)
+            )
             return [PieceRow(p.transfer_id, p.idx, p.length, p.done, p.sends) for p in found]
 
     def all_done(self) -> bool:

@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     config = parse(spec["config"], root)
     store = open_store(config)
     store.reset_orphaned()  # as the daemon does at start
+
     def on_pieces(transfer_id: int) -> None:
         if spec["kill"] == "first" or all_done(store, transfer_id):
             os.kill(os.getpid(), signal.SIGKILL)

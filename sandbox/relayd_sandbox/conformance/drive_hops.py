@@ -99,7 +99,9 @@ class VmPullHarness(_DriveHop):
 
     def seed(self, files: Mapping[str, bytes]) -> None:
         route = ("pan_upload", self.hop)
-        self.file_ids = {path: self.drive_backend.put(self.drive_path(path), data) for path, data in files.items()}
+        self.file_ids = {
+            path: self.drive_backend.put(self.drive_path(path), data) for path, data in files.items()
+        }
         self.bench.add_snapshot(route, files)
 
         def uploaded(_hop: str, file: FileInfo) -> Completion:

@@ -28,6 +28,7 @@ class AligoDriveHarness(DriveHarness):
         self.token_file = root / "bootstrap-refresh-token"
         self.token_file.write_text(self.fake.issue_refresh_token() + "\n")
         self.token_file.chmod(0o600)
+        self.drive_id = self.fake.user.resource_drive_id  # drive.drive = "resource", the default
 
     def section(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class AligoDriveHarness(DriveHarness):
             "api_url": self.fake.api_url,
             "refresh_token_file": str(self.token_file),
             "root": "/relayd",
+            "drive": "resource",
             "timeout": "10s",
         }
 
@@ -45,10 +47,10 @@ class AligoDriveHarness(DriveHarness):
         return AligoDrive(config.drive, config.daemon.state_dir, part_size=cls.part_size)
 
     def put(self, path: str, data: bytes) -> str:
-        return upload_to_fake_drive(self.fake, data, path.lstrip("/"))
+        return upload_to_fake_drive(self.fake, data, path.lstrip("/"), drive_id=self.drive_id)
 
     def read(self, path: str) -> bytes | None:
-        found = self.fake.lookup(path)
+        found = self.fake.lookup(path, drive_id=self.drive_id)
         return None if found is None or found.data_path is None else found.read_bytes()
 
     def uploaded(self) -> int:

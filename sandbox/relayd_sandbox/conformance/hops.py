@@ -70,7 +70,7 @@ class LocalCopyHarness(HopHarness):
         if not self.damaging:
             return
         file = self.bench.store.load_job(transfer_id).file
-        assert file is not None  # noqa: S101 - file transfers only
+        assert file is not None
         target = self.dest / REPO / file.path
         partial = target.with_name(target.name + ".relayd-partial")
         with partial.open("r+b") as handle:
