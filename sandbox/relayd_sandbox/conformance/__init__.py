@@ -34,10 +34,30 @@ and register the hop's harness (a ``HopHarness``; a drive backend's is a ``Drive
 ``relayd_sandbox.conformance.registry`` says. sandbox/README.md has the details.
 """
 
-from relayd_sandbox.conformance.bench import Bench, Completion
-from relayd_sandbox.conformance.harness import REPO, DriveHarness, HopHarness
-from relayd_sandbox.conformance.registry import Case, cases
-from relayd_sandbox.conformance.suite import HopConformance, open_bench
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relayd_sandbox.conformance.bench import Bench, Completion
+    from relayd_sandbox.conformance.harness import REPO, DriveHarness, HopHarness
+    from relayd_sandbox.conformance.registry import Case, cases
+    from relayd_sandbox.conformance.suite import HopConformance, open_bench
+
+# Imported on first use, so that the child process the suite kills (``child.py``) loads neither pytest
+# nor the harnesses.
+_EXPORTS = {
+    "REPO": "harness",
+    "Bench": "bench",
+    "Case": "registry",
+    "Completion": "bench",
+    "DriveHarness": "harness",
+    "HopConformance": "suite",
+    "HopHarness": "harness",
+    "cases": "registry",
+    "open_bench": "suite",
+}
 
 __all__ = [
     "REPO",
@@ -50,3 +70,9 @@ __all__ = [
     "cases",
     "open_bench",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
