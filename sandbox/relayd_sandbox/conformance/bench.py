@@ -159,7 +159,7 @@ class Bench:
     def build(self, port: Port) -> Built:
         """Start the hop afresh (a new daemon: new services, a new cancel event) over *port*."""
         self.store.reset_orphaned()  # what a daemon does at start: a killed run's claims come back
-        return build(self.config, self.hop, self.store, port, self.hooks)
+        return build(self.config, self.hop, self.store, port, self.hooks, hop_class=self.harness.hop_class)
 
     def port(self, on_pieces: PieceHook | None = None) -> Port:
         """Return a port to the catalogue that calls the harness's ``landed`` when a transfer's last
@@ -209,6 +209,7 @@ class Bench:
                     "config": self.config_data,
                     "hop": self.hop,
                     "hooks": self.hooks,
+                    "hop_class": self.harness.hop_class,
                     "kill": kill,
                 }
             )

@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
         if spec["kill"] == "first" or all_done(store, transfer_id):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    built = build(config, spec["hop"], store, Port(store, on_pieces), spec["hooks"])
+    built = build(
+        config, spec["hop"], store, Port(store, on_pieces), spec["hooks"], hop_class=spec["hop_class"]
+    )
     built.engine.run_until_idle(timeout=float(spec.get("timeout", 60)))
     built.engine.drain(5)
     return NOT_REACHED

@@ -43,6 +43,9 @@ class HopHarness(abc.ABC):
     hop: ClassVar[str]
     piece_size: ClassVar[int]
     location_keys: ClassVar[tuple[str, ...]]
+    #: ``"module:Class"`` of a hop class to run instead of the one registered as ``hop`` (a hop not
+    #: registered yet, or a variant); it must be importable in a child process too.
+    hop_class: ClassVar[str | None] = None
 
     def __init__(self, bench: Bench, fixture: Fixture, drive: DriveHarness | None = None) -> None:
         self.bench = bench

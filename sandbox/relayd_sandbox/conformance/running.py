@@ -120,17 +120,25 @@ def open_store(config: Config) -> Store:
 
 
 def build(
-    config: Config, hop_name: str, store: Store, port: Port, hooks: Sequence[str], *, lease: float = 30.0
+    config: Config,
+    hop_name: str,
+    store: Store,
+    port: Port,
+    hooks: Sequence[str],
+    *,
+    hop_class: str | None = None,
+    lease: float = 30.0,
 ) -> Built:
     """Build *hop_name* from *config* as the daemon does (its own section, the shared services), with
-    each hook's ``register_services`` applied, and an engine that runs it alone."""
+    each hook's ``register_services`` applied, and an engine that runs it alone. *hop_class*
+    (``"module:Class"``) builds that class instead of the one registered as *hop_name*."""
     services = build_services(config, store, Services())
     for target in hooks:
         load(target).register_services(config, services)
     staging = Staging(config.staging)
     ctx = HopContext(port, staging, config.daemon.state_dir, threading.Event(), new_owner_id(), services)
-    hop_class = load_hop_class(hop_name)
-    hop = hop_class(config.section(hop_class.section_key()), ctx)
+    cls: type[Hop] = load(hop_class) if hop_class else load_hop_class(hop_name)
+    hop = cls(config.section(cls.section_key()), ctx)
     store.rules = hop_rules({hop_name: hop})
     settings = EngineSettings(
         workers=4,
