@@ -11,9 +11,9 @@ What it checks, for each case (a hop, and the drive backend under it when the ho
   sends, and by the bytes the real server took in;
 * ``Cancelled`` (a daemon draining: stop claiming, set the cancel event) leaves the transfer
   pending with its durable pieces, and the next run finishes it without sending them again;
-* a copy damaged on its way to the destination is detected (the transfer waits, with the error class
-  ``integrity``) and sent again; one damaged every time ends blocked and is never done, nor left as
-  the copy at the destination;
+* a copy damaged on its way to the destination is detected (an ``IntegrityMismatch``) and sent
+  again; one damaged every time ends blocked (``integrity``) and is never done, nor left as the copy
+  at the destination;
 * handles round-trip: every handles dict a hop saves comes back unchanged from the catalogue, and so
   does its outcome's.
 

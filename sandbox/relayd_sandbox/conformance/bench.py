@@ -25,7 +25,7 @@ from relayd.catalogue.store import FileSpec, RepoSpec
 from relayd.hops.base import FileInfo
 from relayd.staging import Staging
 from relayd_sandbox.conformance.harness import REPO, DriveHarness, Fixture, HopHarness
-from relayd_sandbox.conformance.running import Built, PieceHook, Port, build, open_store, parse
+from relayd_sandbox.conformance.running import Built, PieceHook, Port, SaveHook, build, open_store, parse
 from relayd_sandbox.processes import processes_with_cmdline
 
 #: How long a run may take before the suite calls it stuck.
@@ -84,7 +84,6 @@ class Bench:
             "daemon": {"state_dir": str(root / "state")},
             "catalogue": {"url": f"sqlite:///{root / 'catalogue.db'}"},
             "staging": {"dir": str(root / "staging"), "max_bytes": "10 GB", "min_free": "0"},
-            # Slow enough that one run of the engine ends after a failed attempt, before the retry.
             "retry": {"initial": "0.5s", "maximum": "1s"},
             **self.harness.sections(),
         }
@@ -161,9 +160,9 @@ class Bench:
         self.store.reset_orphaned()  # what a daemon does at start: a killed run's claims come back
         return build(self.config, self.hop, self.store, port, self.hooks, hop_class=self.harness.hop_class)
 
-    def port(self, on_pieces: PieceHook | None = None) -> Port:
+    def port(self, on_pieces: PieceHook | None = None, on_save: SaveHook | None = None) -> Port:
         """Return a port to the catalogue that calls the harness's ``landed`` when a transfer's last
-        piece is recorded, then *on_pieces*."""
+        piece is recorded, then *on_pieces*; and *on_save* after each save of handles."""
         from relayd_sandbox.conformance.running import all_done
 
         def hook(transfer_id: int) -> None:
@@ -172,7 +171,7 @@ class Bench:
             if on_pieces is not None:
                 on_pieces(transfer_id)
 
-        return Port(self.store, hook)
+        return Port(self.store, hook, on_save)
 
     @contextmanager
     def started(self, port: Port | None = None) -> Iterator[Built]:
@@ -183,16 +182,16 @@ class Bench:
         finally:
             built.engine.drain(10)
 
-    def run(self, port: Port | None = None, *, until_settled: bool = True) -> list[Row]:
-        """Run the engine until no transfer is pending, running or waiting (retries included), or with
-        *until_settled* False for one pass (a failed attempt then stays waiting); return the rows."""
+    def run(self, port: Port | None = None) -> list[Row]:
+        """Run the engine until no transfer is pending, running or waiting (retries included); return
+        the rows."""
         deadline = time.monotonic() + RUN_TIMEOUT
         with self.started(port) as built:
             while True:
                 built.engine.run_until_idle(timeout=max(1.0, deadline - time.monotonic()))
                 rows = self.transfers()
                 busy = [row for row in rows if row.state in (PENDING, RUNNING, WAITING)]
-                if not busy or not until_settled:
+                if not busy:
                     return rows
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{self.hop}: transfers still busy after {RUN_TIMEOUT:.0f}s: {busy}")

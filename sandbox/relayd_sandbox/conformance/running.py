@@ -22,6 +22,8 @@ from relayd.staging import Staging
 
 #: Called with a transfer id after the store recorded pieces of it durable.
 PieceHook = Callable[[int], None]
+#: Called with a transfer id and the handles just saved for it.
+SaveHook = Callable[[int, dict[str, Any]], None]
 
 
 def load(target: str) -> Any:
@@ -31,12 +33,15 @@ def load(target: str) -> Any:
 
 
 class Port:
-    """The hop's port to the catalogue (``relayd.hops.base.StorePort``): the real store, with a hook
-    after each record of durable pieces and a log of every handles dict saved."""
+    """The hop's port to the catalogue (``relayd.hops.base.StorePort``): the real store, with hooks
+    after each record of durable pieces and each save of handles, and a log of the handles saved."""
 
-    def __init__(self, store: Store, on_pieces: PieceHook | None = None) -> None:
+    def __init__(
+        self, store: Store, on_pieces: PieceHook | None = None, on_save: SaveHook | None = None
+    ) -> None:
         self.store = store
         self.on_pieces = on_pieces
+        self.on_save = on_save
         self.saved: list[tuple[int, dict[str, Any]]] = []
         self.mismatched: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         self._lock = threading.Lock()
@@ -85,6 +90,8 @@ class Port:
             self.saved.append((transfer_id, dict(handles)))
             if stored != handles:
                 self.mismatched.append((transfer_id, dict(handles), dict(stored)))
+        if self.on_save is not None:
+            self.on_save(transfer_id, handles)
 
     def fetch_again(self, transfer_id: int, reason: str) -> None:
         self.store.fetch_again(transfer_id, reason)
