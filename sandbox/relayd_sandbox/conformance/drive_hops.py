@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from relayd.hops.base import FileInfo
 from relayd_sandbox.conformance.bench import Bench, Completion
 from relayd_sandbox.conformance.harness import REPO, DriveHarness, Fixture, HopHarness
+from relayd_sandbox.sshd import SandboxSshd
+
+#: The VM's PATH: the system's tools, not this test run's virtualenv.
+VM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 ROOT = "/relayd"
 
@@ -73,8 +76,9 @@ class PanUploadHarness(_DriveHop):
 
 
 class VmPullHarness(_DriveHop):
-    """vm_pull from the drive to a local "VM" directory (the local executor and its agent) in 64 KiB
-    pieces over two connections; damage makes the drive's stored copies bad (their hash unchanged)."""
+    """vm_pull from the drive to a "VM" directory reached over SSH (the sandbox's sshd on 127.0.0.1,
+    the ssh executor and its agent) in 64 KiB pieces over two connections; damage makes the drive's
+    stored copies bad (their hash unchanged)."""
 
     hop = "vm_pull"
     piece_size = 64 * 1024
@@ -82,6 +86,7 @@ class VmPullHarness(_DriveHop):
 
     def __init__(self, bench: Bench, fixture: Fixture, drive: DriveHarness | None = None) -> None:
         super().__init__(bench, fixture, drive)
+        self.sshd: SandboxSshd = fixture("sandbox_sshd")
         self.vm_root = bench.root / "vm"
         self.file_ids: dict[str, str] = {}
 
@@ -89,9 +94,12 @@ class VmPullHarness(_DriveHop):
         return {
             "drive": self.drive_backend.section(),
             "vm": {
-                "executor": "local",
+                "executor": "ssh",
+                "host": self.sshd.host,
+                "ssh_config_file": str(self.sshd.ssh_config_file),
                 "root": str(self.vm_root),
-                "python": sys.executable,
+                "python": "python3",
+                "path": VM_PATH,
                 "piece_size": "64 KiB",
                 "connections": 2,
             },
