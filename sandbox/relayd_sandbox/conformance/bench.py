@@ -230,7 +230,9 @@ class Bench:
 
     def settle(self, timeout: float = 15.0) -> None:
         """Wait until no process carrying this bench's agent marker is alive (a killed daemon's VM
-        agents end when their input closes). Raise AssertionError if some outlive *timeout*."""
+        agents end when their input closes), then until the server's byte count stops moving (it
+        counts what it wrote into connections the kill broke a moment later). Raise AssertionError
+        if agents outlive *timeout*."""
         deadline = time.monotonic() + timeout
         while processes_with_cmdline(self.marker):
             if time.monotonic() > deadline:
@@ -238,6 +240,12 @@ class Bench:
                     f"agents outlived the killed daemon: {processes_with_cmdline(self.marker)}"
                 )
             time.sleep(0.05)
+        counted = self.harness.received()
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now, counted = counted, self.harness.received()
+            if now == counted:
+                return
 
     # -- looking ------------------------------------------------------------------------------------
 
