@@ -231,8 +231,8 @@ class Bench:
     def settle(self, timeout: float = 15.0) -> None:
         """Wait until no process carrying this bench's agent marker is alive (a killed daemon's VM
         agents end when their input closes), then until the server's byte count stops moving (it
-        counts what it wrote into connections the kill broke a moment later). Raise AssertionError
-        if agents outlive *timeout*."""
+        counts what it wrote into connections the kill broke a moment later, ``quiet``). Raise
+        AssertionError if agents outlive *timeout*."""
         deadline = time.monotonic() + timeout
         while processes_with_cmdline(self.marker):
             if time.monotonic() > deadline:
@@ -240,11 +240,16 @@ class Bench:
                     f"agents outlived the killed daemon: {processes_with_cmdline(self.marker)}"
                 )
             time.sleep(0.05)
+        self.quiet(max(1.0, deadline - time.monotonic()))
+
+    def quiet(self, timeout: float = 10.0) -> None:
+        """Wait (up to *timeout*) until the server's byte count stops moving."""
+        deadline = time.monotonic() + timeout
         counted = self.harness.received()
         while time.monotonic() < deadline:
             time.sleep(0.3)
-            now, counted = counted, self.harness.received()
-            if now == counted:
+            before, counted = counted, self.harness.received()
+            if before == counted:
                 return
 
     # -- looking ------------------------------------------------------------------------------------

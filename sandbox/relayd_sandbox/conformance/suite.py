@@ -180,6 +180,7 @@ class HopConformance:
         assert all(row.state in (PENDING, DONE) for row in rows.values()), rows
         before = bench.pieces()
         assert any(p.done and p.transfer_id == stopped.id for p in before), "durable pieces stay recorded"
+        bench.quiet()
         received = bench.harness.received()
         bench.run()
         assert_resumed(bench, before, received)
