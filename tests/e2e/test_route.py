@@ -111,8 +111,8 @@ def one_at_a_time(root: Path, shards: int) -> RouteSandbox:
 def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> None:
     # One file and one connection at a time with download and vm_pull throttled, so that progress is
     # gradual; the hops that move whole units (a drive part, an LFS object) stay fast, so a restart
-    # finishes an interrupted unit before the next kill. Uploads to the drive take about two seconds
-    # a file, so that the first kill can wait for one (below) whatever the machine's load.
+    # finishes an interrupted unit before the next kill. Until the first kill, uploads to the drive
+    # take about two seconds a file, so that it can wait for one (below) whatever the machine's load.
     box = one_at_a_time(tmp_path / "route", shards=4)
     try:
         assert box.hub is not None and box.drive is not None
@@ -149,6 +149,7 @@ def test_twenty_kill_9s_over_the_whole_route_lose_nothing(tmp_path: Path) -> Non
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(30)
             kills.append((catalogue.progress(box.head), running))
+            box.drive.settings.upload_bandwidth = None
             cut = catalogue.in_flight()
         daemon = box.start_daemon()
         try:
