@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from relayd.config import DriveConfig
 
 __all__ = [
+    "BACKENDS",
     "LOGIN_HINT",
     "ContentMismatch",
     "DownloadLink",
@@ -44,6 +45,11 @@ __all__ = [
     "UploadResult",
     "make_drive",
 ]
+
+
+#: The backends ``drive.backend`` may name, each built by ``make_drive`` (the conformance kit in
+#: relayd_sandbox runs every hop that uses the drive over each of them).
+BACKENDS: tuple[str, ...] = ("aligo", "open")
 
 
 class FactSink(Protocol):
@@ -65,4 +71,5 @@ def make_drive(config: DriveConfig, state_dir: Path, facts: FactSink | None = No
         from relayd.drive.open_backend import OpenDrive
 
         return OpenDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
-    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo', 'open')")
+    known = ", ".join(repr(name) for name in BACKENDS)
+    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: {known})")

@@ -300,6 +300,12 @@ class FakeDrive:
         found = self.lookup(path_or_id, drive_id=drive_id) if path_or_id.startswith("/") else None
         self.store.corrupt(found.file_id if found is not None else path_or_id, offset)
 
+    def repair(self) -> None:
+        """Undo the damage knobs: parts still to be corrupted arrive intact, and files corrupted by
+        ``corrupt_file`` serve their good bytes again."""
+        self.store.stop_corrupting_parts()
+        self.store.repair_files()
+
     # -- inspection -------------------------------------------------------------------------
 
     def stats(self) -> DriveStats:

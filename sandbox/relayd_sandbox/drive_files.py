@@ -97,6 +97,12 @@ class DriveFiles(DriveOAuth):
                 handle.write(bytes([byte[0] ^ 0xFF]))
             node.corrupt_path = target
 
+    def repair_files(self) -> None:
+        """Make every file corrupted by ``corrupt`` serve its good bytes again."""
+        with self.lock:
+            for node in self._nodes.values():
+                node.corrupt_path = None
+
     def _visible(self, node: Node) -> bool:
         return node.status == "available" and not node.trashed
 
