@@ -2,10 +2,13 @@
 """Benchmark the pan_upload hop against the fake drive (docs/benchmarks.md, "pan_upload").
 
 Everything runs on this machine: the fake Aliyun Drive (sandbox/relayd_sandbox/drive.py) in this process, and
-relayd as the real daemon in a subprocess (`relayd run`), so /usr/bin/time sees only relayd. Real
-aligo 6.2.8 does the API calls, through the redirect adapter; the part size is the drive's own 10 MiB.
+relayd as the real daemon in a subprocess (`relayd run`), so /usr/bin/time sees only relayd. With
+``--backend aligo`` (the default) real aligo 6.2.8 does the API calls, through the redirect adapter; with
+``--backend open`` relayd's Open Platform backend does (after a QR login the fake confirms). The part
+size is the drive's own 10 MiB.
 
     .venv/bin/python bench/drive_bench.py                     # all three (about 2 minutes, 24 GiB of disk)
+    .venv/bin/python bench/drive_bench.py --backend open      # the same on the Open Platform backend
     .venv/bin/python bench/drive_bench.py --rapid 1GiB --resume 200MiB --rss 2GiB   # a quick look
 
 Measured:
@@ -40,8 +43,9 @@ from typing import Any
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Transfer
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
-from relayd.config import DriveConfig, RetryConfig, SecretRef, StagingConfig
-from relayd.drive.aligo_backend import AligoDrive
+from relayd.config import RetryConfig, StagingConfig, load_config
+from relayd.drive import make_drive
+from relayd.drive.open_backend import OpenDrive
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
 from relayd.hops.pan_upload import PanUploadHop
@@ -78,9 +82,10 @@ def write_file(path: Path, size: int) -> tuple[str, str]:
 class World:
     """A catalogue, staging, a bootstrap token and a daemon config for one scenario."""
 
-    def __init__(self, root: Path, fake: FakeDrive) -> None:
+    def __init__(self, root: Path, fake: FakeDrive, backend: str) -> None:
         self.root = root
         self.fake = fake
+        self.backend = backend
         root.mkdir(parents=True, exist_ok=True)
         self.db = root / "catalogue.db"
         self.store = Store(f"sqlite:///{self.db}")
@@ -116,9 +121,32 @@ api_url = "{fake.api_url}"
 refresh_token_file = "{self.token_file}"
 root = "/relayd"
 timeout = "60s"
-"""
+{self._open_keys()}"""
         )
         self.config.chmod(0o600)
+        if backend == "open":
+            self._qr_login()
+
+    def _open_keys(self) -> str:
+        """The Open Platform backend's keys: an app registered on the fake, its secret in a file."""
+        if self.backend != "open":
+            return ""
+        app = self.fake.register_app()
+        secret = self.root / "client-secret"
+        secret.write_text(app.client_secret)
+        secret.chmod(0o600)
+        return f'backend = "open"\nclient_id = "{app.client_id}"\nclient_secret_file = "{secret}"\n'
+
+    def _qr_login(self) -> None:
+        """Log in as `relayctl drive login` does, the fake confirming the QR code."""
+        drive = OpenDrive(load_config(self.config).drive, self.root / "state")
+        try:
+            qr = drive.auth.start_qr()
+            self.fake.scan_qr(qr.sid)
+            _, code = drive.auth.qr_status(qr.sid)
+            drive.auth.finish(code, qr.verifier)
+        finally:
+            drive.close()
 
     def stage(self, repo: str, path: str, size: int) -> tuple[Path, str, str]:
         """Write a *size*-byte file straight into staging and record it as downloaded."""
@@ -155,30 +183,15 @@ timeout = "60s"
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def scenario_rapid(workdir: Path, fake: FakeDrive, size: int) -> dict[str, Any]:
+def scenario_rapid(workdir: Path, fake: FakeDrive, size: int, backend: str) -> dict[str, Any]:
     log(f"rapid: {size / MiB:.0f} MiB already on the drive")
-    world = World(workdir / "rapid", fake)
+    world = World(workdir / "rapid", fake, backend)
     try:
         staged, _, sha1 = world.stage("bench/rapid", "model.safetensors", size)
         log("  making the content known to the fake (as another user's upload would)")
         fake.seed_content(staged)
         before = fake.stats()
-        drive = AligoDrive(
-            DriveConfig(
-                backend="aligo",
-                api_url=fake.api_url,
-                refresh_token=SecretRef("drive.refresh_token", file=world.token_file),
-                root="/relayd",
-                drive="resource",
-                concurrency=3,
-                referer="https://www.aliyundrive.com/",
-                on_conflict="replace",
-                timeout=60.0,
-                url_lifetime=14400.0,
-            ),
-            world.root / "state",
-            publish=world.store.publish,
-        )
+        drive = make_drive(load_config(world.config).drive, world.root / "state", world.store)
         ctx = HopContext(
             world.store,
             world.staging,
@@ -187,7 +200,7 @@ def scenario_rapid(workdir: Path, fake: FakeDrive, size: int) -> dict[str, Any]:
             "bench",
             Services({"drive": lambda: drive}),
         )
-        hop = PanUploadHop(drive.config, ctx)
+        hop = PanUploadHop(load_config(world.config).drive, ctx)
         drive.ensure_folder("/relayd")  # the login (one refresh) is not part of the upload
         world.store.rules = HopRules(reads_staging=frozenset({"pan_upload"}))
         engine = Engine(
@@ -223,9 +236,11 @@ def scenario_rapid(workdir: Path, fake: FakeDrive, size: int) -> dict[str, Any]:
         world.close()
 
 
-def scenario_resume(workdir: Path, fake: FakeDrive, size: int, bandwidth: float) -> dict[str, Any]:
+def scenario_resume(
+    workdir: Path, fake: FakeDrive, size: int, bandwidth: float, backend: str
+) -> dict[str, Any]:
     log(f"resume: {size / MiB:.0f} MiB at {bandwidth / MiB:.0f} MiB/s, SIGKILL mid-part, restart")
-    world = World(workdir / "resume", fake)
+    world = World(workdir / "resume", fake, backend)
     try:
         world.stage("bench/resume", "model.safetensors", size)
         fake.settings.upload_bandwidth = bandwidth
@@ -271,9 +286,9 @@ def scenario_resume(workdir: Path, fake: FakeDrive, size: int, bandwidth: float)
         world.close()
 
 
-def scenario_rss(workdir: Path, fake: FakeDrive, size: int) -> dict[str, Any]:
+def scenario_rss(workdir: Path, fake: FakeDrive, size: int, backend: str) -> dict[str, Any]:
     log(f"rss: `relayd run --once` uploading {size / MiB:.0f} MiB under /usr/bin/time -v")
-    world = World(workdir / "rss", fake)
+    world = World(workdir / "rss", fake, backend)
     try:
         world.stage("bench/rss", "model.safetensors", size)
         before = fake.stats().put_bytes
@@ -309,7 +324,9 @@ def main() -> int:
     parser.add_argument("--resume", default="200MiB", help="size of the resumed upload (0 to skip)")
     parser.add_argument("--rss", default="8GiB", help="size of the RSS upload (0 to skip)")
     parser.add_argument("--bandwidth", default="40MiB", help="upload rate before the kill")
+    parser.add_argument("--backend", choices=("aligo", "open"), default="aligo", help="the drive backend")
     args = parser.parse_args()
+    backend: str = args.backend
     workdir: Path = args.workdir
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -317,15 +334,16 @@ def main() -> int:
     try:
         with FakeDrive(workdir / "fake") as fake:
             if parse_size(args.rapid):
-                results["rapid"] = scenario_rapid(workdir, fake, parse_size(args.rapid))
+                results["rapid"] = scenario_rapid(workdir, fake, parse_size(args.rapid), backend)
             if parse_size(args.resume):
                 results["resume"] = scenario_resume(
-                    workdir, fake, parse_size(args.resume), float(parse_size(args.bandwidth))
+                    workdir, fake, parse_size(args.resume), float(parse_size(args.bandwidth)), backend
                 )
             if parse_size(args.rss):
-                results["rss"] = scenario_rss(workdir, fake, parse_size(args.rss))
+                results["rss"] = scenario_rss(workdir, fake, parse_size(args.rss), backend)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    results["backend"] = backend
     print(json.dumps(results, indent=2))
     failures = []
     rapid = results.get("rapid")

@@ -69,6 +69,23 @@ __all__ = [
 ]
 
 
+def _ca_bundle(reader: SectionReader) -> Path | None:
+    """Read a section's ``ca_bundle``: a PEM file of CA certificates trusted besides the system's.
+    A file that is missing or holds no certificate is an error naming the key."""
+    path = reader.path("ca_bundle", "")
+    if path is None:
+        return None
+    from relayd.vm.agent.proxy import new_client_context
+
+    try:
+        new_client_context(str(path))
+    except OSError as exc:  # ssl.SSLError included: no certificate in it
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        expected = f"a readable PEM file of CA certificates ({reason})"
+        raise reader.error("ca_bundle", expected, str(path)) from None
+    return path
+
+
 def _proxy(reader: SectionReader) -> str:
     """Read a section's ``proxy``: "" (the environment's HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) or an
     http:// proxy URL with its port (curl, and so git, would assume 1080 where Python's clients assume
@@ -181,6 +198,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         default_every=reader.duration("default_every", "1h", minimum=10),
         stall_timeout=reader.duration("stall_timeout", "60s", minimum=1),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
     )
     reader.finish()
     return config
@@ -190,9 +208,13 @@ def _drive(reader: SectionReader) -> DriveConfig:
     root = reader.string("root", "/relayd")
     if not root.startswith("/"):
         raise reader.error("root", "an absolute drive path such as '/relayd'", root)
+    backend = reader.string("backend", "aligo", choices=("aligo", "open"))
+    is_open = backend == "open"
     config = DriveConfig(
-        backend=reader.string("backend", "aligo", choices=("aligo",)),
-        api_url=reader.string("api_url", "https://api.aliyundrive.com").rstrip("/"),
+        backend=backend,
+        api_url=reader.string(
+            "api_url", "https://openapi.alipan.com" if is_open else "https://api.aliyundrive.com"
+        ).rstrip("/"),
         refresh_token=reader.secret("refresh_token"),
         root=root.rstrip("/") or "/",
         drive=reader.string("drive", "resource", choices=("resource", "backup")),
@@ -200,9 +222,16 @@ def _drive(reader: SectionReader) -> DriveConfig:
         referer=reader.string("referer", "https://www.aliyundrive.com/"),
         on_conflict=reader.string("on_conflict", "replace", choices=("replace", "keep_both", "block")),
         timeout=reader.duration("timeout", "60s", minimum=1),
-        url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
+        # The Open Platform's links last 900 s unless the app applied for more (up to 4 h).
+        url_lifetime=reader.duration("url_lifetime", "15m" if is_open else "4h", minimum=60),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
+        client_id=reader.string("client_id", ""),
+        client_secret=reader.secret("client_secret"),
+        max_file_size=reader.size("max_file_size", "30 GB", minimum=1),
     )
+    if is_open and not config.client_id:
+        raise reader.error("client_id", "the client id of your Open Platform app when backend = 'open'")
     reader.finish()
     return config
 
@@ -236,6 +265,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
         identity_credential=reader.credential("identity_credential") or None,
         known_hosts_credential=reader.credential("known_hosts_credential") or None,
     )

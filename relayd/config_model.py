@@ -137,6 +137,8 @@ class HubConfig:
     stall_timeout: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,13 @@ class DriveConfig:
     url_lifetime: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
+    #: The Open Platform backend (``backend = "open"``): the registered app's client id and secret
+    #: (no secret: a PKCE app), and the largest file it accepts (larger ones block before a byte).
+    client_id: str = ""
+    client_secret: SecretRef = field(default_factory=lambda: SecretRef("drive.client_secret"))
+    max_file_size: int = 30 * 1000**3
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,8 @@ class VmConfig:
     from_staging: bool
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
     # The SSH key and known_hosts as systemd credentials (names in $CREDENTIALS_DIRECTORY), instead of
     # identity_file / known_hosts_file.
     identity_credential: str | None = None
@@ -275,9 +286,12 @@ class Config:
         return int(value) if value else 1
 
     def secrets(self) -> Iterator[SecretRef]:
-        """Yield every secret reference of the config (the web token when [web] serves or names one)."""
+        """Yield every secret reference of the config (the web token when [web] serves or names one; the
+        drive's client secret when named: an Open Platform PKCE app has none, the web backend no use)."""
         yield self.hub.token
         yield self.drive.refresh_token
+        if self.drive.client_secret.configured:
+            yield self.drive.client_secret
         yield self.modelscope.token
         if self.web.listen or self.web.token.configured:
             yield self.web.token

@@ -52,8 +52,9 @@ class DemoOptions:
     change: bool
     local: bool
     ssh: bool | None
-    #: 2: one daemon per site on a shared PostgreSQL catalogue (relayd.demo_sites).
-    sites: int = 1
+    sites: int = 1  # 2: one daemon per site on a shared PostgreSQL catalogue (relayd.demo_sites)
+    #: The drive backend the route uses: "aligo" (the web API) or "open" (the Open Platform).
+    drive: str = "aligo"
 
 
 def progress_line(document: dict[str, Any]) -> str:
@@ -256,7 +257,7 @@ class RouteDemo(Demo):
 
         self.options = options
         self.sandbox = RouteSandbox(
-            root, shards=options.shards, shard_size=options.shard_size, ssh=options.ssh
+            root, shards=options.shards, shard_size=options.shard_size, ssh=options.ssh, drive=options.drive
         )
         self.config_path = self.sandbox.config_path
         self.log_path = self.sandbox.log_path
@@ -265,6 +266,11 @@ class RouteDemo(Demo):
 
     def start(self) -> None:
         self.sandbox.start()
+        if self.options.drive == "open":
+            # The login a person makes once: `relayctl drive login` shows the QR code, the fake drive
+            # plays the phone that scans it.
+            login = self.relayctl("drive", "login", "--wait", "60")
+            click.echo(login.stdout, nl=False)
         self.daemon = self.sandbox.start_daemon()
 
     def stop(self) -> None:
@@ -525,6 +531,14 @@ def run_demo(options: DemoOptions) -> int:
 )
 @click.option("--local", is_flag=True, help="Relay through local_copy only (no Hub, drive, VM or git).")
 @click.option(
+    "--drive",
+    "drive",
+    type=click.Choice(["aligo", "open"]),
+    default="aligo",
+    show_default=True,
+    help="The drive backend: Aliyun Drive's web API (aligo) or its Open Platform (a QR login first).",
+)
+@click.option(
     "--ssh/--no-ssh",
     default=None,
     help="Reach the VM over SSH through a sandbox sshd, or run its side locally [default: SSH when an "
@@ -548,6 +562,7 @@ def demo_command(
     local: bool,
     ssh: bool | None,
     sites: str,
+    drive: str,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
     try:
@@ -564,6 +579,7 @@ def demo_command(
         local=local,
         ssh=ssh,
         sites=int(sites),
+        drive=drive,
     )
     os.environ.setdefault("RELAYD_DEMO", "1")
     # A SIGTERM (an `--keep` sandbox stopped by kill, systemd, a CI timeout) unwinds like Ctrl-C, so

@@ -45,6 +45,16 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
     ]
 
 
+def test_the_demo_runs_on_the_open_platform_backend_after_a_qr_login(tmp_path: Path) -> None:
+    output = run_demo(
+        "--drive", "open", "--no-change", "--no-ssh", "--shards", "1", "--shard-size", "1MiB",
+        "--workdir", str(tmp_path),
+    )  # fmt: skip
+    assert "Scan this QR code" in output and "/oauth/qrcode/" in output
+    assert (tmp_path / "state" / "drive" / "open" / "token.json").exists()
+    assert 'backend = "open"' in (tmp_path / "relayd.toml").read_text()
+
+
 def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:
     output = run_demo("--local", "--shards", "2", "--shard-size", "1MiB", "--workdir", str(tmp_path))
     assert "second revision moved 1.0 MiB (one shard is 1.0 MiB)" in output

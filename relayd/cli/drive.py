@@ -1,11 +1,14 @@
 """`relayctl drive`: give relayd its Aliyun Drive login, and show how long the access token has left
 and how fast the drive moved bytes lately (the catalogue's record of the drive hops' pieces).
 
-relayd never logs in interactively (no QR code, no prompt, no browser). A person copies a refresh
-token from the Aliyun Drive web app into a file readable only by them and runs
+The daemon never logs in interactively. With the web backend (``drive.backend = "aligo"``) a person
+copies a refresh token from the Aliyun Drive web app into a file readable only by them and runs
 ``relayctl drive login --refresh-token-file PATH``: relayd exchanges it at once (the drive rotates it)
 and keeps the new pair in ``<daemon.state_dir>/drive/token.json`` (mode 0600), where the daemon picks
-it up. The token never appears on the command line, in the catalogue or in logs.
+it up. With the Open Platform backend (``"open"``) ``relayctl drive login`` shows a QR code in the
+terminal (and its URL) and waits for the person to scan it with the Aliyun Drive app; the pair goes
+to ``<daemon.state_dir>/drive/open/token.json``. Tokens never appear on the command line, in the
+catalogue or in logs.
 """
 
 from __future__ import annotations
@@ -35,15 +38,18 @@ SLOW_HINT = (
 )
 
 LOGIN_EPILOG = (
-    "Get a refresh token from the Aliyun Drive web app (developer tools: localStorage 'token', field "
-    "refresh_token), write it to a file only you can read (chmod 600), and pass that file. Then run "
-    "`relayctl retry` so transfers blocked on the login continue."
+    "Run it without options, scan the QR code with the Aliyun Drive app and confirm (the Open Platform "
+    "backend by its OAuth login, the web backend by the web app's own QR login, as aligo does it). Or, "
+    "web backend only: get a refresh token from the Aliyun Drive web app (developer tools: "
+    "localStorage 'token', field refresh_token), write it to a file only you can read (chmod 600), and "
+    "pass that file. Then run `relayctl retry` so transfers blocked on the login continue."
 )
 
 
 @click.group("drive")
 def drive_group() -> None:
-    """Manage relayd's Aliyun Drive login (a refresh token; never a QR code)."""
+    """Manage relayd's Aliyun Drive login (a QR code for the Open Platform, a refresh token for the web
+    backend)."""
 
 
 def _read_token(path: Path) -> str:
@@ -138,22 +144,42 @@ def _describe(fact: dict[str, Any], now: datetime) -> str:
 @click.option(
     "--refresh-token-file",
     "token_file",
-    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A file holding the refresh token (the token itself never goes on the command line).",
+    help="Web backend: a file holding the refresh token (the token itself never goes on the command line).",
 )
 @click.option(
     "--no-check",
     is_flag=True,
-    help="Only save the token; the daemon exchanges it on first use (default: exchange it now).",
+    help="Web backend: only save the token; the daemon exchanges it on first use (default: now).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="How many seconds to wait for the QR code's scan (a login without --refresh-token-file).",
 )
 @pass_app
-def login(app: App, token_file: Path, no_check: bool) -> None:
-    """Give relayd a new Aliyun Drive refresh token, saved atomically with mode 0600."""
+def login(app: App, token_file: Path | None, no_check: bool, wait: float) -> None:
+    """Log relayd in to Aliyun Drive (QR code, or a refresh token); saved atomically with mode 0600."""
     from relayd.drive.tokens import TokenStore, new_record
 
-    token = _read_token(token_file)
     config = app.config
+    if config.drive.backend == "open":
+        if token_file is not None or no_check:
+            raise UsageError("the Open Platform backend logs in by QR code: run `relayctl drive login` alone")
+        from relayd.cli.drive_login import qr_login
+
+        _publish(app, qr_login(config, wait))
+        return
+    if token_file is None:
+        if no_check:
+            raise UsageError("--no-check needs --refresh-token-file PATH")
+        from relayd.cli.drive_login import web_qr_login
+
+        _publish(app, web_qr_login(config, wait, _configured_fingerprint(app)))
+        return
+    token = _read_token(token_file)
     tokens = TokenStore(config.daemon.state_dir / "drive")
     bootstrap = _configured_fingerprint(app)
     if no_check:
@@ -193,14 +219,15 @@ def login(app: App, token_file: Path, no_check: bool) -> None:
 @json_option
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Show relayd's drive login and the access token's remaining lifetime (no network calls).
+    """Show relayd's drive login: the access token's remaining lifetime and, on the Open Platform, the
+    refresh token's, the account's third-party rights and the rate to expect (one API call).
 
     Exit status 1 when there is no login or the drive refused it.
     """
-    from relayd.drive.tokens import TokenStore
+    from relayd.drive.checks import login_store
 
     config = app.config
-    tokens = TokenStore(config.daemon.state_dir / "drive")
+    tokens = login_store(config.drive, config.daemon.state_dir)
     readable = not tokens.directory.exists() or os.access(tokens.directory, os.R_OK | os.X_OK)
     if not readable:
         raise UsageError(f"cannot read {tokens.directory}: run this as the user relayd runs as")
@@ -231,18 +258,31 @@ def status(app: App, as_json: bool) -> None:
             for rate in rates
         },
     }
+    if config.drive.backend == "open":
+        from relayd.cli.drive_login import open_status
+
+        data.update(open_status(config, lifetime, now))
     if as_json:
         echo_json(data)
     else:
         click.echo(f"drive login: {_describe(lifetime.as_fact(), now)}")
         if lifetime.refreshed_at is not None:
             click.echo(f"last refreshed: {lifetime.refreshed_at.isoformat()}")
+        if config.drive.backend == "open":
+            from relayd.cli.drive_login import echo_open_status
+
+            echo_open_status(data)
         click.echo(f"token file: {tokens.path} (mode {data['mode'] or '-'})")
         for rate in rates:
             click.echo(rate_text(rate, hops))
             if slow_downloads([rate], hops):
                 click.echo(f"  note: {SLOW_HINT}")
         if lifetime.state in ("missing", "refused"):
-            click.echo("give relayd a login: relayctl drive login --refresh-token-file PATH")
+            how = (
+                "relayctl drive login"
+                if config.drive.backend == "open"
+                else ("relayctl drive login --refresh-token-file PATH")
+            )
+            click.echo(f"give relayd a login: {how}")
     if lifetime.state in ("missing", "refused"):
         raise click.exceptions.Exit(EXIT_RUNTIME)

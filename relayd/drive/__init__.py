@@ -1,4 +1,5 @@
-"""The drive boundary: relayd's adapter over Aliyun Drive (aligo) and what it needs to run headless.
+"""The drive boundary: relayd's adapters over Aliyun Drive (its web API through aligo, or its Open
+Platform) and what they need to run headless.
 
 Hops use the ``Drive`` interface (``relayd.drive.base``) and get the daemon's shared instance from
 ``ctx.services.get("drive")``, which calls ``make_drive``. The backend is imported only then, so
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from relayd.config import DriveConfig
 
 __all__ = [
+    "BACKENDS",
     "LOGIN_HINT",
     "ContentMismatch",
     "DownloadLink",
@@ -43,6 +45,11 @@ __all__ = [
     "UploadResult",
     "make_drive",
 ]
+
+
+#: The backends ``drive.backend`` may name, each built by ``make_drive`` (the conformance kit in
+#: relayd_sandbox runs every hop that uses the drive over each of them).
+BACKENDS: tuple[str, ...] = ("aligo", "open")
 
 
 class FactSink(Protocol):
@@ -60,4 +67,9 @@ def make_drive(config: DriveConfig, state_dir: Path, facts: FactSink | None = No
         from relayd.drive.aligo_backend import AligoDrive
 
         return AligoDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
-    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: 'aligo')")
+    if config.backend == "open":
+        from relayd.drive.open_backend import OpenDrive
+
+        return OpenDrive(config, Path(state_dir), publish=facts.publish if facts is not None else None)
+    known = ", ".join(repr(name) for name in BACKENDS)
+    raise ConfigError(f"drive.backend: unknown backend {config.backend!r} (known: {known})")

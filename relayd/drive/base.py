@@ -2,9 +2,9 @@
 
 A hop talks to a ``Drive`` only: make sure a folder exists, find a file, upload with resumable state,
 verify a copy by size and content hash, hand out a download link, and tell how long the access token
-has left. ``relayd.drive.aligo_backend.AligoDrive`` implements it for Aliyun Drive; another backend
-(the Open Platform, an in-house client, a test double) implements the same methods and the hops do
-not change.
+has left. ``relayd.drive.aligo_backend.AligoDrive`` implements it for Aliyun Drive's web API and
+``relayd.drive.open_backend.OpenDrive`` for its Open Platform; another backend (an in-house client, a
+test double) implements the same methods and the hops do not change.
 
 Errors are relayd's own (``relayd.errors``): ``Retryable`` with ``retry_after`` for throttling, server
 errors and dropped connections, ``NeedsPerson`` with a hint for a missing or refused token or a full
@@ -77,6 +77,8 @@ class TokenLifetime:
     state: str
     expires_at: datetime | None = None
     refreshed_at: datetime | None = None
+    #: When the refresh token itself dies (the Open Platform's last 90 days), None when unknown.
+    refresh_expires_at: datetime | None = None
 
     def remaining(self, now: datetime | None = None) -> float | None:
         """Return the access token's remaining seconds (negative once expired), None when unknown."""
@@ -86,11 +88,14 @@ class TokenLifetime:
 
     def as_fact(self) -> dict[str, Any]:
         """Return the fact relayd publishes as ``drive.token`` for `relayctl status` (no secrets)."""
-        return {
+        fact: dict[str, Any] = {
             "state": self.state,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "refreshed_at": self.refreshed_at.isoformat() if self.refreshed_at else None,
         }
+        if self.refresh_expires_at is not None:
+            fact["refresh_expires_at"] = self.refresh_expires_at.isoformat()
+        return fact
 
 
 @dataclass(frozen=True)

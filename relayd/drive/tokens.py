@@ -217,7 +217,7 @@ class TokenStore:
             state = "expired"
         else:
             state = "valid"
-        return TokenLifetime(state, expires_at, refreshed_at)
+        return TokenLifetime(state, expires_at, refreshed_at, parse_time(data.get("refresh_expires_at")))
 
 
 def new_record(

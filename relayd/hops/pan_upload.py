@@ -202,6 +202,10 @@ class PanUploadHop(Hop):
     def verify(self, job: Job) -> Outcome:
         file = job.file_or_fail
         drive = self.drive()
+        if not job.handles.get("file_id") and job.handles.get("upload"):
+            # Every part was acknowledged, and then the daemon died before it completed the upload
+            # (a kill -9): completing the saved upload sends no part again.
+            self.move(job, [])
         file_id = job.handles.get("file_id")
         sha1 = str(file.sha1 or job.handles.get("sha1") or "")
         if not file_id or not sha1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from types import TracebackType
 from relayd_sandbox._http import LoggedRequest, RequestLog
 from relayd_sandbox.drive_hashes import pre_hash, proof_code, proof_offset
 from relayd_sandbox.drive_http import DriveServer
+from relayd_sandbox.drive_oauth import OpenApp
 from relayd_sandbox.drive_records import (
     DOWNLOAD_PREFIX,
     JSON,
@@ -51,6 +53,7 @@ __all__ = [
     "DriveStats",
     "DriveUser",
     "FakeDrive",
+    "OpenApp",
     "StoredFile",
     "UploadInfo",
     "pre_hash",
@@ -67,7 +70,9 @@ class FakeDrive:
 
     *root* holds the stored bytes. One user exists from the start (``user``); add more with
     ``add_user``. Knobs that act on "the next N" requests are methods; standing behaviour is in
-    ``settings`` (a DriveSettings), which may be changed at any time.
+    ``settings`` (a DriveSettings), which may be changed at any time. With *data_tls* (a server
+    context, ``relayd_sandbox.tls.ThrowawayCA.server_context``) the data host speaks HTTPS, as OSS and
+    the CDN do; the API host stays plain HTTP.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class FakeDrive:
         user_name: str = "relayd",
         api_port: int = 0,
         data_port: int = 0,
+        data_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +94,7 @@ class FakeDrive:
         self.user = self.store.add_user(user_name)
         self._api_port = api_port
         self._data_port = data_port
+        self._data_tls = data_tls
         self._api: DriveServer | None = None
         self._data: DriveServer | None = None
 
@@ -100,9 +107,10 @@ class FakeDrive:
         take the service down and bring it back while URLs already handed out stay valid.
         """
         self._api = DriveServer(self, "api", self._api_port)
-        self._data = DriveServer(self, "data", self._data_port)
+        self._data = DriveServer(self, "data", self._data_port, self._data_tls)
         self._api_port, self._data_port = self._api.port, self._data.port
         self.store.data_base_url = self._data.base_url
+        self.store.open_base_url = self._api.base_url
         self._api.start()
         self._data.start()
         _log.info("fake drive: api %s, data %s", self._api.base_url, self._data.base_url)
@@ -178,6 +186,32 @@ class FakeDrive:
         """Log a device (an ``x-device-id``) out of the account, as a person does in the app."""
         self.store.log_out_device(user or self.user, device_id)
 
+    def register_app(self, *, pkce: bool = False) -> OpenApp:
+        """Register an Open Platform app (with a client secret, or a PKCE app without one)."""
+        return self.store.register_app(pkce=pkce)
+
+    def scan_qr(self, sid: str | None = None, *, user: DriveUser | None = None, confirm: bool = True) -> str:
+        """Scan the Open Platform login QR code *sid* (default: the newest) with the Aliyun Drive app
+        and confirm the login (unless *confirm* is false); return its sid."""
+        return self.store.scan_qr(user or self.user, sid, confirm=confirm)
+
+    def scan_web_qr(self, *, user: DriveUser | None = None, confirm: bool = True) -> None:
+        """Scan the newest QR code of the web app's login (aligo's) and confirm it (unless *confirm*
+        is false): its next status poll hands out a new web refresh token."""
+        self.store.scan_web_qr(user or self.user, confirm=confirm)
+
+    def web_qr_count(self) -> int:
+        """Return how many web login QR codes are waiting for their scan."""
+        return self.store.web_qr_count()
+
+    def qr_sids(self) -> list[str]:
+        """Return the sids of the login QR codes requested so far, oldest first."""
+        return self.store.qr_sids()
+
+    def issue_open_refresh_token(self, app: OpenApp, user: DriveUser | None = None) -> str:
+        """Return a live Open Platform refresh token of *app* (single-use, valid 90 days)."""
+        return self.store.issue_open_refresh_token(user or self.user, app)
+
     def advance_clock(self, seconds: float) -> None:
         """Move the fake's clock: tokens, URLs and upload ids expire as if time had passed."""
         self.store.advance_clock(seconds)
@@ -207,11 +241,15 @@ class FakeDrive:
         *path* is an API path ("/v2/file/complete") or a data prefix (UPLOAD_PREFIX,
         DOWNLOAD_PREFIX); it also matches everything below it. The body is the service's error
         for the role (JSON on the API host, XML on the data host) with *code* (default from the
-        status, e.g. 429 → TooManyRequests), or *body* verbatim (a str, e.g. an HTML gateway page,
-        or a dict sent as JSON).
+        status, e.g. 429 → TooManyRequests), with *retry_after* as ``Retry-After`` seconds (the Open
+        Platform's paths: ``x-retry-after`` milliseconds), or *body* verbatim (a str, e.g. an HTML
+        gateway page, or a dict sent as JSON).
         """
         extra = dict(headers or {})
-        if retry_after is not None:
+        if retry_after is not None and path.startswith(OPEN_PATHS):
+            # The Open Platform says it in milliseconds (tickstep/aliyunpan-api ali_api_error.go).
+            extra["x-retry-after"] = str(round(retry_after * 1000))
+        elif retry_after is not None:
             extra["Retry-After"] = f"{retry_after:g}"
         self.store.inject(
             Injection(
@@ -262,6 +300,12 @@ class FakeDrive:
         found = self.lookup(path_or_id, drive_id=drive_id) if path_or_id.startswith("/") else None
         self.store.corrupt(found.file_id if found is not None else path_or_id, offset)
 
+    def repair(self) -> None:
+        """Undo the damage knobs: parts still to be corrupted arrive intact, and files corrupted by
+        ``corrupt_file`` serve their good bytes again."""
+        self.store.stop_corrupting_parts()
+        self.store.repair_files()
+
     # -- inspection -------------------------------------------------------------------------
 
     def stats(self) -> DriveStats:
@@ -295,6 +339,9 @@ class FakeDrive:
             and entry.header("Authorization") is not None
         ]
 
+
+#: The Open Platform's paths on the API host.
+OPEN_PATHS = ("/adrive/v1.0/", "/business/v1.0/", "/oauth/")
 
 _DEFAULT_CODES = {
     400: "InvalidParameter",

@@ -60,11 +60,11 @@ class DriveAccounts(DriveState):
             self._refresh[token] = (user.user_id, app_id)
             return token
 
-    def issue_access_token(self, user: DriveUser, app_id: str = WEB_APP_ID) -> str:
-        """Return a new access token of *app_id* for *user*, valid for ``access_token_ttl``."""
+    def issue_access_token(self, user: DriveUser, app_id: str = WEB_APP_ID, ttl: float | None = None) -> str:
+        """Return a new access token of *app_id* for *user*, valid for *ttl* (``access_token_ttl``)."""
         with self.lock:
             token = "at." + secrets.token_urlsafe(32)
-            expires_at = self.now() + self.settings.access_token_ttl
+            expires_at = self.now() + (self.settings.access_token_ttl if ttl is None else ttl)
             self._access[token] = AccessToken(user.user_id, app_id, expires_at)
             return token
 

@@ -90,7 +90,13 @@ class DriveDownloads(DriveFiles):
             raise ApiError(
                 403, "SignatureDoesNotMatch", "The request signature we calculated does not match."
             )
-        required = self.settings.download_referer
+        # Aliyun's Android SDK fetches Open Platform links with no Referer (real-services.md §7.10);
+        # only the web client's links are checked against one.
+        required = (
+            None
+            if self.is_open_app(params.get("x-relayd-app", WEB_APP_ID))
+            else self.settings.download_referer
+        )
         if required is not None and (referer or "").rstrip("/") != required.rstrip("/"):
             raise ApiError(403, "AccessDenied", "You are denied by bucket referer policy.")
         with self.lock:

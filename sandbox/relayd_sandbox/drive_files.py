@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from relayd_sandbox.drive_accounts import DriveAccounts
 from relayd_sandbox.drive_hashes import pre_hash
+from relayd_sandbox.drive_oauth import DriveOAuth
 from relayd_sandbox.drive_records import (
     _COPY_CHUNK,
     DOMAIN_ID,
@@ -35,7 +35,7 @@ from relayd_sandbox.drive_records import (
 )
 
 
-class DriveFiles(DriveAccounts):
+class DriveFiles(DriveOAuth):
     """Content, folders and files; an upload (``drive_uploads``) adds to them, a download
     (``drive_downloads``) reads them."""
 
@@ -96,6 +96,12 @@ class DriveFiles(DriveAccounts):
                 handle.seek(where)
                 handle.write(bytes([byte[0] ^ 0xFF]))
             node.corrupt_path = target
+
+    def repair_files(self) -> None:
+        """Make every file corrupted by ``corrupt`` serve its good bytes again."""
+        with self.lock:
+            for node in self._nodes.values():
+                node.corrupt_path = None
 
     def _visible(self, node: Node) -> bool:
         return node.status == "available" and not node.trashed

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from relayd_sandbox._http import LoggedRequest, LoopbackServer
+from relayd_sandbox._http import LoggedRequest, LoopbackServer, send_range
 from relayd_sandbox.drive_records import (
     DOWNLOAD_PREFIX,
     JSON,
@@ -31,6 +32,7 @@ from relayd_sandbox.drive_records import (
     PutTicket,
 )
 from relayd_sandbox.drive_store import DriveStore
+from relayd_sandbox.drive_weblogin import WEB_LOGIN_PATHS
 
 if TYPE_CHECKING:
     from relayd_sandbox.drive import FakeDrive
@@ -51,8 +53,8 @@ class DriveServer(LoopbackServer):
     """A LoopbackServer that knows its FakeDrive and role, and cuts its open connections on stop,
     so a stopped fake really stops answering (even on keep-alive connections)."""
 
-    def __init__(self, fake: FakeDrive, role: str, port: int) -> None:
-        super().__init__(_Handler, port)
+    def __init__(self, fake: FakeDrive, role: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(_Handler, port, tls)
         self.fake = fake
         self.role = role
         self.live: set[socket.socket] = set()
@@ -259,6 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, body, "application/json;charset=UTF-8", headers)
 
     def _send_error(self, error: ApiError) -> None:
+        if error.plain is not None:
+            self._send_text(error.status, error.plain, error.headers)
+            return
         if self._srv.role == "api":
             payload = {"code": error.code, "message": error.message, "requestId": os.urandom(8).hex()}
             self._send_json(error.status, payload, error.headers)
@@ -294,6 +299,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
             else:
                 self._send_injected(injection)
+            return
+        if path in WEB_LOGIN_PATHS:
+            try:
+                answer, headers = self._store.handle_web_login(self.command, path, raw)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            self._send_json(200, answer, headers)
+            return
+        if path.startswith("/oauth/"):
+            try:
+                answer = self._store.handle_oauth(self.command, path, self.headers.get("Authorization"), raw)
+            except ApiError as exc:
+                self._send_error(exc)
+                return
+            self._send_json(200, answer)
             return
         if self.command != "POST":
             self._send_error(ApiError(405, "MethodNotAllowed", f"{self.command} is not allowed here."))
@@ -427,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         with ticket.path.open("rb") as source:
             if drop_after is None and not settings.download_bandwidth:
                 self.wfile.flush()
-                self._body_sent = int(self.connection.sendfile(source, first, length))
+                self._body_sent = _send_all(self.connection, source.fileno(), first, length)
                 if self._body_sent < length:
                     self._drop()
                 return
@@ -455,6 +476,17 @@ class _Handler(BaseHTTPRequestHandler):
             pacer.pace(len(data), bandwidth)
         if sent < length:
             self._drop()
+
+
+def _send_all(connection: socket.socket, fd: int, offset: int, length: int) -> int:
+    """Send *length* bytes of *fd* from *offset*; return how many went (fewer: the file is shorter)."""
+    sent = 0
+    while sent < length:
+        count = send_range(connection, fd, offset + sent, length - sent)
+        if count == 0:
+            return sent
+        sent += count
+    return sent
 
 
 class _Pacer:

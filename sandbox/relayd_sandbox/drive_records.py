@@ -52,6 +52,7 @@ class ApiError(Exception):
         message: str = "",
         headers: dict[str, str] | None = None,
         extra: dict[str, str] | None = None,
+        plain: str | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
@@ -60,6 +61,8 @@ class ApiError(Exception):
         self.headers = headers or {}
         #: More elements of the data host's XML error (``EC``, ``RecommendDoc``), after ``HostId``.
         self.extra = extra or {}
+        #: A non-JSON body sent as it is instead of ``{code, message}`` (a gateway's "Payload Too Large").
+        self.plain = plain
 
 
 def bad_parameter(field_name: str, message: str = "") -> ApiError:
@@ -139,6 +142,18 @@ class DriveSettings:
     repeat_part_code: str = "PartNotSequential"
     #: How long a PUT waits for a previous PUT of the same upload before it is refused.
     busy_part_wait: float = 2.0
+    #: Open Platform: how long a login QR code stays scannable (undocumented; this fake's choice).
+    qr_ttl: float = 300.0
+    #: Open Platform: scan and confirm a QR code by itself at its Nth status poll (the demo; None:
+    #: only ``scan_qr`` does).
+    qr_auto_login_polls: int | None = None
+    #: Open Platform: files above this size are refused at create with 413 "Payload Too Large"
+    #: (tickstep/aliyunpan#460, #469, #483; the figure is disputed, 30 GB to 100 GB).
+    open_max_file_size: int | None = 30 * 1000**3
+    #: Open Platform: the longest download link without a special application (900 s by default).
+    open_max_download_expire_sec: int = 900
+    #: Open Platform: whether the account bought the third-party rights package (getVipInfo).
+    third_party_vip: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from relayd_sandbox.drive_downloads import DriveDownloads
+from relayd_sandbox.drive_open import OPEN_PREFIX, DriveOpen
 from relayd_sandbox.drive_records import (
     CREATE_SESSION_PATH,
     JSON,
@@ -29,12 +29,12 @@ from relayd_sandbox.drive_records import (
     DriveSettings,
     DriveStats,
 )
-from relayd_sandbox.drive_uploads import DriveUploads
+from relayd_sandbox.drive_weblogin import DriveWebLogin
 
 Route = Callable[["DriveStore", CallContext, JSON], tuple[int, JSON | None]]
 
 
-class DriveStore(DriveUploads, DriveDownloads):
+class DriveStore(DriveOpen, DriveWebLogin):
     """All state of one fake drive service, and the router of its JSON API. Methods raise ApiError for
     error answers."""
 
@@ -49,17 +49,39 @@ class DriveStore(DriveUploads, DriveDownloads):
         with self.lock:
             self._calls[path] += 1
         body = _parse_body(raw_body)
-        known = path in _ROUTES or path in (REFRESH_PATH, CREATE_SESSION_PATH)
+        known = path in _ROUTES or path in _OPEN_ROUTES or path in (REFRESH_PATH, CREATE_SESSION_PATH)
         if not known or path in self.settings.removed_endpoints:
             # Every web-API error is {code, message}; the message for an unknown path is this fake's.
             raise ApiError(404, "NotFound", "no such api")
         if path == REFRESH_PATH:
             return 200, self.refresh(body)
         ctx = self.authenticate(authorization)
+        # The two API families take only their own tokens (an app's OAuth token, the web client's).
+        if self.is_open_app(ctx.app_id) != (path in _OPEN_ROUTES):
+            raise ApiError(401, "AccessTokenInvalid", "AccessToken is invalid. ErrValidateTokenFailed")
+        if path in _OPEN_ROUTES:
+            return _OPEN_ROUTES[path](self, ctx, body)
         if path == CREATE_SESSION_PATH:
             return self.create_session(ctx, device_id or "")
         self._check_device(ctx, device_id or "")
         return _ROUTES[path](self, ctx, body)
+
+    def handle_oauth(self, method: str, path: str, authorization: str | None, raw_body: bytes) -> JSON:
+        """Answer one call of the Open Platform's ``/oauth/*`` endpoints."""
+        with self.lock:
+            self._calls[path if "/qrcode/" not in path else "/oauth/qrcode/{sid}/status"] += 1
+        if method == "POST" and path == "/oauth/authorize/qrcode":
+            return self.qr_authorize(_parse_body(raw_body))
+        if method == "POST" and path == "/oauth/access_token":
+            return self.open_token(_parse_body(raw_body))
+        if method == "GET" and path.startswith("/oauth/qrcode/") and path.endswith("/status"):
+            return self.qr_status(path.split("/")[3])
+        if method == "GET" and path == "/oauth/users/info":
+            ctx = self.authenticate(authorization)
+            if not self.is_open_app(ctx.app_id):
+                raise ApiError(401, "AccessTokenInvalid", "AccessToken is invalid. ErrValidateTokenFailed")
+            return self.users_info(ctx)
+        raise ApiError(404, "NotFound", "no such api")
 
     def batch(self, ctx: CallContext, body: JSON) -> tuple[int, JSON]:
         """/v3/batch: run each sub-request (``url`` like "/file/get") and collect the answers."""
@@ -132,6 +154,23 @@ _ROUTES: dict[str, Route] = {
     "/adrive/v2/batch": DriveStore.batch,
     "/v2/user/get": DriveStore.get_user,
     "/users/v1/users/device/renew_session": DriveStore.renew_session,
+}
+
+_OPEN_ROUTES: dict[str, Route] = {
+    OPEN_PREFIX + "openFile/create": DriveStore.open_create,
+    OPEN_PREFIX + "openFile/getUploadUrl": DriveStore.open_upload_url,
+    OPEN_PREFIX + "openFile/listUploadedParts": DriveStore.open_list_parts,
+    OPEN_PREFIX + "openFile/complete": DriveStore.complete,
+    OPEN_PREFIX + "openFile/getDownloadUrl": DriveStore.open_download_url,
+    OPEN_PREFIX + "openFile/list": DriveStore.list_files,
+    OPEN_PREFIX + "openFile/get": DriveStore.get_file,
+    OPEN_PREFIX + "openFile/get_by_path": DriveStore.open_get_by_path,
+    OPEN_PREFIX + "openFile/update": DriveStore.update_file,
+    OPEN_PREFIX + "openFile/recyclebin/trash": DriveStore.open_trash,
+    OPEN_PREFIX + "openFile/delete": DriveStore.open_delete,
+    OPEN_PREFIX + "user/getDriveInfo": DriveStore.drive_info,
+    OPEN_PREFIX + "user/getSpaceInfo": DriveStore.space_info,
+    "/business/v1.0/user/getVipInfo": DriveStore.vip_info,
 }
 
 _BATCH_ROUTES: dict[str, Route] = {

@@ -326,6 +326,10 @@ class DriveUploads(DriveFiles):
         with self.lock:
             self._corrupt_parts += count
 
+    def stop_corrupting_parts(self) -> None:
+        with self.lock:
+            self._corrupt_parts = 0
+
     def take_part_corruption(self) -> bool:
         """Return True (using up one count) if the part being received must be damaged in transit."""
         with self.lock:

@@ -69,8 +69,12 @@ class RouteSandbox:
         staging_max: str = "50 GB",
         connections: int | None = None,
         concurrency: int | None = None,
+        drive: str = "aligo",
     ) -> None:
         self.root = root
+        # The drive backend: "aligo" (the web API) or "open" (the Open Platform: an app registered on
+        # the fake, and a QR login the fake scans by itself at its first status poll).
+        self.drive_backend = drive
         self.shards = shards
         self.shard_size = shard_size
         self.piece_size = piece_size
@@ -89,6 +93,7 @@ class RouteSandbox:
         self.git: GitLfsServer | None = None
         self.sshd: Any = None
         self.head: str = ""
+        self.client_id = ""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -101,6 +106,13 @@ class RouteSandbox:
         token_file = self.root / "drive-refresh-token"
         token_file.write_text(self.drive.issue_refresh_token())
         token_file.chmod(0o600)
+        if self.drive_backend == "open":
+            app = self.drive.register_app()
+            self.client_id = app.client_id
+            secret = self.root / "drive-client-secret"
+            secret.write_text(app.client_secret)
+            secret.chmod(0o600)
+            self.drive.settings.qr_auto_login_polls = 1
         self.git = GitLfsServer(self.root / "git", self.ms_token)
         self.git.start()
         self.git.new_repo(OWNER, NAME)
@@ -136,6 +148,14 @@ class RouteSandbox:
             f'user = "{self.sshd.user}"\nidentity_file = "{self.sshd.identity_file}"\n'
             f'known_hosts_file = "{self.sshd.known_hosts_file}"\n'
             f'ssh_config_file = "{self.sshd.ssh_config_file}"'
+        )
+
+    def drive_section(self) -> str:
+        if self.drive_backend != "open":
+            return ""
+        return (
+            f'backend = "open"\nclient_id = "{self.client_id}"\n'
+            f'client_secret_file = "{self.root / "drive-client-secret"}"\n'
         )
 
     def write_config(self, *, extra: str = "") -> None:
@@ -211,7 +231,7 @@ piece_size = "{self.piece_size}"
 {hub_tuning}[drive]
 api_url = "{self.drive.api_url}"
 refresh_token_file = "{drive_token or self.root / "drive-refresh-token"}"
-{tuning}[vm]
+{self.drive_section()}{tuning}[vm]
 {self.vm_section()}
 piece_size = "{self.piece_size}"
 {vm_tuning}[modelscope]

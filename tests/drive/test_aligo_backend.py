@@ -19,8 +19,9 @@ import pytest
 import requests
 
 from relayd.config import SecretRef
-from relayd.drive.aligo_backend import AligoDrive, retry_after_seconds
+from relayd.drive.aligo_backend import AligoDrive
 from relayd.drive.base import LocalFile, NameTaken, UploadCallbacks, UploadResult
+from relayd.drive.multipart import retry_after_seconds
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd_sandbox.drive import UPLOAD_PREFIX, FakeDrive
 from tests.support.drivebox import DriveBox, sign_in_other_devices

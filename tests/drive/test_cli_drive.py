@@ -1,10 +1,13 @@
-"""`relayctl drive login` and `relayctl drive status`: a refresh token from a file, exchanged at once,
-saved 0600 in the state directory, never echoed; the lifetime shown by `drive status` and `status`."""
+"""`relayctl drive login` and `relayctl drive status`: a refresh token from a file (or the web app's QR
+login, as aligo does it), exchanged at once, saved 0600 in the state directory, never echoed; the
+lifetime shown by `drive status` and `status`."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,3 +168,42 @@ def test_a_rapid_upload_is_not_counted_as_throughput(config: Path, box: DriveBox
     assert transfer.handles["rapid"] is True
     _, out, _ = _run(config, "drive", "status")
     assert "pan_upload): nothing measured in the last hour" in out
+
+
+# -- the web backend's QR login (aligo's own flow) ---------------------------------------------------
+
+
+def _scan_web_qr(fake: FakeDrive, *, confirm: bool = True) -> threading.Thread:
+    def act() -> None:
+        deadline = time.monotonic() + 20
+        while not fake.web_qr_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fake.scan_web_qr(confirm=confirm)
+
+    thread = threading.Thread(target=act, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_login_without_a_token_file_logs_in_by_the_web_apps_qr_code(
+    config: Path, box: DriveBox, fake: FakeDrive, secrets: list[str]
+) -> None:
+    phone = _scan_web_qr(fake)
+    code, out, err = _run(config, "drive", "login", "--wait", "30")
+    phone.join(5)
+    assert code == 0, err
+    assert "qrcodeCheck.htm" in out and ("▀" in out or "█" in out)
+    saved = box.state_dir / "drive" / "token.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    record = json.loads(saved.read_text())
+    assert record["source"] == "login" and record["access_token"]
+    assert fake.stats().refreshes == 1  # the QR code's refresh token, exchanged (and rotated) at once
+    assert not any(secret in out + err for secret in secrets)
+    assert box.drive().ensure_folder("/relayd/after-qr")
+
+
+def test_an_expired_web_qr_code_fails_and_saves_nothing(config: Path, box: DriveBox, fake: FakeDrive) -> None:
+    fake.settings.qr_ttl = 0.5
+    code, _, err = _run(config, "drive", "login", "--wait", "30")
+    assert code == 1 and "expired" in err
+    assert not (box.state_dir / "drive" / "token.json").exists()

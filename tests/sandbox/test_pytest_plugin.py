@@ -68,6 +68,7 @@ def test_the_readme_documents_every_fixture(tmp_path: Path) -> None:
         "fake_drive",
         "gitlfs_server",
         "sandbox_sshd",
+        "sandbox_ca",
         "postgres_server",
         "postgres_url",
     ]

@@ -231,6 +231,7 @@ def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credential
         "drive-refresh-token": box.drive.issue_refresh_token(),
         "modelscope-token": box.ms_token,
         "web-token": "web-" + os.urandom(16).hex(),
+        "drive-client-secret": "secret-" + os.urandom(16).hex(),  # read only by an "open" backend
     }
     work = installation.workdir
     for name, value in secrets.items():

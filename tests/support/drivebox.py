@@ -29,6 +29,7 @@ from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
 from relayd.config import DriveConfig, RetryConfig, SecretRef, StagingConfig
 from relayd.drive.aligo_backend import AligoDrive
 from relayd.drive.base import Drive
+from relayd.drive.open_backend import OpenDrive
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
 from relayd.hops.pan_upload import PanUploadHop
@@ -57,11 +58,17 @@ class DriveBox(DaemonLog):
 
     wait_timeout = 60.0
 
-    def __init__(self, root: Path, fake: FakeDrive, *, part_size: int = PART) -> None:
+    def __init__(self, root: Path, fake: FakeDrive, *, part_size: int = PART, backend: str = "aligo") -> None:
         self.root = root
         self.fake = fake
         self.part_size = part_size
+        self.backend = backend
         root.mkdir(parents=True, exist_ok=True)
+        # The Open Platform backend: an app registered on the fake, its secret in a 0600 file.
+        self.app = fake.register_app()
+        self.client_secret_file = root / "client-secret"
+        self.client_secret_file.write_text(self.app.client_secret + "\n")
+        self.client_secret_file.chmod(0o600)
         self.state_dir = root / "state"
         self.token_file = root / "bootstrap-refresh-token"
         self.token_file.write_text(fake.issue_refresh_token() + "\n")
@@ -80,7 +87,7 @@ class DriveBox(DaemonLog):
 
     def config(self, **changes: Any) -> DriveConfig:
         base = DriveConfig(
-            backend="aligo",
+            backend=self.backend,
             api_url=self.fake.api_url,
             refresh_token=SecretRef("drive.refresh_token", file=self.token_file),
             root="/relayd",
@@ -89,9 +96,29 @@ class DriveBox(DaemonLog):
             referer=REFERER,
             on_conflict="replace",
             timeout=10.0,
-            url_lifetime=3600.0,
+            url_lifetime=3600.0 if self.backend == "aligo" else 900.0,
+            client_id=self.app.client_id,
+            client_secret=SecretRef("drive.client_secret", file=self.client_secret_file),
         )
         return dataclasses.replace(base, **changes)
+
+    def backend_drive(self) -> Drive:
+        """Return a new drive of the box's backend (``aligo`` or ``open``) over the fake."""
+        return self.open_drive() if self.backend == "open" else self.drive()
+
+    def open_drive(self, *, part_size: int | None = None, **changes: Any) -> OpenDrive:
+        """Return a new OpenDrive over the fake, its login made by a QR login the fake confirms (the
+        first time) and kept under ``state/drive/open``."""
+        opened = OpenDrive(
+            self.config(backend="open", **changes),
+            self.state_dir,
+            publish=self.store.publish,
+            part_size=part_size or self.part_size,
+        )
+        if opened.tokens.load() is None:
+            self.open_login(opened)
+        self._drives.append(opened)
+        return opened
 
     def drive(self, *, part_size: int | None = None, **changes: Any) -> AligoDrive:
         """Return a new AligoDrive over the fake, its login kept under ``state/drive``."""
@@ -103,6 +130,14 @@ class DriveBox(DaemonLog):
         )
         self._drives.append(made)
         return made
+
+    def open_login(self, drive: OpenDrive) -> None:
+        """Log *drive* in as `relayctl drive login` does, the fake scanning and confirming the QR code."""
+        qr = drive.auth.start_qr()
+        self.fake.scan_qr(qr.sid)
+        status, code = drive.auth.qr_status(qr.sid)
+        assert status == "LoginSuccess", status
+        drive.auth.finish(code, qr.verifier)
 
     # -- catalogue --------------------------------------------------------------------------------
 
@@ -203,9 +238,10 @@ class DriveBox(DaemonLog):
         workers: int = 4,
         on_conflict: str = "replace",
     ) -> Engine:
-        """Return an engine running the real pan_upload hop over *drive* (default: a new AligoDrive)."""
+        """Return an engine running the real pan_upload hop over *drive* (default: a new drive of the
+        box's backend)."""
         if drive is None:
-            shared: Drive = self.drive()
+            shared: Drive = self.backend_drive()
             factory: Callable[[], Drive] = lambda: shared  # noqa: E731
         elif isinstance(drive, Drive):
             factory = lambda: drive  # noqa: E731
@@ -261,6 +297,9 @@ api_url = "{self.fake.api_url}"
 refresh_token_file = "{self.token_file}"
 root = "/relayd"
 timeout = "10s"
+backend = "{self.backend}"
+client_id = "{self.app.client_id}"
+client_secret_file = "{self.client_secret_file}"
 {extra}
 """
         )
