@@ -9,7 +9,9 @@ done history of an older snapshot. Then it times `relayctl status` (text and --j
 Goals (docs/benchmarks.md): the summary ≤ 0.3 s (text and --json), the big repo ≤ 0.5 s (text); the
 big repo's --json is timed too. Exit status 1 if a goal is missed.
 
-    .venv/bin/python bench/status_bench.py [--dir DIR] [--runs 5]
+    .venv/bin/python bench/status_bench.py [--dir DIR] [--runs 5] [--postgres]
+
+``--postgres`` builds the same catalogue in a throwaway PostgreSQL server (the sandbox's) instead.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def build(url: str, *, repos: int, files: int, big: int, history: float, seed: i
     from sqlalchemy import insert
 
     from relayd.catalogue import migrate
-    from relayd.catalogue.db import make_engine, sqlite_path
+    from relayd.catalogue.db import make_engine
     from relayd.catalogue.schema import Blob, File, Repo, ServiceState, Snapshot, SnapshotFile, Transfer
 
     rng = random.Random(seed)
@@ -209,12 +211,7 @@ def build(url: str, *, repos: int, files: int, big: int, history: float, seed: i
             for start in range(0, len(rows), 20_000):
                 connection.execute(insert(table), rows[start : start + 20_000])
     engine.dispose()
-    # Fold the WAL into the main file, as a daemon's checkpoints would have long since done.
-    path = sqlite_path(url)
-    if path is not None:
-        raw = sqlite3.connect(path)
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        raw.close()
+    settle(url)
     print(
         f"built: {len(repo_rows)} repos, {len(file_rows)} file rows "
         f"({files} in current snapshots), {len(transfer_rows)} transfers",
@@ -222,11 +219,31 @@ def build(url: str, *, repos: int, files: int, big: int, history: float, seed: i
     )
 
 
-def write_config(directory: Path) -> Path:
+def settle(url: str) -> None:
+    """Leave the new catalogue as a running one's would be: SQLite's WAL folded into the main file by
+    the daemon's checkpoints; PostgreSQL's statistics gathered by autovacuum."""
+    from relayd.catalogue.db import sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None:
+        raw = sqlite3.connect(path)
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw.close()
+        return
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE")
+    engine.dispose()
+
+
+def write_config(directory: Path, url: str | None = None) -> Path:
     config = directory / "relayd.toml"
+    url = url or f"sqlite:///{directory / 'catalogue.db'}"
     config.write_text(
         f'[daemon]\nstate_dir = "{directory / "state"}"\n'
-        f'[catalogue]\nurl = "sqlite:///{directory / "catalogue.db"}"\n'
+        f'[catalogue]\nurl = "{url}"\n'
         f'[staging]\ndir = "{directory / "staging"}"\nmax_bytes = "10 GB"\nmin_free = "0"\n',
         encoding="utf-8",
     )
@@ -295,6 +312,11 @@ def main() -> int:
         help="run the timed processes at this niceness (negative needs root): on a machine busy with "
         "other work, this approximates an idle one",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="build the catalogue in a throwaway PostgreSQL (the sandbox's) instead of SQLite, built anew",
+    )
     args = parser.parse_args()
     global NICE  # set once, before any process is started
     NICE = args.nice
@@ -302,19 +324,27 @@ def main() -> int:
     relayctl = Path(sys.executable).parent / "relayctl"
     directory = args.dir or Path(tempfile.mkdtemp(prefix="relayd-status-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
-    config = write_config(directory)
+    server = None
+    if args.postgres:
+        from relayd_sandbox.postgres import ThrowawayPostgres
+
+        server = ThrowawayPostgres().start()
+        url = server.create_database("relayd_status_bench")
+    else:
+        url = f"sqlite:///{directory / 'catalogue.db'}"
+    config = write_config(directory, url)
     database = directory / "catalogue.db"
-    if not database.exists():
+    if server is not None or not database.exists():
         started = time.perf_counter()
         build(
-            f"sqlite:///{database}",
+            url,
             repos=args.repos,
             files=args.files,
             big=args.big,
             history=args.history,
             seed=args.seed,
         )
-        print(f"built in {time.perf_counter() - started:.1f} s: {database}", file=sys.stderr)
+        print(f"built in {time.perf_counter() - started:.1f} s: {url}", file=sys.stderr)
 
     cases = {
         "summary": ["status"],
@@ -342,6 +372,8 @@ def main() -> int:
     print(f"(for scale: a bare `python -c pass` takes {startup:.3f}s, {startup_cpu:.3f}s CPU)")
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if server is not None:
+        server.stop()
     return 1 if missed else 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -130,9 +131,33 @@ def _daemon(reader: SectionReader) -> DaemonConfig:
         idle_wait=reader.duration("idle_wait", "1s", minimum=0.05),
         log_level=reader.string("log_level", "info", choices=("debug", "info", "warning", "error")),
         watch_config=reader.boolean("watch_config", True),
+        site=_site_name(reader),
+        hops=_served_hops(reader),
     )
     reader.finish()
     return config
+
+
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _site_name(reader: SectionReader) -> str:
+    site = reader.string("site", "default")
+    if not _SITE_NAME.match(site):
+        raise reader.error("site", "a name of letters, digits, '_.-' (at most 64)", site)
+    return site
+
+
+def _served_hops(reader: SectionReader) -> tuple[str, ...] | None:
+    """Read daemon.hops: unset serves every hop; a list names the hops, at least one, each once."""
+    if "hops" not in reader.names():
+        return None
+    hops = reader.strings("hops")
+    if not hops:
+        raise reader.error("hops", "at least one hop name (leave the key out to serve every hop)", [])
+    if len(set(hops)) != len(hops):
+        raise reader.error("hops", "each hop named once", list(hops))
+    return hops
 
 
 def _retry(reader: SectionReader) -> RetryConfig:

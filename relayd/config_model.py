@@ -102,6 +102,10 @@ class DaemonConfig:
     idle_wait: float
     log_level: str
     watch_config: bool
+    #: The site this daemon runs on (docs/sites.md): daemons of one site share its networks.
+    site: str = "default"
+    #: The hops this daemon serves (claims, and polls for routes starting with one); None: every hop.
+    hops: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from relayd import __version__
 from relayd.catalogue.db import is_sqlite
 from relayd.catalogue.queries import open_reader, schema_at_head
 from relayd.catalogue.schema import Repo
-from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
+from relayd.catalogue.store import HopRules, Store, WorkerBeat, new_owner_id, utcnow
 from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, RelayError
@@ -38,6 +38,7 @@ from relayd.logs import SCRUBBER, setup_logging
 from relayd.poll import Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
+from relayd.sites import check_sites, served_hops, serves, staging_holder, worker_beat
 from relayd.staging import Staging
 
 if TYPE_CHECKING:  # the metrics, the web server and Alembic are imported when a run uses them
@@ -150,6 +151,7 @@ class Daemon:
 
     def run(self, *, once: bool = False) -> int:
         config = self.config
+        check_sites(config)
         register_secrets(config)
         if config.web.listen and not once:
             from relayd.web.access import resolve_token
@@ -197,13 +199,16 @@ class Daemon:
             services=build_services(config, store),
         )
         config.daemon.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        hops = build_hops(config, ctx)
+        hops = build_hops(config, ctx)  # every hop: the store's rules need what each one declares
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
-        sources, source_for_hop = build_sources(config, hops)
+        if not is_sqlite(config.catalogue.url):
+            store.staging_holder = staging_holder(config)
+        served = served_hops(config, hops)
+        sources, source_for_hop = build_sources(config, served)
         self.poller = Poller(store, sources, source_for_hop, config.retry)
         self.store = store
-        self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
+        self.engine = Engine(store, staging, served, ctx, self._engine_settings(config, served))
         # What start-up built (modules, the config, the hops) lives as long as the process: keep the
         # garbage collector from walking it again on every full collection while bytes flow.
         gc.freeze()
@@ -223,7 +228,7 @@ class Daemon:
 
     def _run_once(self) -> int:
         for repo in self.store.repos():
-            if not repo.paused:
+            if self._polls(repo):
                 self.poller.poll(repo)
         self.engine.run_until_idle()
         self.engine.drain(self.config.daemon.shutdown_grace)
@@ -250,6 +255,7 @@ class Daemon:
         self.notifier_thread.start()
         watcher = self._watch_config()
         self._reconcile()
+        self._safely(self.store.forget_workers)
         self._heartbeat()
         self.notifier.ready(f"serving {len(self._scheduled)} repos")
         log.info("relayd %s serving %s (pid %d)", __version__, self.config.catalogue.url, os.getpid())
@@ -290,6 +296,7 @@ class Daemon:
                     "some transfers did not reach a durable point within the grace; they resume next start"
                 )
             self._safely(lambda: self.store.publish("daemon", {**self._daemon_facts(), "state": "stopped"}))
+            self._safely(lambda: self.store.beat(self._worker("stopped")))
         log.info("stopped")
         return EXIT_OK
 
@@ -367,17 +374,26 @@ class Daemon:
             "config": str(self.config_path),
         }
 
+    def _worker(self, state: str = "running") -> WorkerBeat:
+        return worker_beat(self.config, self.engine.owner, self._started_at, state)
+
     def _heartbeat(self) -> None:
         self.store.publish("daemon", self._daemon_facts())
+        self.store.beat(self._worker())
 
     # -- scheduling --------------------------------------------------------------------------------
 
     def _poll_job(self, name: str) -> None:
         repo = self.store.repo(name)
-        if repo is None or repo.paused:
+        if repo is None or not self._polls(repo):
             return
         self.poller.poll(repo)
         self.engine.wake()
+
+    def _polls(self, repo: Repo) -> bool:
+        """Return whether this daemon polls *repo*: not paused, and its route's first hop is served here
+        (on the site that reaches its source)."""
+        return not repo.paused and bool(repo.route) and serves(self.config, repo.route[0])
 
     def _reconcile(self) -> None:
         """Bring the scheduler in line with the catalogue's repos (added, removed, paused, changed),
@@ -389,7 +405,7 @@ class Daemon:
         if fingerprint == self._fingerprint and (self._next_due is None or self._next_due > now):
             return  # nothing changed and no requested poll has come due: no need to read every repo
         self._fingerprint = fingerprint
-        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if not repo.paused}
+        repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if self._polls(repo)}
         future = [
             repo.next_poll_at for repo in repos.values() if repo.next_poll_at and repo.next_poll_at > now
         ]
@@ -470,6 +486,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
+            check_sites(new)
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.notifier.status("reload refused: invalid config")
@@ -486,11 +503,12 @@ class Daemon:
         ctx = self.engine.ctx
         build_services(new, self.store, ctx.services)
         hops = build_hops(new, ctx)
-        self.engine.hops = hops
+        served = served_hops(new, hops)
+        self.engine.hops = served
         self.store.rules = hop_rules(hops)
-        self.engine.settings = self._engine_settings(new, hops)
+        self.engine.settings = self._engine_settings(new, served)
         self.engine.staging.config = new.staging
-        sources, source_for_hop = build_sources(new, hops)
+        sources, source_for_hop = build_sources(new, served)
         self.poller.sources, self.poller.source_for_route = sources, source_for_hop
         self.poller.retry = new.retry
         old, self.config = self.config, new

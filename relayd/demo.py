@@ -34,6 +34,7 @@ from typing import Any
 
 import click
 
+from relayd.demo_tables import print_route_table, print_table
 from relayd.digest import sha256_file
 from relayd.units import format_size, parse_size
 
@@ -51,6 +52,7 @@ class DemoOptions:
     change: bool
     local: bool
     ssh: bool | None
+    sites: int = 1  # 2: one daemon per site on a shared PostgreSQL catalogue (relayd.demo_sites)
     #: The drive backend the route uses: "aligo" (the web API) or "open" (the Open Platform).
     drive: str = "aligo"
 
@@ -71,7 +73,7 @@ class Demo(abc.ABC):
     options: DemoOptions
     config_path: Path
     log_path: Path
-    catalogue: Path
+    catalogue_url: str
     daemon: subprocess.Popen[bytes] | None
 
     @abc.abstractmethod
@@ -103,10 +105,7 @@ class Demo(abc.ABC):
         )
         with live_view as live:
             while time.monotonic() < deadline:
-                if self.daemon is not None and self.daemon.poll() is not None:
-                    raise RuntimeError(
-                        f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}"
-                    )
+                self.check_daemons()
                 document = self.status()
                 if live is not None:
                     live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
@@ -125,6 +124,11 @@ class Demo(abc.ABC):
             f"the relay did not finish within {self.options.timeout:.0f}s; see {self.log_path}"
         )
 
+    def check_daemons(self) -> None:
+        """Raise RuntimeError if the daemon exited."""
+        if self.daemon is not None and self.daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}")
+
     # -- verification ------------------------------------------------------------------------------
 
     def bytes_moved(self, hop: str | None = None) -> int:
@@ -134,7 +138,7 @@ class Demo(abc.ABC):
         from relayd.catalogue.schema import Transfer
         from relayd.catalogue.store import Store
 
-        store = Store(f"sqlite:///{self.catalogue}")
+        store = Store(self.catalogue_url)
         try:
             query = select(func.coalesce(func.sum(Transfer.bytes_moved), 0))
             if hop is not None:
@@ -155,7 +159,7 @@ class LocalDemo(Demo):
         self.dest = root / "copies" / DEMO_REPO
         self.config_path = root / "relayd.toml"
         self.log_path = root / "relayd.log"
-        self.catalogue = root / "state" / "catalogue.db"
+        self.catalogue_url = f"sqlite:///{root / 'state' / 'catalogue.db'}"
         self.daemon = None
 
     # -- setup -------------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ class RouteDemo(Demo):
         )
         self.config_path = self.sandbox.config_path
         self.log_path = self.sandbox.log_path
-        self.catalogue = root / "state" / "catalogue.db"
+        self.catalogue_url = f"sqlite:///{root / 'state' / 'catalogue.db'}"
         self.daemon = None
 
     def start(self) -> None:
@@ -273,6 +277,9 @@ class RouteDemo(Demo):
         if self.daemon is not None:
             self.sandbox.stop_daemon(self.daemon)
         self.sandbox.stop()
+
+    def mid_route(self, say: Callable[[str], None]) -> None:
+        """What the demo does once the repo is added, while its first revision travels (nothing here)."""
 
     def relayctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = self.sandbox.relayctl(*args)
@@ -292,48 +299,34 @@ class RouteDemo(Demo):
             "vm_pull": stats.download_bytes,
             "lfs_push": sandbox.git.counters().put_bytes,
         }
-        parts = []
-        for hop, count in counted.items():
-            moved = self.bytes_moved(hop)
-            parts.append(
-                f"{hop} {format_size(moved)}"
-                + ("" if moved == count else f" (the server counted {format_size(count)})")
+        moved = {hop: self.bytes_moved(hop) for hop in counted}
+        parts = [
+            f"{hop} {format_size(moved[hop])}"
+            + ("" if moved[hop] == count else f" (the server counted {format_size(count)})")
+            for hop, count in counted.items()
+        ]
+        agree = all(self.bytes_agree(hop, moved[hop], count) for hop, count in counted.items())
+        if all(moved[hop] == count for hop, count in counted.items()):
+            tail = "; the servers counted the same"
+        else:
+            tail = (
+                "; the rest was in flight when a daemon was killed"
+                if agree
+                else "; THE SERVERS COUNTED OTHERWISE"
             )
-        agree = all(self.bytes_moved(hop) == count for hop, count in counted.items())
-        say(
-            "bytes moved, re-sends included: "
-            + ", ".join(parts)
-            + ("; the servers counted the same" if agree else "; THE SERVERS COUNTED OTHERWISE")
-        )
+        say("bytes moved, re-sends included: " + ", ".join(parts) + tail)
         return agree
 
-
-def show_table(table: Any) -> None:
-    """Print a rich table: to a terminal at its width; elsewhere (a log, a pipe, CI) wide enough
-    that no path is cut."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 200))
-    console.print(table)
+    def bytes_agree(self, hop: str, moved: int, counted: int) -> bool:
+        """Return whether the daemon's count of *hop*'s bytes agrees with the server's."""
+        return moved == counted
 
 
-def print_route_table(rows: list[Any], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("file", "Hub", "drive", "VM", "clone", "ok"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.path, row.hub[:12], row.drive[:12], row.vm[:12], row.clone[:12], "✔" if row.ok else "✘"
-        )
-    show_table(table)
-
-
-def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None]) -> bool:
-    demo = RouteDemo(options, root)
+def run_route_demo(
+    options: DemoOptions, root: Path, say: Callable[[str], None], demo: RouteDemo | None = None
+) -> bool:
+    """Run the default route on the sandbox (with *demo*'s daemons: by default one); True if verified."""
+    demo = demo or RouteDemo(options, root)
     sandbox = demo.sandbox
     try:
         say(f"generating {options.shards} shards of {format_size(options.shard_size)} on the fake Hub")
@@ -350,6 +343,7 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
         say(f"daemon started; log in {demo.log_path}")
         added = demo.relayctl("add", DEMO_REPO, "--every", "10s")
         say(added.stdout.strip().splitlines()[0] if added.stdout.strip() else f"added {DEMO_REPO}")
+        demo.mid_route(say)
         first = demo.wait_for_snapshot(say, previous=None)
         rows, extra = sandbox.verify()
         print_route_table(rows, f"revision {sandbox.head[:12]}: sha256 at every place")
@@ -382,19 +376,6 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
         demo.stop()
 
 
-def print_table(rows: list[tuple[str, str, str, bool]], columns: tuple[str, str]) -> None:
-    from rich.table import Table
-
-    table = Table(title="verification (sha256)")
-    table.add_column("file")
-    table.add_column(columns[0])
-    table.add_column(columns[1])
-    table.add_column("ok")
-    for path, source, landed, ok in rows:
-        table.add_row(path, source[:16], landed[:16], "✔" if ok else "✘")
-    show_table(table)
-
-
 def sandbox_install_command() -> str:
     """Return the command that installs the sandbox into this Python: from this checkout (editable, as
     ``scripts/dev setup`` does) when relayd runs from one, else from wherever the checkout is."""
@@ -420,6 +401,15 @@ def sandbox_missing() -> str | None:
     return None
 
 
+def sites_demo(options: DemoOptions, root: Path) -> RouteDemo | None:
+    """Return the two-site demo when the options ask for it, else None (one daemon)."""
+    if options.sites == 1:
+        return None
+    from relayd.demo_sites import SitesDemo
+
+    return SitesDemo(options, root)
+
+
 def run_demo(options: DemoOptions) -> int:
     missing = sandbox_missing()
     if missing is not None:
@@ -435,7 +425,7 @@ def run_demo(options: DemoOptions) -> int:
     if not options.local:
         say(f"sandbox in {root}")
         try:
-            ok = run_route_demo(options, root, say)
+            ok = run_route_demo(options, root, say, sites_demo(options, root))
         except KeyboardInterrupt:
             return 0
         except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
@@ -554,6 +544,14 @@ def run_demo(options: DemoOptions) -> int:
     help="Reach the VM over SSH through a sandbox sshd, or run its side locally [default: SSH when an "
     "sshd is installed].",
 )
+@click.option(
+    "--sites",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    help="2: split the route across two sites (abroad: download + pan_upload; vm: vm_pull + lfs_push), one "
+    "daemon each on a throwaway PostgreSQL catalogue, and kill -9 the vm daemon mid-route.",
+)
 def demo_command(
     shards: int,
     shard_size: str,
@@ -563,6 +561,7 @@ def demo_command(
     no_change: bool,
     local: bool,
     ssh: bool | None,
+    sites: str,
     drive: str,
 ) -> int:
     """Relay a generated model end to end on the local sandbox and verify every file."""
@@ -579,6 +578,7 @@ def demo_command(
         change=not no_change,
         local=local,
         ssh=ssh,
+        sites=int(sites),
         drive=drive,
     )
     os.environ.setdefault("RELAYD_DEMO", "1")

@@ -122,3 +122,22 @@ def test_demo_help_lists_every_option_with_its_help() -> None:
     )
     assert bad.returncode == 2
     assert "Invalid value for '--shard-size': not a size: 'lots'" in bad.stderr
+
+
+def test_the_two_site_demo_survives_a_kill_9_of_the_vm_daemon(tmp_path: Path) -> None:
+    """`relayd demo --sites 2`: one daemon per site on a throwaway PostgreSQL catalogue, the vm daemon
+    killed with SIGKILL while it pulls and started again, and the same verification as one daemon."""
+    output = run_demo("--sites", "2", "--shards", "2", "--shard-size", "1MiB", "--workdir", str(tmp_path))
+    assert "sites: abroad serves download + pan_upload, vm serves vm_pull + lfs_push" in output
+    killed = re.search(r"killed the vm daemon \(pid (\d+)\) with SIGKILL while vm_pull was running", output)
+    assert killed is not None, output
+    assert output.count("sha256 at every place") == 2
+    assert len(re.findall(r"model-0000\d.*✔", output)) == 4
+    assert "the new revision downloaded 1.0 MiB (one shard is 1.0 MiB)" in output
+    workers = output.split("relayctl workers:\n", 1)[1].split("\n")[:3]
+    states = sorted((line.split()[0], line.split()[1]) for line in workers)
+    assert states == [("abroad", "running"), ("vm", "dead"), ("vm", "running")], workers
+    assert any(f"pid {killed.group(1)} " in line and " dead " in line for line in workers)
+    # Only the site serving the route's first hop polls the Hub.
+    assert "polling every" in (tmp_path / "abroad.log").read_text()
+    assert "polling every" not in (tmp_path / "vm.log").read_text()

@@ -70,6 +70,13 @@ class HopRules:
                 return True
         return False
 
+    def reads_staged_copy(self, route: Sequence[str], step: int) -> bool:
+        """Return whether the hop at *step* of *route* reads each file's staged copy there (it reads
+        staging, and none of its ``staging_unneeded_after`` hops comes before it)."""
+        hop = route[step]
+        unneeded = self.staging_unneeded_after.get(hop, frozenset())
+        return hop in self.reads_staging and not unneeded.intersection(route[:step])
+
     def snapshot_finisher(self, route: Sequence[str]) -> str | None:
         """Return the hop that commits a whole snapshot once every file has reached the end of *route*
         (its last hop, when it finishes snapshots), or None: then reaching the end finishes it."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -152,6 +153,9 @@ class Blob(Base):
     size: Mapped[int]
     staged_path: Mapped[str | None] = mapped_column(Text)
     staged_at: Mapped[datetime | None]
+    # Whose staging holds the staged copy (a daemon's `staging_holder`): a transfer that reads it runs
+    # there (docs/sites.md). None: staged before sites were recorded, readable wherever it is.
+    staged_on: Mapped[str | None] = mapped_column(String(255))
 
 
 class File(Base):
@@ -192,6 +196,17 @@ class Transfer(Base):
         UniqueConstraint("file_id", "hop"),
         UniqueConstraint("snapshot_id", "hop"),
         Index("ix_transfers_claim", "hop", "state", "next_attempt_at"),
+        # The claim's order (the largest runnable first) over the transfers not done: a claim reads one
+        # hop's entries backwards from the largest (ties by id sorted incrementally) instead of sorting
+        # every pending transfer of the hop. (A predicate PostgreSQL can prove from the claim's
+        # conditions: `state IN (...)` is stored as a coerced array that its planner does not compare.)
+        Index(
+            "ix_transfers_claim_order",
+            "hop",
+            "bytes_total",
+            postgresql_where=text("state <> 'done'"),
+            sqlite_where=text("state <> 'done'"),
+        ),
         Index("ix_transfers_summary", "repo_id", "hop", "state", "bytes_total", "bytes_done"),
         Index("ix_transfers_failing", "failing_since"),
     )
@@ -218,6 +233,9 @@ class Transfer(Base):
     surfaced_at: Mapped[datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
+    # The staging holder whose staged copy this transfer reads (None: it reads none): only a daemon
+    # there claims it, so several machines staging downloads stay correct (docs/sites.md).
+    staged_on: Mapped[str | None] = mapped_column(String(255))
     handles: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -250,6 +268,26 @@ class ServiceState(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column()
     updated_at: Mapped[datetime]
+
+
+class Worker(Base):
+    """One daemon process serving the catalogue, as its heartbeat last said (`relayctl workers`):
+    several daemons on several sites share a PostgreSQL catalogue, each with a row of its own."""
+
+    __tablename__ = "workers"
+
+    # The daemon's lease owner id: its claims carry it (transfers.lease_owner).
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    site: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # The hops it serves (None: every hop it has).
+    hops: Mapped[list[str] | None] = mapped_column(JSON)
+    version: Mapped[str] = mapped_column(String(64))
+    # running or stopped (a stale heartbeat of a running one means it is dead).
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    last_seen: Mapped[datetime] = mapped_column(index=True)
 
 
 class Notification(Base):

@@ -24,6 +24,7 @@ COMMANDS = {
     "retry": "relayd.cli.repos:retry",
     "status": "relayd.cli.status:status",
     "whereis": "relayd.cli.whereis:whereis",
+    "workers": "relayd.cli.workers:workers",
     "doctor": "relayd.cli.doctor:doctor",
     "config": "relayd.cli.config_cmd:config_group",
     "db": "relayd.cli.db:db_group",

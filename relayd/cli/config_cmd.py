@@ -111,8 +111,11 @@ def _vm_credential_warnings(config: Config) -> list[str]:
 @pass_app
 def check(app: App) -> None:
     """Validate the config; print "ok: PATH" and any warnings, or fail (exit 2) naming the key."""
+    from relayd.sites import check_sites
+
     with _collect_warnings("relayd.config") as load_warnings:
         config = app.config
+    check_sites(config)
     warnings = load_warnings + config_warnings(config)
     click.echo(f"ok: {config.path}")
     for warning in warnings:

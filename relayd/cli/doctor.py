@@ -450,13 +450,15 @@ def planned_checks(
 
 def diagnose(config: Config, load_warnings: Sequence[str], timeout: float) -> tuple[Plan, list[Row]]:
     """Run every check the config and the repos' routes call for (each hop's and each service's it
-    uses); return the plan and the rows, grouped."""
+    uses; of the hops this daemon serves, daemon.hops); return the plan and the rows, grouped."""
     from relayd.hops import loadable
     from relayd.services import build_services
+    from relayd.sites import serves
 
     plan = Plan(hops=[])
     catalogue = catalogue_checks(config, plan, timeout, datetime.now(UTC))
-    plan.hops = plan_hops(plan.repos)
+    # A site's daemon is checked for the hops it serves (docs/sites.md): the VM need not reach the Hub.
+    plan.hops = [hop for hop in plan_hops(plan.repos) if serves(config, hop)]
     rows = config_rows(config, load_warnings, plan.hops) + catalogue
     services = build_services(config)  # no fact is published: doctor writes nothing
     try:

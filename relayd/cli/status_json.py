@@ -173,6 +173,7 @@ def summary_json(summary: Summary, now: datetime) -> dict[str, Any]:
         "kind": "summary",
         "generated_at": iso(now),
         "daemon": daemon_json(summary.daemon, now),
+        "unserved": [{"hop": item.hop, "hint": item.hint} for item in summary.unserved],
         "blocked_total": summary.blocked_total,
         "blocked_truncated": others + transfers_listed < summary.blocked_total,
         "blocked": [blocked_json(item) for item in summary.blocked],

@@ -316,6 +316,10 @@ def summary_lines(
     first, then one line per repo, then what the daemon publishes; every line fits *width* (None: no
     limit), coloured when *colour*."""
     lines: list[str] = daemon_lines(summary.daemon, width)
+    for item in summary.unserved:
+        lines += wrap(render([("NOT SERVED", "bad")], colour) + f" {item.hint}", width, "", "  ")
+    if summary.unserved:
+        lines.append("")
     if summary.blocked_total:
         shown = len(summary.blocked)
         more = f", showing {shown}" if shown < summary.blocked_total else ""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import ssl
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from relayd_sandbox.drive import FakeDrive
 from relayd_sandbox.gitlfs import GitLfsServer
 from relayd_sandbox.hub import FakeHub
+from relayd_sandbox.postgres import ThrowawayPostgres
 from relayd_sandbox.sshd import SSHD_PATH, SandboxSshd
 from relayd_sandbox.systools import require
 from relayd_sandbox.tls import OPENSSL, ThrowawayCA
@@ -82,3 +84,23 @@ def sandbox_ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
     for 127.0.0.1. Skips the test without openssl (fails it when $CI is set)."""
     require(OPENSSL, "openssl")
     return ThrowawayCA.create(tmp_path_factory.mktemp("sandbox-ca"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (one per xdist worker): Debian's
+    ``initdb`` in a temporary directory on a free port. Never skipped: without PostgreSQL installed
+    (``scripts/dev setup`` installs it) the test fails with that hint."""
+    with ThrowawayPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: ThrowawayPostgres) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database on ``postgres_server`` for one test, dropped after."""
+    name = f"relayd_test_{uuid.uuid4().hex[:12]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(name)

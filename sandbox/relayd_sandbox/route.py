@@ -6,6 +6,7 @@ verify each file's sha256 at the Hub, on the drive, on the VM and in a fresh clo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -158,28 +159,69 @@ class RouteSandbox:
         )
 
     def write_config(self, *, extra: str = "") -> None:
+        """Write the one daemon's config (SQLite catalogue under the sandbox's state directory)."""
+        self.config_path.write_text(self.config_text(extra=extra))
+        self.config_path.chmod(0o600)
+
+    def write_site_config(self, path: Path, *, site: str, hops: list[str], catalogue_url: str) -> None:
+        """Write the config of one site's daemon at *path*: its own state and staging directories under
+        ``root/site``, the shared *catalogue_url*, serving *hops*; a short lease, so that a killed
+        daemon's claims come back within seconds. Each site logs in to the drive on its own (a refresh
+        token of its own: one rotates at each refresh, so two daemons cannot share one)."""
+        assert self.drive is not None  # noqa: S101
+        home = self.root / site
+        home.mkdir(parents=True, exist_ok=True)
+        token_file = home / "drive-refresh-token"
+        token_file.write_text(self.drive.issue_refresh_token())
+        token_file.chmod(0o600)
+        served = ", ".join(json.dumps(hop) for hop in hops)
+        daemon = f'site = "{site}"\nhops = [{served}]\nlease = "10s"\n'
+        path.write_text(
+            self.config_text(
+                state=home / "state",
+                staging=home / "staging",
+                catalogue_url=catalogue_url,
+                daemon=daemon,
+                drive_token=token_file,
+            )
+        )
+        path.chmod(0o600)
+
+    def config_text(
+        self,
+        *,
+        extra: str = "",
+        state: Path | None = None,
+        staging: Path | None = None,
+        catalogue_url: str | None = None,
+        daemon: str = 'lease = "20s"\n',
+        drive_token: Path | None = None,
+    ) -> str:
+        """Return a daemon config over the sandbox's services; by default the one daemon's, with its
+        state, catalogue and staging under the sandbox's root."""
         assert self.hub is not None and self.drive is not None and self.git is not None  # noqa: S101
+        state = state or self.root / "state"
+        staging = staging or self.root / "staging"
+        catalogue_url = catalogue_url or f"sqlite:///{state / 'catalogue.db'}"
         remote = self.git.remote_url("{owner}", "{name}")
         tuning = ""
         if self.concurrency is not None:
             tuning += f"concurrency = {self.concurrency}\n"
         hub_tuning = tuning + (f"connections = {self.connections}\n" if self.connections is not None else "")
         vm_tuning = hub_tuning
-        self.config_path.write_text(
-            f"""# Written by relayd's route sandbox: every service is a local stand-in on 127.0.0.1.
+        return f"""# Written by relayd's route sandbox: every service is a local stand-in on 127.0.0.1.
 [daemon]
-state_dir = "{self.root / "state"}"
+state_dir = "{state}"
 poll_jitter = "0s"
 idle_wait = "0.2s"
-lease = "20s"
 shutdown_grace = "10s"
-[catalogue]
-url = "sqlite:///{self.root / "state" / "catalogue.db"}"
+{daemon}[catalogue]
+url = "{catalogue_url}"
 [retry]
 initial = "0.5s"
 maximum = "5s"
 [staging]
-dir = "{self.root / "staging"}"
+dir = "{staging}"
 max_bytes = "{self.staging_max}"
 min_free = "0"
 [hub]
@@ -188,7 +230,7 @@ token_env = "RELAYD_DEMO_HF_TOKEN"
 piece_size = "{self.piece_size}"
 {hub_tuning}[drive]
 api_url = "{self.drive.api_url}"
-refresh_token_file = "{self.root / "drive-refresh-token"}"
+refresh_token_file = "{drive_token or self.root / "drive-refresh-token"}"
 {self.drive_section()}{tuning}[vm]
 {self.vm_section()}
 piece_size = "{self.piece_size}"
@@ -199,18 +241,19 @@ activity_timeout = "60s"
 {tuning}
 {extra}
 """
-        )
-        self.config_path.chmod(0o600)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "RELAYD_DEMO_HF_TOKEN": self.hub_token, "RELAYD_DEMO_MS_TOKEN": self.ms_token}
 
     # -- processes ---------------------------------------------------------------------------------
 
-    def start_daemon(self, *args: str) -> subprocess.Popen[bytes]:
-        log = self.log_path.open("ab")
+    def start_daemon(
+        self, *args: str, config: Path | None = None, log_path: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `relayd run` on the sandbox's config (or *config*), logging to its log (or *log_path*)."""
+        log = (log_path or self.log_path).open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "relayd", "run", "-c", str(self.config_path), *args],
+            [sys.executable, "-m", "relayd", "run", "-c", str(config or self.config_path), *args],
             stdout=log,
             stderr=log,
             env=self.env(),
@@ -227,9 +270,9 @@ activity_timeout = "60s"
                 process.kill()
                 process.wait(10)
 
-    def relayctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def relayctl(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "relayd.cli", "-c", str(self.config_path), *args],
+            [sys.executable, "-m", "relayd.cli", "-c", str(config or self.config_path), *args],
             capture_output=True,
             text=True,
             env=self.env(),

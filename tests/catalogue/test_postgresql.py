@@ -1,4 +1,4 @@
-"""Several relayd workers sharing one PostgreSQL catalogue (the server this machine runs): the schema
+"""Several relayd workers sharing one PostgreSQL catalogue (a throwaway server the tests start): the schema
 and migrations, claims that never hand one transfer to two workers, leases that come back, and two
 real daemons splitting one repo's work."""
 
@@ -10,12 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -25,38 +21,9 @@ from relayd.catalogue import migrate
 from relayd.catalogue.schema import DONE, Base, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store
 
-ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 
-
-def postgres_available() -> bool:
-    try:
-        psycopg.connect(ADMIN, connect_timeout=3).close()
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    if not postgres_available():
-        if os.environ.get("CI"):
-            raise AssertionError("PostgreSQL on 127.0.0.1:5432 is required in CI")
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432 (CI has one)")
-    name = f"relayd_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-
-
-def test_migrations_build_the_same_schema_as_the_models_on_postgresql(pg_url: str) -> None:
-    store = Store(pg_url)
+def test_migrations_build_the_same_schema_as_the_models_on_postgresql(postgres_url: str) -> None:
+    store = Store(postgres_url)
     try:
         with store.engine.connect() as connection:
             command.upgrade(migrate.alembic_config(connection), "head")
@@ -77,15 +44,15 @@ def seed(store: Store, files: int) -> None:
     store.record_snapshot(repo.id, "c" * 40, specs)
 
 
-def test_concurrent_workers_never_claim_the_same_transfer(pg_url: str) -> None:
-    setup = Store(pg_url)
+def test_concurrent_workers_never_claim_the_same_transfer(postgres_url: str) -> None:
+    setup = Store(postgres_url)
     migrate.ensure_schema(setup.engine, auto_upgrade=False)
     seed(setup, 60)
     claimed: dict[str, list[int]] = {}
     lock = threading.Lock()
 
     def worker(owner: str) -> None:
-        store = Store(pg_url)
+        store = Store(postgres_url)
         mine: list[int] = []
         try:
             while (transfer := store.claim("local_copy", owner, lease=60)) is not None:
@@ -107,8 +74,8 @@ def test_concurrent_workers_never_claim_the_same_transfer(pg_url: str) -> None:
     setup.close()
 
 
-def test_an_expired_lease_on_postgresql_comes_back(pg_url: str) -> None:
-    store = Store(pg_url)
+def test_an_expired_lease_on_postgresql_comes_back(postgres_url: str) -> None:
+    store = Store(postgres_url)
     migrate.ensure_schema(store.engine, auto_upgrade=False)
     seed(store, 1)
     first = store.claim("local_copy", "crashed", lease=0.5)
@@ -120,7 +87,7 @@ def test_an_expired_lease_on_postgresql_comes_back(pg_url: str) -> None:
     store.close()
 
 
-def test_two_daemons_share_one_postgresql_catalogue(pg_url: str, tmp_path: Path) -> None:
+def test_two_daemons_share_one_postgresql_catalogue(postgres_url: str, tmp_path: Path) -> None:
     source = tmp_path / "source" / "acme" / "shared"
     source.mkdir(parents=True)
     for i in range(12):
@@ -134,7 +101,7 @@ state_dir = "{tmp_path / f"state{n}"}"
 idle_wait = "0.1s"
 poll_jitter = "0s"
 [catalogue]
-url = "{pg_url}"
+url = "{postgres_url}"
 [staging]
 dir = "{tmp_path / f"staging{n}"}"
 min_free = "0"
@@ -152,7 +119,7 @@ max_rate = "2 MB"
                 stderr=(tmp_path / f"daemon{n}.log").open("wb"),
             )
         )
-    store = Store(pg_url)
+    store = Store(postgres_url)
     try:
         deadline = time.monotonic() + 60
         logs = [tmp_path / f"daemon{n}.log" for n in range(2)]
@@ -180,3 +147,38 @@ max_rate = "2 MB"
             process.terminate()
             process.wait(30)
         store.close()
+
+
+def test_status_reads_postgresql_through_psycopg_alone_and_agrees_with_sqlalchemy(postgres_url: str) -> None:
+    """relayctl's reader for PostgreSQL skips SQLAlchemy (its import alone costs status's budget) and
+    answers every status question as the SQLAlchemy reader does."""
+    from datetime import UTC, datetime
+
+    from relayd.catalogue import queries
+    from relayd.catalogue.db import make_engine
+    from relayd.catalogue.queries.reader import EngineReader, PsycopgReader
+
+    store = Store(postgres_url)
+    migrate.ensure_schema(store.engine, auto_upgrade=False)
+    seed(store, 5)
+    claimed = store.claim("local_copy", "w", lease=60)
+    assert claimed is not None
+    store.defer(claimed.id, "w", state="blocked", error="100% refused", error_class="auth", hint="fix it")
+    store.publish("daemon", {"pid": 1, "version": "t", "state": "running"})
+    store.close()
+    fast = queries.open_reader(postgres_url)
+    assert isinstance(fast, PsycopgReader)
+    slow = EngineReader(make_engine(postgres_url, immediate=False))
+    now = datetime.now(UTC)
+    try:
+        assert fast.has_table("transfers") and not fast.has_table("nothing_here")
+        assert queries.summary(fast, now=now) == queries.summary(slow, now=now)
+        assert queries.repo_detail(fast, "acme/shared", now=now) == queries.repo_detail(
+            slow, "acme/shared", now=now
+        )
+        assert queries.schema_revision(fast) == queries.schema_revision(slow) is not None
+        (blocked,) = queries.summary(fast, now=now).blocked
+        assert blocked.error == "100% refused"
+    finally:
+        fast.close()
+        slow.close()

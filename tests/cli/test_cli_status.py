@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.db import make_engine
 from relayd.catalogue.schema import BLOCKED, POLL_BLOCKED, POLL_WAITING, WAITING
-from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
+from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, WorkerBeat, utcnow
 from relayd.cli import cli
 from tests.support.claimkit import OWNER, claim
 from tests.support.doctables import check_shape, documented_tables
@@ -152,6 +152,8 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     assert len(store.surface_stuck(utcnow())) == 2  # the waiting file and the waiting poll
     store.publish("staging", {"used": 1, "free": 2})
     store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
+    # A daemon elsewhere that serves only push: fetch, which both repos wait for, has none.
+    store.beat(WorkerBeat("vm-1", "vm", "elsewhere", 7, ("push",), "test", utcnow()))
     store.close()
 
     tables = documented_tables(DOC)
@@ -164,6 +166,12 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     documented = {(table, path) for table, rows in tables.items() for path in rows}
     assert documented - seen == set()
 
+    # fetch (both repos' first hop, files pending) and local_copy (org/globs') have no daemon.
+    summary = json.loads(relayctl("status", "--json").stdout)
+    assert [item["hop"] for item in summary["unserved"]] == ["fetch", "local_copy"]
+    hint = 'no daemon serves fetch: start one with daemon.hops = ["fetch"] (docs/sites.md)'
+    assert summary["unserved"][0]["hint"] == hint
+    assert f"NOT SERVED {hint}" in relayctl("status").stdout
     full = json.loads(relayctl("status", "--json", "org/full").stdout)
     assert full["repo"]["finish"]["state"] == "blocked"
     assert full["repo"]["blocked"] == 1

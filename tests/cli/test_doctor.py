@@ -542,3 +542,17 @@ def test_a_route_that_pushes_from_staging_checks_git_on_this_machine(doctor: Doc
         assert check(document, name)["status"] == "ok", name
     assert "accepts the token" in check(document, f"modelscope {REPO}")["detail"]
     assert not {item["group"] for item in document["checks"]} & {"vm", "drive"}
+
+
+def test_a_sites_daemon_is_checked_for_the_hops_it_serves(doctor: Doctor) -> None:
+    """On the VM site (docs/sites.md) doctor checks vm_pull and lfs_push, not the Hub it cannot reach."""
+    doctor.edit("[daemon]\n", '[daemon]\nsite = "vm"\nhops = ["vm_pull", "lfs_push"]\n')
+    try:
+        document = doctor.json(code=0)
+    finally:
+        doctor.edit('[daemon]\nsite = "vm"\nhops = ["vm_pull", "lfs_push"]\n', "[daemon]\n")
+    assert document["hops"] == ["vm_pull", "lfs_push"]
+    names = [item["name"] for item in document["checks"]]
+    assert not [name for name in names if name.startswith("hub ")], names
+    assert check(document, "vm git-lfs")["status"] == "ok"
+    assert check(document, "drive api")["status"] == "ok"

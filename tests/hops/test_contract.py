@@ -28,6 +28,10 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("demo.py", "vm_pull"): (1, "the same"),
     ("demo.py", "lfs_push"): (1, "the same"),
     ("demo.py", "local_copy"): (1, "the demo's local route"),
+    ("demo_sites.py", "download"): (1, "the two-site demo splits the built-in route between its sites"),
+    ("demo_sites.py", "pan_upload"): (1, "the same"),
+    ("demo_sites.py", "vm_pull"): (2, "the same, and the hop running when it kills the vm daemon"),
+    ("demo_sites.py", "lfs_push"): (1, "the same"),
     **{
         ("cli/status_view.py", name): (1, "status's table of their short names (its time budget)")
         for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy")

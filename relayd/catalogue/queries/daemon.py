@@ -136,7 +136,22 @@ def daemon_status(facts: Iterable[ServiceFact], now: datetime, held: bool | None
 
 
 def daemon_of(reader: Reader, now: datetime, facts: Iterable[ServiceFact] | None = None) -> DaemonStatus:
-    """Return whether a daemon serves the reader's catalogue now (its heartbeat and its instance lock)."""
-    return daemon_status(
+    """Return whether a daemon serves the reader's catalogue now (its heartbeat and its instance lock).
+
+    Several daemons share the ``daemon`` fact, the last to beat or stop writing it; while any of them
+    beats in its own row (``workers``), a daemon serves the catalogue, whatever another one said last.
+    """
+    from relayd.catalogue.queries.workers import WORKER_RUNNING, workers
+
+    status = daemon_status(
         service_facts(reader) if facts is None else facts, now, lock_held(_instance_lock(reader))
     )
+    if status.state == DAEMON_RUNNING:
+        return status
+    running = [worker for worker in workers(reader, now) if worker.state == WORKER_RUNNING]
+    if not running:
+        return status
+    sites = ", ".join(sorted({worker.site for worker in running}))
+    newest = max(running, key=lambda worker: worker.last_seen or now)
+    detail = f"running: {len(running)} daemon(s) on site(s) {sites} (`relayctl workers`)"
+    return DaemonStatus(DAEMON_RUNNING, detail, "", newest.pid, newest.version, newest.last_seen)

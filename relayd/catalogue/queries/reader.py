@@ -103,6 +103,40 @@ class EngineReader:
         self.engine.dispose()
 
 
+class PsycopgReader:
+    """A Reader over a PostgreSQL catalogue through psycopg alone: importing SQLAlchemy would cost
+    `relayctl status` more than its whole budget (docs/benchmarks.md)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        # psycopg takes libpq's URI: the SQLAlchemy URL without its driver name.
+        self._connection = psycopg.connect(_POSTGRES_URL.sub("postgresql://", url), autocommit=True)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        # The queries' portable `:name` placeholders become psycopg's `%(name)s` (and `%` becomes `%%`).
+        query = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+        return self._connection.execute(query, dict(params or {})).fetchall()
+
+    @contextmanager
+    def consistent(self) -> Iterator[None]:
+        """Run the reads in one repeatable-read transaction (one snapshot)."""
+        self._connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield
+        finally:
+            self._connection.execute("COMMIT")
+
+    def has_table(self, name: str) -> bool:
+        found = self.rows("SELECT to_regclass(:name) IS NOT NULL", {"name": name})
+        return bool(found and found[0][0])
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+_POSTGRES_URL = re.compile(r"^postgres(?:ql)?\+psycopg://")
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _SQLITE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?%\n]+)")
 
 
@@ -118,10 +152,13 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def open_reader(url: str) -> Reader:
-    """Return a Reader for the catalogue at *url*: sqlite3 for a plain SQLite file, else SQLAlchemy."""
+    """Return a Reader for the catalogue at *url*: sqlite3 for a plain SQLite file, psycopg for
+    PostgreSQL through psycopg, else SQLAlchemy."""
     path = sqlite_file(url)
     if path is not None:
         return SqliteReader(path)
+    if _POSTGRES_URL.match(url):
+        return PsycopgReader(url)
     from relayd.catalogue.db import make_engine
 
     return EngineReader(make_engine(url, immediate=False))

@@ -25,7 +25,16 @@ from relayd.catalogue.queries.daemon import (
 )
 from relayd.catalogue.queries.failures import BlockedItem, StuckItem, blocked_transfers, stuck_items
 from relayd.catalogue.queries.reader import Reader, as_utc, from_json, in_list
-from relayd.catalogue.states import BLOCKED, DONE, INTERRUPTED, OPEN_STATES, POLL_BLOCKED, RUNNING
+from relayd.catalogue.queries.workers import Unserved, unserved_hops, workers
+from relayd.catalogue.states import (
+    BLOCKED,
+    DONE,
+    INTERRUPTED,
+    OPEN_STATES,
+    POLL_BLOCKED,
+    RETRYING_STATES,
+    RUNNING,
+)
 
 # -- results (named tuples: a repo's detail builds tens of thousands, and they are cheap to make) -------
 
@@ -96,6 +105,8 @@ class Summary(NamedTuple):
     stuck: list[StuckItem]
     stuck_total: int
     daemon: DaemonStatus
+    # Hops that work waits for and no running daemon serves (daemon.hops, docs/sites.md).
+    unserved: list[Unserved] = []
 
 
 _REPOS = (
@@ -339,6 +350,7 @@ def _summary(reader: Reader, blocked_limit: int, stuck_limit: int, now: datetime
     transfers_blocked = blocked_items(reader, repos, None, blocked_limit)
     stuck, stuck_total = stuck_items(reader, rows, None, stuck_limit, daemon_running=running)
     repos.sort(key=lambda repo: (repo.blocked == 0, repo.name))
+    unserved = unserved_hops(_wanted_hops(repos), workers(reader, now)) if running else []
     return Summary(
         repos=repos,
         blocked=extra_blocked + transfers_blocked,
@@ -347,7 +359,22 @@ def _summary(reader: Reader, blocked_limit: int, stuck_limit: int, now: datetime
         stuck=stuck,
         stuck_total=stuck_total,
         daemon=daemon,
+        unserved=unserved,
     )
+
+
+def _wanted_hops(repos: list[RepoSummary]) -> set[str]:
+    """Return the hops that the repos not paused wait for: each route's first hop (its polls), and
+    every hop with a file or snapshot transfer not done and not blocked."""
+    wanted = set()
+    for repo in repos:
+        if repo.paused or not repo.route:
+            continue
+        wanted.add(repo.route[0])
+        wanted.update(hop.hop for hop in repo.hops if any(hop.states.get(s) for s in RETRYING_STATES))
+        if repo.finish is not None and repo.finish.state in RETRYING_STATES:
+            wanted.add(repo.finish.hop)
+    return wanted
 
 
 # -- doctor: what the repos need -----------------------------------------------------------------------

@@ -8,13 +8,13 @@ created in the same transaction that marks the previous one done.
 ``Store`` stacks one layer per job, each in its own module: ``base`` (sessions, the notification
 outbox, published facts), ``repos`` (repos and their polls), ``snapshots`` (recording a head, each
 file's next transfer, a snapshot's end), ``claims`` (claims, leases, the jobs handed to hops),
-``progress`` (pieces, traffic, completing a transfer) and ``failures`` (parking, stuck, retry). The
+``progress`` (pieces, traffic, completing a transfer), ``failures`` (parking, stuck, retry) and
+``workers`` (each daemon's heartbeat). The
 values they take and give are in ``records``; the decisions that need no database are in
 ``relayd.catalogue.rules``.
 """
 
 from relayd.catalogue.rules import DRIVE, DRIVE_HANDLES, HopRules
-from relayd.catalogue.store.failures import FailureStore
 from relayd.catalogue.store.records import (
     FileSpec,
     LeaseLost,
@@ -25,6 +25,7 @@ from relayd.catalogue.store.records import (
     new_owner_id,
     utcnow,
 )
+from relayd.catalogue.store.workers import WorkerBeat, WorkerStore
 
 __all__ = [
     "DRIVE",
@@ -37,10 +38,11 @@ __all__ = [
     "StagedBlob",
     "Store",
     "StuckNotice",
+    "WorkerBeat",
     "new_owner_id",
     "utcnow",
 ]
 
 
-class Store(FailureStore):
+class Store(WorkerStore):
     """The catalogue's single writer API. Thread-safe: every method opens its own session."""

@@ -39,6 +39,10 @@ class StoreBase:
         # (hop, state, error_class): the daemon's metrics count them as they happen.
         self.on_moved: Callable[[str, int], None] | None = None
         self.on_deferred: Callable[[str, str, str], None] | None = None
+        # Whose staging this daemon's staged copies land in (relayd.sites.staging_holder), on a catalogue
+        # shared by several daemons: it claims only the transfers that read copies staged there. None:
+        # the catalogue's one daemon (SQLite), or a store that stages nothing.
+        self.staging_holder: str | None = None
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

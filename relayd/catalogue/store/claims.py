@@ -62,6 +62,14 @@ def _runnable(now: datetime) -> tuple[Any, ...]:
     )
 
 
+def _here(holder: str | None) -> tuple[Any, ...]:
+    """The condition of a transfer this daemon may run: one that reads no staged copy, or reads one
+    staged by *holder* (None: any, on a catalogue with one daemon)."""
+    if holder is None:
+        return ()
+    return (or_(Transfer.staged_on.is_(None), Transfer.staged_on == holder),)
+
+
 def _file_info(file: File, blob: Blob) -> FileInfo:
     return FileInfo(
         id=file.id,
@@ -113,7 +121,8 @@ class ClaimStore(SnapshotStore):
         """Claim one runnable transfer of *hop* for *owner* with a lease; return it or None.
 
         Runnable: pending, or waiting whose time has come, or running with an expired lease (its
-        worker died), in a repo that is not paused. *smaller_than*: only a transfer of fewer bytes.
+        worker died), in a repo that is not paused; one that reads a staged copy only where it was
+        staged (``staging_holder``). *smaller_than*: only a transfer of fewer bytes.
         The largest runnable transfer comes first (then the oldest): the slowest hop then ends on small
         files, so little of the route is left after it (a large file last would still have to go
         through every later hop alone).
@@ -121,11 +130,12 @@ class ClaimStore(SnapshotStore):
         now = utcnow()
         with self._write() as session:
             query = (
-                select(Transfer.id)
+                select(Transfer.id, Transfer.state, Transfer.lease_owner)
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     Transfer.hop == hop,
                     *_runnable(now),
+                    *_here(self.staging_holder),
                 )
                 .order_by(Transfer.bytes_total.desc(), Transfer.id)
                 .limit(1)
@@ -137,23 +147,28 @@ class ClaimStore(SnapshotStore):
                 query = query.where(Transfer.bytes_total < smaller_than)
             if self._skip_locked:
                 query = query.with_for_update(of=Transfer, skip_locked=True)
-            transfer_id = session.scalar(query)
-            if transfer_id is None:
+            found = session.execute(query).first()
+            if found is None:
                 return None
-            transfer = session.get(Transfer, transfer_id)
-            assert transfer is not None  # noqa: S101 - selected in this transaction
-            if transfer.state == RUNNING:
-                log.info(
-                    "transfer %s: the lease of %s expired; taking it over", transfer.id, transfer.lease_owner
+            transfer_id, state, previous = found
+            if state == RUNNING:
+                log.info("transfer %s: the lease of %s expired; taking it over", transfer_id, previous)
+            # One UPDATE … RETURNING, not a load and a flush: a claim is the engine's hottest write.
+            claimed = (
+                update(Transfer)
+                .where(Transfer.id == transfer_id)
+                .values(
+                    state=RUNNING,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                    attempts=Transfer.attempts + 1,
+                    started_at=func.coalesce(Transfer.started_at, now),
+                    updated_at=now,
+                    rate=None,
                 )
-            transfer.state = RUNNING
-            transfer.lease_owner = owner
-            transfer.lease_expires_at = now + timedelta(seconds=lease)
-            transfer.attempts += 1
-            transfer.started_at = transfer.started_at or now
-            transfer.updated_at = now
-            transfer.rate = None
-            return transfer
+                .returning(Transfer)
+            )
+            return session.scalars(claimed, execution_options={"synchronize_session": False}).one()
 
     def runnable_hops(self) -> dict[str, int]:
         """Return the hops that have a transfer claimable now, each with the furthest position in its
@@ -166,6 +181,7 @@ class ClaimStore(SnapshotStore):
                 .join(Repo, Repo.id == Transfer.repo_id)
                 .where(
                     *_runnable(now),
+                    *_here(self.staging_holder),
                 )
                 .group_by(Transfer.hop)
             ).all()

@@ -241,7 +241,14 @@ class ProgressStore(ClaimStore):
             assert blob is not None  # noqa: S101 - enforced by the foreign key
             if sha256 or sha1 or staged_path:
                 self._update_content(
-                    session, file, blob, sha256=sha256, sha1=sha1, staged_path=staged_path, now=now
+                    session,
+                    file,
+                    blob,
+                    sha256=sha256,
+                    sha1=sha1,
+                    staged_path=staged_path,
+                    staged_on=self.staging_holder,
+                    now=now,
                 )
             live = self._live_snapshots(session, file.id)
             if live:
@@ -260,6 +267,7 @@ class ProgressStore(ClaimStore):
         sha256: str | None,
         sha1: str | None,
         staged_path: str | None,
+        staged_on: str | None,
         now: datetime,
     ) -> None:
         if sha256 and blob.sha256 is None:
@@ -276,6 +284,7 @@ class ProgressStore(ClaimStore):
         if staged_path:
             blob.staged_path = staged_path
             blob.staged_at = now
+            blob.staged_on = staged_on
         values: dict[str, Any] = {}
         if sha256:
             values["sha256"] = sha256
@@ -309,4 +318,5 @@ class ProgressStore(ClaimStore):
     def unstage(self, blob_id: int) -> None:
         """Record that the blob's staged copy is gone (call before deleting the file)."""
         with self._write() as session:
-            session.execute(update(Blob).where(Blob.id == blob_id).values(staged_path=None, staged_at=None))
+            unstaged = {"staged_path": None, "staged_at": None, "staged_on": None}
+            session.execute(update(Blob).where(Blob.id == blob_id).values(**unstaged))

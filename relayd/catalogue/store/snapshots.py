@@ -237,6 +237,10 @@ class SnapshotStore(RepoStore):
             step = next_step(route, states)
             if step is None:
                 return False
+        staged_on = None
+        if self.rules.reads_staged_copy(route, step):
+            # It runs where the copy was staged (docs/sites.md).
+            staged_on = session.scalar(select(Blob.staged_on).where(Blob.id == file.blob_id))
         session.add(
             Transfer(
                 repo_id=repo.id,
@@ -245,6 +249,7 @@ class SnapshotStore(RepoStore):
                 step=step,
                 state=PENDING,
                 bytes_total=file.size,
+                staged_on=staged_on,
                 created_at=now,
                 updated_at=now,
                 handles={},

@@ -1,0 +1,145 @@
+"""`relayd demo --sites 2`: the default route split across two sites, as docs/sites.md deploys it.
+
+Two daemons share one throwaway PostgreSQL catalogue (the sandbox's ``ThrowawayPostgres``): site
+"abroad" serves download and pan_upload, site "vm" serves vm_pull (the VM's side run locally, as on a
+ModelScope notebook VM that takes no inbound SSH) and lfs_push. Once the vm daemon is pulling, the
+demo kills it with SIGKILL, starts it again, and the route ends with the same verification table as
+the one-daemon demo. `relayctl workers` shows both sites, and the killed process dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relayd.demo import DemoOptions, RouteDemo
+
+if TYPE_CHECKING:
+    from relayd_sandbox.postgres import ThrowawayPostgres
+
+#: Each site's daemon and the hops it serves.
+SITES = {"abroad": ["download", "pan_upload"], "vm": ["vm_pull", "lfs_push"]}
+KILLED = "vm"
+#: The hop the killed daemon runs when it is killed.
+KILLED_HOP = "vm_pull"
+DATABASE = "relayd_demo"
+
+
+class SitesDemo(RouteDemo):
+    """The default route with one daemon per site on a shared PostgreSQL catalogue."""
+
+    def __init__(self, options: DemoOptions, root: Path) -> None:
+        # The vm site runs the VM's side locally: it is the VM.
+        super().__init__(replace(options, ssh=False), root)
+        self.root = root
+        self.configs = {site: root / f"{site}.toml" for site in SITES}
+        self.logs = {site: root / f"{site}.log" for site in SITES}
+        self.config_path = self.configs["abroad"]
+        self.log_path = self.logs["abroad"]
+        self.daemons: dict[str, subprocess.Popen[bytes]] = {}
+        self.postgres: ThrowawayPostgres | None = None
+        self.killed_pid: int | None = None
+
+    def start(self) -> None:
+        from relayd_sandbox.postgres import ThrowawayPostgres
+
+        self.sandbox.start()
+        assert self.sandbox.drive is not None  # noqa: S101
+        # vm_pull at about two seconds a shard, so that the kill lands while it pulls.
+        self.sandbox.drive.settings.download_bandwidth = max(512 * 1024, self.options.shard_size // 2)
+        self.postgres = ThrowawayPostgres().start()
+        self.catalogue_url = self.postgres.create_database(DATABASE)
+        for site, hops in SITES.items():
+            self.sandbox.write_site_config(
+                self.configs[site], site=site, hops=hops, catalogue_url=self.catalogue_url
+            )
+            self.start_site(site)
+
+    def start_site(self, site: str) -> None:
+        self.daemons[site] = self.sandbox.start_daemon(config=self.configs[site], log_path=self.logs[site])
+
+    def stop(self) -> None:
+        for process in self.daemons.values():
+            self.sandbox.stop_daemon(process)
+        self.sandbox.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def relayctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = self.sandbox.relayctl(*args, config=self.configs["abroad"])
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
+        return result
+
+    def check_daemons(self) -> None:
+        for site, process in self.daemons.items():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the {site} daemon exited (code {process.returncode}); see {self.logs[site]}"
+                )
+
+    def mid_route(self, say: Callable[[str], None]) -> None:
+        """Kill the vm daemon with SIGKILL once it pulls a file, then start it again."""
+        served = (f"{site} serves {' + '.join(hops)}" for site, hops in SITES.items())
+        say(f"sites: {', '.join(served)}")
+        say(f"one PostgreSQL catalogue for both ({self.catalogue_url}); vm log in {self.logs[KILLED]}")
+        deadline = time.monotonic() + self.options.timeout
+        while not self._pulling():
+            self.check_daemons()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"vm_pull never started; see {self.logs[KILLED]}")
+            time.sleep(0.2)
+        process = self.daemons[KILLED]
+        self.killed_pid = process.pid
+        process.kill()
+        process.wait(30)
+        say(f"killed the {KILLED} daemon (pid {process.pid}) with SIGKILL while vm_pull was running")
+        self.start_site(KILLED)
+        say(
+            f"started it again (pid {self.daemons[KILLED].pid}); the transfers it held come back when "
+            "their lease (daemon.lease) runs out"
+        )
+
+    def _pulling(self) -> bool:
+        """Return whether a vm_pull transfer has begun moving bytes (or finished). Raise RuntimeError
+        when a transfer is blocked: it would wait for a person, not for the kill."""
+        from sqlalchemy import select
+
+        from relayd.catalogue.schema import BLOCKED, Transfer
+        from relayd.catalogue.store import Store
+
+        store = Store(self.catalogue_url)
+        try:
+            with store.read() as session:
+                moved = session.scalars(
+                    select(Transfer.bytes_done).where(Transfer.hop == KILLED_HOP, Transfer.bytes_done > 0)
+                ).first()
+                blocked = session.scalars(select(Transfer).where(Transfer.state == BLOCKED)).first()
+                if blocked is not None:
+                    raise RuntimeError(f"{blocked.hop} is blocked: {blocked.last_error}")
+            return moved is not None
+        finally:
+            store.close()
+
+    def bytes_agree(self, hop: str, moved: int, counted: int) -> bool:
+        """Besides agreement, accept that vm_pull's count lacks what was in flight at the kill: the
+        drive sent it, the killed daemon never recorded it (at most what it pulls at once)."""
+        if hop == KILLED_HOP:
+            return 0 <= counted - moved <= self.options.shard_size
+        return moved == counted
+
+    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
+        document = super().wait_for_snapshot(say, previous)
+        if previous is None:
+            self.show_workers(say)
+        return document
+
+    def show_workers(self, say: Callable[[str], None]) -> None:
+        """Print `relayctl workers`: both sites' daemons, the killed one dead."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            say("relayctl workers:\n" + self.relayctl("workers").stdout.rstrip())
