@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from relayd.errors import ErrorClass, NeedsPerson, Retryable
-from relayd.vm.agent import lfs as agent_lfs
+from relayd.vm.agent import lfs_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -91,7 +91,7 @@ def test_every_class_the_vm_agent_sends_is_one_the_daemon_knows() -> None:
         for _, value in error_class_strings(ast.parse(path.read_text(encoding="utf-8")))
     }
     assert {"io", "range", "rate_limit", "url_expired"} <= sent  # the scan finds all three spellings
-    sent.add(agent_lfs.MISMATCH)
+    sent.add(lfs_answers.MISMATCH)
     assert sorted(sent - {member.value for member in ErrorClass}) == []
 
 

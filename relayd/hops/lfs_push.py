@@ -1,9 +1,9 @@
 """lfs_push: the files on the VM become one commit per snapshot in a ModelScope repo (git + Git LFS).
 
-The VM's side runs in relayd's agent (``relayd/vm/agent/lfs.py``) through the VM executor, where
-vm_pull put the files; on a route without vm_pull (``download,lfs_push``) it runs on this machine
-from the staged copies. Nothing large is copied: objects are uploaded from the files themselves and
-the commit holds pointers written directly (see docs/modelscope.md).
+The VM's side runs in relayd's agent (``relayd/vm/agent/lfs_upload.py`` and ``publish.py``) through
+the VM executor, where vm_pull put the files; on a route without vm_pull (``download,lfs_push``) it
+runs on this machine from the staged copies. Nothing large is copied: objects are uploaded from the
+files themselves and the commit holds pointers written directly (see docs/modelscope.md).
 
 Per file (``move``/``verify``, one piece = one LFS object, since the basic transfer cannot resume
 inside an object): an LFS file's object goes up through the batch API as soon as the file is there;
@@ -49,7 +49,7 @@ from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, P
 from relayd.names import validate_repo_id
 from relayd.services import LOCAL_EXECUTOR
 from relayd.text import public_url
-from relayd.vm.agent.lfs import wants_lfs
+from relayd.vm.agent.lfs_files import wants_lfs
 from relayd.vm.checks import tool_findings
 from relayd.vm.executor import Executor, local_executor
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from relayd.health import FAIL, OK, Check, CheckScope, Finding
 from relayd.units import format_size
-from relayd.vm.executor import MIN_PYTHON, Executor, VmFacts
+from relayd.vm.pool import MIN_PYTHON, Executor, VmFacts
 
 if TYPE_CHECKING:
     from relayd.config import VmConfig

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "relayd"
 ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("config.py", "local_copy"): (2, "[local_copy] is also the name of that hop's config table"),
     ("poll.py", "local_copy"): (1, "the local source reads the [local_copy] config table"),
-    ("vm/agent/lfs.py", "download"): (2, "the git-LFS batch API's operation, not the hop"),
+    ("vm/agent/lfs_client.py", "download"): (2, "the git-LFS batch API's operation, not the hop"),
     ("demo.py", "download"): (3, "the demo compares each built-in hop's bytes with its fake server's count"),
     ("demo.py", "pan_upload"): (1, "the same"),
     ("demo.py", "vm_pull"): (1, "the same"),

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from relayd.vm.agent.core import Context
-from relayd.vm.agent.lfs import GitRunner, LfsClient, expires_at, expiring
+from relayd.vm.agent.git_runner import GitRunner
+from relayd.vm.agent.lfs_answers import expires_at, expiring
+from relayd.vm.agent.lfs_client import LfsClient
 from relayd_sandbox.gitlfs import GitLfsServer
 from tests.support.lfs_support import OWNER, run_agent
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relayd.vm.agent.lfs import attribute_pattern, merge_attributes, pointer, wants_lfs
+from relayd.vm.agent.lfs_files import attribute_pattern, merge_attributes, pointer, wants_lfs
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 from tests.support.hermetic_git import CREDENTIAL_HELPER, GitClient
 from tests.support.lfs_support import OWNER, run_agent, start_agent

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from relayd.vm.agent.core import Context
-from relayd.vm.agent.lfs import GitRunner
+from relayd.vm.agent.git_runner import GitRunner
 from relayd.vm.executor import Executor, make_executor
 from relayd_sandbox._http import LoggedRequest
 from relayd_sandbox.gitlfs import GitLfsServer

@@ -25,16 +25,9 @@ import pytest
 
 from relayd.errors import Cancelled, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Services
-from relayd.vm.executor import (
-    BOOTSTRAP,
-    MAX_LINE,
-    Executor,
-    LocalExecutor,
-    SshExecutor,
-    _Session,
-    agent_bundle,
-    make_executor,
-)
+from relayd.vm.bundle import BOOTSTRAP, agent_bundle
+from relayd.vm.executor import Executor, LocalExecutor, SshExecutor, make_executor
+from relayd.vm.session import MAX_LINE, Session
 from relayd_sandbox.drive import FakeDrive
 from relayd_sandbox.processes import processes_with_cmdline
 from relayd_sandbox.sshd import SandboxSshd, restricted_path
@@ -176,7 +169,7 @@ def test_an_idle_session_that_died_is_replaced(
     assert executor.sessions_started == 2
     # Its death not yet seen here (a dead TCP link whose ssh client lingers): the request finds no
     # agent, and the call goes to a new session instead of failing.
-    monkeypatch.setattr(_Session, "alive", property(lambda _self: True))
+    monkeypatch.setattr(Session, "alive", property(lambda _self: True))
     kill_all(marker)
     assert executor.call("stat", {"path": "/"})["size"] is not None
     assert executor.sessions_started == 3
@@ -214,7 +207,7 @@ def test_idle_agents_die_with_the_daemon(executor: Executor, marker: str) -> Non
 def test_an_old_idle_session_is_not_reused(
     executor: Executor, marker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("relayd.vm.executor.REUSE_WITHIN", 0.2)
+    monkeypatch.setattr("relayd.vm.pool.REUSE_WITHIN", 0.2)
     executor.call("stat", {"path": "/"})
     time.sleep(0.3)
     executor.call("stat", {"path": "/"})
