@@ -203,6 +203,15 @@ class ModelScopeConfig:
     work_dir: str
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: The HTTP API's origin for ms_upload ("" = the scheme, host and port of ``remote``).
+    endpoint: str = ""
+
+    def api_endpoint(self) -> str:
+        """Return the origin of ModelScope's HTTP API (``endpoint``, else ``remote``'s origin)."""
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        scheme, _, rest = self.remote.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 @dataclass(frozen=True)
@@ -654,7 +663,12 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
         activity_timeout=reader.duration("activity_timeout", "1h", minimum=30),
         work_dir=reader.string("work_dir", ""),
         proxy=_proxy(reader),
+        endpoint=reader.string("endpoint", ""),
     )
+    if config.endpoint and (
+        not config.endpoint.startswith(("http://", "https://")) or "@" in config.endpoint.split("//", 1)[1]
+    ):
+        raise reader.error("endpoint", "an http(s) URL without credentials, or ''", "<redacted>")
     if config.work_dir and not config.work_dir.startswith("/"):
         raise reader.error(
             "work_dir", "an absolute path on the VM (or '' for <vm.root>/.relayd-git)", config.work_dir

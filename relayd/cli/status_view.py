@@ -348,6 +348,7 @@ BUILT_IN_SHORT_NAMES = {
     "vm_pull": "vm",
     "lfs_push": "push",
     "local_copy": "copy",
+    "ms_upload": "ms",
 }
 
 

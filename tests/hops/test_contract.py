@@ -29,7 +29,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("demo.py", "local_copy"): (1, "the demo's local route"),
     **{
         ("cli/status_view.py", name): (1, "status's table of their short names (its time budget)")
-        for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy")
+        for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy", "ms_upload")
     },
 }
 #: Not the core: the hops themselves (the fakes and their VM test kit are a package of their own).

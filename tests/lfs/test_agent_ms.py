@@ -45,7 +45,7 @@ def test_upload_sends_only_what_modelscope_lacks_then_one_commit_clones_back(
 
     checked = run_agent("ms_precheck", _params(server, "m", objects=objects), server.token).ok
     assert checked == {"present": [oid_held], "missing": [oid_fresh]}
-    result = run_agent("ms_upload", _params(server, "m", objects=objects), server.token).ok
+    result = run_agent("ms_blobs", _params(server, "m", objects=objects), server.token).ok
     assert result["objects"] == [
         {"oid": oid_held, "size": n_held, "skipped": True, "sent": 0},
         {"oid": oid_fresh, "size": n_fresh, "skipped": False, "sent": n_fresh},
@@ -87,7 +87,7 @@ def test_rate_limits_are_waited_out_and_a_huge_blob_blocks_saying_split_the_file
     server.fail_next("ms_batch", 429, message="slow down", retry_after=1)
     server.fail_next("ms_upload", 503, message="busy")
     run = run_agent(
-        "ms_upload", _params(server, "r", objects=[{"oid": oid, "size": size, "path": path}]), server.token
+        "ms_blobs", _params(server, "r", objects=[{"oid": oid, "size": size, "path": path}]), server.token
     )
     assert run.ok["objects"][0]["skipped"] is False
     retries = [e for e in run.events if e["event"] == "retry"]
@@ -98,7 +98,7 @@ def test_rate_limits_are_waited_out_and_a_huge_blob_blocks_saying_split_the_file
     server.max_object_size = 2000
     path, size, oid = _file(tmp_path, "big.bin", big)
     run = run_agent(
-        "ms_upload", _params(server, "r", objects=[{"oid": oid, "size": size, "path": path}]), server.token
+        "ms_blobs", _params(server, "r", objects=[{"oid": oid, "size": size, "path": path}]), server.token
     )
     assert run.error is not None
     assert (run.error["kind"], run.error["class"]) == ("blocked", "too_large")
@@ -121,7 +121,7 @@ def test_wrong_bytes_measured_by_the_server_go_back_to_the_daemon(
     path, size, oid = _file(tmp_path, "w.bin", os.urandom(20_000))
     server.corrupt_puts = 1
     objects = [{"oid": oid, "size": size, "path": path}]
-    run = run_agent("ms_upload", _params(server, "c", objects=objects, verify="stat"), server.token)
+    run = run_agent("ms_blobs", _params(server, "c", objects=objects, verify="stat"), server.token)
     assert run.error is not None and run.error["class"] == "mismatch"
 
 

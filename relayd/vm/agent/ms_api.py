@@ -166,8 +166,8 @@ def ms_precheck(params: dict[str, Any], secrets: dict[str, str], context: Contex
     }
 
 
-@op("ms_upload")
-def ms_upload(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
+@op("ms_blobs")
+def ms_blobs(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
     """Upload the ``objects`` ([{oid, size, path}]) ModelScope lacks, one PUT each, with retries.
 
     Events: ``progress`` {oid, sent, size}, ``object`` {oid, skipped, sent}, ``retry``. Result:
