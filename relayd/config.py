@@ -10,469 +10,62 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import re
 import stat
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from types import EllipsisType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
+from relayd.config_model import (
+    HOP_SECTIONS,
+    CatalogueConfig,
+    Config,
+    DaemonConfig,
+    DriveConfig,
+    HubConfig,
+    LocalCopyConfig,
+    MetricsConfig,
+    ModelScopeConfig,
+    NotifyConfig,
+    RetryConfig,
+    SecretRef,
+    StagingConfig,
+    VmConfig,
+    WebConfig,
+    credential_path,
+)
+from relayd.config_reader import SectionReader
 from relayd.errors import ConfigError
-from relayd.units import parse_duration, parse_size
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret comes from; ``resolve()`` reads it when needed and never logs it."""
-
-    key: str
-    value: str | None = None
-    env: str | None = None
-    file: Path | None = None
-    credential: str | None = None
-
-    @property
-    def configured(self) -> bool:
-        return any((self.value, self.env, self.file, self.credential))
-
-    def describe(self) -> str:
-        """Say where the secret comes from without revealing it."""
-        if self.value:
-            return "set in the config file"
-        source = ""
-        if self.file:
-            source = f"the file {self.file}"
-        if self.credential:
-            source = f"the systemd credential {self.credential}"
-        if self.env:
-            return f"from the environment variable {self.env}" + (f", else {source}" if source else "")
-        return f"from {source}" if source else "not set"
-
-    def resolve(self) -> str | None:
-        """Return the secret, or None when it is not configured or the source is empty. An environment
-        variable that is set wins over a file or credential also configured.
-
-        Raise ConfigError when a configured file or credential cannot be read.
-        """
-        if self.value:
-            return self.value
-        if self.env and os.environ.get(self.env):
-            return os.environ[self.env]
-        path: Path | None = self.file
-        if self.credential:
-            path = credential_path(self.credential, f"{self.key}_credential")
-        if path is None:
-            return None
-        try:
-            return path.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ConfigError(f"{self.key}: cannot read {path}: {exc.strerror}") from exc
-
-    def __repr__(self) -> str:
-        return f"SecretRef({self.key}: {self.describe()})"
-
-
-#: What a credential name may be: a plain file name in $CREDENTIALS_DIRECTORY (as systemd's IDs are).
-_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
-
-
-def credential_path(name: str, key: str) -> Path:
-    """Return where the systemd credential *name* (named by config *key*) is: a file in
-    $CREDENTIALS_DIRECTORY, the directory systemd's ``LoadCredential=`` fills for the service.
-
-    Outside systemd, set $CREDENTIALS_DIRECTORY to a directory holding a file of that name (for
-    example ``/etc/relayd/credentials`` when relayctl runs as root). Raise ConfigError when it is unset.
-    """
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        raise ConfigError(
-            f"{key} = {name!r} needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=; "
-            "outside systemd set it to the directory holding the credential files)"
-        )
-    return Path(directory) / name
-
-
-@dataclass(frozen=True)
-class CatalogueConfig:
-    url: str
-    auto_upgrade: bool
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    state_dir: Path
-    workers: int
-    lease: float
-    shutdown_grace: float
-    poll_jitter: float
-    idle_wait: float
-    log_level: str
-    watch_config: bool
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    initial: float
-    maximum: float
-    multiplier: float
-    # A transfer or poll failing for longer than this (while it retries) is shown as stuck and notified.
-    surface_after: float = 3600.0
-
-
-@dataclass(frozen=True)
-class StagingConfig:
-    dir: Path
-    max_bytes: int
-    min_free: int
-
-
-@dataclass(frozen=True)
-class HubConfig:
-    endpoint: str
-    token: SecretRef
-    concurrency: int
-    large_concurrency: int
-    connections: int
-    piece_size: int
-    timeout: float
-    default_every: float
-    stall_timeout: float
-    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
-    proxy: str = ""
-
-
-@dataclass(frozen=True)
-class DriveConfig:
-    backend: str
-    api_url: str
-    refresh_token: SecretRef
-    root: str
-    drive: str
-    concurrency: int
-    referer: str
-    on_conflict: str
-    timeout: float
-    url_lifetime: float
-    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
-    proxy: str = ""
-
-
-@dataclass(frozen=True)
-class VmConfig:
-    executor: str
-    root: str
-    host: str
-    port: int
-    user: str
-    identity_file: Path | None
-    known_hosts_file: Path | None
-    ssh_config_file: Path | None
-    strict_host_key_checking: str  # "yes", "accept-new" or "no" (OpenSSH's words)
-    ssh_options: tuple[str, ...]
-    ssh_multiplex: bool
-    python: str
-    path: str
-    concurrency: int
-    connections: int
-    piece_size: int
-    from_staging: bool
-    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
-    proxy: str = ""
-    # The SSH key and known_hosts as systemd credentials (names in $CREDENTIALS_DIRECTORY), instead of
-    # identity_file / known_hosts_file.
-    identity_credential: str | None = None
-    known_hosts_credential: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelScopeConfig:
-    remote: str
-    token: SecretRef
-    branch: str
-    concurrency: int
-    force_push: bool
-    activity_timeout: float
-    work_dir: str
-    #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
-    proxy: str = ""
-    #: The HTTP API's origin for ms_upload ("" = the scheme, host and port of ``remote``).
-    endpoint: str = ""
-
-    def api_endpoint(self) -> str:
-        """Return the origin of ModelScope's HTTP API (``endpoint``, else ``remote``'s origin)."""
-        if self.endpoint:
-            return self.endpoint.rstrip("/")
-        scheme, _, rest = self.remote.partition("://")
-        return f"{scheme}://{rest.split('/', 1)[0]}"
-
-
-@dataclass(frozen=True)
-class LocalCopyConfig:
-    source: Path
-    dest: Path
-    piece_size: int
-    concurrency: int
-    max_rate: int
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    listen: str
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The status page and control API (relayd.web): off while ``listen`` is ""."""
-
-    listen: str
-    token: SecretRef
-    # On a loopback address, reading (the page, GET /api/v1/...) needs no token; control always does.
-    read_without_token: bool
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    webhooks: tuple[str, ...]
-    timeout: float
-    retries: int
-
-
-#: The tables a hop may declare as its section (``Hop.config_section``): a service's, or its own.
-HOP_SECTIONS = frozenset({"hub", "drive", "vm", "modelscope", "local_copy"})
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole validated configuration: one section per service, and each plugin hop's raw table."""
-
-    path: Path
-    catalogue: CatalogueConfig
-    daemon: DaemonConfig
-    retry: RetryConfig
-    staging: StagingConfig
-    hub: HubConfig
-    drive: DriveConfig
-    vm: VmConfig
-    modelscope: ModelScopeConfig
-    local_copy: LocalCopyConfig
-    metrics: MetricsConfig
-    notify: NotifyConfig
-    web: WebConfig
-    plugin_sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    def section(self, key: str) -> Any:
-        """Return the config section *key* names: a service's own table (``"hub"``, ``"drive"``, …) or
-        a plugin hop's ``"hops.NAME"`` (its raw table, {} when absent). Raise ConfigError otherwise."""
-        prefix, dot, plugin = key.partition(".")
-        if prefix == "hops" and dot and plugin:
-            return self.plugin_sections.get(plugin, {})
-        if key in HOP_SECTIONS:
-            return getattr(self, key)
-        raise ConfigError(f"no config section [{key}]")
-
-    def section_for(self, hop_name: str) -> Any:
-        """Return the config section a hop of that name receives (its own slice, nothing else): the one
-        its class declares (``Hop.config_section``), else its ``[hops.NAME]`` table."""
-        from relayd.hops import load_hop_class
-
-        return self.section(load_hop_class(hop_name).section_key())
-
-    def concurrency_for(self, hop_name: str) -> int:
-        """Return how many transfers of that hop may run at once."""
-        section = self.section_for(hop_name)
-        value = getattr(section, "concurrency", None)
-        if value is None and isinstance(section, Mapping):
-            value = section.get("concurrency")
-        return int(value) if value else 1
-
-    def secrets(self) -> Iterator[SecretRef]:
-        """Yield every secret reference of the config (the web token when [web] serves or names one)."""
-        yield self.hub.token
-        yield self.drive.refresh_token
-        yield self.modelscope.token
-        if self.web.listen or self.web.token.configured:
-            yield self.web.token
-
-
-class SectionReader:
-    """Read the keys of one TOML table, remembering which were read so the rest are reported."""
-
-    def __init__(self, data: Mapping[str, Any], path: str, file: Path, seen: set[str] | None = None) -> None:
-        self._data = data
-        self._path = path
-        self._file = file
-        self._read: set[str] = set()
-        self.seen: set[str] = seen if seen is not None else set()
-
-    def _key(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
-
-    def error(self, key: str, expected: str, got: object = ...) -> ConfigError:
-        """Return a ConfigError naming the file, the key and what was expected."""
-        found = "" if got is ... else f", got {got!r}"
-        return ConfigError(f"{self._file}: {self._key(key)}: expected {expected}{found}")
-
-    def _get(self, key: str, default: object) -> Any:
-        self._read.add(key)
-        self.seen.add(self._key(key))
-        if key in self._data:
-            return self._data[key]
-        if default is ...:
-            raise ConfigError(f"{self._file}: {self._key(key)}: required key is missing")
-        return default
-
-    def _convert(self, key: str, value: Any, convert: Callable[[Any], T], expected: str) -> T:
-        try:
-            return convert(value)
-        except (ValueError, TypeError) as exc:
-            raise self.error(key, f"{expected} ({exc})", value) from exc
-
-    def string(self, key: str, default: str | EllipsisType = ..., *, choices: tuple[str, ...] = ()) -> str:
-        value = self._get(key, default)
-        if not isinstance(value, str):
-            raise self.error(key, "a string", value)
-        if choices and value not in choices:
-            raise self.error(key, "one of " + ", ".join(repr(c) for c in choices), value)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, "true or false", value)
-        return value
-
-    def integer(
-        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self._get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(key, "a whole number", value)
-        if minimum is not None and value < minimum:
-            raise self.error(key, f"a number ≥ {minimum}", value)
-        if maximum is not None and value > maximum:
-            raise self.error(key, f"a number ≤ {maximum}", value)
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self._get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self.error(key, "a number", value)
-        if value < minimum:
-            raise self.error(key, f"a number ≥ {minimum}", value)
-        return float(value)
-
-    def size(self, key: str, default: str | int, *, minimum: int = 0) -> int:
-        value = self._convert(key, self._get(key, default), parse_size, "a size such as '64 MiB'")
-        if value < minimum:
-            raise self.error(key, f"a size of at least {minimum} bytes", value)
-        return value
-
-    def duration(self, key: str, default: str | float, *, minimum: float = 0.0) -> float:
-        value = self._convert(
-            key, self._get(key, default), parse_duration, "a duration such as '30s' or '1h'"
-        )
-        if value < minimum:
-            raise self.error(key, f"a duration of at least {minimum}s", value)
-        return value
-
-    def path(self, key: str, default: str | EllipsisType | None = ...) -> Path | None:
-        value = self._get(key, default)
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise self.error(key, "a path", value)
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            path = (self._file.parent / path).resolve()
-        return path
-
-    def required_path(self, key: str, default: str) -> Path:
-        path = self.path(key, default)
-        if path is None:
-            raise self.error(key, "a path", "")
-        return path
-
-    def strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self._get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise self.error(key, "a list of strings", value)
-        return tuple(value)
-
-    def secret(self, key: str, default_env: str = "") -> SecretRef:
-        """Read a secret given as ``key``, ``key_env``, ``key_file`` or ``key_credential`` (one of them)."""
-        value = self._get(key, "")
-        env = self._get(f"{key}_env", default_env)
-        file_value = self._get(f"{key}_file", "")
-        credential = self._get(f"{key}_credential", "")
-        for name, item in (
-            (key, value),
-            (f"{key}_env", env),
-            (f"{key}_file", file_value),
-            (f"{key}_credential", credential),
-        ):
-            if not isinstance(item, str):
-                raise self.error(name, "a string", item)
-        explicit = [
-            name
-            for name, item in ((key, value), (f"{key}_file", file_value), (f"{key}_credential", credential))
-            if item
-        ]
-        if len(explicit) > 1:
-            raise self.error(explicit[1], f"only one of {', '.join(explicit)}")
-        if credential and not _CREDENTIAL_NAME.match(credential):
-            raise self.error(
-                f"{key}_credential", "a credential name (letters, digits, '_.@-', no '/')", credential
-            )
-        file_path = self.path(f"{key}_file", "") if file_value else None
-        if explicit:
-            env = env if f"{key}_env" in self._data else ""
-        return SecretRef(
-            key=self._key(key),
-            value=value or None,
-            env=env or None,
-            file=file_path,
-            credential=credential or None,
-        )
-
-    def credential(self, key: str) -> str:
-        """Read the name of a systemd credential ('' when unset): a plain file name."""
-        name = self.string(key, "")
-        if name and not _CREDENTIAL_NAME.match(name):
-            raise self.error(key, "a credential name (letters, digits, '_.@-', no '/')", name)
-        return name
-
-    def table(self, key: str) -> SectionReader:
-        value = self._get(key, {})
-        if not isinstance(value, dict):
-            raise self.error(key, "a table", value)
-        return SectionReader(value, self._key(key), self._file, self.seen)
-
-    def names(self) -> list[str]:
-        """Return the keys present in this table."""
-        return list(self._data)
-
-    def take_all(self) -> dict[str, Any]:
-        """Return the whole table as data, marking every key as read."""
-        for key in self._data:
-            self._get(key, None)
-        return dict(self._data)
-
-    def finish(self) -> None:
-        """Raise ConfigError for any key in this table that nothing read."""
-        unknown = sorted(set(self._data) - self._read)
-        if unknown:
-            names = ", ".join(self._key(k) for k in unknown)
-            raise ConfigError(
-                f"{self._file}: unknown key {names} (see config.example.toml for the valid keys)"
-            )
+# The typed sections live in config_model.py and the key reader in config_reader.py; both are
+# re-exported here, so `from relayd.config import X` stays the one way in.
+__all__ = [
+    "HOP_SECTIONS",
+    "CatalogueConfig",
+    "Config",
+    "DaemonConfig",
+    "DriveConfig",
+    "HubConfig",
+    "LocalCopyConfig",
+    "MetricsConfig",
+    "ModelScopeConfig",
+    "NotifyConfig",
+    "RetryConfig",
+    "SecretRef",
+    "SectionReader",
+    "StagingConfig",
+    "VmConfig",
+    "WebConfig",
+    "config_as_dict",
+    "credential_path",
+    "is_loopback",
+    "load_config",
+    "parse_config",
+    "redacted",
+]
 
 
 def _proxy(reader: SectionReader) -> str:

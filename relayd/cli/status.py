@@ -107,12 +107,12 @@ def status_document(reader: Reader, repo: str | None) -> dict[str, Any]:
     """Return the document `relayctl status [REPO] --json` writes (docs/status-json.md): the summary of
     every repo, or every file of *repo*. Raise UsageError when there is no such repo."""
     from relayd.catalogue import queries
-    from relayd.cli import status_view
+    from relayd.cli import status_json
 
     now = datetime.now(UTC)
     if repo is None:
-        return status_view.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
+        return status_json.summary_json(queries.summary(reader, blocked_limit=BLOCKED_LIMIT, now=now), now)
     detail = queries.repo_detail(reader, repo, now=now)
     if detail is None:
         raise unknown_repo(repo)
-    return status_view.detail_json(detail, now)
+    return status_json.detail_json(detail, now)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from relayd.cli.app import App, complete_repo, echo_json, json_option, pass_app
-from relayd.cli.status_view import iso, snapshot_json
+from relayd.cli.status_json import iso, snapshot_json
 from relayd.errors import UsageError
 from relayd.text import public_url
 

@@ -1,11 +1,11 @@
 """vm_pull: bring each file from the drive onto the VM, resumable, and verified on the VM itself.
 
-The VM's side runs in relayd's agent (``relayd/vm/agent/pull.py``) through the VM executor (local, or
-over SSH). For each call the hop asks the drive for a fresh download link and hands the agent the
-missing pieces; the agent fetches them with Range GETs over ``vm.connections`` keep-alive connections
-into ``<vm.root>/<vm_dir>/<path>.relayd-partial`` and reports each piece only after fsync, and the hop
-records it then. While pieces land, the agent hashes the growing prefix, so when the last one is in,
-the sha256 computed on the VM is compared with the file's and the file is renamed into place.
+The VM's side runs in relayd's agent (``relayd/vm/agent/pull.py`` and ``place.py``) through the VM
+executor (local, or over SSH). For each call the hop asks the drive for a fresh download link and hands
+the agent the missing pieces; the agent fetches them with Range GETs over ``vm.connections`` keep-alive
+connections into ``<vm.root>/<vm_dir>/<path>.relayd-partial`` and reports each piece only after fsync,
+and the hop records it then. While pieces land, the agent hashes the growing prefix, so when the last
+one is in, the sha256 computed on the VM is compared with the file's and the file is renamed into place.
 
 A link is kept (in memory only: it is a capability) and used again by later calls for the same file
 while it has more than LINK_MARGIN left, so relayd asks the drive for links as seldom as it can.

@@ -309,28 +309,44 @@ class MsApiEndpoints(LfsEndpoints):
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             return f"Invalid size for {path}"
         if kind == "lfs":
-            oid = item.get("sha256")
-            if not isinstance(oid, str) or not OID_RE.fullmatch(oid):
-                return f"Invalid sha256 for {path}"
-            source = self._global_blob(oid, size)
-            if source is None:
-                return f"Blob {oid} of {path} has not been uploaded"
-            if source != self.app.store.path(owner, name, oid):
-                links.append((oid, source))
-            files[path] = lfs_pointer(oid, size)
-            return None
-        if kind != "normal":
-            return f"Unknown type {kind!r} for {path}"
-        if item.get("encoding") != "base64":
-            return f"Unsupported encoding {item.get('encoding')!r} for {path}"
-        try:
-            content = base64.b64decode(str(item.get("content") or ""), validate=True)
-        except binascii.Error:
-            return f"Content of {path} is not base64"
-        if len(content) != size:
-            return f"Content of {path} is {len(content)} bytes, not {size}"
-        files[path] = content
+            return self._lfs_content(item, path, size, files, links, (owner, name))
+        if kind == "normal":
+            return _inline_content(item, path, size, files)
+        return f"Unknown type {kind!r} for {path}"
+
+    def _lfs_content(
+        self,
+        item: dict[str, Any],
+        path: str,
+        size: int,
+        files: dict[str, bytes | None],
+        links: list[tuple[str, Path]],
+        repo: tuple[str, str],
+    ) -> str | None:
+        oid = item.get("sha256")
+        if not isinstance(oid, str) or not OID_RE.fullmatch(oid):
+            return f"Invalid sha256 for {path}"
+        source = self._global_blob(oid, size)
+        if source is None:
+            return f"Blob {oid} of {path} has not been uploaded"
+        if source != self.app.store.path(*repo, oid):
+            links.append((oid, source))
+        files[path] = lfs_pointer(oid, size)
         return None
+
+
+def _inline_content(item: dict[str, Any], path: str, size: int, files: dict[str, bytes | None]) -> str | None:
+    """Add a ``normal`` action's base64 content to *files*; return the problem."""
+    if item.get("encoding") != "base64":
+        return f"Unsupported encoding {item.get('encoding')!r} for {path}"
+    try:
+        content = base64.b64decode(str(item.get("content") or ""), validate=True)
+    except binascii.Error:
+        return f"Content of {path} is not base64"
+    if len(content) != size:
+        return f"Content of {path} is {len(content)} bytes, not {size}"
+    files[path] = content
+    return None
 
 
 def _link(source: Path, target: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.schema import BLOCKED, DONE, WAITING, Notification, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, utcnow
-from relayd.cli import status_view
+from relayd.cli import status_json, status_view
 from relayd.config import Config, RetryConfig, load_config
 from relayd.engine import INTERNAL_BLOCK_AFTER, Engine, EngineSettings
 from relayd.errors import ConfigError, Retryable
@@ -153,7 +153,7 @@ def test_every_hop_that_keeps_failing_surfaces_as_stuck_and_is_notified_once(
     assert item.attempts >= 2 and item.failing_since is not None
     now = utcnow()
     assert (now - item.failing_since).total_seconds() >= SURFACE_AFTER
-    document = status_view.summary_json(world.summary(), now)
+    document = status_json.summary_json(world.summary(), now)
     assert document["stuck_total"] == 1 and document["stuck"][0]["path"] == "model.bin"
     lines = status_view.summary_lines(world.summary(), now)
     assert "STUCK 1 (failing for longer than retry.surface_after; still retrying)" in lines

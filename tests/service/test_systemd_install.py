@@ -230,6 +230,7 @@ def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credential
         "hf-token": box.hub_token,
         "drive-refresh-token": box.drive.issue_refresh_token(),
         "modelscope-token": box.ms_token,
+        "web-token": "web-" + os.urandom(16).hex(),
     }
     work = installation.workdir
     for name, value in secrets.items():
@@ -263,6 +264,7 @@ def test_the_readme_service_install_runs_as_an_unprivileged_user_with_credential
                 "token_credential": "modelscope-token",
                 "activity_timeout": "60s",
             },
+            "web": {"token_credential": "web-token"},
         }
         for section, keys in values.items():
             for key, value in keys.items():
@@ -373,3 +375,18 @@ def test_systemd_analyze_security_rates_the_unit_as_the_readme_says(tmp_path: Pa
     assert float(level.group(1)) == float(claimed.group(1)) <= 1.5
     for setting in ("MemoryMax=", "TasksMax=", "ProtectProc=invisible", "LimitCORE=0"):
         assert setting in (ROOT / "contrib" / "relayd.service").read_text()
+
+
+def test_every_credential_the_readme_and_example_name_is_loaded_by_the_unit() -> None:
+    """A secret named by a ``*_credential`` key must reach the service: the unit loads every credential
+    the README's table and config.example.toml name, with an empty default for the ones left out."""
+    settings = unit_settings(ROOT / "contrib" / "relayd.service")
+    loaded = {value.partition(":")[0] for value in settings["LoadCredential"]}
+    defaulted = {value.partition(":")[0] for value in settings["SetCredential"]}
+    in_readme = set(re.findall(r"_credential = \"([a-z]+-[a-z-]+)\"", README.read_text()))
+    in_example = set(
+        re.findall(r"_credential = \"([a-z]+-[a-z-]+)\"", (ROOT / "config.example.toml").read_text())
+    )
+    assert in_readme >= {"hf-token", "web-token"}
+    assert in_readme | in_example <= loaded
+    assert loaded == defaulted

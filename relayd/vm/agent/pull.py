@@ -1,4 +1,4 @@
-"""Operations of the vm_pull hop: ranged, resumable, verified downloads written on the VM.
+"""``pull``: ranged, resumable, verified downloads written on the VM (the vm_pull hop's transfer).
 
 ``pull`` fetches the missing pieces of a file from a signed download URL (in the secrets) into
 ``<target>.relayd-partial`` with positional writes, over several keep-alive connections; a piece is
@@ -8,20 +8,14 @@ A 403 is read by its body (at most ERROR_BODY_LIMIT bytes of it): the drive's do
 (``ExceedMaxConcurrency``) ends this connection while others still work, else backs off
 (``rate_limit``: the daemon keeps its link); ``Request has expired.`` is an expired link
 (``url_expired``: the daemon asks the drive for a new one); anything else (a Referer the drive does
-not accept) is ``download_refused``. While pieces arrive, a hasher thread
+not accept) is ``download_refused``. While pieces arrive, a hasher thread (files.py)
 computes sha256 and sha1 over the growing contiguous prefix, so when the last piece lands the whole
 file is already hashed; if it matches the expected sha256, the file is renamed into place.
-
-``pull_finish`` hashes the partial (or an already renamed target) and renames it; ``piece_hashes``
-hashes given ranges (to find bad pieces against a known-good copy); ``place_file`` takes a file that
-is already on this machine (hard link, else a copy piece by piece), verified the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import http.client
 import os
 import random
@@ -30,15 +24,24 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Tuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from .core import AgentError, Cancelled, Context, op
+from .files import (
+    PARTIAL_SUFFIX,
+    Piece,
+    PrefixHasher,
+    as_pieces,
+    check_space,
+    finalize,
+    hash_file,
+    open_partial,
+    resolve_target,
+)
 from .proxy import agent_route
 
-PARTIAL_SUFFIX = ".relayd-partial"
 CHUNK = 1024 * 1024
-HASH_CHUNK = 8 * 1024 * 1024
 MAX_TRIES = 8  # per piece, for transient failures (network, 5xx, Range ignored)
 # Per piece on the download cap with no other connection left: the slots belong to other downloads
 # that may run for hours, so the daemon's backoff does the long waiting (and shows why).
@@ -53,150 +56,6 @@ CAP_MARKERS = ("exceedmaxconcurrency", "0007-00000209")
 EXPIRED_MARKER = "requesthasexpired."
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _XML_FIELD = re.compile(r"<(Code|Message|EC)>([^<]{0,200})</", re.IGNORECASE)
-
-Piece = Tuple[int, int, int]  # index, offset, length
-
-
-# -- paths ----------------------------------------------------------------------------------------
-
-
-def resolve_target(root: str, relative: str) -> str:
-    """Return ``root/relative`` after checking that *relative* is a plain relative path that stays
-    under *root* (no ``..``, no absolute path, no symlinked directory leading out); create its
-    parent directories."""
-    parts = relative.split("/")
-    if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise AgentError("refusing the path %r on the VM" % relative, kind="permanent", error_class="path")
-    root_real = os.path.realpath(root)
-    target = os.path.join(root_real, *parts)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.commonpath([root_real, os.path.realpath(parent)]) != root_real:
-        raise AgentError(
-            "%s leads out of %s on the VM (a symlink?)" % (relative, root),
-            kind="blocked",
-            error_class="path",
-            hint="remove the symlink under vm.root on the VM, then `relayctl retry`",
-        )
-    return target
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _check_space(path: str, needed: int) -> None:
-    stats = os.statvfs(os.path.dirname(path))
-    free = stats.f_bavail * stats.f_frsize
-    if needed > free:
-        raise AgentError(
-            "the VM's disk has %d bytes free under %s, the file needs %d more"
-            % (free, os.path.dirname(path), needed),
-            kind="blocked",
-            error_class="disk",
-            hint="free space on the VM's disk (or point vm.root elsewhere); relayd resumes by itself",
-        )
-
-
-def _pieces(raw: list[Any]) -> list[Piece]:
-    return [(int(item[0]), int(item[1]), int(item[2])) for item in raw]
-
-
-# -- hashing --------------------------------------------------------------------------------------
-
-
-class PrefixHasher(threading.Thread):
-    """Hash a file's pieces in order as each becomes durable (sha256 here, sha1 in a helper thread:
-    hashlib releases the GIL, so both run at once)."""
-
-    def __init__(
-        self, fd: int, plan: list[Piece], done: set[int], context: Context, with_sha1: bool = True
-    ) -> None:
-        super().__init__(name="relayd-agent-hash", daemon=True)
-        self.fd = fd
-        self.plan = sorted(plan, key=lambda piece: piece[1])
-        self.done = set(done)
-        self.context = context
-        self.sha256 = hashlib.sha256()
-        self.sha1 = hashlib.sha1() if with_sha1 else None
-        self.hashed = 0
-        self.error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._halt = False
-
-    def mark_done(self, index: int) -> None:
-        with self._cond:
-            self.done.add(index)
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._halt = True
-            self._cond.notify_all()
-
-    def run(self) -> None:
-        try:
-            for index, offset, length in self.plan:
-                with self._cond:
-                    while index not in self.done and not self._halt:
-                        self._cond.wait()
-                    if self._halt:
-                        return
-                self._hash_range(offset, length)
-        except BaseException as exc:  # reported by finish()
-            self.error = exc
-
-    def _hash_range(self, offset: int, length: int) -> None:
-        position, end = offset, offset + length
-        while position < end:
-            if self._halt:
-                return
-            data = os.pread(self.fd, min(HASH_CHUNK, end - position), position)
-            if not data:
-                raise OSError(errno.EIO, "the partial file ended at %d bytes" % position)
-            if self.sha1 is None:
-                self.sha256.update(data)
-            else:
-                helper = threading.Thread(target=self.sha1.update, args=(data,))
-                helper.start()
-                self.sha256.update(data)
-                helper.join()
-            position += len(data)
-            self.hashed += len(data)
-
-    def finish(self) -> tuple[str, str | None]:
-        """Wait for the whole file to be hashed; return (sha256, sha1 or None when not asked)."""
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.sha256.hexdigest(), self.sha1.hexdigest() if self.sha1 is not None else None
-
-
-def hash_file(path: str, context: Context, with_sha1: bool = True) -> tuple[str, str | None, int]:
-    """Return sha256, sha1 (None unless *with_sha1*) and size of *path*, emitting ``hashing`` events."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        total = os.fstat(fd).st_size
-        hasher = PrefixHasher(fd, [(0, 0, total)], {0}, context, with_sha1)
-        hasher.start()
-        last = time.monotonic()
-        while hasher.is_alive():
-            hasher.join(0.5)
-            if context.cancelled:
-                hasher.stop()
-                context.check_cancelled()
-            if time.monotonic() - last >= 1.0:
-                context.emit("hashing", bytes=hasher.hashed, size=total)
-                last = time.monotonic()
-        sha256, sha1 = hasher.finish()
-    finally:
-        os.close(fd)
-    return sha256, sha1, total
-
 
 # -- HTTP -----------------------------------------------------------------------------------------
 
@@ -490,28 +349,6 @@ class _Pull:
             self.context.emit("progress", bytes=position - offset - reported, offset=offset)
 
 
-def _open_partial(partial: str, size: int, fresh: bool) -> int:
-    """Open (or, when *fresh*, recreate) the partial file at its full size; return its fd."""
-    if fresh:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-    elif not os.path.isfile(partial) or os.stat(partial).st_size != size:
-        raise AgentError(
-            "the partial file %s is gone or has the wrong size; starting the file again" % partial,
-            error_class="partial_lost",
-        )
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
-    if fresh:
-        os.ftruncate(fd, size)
-    return fd
-
-
-def _finalize(fd: int, partial: str, target: str) -> None:
-    os.fsync(fd)
-    os.replace(partial, target)
-    _fsync_dir(os.path.dirname(target))
-
-
 @op("pull")
 def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
     """Fetch the *missing* pieces of *plan* from ``secrets["url"]`` into the partial file; when every
@@ -525,7 +362,7 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
     target = resolve_target(params["root"], params["relpath"])
     partial = target + PARTIAL_SUFFIX
     size = int(params["size"])
-    plan = _pieces(params["plan"])
+    plan = as_pieces(params["plan"])
     missing_set = set(int(i) for i in params["missing"])
     fresh = bool(params.get("fresh"))
     missing = [piece for piece in plan if piece[0] in missing_set]
@@ -536,9 +373,9 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
             for piece in missing:
                 context.emit("piece_done", index=piece[0])
             return {"path": target, "sha256": sha256, "sha1": sha1, "renamed": True, "fetched": 0}
-    fd = _open_partial(partial, size, fresh)
+    fd = open_partial(partial, size, fresh)
     try:
-        _check_space(partial, sum(piece[2] for piece in missing))
+        check_space(partial, sum(piece[2] for piece in missing))
         with_sha1 = bool(params.get("sha1", True))
         hasher = PrefixHasher(fd, plan, {p[0] for p in plan} - missing_set, context, with_sha1)
         hasher.start()
@@ -566,7 +403,7 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
         sha256, sha1 = hasher.finish()
         renamed = False
         if sha256 == params.get("expected_sha256"):
-            _finalize(fd, partial, target)
+            finalize(fd, partial, target)
             renamed = True
         return {
             "path": target,
@@ -577,130 +414,3 @@ def pull(params: dict[str, Any], secrets: dict[str, str], context: Context) -> d
         }
     finally:
         os.close(fd)
-
-
-@op("pull_finish")
-def pull_finish(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
-    """Hash the complete partial file (or the target, if a crash came after its rename) and rename
-    it into place when its sha256 is ``expected_sha256``. Return ``{"path", "sha256", "sha1",
-    "size", "renamed"}``; raise ``partial_lost`` when neither file is there."""
-    target = resolve_target(params["root"], params["relpath"])
-    partial = target + PARTIAL_SUFFIX
-    expected = params.get("expected_sha256")
-    source = partial if os.path.isfile(partial) else target
-    if not os.path.isfile(source):
-        raise AgentError("neither %s nor its partial file is on the VM" % target, error_class="partial_lost")
-    sha256, sha1, size = hash_file(source, context, bool(params.get("sha1", True)))
-    renamed = source == target
-    if sha256 == expected and size == int(params["size"]) and source == partial:
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            _finalize(fd, partial, target)
-        finally:
-            os.close(fd)
-        renamed = True
-    return {
-        "path": target,
-        "sha256": sha256,
-        "sha1": sha1,
-        "size": size,
-        "renamed": renamed and sha256 == expected,
-    }
-
-
-@op("piece_hashes")
-def piece_hashes(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
-    """Return the sha256 of each given piece of the partial file (or *path*): ``{"hashes": {i: hex}}``."""
-    if params.get("path"):
-        path = str(params["path"])
-    else:
-        path = resolve_target(params["root"], params["relpath"]) + PARTIAL_SUFFIX
-    hashes = {}
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        for index, offset, length in _pieces(params["pieces"]):
-            context.check_cancelled()
-            digest = hashlib.sha256()
-            position, end = offset, offset + length
-            while position < end:
-                data = os.pread(fd, min(HASH_CHUNK, end - position), position)
-                if not data:
-                    break
-                digest.update(data)
-                position += len(data)
-            hashes[str(index)] = digest.hexdigest()
-    finally:
-        os.close(fd)
-    return {"hashes": hashes}
-
-
-@op("place_file")
-def place_file(params: dict[str, Any], secrets: dict[str, str], context: Context) -> dict[str, Any]:
-    """Put a file already on this machine (``source``) at the target: a hard link when the
-    filesystem allows it, else a copy of the missing pieces (each fsynced before ``piece_done``);
-    verified by sha256 before the rename. Return ``{"path", "sha256", "sha1", "renamed", "method"}``."""
-    source = str(params["source"])
-    target = resolve_target(params["root"], params["relpath"])
-    partial = target + PARTIAL_SUFFIX
-    size = int(params["size"])
-    plan = _pieces(params["plan"])
-    missing_set = set(int(i) for i in params["missing"])
-    if not os.path.isfile(source) or os.stat(source).st_size != size:
-        raise AgentError("the staged copy %s is gone or changed" % source, error_class="staging")
-    method = "copy"
-    if bool(params.get("fresh")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        try:
-            os.link(source, partial)
-            method = "link"
-        except OSError:
-            method = "copy"
-    if method == "link":
-        sha256, sha1, _ = hash_file(partial, context, bool(params.get("sha1", True)))
-        for index in sorted(missing_set):
-            context.emit("piece_done", index=index)
-    else:
-        fd = _open_partial(partial, size, bool(params.get("fresh")))
-        source_fd = os.open(source, os.O_RDONLY)
-        try:
-            _check_space(partial, size if params.get("fresh") else 0)
-            hasher = PrefixHasher(
-                fd, plan, {p[0] for p in plan} - missing_set, context, bool(params.get("sha1", True))
-            )
-            hasher.start()
-            try:
-                for index, offset, length in plan:
-                    if index not in missing_set:
-                        continue
-                    if context.cancelled:
-                        hasher.stop()
-                        context.check_cancelled()
-                    context.emit("piece_start", index=index)
-                    position, end = offset, offset + length
-                    while position < end:
-                        data = os.pread(source_fd, min(HASH_CHUNK, end - position), position)
-                        if not data:
-                            raise AgentError("the staged copy ended early", error_class="staging")
-                        os.pwrite(fd, data, position)
-                        position += len(data)
-                    os.fdatasync(fd)
-                    context.emit("progress", bytes=length)
-                    context.emit("piece_done", index=index)
-                    hasher.mark_done(index)
-                sha256, sha1 = hasher.finish()
-            except BaseException:
-                hasher.stop()
-                raise
-        finally:
-            os.close(source_fd)
-            os.close(fd)
-    renamed = False
-    if sha256 == params.get("expected_sha256"):
-        fd = os.open(partial, os.O_RDONLY)
-        try:
-            _finalize(fd, partial, target)
-        finally:
-            os.close(fd)
-        renamed = True
-    return {"path": target, "sha256": sha256, "sha1": sha1, "renamed": renamed, "method": method}
