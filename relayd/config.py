@@ -113,6 +113,10 @@ def _daemon(reader: SectionReader) -> DaemonConfig:
         idle_wait=reader.duration("idle_wait", "1s", minimum=0.05),
         log_level=reader.string("log_level", "info", choices=("debug", "info", "warning", "error")),
         watch_config=reader.boolean("watch_config", True),
+        keep_copies_routes=tuple(
+            ",".join(hop.strip() for hop in route.split(","))
+            for route in reader.strings("keep_copies_routes")
+        ),
     )
     reader.finish()
     return config

@@ -102,6 +102,9 @@ class DaemonConfig:
     idle_wait: float
     log_level: str
     watch_config: bool
+    #: Routes (hop names joined by commas) whose repos move every file through every hop, even what
+    #: the destination already holds ("ask the end first" is off for them; ``--keep-copies`` per repo).
+    keep_copies_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from relayd.errors import (
     UsageError,
 )
 from relayd.health import FAIL, OK, Check, CheckScope, Finding, answered, failed
-from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec
+from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec, RepoInfo
 from relayd.names import validate_repo_id
 from relayd.services import LOCAL_EXECUTOR
 from relayd.text import public_url
@@ -293,6 +293,43 @@ class LfsPushHop(Hop):
             "concurrency": self.section.concurrency,
         }
 
+    # -- ask the end first -----------------------------------------------------------------------
+
+    def held(self, repo: RepoInfo, contents: Sequence[tuple[str, int]]) -> set[str]:
+        """Return the sha256s the LFS server already holds for the destination repo (a batch
+        ``download`` request names them), asked from where the route pushes."""
+        if not contents:
+            return set()
+        on_vm = pushes_from_vm(repo.route)
+        executor = self._vm() if on_vm else self._staging_executor()
+        target = str(repo.destinations.get("modelscope_repo") or repo.name)
+        owner, _, name = target.partition("/")
+        objects = [{"oid": oid, "size": size} for oid, size in contents]
+        result = executor.call(
+            "lfs_confirm",
+            {"remote": self.section.remote.format(owner=owner, name=name), "objects": objects},
+            secrets={"token": self._token(), "proxy": self.section.proxy},
+            cancel=self.ctx.cancel,
+        )
+        return {oid for oid, _ in contents} - {str(oid) for oid in result.get("missing") or []}
+
+    def _skipped_before(self, job: Job, executor: Executor, oid: str, size: int) -> None:
+        """The earlier hops skipped the file because the server held its object when the snapshot was
+        recorded: check that it still does, else have the route fetch the file again."""
+        result = executor.call(
+            "lfs_confirm",
+            {"remote": self.remote(job), "objects": [{"oid": oid, "size": size}]},
+            secrets={"token": self._token(), "proxy": self.section.proxy},
+            cancel=self.ctx.cancel,
+        )
+        if result.get("missing"):
+            reason = f"the LFS server no longer holds object {oid[:12]}, which the earlier hops skipped"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is fetched again", error_class=ErrorClass.REUSE)
+        job.handles = {"oid": oid, "size": size, "skipped": True}
+        job.save_handles()
+        job.piece_done(0)
+
     # -- per file ---------------------------------------------------------------------------------
 
     def plan(self, job: Job) -> Sequence[PieceSpec]:
@@ -302,6 +339,9 @@ class LfsPushHop(Hop):
         file = job.file_or_fail
         executor = self._executor_for(job)
         source = self._source(job, file, job.locations)
+        if source is None and job.previous.get("skipped") and file.sha256:
+            self._skipped_before(job, executor, file.sha256, file.size)
+            return
         if source is None:
             where = "vm_pull left no path on the VM" if self._on_vm(job) else "no staged copy is recorded"
             raise NeedsPerson(

@@ -30,7 +30,7 @@ from typing import Any
 from relayd.config import ModelScopeConfig
 from relayd.errors import ErrorClass, NeedsPerson, Retryable, UsageError
 from relayd.health import FAIL, OK, Check, CheckScope, Finding
-from relayd.hops.base import Job, Outcome, PieceSpec
+from relayd.hops.base import Job, Outcome, PieceSpec, RepoInfo
 from relayd.hops.lfs_push import (
     GROUP,
     SMALL_CALL_TIMEOUT,
@@ -81,6 +81,24 @@ class MsUploadHop(LfsPushHop):
     def _secrets(self) -> dict[str, str]:
         return {"token": self._token(), "proxy": self.section.proxy}
 
+    # -- ask the end first -----------------------------------------------------------------------
+
+    def held(self, repo: RepoInfo, contents: Sequence[tuple[str, int]]) -> set[str]:
+        """Return the sha256s ModelScope holds for any repo (the pre-check), asked from where the
+        route uploads."""
+        if not contents:
+            return set()
+        executor = self._vm() if pushes_from_vm(repo.route) else self._staging_executor()
+        target = str(repo.destinations.get("modelscope_repo") or repo.name)
+        params = {
+            "endpoint": self.section.api_endpoint(),
+            "repo": target,
+            "repo_type": repo.repo_type or "model",
+            "objects": [{"oid": oid, "size": size} for oid, size in contents],
+        }
+        result = executor.call("ms_precheck", params, secrets=self._secrets(), cancel=self.ctx.cancel)
+        return {str(oid) for oid in result.get("present") or []}
+
     # -- per file ---------------------------------------------------------------------------------
 
     def plan(self, job: Job) -> Sequence[PieceSpec]:
@@ -90,6 +108,10 @@ class MsUploadHop(LfsPushHop):
         file = job.file_or_fail
         executor = self._executor_for(job)
         source = self._source(job, file, job.locations)
+        params = self._params(job, executor)
+        if source is None and job.previous.get("skipped") and file.sha256:
+            self._still_held(job, executor, params, file.sha256, file.size)
+            return
         if source is None:
             where = "vm_pull left no path on the VM" if self._on_vm(job) else "no staged copy is recorded"
             raise NeedsPerson(
@@ -97,7 +119,6 @@ class MsUploadHop(LfsPushHop):
                 hint="`relayctl retry` the earlier hops of the route, so that the file is there again",
                 error_class=ErrorClass.MISSING,
             )
-        params = self._params(job, executor)
         if not wants_lfs(file.path, file.size, file.lfs):
             stashed = executor.call(
                 "ms_stash",
@@ -148,6 +169,23 @@ class MsUploadHop(LfsPushHop):
             "skipped": bool(answer["skipped"]),
             "sent": int(answer.get("sent") or 0),
         }
+        job.save_handles()
+        job.piece_done(0)
+
+    def _still_held(self, job: Job, executor: Executor, params: dict[str, Any], oid: str, size: int) -> None:
+        """The earlier hops skipped the file because ModelScope held its blob when the snapshot was
+        recorded: check that it still does (nothing to send), else have the route fetch it again."""
+        result = executor.call(
+            "ms_precheck",
+            {**params, "objects": [{"oid": oid, "size": size}]},
+            secrets=self._secrets(),
+            cancel=self.ctx.cancel,
+        )
+        if oid not in (result.get("present") or []):
+            reason = f"ModelScope no longer holds blob {oid[:12]}, which the earlier hops skipped"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is fetched again", error_class=ErrorClass.REUSE)
+        job.handles = {"oid": oid, "size": size, "skipped": True, "sent": 0}
         job.save_handles()
         job.piece_done(0)
 
