@@ -15,17 +15,19 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relayd.catalogue import migrate
-from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, File, Transfer
+from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, File, Repo, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
 from relayd.config import parse_config
-from relayd.daemon import hop_rules
+from relayd.daemon import end_asker, hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services
+from relayd.poll import Poller, Source
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer
@@ -78,6 +80,7 @@ class UploadWorld:
             },
             root / "relayd.toml",
         )
+        self.config = config
         self.staging = Staging(config.staging)
         services = Services({"vm": lambda: make_executor(config.vm)})
         ctx = HopContext(
@@ -89,28 +92,38 @@ class UploadWorld:
         self.engine = Engine(self.store, self.staging, {HOP: self.hop}, ctx, settings)
         self.route: tuple[str, ...] = FROM_STAGING
 
-    def add_repo(self, route: tuple[str, ...], name: str = "model", hf_repo: str = HF_REPO) -> None:
+    def add_repo(
+        self, route: tuple[str, ...], name: str = "model", hf_repo: str = HF_REPO, **options: Any
+    ) -> None:
         self.route = route
-        self.store.add_repo(
-            RepoSpec(
-                name=hf_repo, every=3600, route=route, destinations={"modelscope_repo": f"{OWNER}/{name}"}
-            ),
-            replace=True,
-        )
+        destinations = {"modelscope_repo": f"{OWNER}/{name}"}
+        spec = RepoSpec(name=hf_repo, every=3600, route=route, destinations=destinations, options=options)
+        self.store.add_repo(spec, replace=True)
 
     def snapshot(self, files: dict[str, bytes], commit: str, hf_repo: str = HF_REPO) -> None:
         """Record a snapshot of *files* and complete the hop before ms_upload for each new file."""
         repo = self.store.repo(hf_repo)
         assert repo is not None
-        specs = []
-        for path, data in files.items():
-            lfs = path.endswith((".safetensors", ".bin"))
-            specs.append(
-                FileSpec(
-                    path, len(data), lfs, sha256=sha(data), git_blob_id=None if lfs else git_blob_id(data)
-                )
-            )
-        self.store.record_snapshot(repo.id, commit, specs)
+        self.store.record_snapshot(repo.id, commit, specs_of(files))
+        self.seed(files, commit, hf_repo)
+
+    def poll(self, files: dict[str, bytes], commit: str, hf_repo: str = HF_REPO) -> None:
+        """Poll a snapshot of *files* as the daemon does (the route's end asked first), then complete
+        the hop before ms_upload for each file that needs it."""
+        poller = Poller(
+            self.store,
+            {"hub": ListedSource(commit, specs_of(files))},
+            {"download": "hub"},
+            ask_end=end_asker(self.config, {HOP: self.hop}),
+        )
+        repo = self.store.repo(hf_repo)
+        assert repo is not None
+        assert poller.poll(repo).error is None
+        self.seed(files, commit, hf_repo)
+
+    def seed(self, files: dict[str, bytes], commit: str, hf_repo: str) -> None:
+        """Complete the route's first hop for each file waiting for it (the file placed where it
+        would land)."""
         first = self.route[0]
         while (transfer := self.store.claim(first, "seeder", 30)) is not None:
             job = self.store.load_job(transfer.id)
@@ -165,6 +178,29 @@ class UploadWorld:
     def close(self) -> None:
         self.engine.drain(5)
         self.store.close()
+
+
+def specs_of(files: dict[str, bytes]) -> list[FileSpec]:
+    specs = []
+    for path, data in files.items():
+        lfs = path.endswith((".safetensors", ".bin"))
+        blob = None if lfs else git_blob_id(data)
+        specs.append(FileSpec(path, len(data), lfs, sha256=sha(data), git_blob_id=blob))
+    return specs
+
+
+class ListedSource(Source):
+    """A source whose head and listing are given."""
+
+    def __init__(self, head: str, listing: list[FileSpec]) -> None:
+        self._head = head
+        self.listing = listing
+
+    def head(self, repo: Repo) -> str:
+        return self._head
+
+    def list_files(self, repo: Repo, commit: str) -> list[FileSpec]:
+        return list(self.listing)
 
 
 def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
@@ -300,3 +336,51 @@ def test_a_rate_limited_commit_waits_and_the_token_never_shows(
     assert token.encode() not in (world.root / "catalogue.db").read_bytes()
     for entry in server.request_log.snapshot():
         assert token not in entry.path
+
+
+def _hop_transfers(world: UploadWorld, hop: str) -> dict[str, Transfer]:
+    with world.store.read() as session:
+        rows = (
+            session.query(Transfer, File).join(File, File.id == Transfer.file_id).filter(Transfer.hop == hop)
+        )
+        return {file.path: transfer for transfer, file in rows}
+
+
+HELD = {
+    "model-00001-of-00002.safetensors": os.urandom(220_000),
+    "model-00002-of-00002.safetensors": os.urandom(230_000),
+    "config.json": b'{"hidden_size": 8}\n',
+}
+
+
+def test_ask_the_end_first_skips_every_earlier_hop_for_what_the_destination_holds(
+    world: UploadWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    server.new_repo("someone", "mirror")
+    for path, data in HELD.items():
+        if path.endswith(".safetensors"):
+            server.store_object("someone", "mirror", data)
+    world.add_repo(FROM_STAGING)
+    world.poll(HELD, "6" * 40)
+    downloads = _hop_transfers(world, "download")
+    for path in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        assert downloads[path].state == DONE
+        assert downloads[path].handles["asked_end"] is True
+        assert downloads[path].bytes_moved == 0
+    world.run()
+    assert world.snapshot_transfer().state == DONE
+    assert server.counters().put_bytes == 0
+    uploads = _hop_transfers(world, HOP)
+    assert uploads["model-00001-of-00002.safetensors"].handles["skipped"] is True
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    assert tree["model-00002-of-00002.safetensors"] == sha(HELD["model-00002-of-00002.safetensors"])
+    assert tree["config.json"] == sha(HELD["config.json"])
+
+
+def test_a_repo_that_keeps_copies_moves_every_file(world: UploadWorld, server: GitLfsServer) -> None:
+    server.new_repo("someone", "mirror")
+    server.store_object("someone", "mirror", HELD["model-00001-of-00002.safetensors"])
+    world.add_repo(FROM_STAGING, keep_copies=True)
+    world.poll(HELD, "7" * 40)
+    downloads = _hop_transfers(world, "download")
+    assert all(not t.handles.get("asked_end") for t in downloads.values())
