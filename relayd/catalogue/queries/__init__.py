@@ -65,8 +65,10 @@ from relayd.catalogue.queries.status import (
 from relayd.catalogue.queries.throughput import (
     Avoided,
     HopRate,
+    RepoAvoided,
     bytes_avoided,
     measured_rates,
+    repo_avoided,
 )
 from relayd.catalogue.rules import (
     DEFAULT_STUCK_HINT,
@@ -129,6 +131,7 @@ __all__ = [
     "HopRate",
     "HopSummary",
     "Reader",
+    "RepoAvoided",
     "RepoDetail",
     "RepoSummary",
     "RepoTarget",
@@ -147,6 +150,7 @@ __all__ = [
     "lock_held",
     "measured_rates",
     "open_reader",
+    "repo_avoided",
     "repo_detail",
     "repo_targets",
     "schema_revision",
