@@ -14,14 +14,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relayd.catalogue import migrate
+from relayd.catalogue import migrate, queries
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, File, Repo, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
+from relayd.cli.status_view import detail_lines
 from relayd.config import parse_config
 from relayd.daemon import end_asker, hop_rules
 from relayd.engine import Engine, EngineSettings
@@ -375,6 +377,15 @@ def test_ask_the_end_first_skips_every_earlier_hop_for_what_the_destination_hold
     tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model-00002-of-00002.safetensors"] == sha(HELD["model-00002-of-00002.safetensors"])
     assert tree["config.json"] == sha(HELD["config.json"])
+    # relayctl status REPO shows it: every LFS byte avoided on both hops, and why.
+    detail = queries.repo_detail(queries.SqliteReader(world.root / "catalogue.db"), HF_REPO)
+    assert detail is not None
+    lfs_bytes = sum(len(data) for path, data in HELD.items() if path.endswith(".safetensors"))
+    reasons = {(item.hop, item.reason): item.bytes for item in detail.avoided.snapshot}
+    assert reasons == {("download", "destination_had_it"): lfs_bytes, (HOP, "server_had_it"): lfs_bytes}
+    text = "\n".join(detail_lines(detail, datetime.now(UTC)))
+    assert "skipped (destination had it)" in text
+    assert "bytes avoided, this snapshot" in text
 
 
 def test_a_repo_that_keeps_copies_moves_every_file(world: UploadWorld, server: GitLfsServer) -> None:
