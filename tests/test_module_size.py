@@ -14,8 +14,6 @@ REASON = re.compile(rf"\bover {LIMIT} lines (because|since|:)", re.IGNORECASE)
 #: Modules being split now (issue 14, item 6), each on its own branch; an entry goes with its split.
 SPLITTING = frozenset(
     {
-        "relayd/catalogue/store.py",
-        "relayd/catalogue/queries.py",
         "relayd/drive/aligo_backend.py",
         "relayd/hops/download.py",
     }

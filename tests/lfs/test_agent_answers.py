@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,28 @@ def test_a_redirect_to_another_host_is_not_followed_and_blocks(
             assert f"redirects to {other.base_url}/relay/m.git/info/lfs/objects/batch" in run.error["message"]
         assert other.request_log.snapshot() == [] and other.storage_log.snapshot() == []
         assert server.token not in json.dumps(run.error)
+
+
+def test_a_git_slower_than_the_poll_still_gets_its_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner polls its child every 0.2 s (to notice a cancel): a git that takes longer before it
+    reads stdin must still get the whole input once, not an error about input sent twice."""
+    real_git = shutil.which("git")
+    assert real_git
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "git").write_text(f'#!/bin/sh\nsleep 0.6\nexec {real_git} "$@"\n')
+    (slow / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow}:{os.environ['PATH']}")
+    runner = GitRunner(
+        str(tmp_path / "scratch.git"),
+        str(tmp_path / "home"),
+        "tok-" + "x" * 20,
+        Context(io.StringIO()),
+        remote="https://hub.example/relay/m.git",
+        activity_timeout=30,
+    )
+    code, out, _ = runner.run(["hash-object", "--stdin"], data=b"hello\n")
+    assert code == 0
+    assert out.decode().strip() == hashlib.sha1(b"blob 6\x00hello\n").hexdigest()  # git's object id

@@ -159,6 +159,9 @@ class GitRunner:
             try:
                 return child.communicate(data, timeout=0.2)
             except subprocess.TimeoutExpired:
+                # communicate() keeps feeding the input it was first given; handing it again raises
+                # "Cannot send input after starting communication" (a git slower than 0.2 s).
+                data = None
                 if self.context.cancelled:
                     kill_group(child)
                     raise Cancelled("cancelled by the daemon") from None
