@@ -78,15 +78,17 @@ class Demo(abc.ABC):
 
     # -- watching ----------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        result = self.relayctl("status", DEMO_REPO, "--json", check=False)
+    def status(self, repo: str = DEMO_REPO) -> dict[str, Any]:
+        result = self.relayctl("status", repo, "--json", check=False)
         if result.returncode != 0:
             return {}
         document: dict[str, Any] = json.loads(result.stdout)
         return document
 
-    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
-        """Show live progress until the repo's current snapshot (newer than *previous*) is done."""
+    def wait_for_snapshot(
+        self, say: Callable[[str], None], previous: str | None, repo: str = DEMO_REPO
+    ) -> dict[str, Any]:
+        """Show live progress until *repo*'s current snapshot (newer than *previous*) is done."""
         from rich.console import Console
         from rich.live import Live
         from rich.text import Text
@@ -105,9 +107,9 @@ class Demo(abc.ABC):
                     raise RuntimeError(
                         f"the daemon exited (code {self.daemon.returncode}); see {self.log_path}"
                     )
-                document = self.status()
+                document = self.status(repo)
                 if live is not None:
-                    live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
+                    live.update(Text(self.relayctl("status", repo, check=False).stdout))
                 else:
                     line = progress_line(document)
                     if line and line != last_line:
@@ -366,6 +368,10 @@ def run_route_demo(options: DemoOptions, root: Path, say: Callable[[str], None])
             if not gone:
                 say(f"{removed} is still in the pushed repo")
         ok = demo.report_bytes_moved(say) and ok
+        if ok:
+            from relayd.demo_mirror import relay_mirror
+
+            ok = relay_mirror(demo, say)
         if options.keep and ok:
             say(f"the sandbox keeps running; try: relayctl -c {demo.config_path} status. Ctrl-C to stop.")
             while True:

@@ -43,6 +43,16 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
         "vm_pull",
         "lfs_push",
     ]
+    # A second repo with the same weights: ModelScope holds every shard, so no hop moves one.
+    mirror = re.search(
+        r"demo/tiny-model-mirror done in \d+s; moved \(small files only\): (.*); avoided: (.*)", output
+    )
+    assert mirror is not None, output
+    for hop in ("download", "pan_upload", "vm_pull"):
+        assert re.search(rf"{hop} 2\.\d MiB \(destination_had_it\)", mirror.group(2)), mirror.group(2)
+    assert re.search(r"ms_upload 2\.\d MiB \(server_had_it\)", mirror.group(2)), mirror.group(2)
+    assert "MiB" not in mirror.group(1)  # only the small files moved
+    assert "SHARDS MOVED AGAIN" not in output
 
 
 def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:
