@@ -17,7 +17,7 @@ the server measured wrong is sent again once, then blocks (``IntegrityMismatch``
 Per snapshot (``finish_snapshot``): one commit on the branch (more when the snapshot has more than 256
 files or 8 MiB of inline content), with a ``.gitattributes`` that covers every LFS path and the files
 removed upstream since the last snapshot deleted. Handles: ``{"commit", "commits", "branch",
-"endpoint", "repo", "paths"}``.
+"endpoint", "repo", "remote", "paths"}``.
 
 The token travels to the agent in the request's secrets only, and from there only to the API's origin.
 """
@@ -127,7 +127,13 @@ class MsUploadHop(LfsPushHop):
                 cancel=self.ctx.cancel,
                 timeout=SMALL_CALL_TIMEOUT,
             )
-            job.handles = {"plain": True, "stash": stashed["key"], "size": file.size}
+            # "blob": the git blob id the commit will hold (relayctl whereis names it).
+            job.handles = {
+                "plain": True,
+                "stash": stashed["key"],
+                "blob": file.git_blob_id,
+                "size": file.size,
+            }
             job.save_handles()
             job.piece_done(0)
             return
@@ -261,6 +267,7 @@ class MsUploadHop(LfsPushHop):
                 "branch": self.section.branch,
                 "endpoint": params["endpoint"],
                 "repo": params["repo"],
+                "remote": self.remote(job),  # where git clones it from (relayctl whereis)
                 "paths": paths,
             }
         )
