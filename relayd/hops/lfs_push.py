@@ -79,7 +79,7 @@ def work_dir(section: ModelScopeConfig, executor: Executor, on_vm: bool, state_d
     return str(state_dir / "lfs")
 
 
-def _checked_destination(target: str) -> str:
+def checked_destination(target: str) -> str:
     """Return the ModelScope repo id *target*. Raise UsageError when it is not ``owner/name``."""
     validate_repo_id(target)
     if "/" not in target:
@@ -87,12 +87,12 @@ def _checked_destination(target: str) -> str:
     return target
 
 
-def _found(finding: Finding) -> Check:
+def known_check(finding: Finding) -> Check:
     """Return a check that reports *finding*, known already."""
     return Check(finding.group, finding.name, lambda: [finding])
 
 
-def _token_finding(section: ModelScopeConfig) -> Finding:
+def token_finding(section: ModelScopeConfig) -> Finding:
     ref = section.token
     try:
         token = ref.resolve()
@@ -519,7 +519,7 @@ class LfsPushHop(Hop):
         one check per destination repo (the agent's ``lfs_check`` where the route pushes from: the
         remote exists and accepts the token on the git and LFS legs); while no repo pushes, whether the
         remote's host answers this machine."""
-        checks = [Check(GROUP, "modelscope token", lambda: [_token_finding(section)])]
+        checks = [Check(GROUP, "modelscope token", lambda: [token_finding(section)])]
         if any(not pushes_from_vm(route) for route in scope.routes):
             checks.append(_local_git_check(scope))
         seen: set[tuple[str, bool]] = set()
@@ -528,10 +528,10 @@ class LfsPushHop(Hop):
             target = str(repo.destinations.get("modelscope_repo") or repo.name)
             name = f"modelscope {target}"
             try:
-                target = _checked_destination(target)
+                target = checked_destination(target)
             except UsageError as exc:
                 hint = "set the repo's modelscope_repo destination to OWNER/NAME"
-                checks.append(_found(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
+                checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
                 continue
             owner, repo_name = target.split("/", 1)
             remote = section.remote.format(owner=owner, name=repo_name)

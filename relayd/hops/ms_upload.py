@@ -35,11 +35,11 @@ from relayd.hops.lfs_push import (
     GROUP,
     SMALL_CALL_TIMEOUT,
     LfsPushHop,
-    _checked_destination,
-    _found,
-    _token_finding,
+    checked_destination,
+    known_check,
     measured_wrong,
     pushes_from_vm,
+    token_finding,
 )
 from relayd.services import LOCAL_EXECUTOR
 from relayd.vm.agent.lfs_files import wants_lfs
@@ -278,17 +278,17 @@ class MsUploadHop(LfsPushHop):
     def checks(cls, section: ModelScopeConfig, scope: CheckScope) -> Sequence[Check]:
         """Return the token's check and, per destination repo, an empty pre-check from where the route
         uploads (no git needed anywhere)."""
-        checks = [Check(GROUP, "modelscope token", lambda: [_token_finding(section)])]
+        checks = [Check(GROUP, "modelscope token", lambda: [token_finding(section)])]
         seen: set[tuple[str, bool]] = set()
         for repo in scope.repos:
             on_vm = pushes_from_vm(repo.route)
             target = str(repo.destinations.get("modelscope_repo") or repo.name)
             name = f"modelscope {target}"
             try:
-                target = _checked_destination(target)
+                target = checked_destination(target)
             except UsageError as exc:
                 hint = "set the repo's modelscope_repo destination to OWNER/NAME"
-                checks.append(_found(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
+                checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
                 continue
             if (target, on_vm) in seen:
                 continue
