@@ -29,6 +29,10 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("demo.py", "lfs_push"): (1, "the same"),
     ("demo.py", "local_copy"): (1, "the demo's local route"),
     **{
+        ("demo_mirror.py", name): (1, "the demo's second repo takes a route through ms_upload")
+        for name in ("download", "pan_upload", "vm_pull", "ms_upload")
+    },
+    **{
         ("cli/status_view.py", name): (1, "status's table of their short names (its time budget)")
         for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy", "ms_upload")
     },
