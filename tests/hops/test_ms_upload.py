@@ -33,6 +33,7 @@ from relayd.poll import Poller, Source
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer
+from relayd_sandbox.sshd import SandboxSshd
 from relayd_sandbox.systools import require_git_lfs
 from tests.support.hermetic_git import GitClient, hermetic_git
 
@@ -58,7 +59,7 @@ def git_blob_id(data: bytes) -> str:
 class UploadWorld:
     """A catalogue, staging, a VM directory, the ms_upload hop and an engine, against one server."""
 
-    def __init__(self, root: Path, server: GitLfsServer) -> None:
+    def __init__(self, root: Path, server: GitLfsServer, vm: dict[str, Any] | None = None) -> None:
         self.root = root
         self.server = server
         self.vm_root = root / "vm"
@@ -74,7 +75,7 @@ class UploadWorld:
                 "catalogue": {"url": f"sqlite:///{root / 'catalogue.db'}"},
                 "staging": {"dir": str(root / "staging"), "max_bytes": "10 GB", "min_free": "0"},
                 "retry": {"initial": "0.05s", "maximum": "0.5s"},
-                "vm": {"executor": "local", "root": str(self.vm_root)},
+                "vm": {**(vm or {"executor": "local"}), "root": str(self.vm_root)},
                 "modelscope": {
                     "remote": server.base_url + "/{owner}/{name}.git",
                     "token_file": str(self.token_file),
@@ -395,3 +396,62 @@ def test_a_repo_that_keeps_copies_moves_every_file(world: UploadWorld, server: G
     world.poll(HELD, "7" * 40)
     downloads = _hop_transfers(world, "download")
     assert all(not t.handles.get("asked_end") for t in downloads.values())
+
+
+def test_the_token_is_in_no_process_argv_while_a_blob_goes_up(
+    world: UploadWorld, server: GitLfsServer
+) -> None:
+    """Read from /proc while a throttled PUT runs: no process's command line holds the token."""
+    world.add_repo(FROM_STAGING)
+    world.snapshot({"w.safetensors": os.urandom(3 * 1024 * 1024), "README.md": b"# t\n"}, "8" * 40)
+    server.put_bytes_per_second = 1024 * 1024
+    token = server.token.encode()
+    seen: list[str] = []
+    leaks: list[str] = []
+    stop = threading.Event()
+
+    def scan() -> None:
+        while not stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    argv = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"relayd-agent" in argv or b"relayd.vm.agent" in argv:
+                    seen.append(argv.decode(errors="replace"))
+                if token in argv:
+                    leaks.append(argv.decode(errors="replace"))
+            time.sleep(0.01)
+
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    try:
+        world.run()
+    finally:
+        stop.set()
+        scanner.join()
+    assert world.snapshot_transfer().state == DONE
+    assert leaks == []
+    assert seen, "the scan never saw the agent"
+
+
+def test_blobs_go_up_from_a_vm_reached_over_ssh(
+    tmp_path: Path, server: GitLfsServer, sshd: SandboxSshd, git: GitClient
+) -> None:
+    """The VM over OpenSSH: the agent is shipped as a zip and uploads from the VM's files, no git."""
+    vm = {"executor": "ssh", "host": sshd.host, "ssh_config_file": str(sshd.ssh_config_file)}
+    world = UploadWorld(tmp_path / "world", server, vm=vm)
+    try:
+        world.add_repo(FROM_VM)
+        files = {"model.safetensors": os.urandom(150_000), "README.md": b"# over ssh\n"}
+        world.snapshot(files, "c" * 40)
+        world.run(timeout=120)
+        finish = world.snapshot_transfer()
+        assert finish.state == DONE, finish.last_error
+        tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+        assert tree["model.safetensors"] == sha(files["model.safetensors"])
+        assert (world.vm_root / ".relayd-git" / "ms-inline").is_dir()  # README kept on the VM
+    finally:
+        world.close()
