@@ -1,23 +1,23 @@
 #!/usr/bin/env python3
-"""Benchmark the download hop on the fake Hub against aria2c and hf_hub_download (docs/benchmarks.md).
+"""Benchmark the download hop on the fake Hub against aria2c and hf_hub_download, over plain HTTP and over
+TLS (docs/benchmarks.md, issue 19).
 
-Everything runs in one process tree on this machine, against one fake Hub (started here) serving one
-generated file: relayd runs as `relayd run --once` in a subprocess (so /usr/bin/time sees only relayd),
-aria2c and hf_hub_download run as subprocesses too.
+Everything runs on this machine against one fake Hub per scheme (started here) serving one generated
+file from its CDN origin, plain or HTTPS with a certificate of the sandbox's throwaway CA: relayd runs
+as `relayd run --once` at its defaults (`hub.ca_bundle` naming the CA), aria2c as `aria2c -x16 -s16`
+(`--ca-certificate`), hf_hub_download in its own Python (`SSL_CERT_FILE`), each under /usr/bin/time -v.
 
-    .venv/bin/python bench/download_bench.py                       # the full run (about 6 minutes)
-    .venv/bin/python bench/download_bench.py --size 256MiB --big 1GiB --skip-hf   # a quick look
+    .venv/bin/python bench/download_bench.py                   # the full run (about 10 minutes)
+    .venv/bin/python bench/download_bench.py --size 512MiB --big 0 --rounds 1   # a quick look
 
-Measured:
-  capped    each connection limited to --cap bytes/s (20 MB/s): aria2c -x N -s N, relayd at N
-            connections for a sweep of N, relayd at its defaults, hf_hub_download (HF_HUB_DISABLE_XET=1)
-  uncapped  the disk's write rate (write + fsync), the sha1+sha256 hashing rate (two threads, as relayd
-            hashes), relayd at a sweep of connection counts and at its defaults, aria2c -x 16
-  memory    peak RSS of relayd downloading the --big file at its defaults (/usr/bin/time -v)
-
-relayd's time is its transfer's started_at → finished_at in the catalogue (metadata, pieces, hash
-verification, rename into staging); aria2c's is its process's wall time; hf_hub_download's is the call
-itself, timed inside its process. Results go to --results (JSON) and are printed as Markdown.
+For each scheme (plain, tls) and each mode (capped: every connection limited to --cap bytes/s, 20 MB/s;
+uncapped), --rounds rounds of aria2c and relayd, and one of hf_hub_download (uncapped only unless
+--hf-capped: one connection at 20 MB/s takes minutes). Recorded per run: the process's wall time, the
+transfer time (relayd: its transfer's started_at → finished_at in the catalogue, i.e. metadata, pieces,
+hash verification, rename into staging; aria2c: its wall time; hf_hub_download: the call, timed inside
+its process), CPU seconds (user + sys) per GiB, peak RSS and the load average before the run. Then the
+CPU cost of sha1 + sha256 per GiB (what relayd computes and aria2c does not), and peak RSS of relayd
+fetching the --big file over TLS. Results go to --results (JSON) and are printed as Markdown.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Transfer
 from relayd.catalogue.store import RepoSpec, Store
-from relayd.digest import PrefixHasher
 from relayd.units import parse_size
 from relayd_sandbox.hub import FakeHub, Generated
+from relayd_sandbox.tls import ThrowawayCA
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 MB = 1000 * 1000
 REPO = "bench/model"
 BIG_REPO = "bench/big"
@@ -55,48 +56,6 @@ BIN = Path(sys.executable).parent
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# -- references -------------------------------------------------------------------------------------
-
-
-def disk_write_rate(directory: Path, size: int) -> float:
-    """Return bytes/s for writing *size* bytes of incompressible data to a file and fsyncing it."""
-    block = os.urandom(64 * MiB)
-    path = directory / "disk-write-test"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        started = time.perf_counter()
-        written = 0
-        while written < size:
-            written += os.write(fd, memoryview(block)[: min(len(block), size - written)])
-        os.fsync(fd)
-        elapsed = time.perf_counter() - started
-    finally:
-        os.close(fd)
-        path.unlink()
-    return size / elapsed
-
-
-def hash_rates(size: int) -> dict[str, float]:
-    """Return bytes/s for sha1+sha256 as relayd computes them (PrefixHasher: one thread per hash),
-    and for each hash alone."""
-    block = memoryview(os.urandom(64 * MiB))
-    rounds = max(1, size // len(block))
-    hasher = PrefixHasher(rounds * len(block))
-    started = time.perf_counter()
-    for _ in range(rounds):
-        hasher.update(block)
-    both = rounds * len(block) / (time.perf_counter() - started)
-    hasher.close()
-    rates = {"sha1+sha256 (PrefixHasher, 2 threads)": both}
-    for name in ("sha256", "sha1"):
-        digest = hashlib.new(name)
-        started = time.perf_counter()
-        for _ in range(max(1, rounds // 4)):
-            digest.update(block)
-        rates[f"{name} alone"] = max(1, rounds // 4) * len(block) / (time.perf_counter() - started)
-    return rates
 
 
 # -- the contenders ---------------------------------------------------------------------------------
@@ -110,8 +69,10 @@ def run_relayd(
     repo: str,
     size: int,
     connections: int | None = None,
+    ca: Path | None = None,
 ) -> dict[str, Any]:
-    """Relay *repo* with `relayd run --once` (connections None = relayd's default); return the result."""
+    """Relay *repo* with `relayd run --once` (connections None = relayd's default; *ca* trusted through
+    hub.ca_bundle); return the result."""
     root = work / f"relayd-{label}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -119,6 +80,8 @@ def run_relayd(
     hub_lines = [f'endpoint = "{hub.endpoint}"', 'token_env = "RELAYD_BENCH_NO_TOKEN"']
     if connections is not None:
         hub_lines.append(f"connections = {connections}")
+    if ca is not None:
+        hub_lines.append(f'ca_bundle = "{ca}"')
     config.write_text(
         f"""
 [daemon]
@@ -160,6 +123,7 @@ min_free = "0"
         "seconds": seconds,
         "wall": wall,
         "MB/s": size / seconds / MB,
+        "size": size,
         "served_MiB": (hub.bytes_served() - served) / MiB,
         "load": load,
         **time_v(process.stderr),
@@ -182,7 +146,7 @@ def time_v(stderr: str) -> dict[str, float]:
     return found
 
 
-def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, Any]:
+def run_aria2c(url: str, work: Path, size: int, connections: int, ca: Path | None = None) -> dict[str, Any]:
     target = work / "aria2c"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -204,6 +168,7 @@ def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, A
         str(target),
         "-o",
         "out.bin",
+        *([f"--ca-certificate={ca}"] if ca is not None else []),
         url,
     ]
     load = os.getloadavg()[0]
@@ -217,7 +182,9 @@ def run_aria2c(url: str, work: Path, size: int, connections: int) -> dict[str, A
         "label": f"aria2c -x {connections} -s {connections}",
         "connections": connections,
         "seconds": seconds,
+        "wall": seconds,
         "MB/s": size / seconds / MB,
+        "size": size,
         "load": load,
         **time_v(process.stderr),
     }
@@ -233,7 +200,7 @@ print(time.perf_counter() - started)
 """
 
 
-def run_hf(hub: FakeHub, work: Path, size: int) -> dict[str, Any]:
+def run_hf(hub: FakeHub, work: Path, size: int, ca: Path | None = None) -> dict[str, Any]:
     target = work / "hf"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -244,13 +211,18 @@ def run_hf(hub: FakeHub, work: Path, size: int) -> dict[str, Any]:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
+    if ca is not None:
+        env["SSL_CERT_FILE"] = str(ca)  # httpx's trust_env reads it
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-c", HF_SCRIPT, hub.endpoint, REPO, WEIGHTS, str(target)],
+        ["/usr/bin/time", "-v", sys.executable, "-c", HF_SCRIPT, hub.endpoint, REPO, WEIGHTS, str(target)],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
+    wall = time.perf_counter() - started
     seconds = float(process.stdout.strip().splitlines()[-1])
     assert (target / WEIGHTS).stat().st_size == size
     shutil.rmtree(target, ignore_errors=True)
@@ -259,11 +231,30 @@ def run_hf(hub: FakeHub, work: Path, size: int) -> dict[str, Any]:
         "label": "hf_hub_download",
         "connections": 1,
         "seconds": seconds,
+        "wall": wall,
         "MB/s": size / seconds / MB,
+        "size": size,
+        "load": load,
+        **time_v(process.stderr),
     }
 
 
 # -- the run ----------------------------------------------------------------------------------------
+
+
+def hash_cpu_per_gib(size: int) -> float:
+    """Return the CPU seconds sha1 and sha256 cost per GiB (each alone in this thread, added: what
+    relayd computes and aria2c does not), as CPU time, so a loaded machine does not inflate it."""
+    block = memoryview(os.urandom(64 * MiB))
+    rounds = max(1, size // len(block))
+    cost = 0.0
+    for name in ("sha1", "sha256"):
+        digest = hashlib.new(name)
+        started = time.thread_time()
+        for _ in range(rounds):
+            digest.update(block)
+        cost += (time.thread_time() - started) / (rounds * len(block) / GiB)
+    return cost
 
 
 def main() -> int:
@@ -272,21 +263,22 @@ def main() -> int:
     )
     parser.add_argument("--workdir", type=Path, default=Path("/work/bench-download"))
     parser.add_argument("--size", default="2 GiB", help="the benchmark file (default 2 GiB)")
-    parser.add_argument("--big", default="8 GiB", help="the file for peak RSS (default 8 GiB)")
+    parser.add_argument("--big", default="8 GiB", help="the file for peak RSS, over TLS (0: skip)")
     parser.add_argument("--cap", type=float, default=20 * MB, help="bytes/s per connection (default 20 MB/s)")
-    parser.add_argument("--sweep", default="1,4,8,16,32", help="connection counts to try")
-    parser.add_argument("--skip-hf", action="store_true", help="skip hf_hub_download (slow when capped)")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of the head-to-head runs")
-    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of aria2c and relayd per case")
+    parser.add_argument("--schemes", default="plain,tls", help="which CDN schemes to run")
+    parser.add_argument("--modes", default="capped,uncapped", help="which modes to run")
+    parser.add_argument("--skip-hf", action="store_true", help="skip hf_hub_download")
+    parser.add_argument("--hf-capped", action="store_true", help="run hf_hub_download capped too (slow)")
     parser.add_argument(
         "--results", type=Path, default=Path("/tmp/download-bench-results.json"), help="where to write JSON"
     )
     args = parser.parse_args()
     size, big = parse_size(args.size), parse_size(args.big)
-    sweep = [int(n) for n in args.sweep.split(",")]
     work: Path = args.workdir
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    ca = ThrowawayCA.create(work / "ca")
     results: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -298,61 +290,58 @@ def main() -> int:
         "size": size,
         "big": big,
         "cap": args.cap,
+        "runs": [],
     }
-    hub = FakeHub(work / "hub").start()
     try:
-        log(f"generating {size / MiB:.0f} MiB and {big / MiB:.0f} MiB files on the fake Hub")
-        hub.create_repo(REPO, files={WEIGHTS: Generated(size, seed=1)})
-        hub.create_repo(BIG_REPO, files={WEIGHTS: Generated(big, seed=2)})
-        url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
-
-        def relayd(label: str, connections: int | None = None) -> dict[str, Any]:
-            result = run_relayd(hub, work, label, repo=REPO, size=size, connections=connections)
-            log(f"  {label}: {result['MB/s']:.0f} MB/s (load {result['load']:.1f})")
-            return result
-
-        def aria2c(label: str) -> dict[str, Any]:
-            result = run_aria2c(url, work, size, 16)
-            log(f"  {label}: {result['MB/s']:.0f} MB/s (load {result['load']:.1f})")
-            return result
-
-        log("uncapped (with the disk's write rate and the hashing rate measured in every round)")
-        results["uncapped_sweep"] = [relayd(f"relayd, {n} connections", n) for n in sweep]
-        results["uncapped"] = []
-        results["disk_write_Bps"] = []
-        results["hash_Bps"] = []
-        for _ in range(args.repeat):
-            results["disk_write_Bps"].append(disk_write_rate(work, size))
-            results["hash_Bps"].append(hash_rates(size))
-            log(
-                f"  disk {results['disk_write_Bps'][-1] / MB:.0f} MB/s, hashing "
-                f"{next(iter(results['hash_Bps'][-1].values())) / MB:.0f} MB/s"
-            )
-            results["uncapped"].append(relayd("relayd, defaults"))
-            results["uncapped"].append(aria2c("aria2c -x 16 -s 16"))
-
-        log(f"peak RSS on {big / MiB:.0f} MiB")
-        results["memory"] = run_relayd(hub, work, "rss", repo=BIG_REPO, size=big)
-        log(f"  {results['memory']['peak_rss_MiB']:.0f} MiB at {results['memory']['MB/s']:.0f} MB/s")
-
-        log(f"capped at {args.cap / MB:.0f} MB/s per connection")
-        hub.bandwidth_cap = args.cap
-        results["capped_sweep"] = [relayd(f"relayd, {n} connections", n) for n in sweep if n not in (1, 16)]
-        results["capped"] = []
-        for _ in range(args.repeat):
-            results["capped"].append(aria2c("aria2c -x 16 -s 16"))
-            results["capped"].append(relayd("relayd, 16 connections", 16))
-            results["capped"].append(relayd("relayd, defaults"))
-        if not args.skip_hf:
-            results["capped"].append(run_hf(hub, work, size))
-            log(f"  hf_hub_download: {results['capped'][-1]['MB/s']:.0f} MB/s")
+        for scheme in args.schemes.split(","):
+            trusted = ca.ca_cert if scheme == "tls" else None
+            hub = FakeHub(work / f"hub-{scheme}", cdn_tls=ca.server_context if trusted else None).start()
+            try:
+                log(f"{scheme}: generating {size / MiB:.0f} MiB on the fake Hub (CDN {hub.cdn_url})")
+                hub.create_repo(REPO, files={WEIGHTS: Generated(size, seed=1)})
+                url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
+                for mode in args.modes.split(","):
+                    hub.bandwidth_cap = args.cap if mode == "capped" else None
+                    case = {"scheme": scheme, "mode": mode}
+                    for _ in range(args.rounds):
+                        for row in (
+                            run_aria2c(url, work, size, 16, trusted),
+                            run_relayd(hub, work, "relayd, defaults", repo=REPO, size=size, ca=trusted),
+                        ):
+                            results["runs"].append({**row, **case})
+                            log(f"  {scheme} {mode} {row['label']}: {_line(row)}")
+                    if not args.skip_hf and (mode == "uncapped" or args.hf_capped):
+                        row = {**run_hf(hub, work, size, trusted), **case}
+                        results["runs"].append(row)
+                        log(f"  {scheme} {mode} {row['label']}: {_line(row)}")
+                if big and scheme == "tls":
+                    hub.bandwidth_cap = None
+                    log(f"peak RSS on {big / MiB:.0f} MiB over TLS")
+                    hub.create_repo(BIG_REPO, files={WEIGHTS: Generated(big, seed=2)})
+                    results["memory"] = run_relayd(hub, work, "rss", repo=BIG_REPO, size=big, ca=trusted)
+                    memory = results["memory"]
+                    log(f"  {_line(memory)}, peak RSS {memory['peak_rss_MiB']:.0f} MiB")
+            finally:
+                hub.stop()
+                shutil.rmtree(work / f"hub-{scheme}", ignore_errors=True)  # the generated files
+        results["hash_cpu_per_GiB"] = hash_cpu_per_gib(min(size, GiB))
     finally:
-        hub.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     args.results.write_text(json.dumps(results, indent=2))
     print(report(results))
     return 0
+
+
+def _cpu(row: dict[str, Any]) -> float:
+    """Return CPU seconds (user + sys) per GiB of the run."""
+    return float((row.get("user_s", 0.0) + row.get("sys_s", 0.0)) / (row["size"] / GiB))
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"{row['MB/s']:.0f} MB/s, transfer {row['seconds']:.2f} s, wall {row['wall']:.2f} s, "
+        f"{_cpu(row):.2f} CPU-s/GiB (load {row.get('load', 0):.1f})"
+    )
 
 
 def _version(command: list[str]) -> str:
@@ -370,79 +359,69 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def _median_rate(rows: list[dict[str, Any]], label: str) -> float:
-    return float(statistics.median(row["MB/s"] for row in rows if row["label"] == label))
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(row[key] for row in rows)) if rows else float("nan")
 
 
 def _summary(results: dict[str, Any]) -> list[str]:
-    """Return the goals of issue #3 checked against the medians."""
+    """Return the goals of issue 19 checked against the medians of each case."""
     lines = []
-    capped = results.get("capped", [])
-    relayd16 = _median_rate(capped, "relayd, 16 connections")
-    aria = _median_rate(capped, "aria2c -x 16 -s 16")
-    defaults = _median_rate(capped, "relayd, defaults")
-    lines.append(
-        f"capped: relayd at 16 connections / aria2c -x 16 -s 16 = {relayd16 / aria:.2f}× (goal ≥ 1.0×)"
-    )
-    hf = [row["MB/s"] for row in capped if row["tool"] == "hf_hub_download"]
-    if hf:
-        lines.append(
-            f"capped: relayd at its defaults / hf_hub_download = {defaults / hf[0]:.1f}× (goal ≥ 5×)"
-        )
-    uncapped = _median_rate(results["uncapped"], "relayd, defaults")
-    disk = statistics.median(results["disk_write_Bps"]) / MB
-    hashing = statistics.median(next(iter(r.values())) for r in results["hash_Bps"]) / MB
-    lower = min(disk, hashing)
-    lines.append(
-        f"uncapped: relayd at its defaults {uncapped:.0f} MB/s = {uncapped / lower:.0%} of "
-        f"min(disk {disk:.0f}, hashing {hashing:.0f}) MB/s (goal ≥ 80 %)"
-    )
+    runs = results["runs"]
+    hashing = results.get("hash_cpu_per_GiB", 0.0)
+    for scheme in ("plain", "tls"):
+        for mode in ("capped", "uncapped"):
+            case = [r for r in runs if r["scheme"] == scheme and r["mode"] == mode]
+            relayd = [r for r in case if r["tool"] == "relayd"]
+            aria = [r for r in case if r["tool"] == "aria2c"]
+            if not relayd or not aria:
+                continue
+            transfer = _median(aria, "seconds") / _median(relayd, "seconds")
+            wall = _median(aria, "wall") / _median(relayd, "wall")
+            goal = 1.1 if mode == "capped" else 1.0
+            cpu_r = statistics.median(_cpu(r) for r in relayd)
+            cpu_a = statistics.median(_cpu(r) for r in aria)
+            lines.append(
+                f"{scheme}, {mode}: throughput relayd/aria2c {transfer:.2f}× on transfer time "
+                f"(goal ≥ {goal}×: {'met' if transfer >= goal else 'NOT MET'}), {wall:.2f}× on wall time "
+                f"(goal ≥ 1.0×: {'met' if wall >= 1.0 else 'NOT MET'}); CPU {cpu_r:.2f} vs {cpu_a:.2f} "
+                f"CPU-s/GiB, aria2c + hashes = {cpu_a + hashing:.2f} "
+                f"({'met' if cpu_r <= cpu_a + hashing else 'NOT MET'})"
+            )
     memory = results.get("memory")
     if memory:
+        rss = memory["peak_rss_MiB"]
         lines.append(
-            f"peak RSS on {results['big'] / MiB:.0f} MiB: {memory['peak_rss_MiB']:.0f} MiB (goal ≤ 150)"
+            f"peak RSS on {results['big'] / MiB:.0f} MiB over TLS: {rss:.0f} MiB "
+            f"(goal ≤ 150: {'met' if rss <= 150 else 'NOT MET'})"
         )
     return lines
 
 
 def report(results: dict[str, Any]) -> str:
     """Return the results as Markdown tables."""
-    lines = [f"file {results['size'] / MiB:.0f} MiB; cap {results['cap'] / MB:.0f} MB/s per connection", ""]
-    header = [
-        "| run | seconds | MB/s | CPU user+sys s | peak RSS MiB | load |",
-        "| --- | --- | --- | --- | --- | --- |",
+    lines = [
+        f"file {results['size'] / MiB:.0f} MiB; cap {results['cap'] / MB:.0f} MB/s per connection; "
+        f"{results['machine']['cpus']} CPUs ({results['machine']['cpu']}); load at start "
+        f"{', '.join(f'{x:.2f}' for x in results['machine']['load_at_start'])}",
+        "",
+        "| scheme | mode | tool | transfer s | wall s | MB/s | CPU-s/GiB | peak RSS MiB | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for title, key in (
-        ("capped, head to head", "capped"),
-        ("capped, connection sweep", "capped_sweep"),
-        ("uncapped, head to head", "uncapped"),
-        ("uncapped, connection sweep", "uncapped_sweep"),
-    ):
-        lines += [f"**{title}**", "", *header]
-        for row in results.get(key, []):
-            cpu = row.get("user_s", 0.0) + row.get("sys_s", 0.0)
-            rss = row.get("peak_rss_MiB")
-            lines.append(
-                f"| {row['label']} | {row['seconds']:.2f} | {row['MB/s']:.0f} | {cpu:.1f} | "
-                f"{'' if rss is None else f'{rss:.0f}'} | {row.get('load', 0):.1f} |"
-            )
-        lines.append("")
-    disk = statistics.median(results["disk_write_Bps"])
-    lines.append(
-        f"disk write (write + fsync of the file's size), per round: "
-        f"{', '.join(f'{rate / MB:.0f}' for rate in results['disk_write_Bps'])} MB/s (median {disk / MB:.0f})"
-    )
-    for name in results["hash_Bps"][0]:
-        rates = [round_[name] for round_ in results["hash_Bps"]]
+    for row in results["runs"]:
+        rss = row.get("peak_rss_MiB")
         lines.append(
-            f"{name}, per round: {', '.join(f'{rate / MB:.0f}' for rate in rates)} MB/s "
-            f"(median {statistics.median(rates) / MB:.0f})"
+            f"| {row['scheme']} | {row['mode']} | {row['label']} | {row['seconds']:.2f} | "
+            f"{row['wall']:.2f} | {row['MB/s']:.0f} | {_cpu(row):.2f} | "
+            f"{'' if rss is None else f'{rss:.0f}'} | {row.get('load', 0):.1f} |"
         )
+    lines.append("")
+    if "hash_cpu_per_GiB" in results:
+        lines.append(f"sha1 + sha256: {results['hash_cpu_per_GiB']:.2f} CPU-s per GiB (each alone, added)")
     memory = results.get("memory")
     if memory:
         lines.append(
-            f"peak RSS, {results['big'] / MiB:.0f} MiB file at defaults: {memory['peak_rss_MiB']:.0f} MiB "
-            f"({memory['MB/s']:.0f} MB/s)"
+            f"peak RSS, {results['big'] / MiB:.0f} MiB file over TLS at defaults: "
+            f"{memory['peak_rss_MiB']:.0f} MiB ({memory['MB/s']:.0f} MB/s, {_cpu(memory):.2f} CPU-s/GiB)"
         )
     lines += ["", *[f"- {line}" for line in _summary(results)]]
     return "\n".join(lines)

@@ -68,6 +68,23 @@ __all__ = [
 ]
 
 
+def _ca_bundle(reader: SectionReader) -> Path | None:
+    """Read a section's ``ca_bundle``: a PEM file of CA certificates trusted besides the system's.
+    A file that is missing or holds no certificate is an error naming the key."""
+    path = reader.path("ca_bundle", "")
+    if path is None:
+        return None
+    from relayd.vm.agent.proxy import new_client_context
+
+    try:
+        new_client_context(str(path))
+    except OSError as exc:  # ssl.SSLError included: no certificate in it
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        expected = f"a readable PEM file of CA certificates ({reason})"
+        raise reader.error("ca_bundle", expected, str(path)) from None
+    return path
+
+
 def _proxy(reader: SectionReader) -> str:
     """Read a section's ``proxy``: "" (the environment's HTTP(S)_PROXY, ALL_PROXY, NO_PROXY) or an
     http:// proxy URL with its port (curl, and so git, would assume 1080 where Python's clients assume
@@ -160,6 +177,7 @@ def _hub(reader: SectionReader) -> HubConfig:
         default_every=reader.duration("default_every", "1h", minimum=10),
         stall_timeout=reader.duration("stall_timeout", "60s", minimum=1),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
     )
     reader.finish()
     return config
@@ -181,6 +199,7 @@ def _drive(reader: SectionReader) -> DriveConfig:
         timeout=reader.duration("timeout", "60s", minimum=1),
         url_lifetime=reader.duration("url_lifetime", "4h", minimum=60),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
     )
     reader.finish()
     return config
@@ -215,6 +234,7 @@ def _vm(reader: SectionReader) -> VmConfig:
         piece_size=reader.size("piece_size", "64 MiB", minimum=64 * 1024),
         from_staging=reader.boolean("from_staging", False),
         proxy=_proxy(reader),
+        ca_bundle=_ca_bundle(reader),
         identity_credential=reader.credential("identity_credential") or None,
         known_hosts_credential=reader.credential("known_hosts_credential") or None,
     )

@@ -136,6 +136,8 @@ class HubConfig:
     stall_timeout: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class DriveConfig:
     url_lifetime: float
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class VmConfig:
     from_staging: bool
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: A PEM file of CAs to trust besides the system's (a private CA, a TLS-inspecting proxy's).
+    ca_bundle: Path | None = None
     # The SSH key and known_hosts as systemd credentials (names in $CREDENTIALS_DIRECTORY), instead of
     # identity_file / known_hosts_file.
     identity_credential: str | None = None

@@ -7,101 +7,55 @@ path. `relayd run --once` polls every repo once and runs until nothing is runnab
 
 from __future__ import annotations
 
-import fcntl
+import gc
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from relayd import __version__
-from relayd.catalogue import migrate
-from relayd.catalogue.db import is_sqlite, sqlite_path
-from relayd.catalogue.queries import instance_lock_path
+from relayd.catalogue.db import is_sqlite
+from relayd.catalogue.queries import open_reader, schema_at_head
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import HopRules, Store, new_owner_id, utcnow
 from relayd.catalogue.store.claims import repo_info
 from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
-from relayd.errors import ConfigError, InstanceLocked, RelayError
+from relayd.errors import ConfigError, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext
+from relayd.instance_lock import instance_lock
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.metrics import Metrics, MetricsServer
-from relayd.notify import Notifier as WebhookNotifier
 from relayd.poll import AskEnd, Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
 from relayd.staging import Staging
-from relayd.web.access import resolve_token
-from relayd.web.server import WebServer, serve
-from relayd.web.throughput import Throughput
+
+if TYPE_CHECKING:  # the metrics, the web server and Alembic are imported when a run uses them
+    from relayd.metrics import MetricsServer
+    from relayd.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
 RECONCILE_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 10.0
-LOCK_TRIES = 10
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 #: Everything relayd creates (state, catalogue, staging, tokens, the VM's files through its children) is
 #: its user's alone, whatever umask it was started with.
 PRIVATE_UMASK = 0o077
-
-
-@contextmanager
-def instance_lock(config: Config) -> Iterator[Path | None]:
-    """Hold the one-daemon-per-catalogue lock (SQLite catalogues only; a shared server database is
-    built for several daemons). Raise InstanceLocked naming the holder."""
-    database = sqlite_path(config.catalogue.url)
-    if database is None:
-        yield None
-        return
-    lock_path = instance_lock_path(database)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = lock_path.open("a+")
-    try:
-        _take_lock(handle)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise InstanceLocked(
-            f"another relayd (pid {holder}) is already running for {database} (lock file {lock_path}); "
-            "stop it first, or give this one its own catalogue"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    try:
-        yield lock_path
-    finally:
-        handle.close()
-
-
-def _take_lock(handle: IO[str]) -> None:
-    """Take the instance lock, trying a few times within half a second: `relayctl status` holds it
-    shared for an instant to see whether a daemon runs. Raise BlockingIOError if another holds it."""
-    for _ in range(LOCK_TRIES - 1):
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            time.sleep(0.5 / LOCK_TRIES)
-        else:
-            return
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
@@ -216,13 +170,13 @@ class Daemon:
         config = self.config
         register_secrets(config)
         if config.web.listen and not once:
+            from relayd.web.access import resolve_token
+
             resolve_token(config.web)  # an unusable token refuses the start, before anything runs
         with instance_lock(config):
             store = Store(config.catalogue.url)
             try:
-                migrate.ensure_schema(
-                    store.engine, auto_upgrade=config.catalogue.auto_upgrade, config_path=self.config_path
-                )
+                self._check_schema(store)
                 if is_sqlite(config.catalogue.url):
                     orphans = store.reset_orphaned()
                     if orphans:
@@ -232,6 +186,21 @@ class Daemon:
                 return self._serve(store, once=once)
             finally:
                 store.close()
+
+    def _check_schema(self, store: Store) -> None:
+        """Create a new catalogue at head, upgrade it (catalogue.auto_upgrade), or raise SchemaMismatch.
+        A catalogue already at head is told without importing Alembic (a second of start-up)."""
+        reader = open_reader(self.config.catalogue.url)
+        try:
+            if schema_at_head(reader):
+                return
+        finally:
+            reader.close()
+        from relayd.catalogue import migrate
+
+        migrate.ensure_schema(
+            store.engine, auto_upgrade=self.config.catalogue.auto_upgrade, config_path=self.config_path
+        )
 
     def _serve(self, store: Store, *, once: bool) -> int:
         config = self.config
@@ -253,6 +222,9 @@ class Daemon:
         self.poller = Poller(store, sources, source_for_hop, config.retry, end_asker(config, hops))
         self.store = store
         self.engine = Engine(store, staging, hops, ctx, self._engine_settings(config, hops))
+        # What start-up built (modules, the config, the hops) lives as long as the process: keep the
+        # garbage collector from walking it again on every full collection while bytes flow.
+        gc.freeze()
         if once:
             return self._run_once()
         return self._run_forever()
@@ -278,6 +250,9 @@ class Daemon:
 
     def _run_forever(self) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
+
+        from relayd.notify import Notifier as WebhookNotifier
+        from relayd.web.throughput import Throughput
 
         self.install_signals()
         self.scheduler = BackgroundScheduler(
@@ -339,6 +314,8 @@ class Daemon:
     def _start_metrics(self) -> MetricsServer | None:
         if not self.config.metrics.listen:
             return None
+        from relayd.metrics import Metrics, MetricsServer
+
         metrics = Metrics(self.store)
         try:
             server = MetricsServer(metrics, self.config.metrics.listen)
@@ -355,6 +332,8 @@ class Daemon:
         listen = self.config.web.listen
         if not listen:
             return None
+        from relayd.web.server import serve
+
         try:
             server = serve(self.config, self.store, self.throughput)
         except (ConfigError, OSError) as exc:
@@ -374,6 +353,8 @@ class Daemon:
         """Keep serving with the new config when [web] and its token are unchanged; else restart."""
         new = self.config
         if self.web is not None and old.web == new.web:
+            from relayd.web.access import resolve_token
+
             try:
                 same = resolve_token(new.web) == self.web.app.access.token
             except ConfigError:

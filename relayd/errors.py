@@ -63,6 +63,7 @@ class ErrorClass(enum.StrEnum):
     STAGING = "staging"
     STALL = "stall"
     TIMEOUT = "timeout"
+    TLS = "tls"
     TOO_LARGE = "too_large"
     UPLOAD_EXPIRED = "upload_expired"
     UPSTREAM = "upstream"

@@ -6,7 +6,8 @@ A range is good only as a ``206`` whose ``Content-Range`` is exactly the range a
 expected, and whose body is complete. Everything else is raised as a ``RangeError`` subclass that says
 what to do next: retry the range (``RangeIgnored``, ``BadContentRange``, ``ShortBody``, ``Stalled``,
 ``ConnectionLost``, ``ServerError``), fetch a fresh location (``LocationRefused``, ``RangeNotSatisfiable``)
-or wait (``RateLimited``). Redirects are followed by hand so that credentials go only to the origin they
+or wait (``RateLimited``); a certificate this machine does not trust is ``Untrusted`` (waiting does not
+fix it). Redirects are followed by hand so that credentials go only to the origin they
 belong to. Connections go through the configured proxy or the environment's (``HTTPS_PROXY``,
 ``NO_PROXY``, …; relayd/vm/agent/proxy.py decides, as it does for every client relayd runs).
 """
@@ -40,6 +41,7 @@ __all__ = [
     "Stalled",
     "Stopped",
     "UnexpectedStatus",
+    "Untrusted",
 ]
 
 Origin = tuple[str, str, int]
@@ -110,6 +112,11 @@ class ServerError(RangeError):
 class ProxyUnusable(RangeError):
     """The proxy setting that applies to the URL is not an HTTP proxy relayd can use, or the proxy
     wants credentials (407)."""
+
+
+class Untrusted(RangeError):
+    """The origin's TLS certificate is not signed by an authority the client trusts (or names
+    another host)."""
 
 
 class UnexpectedStatus(RangeError):
@@ -303,6 +310,11 @@ class RangeClient:
                     connection.sock.settimeout(self.connect_timeout)
                 connection.request("GET", path, headers=headers)
                 response = connection.getresponse()
+            except ssl.SSLCertVerificationError as exc:
+                self._drop(origin)
+                why = exc.verify_message or exc.reason or str(exc)
+                where = self._where(origin)
+                raise Untrusted(f"the TLS certificate of {where} is not trusted: {why}") from exc
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
                 self._drop(origin)
                 if reused and attempt == 0:

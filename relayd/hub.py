@@ -132,7 +132,7 @@ class HubClient:
         self.config = config
         self.endpoint = config.endpoint.rstrip("/")
         self.origin = origin_of(self.endpoint)
-        route_hub_session(config.proxy)
+        route_hub_session(config.proxy, config.ca_bundle)
 
     # -- credentials -------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ REASON = re.compile(rf"\bover {LIMIT} lines (because|since|:)", re.IGNORECASE)
 SPLITTING = frozenset(
     {
         "relayd/drive/aligo_backend.py",
-        "relayd/hops/download.py",
     }
 )
 

@@ -106,7 +106,7 @@ class App:
 
     def reader(self) -> Reader:
         """Return a read-only view of the catalogue for status, after the same schema check."""
-        from relayd.catalogue.queries import open_reader, sqlite_file
+        from relayd.catalogue.queries import open_reader, schema_at_head, sqlite_file
 
         url = self.config.catalogue.url
         path = sqlite_file(url)
@@ -115,7 +115,7 @@ class App:
             self.store()
         reader = open_reader(url)
         self._closers.append(reader.close)
-        if self._store is None and not _at_head(reader):
+        if self._store is None and not schema_at_head(reader):
             self.store()
         return reader
 
@@ -124,11 +124,11 @@ class App:
 
         The common case (already at head) is answered without importing Alembic.
         """
-        from relayd.catalogue.queries import open_reader
+        from relayd.catalogue.queries import open_reader, schema_at_head
 
         reader = open_reader(self.config.catalogue.url)
         try:
-            if _at_head(reader):
+            if schema_at_head(reader):
                 return
         finally:
             reader.close()
@@ -140,14 +140,6 @@ class App:
         for closer in reversed(self._closers):
             closer()
         self._closers.clear()
-
-
-def _at_head(reader: Reader) -> bool:
-    from relayd.catalogue.queries import schema_revision
-    from relayd.catalogue.revisions import fast_head_revision
-
-    head = fast_head_revision()
-    return head is not None and schema_revision(reader) == head
 
 
 pass_app = click.make_pass_decorator(App)

@@ -9,20 +9,25 @@ service hands out are used verbatim and need no rewriting.
 
 With ``trust_env`` off requests reads no proxy variable either, so every adapter here picks each
 request's proxy itself: ``drive.proxy``, else ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, with
-``NO_PROXY`` honoured (relayd/vm/agent/proxy.py, the rules every client of relayd follows).
+``NO_PROXY`` honoured (relayd/vm/agent/proxy.py, the rules every client of relayd follows). For the
+same reason ``REQUESTS_CA_BUNDLE`` is not read: ``drive.ca_bundle`` names CAs to trust besides the
+system's (``SSL_CERT_FILE`` applies) and requests' own bundle (certifi).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.models import PreparedRequest, Response
 
-from relayd.vm.agent.proxy import ProxyError, proxy_for
+from relayd.vm.agent.proxy import ProxyError, new_client_context, proxy_for
 
 _log = logging.getLogger(__name__)
 
@@ -41,11 +46,26 @@ ALIGO_HOSTS: tuple[str, ...] = (
 
 class ProxyAdapter(HTTPAdapter):
     """An HTTPAdapter that sends each request straight or through the proxy relayd's rules pick for
-    its URL: *proxy* (``drive.proxy``) or the environment's, unless ``NO_PROXY`` names the host."""
+    its URL: *proxy* (``drive.proxy``) or the environment's, unless ``NO_PROXY`` names the host; with
+    *ca_bundle* (``drive.ca_bundle``) its https connections also trust the CAs of that PEM file."""
 
-    def __init__(self, proxy: str = "") -> None:
+    def __init__(self, proxy: str = "", ca_bundle: Path | None = None) -> None:
+        # Its own context: urllib3 adds requests' bundle to the context of each connection it opens.
+        self._ssl_context: ssl.SSLContext | None = new_client_context(str(ca_bundle)) if ca_bundle else None
         super().__init__()
         self.proxy = proxy
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        if self._ssl_context is not None:
+            pool_kwargs.setdefault("ssl_context", self._ssl_context)
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        if self._ssl_context is not None:
+            proxy_kwargs.setdefault("ssl_context", self._ssl_context)
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
 
     def send(
         self,
@@ -77,8 +97,14 @@ class RedirectAdapter(ProxyAdapter):
     hosts pass through unchanged. The proxy is chosen for the rewritten URL.
     """
 
-    def __init__(self, base_url: str, prefixes: Iterable[str] = ALIGO_HOSTS, proxy: str = "") -> None:
-        super().__init__(proxy)
+    def __init__(
+        self,
+        base_url: str,
+        prefixes: Iterable[str] = ALIGO_HOSTS,
+        proxy: str = "",
+        ca_bundle: Path | None = None,
+    ) -> None:
+        super().__init__(proxy, ca_bundle)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -113,7 +139,11 @@ class RedirectAdapter(ProxyAdapter):
 
 
 def redirect_session(
-    session: requests.Session, api_url: str, prefixes: Iterable[str] = ALIGO_HOSTS, proxy: str = ""
+    session: requests.Session,
+    api_url: str,
+    prefixes: Iterable[str] = ALIGO_HOSTS,
+    proxy: str = "",
+    ca_bundle: Path | None = None,
 ) -> RedirectAdapter:
     """Mount a RedirectAdapter on *session* for each prefix, so aligo's calls go to *api_url*
     (through *proxy* or the environment's, as ProxyAdapter chooses).
@@ -121,16 +151,16 @@ def redirect_session(
     Call it right after constructing ``Aligo`` and before its first request (a constructor that
     finds its token file makes none). Return the adapter.
     """
-    adapter = RedirectAdapter(api_url, prefixes, proxy)
+    adapter = RedirectAdapter(api_url, prefixes, proxy, ca_bundle)
     for prefix in adapter.prefixes:
         session.mount(prefix + "/", adapter)
     return adapter
 
 
-def proxy_session(session: requests.Session, proxy: str = "") -> ProxyAdapter:
+def proxy_session(session: requests.Session, proxy: str = "", ca_bundle: Path | None = None) -> ProxyAdapter:
     """Mount a ProxyAdapter on *session* for every http(s) URL (more specific mounts, such as
     redirect_session's, still win). Return the adapter."""
-    adapter = ProxyAdapter(proxy)
+    adapter = ProxyAdapter(proxy, ca_bundle)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return adapter

@@ -297,7 +297,7 @@ class AligoDrive(Drive):
         self._data = requests.Session()
         # Part URLs are signed; the access token must never go to OSS/CDN hosts, nor a ~/.netrc.
         self._data.trust_env = False
-        proxy_session(self._data, config.proxy)
+        proxy_session(self._data, config.proxy, config.ca_bundle)
         self._data.headers.pop("Authorization", None)
         self._timeout = (min(config.timeout, 30.0), config.timeout)
         # Import aligo now (a daemon builds its drive at start, before worker threads run): the import
@@ -392,9 +392,11 @@ class AligoDrive(Drive):
         auth._refresh_token = self._refresh_on_401
         auth._save = self._save_from_aligo
         auth._log_response = self._on_response
-        proxy_session(ali._session, self.config.proxy)
+        proxy_session(ali._session, self.config.proxy, self.config.ca_bundle)
         if self.config.api_url.rstrip("/") != DEFAULT_API:
-            redirect_session(ali._session, self.config.api_url, proxy=self.config.proxy)
+            redirect_session(
+                ali._session, self.config.api_url, proxy=self.config.proxy, ca_bundle=self.config.ca_bundle
+            )
         self._meta = {
             "source": record.get("source") or "refresh",
             "bootstrap_sha256": record.get("bootstrap_sha256"),
@@ -1228,6 +1230,16 @@ class AligoDrive(Drive):
             with response:
                 status = response.status_code
                 text = _bounded_text(response)
+        except requests.exceptions.SSLError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                raise Retryable(f"TLS with the drive's upload host failed: {exc}") from exc
+            raise NeedsPerson(
+                f"the TLS certificate of the drive's upload host {urlsplit(url).netloc} is not trusted",
+                hint="if it is right (a private CA, or a TLS-inspecting proxy's), trust its CA with "
+                "drive.ca_bundle (a PEM file) or the system's store; otherwise check drive.proxy and the "
+                "network, then `relayctl retry`",
+                error_class=ErrorClass.TLS,
+            ) from exc
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             log.debug("PUT %s: %s", _path_of(url), type(exc).__name__)
             return _PutOutcome.BROKEN, 0, None

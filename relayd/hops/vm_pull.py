@@ -312,6 +312,8 @@ class VmPullHop(Hop):
             raise Retryable(f"{reason}; it is downloaded from the Hub again", error_class=ErrorClass.REUSE)
         params = self._base_params(job, missing)
         params["stall_timeout"] = 60
+        if self.section.ca_bundle is not None:  # CAs the VM trusts besides its own, for the data host
+            params["ca_pem"] = self.section.ca_bundle.read_text(encoding="ascii", errors="replace")
         landed: list[int] = []
         events = self._events(job, landed)
         accepted: list[int] = []

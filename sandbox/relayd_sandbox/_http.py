@@ -1,15 +1,20 @@
-"""Shared plumbing for the sandbox's HTTP servers: a threaded server on a loopback port, a request
-log, and a per-connection bandwidth cap."""
+"""Shared plumbing for the sandbox's HTTP servers: a threaded server on a loopback port (plain HTTP, or
+HTTPS with a certificate of the sandbox's throwaway CA), a request log, sending file ranges, and a
+per-connection bandwidth cap."""
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import BinaryIO
+
+_TLS_CHUNK = 1024 * 1024  # one write of a file range over TLS
 
 
 def free_port() -> int:
@@ -62,15 +67,37 @@ class LoopbackServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer bound to 127.0.0.1 that runs in a daemon thread.
 
     Subclasses set ``handler_class``; the handler reaches the owning object through ``self.server``.
+    With *tls* (a server context, ``relayd_sandbox.tls.ThrowawayCA.server_context``) it speaks HTTPS:
+    each accepted socket is wrapped at once and shakes hands in its own thread, so a client that
+    refuses the certificate costs that thread only.
     """
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, handler_class: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+    def __init__(
+        self, handler_class: type[BaseHTTPRequestHandler], port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         super().__init__(("127.0.0.1", port), handler_class)
+        self.tls = tls
         self._thread: threading.Thread | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except OSError:  # ssl.SSLError included: the client refused the certificate, or left
+                return
+        super().finish_request(request, client_address)
 
     @property
     def port(self) -> int:
@@ -79,7 +106,7 @@ class LoopbackServer(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         """Serve in a background thread until stop()."""
@@ -94,6 +121,19 @@ class LoopbackServer(ThreadingHTTPServer):
         self.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def send_range(connection: socket.socket, fd: int, offset: int, count: int) -> int:
+    """Send up to *count* bytes of the file *fd* from *offset* on *connection*; return how many went.
+
+    A plain socket gets them by ``os.sendfile`` (no copy through Python); a TLS socket by pread and one
+    write (sendfile would bypass the encryption, and ``socket.sendfile`` falls back to 8 KiB writes).
+    """
+    if not isinstance(connection, ssl.SSLSocket):
+        return os.sendfile(connection.fileno(), fd, offset, count)
+    data = os.pread(fd, min(count, _TLS_CHUNK), offset)
+    connection.sendall(data)
+    return len(data)
 
 
 def throttled_chunks(

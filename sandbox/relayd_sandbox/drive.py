@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,9 @@ class FakeDrive:
 
     *root* holds the stored bytes. One user exists from the start (``user``); add more with
     ``add_user``. Knobs that act on "the next N" requests are methods; standing behaviour is in
-    ``settings`` (a DriveSettings), which may be changed at any time.
+    ``settings`` (a DriveSettings), which may be changed at any time. With *data_tls* (a server
+    context, ``relayd_sandbox.tls.ThrowawayCA.server_context``) the data host speaks HTTPS, as OSS and
+    the CDN do; the API host stays plain HTTP.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class FakeDrive:
         user_name: str = "relayd",
         api_port: int = 0,
         data_port: int = 0,
+        data_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +92,7 @@ class FakeDrive:
         self.user = self.store.add_user(user_name)
         self._api_port = api_port
         self._data_port = data_port
+        self._data_tls = data_tls
         self._api: DriveServer | None = None
         self._data: DriveServer | None = None
 
@@ -100,7 +105,7 @@ class FakeDrive:
         take the service down and bring it back while URLs already handed out stay valid.
         """
         self._api = DriveServer(self, "api", self._api_port)
-        self._data = DriveServer(self, "data", self._data_port)
+        self._data = DriveServer(self, "data", self._data_port, self._data_tls)
         self._api_port, self._data_port = self._api.port, self._data.port
         self.store.data_base_url = self._data.base_url
         self._api.start()

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
-from relayd_sandbox._http import LoggedRequest, LoopbackServer
+from relayd_sandbox._http import LoggedRequest, LoopbackServer, send_range
 from relayd_sandbox.drive_records import (
     DOWNLOAD_PREFIX,
     JSON,
@@ -51,8 +52,8 @@ class DriveServer(LoopbackServer):
     """A LoopbackServer that knows its FakeDrive and role, and cuts its open connections on stop,
     so a stopped fake really stops answering (even on keep-alive connections)."""
 
-    def __init__(self, fake: FakeDrive, role: str, port: int) -> None:
-        super().__init__(_Handler, port)
+    def __init__(self, fake: FakeDrive, role: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(_Handler, port, tls)
         self.fake = fake
         self.role = role
         self.live: set[socket.socket] = set()
@@ -427,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
         with ticket.path.open("rb") as source:
             if drop_after is None and not settings.download_bandwidth:
                 self.wfile.flush()
-                self._body_sent = int(self.connection.sendfile(source, first, length))
+                self._body_sent = _send_all(self.connection, source.fileno(), first, length)
                 if self._body_sent < length:
                     self._drop()
                 return
@@ -455,6 +456,17 @@ class _Handler(BaseHTTPRequestHandler):
             pacer.pace(len(data), bandwidth)
         if sent < length:
             self._drop()
+
+
+def _send_all(connection: socket.socket, fd: int, offset: int, length: int) -> int:
+    """Send *length* bytes of *fd* from *offset*; return how many went (fewer: the file is shorter)."""
+    sent = 0
+    while sent < length:
+        count = send_range(connection, fd, offset + sent, length - sent)
+        if count == 0:
+            return sent
+        sent += count
+    return sent
 
 
 class _Pacer:

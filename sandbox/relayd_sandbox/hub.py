@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -91,6 +92,8 @@ class FakeHub:
     (rewrites each page of tree entries before it is sent, to serve hostile or broken listings),
     ``rate_limits`` (quotas per plan and bucket, the window) and ``anonymous_repo_not_found_code``
     (also send ``X-Error-Code: RepoNotFound`` with the anonymous 401 for a missing or private repo).
+    With *cdn_tls* (a server context, ``relayd_sandbox.tls.ThrowawayCA.server_context``) the CDN
+    origin speaks HTTPS, as the real one does; the Hub's origin stays plain HTTP.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class FakeHub:
         url_ttl: float = 3600.0,
         regular_redirect: bool = True,
         clock: Callable[[], float] = time.time,
+        cdn_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = BlobStore(Path(storage))
         self.faults = Faults()
@@ -135,7 +139,7 @@ class FakeHub:
         self._served: dict[str, int] = defaultdict(int)
         self._next_date = datetime(2024, 1, 1, tzinfo=UTC)
         self._hub = OriginServer(self, HubHandler, self.hub_log, port)
-        self._cdn = OriginServer(self, CdnHandler, self.cdn_log, cdn_port)
+        self._cdn = OriginServer(self, CdnHandler, self.cdn_log, cdn_port, cdn_tls)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -21,7 +22,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from relayd_sandbox._http import LoggedRequest, LoopbackServer, RequestLog
+from relayd_sandbox._http import LoggedRequest, LoopbackServer, RequestLog, send_range
 from relayd_sandbox.hub_faults import FaultKind, FaultRule, Where
 from relayd_sandbox.hub_store import Blob
 
@@ -67,9 +68,14 @@ class OriginServer(LoopbackServer):
     """A LoopbackServer that knows its FakeHub and its open connections (to drop them on stop)."""
 
     def __init__(
-        self, hub: FakeHub, handler_class: type[BaseHTTPRequestHandler], log: RequestLog, port: int
+        self,
+        hub: FakeHub,
+        handler_class: type[BaseHTTPRequestHandler],
+        log: RequestLog,
+        port: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(handler_class, port)
+        super().__init__(handler_class, port, tls)
         self.hub = hub
         self.log = log
         self._connections: set[socket.socket] = set()
@@ -167,7 +173,7 @@ class OriginHandler(BaseHTTPRequestHandler, abc.ABC):
         self._target = unquote(self.path)
         try:
             self._route(split.path)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLEOFError) as exc:
             logger.debug("client left during %s %s: %s", self.command, self.path, exc)
             self.close_connection = True
         except Exception:
@@ -310,12 +316,11 @@ class OriginHandler(BaseHTTPRequestHandler, abc.ABC):
                 self.connection.shutdown(socket.SHUT_WR)
 
     def _sendfile(self, source: BinaryIO, sha256: str, offset: int, length: int) -> None:
-        out = self.connection.fileno()
         while length > 0:
             chunk = min(length, _SENDFILE_CHUNK)
             self.hub._count(sha256, chunk)  # counted before the client can have it; undone below
             try:
-                sent = os.sendfile(out, source.fileno(), offset, chunk)
+                sent = send_range(self.connection, source.fileno(), offset, chunk)
             except OSError:
                 self.hub._count(sha256, -chunk)
                 raise

@@ -17,7 +17,7 @@ import pytest
 from relayd.catalogue import queries
 from relayd.catalogue.store import RepoSpec
 from relayd.config import load_config
-from relayd.daemon import instance_lock
+from relayd.instance_lock import instance_lock
 from relayd_sandbox.hub import FakeHub, make_model_repo
 from tests.support.daemonbox import DaemonSandbox
 
@@ -111,7 +111,7 @@ def test_a_status_probe_of_the_instance_lock_never_keeps_a_daemon_from_starting(
             waits.append(seconds)
             fcntl.flock(probe, fcntl.LOCK_UN)
 
-        monkeypatch.setattr("relayd.daemon.time.sleep", probe_done)
+        monkeypatch.setattr("relayd.instance_lock.time.sleep", probe_done)
         with instance_lock(config) as held:
             assert held == lock
             assert queries.lock_held(lock) is True

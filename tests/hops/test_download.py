@@ -21,7 +21,8 @@ import pytest
 import relayd.hub_limits
 from relayd.catalogue.schema import BLOCKED, DONE, Piece
 from relayd.hops.base import plan_ranges
-from relayd.hops.download import _Run, piece_length
+from relayd.hops.download import piece_length
+from relayd.hops.download_run import Run
 from relayd_sandbox._http import LoggedRequest
 from relayd_sandbox.hub import FakeHub, FaultRule, Generated, make_model_repo
 from tests.support.hubrelay import TOKEN, HubRelay, files_outside, sha256_of
@@ -555,9 +556,9 @@ def test_an_unreadable_token_file_blocks_with_a_hint(relay: HubRelay, hub: FakeH
     assert "hub.token_file" in (repo.poll_hint or "")
 
 
-def _schedule(size: int, piece: int, connections: int) -> _Run:
+def _schedule(size: int, piece: int, connections: int) -> Run:
     pieces = plan_ranges(size, piece)
-    return _Run(None, -1, Path("/nonexistent"), size, pieces, connections)  # type: ignore[arg-type]
+    return Run(None, -1, Path("/nonexistent"), size, pieces, connections)  # type: ignore[arg-type]
 
 
 def test_spans_are_handed_out_in_file_order_growing_then_shrinking() -> None:

@@ -63,7 +63,7 @@ def test_the_readme_documents_every_fixture(tmp_path: Path) -> None:
     listing = run_pytest(tmp_path, "--fixtures").stdout
     section = listing.split("fixtures defined from relayd_sandbox.pytest_plugin", 1)[1].split("\n---", 1)[0]
     fixtures = re.findall(r"^(\w+)(?: \[\w+ scope\])? -- ", section, re.M)
-    assert fixtures == ["fake_hub", "fake_drive", "gitlfs_server", "sandbox_sshd"]
+    assert fixtures == ["fake_hub", "fake_drive", "gitlfs_server", "sandbox_sshd", "sandbox_ca"]
     readme = README.read_text()
     for name in fixtures:
         assert f"| `{name}` |" in readme, name

@@ -49,6 +49,7 @@ from relayd.catalogue.queries.reader import (
     Reader,
     SqliteReader,
     open_reader,
+    schema_at_head,
     schema_revision,
     sqlite_file,
 )
@@ -153,6 +154,7 @@ __all__ = [
     "repo_avoided",
     "repo_detail",
     "repo_targets",
+    "schema_at_head",
     "schema_revision",
     "service_facts",
     "sqlite_file",

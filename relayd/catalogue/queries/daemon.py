@@ -75,7 +75,7 @@ def lock_held(lock: Path | None) -> bool | None:
     lock file, as before any daemon ran, or one this user cannot open).
 
     The probe takes a shared lock for an instant; a daemon starting at that very moment tries again
-    (relayd.daemon.instance_lock), so looking never keeps one from starting.
+    (relayd.instance_lock), so looking never keeps one from starting.
     """
     if lock is None:
         return None

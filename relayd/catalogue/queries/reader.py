@@ -153,3 +153,12 @@ def schema_revision(reader: Reader) -> str | None:
         return None
     rows = reader.rows("SELECT version_num FROM alembic_version")
     return str(rows[0][0]) if len(rows) == 1 else None
+
+
+def schema_at_head(reader: Reader) -> bool:
+    """Return whether the catalogue is at the migrations' head, told without importing Alembic
+    (False when unsure: then Alembic decides)."""
+    from relayd.catalogue.revisions import fast_head_revision
+
+    head = fast_head_revision()
+    return head is not None and schema_revision(reader) == head

@@ -8,6 +8,10 @@ environment (each lowercase first, then uppercase). Only HTTP proxies are spoken
 through a ``CONNECT`` tunnel, an http URL is asked for in absolute form, and credentials in the proxy
 URL become a ``Proxy-Authorization`` header, never part of a message.
 
+Which certificates an https connection trusts is decided here too (``client_context``): the system's
+authorities as OpenSSL finds them (so ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` apply), and besides them
+the service's ``ca_bundle`` (a private CA, or a TLS-inspecting proxy's).
+
 Stdlib only and Python 3.8 syntax: this module runs on the VM as part of the agent.
 """
 
@@ -19,6 +23,7 @@ import ipaddress
 import os
 import re
 import ssl
+import threading
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -61,6 +66,39 @@ class Proxy:
 
     def __repr__(self) -> str:
         return "Proxy(%s)" % self
+
+
+_contexts: dict[tuple[str | None, ...], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def new_client_context(cafile: str | None = None, cadata: str | None = None) -> ssl.SSLContext:
+    """Return a new TLS client context (certificate and host name checked) that trusts the system's
+    authorities as OpenSSL finds them (``SSL_CERT_FILE``, ``SSL_CERT_DIR`` or its built-in paths) and
+    also the CAs of the PEM file *cafile* or the PEM text *cadata*. Raise OSError (ssl.SSLError) when
+    those hold no certificate."""
+    context = ssl.create_default_context()
+    if cafile or cadata:
+        context.load_verify_locations(cafile=cafile or None, cadata=cadata or None)
+    return context
+
+
+def client_context(cafile: str | None = None, cadata: str | None = None) -> ssl.SSLContext:
+    """new_client_context, made once per bundle and shared (building one reads the system's whole
+    trust store, some milliseconds of CPU; a context may serve many connections and threads)."""
+    # The variables are part of the key (OpenSSL reads them when a context loads its defaults), and so
+    # is the bundle's modification time: a bundle replaced before a reload is read again.
+    try:
+        stamp = str(os.stat(cafile).st_mtime_ns) if cafile else None
+    except OSError:
+        stamp = None  # new_client_context says what is wrong with it
+    variables = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    key = (cafile or None, stamp, cadata or None, *variables)
+    with _contexts_lock:
+        context = _contexts.get(key)
+        if context is None:
+            context = _contexts[key] = new_client_context(cafile, cadata)
+        return context
 
 
 def parse_proxy(value: str, where: str = "") -> Proxy:
@@ -214,7 +252,7 @@ class Route:
         """Return a new (not yet connected) connection for this route."""
         proxy = self.proxy
         if self.scheme == "https":
-            context = context or ssl.create_default_context()
+            context = context or client_context()
             if proxy is None:
                 return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=context)
             tunnel = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -39,7 +40,7 @@ from .files import (
     open_partial,
     resolve_target,
 )
-from .proxy import agent_route
+from .proxy import agent_route, client_context
 
 CHUNK = 1024 * 1024
 MAX_TRIES = 8  # per piece, for transient failures (network, 5xx, Range ignored)
@@ -100,7 +101,9 @@ def _refusal(text: str) -> Exception:
 class _Link:
     """One keep-alive connection to the download host."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float, proxy: str = "") -> None:
+    def __init__(
+        self, url: str, headers: dict[str, str], timeout: float, proxy: str = "", ca_pem: str = ""
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise AgentError("the download URL is not http(s)", kind="permanent", error_class="url")
@@ -108,11 +111,14 @@ class _Link:
         self.target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.headers = dict(headers)
         self.timeout = timeout
+        self.ca_pem = ca_pem
         self.conn: http.client.HTTPConnection | None = None
 
     def open(self) -> http.client.HTTPConnection:
         if self.conn is None:
-            self.conn = self.route.connection(self.timeout)
+            trusted = self.ca_pem and self.route.scheme == "https"
+            context = client_context(cadata=self.ca_pem) if trusted else None
+            self.conn = self.route.connection(self.timeout, context)
         return self.conn
 
     def get(self, headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -154,6 +160,7 @@ class _Pull:
         self.hasher = hasher
         self.url = url
         self.proxy = proxy
+        self.ca_pem = str(params.get("ca_pem") or "")
         self.size = int(params["size"])
         self.headers = dict(params.get("headers") or {})
         self.headers.setdefault("User-Agent", "relayd-agent/1")
@@ -193,7 +200,7 @@ class _Pull:
 
     def worker(self) -> None:
         try:
-            link = _Link(self.url, self.headers, self.stall_timeout, self.proxy)
+            link = _Link(self.url, self.headers, self.stall_timeout, self.proxy, self.ca_pem)
         except AgentError as exc:  # an unusable URL or proxy: the whole pull fails with it
             self.fail(exc)
             return
@@ -253,6 +260,16 @@ class _Pull:
                 while time.monotonic() < deadline:
                     self._check_running()
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            except ssl.SSLCertVerificationError as exc:
+                raise AgentError(
+                    "the TLS certificate of the drive's download host is not trusted: %s"
+                    % (exc.verify_message or exc.reason or exc),
+                    kind="blocked",
+                    error_class="tls",
+                    hint="if it is right (a private CA, or a TLS-inspecting proxy's), trust its CA with "
+                    "vm.ca_bundle (a PEM file on relayd's machine), or the VM's own store; otherwise "
+                    "check vm.proxy and the VM's network, then `relayctl retry`",
+                ) from None
             except (socket.timeout, TimeoutError):
                 link.close()
                 tries += 1

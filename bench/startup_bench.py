@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Time `relayd run --once` with nothing to do (a catalogue at head, no repo): the start-up a run pays
+before its first byte, in wall time and CPU seconds (/usr/bin/time), several rounds (docs/benchmarks.md).
+
+    .venv/bin/python bench/startup_bench.py                       # this checkout, 5 rounds
+    .venv/bin/python bench/startup_bench.py --other /tmp/old-checkout   # interleaved with another
+
+With --other, the rounds alternate between this checkout's relayd and the other checkout's (run with
+PYTHONPATH pointing there), so a machine whose load changes treats both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+CONFIG = """
+[daemon]
+state_dir = "{root}/state"
+watch_config = false
+[catalogue]
+url = "sqlite:///{root}/catalogue.db"
+[staging]
+dir = "{root}/staging"
+min_free = "0"
+[hub]
+endpoint = "http://127.0.0.1:9"
+token_env = "RELAYD_BENCH_NO_TOKEN"
+"""
+
+
+def once(config: Path, pythonpath: str | None) -> tuple[float, float]:
+    """Return (wall s, user + sys s) of one `relayd run --once -c config`."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    process = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %U %S", str(BIN / "relayd"), "run", "--once", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    wall, user, system = (float(x) for x in re.findall(r"[\d.]+", process.stderr.strip().splitlines()[-1]))
+    return wall, user + system
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--other", type=Path, help="another checkout to interleave with (before/after)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        config = root / "relayd.toml"
+        config.write_text(CONFIG.format(root=root))
+        once(config, None)  # creates the catalogue (and warms the page cache)
+        runs: dict[str, list[tuple[float, float]]] = {"this": [], "other": []}
+        for _ in range(args.rounds):
+            runs["this"].append(once(config, None))
+            if args.other:
+                runs["other"].append(once(config, f"{args.other}:{args.other / 'sandbox'}"))
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
+    for name, rows in runs.items():
+        if rows:
+            walls = ", ".join(f"{w:.2f}" for w, _ in rows)
+            cpus = ", ".join(f"{c:.2f}" for _, c in rows)
+            print(
+                f"{name}: wall {walls} s (median {statistics.median(w for w, _ in rows):.2f}); "
+                f"CPU {cpus} s (median {statistics.median(c for _, c in rows):.2f})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
