@@ -137,3 +137,11 @@ def test_removed_paths_become_delete_actions_and_unsafe_paths_are_refused(tmp_pa
     assert actions == [{"action": "delete", "path": "old.bin"}]
     with pytest.raises(Exception, match="unsafe path"):
         commit_actions([{"path": "../x", "lfs": True, "oid": "0" * 64, "size": 1}], [], str(tmp_path))
+
+
+def test_a_small_file_too_large_to_commit_inline_blocks(server: GitLfsServer, tmp_path: Path) -> None:
+    path, _, _ = _file(tmp_path, "README.md", b"x" * 2000)
+    run = run_agent("ms_stash", {"work_dir": str(tmp_path / "w"), "path": path, "limit": 1000}, server.token)
+    assert run.error is not None and (run.error["kind"], run.error["class"]) == ("blocked", "too_large")
+    kept = run_agent("ms_stash", {"work_dir": str(tmp_path / "w"), "path": path, "limit": 2000}, server.token)
+    assert kept.ok["size"] == 2000

@@ -40,6 +40,8 @@ COMMIT_ACTIONS = 256
 #: Inline (base64) bytes per commit request (modelscope-hub 0.5.1 splits a commit there).
 COMMIT_INLINE_BYTES = 8 * 1024 * 1024
 JSON = "application/json"
+#: The largest small file ms_stash keeps for the commit (the SDK warns above 500 MB of plain content).
+INLINE_LIMIT = 64 * 1024 * 1024
 STASH = "ms-inline"
 
 
@@ -224,8 +226,17 @@ def ms_stash(params: dict[str, Any], secrets: dict[str, str], context: Context) 
         raise AgentError("work_dir must be an absolute path", kind="permanent", error_class="config")
     os.makedirs(folder, exist_ok=True)
     path = str(params.get("path") or "")
+    limit = int(params.get("limit") or INLINE_LIMIT)
     with open(path, "rb") as source:
-        data = source.read(int(params.get("limit") or 64 * 1024 * 1024) + 1)
+        data = source.read(limit + 1)
+    if len(data) > limit:
+        raise AgentError(
+            "%s is over %d bytes, too large to commit inline" % (path, limit),
+            kind="blocked",
+            error_class="too_large",
+            hint="a metadata file this large cannot travel in a commit: leave it out with the repo's "
+            "--exclude glob, then run `relayctl retry`",
+        )
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
     expected = params.get("expect_blob")
     if expected and expected != blob:
