@@ -133,6 +133,10 @@ def _daemon(reader: SectionReader) -> DaemonConfig:
         watch_config=reader.boolean("watch_config", True),
         site=_site_name(reader),
         hops=_served_hops(reader),
+        keep_copies_routes=tuple(
+            ",".join(hop.strip() for hop in route.split(","))
+            for route in reader.strings("keep_copies_routes")
+        ),
     )
     reader.finish()
     return config
@@ -311,7 +315,12 @@ def _modelscope(reader: SectionReader) -> ModelScopeConfig:
         activity_timeout=reader.duration("activity_timeout", "1h", minimum=30),
         work_dir=reader.string("work_dir", ""),
         proxy=_proxy(reader),
+        endpoint=reader.string("endpoint", ""),
     )
+    if config.endpoint and (
+        not config.endpoint.startswith(("http://", "https://")) or "@" in config.endpoint.split("//", 1)[1]
+    ):
+        raise reader.error("endpoint", "an http(s) URL without credentials, or ''", "<redacted>")
     if config.work_dir and not config.work_dir.startswith("/"):
         raise reader.error(
             "work_dir", "an absolute path on the VM (or '' for <vm.root>/.relayd-git)", config.work_dir

@@ -106,6 +106,9 @@ class DaemonConfig:
     site: str = "default"
     #: The hops this daemon serves (claims, and polls for routes starting with one); None: every hop.
     hops: tuple[str, ...] | None = None
+    #: Routes (hop names joined by commas) whose repos move every file through every hop, even what
+    #: the destination already holds ("ask the end first" is off for them; ``--keep-copies`` per repo).
+    keep_copies_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,15 @@ class ModelScopeConfig:
     work_dir: str
     #: An http:// proxy for this service's connections ("" = the proxy variables of the environment).
     proxy: str = ""
+    #: The HTTP API's origin for ms_upload ("" = the scheme, host and port of ``remote``).
+    endpoint: str = ""
+
+    def api_endpoint(self) -> str:
+        """Return the origin of ModelScope's HTTP API (``endpoint``, else ``remote``'s origin)."""
+        if self.endpoint:
+            return self.endpoint.rstrip("/")
+        scheme, _, rest = self.remote.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from relayd.catalogue.db import is_sqlite
 from relayd.catalogue.queries import open_reader, schema_at_head
 from relayd.catalogue.schema import Repo
 from relayd.catalogue.store import HopRules, Store, WorkerBeat, new_owner_id, utcnow
+from relayd.catalogue.store.claims import repo_info
 from relayd.config import Config, load_config
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ConfigError, RelayError
@@ -35,7 +37,7 @@ from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext
 from relayd.instance_lock import instance_lock
 from relayd.logs import SCRUBBER, setup_logging
-from relayd.poll import Poller, Source, load_source
+from relayd.poll import AskEnd, Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
 from relayd.sites import check_sites, served_hops, serves, staging_holder, worker_beat
@@ -68,6 +70,22 @@ def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
         except (ConfigError, ImportError) as exc:
             log.warning("hop %s is unavailable: %s", name, exc)
     return hops
+
+
+def end_asker(config: Config, hops: dict[str, Hop]) -> AskEnd:
+    """Return how the poller asks a repo's route's last hop which contents it holds already: not for a
+    repo that keeps every copy (its ``keep_copies`` option, else ``daemon.keep_copies_routes``)."""
+
+    def ask(repo: Repo, contents: Sequence[tuple[str, int]]) -> set[str]:
+        keep = (repo.options or {}).get("keep_copies")
+        if keep is None:
+            keep = ",".join(repo.route) in config.daemon.keep_copies_routes
+        end = hops.get(repo.route[-1]) if repo.route else None
+        if keep or end is None:
+            return set()
+        return end.held(repo_info(repo), contents)
+
+    return ask
 
 
 def hop_rules(hops: dict[str, Hop]) -> HopRules:
@@ -206,7 +224,7 @@ class Daemon:
             store.staging_holder = staging_holder(config)
         served = served_hops(config, hops)
         sources, source_for_hop = build_sources(config, served)
-        self.poller = Poller(store, sources, source_for_hop, config.retry)
+        self.poller = Poller(store, sources, source_for_hop, config.retry, end_asker(config, hops))
         self.store = store
         self.engine = Engine(store, staging, served, ctx, self._engine_settings(config, served))
         # What start-up built (modules, the config, the hops) lives as long as the process: keep the

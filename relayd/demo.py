@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -34,12 +32,12 @@ from typing import Any
 
 import click
 
+from relayd.demo_sandbox import sandbox_missing
 from relayd.demo_tables import print_route_table, print_table
 from relayd.digest import sha256_file
 from relayd.units import format_size, parse_size
 
 DEMO_REPO = "demo/tiny-model"
-SANDBOX_PACKAGE = "relayd_sandbox"
 
 
 @dataclass(frozen=True)
@@ -82,15 +80,17 @@ class Demo(abc.ABC):
 
     # -- watching ----------------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        result = self.relayctl("status", DEMO_REPO, "--json", check=False)
+    def status(self, repo: str = DEMO_REPO) -> dict[str, Any]:
+        result = self.relayctl("status", repo, "--json", check=False)
         if result.returncode != 0:
             return {}
         document: dict[str, Any] = json.loads(result.stdout)
         return document
 
-    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
-        """Show live progress until the repo's current snapshot (newer than *previous*) is done."""
+    def wait_for_snapshot(
+        self, say: Callable[[str], None], previous: str | None, repo: str = DEMO_REPO
+    ) -> dict[str, Any]:
+        """Show live progress until *repo*'s current snapshot (newer than *previous*) is done."""
         from rich.console import Console
         from rich.live import Live
         from rich.text import Text
@@ -106,9 +106,9 @@ class Demo(abc.ABC):
         with live_view as live:
             while time.monotonic() < deadline:
                 self.check_daemons()
-                document = self.status()
+                document = self.status(repo)
                 if live is not None:
-                    live.update(Text(self.relayctl("status", DEMO_REPO, check=False).stdout))
+                    live.update(Text(self.relayctl("status", repo, check=False).stdout))
                 else:
                     line = progress_line(document)
                     if line and line != last_line:
@@ -367,6 +367,10 @@ def run_route_demo(
             if not gone:
                 say(f"{removed} is still in the pushed repo")
         ok = demo.report_bytes_moved(say) and ok
+        if ok:
+            from relayd.demo_mirror import relay_mirror
+
+            ok = relay_mirror(demo, say)
         if options.keep and ok:
             say(f"the sandbox keeps running; try: relayctl -c {demo.config_path} status. Ctrl-C to stop.")
             while True:
@@ -374,31 +378,6 @@ def run_route_demo(
         return ok
     finally:
         demo.stop()
-
-
-def sandbox_install_command() -> str:
-    """Return the command that installs the sandbox into this Python: from this checkout (editable, as
-    ``scripts/dev setup`` does) when relayd runs from one, else from wherever the checkout is."""
-    checkout = Path(__file__).resolve().parent.parent / "sandbox"
-    python = shlex.quote(sys.executable)
-    if (checkout / "pyproject.toml").is_file():
-        return f"{python} -m pip install -e {shlex.quote(str(checkout))}"
-    return f"{python} -m pip install /path/to/relayd-checkout/sandbox"
-
-
-def sandbox_missing() -> str | None:
-    """Return what to tell the person when the sandbox cannot be imported (with the command that
-    installs it), or None when it can."""
-    try:
-        importlib.import_module(SANDBOX_PACKAGE)
-    except ModuleNotFoundError as exc:
-        if exc.name != SANDBOX_PACKAGE:
-            raise  # the sandbox is there but something it needs is not: that is not ours to explain
-        return (
-            "the demo runs on relayd's sandbox (the fake Hub, drive, git + LFS server and sshd), which "
-            f"is not installed. Install it with: {sandbox_install_command()}"
-        )
-    return None
 
 
 def sites_demo(options: DemoOptions, root: Path) -> RouteDemo | None:

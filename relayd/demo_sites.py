@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relayd.demo import DemoOptions, RouteDemo
+from relayd.demo import DEMO_REPO, DemoOptions, RouteDemo
 
 if TYPE_CHECKING:
     from relayd_sandbox.postgres import ThrowawayPostgres
@@ -133,9 +133,11 @@ class SitesDemo(RouteDemo):
             return 0 <= counted - moved <= self.options.shard_size
         return moved == counted
 
-    def wait_for_snapshot(self, say: Callable[[str], None], previous: str | None) -> dict[str, Any]:
-        document = super().wait_for_snapshot(say, previous)
-        if previous is None:
+    def wait_for_snapshot(
+        self, say: Callable[[str], None], previous: str | None, repo: str = DEMO_REPO
+    ) -> dict[str, Any]:
+        document = super().wait_for_snapshot(say, previous, repo)
+        if previous is None and repo == DEMO_REPO:
             self.show_workers(say)
         return document
 

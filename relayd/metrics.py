@@ -7,8 +7,9 @@ Two kinds of series, each with the semantics Prometheus expects of it:
   (``rate()`` and ``increase()`` handle the reset of a restart); removing a repo does not take its
   bytes back. Several relayd processes sharing a PostgreSQL catalogue each count their own: sum them.
 * **Gauges** describe the catalogue as it is at scrape time, for every process sharing it: transfers
-  by hop and state, unfinished transfers by error class, snapshots by state, the staging budget and the
-  drive token's expiry.
+  by hop and state, unfinished transfers by error class, snapshots by state, the payload hops did not
+  have to move by hop and reason (the destination had it, rapid upload, staged already), the staging
+  budget and the drive token's expiry.
 
 The library's ProcessCollector adds the process's CPU, memory, open files and start time.
 """
@@ -32,6 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from relayd.catalogue.queries import EngineReader, bytes_avoided
 from relayd.catalogue.schema import Snapshot, Transfer
 from relayd.catalogue.store import Store
 
@@ -75,6 +77,14 @@ class CatalogueCollector(Collector):
         for state, count in snapshots:
             by_snapshot.add_metric([state], count)
         yield by_snapshot
+        avoided = GaugeMetricFamily(
+            "relayd_bytes_avoided",
+            "Payload bytes hops are done with without moving them, by hop and reason.",
+            labels=["hop", "reason"],
+        )
+        for item in bytes_avoided(EngineReader(store.engine)):
+            avoided.add_metric([item.hop, item.reason], item.bytes)
+        yield avoided
         staging = facts.get("staging", ({}, None))[0]
         if staging:
             budget = GaugeMetricFamily(

@@ -17,7 +17,7 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from relayd.catalogue.store import FileSpec, Store, utcnow
 from relayd.config import Config, LocalCopyConfig, RetryConfig
 from relayd.digest import sha256_file
 from relayd.engine import backoff_delay
-from relayd.errors import ErrorClass, NeedsPerson, Permanent, Retryable
+from relayd.errors import ErrorClass, NeedsPerson, Permanent, RelayError, Retryable
 from relayd.names import refuse_git_paths
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,10 @@ class PollResult:
     error: str | None = None
 
 
+#: Given a repo and (sha256, size) pairs, return the sha256s its route's last hop holds already.
+AskEnd = Callable[[Repo, Sequence[tuple[str, int]]], set[str]]
+
+
 class Poller:
     """Polls repos through their sources and records what changed."""
 
@@ -160,8 +164,11 @@ class Poller:
         sources: dict[str, Source],
         source_for_route: dict[str, str],
         retry: RetryConfig | None = None,
+        ask_end: AskEnd | None = None,
     ) -> None:
         self.store = store
+        # Asks a repo's route's last hop which contents its destination holds ("ask the end first").
+        self.ask_end = ask_end
         self.sources = sources
         # The source kind of each first hop (e.g. download → hub, local_copy → local).
         self.source_for_route = source_for_route
@@ -208,7 +215,7 @@ class Poller:
             self.store.refuse_snapshot(repo.id, head, str(exc), exc.hint)
             return PollResult(repo.name, head, changed=True, error=str(exc))
         wanted = [spec for spec in listing if matches(spec.path, repo.include, repo.exclude)]
-        result = self.store.record_snapshot(repo.id, head, wanted)
+        result = self.store.record_snapshot(repo.id, head, wanted, held=self._held(repo, wanted))
         if result.created:
             log.info(
                 "%s: new snapshot %s: %d files (%d new, %d unchanged, %d removed)",
@@ -222,6 +229,31 @@ class Poller:
         return PollResult(
             repo.name, head, changed=True, snapshot_id=result.snapshot_id, new_files=result.new_files
         )
+
+    def _held(self, repo: Repo, wanted: list[FileSpec]) -> set[str]:
+        """Return the sha256s of *wanted*'s LFS files that the route's end already holds (asked before
+        anything moves); none when the repo keeps every copy or the end cannot be asked."""
+        contents = sorted({(s.sha256, s.size) for s in wanted if s.lfs and s.sha256})
+        if self.ask_end is None or not contents or len(repo.route) < 2:
+            return set()
+        try:
+            held = self.ask_end(repo, contents)
+        except RelayError as exc:
+            log.warning(
+                "%s: could not ask %s what it holds; moving every file: %s", repo.name, repo.route[-1], exc
+            )
+            return set()
+        if held:
+            size = sum(n for oid, n in contents if oid in held)
+            log.info(
+                "%s: %s holds %d of %d LFS files (%d bytes) already",
+                repo.name,
+                repo.route[-1],
+                len(held),
+                len(contents),
+                size,
+            )
+        return held
 
     def _failed(self, repo: Repo, exc: NeedsPerson | Retryable | Permanent) -> PollResult:
         if isinstance(exc, Retryable):

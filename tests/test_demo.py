@@ -43,6 +43,16 @@ def test_the_full_route_demo_verifies_every_place_and_moves_only_the_changed_sha
         "vm_pull",
         "lfs_push",
     ]
+    # A second repo with the same weights: ModelScope holds every shard, so no hop moves one.
+    mirror = re.search(
+        r"demo/tiny-model-mirror done in \d+s; moved \(small files only\): (.*); avoided: (.*)", output
+    )
+    assert mirror is not None, output
+    for hop in ("download", "pan_upload", "vm_pull"):
+        assert re.search(rf"{hop} 2\.\d MiB \(destination_had_it\)", mirror.group(2)), mirror.group(2)
+    assert re.search(r"ms_upload 2\.\d MiB \(server_had_it\)", mirror.group(2)), mirror.group(2)
+    assert "MiB" not in mirror.group(1)  # only the small files moved
+    assert "SHARDS MOVED AGAIN" not in output
 
 
 def test_the_demo_runs_on_the_open_platform_backend_after_a_qr_login(tmp_path: Path) -> None:
@@ -63,7 +73,7 @@ def test_the_local_demo_relays_through_local_copy(tmp_path: Path) -> None:
 def test_without_the_sandbox_the_demo_says_the_exact_install_command(tmp_path: Path) -> None:
     """The sandbox is its own distribution: a relayd without it runs no demo, creates nothing, and names
     the command that installs it (from this checkout, into this Python)."""
-    from relayd.demo import sandbox_install_command
+    from relayd.demo_sandbox import sandbox_install_command
 
     checkout = Path(__file__).resolve().parent.parent
     # The demo's entry in a Python where importing the sandbox fails as if it were not installed.

@@ -169,6 +169,13 @@ def test_metrics_gauges_describe_the_catalogue(store: Store) -> None:
     assert "# TYPE relayd_hop_bytes_moved_total counter" in text
 
 
+def test_bytes_hops_did_not_move_are_a_gauge_by_hop_and_reason(store: Store) -> None:
+    transfer = claimed(store, "org/held", b"x" * 4096)
+    store.complete(transfer, "me", {"oid": "x", "skipped": True})
+    got = samples(Metrics(store))
+    assert got[("relayd_bytes_avoided", (("hop", "local_copy"), ("reason", "server_had_it")))] == 4096
+
+
 def claimed(store: Store, name: str, content: bytes) -> int:
     repo, _ = store.add_repo(RepoSpec(name=name, every=60, route=("local_copy",)))
     store.record_snapshot(

@@ -117,6 +117,10 @@ RAPID_UPLOAD = "rapid_upload"  # the drive had the content (秒传): pan_upload'
 SERVER_HAD_IT = "server_had_it"  # the LFS server already stored the object: lfs_push's ``"skipped": true``
 STAGED_ALREADY = "staged_already"  # download found the content staged for another file
 DRIVE_COPY_REUSED = "drive_copy_reused"  # a verified drive copy of the content made for another file
+DESTINATION_HAD_IT = "destination_had_it"  # the route's last hop held it when the snapshot was recorded
+UNCHANGED = "unchanged"  # an earlier snapshot had the same path and content: nothing to move again
+#: What a hop before the route's end records for a file the end already held ("ask the end first").
+ASKED_END = {"skipped": True, "asked_end": True, "reason": "the destination had it"}
 
 
 def skipped(state: str, handles: Any) -> bool:
@@ -134,6 +138,8 @@ def skipped(state: str, handles: Any) -> bool:
 
 def avoided_reason(handles: Mapping[str, Any]) -> str | None:
     """Return why a done transfer with these handles moved no payload, or None if it moved it."""
+    if handles.get("asked_end") is True:
+        return DESTINATION_HAD_IT
     if handles.get("rapid") is True:
         return RAPID_UPLOAD
     if handles.get("reused") is True:

@@ -164,7 +164,15 @@ def _add(app: App, **options: Any) -> None:
     for option, key in (("repo_type", "type"), ("revision", "revision")):
         if context.get_parameter_source(option) not in (click.core.ParameterSource.DEFAULT, None):
             body[key] = options[option]
-    for key in ("every", "route", "drive_folder", "vm_dir", "modelscope_repo", "vm_from_staging"):
+    for key in (
+        "every",
+        "route",
+        "drive_folder",
+        "vm_dir",
+        "modelscope_repo",
+        "vm_from_staging",
+        "keep_copies",
+    ):
         if options[key] is not None:
             body[key] = options[key]
     _echo(_remote(app).post("add", body)["lines"])

@@ -257,6 +257,12 @@ def describe_repo(data: dict[str, Any]) -> list[str]:
     default=None,
     help="Let the VM read the staging disk instead of the drive [default: vm.from_staging].",
 )
+@click.option(
+    "--keep-copies/--no-keep-copies",
+    default=None,
+    help="Move every file through every hop, even what the destination already holds (to keep the "
+    "drive and VM copies) [default: daemon.keep_copies].",
+)
 @click.option("--webhook", "webhooks", multiple=True, metavar="URL", help="Notify this URL (repeatable).")
 @click.option("--replace", is_flag=True, help="Overwrite the settings of a repo that exists.")
 @click.option(
@@ -279,6 +285,7 @@ def add(
     vm_dir: str | None,
     modelscope_repo: str | None,
     vm_from_staging: bool | None,
+    keep_copies: bool | None,
     webhooks: tuple[str, ...],
     replace: bool,
     dry_run: bool,
@@ -308,6 +315,7 @@ def add(
         vm_dir=vm_dir,
         modelscope_repo=modelscope_repo,
         vm_from_staging=vm_from_staging,
+        keep_copies=keep_copies,
         webhooks=webhooks,
     )
     lines = dry_run_lines(app.config, spec) if dry_run else add_repo(app.store(), spec, replace=replace)[1]
@@ -329,6 +337,7 @@ def repo_spec(
     vm_dir: str | None = None,
     modelscope_repo: str | None = None,
     vm_from_staging: bool | None = None,
+    keep_copies: bool | None = None,
     webhooks: Sequence[str] = (),
 ) -> RepoSpec:
     """Given what `relayctl add` was told (None: not given, so the URL's or the default), return the repo
@@ -353,6 +362,8 @@ def repo_spec(
     options: dict[str, Any] = {}
     if vm_from_staging is not None:
         options["vm_from_staging"] = vm_from_staging
+    if keep_copies is not None:
+        options["keep_copies"] = keep_copies
     if webhooks:
         options["webhooks"] = [_webhook(url) for url in webhooks]
     return RepoSpec(

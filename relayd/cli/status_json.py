@@ -199,6 +199,7 @@ def _file_hop_json(hop: FileHop) -> dict[str, Any]:
         "error_class": hop.error_class,
         "hint": hop.hint,
         "skipped": hop.skipped,
+        "skipped_reason": hop.skipped_reason,
     }
 
 
@@ -222,4 +223,8 @@ def detail_json(detail: RepoDetail, now: datetime) -> dict[str, Any]:
         "stuck": [stuck_json(item, now) for item in detail.stuck],
         "files": [_file_json(item) for item in detail.files],
         "service": service_json(detail.service, now),
+        "bytes_avoided": {
+            "snapshot": [item._asdict() for item in detail.avoided.snapshot],
+            "total": [item._asdict() for item in detail.avoided.total],
+        },
     }

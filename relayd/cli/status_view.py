@@ -17,9 +17,11 @@ from relayd.catalogue.queries import (
     OPEN_STATES,
     RUNNING,
     WAITING,
+    Avoided,
     BlockedItem,
     DaemonStatus,
     FileHop,
+    RepoAvoided,
     RepoDetail,
     RepoSummary,
     ServiceFact,
@@ -139,6 +141,7 @@ BUILT_IN_SHORT_NAMES = {
     "vm_pull": "vm",
     "lfs_push": "push",
     "local_copy": "copy",
+    "ms_upload": "ms",
 }
 
 
@@ -342,7 +345,9 @@ def _file_hop_text(step: FileHop) -> str:
     if step.state is None:
         return "-"
     if step.state == DONE:
-        return "done (already there)" if step.skipped else DONE
+        if not step.skipped:
+            return DONE
+        return f"skipped ({AVOIDED_WORDS.get(step.skipped_reason or '', 'already there')})"
     text = step.state
     if step.bytes_done:
         text += f" {format_size(step.bytes_done)}/{format_size(step.bytes_total)}"
@@ -353,6 +358,38 @@ def _file_hop_text(step: FileHop) -> str:
     if step.state == INTERRUPTED:
         text += " (daemon not running)"
     return text
+
+
+#: What `relayctl status` says for each reason a hop moved nothing (relayd.catalogue.rules).
+AVOIDED_WORDS = {
+    "destination_had_it": "destination had it",
+    "server_had_it": "destination had it",
+    "rapid_upload": "rapid upload",
+    "staged_already": "staged already",
+    "drive_copy_reused": "drive copy reused",
+    "unchanged": "unchanged file",
+}
+
+
+def avoided_lines(avoided: RepoAvoided, width: int | None = None) -> list[str]:
+    """Return the lines saying what the repo's hops did not move: this snapshot's, by hop and reason,
+    then the total over its snapshots."""
+    if not avoided.total:
+        return []
+
+    def parts(items: list[Avoided]) -> str:
+        return ", ".join(
+            f"{short_name(item.hop)} {format_size(item.bytes)} {AVOIDED_WORDS.get(item.reason, item.reason)}"
+            for item in items
+        )
+
+    lines = []
+    if avoided.snapshot:
+        this = f"bytes avoided, this snapshot: {format_size(RepoAvoided.bytes_of(avoided.snapshot))}"
+        lines += wrap(f"{this} ({parts(avoided.snapshot)})", width, "  ", " " * 6)
+    total = f"bytes avoided, all snapshots: {format_size(RepoAvoided.bytes_of(avoided.total))}"
+    lines += wrap(f"{total} ({parts(avoided.total)})", width, "  ", " " * 6)
+    return lines
 
 
 def detail_lines(detail: RepoDetail, now: datetime, width: int | None = None) -> list[str]:
@@ -390,6 +427,7 @@ def detail_lines(detail: RepoDetail, now: datetime, width: int | None = None) ->
         lines += [render(line, False) for line in pack(hop_cells, width, "  ", " " * (4 + hop_width))]
     if repo.finish is not None:
         lines.append(f"  finish ({repo.finish.hop}, whole snapshot): {repo.finish.state}")
+    lines += avoided_lines(detail.avoided, width)
     others = [item for item in detail.blocked if item.kind != "transfer"]
     blocked_files = sum(1 for item in detail.files if item.state == BLOCKED)
     if others or blocked_files:

@@ -246,6 +246,8 @@ def _problem_lines(record: TransferRecord, now: datetime) -> list[str]:
 def _done_text(document: dict[str, Any], hop: dict[str, Any], kind: str | None) -> str:
     """Say where a done hop's verified copy (of *kind*, as the hop declares it) is, in words."""
     handles = hop["location"] or {}
+    if handles.get("asked_end"):  # "ask the end first": relayd.catalogue.rules.ASKED_END
+        return "skipped: the destination had it when the snapshot was recorded (nothing moved)"
     if kind == STAGING:
         staged = document["staged"]
         where = f"staged at {staged['file']}" if staged else "verified; no longer staged (released)"

@@ -28,6 +28,7 @@ BUILTIN: dict[str, str] = {
     "pan_upload": "relayd.hops.pan_upload:PanUploadHop",
     "vm_pull": "relayd.hops.vm_pull:VmPullHop",
     "lfs_push": "relayd.hops.lfs_push:LfsPushHop",
+    "ms_upload": "relayd.hops.ms_upload:MsUploadHop",
 }
 
 

@@ -437,6 +437,13 @@ class Hop(abc.ABC):
         thread within ``scope.timeout`` and returns its findings (relayd.health)."""
         return ()
 
+    def held(self, repo: RepoInfo, contents: Sequence[tuple[str, int]]) -> set[str]:
+        """Given *contents* ((sha256, size) pairs) of a snapshot of *repo* about to be recorded, return
+        the sha256s this hop's destination already holds, when the hop ends the route: "ask the end
+        first", so no earlier hop moves them. None by default (the hop cannot tell). Raise HopError
+        when the destination cannot be asked (the files then move as usual)."""
+        return set()
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections and child processes (called when the daemon stops)."""
 

@@ -45,7 +45,7 @@ from relayd.errors import (
     UsageError,
 )
 from relayd.health import FAIL, OK, Check, CheckScope, Finding, answered, failed
-from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec
+from relayd.hops.base import FileInfo, Handles, Hop, HopContext, Job, Outcome, PieceSpec, RepoInfo
 from relayd.names import validate_repo_id
 from relayd.services import LOCAL_EXECUTOR
 from relayd.text import public_url
@@ -79,7 +79,7 @@ def work_dir(section: ModelScopeConfig, executor: Executor, on_vm: bool, state_d
     return str(state_dir / "lfs")
 
 
-def _checked_destination(target: str) -> str:
+def checked_destination(target: str) -> str:
     """Return the ModelScope repo id *target*. Raise UsageError when it is not ``owner/name``."""
     validate_repo_id(target)
     if "/" not in target:
@@ -87,12 +87,12 @@ def _checked_destination(target: str) -> str:
     return target
 
 
-def _found(finding: Finding) -> Check:
+def known_check(finding: Finding) -> Check:
     """Return a check that reports *finding*, known already."""
     return Check(finding.group, finding.name, lambda: [finding])
 
 
-def _token_finding(section: ModelScopeConfig) -> Finding:
+def token_finding(section: ModelScopeConfig) -> Finding:
     ref = section.token
     try:
         token = ref.resolve()
@@ -293,6 +293,43 @@ class LfsPushHop(Hop):
             "concurrency": self.section.concurrency,
         }
 
+    # -- ask the end first -----------------------------------------------------------------------
+
+    def held(self, repo: RepoInfo, contents: Sequence[tuple[str, int]]) -> set[str]:
+        """Return the sha256s the LFS server already holds for the destination repo (a batch
+        ``download`` request names them), asked from where the route pushes."""
+        if not contents:
+            return set()
+        on_vm = pushes_from_vm(repo.route)
+        executor = self._vm() if on_vm else self._staging_executor()
+        target = str(repo.destinations.get("modelscope_repo") or repo.name)
+        owner, _, name = target.partition("/")
+        objects = [{"oid": oid, "size": size} for oid, size in contents]
+        result = executor.call(
+            "lfs_confirm",
+            {"remote": self.section.remote.format(owner=owner, name=name), "objects": objects},
+            secrets={"token": self._token(), "proxy": self.section.proxy},
+            cancel=self.ctx.cancel,
+        )
+        return {oid for oid, _ in contents} - {str(oid) for oid in result.get("missing") or []}
+
+    def _skipped_before(self, job: Job, executor: Executor, oid: str, size: int) -> None:
+        """The earlier hops skipped the file because the server held its object when the snapshot was
+        recorded: check that it still does, else have the route fetch the file again."""
+        result = executor.call(
+            "lfs_confirm",
+            {"remote": self.remote(job), "objects": [{"oid": oid, "size": size}]},
+            secrets={"token": self._token(), "proxy": self.section.proxy},
+            cancel=self.ctx.cancel,
+        )
+        if result.get("missing"):
+            reason = f"the LFS server no longer holds object {oid[:12]}, which the earlier hops skipped"
+            job.fetch_again(reason)
+            raise Retryable(f"{reason}; it is fetched again", error_class=ErrorClass.REUSE)
+        job.handles = {"oid": oid, "size": size, "skipped": True}
+        job.save_handles()
+        job.piece_done(0)
+
     # -- per file ---------------------------------------------------------------------------------
 
     def plan(self, job: Job) -> Sequence[PieceSpec]:
@@ -302,6 +339,9 @@ class LfsPushHop(Hop):
         file = job.file_or_fail
         executor = self._executor_for(job)
         source = self._source(job, file, job.locations)
+        if source is None and job.previous.get("skipped") and file.sha256:
+            self._skipped_before(job, executor, file.sha256, file.size)
+            return
         if source is None:
             where = "vm_pull left no path on the VM" if self._on_vm(job) else "no staged copy is recorded"
             raise NeedsPerson(
@@ -479,7 +519,7 @@ class LfsPushHop(Hop):
         one check per destination repo (the agent's ``lfs_check`` where the route pushes from: the
         remote exists and accepts the token on the git and LFS legs); while no repo pushes, whether the
         remote's host answers this machine."""
-        checks = [Check(GROUP, "modelscope token", lambda: [_token_finding(section)])]
+        checks = [Check(GROUP, "modelscope token", lambda: [token_finding(section)])]
         if any(not pushes_from_vm(route) for route in scope.routes):
             checks.append(_local_git_check(scope))
         seen: set[tuple[str, bool]] = set()
@@ -488,10 +528,10 @@ class LfsPushHop(Hop):
             target = str(repo.destinations.get("modelscope_repo") or repo.name)
             name = f"modelscope {target}"
             try:
-                target = _checked_destination(target)
+                target = checked_destination(target)
             except UsageError as exc:
                 hint = "set the repo's modelscope_repo destination to OWNER/NAME"
-                checks.append(_found(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
+                checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
                 continue
             owner, repo_name = target.split("/", 1)
             remote = section.remote.format(owner=owner, name=repo_name)

@@ -203,6 +203,7 @@ class WebApp:
             "vm_dir",
             "modelscope_repo",
             "vm_from_staging",
+            "keep_copies",
             "webhooks",
             "replace",
             "dry_run",
@@ -223,6 +224,7 @@ class WebApp:
             vm_dir=_optional(body, "vm_dir", str),
             modelscope_repo=_optional(body, "modelscope_repo", str),
             vm_from_staging=_optional(body, "vm_from_staging", bool),
+            keep_copies=_optional(body, "keep_copies", bool),
             webhooks=_strings(body, "webhooks"),
         )
         if _optional(body, "dry_run", bool):

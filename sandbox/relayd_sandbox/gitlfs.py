@@ -4,7 +4,9 @@
 basic transfer, verify); every other ``/<owner>/<name>.git/*`` request goes through a CGI bridge to
 ``git http-backend``. Both legs require HTTP Basic ``oauth2:<token>``, as ModelScope does, so the
 real git and git-lfs clients discover the LFS endpoint and authenticate exactly as in production.
-``/models/<owner>/<name>.git`` (the newer SDK's URL form) reaches the same repository.
+``/models/<owner>/<name>.git`` (the newer SDK's URL form) reaches the same repository. ModelScope's
+HTTP upload API (``/api/v1/repos/…``: pre-check, blob PUT, commit) is served on the same origin by
+``ms_api``, committing into the same bare repositories.
 
 Batch actions come in each shape the batch API allows (``action_auth``): by default they carry their
 own ``Authorization: Bearer <token>`` header (an HMAC over operation, repo, oid, size and expiry, valid
@@ -60,6 +62,7 @@ from typing import Literal
 from relayd_sandbox._http import RequestLog
 from relayd_sandbox.gitlfs_http import GitLfsListener
 from relayd_sandbox.gitlfs_store import ActionSigner, ObjectStore, lfs_pointer
+from relayd_sandbox.ms_api import MsApiKnobs
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +75,12 @@ __all__ = [
     "lfs_pointer",
 ]
 
-Endpoint = Literal["git", "batch", "upload", "download", "verify"]
+Endpoint = Literal["git", "batch", "upload", "download", "verify", "ms_batch", "ms_upload", "ms_commit"]
 ActionAuth = Literal["header", "basic", "signed_url"]
 ActionExpiry = Literal["expires_in", "expires_at", "both", "none"]
-_ENDPOINTS: frozenset[str] = frozenset({"git", "batch", "upload", "download", "verify"})
+_ENDPOINTS: frozenset[str] = frozenset(
+    {"git", "batch", "upload", "download", "verify", "ms_batch", "ms_upload", "ms_commit"}
+)
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -183,6 +188,8 @@ class GitLfsServer:
         # Called as (owner, name, path, service) before each authorized git request is served, e.g.
         # to commit on the server between a client's fetch and its push (a non-fast-forward race).
         self.before_git: Callable[[str, str, str, str], None] | None = None
+        # ModelScope's HTTP upload API on the same origin (relayd_sandbox.ms_api): its knobs and records.
+        self.modelscope = MsApiKnobs()
         self.request_log = RequestLog()
         self.storage_log = RequestLog()
         self.store = ObjectStore(root / "lfs")
@@ -435,7 +442,8 @@ class GitLfsServer:
         (e.g. 500, 429 with *retry_after*, 507 "quota exceeded") instead of serving them.
 
         *endpoint* is ``git`` (any git http-backend request), ``batch``, ``upload`` (PUT),
-        ``download`` (GET) or ``verify``.
+        ``download`` (GET) or ``verify``; or ModelScope's HTTP API: ``ms_batch`` (the pre-check),
+        ``ms_upload`` (a blob PUT) or ``ms_commit``, answered with its envelope.
         """
         if endpoint not in _ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
@@ -473,6 +481,7 @@ class GitLfsServer:
         """Zero the counters and clear the batch list and the request logs."""
         with self._lock:
             self._tally = _Tally()
+        self.modelscope.reset()
         self.request_log.clear()
         self.storage_log.clear()
 

@@ -1,8 +1,8 @@
 """The HTTP side of the sandbox git + LFS server: a listener per origin that can cut its open
 connections, and one handler per connection, speaking HTTP/1.1 with keep-alive as git (libcurl) and
-git-lfs (Go) expect, that routes each request to git's CGI bridge (``gitlfs_git``) or to the LFS
-endpoints (``gitlfs_lfs``); the plumbing they share is ``gitlfs_base``, the request body's framing
-``gitlfs_body``."""
+git-lfs (Go) expect, that routes each request to git's CGI bridge (``gitlfs_git``), to the LFS
+endpoints (``gitlfs_lfs``) or to ModelScope's HTTP upload API (``ms_api``); the plumbing they share
+is ``gitlfs_base``, the request body's framing ``gitlfs_body``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from relayd_sandbox._http import LoopbackServer
 from relayd_sandbox.gitlfs_body import BadRequest, ClientGone, RequestBody
 from relayd_sandbox.gitlfs_git import GitBackend
-from relayd_sandbox.gitlfs_lfs import LfsEndpoints
+from relayd_sandbox.ms_api import MsApiEndpoints
 
 if TYPE_CHECKING:
     from relayd_sandbox.gitlfs import GitLfsServer
@@ -28,7 +28,7 @@ _REPO_PATH = re.compile(
 )
 
 
-class GitLfsHandler(GitBackend, LfsEndpoints):
+class GitLfsHandler(GitBackend, MsApiEndpoints):
     """Serve one connection of the sandbox git + LFS server."""
 
     protocol_version = "HTTP/1.1"
@@ -72,6 +72,9 @@ class GitLfsHandler(GitBackend, LfsEndpoints):
         if redirect is not None and not storage:
             status, target = redirect
             self._send_text(status, "Moved", {"Location": target.rstrip("/") + self.path})
+            return
+        if split.path.startswith("/api/v1/") and not storage:
+            self._ms_api(split.path)  # ModelScope's HTTP upload API (relayd_sandbox.ms_api)
             return
         match = _REPO_PATH.fullmatch(split.path)
         if match is None or (storage and not (match["rest"] or "").startswith("/info/lfs/")):

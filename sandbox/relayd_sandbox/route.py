@@ -27,6 +27,8 @@ from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
 
 OWNER, NAME = "demo", "tiny-model"
 REPO = f"{OWNER}/{NAME}"
+#: A second repo with the first one's weights (``add_mirror``).
+MIRROR = f"{OWNER}/{NAME}-mirror"
 HUB_USER = "demo"
 CREDENTIAL_HELPER = (
     '!f() { test "$1" = get && echo username=oauth2 && echo "password=$RELAYD_DEMO_MS_TOKEN"; }; f'
@@ -295,6 +297,14 @@ activity_timeout = "60s"
             message="Retrain the first layer",
         )
         return changed, removed, self.head
+
+    def add_mirror(self) -> tuple[str, str]:
+        """Publish a second Hub repo with the same weights as the first (a mirror someone made), and an
+        empty destination repo for it; return (Hub repo id, destination repo id)."""
+        assert self.hub is not None and self.git is not None  # noqa: S101
+        make_model_repo(self.hub, MIRROR, shards=self.shards, shard_size=self.shard_size)
+        self.git.new_repo(OWNER, MIRROR.split("/", 1)[1])
+        return MIRROR, MIRROR
 
     # -- verification ------------------------------------------------------------------------------
 

@@ -129,8 +129,9 @@ def test_every_documented_field_appears(relayctl: Relayctl) -> None:
     relayctl.store  # noqa: B018 - creates the catalogue at head
     route = ("fetch", "push")
     add_repo(store, "org/full", route, {"one.bin": 1000, "two.bin": 2000})
+    store.complete(claim(store, "fetch", "one.bin"), OWNER, {"skipped": True})  # a byte avoided
+    finish(store, "fetch", "two.bin")
     for path in ("one.bin", "two.bin"):
-        finish(store, "fetch", path)
         finish(store, "push", path)
     finish_id = store.claim("push", OWNER, 600)
     assert finish_id is not None and finish_id.snapshot_id is not None
@@ -297,9 +298,33 @@ def test_a_transfer_the_destination_already_had_shows_as_skipped(relayctl: Relay
     document = json.loads(relayctl("status", "org/dedup", "--json").stdout)
     skipped = {item["path"]: item["hops"][0]["skipped"] for item in document["files"]}
     assert skipped == {"known.bin": True, "new.bin": False}
+    reasons = {item["path"]: item["hops"][0]["skipped_reason"] for item in document["files"]}
+    assert reasons == {"known.bin": "server_had_it", "new.bin": None}
+    assert document["bytes_avoided"]["snapshot"] == [
+        {"hop": "local_copy", "reason": "server_had_it", "files": 1, "bytes": 100}
+    ]
     text = relayctl("status", "org/dedup").stdout
-    assert "known.bin  100 B  local_copy done (already there)" in text
+    assert "known.bin  100 B  local_copy skipped (destination had it)" in text
     assert "new.bin  200 B  local_copy done" in text and "new.bin  200 B  local_copy done (" not in text
+    assert "bytes avoided, this snapshot: 100 B (copy 100 B destination had it)" in text
+
+
+def test_bytes_avoided_count_unchanged_files_in_later_snapshots(relayctl: Relayctl) -> None:
+    store = relayctl.store
+    add_repo(store, "org/two", ("local_copy",), {"same.bin": 300, "old.bin": 50})
+    finish(store, "local_copy", "same.bin")
+    finish(store, "local_copy", "old.bin")
+    repo = store.repo("org/two")
+    assert repo is not None
+    same = FileSpec(path="same.bin", size=300, lfs=False, git_blob_id="org/two:same.bin:300")
+    store.record_snapshot(
+        repo.id, "b" * 40, [same, FileSpec(path="new.bin", size=70, lfs=False, git_blob_id="n")]
+    )
+    document = json.loads(relayctl("status", "org/two", "--json").stdout)
+    assert document["bytes_avoided"]["snapshot"] == [
+        {"hop": "local_copy", "reason": "unchanged", "files": 1, "bytes": 300}
+    ]
+    assert document["bytes_avoided"]["total"] == document["bytes_avoided"]["snapshot"]
 
 
 # -- stuck: failing for longer than retry.surface_after, still retrying ----------------------------------

@@ -556,3 +556,27 @@ def test_a_sites_daemon_is_checked_for_the_hops_it_serves(doctor: Doctor) -> Non
     assert not [name for name in names if name.startswith("hub ")], names
     assert check(document, "vm git-lfs")["status"] == "ok"
     assert check(document, "drive api")["status"] == "ok"
+
+
+def test_an_ms_upload_route_checks_the_http_api_and_no_git(
+    doctor: Doctor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ms_upload needs no git anywhere: doctor asks ModelScope's HTTP API (an empty pre-check) from
+    where the route uploads, and says when the token is refused."""
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.add_repo(RepoSpec(name=REPO, every=3600, route=("download", "ms_upload")), replace=True)
+    try:
+        document = doctor.json(code=0)
+        assert document["hops"] == ["download", "ms_upload"]
+        assert "accepts the token" in check(document, f"modelscope {REPO}")["detail"]
+        assert not {item["name"] for item in document["checks"]} & {"local git", "local git-lfs"}
+        monkeypatch.setenv("RELAYD_DEMO_MS_TOKEN", "ms-wrong-token-0123456789")
+        refused = doctor.json(code=1)
+        assert check(refused, f"modelscope {REPO}")["status"] == "fail"
+        assert failed(refused) == {f"modelscope {REPO}"}
+    finally:
+        store.add_repo(
+            RepoSpec(name=REPO, every=3600, route=("download", "pan_upload", "vm_pull", "lfs_push")),
+            replace=True,
+        )
+        store.close()

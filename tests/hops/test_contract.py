@@ -33,8 +33,12 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("demo_sites.py", "vm_pull"): (2, "the same, and the hop running when it kills the vm daemon"),
     ("demo_sites.py", "lfs_push"): (1, "the same"),
     **{
+        ("demo_mirror.py", name): (1, "the demo's second repo takes a route through ms_upload")
+        for name in ("download", "pan_upload", "vm_pull", "ms_upload")
+    },
+    **{
         ("cli/status_view.py", name): (1, "status's table of their short names (its time budget)")
-        for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy")
+        for name in ("download", "pan_upload", "vm_pull", "lfs_push", "local_copy", "ms_upload")
     },
 }
 #: Not the core: the hops themselves (the fakes and their VM test kit are a package of their own).

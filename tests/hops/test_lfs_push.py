@@ -28,7 +28,7 @@ from relayd.config import Config, parse_config
 from relayd.daemon import hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
-from relayd.hops.base import HopContext, Services
+from relayd.hops.base import HopContext, RepoInfo, Services
 from relayd.hops.lfs_push import LfsPushHop
 from relayd.staging import Staging
 from relayd.vm.executor import make_executor
@@ -118,8 +118,9 @@ class PushWorld:
             replace=True,
         )
 
-    def snapshot(self, files: dict[str, bytes], commit: str) -> int:
-        """Record a snapshot of *files* and complete the hop before lfs_push for each new file."""
+    def snapshot(self, files: dict[str, bytes], commit: str, held: set[str] | None = None) -> int:
+        """Record a snapshot of *files* (the sha256s in *held* skip to lfs_push: the server holds them)
+        and complete the hop before lfs_push for each new file that needs it."""
         repo = self.store.repo(HF_REPO)
         assert repo is not None
         specs = []
@@ -130,7 +131,7 @@ class PushWorld:
                     path, len(data), lfs, sha256=sha(data), git_blob_id=None if lfs else git_blob_id(data)
                 )
             )
-        snapshot = self.store.record_snapshot(repo.id, commit, specs).snapshot_id
+        snapshot = self.store.record_snapshot(repo.id, commit, specs, held=held or set()).snapshot_id
         first = self.route[0]
         while (transfer := self.store.claim(first, "seeder", 30)) is not None:
             job = self.store.load_job(transfer.id)
@@ -590,3 +591,31 @@ def test_an_object_over_the_servers_size_limit_blocks_saying_split_the_file(
     assert "split the file" in (blocked.hint or "") and "quota" not in (blocked.hint or "")
     assert server.objects(OWNER, "model") == {}
     assert world.file_transfer("README.md").state == DONE
+
+
+def test_asked_first_the_lfs_server_says_which_objects_it_holds(
+    world: PushWorld, server: GitLfsServer
+) -> None:
+    """Ask the end first: a batch request names the objects the destination repo already stores."""
+    data = os.urandom(100_000)
+    held = server.store_object(OWNER, "model", data)
+    repo = RepoInfo(
+        name=HF_REPO, route=("download", "lfs_push"), destinations={"modelscope_repo": f"{OWNER}/model"}
+    )
+    assert world.hop.held(repo, [(held, len(data)), (sha(b"not there"), 9)]) == {held}
+    assert world.hop.held(repo, []) == set()
+
+
+def test_a_file_the_server_held_when_asked_is_committed_without_moving(
+    world: PushWorld, server: GitLfsServer, git: GitClient, tmp_path: Path
+) -> None:
+    files = {"model.safetensors": os.urandom(120_000), "README.md": b"# held\n"}
+    oid = server.store_object(OWNER, "model", files["model.safetensors"])
+    world.add_repo(route=("download", "lfs_push"))
+    world.snapshot(files, "9" * 40, held={oid})
+    world.run()
+    assert world.snapshot_transfer().state == DONE
+    assert world.file_transfer("model.safetensors").handles == {"oid": oid, "size": 120_000, "skipped": True}
+    assert server.counters().put_bytes == 0
+    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    assert tree["model.safetensors"] == sha(files["model.safetensors"])

@@ -66,8 +66,10 @@ from relayd.catalogue.queries.status import (
 from relayd.catalogue.queries.throughput import (
     Avoided,
     HopRate,
+    RepoAvoided,
     bytes_avoided,
     measured_rates,
+    repo_avoided,
 )
 from relayd.catalogue.rules import (
     DEFAULT_STUCK_HINT,
@@ -130,6 +132,7 @@ __all__ = [
     "HopRate",
     "HopSummary",
     "Reader",
+    "RepoAvoided",
     "RepoDetail",
     "RepoSummary",
     "RepoTarget",
@@ -148,6 +151,7 @@ __all__ = [
     "lock_held",
     "measured_rates",
     "open_reader",
+    "repo_avoided",
     "repo_detail",
     "repo_targets",
     "schema_at_head",

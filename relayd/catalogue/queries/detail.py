@@ -18,9 +18,10 @@ from relayd.catalogue.queries.daemon import (
     service_facts,
 )
 from relayd.catalogue.queries.failures import BlockedItem, StuckItem, stuck_items
-from relayd.catalogue.queries.reader import Reader, as_utc
+from relayd.catalogue.queries.reader import Reader, as_utc, from_json
 from relayd.catalogue.queries.status import RepoSummary, blocked_items, repo_rows, summarise
-from relayd.catalogue.rules import skipped
+from relayd.catalogue.queries.throughput import RepoAvoided, repo_avoided
+from relayd.catalogue.rules import avoided_reason, skipped
 from relayd.catalogue.states import DONE, INTERRUPTED, PENDING, RUNNING, STATE_ORDER
 
 
@@ -39,8 +40,9 @@ class FileHop(NamedTuple):
     error_class: str | None
     hint: str | None
     # Done without moving the payload: the destination already had it (an LFS object on the server,
-    # the drive's rapid upload, content already staged for another file).
+    # the drive's rapid upload, content already staged for another file), and why (rules.avoided_reason).
     skipped: bool = False
+    skipped_reason: str | None = None
 
 
 class FileStatus(NamedTuple):
@@ -57,6 +59,7 @@ class RepoDetail(NamedTuple):
     service: list[ServiceFact]
     stuck: list[StuckItem]
     daemon: DaemonStatus
+    avoided: RepoAvoided = RepoAvoided([], [])
 
 
 def _eta(state: str | None, remaining: int, rate: float | None) -> float | None:
@@ -132,6 +135,7 @@ def _repo_detail(reader: Reader, name: str, now: datetime) -> RepoDetail | None:
                         error_class,
                         hint,
                         skipped(state, handles),
+                        _reason(state, handles),
                     )
                 )
                 if state != overall and STATE_ORDER.get(state, 3) < STATE_ORDER[overall]:
@@ -139,4 +143,14 @@ def _repo_detail(reader: Reader, name: str, now: datetime) -> RepoDetail | None:
             files.append(FileStatus(path, size, overall, hops))
         files.sort(key=lambda item: (STATE_ORDER.get(item.state, 3), item.path))
     stuck, _ = stuck_items(reader, rows, repo_id, None, daemon_running=daemon_running)
-    return RepoDetail(repo=repo, blocked=blocked, files=files, service=service, stuck=stuck, daemon=daemon)
+    avoided = repo_avoided(reader, repo_id, repo.route, repo.snapshot.id if repo.snapshot else None)
+    return RepoDetail(
+        repo=repo, blocked=blocked, files=files, service=service, stuck=stuck, daemon=daemon, avoided=avoided
+    )
+
+
+def _reason(state: str, handles: Any) -> str | None:
+    if not skipped(state, handles):
+        return None
+    parsed = from_json(handles) if isinstance(handles, str) else handles
+    return avoided_reason(parsed) if isinstance(parsed, dict) else None

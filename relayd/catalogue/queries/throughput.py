@@ -2,7 +2,9 @@
 
 ``measured_rates`` times the pieces each hop recorded durable lately (`relayctl drive status`, `relayctl
 doctor`); ``bytes_avoided`` counts, by hop and reason (``rules.avoided_reason``), the files hops are done
-with without moving their payload (the web page).
+with without moving their payload (the web page, metrics); ``repo_avoided`` the same for one repo, per
+snapshot and in total, with the files a snapshot shares with an earlier one as ``unchanged``
+(`relayctl status REPO`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from relayd.catalogue.queries.reader import Reader, as_utc, from_json, in_list
-from relayd.catalogue.rules import avoided_reason
+from relayd.catalogue.rules import UNCHANGED, avoided_reason
 from relayd.catalogue.states import RUNNING
 
 
@@ -108,3 +110,56 @@ def bytes_avoided(reader: Reader) -> list[Avoided]:
             total[0] += 1
             total[1] += int(size or 0)
     return [Avoided(hop, reason, files, size) for (hop, reason), (files, size) in sorted(totals.items())]
+
+
+class RepoAvoided(NamedTuple):
+    """What a repo's hops did not move, by hop and reason: for its current snapshot, and summed over
+    every snapshot it recorded."""
+
+    snapshot: list[Avoided]
+    total: list[Avoided]
+
+    @staticmethod
+    def bytes_of(items: Sequence[Avoided]) -> int:
+        return sum(item.bytes for item in items)
+
+
+def repo_avoided(reader: Reader, repo_id: int, route: Sequence[str], snapshot_id: int | None) -> RepoAvoided:
+    """Return the payload the repo's hops did not move, per snapshot (*snapshot_id*'s) and in total, by
+    hop and reason: a file new in a snapshot counts what its done transfers record (``avoided_reason``:
+    the destination had it, rapid upload, staged already …); a file an earlier snapshot already had
+    counts as ``unchanged`` on every hop of the route (nothing moved for it again)."""
+    snapshots: dict[int, list[tuple[int, int]]] = {}
+    for sid, file_id, size in reader.rows(
+        "SELECT s.id, sf.file_id, f.size FROM snapshots s JOIN snapshot_files sf ON sf.snapshot_id = s.id "
+        "JOIN files f ON f.id = sf.file_id WHERE s.repo_id = :repo_id ORDER BY s.id",
+        {"repo_id": repo_id},
+    ):
+        snapshots.setdefault(sid, []).append((file_id, int(size or 0)))
+    reasons: dict[int, list[tuple[str, str]]] = {}
+    for file_id, hop, handles in reader.rows(
+        "SELECT t.file_id, t.hop, t.handles FROM transfers t WHERE t.repo_id = :repo_id AND "
+        "t.state = 'done' AND CAST(t.handles AS TEXT) LIKE '%true%'",
+        {"repo_id": repo_id},
+    ):
+        parsed = from_json(handles)
+        reason = avoided_reason(parsed) if isinstance(parsed, dict) else None
+        if reason is not None:
+            reasons.setdefault(file_id, []).append((hop, reason))
+    seen: set[int] = set()
+    total: dict[tuple[str, str], list[int]] = {}
+    current: dict[tuple[str, str], list[int]] = {}
+    for sid, files in snapshots.items():
+        for file_id, size in files:
+            pairs = [(hop, UNCHANGED) for hop in route] if file_id in seen else reasons.get(file_id, [])
+            for pair in pairs:
+                for totals in (total, current) if sid == snapshot_id else (total,):
+                    entry = totals.setdefault(pair, [0, 0])
+                    entry[0] += 1
+                    entry[1] += size
+        seen.update(file_id for file_id, _ in files)
+
+    def listed(totals: dict[tuple[str, str], list[int]]) -> list[Avoided]:
+        return [Avoided(hop, reason, n, size) for (hop, reason), (n, size) in sorted(totals.items())]
+
+    return RepoAvoided(listed(current), listed(total))

@@ -84,7 +84,8 @@ def _file_info(file: File, blob: Blob) -> FileInfo:
     )
 
 
-def _repo_info(repo: Repo) -> RepoInfo:
+def repo_info(repo: Repo) -> RepoInfo:
+    """Return the plain record of *repo* a hop is handed."""
     return RepoInfo(
         name=repo.name,
         repo_type=repo.repo_type,
@@ -271,7 +272,7 @@ class ClaimStore(SnapshotStore):
                 hop=transfer.hop,
                 attempts=transfer.attempts,
                 handles=dict(transfer.handles or {}),
-                repo=_repo_info(repo),
+                repo=repo_info(repo),
                 commit=commit or repo.head_commit or "",
                 file=file,
                 pieces=pieces,

@@ -11,7 +11,7 @@ end. A refused head blocks the poll.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relayd.catalogue.rules import drive_copy_handles, next_step
+from relayd.catalogue.rules import ASKED_END, drive_copy_handles, next_step
 from relayd.catalogue.schema import (
     BLOCKED,
     DONE,
@@ -51,23 +51,29 @@ log = logging.getLogger(__name__)
 class SnapshotStore(RepoStore):
     """Snapshots, their files and each file's next transfer."""
 
-    def record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
+    def record_snapshot(
+        self, repo_id: int, commit: str, files: Sequence[FileSpec], *, held: Collection[str] = ()
+    ) -> SnapshotResult:
         """Record a new head of the repo and its files; start moving what is new.
 
         Files whose path and content were in an earlier snapshot are linked, not moved again; earlier
-        unfinished snapshots are superseded. Raise CatalogueError on duplicate paths.
+        unfinished snapshots are superseded. A new file whose sha256 is in *held* (the route's last hop
+        said its destination holds it) skips every hop before the last. Raise CatalogueError on
+        duplicate paths.
         """
         paths = [spec.path for spec in files]
         if len(set(paths)) != len(paths):
             raise CatalogueError(f"snapshot {commit} lists a path twice")
         try:
-            return self._record_snapshot(repo_id, commit, files)
+            return self._record_snapshot(repo_id, commit, files, held)
         except IntegrityError:
             # Another worker sharing the catalogue recorded the same head (or content) at the same
             # moment; its transaction won, so ours finds the snapshot there now.
-            return self._record_snapshot(repo_id, commit, files)
+            return self._record_snapshot(repo_id, commit, files, held)
 
-    def _record_snapshot(self, repo_id: int, commit: str, files: Sequence[FileSpec]) -> SnapshotResult:
+    def _record_snapshot(
+        self, repo_id: int, commit: str, files: Sequence[FileSpec], held: Collection[str]
+    ) -> SnapshotResult:
         now = utcnow()
         with self._write() as session:
             repo = session.get(Repo, repo_id)
@@ -117,7 +123,7 @@ class SnapshotStore(RepoStore):
                 session.add(SnapshotFile(snapshot_id=snapshot.id, file_id=file.id))
             removed = self._supersede_older(session, repo, snapshot.id, set(file_ids))
             for file_id in file_ids:
-                self._ensure_frontier(session, repo, file_id, now)
+                self._ensure_frontier(session, repo, file_id, now, held if file_id in new_file_ids else ())
             linked = len(file_ids) - len(new_file_ids)
             repo.head_commit = commit
             repo.poll_state = POLL_OK
@@ -218,8 +224,11 @@ class SnapshotStore(RepoStore):
             )
         return removed
 
-    def _ensure_frontier(self, session: Session, repo: Repo, file_id: int, now: datetime) -> bool:
-        """Make sure the file's next needed transfer exists; return True if one was created."""
+    def _ensure_frontier(
+        self, session: Session, repo: Repo, file_id: int, now: datetime, held: Collection[str] = ()
+    ) -> bool:
+        """Make sure the file's next needed transfer exists; return True if one was created. A file
+        whose content is in *held* skips every hop before the route's last."""
         route = list(repo.route)
         states = {
             hop: state
@@ -232,7 +241,10 @@ class SnapshotStore(RepoStore):
             return False
         file = session.get(File, file_id)
         assert file is not None  # noqa: S101 - file_id comes from this transaction
-        if step == 0 and self._reuse_drive_copy(session, repo, file, now):
+        if step == 0 and file.sha256 in held and len(route) > 1:
+            self._skip_to_the_end(session, repo, file, now)
+            step = len(route) - 1
+        elif step == 0 and self._reuse_drive_copy(session, repo, file, now):
             states.update(dict.fromkeys(route[:2], DONE))
             step = next_step(route, states)
             if step is None:
@@ -257,6 +269,30 @@ class SnapshotStore(RepoStore):
         )
         session.flush()
         return True
+
+    def _skip_to_the_end(self, session: Session, repo: Repo, file: File, now: datetime) -> None:
+        """Record every hop before the route's last as done for *file* without moving it: the
+        destination holds its content ("ask the end first"; the last hop checks it again)."""
+        for step, hop in enumerate(repo.route[:-1]):
+            session.add(
+                Transfer(
+                    repo_id=repo.id,
+                    file_id=file.id,
+                    hop=hop,
+                    step=step,
+                    state=DONE,
+                    bytes_total=file.size,
+                    bytes_done=file.size,
+                    created_at=now,
+                    updated_at=now,
+                    finished_at=now,
+                    handles=dict(ASKED_END),
+                )
+            )
+        session.flush()
+        log.info(
+            "%s: %s: the destination has it; skipped on %s", repo.name, file.path, ",".join(repo.route[:-1])
+        )
 
     def _reuse_drive_copy(self, session: Session, repo: Repo, file: File, now: datetime) -> bool:
         """Record the route's first two hops (to staging, to the drive) as done by a verified drive copy

@@ -11,7 +11,7 @@ from .core import serve
 _package = str(__package__ or __name__.rpartition(".")[0])
 
 # Operation modules register themselves in core.OPS when imported.
-for _module in ("basic", "pull", "place", "lfs_upload", "publish"):
+for _module in ("basic", "pull", "place", "lfs_upload", "publish", "ms_api"):
     try:
         importlib.import_module("." + _module, _package)
     except ImportError as _exc:

@@ -186,8 +186,9 @@ def message_of(body: bytes, scrub: Scrubber) -> str:
     text = body[:4096].decode("utf-8", "replace")
     try:
         document = json.loads(text)
-        if isinstance(document, dict) and isinstance(document.get("message"), str):
-            text = document["message"]
+        # git-LFS says "message"; ModelScope's API envelope says "Message".
+        said = [document.get(key) for key in ("message", "Message")] if isinstance(document, dict) else []
+        text = next((each for each in said if isinstance(each, str)), text)
     except ValueError:
         title = _HTML_TITLE.search(text)  # an error page from a proxy in front (nginx's 413 is one)
         if title:

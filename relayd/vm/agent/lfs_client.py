@@ -130,9 +130,17 @@ class LfsClient:
         """Return whether *url* has the remote's scheme, host and port (the token's only address)."""
         return origin(url) == origin(self.remote)
 
-    def _json(self, url: str, document: dict[str, Any], headers: dict[str, str], what: str) -> Any:
-        """POST *document* to *url* and return the decoded JSON answer. Raise HttpStatus for an answer
-        other than 2xx, AgentError when the server is unreachable or answers too much or no JSON."""
+    def _json(
+        self,
+        url: str,
+        document: dict[str, Any],
+        headers: dict[str, str],
+        what: str,
+        media_type: str = LFS_JSON,
+    ) -> Any:
+        """POST *document* to *url* as *media_type* and return the decoded JSON answer. Raise
+        HttpStatus for an answer other than 2xx, AgentError when the server is unreachable or answers
+        too much or no JSON."""
         body = json.dumps(document).encode()
         connection, target = self._connect(url)
         try:
@@ -140,7 +148,7 @@ class LfsClient:
                 "POST",
                 target,
                 body=body,
-                headers=dict(headers, **{"Content-Type": LFS_JSON, "Accept": LFS_JSON}),
+                headers=dict(headers, **{"Content-Type": media_type, "Accept": media_type}),
             )
             response = connection.getresponse()
             failed = response.status >= 300
@@ -307,7 +315,37 @@ class LfsClient:
     def _put(
         self, action: dict[str, Any], oid: str, size: int, path: str, progress: Callable[[int], None]
     ) -> int:
-        headers = self._action_headers(action)
+        sent, refused = self.send_file(
+            str(action.get("href")), self._action_headers(action), oid, size, path, progress
+        )
+        if refused is not None:
+            if refused.status == 403:  # an expired action token: a new batch request gets a new one
+                raise AgentError(
+                    "the upload of %s was refused (403): %s" % (oid[:12], refused.message),
+                    kind="retryable",
+                    error_class="auth",
+                )
+            if refused.status == 422:
+                raise self.refused_bytes(path, oid, refused.message)
+            raise refused.failure("the upload of %s" % oid[:12], self.repo)
+        return sent
+
+    def send_file(
+        self,
+        href: str,
+        headers: dict[str, str],
+        oid: str,
+        size: int,
+        path: str,
+        progress: Callable[[int], None],
+    ) -> tuple[int, HttpStatus | None]:
+        """Stream the file at *path* (object *oid* of *size* bytes) to *href* in one ``PUT`` with
+        *headers*; return the bytes sent and the server's answer when it is not 2xx. The file is
+        guarded while it is sent (``verify``): the last chunk is held back unless it is still the
+        object, so the server never receives a complete wrong object. Raise AgentError when the
+        connection fails, blocked ``too_large`` on a 413 (read even after the body was cut short), and
+        blocked ``integrity`` when the file changed."""
+        headers = dict(headers)
         headers["Content-Length"] = str(size)
         headers.setdefault("Content-Type", "application/octet-stream")
         hasher = Hasher() if self.verify == "sha256" else None
@@ -316,7 +354,7 @@ class LfsClient:
             opened = os.fstat(source.fileno())
             if opened.st_size != size:
                 raise _changed(path, oid, "its size is %d, not %d" % (opened.st_size, size))
-            connection, target = self._connect(str(action.get("href")))
+            connection, target = self._connect(href)
             try:
                 connection.putrequest("PUT", target, skip_accept_encoding=True)
                 for key, value in headers.items():
@@ -366,28 +404,12 @@ class LfsClient:
                     hasher.stop()
                 connection.close()
         if response.status >= 300:
-            message = message_of(payload, self.scrub)
-            if response.status == 403:  # an expired action token: a new batch request gets a new one
-                raise AgentError(
-                    "the upload of %s was refused (403): %s" % (oid[:12], message),
-                    kind="retryable",
-                    error_class="auth",
-                )
-            if response.status == 413:
+            refused = HttpStatus(response, message_of(payload, self.scrub))
+            if refused.status == 413:
                 raise too_large(
-                    "%s is %s; the upload was answered 413: %s" % (path, size_text(size), message)
+                    "%s is %s; the upload was answered 413: %s" % (path, size_text(size), refused.message)
                 )
-            if response.status == 422:
-                if hasher is None:
-                    got = _sha256_file(path, self.context)
-                    if got != oid:
-                        raise _changed(path, oid, "its sha256 is %s" % got)
-                raise AgentError(
-                    "the server rejected the bytes of %s: %s" % (oid[:12], message),
-                    kind="retryable",
-                    error_class=MISMATCH,
-                )
-            raise HttpStatus(response, message).failure("the upload of %s" % oid[:12], self.repo)
+            return sent, refused
         if sent < size:
             raise AgentError(
                 "the server answered %d to the upload of %s after %d of %d bytes"
@@ -395,7 +417,21 @@ class LfsClient:
                 kind="retryable",
                 error_class="protocol",
             )
-        return sent
+        return sent, None
+
+    def refused_bytes(self, path: str, oid: str, message: str) -> AgentError:
+        """Return the error for an upload whose bytes the server refused: blocked when the file no
+        longer hashes to *oid* (hashed again unless it was hashed while sent), else the server measured
+        wrong bytes (MISMATCH: the daemon sends them again once, then blocks)."""
+        if self.verify != "sha256":
+            got = _sha256_file(path, self.context)
+            if got != oid:
+                return _changed(path, oid, "its sha256 is %s" % got)
+        return AgentError(
+            "the server rejected the bytes of %s: %s" % (oid[:12], message),
+            kind="retryable",
+            error_class=MISMATCH,
+        )
 
     def _verify(self, action: dict[str, Any], oid: str, size: int) -> None:
         try:

@@ -192,3 +192,10 @@ class LfsPushHarness(HopHarness):
 
     def repair(self) -> None:
         self.server.corrupt_puts = 0
+
+
+class MsUploadHarness(LfsPushHarness):
+    """ms_upload through ModelScope's HTTP upload API, which the git + LFS server serves on its own port
+    into the same repositories (its blob PUTs are counted and damaged as the LFS PUTs are)."""
+
+    hop = "ms_upload"

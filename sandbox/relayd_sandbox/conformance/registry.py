@@ -26,6 +26,7 @@ HOP_HARNESSES: dict[str, str] = {
     "pan_upload": "relayd_sandbox.conformance.drive_hops:PanUploadHarness",
     "vm_pull": "relayd_sandbox.conformance.drive_hops:VmPullHarness",
     "lfs_push": "relayd_sandbox.conformance.hops:LfsPushHarness",
+    "ms_upload": "relayd_sandbox.conformance.hops:MsUploadHarness",
 }
 
 DRIVE_HARNESSES: dict[str, str] = {
