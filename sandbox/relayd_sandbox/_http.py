@@ -5,6 +5,7 @@ per-connection bandwidth cap."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import threading
@@ -130,7 +131,15 @@ def send_range(connection: socket.socket, fd: int, offset: int, count: int) -> i
     write (sendfile would bypass the encryption, and ``socket.sendfile`` falls back to 8 KiB writes).
     """
     if not isinstance(connection, ssl.SSLSocket):
-        return os.sendfile(connection.fileno(), fd, offset, count)
+        while True:
+            try:
+                return os.sendfile(connection.fileno(), fd, offset, count)
+            except BlockingIOError:
+                # A socket with a timeout is non-blocking underneath: when the client reads slower than
+                # the file goes out, wait (up to that timeout) until the socket takes more.
+                _, writable, _ = select.select([], [connection], [], connection.gettimeout())
+                if not writable:
+                    raise TimeoutError("the client stopped reading") from None
     data = os.pread(fd, min(count, _TLS_CHUNK), offset)
     connection.sendall(data)
     return len(data)
