@@ -2,7 +2,8 @@
 
 Two daemons share one throwaway PostgreSQL catalogue (the sandbox's ``ThrowawayPostgres``): site
 "abroad" serves download and pan_upload, site "vm" serves vm_pull (the VM's side run locally, as on a
-ModelScope notebook VM that takes no inbound SSH) and lfs_push. Once the vm daemon is pulling, the
+ModelScope notebook VM that takes no inbound SSH), lfs_push and ms_upload (the demo's mirror repo
+goes through ModelScope's HTTP API). Once the vm daemon is pulling, the
 demo kills it with SIGKILL, starts it again, and the route ends with the same verification table as
 the one-daemon demo. `relayctl workers` shows both sites, and the killed process dead.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from relayd_sandbox.postgres import ThrowawayPostgres
 
 #: Each site's daemon and the hops it serves.
-SITES = {"abroad": ["download", "pan_upload"], "vm": ["vm_pull", "lfs_push"]}
+SITES = {"abroad": ["download", "pan_upload"], "vm": ["vm_pull", "lfs_push", "ms_upload"]}
 KILLED = "vm"
 #: The hop the killed daemon runs when it is killed.
 KILLED_HOP = "vm_pull"

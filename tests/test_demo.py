@@ -138,7 +138,7 @@ def test_the_two_site_demo_survives_a_kill_9_of_the_vm_daemon(tmp_path: Path) ->
     """`relayd demo --sites 2`: one daemon per site on a throwaway PostgreSQL catalogue, the vm daemon
     killed with SIGKILL while it pulls and started again, and the same verification as one daemon."""
     output = run_demo("--sites", "2", "--shards", "2", "--shard-size", "1MiB", "--workdir", str(tmp_path))
-    assert "sites: abroad serves download + pan_upload, vm serves vm_pull + lfs_push" in output
+    assert "sites: abroad serves download + pan_upload, vm serves vm_pull + lfs_push + ms_upload" in output
     killed = re.search(r"killed the vm daemon \(pid (\d+)\) with SIGKILL while vm_pull was running", output)
     assert killed is not None, output
     assert output.count("sha256 at every place") == 2
