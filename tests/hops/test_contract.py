@@ -32,6 +32,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("demo_sites.py", "pan_upload"): (1, "the same"),
     ("demo_sites.py", "vm_pull"): (2, "the same, and the hop running when it kills the vm daemon"),
     ("demo_sites.py", "lfs_push"): (1, "the same"),
+    ("demo_sites.py", "ms_upload"): (1, "the same: the vm site pushes the mirror repo through it"),
     **{
         ("demo_mirror.py", name): (1, "the demo's second repo takes a route through ms_upload")
         for name in ("download", "pan_upload", "vm_pull", "ms_upload")
