@@ -137,14 +137,14 @@ def test_a_dead_daemons_leases_are_listed_and_come_back(stores: dict[str, Store]
     one, two = stores[ABROAD_1], stores[ABROAD_2]
     seed(one, ["a.bin"])
     beat(one, "abroad-1", "abroad", ("dl", "up"))
-    held = one.claim("dl", "abroad-1", lease=0.2)
+    held = one.claim("dl", "abroad-1", lease=3.0)  # outlives the checks below under load
     assert held is not None
     reader = open_reader(url)
     (listed,) = workers(reader, datetime.now(UTC))
     reader.close()
     assert listed.leased == 1
     assert two.claim("dl", "abroad-2", lease=60) is None
-    time.sleep(0.3)
+    time.sleep(3.1)
     again = two.claim("dl", "abroad-2", lease=60)
     assert again is not None and again.id == held.id
 
