@@ -155,6 +155,26 @@ def _endpoint_check(section: ModelScopeConfig, scope: CheckScope) -> Check:
     return Check(GROUP, "modelscope endpoint", run, reach, origin, "modelscope.remote")
 
 
+def put_progress(job: Job) -> Callable[[dict[str, Any]], None]:
+    """Return the agent-event handler of a one-piece PUT: progress counts bytes on piece 0, and a
+    progress that starts over (a PUT made again) counts as a new send; retries are logged."""
+    sent: dict[str, int] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            now = int(event.get("sent") or 0)
+            before = sent.get("n", -1)
+            if now < before or before < 0:
+                job.begin_piece(0)  # a PUT starts (again): count the send
+                before = 0
+            job.add_progress(now - before, 0)
+            sent["n"] = now
+        elif event.get("event") == "retry":
+            job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
+
+    return on_event
+
+
 def measured_wrong(refused: Retryable, oids: Sequence[str]) -> IntegrityMismatch:
     """Return the IntegrityMismatch for an object the LFS server refused as wrong bytes (*refused*,
     the agent's report): expected is the object's oid (among *oids*, the one the report names), got
@@ -364,19 +384,7 @@ class LfsPushHop(Hop):
             job.piece_done(0)
             return
         oid = file.sha256 or self._hash(job, executor, source)
-        sent: dict[str, int] = {}
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress":
-                now = int(event.get("sent") or 0)
-                before = sent.get("n", -1)
-                if now < before or before < 0:
-                    job.begin_piece(0)  # a PUT of the object starts (again): count the send
-                    before = 0
-                job.add_progress(now - before, 0)
-                sent["n"] = now
-            elif event.get("event") == "retry":
-                job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
+        on_event = put_progress(job)
 
         try:
             result = executor.call(

@@ -39,6 +39,7 @@ from relayd.hops.lfs_push import (
     known_check,
     measured_wrong,
     pushes_from_vm,
+    put_progress,
     token_finding,
 )
 from relayd.services import LOCAL_EXECUTOR
@@ -138,19 +139,7 @@ class MsUploadHop(LfsPushHop):
             job.piece_done(0)
             return
         oid = file.sha256 or self._hash(job, executor, source)
-        sent: dict[str, int] = {}
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress":
-                now = int(event.get("sent") or 0)
-                before = sent.get("n", -1)
-                if now < before or before < 0:
-                    job.begin_piece(0)  # a PUT of the blob starts (again): count the send
-                    before = 0
-                job.add_progress(now - before, 0)
-                sent["n"] = now
-            elif event.get("event") == "retry":
-                job.log.info("retrying %s: %s", event.get("what"), event.get("error"))
+        on_event = put_progress(job)
 
         try:
             result = executor.call(
