@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from relayd.drive.aligo_session import AligoSession
+from relayd.drive.answers import listed_items
 from relayd.drive.base import LOGIN_HINT, DownloadLink, DriveFile, LocalFile, TokenLifetime
 from relayd.drive.multipart import (
     COMPLETE_CODES,
@@ -100,17 +101,12 @@ class AligoDrive(AligoSession, MultipartUploads):
             parent_file_id=parent_id, drive_id=self.drive_id(), type=kind, limit=LIST_LIMIT
         ).to_dict()
         body.update(order_by="name", order_direction="ASC", marker=None)
-        seen: set[str] = set()
-        while True:
-            page = self._post("listing a folder", "/adrive/v3/file/list", body, accept=("NotFound.File",))
-            if page.get("code"):
-                return
-            yield from page.get("items") or []
-            marker = page.get("next_marker")
-            if not marker or not isinstance(marker, str) or marker in seen:
-                return
-            seen.add(marker)
-            body["marker"] = marker
+        yield from listed_items(
+            lambda page: self._post(
+                "listing a folder", "/adrive/v3/file/list", page, accept=("NotFound.File",)
+            ),
+            body,
+        )
 
     def find(self, parent_id: str, name: str) -> DriveFile | None:
         for item in self._children(parent_id, "file"):

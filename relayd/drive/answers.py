@@ -4,6 +4,9 @@ both answer errors as ``{code, message}`` with the same codes (tickstep/aliyunpa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from relayd.drive.base import LOGIN_HINT
 from relayd.errors import ErrorClass, HopError, NeedsPerson, Permanent, Retryable
 
@@ -59,3 +62,22 @@ def failure(what: str, status: int, code: str, message: str, *, login_hint: str 
         f"{what}: the drive refused the request ({detail})",
         hint="this looks like a relayd bug or an API change; report it",
     )
+
+
+def listed_items(
+    fetch: Callable[[dict[str, Any]], dict[str, Any]], body: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Yield every item of a paged folder listing, *fetch* asking for one page of *body*: follow
+    ``next_marker`` until it ends or repeats (a marker handed out twice would page for ever); a page
+    that answers a code (the folder is gone) ends the listing."""
+    seen: set[str] = set()
+    while True:
+        page = fetch(body)
+        if page.get("code"):
+            return
+        yield from page.get("items") or []
+        marker = page.get("next_marker")
+        if not marker or not isinstance(marker, str) or marker in seen:
+            return
+        seen.add(marker)
+        body["marker"] = marker

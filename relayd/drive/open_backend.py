@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from relayd.config import DriveConfig
-from relayd.drive.answers import failure, throttled
+from relayd.drive.answers import failure, listed_items, throttled
 from relayd.drive.base import (
     DownloadLink,
     DriveFile,
@@ -240,17 +240,9 @@ class OpenDrive(MultipartUploads):
             "order_by": "name",
             "order_direction": "ASC",
         }
-        seen: set[str] = set()
-        while True:
-            page = self.call("listing a folder", f"{OPEN}/list", body, accept=("NotFound.File",))
-            if page.get("code"):
-                return
-            yield from page.get("items") or []
-            marker = page.get("next_marker")
-            if not marker or not isinstance(marker, str) or marker in seen:
-                return
-            seen.add(marker)
-            body["marker"] = marker
+        yield from listed_items(
+            lambda page: self.call("listing a folder", f"{OPEN}/list", page, accept=("NotFound.File",)), body
+        )
 
     def find(self, parent_id: str, name: str) -> DriveFile | None:
         for item in self._children(parent_id, "file"):
