@@ -196,6 +196,9 @@ def measured_wrong(refused: Retryable, oids: Sequence[str]) -> IntegrityMismatch
 class LfsPushHop(Hop):
     """VM (or staging) → ModelScope via the LFS batch API and one plumbing commit; see the module doc."""
 
+    #: What a plain (non-LFS) file's handles name once it is in the push: its git blob.
+    plain_copy = "blob"
+
     name = "lfs_push"
     config_section = "modelscope"
     short_name = "push"
@@ -421,7 +424,7 @@ class LfsPushHop(Hop):
     def verify(self, job: Job) -> Outcome:
         file = job.file_or_fail
         handles = dict(job.handles)
-        if handles.get("plain") and handles.get("blob"):
+        if handles.get("plain") and handles.get(self.plain_copy):
             return Outcome(handles=handles)
         if handles.get("oid") and handles.get("size") == file.size:
             return Outcome(handles=handles, sha256=str(handles["oid"]))

@@ -67,6 +67,9 @@ class MsUploadHop(LfsPushHop):
     """VM (or staging) → ModelScope via its HTTP upload API; see the module doc. It shares lfs_push's
     knowledge of where the files are and where they go (``[modelscope]``, the executors)."""
 
+    #: What a plain (non-LFS) file's handles name once it is stashed for the commit.
+    plain_copy = "stash"
+
     name = "ms_upload"
     short_name = "ms"
 
@@ -183,18 +186,6 @@ class MsUploadHop(LfsPushHop):
         job.handles = {"oid": oid, "size": size, "skipped": True, "sent": 0}
         job.save_handles()
         job.piece_done(0)
-
-    def verify(self, job: Job) -> Outcome:
-        file = job.file_or_fail
-        handles = dict(job.handles)
-        if handles.get("plain") and handles.get("stash"):
-            return Outcome(handles=handles)
-        if handles.get("oid") and handles.get("size") == file.size:
-            return Outcome(handles=handles, sha256=str(handles["oid"]))
-        job.reset_pieces()
-        raise Retryable(
-            "no upload of this file is recorded; uploading it again", error_class=ErrorClass.INTEGRITY
-        )
 
     # -- per snapshot -----------------------------------------------------------------------------
 
