@@ -273,23 +273,7 @@ class SnapshotStore(RepoStore):
     def _skip_to_the_end(self, session: Session, repo: Repo, file: File, now: datetime) -> None:
         """Record every hop before the route's last as done for *file* without moving it: the
         destination holds its content ("ask the end first"; the last hop checks it again)."""
-        for step, hop in enumerate(repo.route[:-1]):
-            session.add(
-                Transfer(
-                    repo_id=repo.id,
-                    file_id=file.id,
-                    hop=hop,
-                    step=step,
-                    state=DONE,
-                    bytes_total=file.size,
-                    bytes_done=file.size,
-                    created_at=now,
-                    updated_at=now,
-                    finished_at=now,
-                    handles=dict(ASKED_END),
-                )
-            )
-        session.flush()
+        _done_without_moving(session, repo, file, {hop: dict(ASKED_END) for hop in repo.route[:-1]}, now)
         log.info(
             "%s: %s: the destination has it; skipped on %s", repo.name, file.path, ",".join(repo.route[:-1])
         )
@@ -319,23 +303,7 @@ class SnapshotStore(RepoStore):
         if not copy or not copy.get("file_id"):
             return False
         reason, handles = drive_copy_handles(repo.route, blob.sha256, copy)
-        for step, hop in enumerate(repo.route[:2]):
-            session.add(
-                Transfer(
-                    repo_id=repo.id,
-                    file_id=file.id,
-                    hop=hop,
-                    step=step,
-                    state=DONE,
-                    bytes_total=file.size,
-                    bytes_done=file.size,
-                    created_at=now,
-                    updated_at=now,
-                    finished_at=now,
-                    handles=handles[hop],
-                )
-            )
-        session.flush()
+        _done_without_moving(session, repo, file, {hop: handles[hop] for hop in repo.route[:2]}, now)
         log.info("%s: %s: %s", repo.name, file.path, reason)
         return True
 
@@ -432,3 +400,27 @@ class SnapshotStore(RepoStore):
                 .where(SnapshotFile.file_id == file_id, Snapshot.state == SNAPSHOT_ACTIVE)
             )
         )
+
+
+def _done_without_moving(
+    session: Session, repo: Repo, file: File, handles: dict[str, dict[str, Any]], now: datetime
+) -> None:
+    """Record the route's first hops (the keys of *handles*, in route order) as done for *file*
+    without moving a byte: what they would have made exists already, as their *handles* say."""
+    for step, (hop, hop_handles) in enumerate(handles.items()):
+        session.add(
+            Transfer(
+                repo_id=repo.id,
+                file_id=file.id,
+                hop=hop,
+                step=step,
+                state=DONE,
+                bytes_total=file.size,
+                bytes_done=file.size,
+                created_at=now,
+                updated_at=now,
+                finished_at=now,
+                handles=hop_handles,
+            )
+        )
+    session.flush()
