@@ -149,14 +149,15 @@ max_rate = "2 MB"
         store.close()
 
 
-def test_status_reads_postgresql_through_psycopg_alone_and_agrees_with_sqlalchemy(postgres_url: str) -> None:
-    """relayctl's reader for PostgreSQL skips SQLAlchemy (its import alone costs status's budget) and
-    answers every status question as the SQLAlchemy reader does."""
+def test_status_reads_postgresql_through_libpq_alone_and_agrees_with_sqlalchemy(postgres_url: str) -> None:
+    """relayctl's reader for PostgreSQL skips SQLAlchemy and psycopg (their imports alone cost status's
+    budget) and answers every status question as the SQLAlchemy reader does."""
     from datetime import UTC, datetime
 
     from relayd.catalogue import queries
     from relayd.catalogue.db import make_engine
-    from relayd.catalogue.queries.reader import EngineReader, PsycopgReader
+    from relayd.catalogue.queries.libpq import LibpqReader
+    from relayd.catalogue.queries.reader import EngineReader
 
     store = Store(postgres_url)
     migrate.ensure_schema(store.engine, auto_upgrade=False)
@@ -167,7 +168,7 @@ def test_status_reads_postgresql_through_psycopg_alone_and_agrees_with_sqlalchem
     store.publish("daemon", {"pid": 1, "version": "t", "state": "running"})
     store.close()
     fast = queries.open_reader(postgres_url)
-    assert isinstance(fast, PsycopgReader)
+    assert isinstance(fast, LibpqReader)
     slow = EngineReader(make_engine(postgres_url, immediate=False))
     now = datetime.now(UTC)
     try:

@@ -3,7 +3,8 @@
 ``relayctl status`` must answer in a fraction of a second, and on a small machine importing SQLAlchemy
 alone takes most of that budget. So the queries are plain, portable SQL (named ``:params``, standard
 GROUP BY, no dialect functions) run through a ``Reader``: the standard library's sqlite3 for a SQLite
-catalogue (``SqliteReader``), SQLAlchemy's ``text()`` for any other URL (``EngineReader``). This module
+catalogue (``SqliteReader``), libpq itself for PostgreSQL (``libpq.LibpqReader``), SQLAlchemy's
+``text()`` for any other URL (``EngineReader``). This module
 opens the right one, converts what comes back (SQLite hands back text for datetimes and JSON, other
 databases objects), builds IN lists, and reads the schema's revision.
 """
@@ -103,40 +104,7 @@ class EngineReader:
         self.engine.dispose()
 
 
-class PsycopgReader:
-    """A Reader over a PostgreSQL catalogue through psycopg alone: importing SQLAlchemy would cost
-    `relayctl status` more than its whole budget (docs/benchmarks.md)."""
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        # psycopg takes libpq's URI: the SQLAlchemy URL without its driver name.
-        self._connection = psycopg.connect(_POSTGRES_URL.sub("postgresql://", url), autocommit=True)
-
-    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        # The queries' portable `:name` placeholders become psycopg's `%(name)s` (and `%` becomes `%%`).
-        query = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
-        return self._connection.execute(query, dict(params or {})).fetchall()
-
-    @contextmanager
-    def consistent(self) -> Iterator[None]:
-        """Run the reads in one repeatable-read transaction (one snapshot)."""
-        self._connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            yield
-        finally:
-            self._connection.execute("COMMIT")
-
-    def has_table(self, name: str) -> bool:
-        found = self.rows("SELECT to_regclass(:name) IS NOT NULL", {"name": name})
-        return bool(found and found[0][0])
-
-    def close(self) -> None:
-        self._connection.close()
-
-
 _POSTGRES_URL = re.compile(r"^postgres(?:ql)?\+psycopg://")
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _SQLITE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?%\n]+)")
 
 
@@ -152,13 +120,21 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def open_reader(url: str) -> Reader:
-    """Return a Reader for the catalogue at *url*: sqlite3 for a plain SQLite file, psycopg for
+    """Return a Reader for the catalogue at *url*: sqlite3 for a plain SQLite file, libpq for
     PostgreSQL through psycopg, else SQLAlchemy."""
     path = sqlite_file(url)
     if path is not None:
         return SqliteReader(path)
     if _POSTGRES_URL.match(url):
-        return PsycopgReader(url)
+        from relayd.catalogue.queries.libpq import LibpqError, LibpqReader, find_libpq
+
+        lib = find_libpq()
+        if lib is None:
+            raise LibpqError(
+                "cannot load libpq to read the catalogue: reinstall relayd (it needs psycopg[binary]) "
+                "or install the system's libpq (apt install libpq5)"
+            )
+        return LibpqReader(url, lib)
     from relayd.catalogue.db import make_engine
 
     return EngineReader(make_engine(url, immediate=False))
