@@ -13,6 +13,10 @@ system user the package creates, and its directory is handed to that user. Durab
 off (``fsync``, ``synchronous_commit``, ``full_page_writes``): the data is thrown away with the
 directory, and the tests measure relayd, not the disk. Trust authentication on loopback: the server
 lives for one test session and is reachable only from this machine.
+
+``ThrowawayPostgres(tls=ca)`` serves TLS only, as docs/sites.md tells a site to: a certificate of the
+sandbox's throwaway CA, ``cert`` authentication (the client certificate's CN is the role) for every
+role but the superuser, and plain TCP refused.
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlencode
 
 import psycopg
 
 from relayd_sandbox._http import free_port
+
+if TYPE_CHECKING:
+    from relayd_sandbox.tls import ThrowawayCA
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,9 @@ class ThrowawayPostgres:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, *, start_timeout: float = 30.0, tls: ThrowawayCA | None = None) -> None:
         self.start_timeout = start_timeout
+        self.tls = tls
         self.port = 0
         self.workdir = Path(tempfile.mkdtemp(prefix="relayd-pg-"))
         self.datadir = self.workdir / "data"
@@ -114,6 +123,8 @@ class ThrowawayPostgres:
                 )
             self._prepare_workdir()
             self._initdb(bindir)
+            if self.tls is not None:
+                self._serve_tls_only(self.tls)
             self._spawn(bindir)
         except BaseException:
             self.stop()
@@ -127,9 +138,11 @@ class ThrowawayPostgres:
 
     # -- databases --------------------------------------------------------------------------------
 
-    def url(self, database: str, *, user: str = SUPERUSER) -> str:
-        """Return the SQLAlchemy URL of *database* on this server, as *user* (no password: trust)."""
-        return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{database}"
+    def url(self, database: str, *, user: str = SUPERUSER, options: dict[str, str] | None = None) -> str:
+        """Return the SQLAlchemy URL of *database* on this server, as *user* (no password: trust), with
+        libpq's *options* (``sslmode``, ``sslcert`` …) as its query."""
+        query = f"?{urlencode(options)}" if options else ""
+        return f"postgresql+psycopg://{user}@{self.host}:{self.port}/{database}{query}"
 
     def admin(self) -> psycopg.Connection[tuple[object, ...]]:
         """Return an autocommit connection to the ``postgres`` database as the superuser."""
@@ -202,6 +215,29 @@ class ThrowawayPostgres:
         )
         if result.returncode != 0:
             raise PostgresError(f"initdb failed: {result.stderr.decode(errors='replace')[-2000:]}")
+
+    def _serve_tls_only(self, ca: ThrowawayCA) -> None:
+        """Give the server the CA's certificate, and accept roles over TLS by client certificate only."""
+        for source, name in (
+            (ca.server_cert, "server.pem"),
+            (ca.server_key, "server.key"),
+            (ca.ca_cert, "ca.pem"),
+        ):
+            target = self.datadir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self._user is not None:
+                entry = pwd.getpwnam(self._user)
+                os.chown(target, entry.pw_uid, entry.pw_gid)
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.pem'\n")
+            conf.write("ssl_key_file = 'server.key'\nssl_ca_file = 'ca.pem'\n")
+        (self.datadir / "pg_hba.conf").write_text(
+            "local    all  all       trust\n"
+            f"hostssl  all  {SUPERUSER}  {self.host}/32  trust\n"
+            f"hostssl  all  all       {self.host}/32  cert\n"
+            f"host     all  all       {self.host}/32  reject\n"
+        )
 
     def _spawn(self, bindir: Path) -> None:
         error = ""

@@ -1,7 +1,7 @@
 """A throwaway certificate authority for the sandbox's HTTPS origins (the fake Hub's CDN, the fake
-drive's data host), made with the openssl CLI: a client trusts the origins only when told to trust
-the CA (``ca_bundle`` in relayd's config, ``SSL_CERT_FILE``, aria2c's ``--ca-certificate``), as it
-would a company's TLS-inspecting proxy.
+drive's data host) and its TLS PostgreSQL, made with the openssl CLI: a client trusts the origins
+only when told to trust the CA (``ca_bundle`` in relayd's config, ``SSL_CERT_FILE``, aria2c's
+``--ca-certificate``), as it would a company's TLS-inspecting proxy.
 
 The keys are ECDSA P-256 (what CloudFront and most CDNs serve) and the certificate names
 ``127.0.0.1`` and ``localhost``; everything lives for two days in the directory given.
@@ -59,6 +59,26 @@ class ThrowawayCA:
             "-CAcreateserial", "-days", _DAYS, "-extfile", str(extensions), "-out", str(ca.server_cert),
         )  # fmt: skip
         return ca
+
+    def client_certificate(self, name: str) -> tuple[Path, Path]:
+        """Sign a client certificate whose CN is *name* (PostgreSQL's ``cert`` authentication reads the
+        role from it); return its certificate and its key (mode 0600), both PEM."""
+        cert, key = self.directory / f"client-{name}.pem", self.directory / f"client-{name}.key"
+        request = self.directory / f"client-{name}.csr"
+        _openssl("req", "-new", *_EC, "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(request))
+        extensions = self.directory / "client.ext"
+        extensions.write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=clientAuth\n"
+        )
+        _openssl(
+            "x509", "-req", "-in", str(request), "-CA", str(self.ca_cert),
+            "-CAkey", str(self.directory / "ca.key"), "-CAcreateserial", "-days", _DAYS,
+            "-extfile", str(extensions), "-out", str(cert),
+        )  # fmt: skip
+        key.chmod(0o600)
+        return cert, key
 
     @functools.cached_property
     def server_context(self) -> ssl.SSLContext:

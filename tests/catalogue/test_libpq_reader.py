@@ -8,7 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -136,17 +136,13 @@ def test_every_status_question_agrees_with_sqlalchemy(postgres_url: str) -> None
 
 
 def test_relayctl_status_on_postgresql_imports_neither_psycopg_nor_sqlalchemy(
-    postgres_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path, make_config: Callable[..., Path]
 ) -> None:
     store = Store(postgres_url)
     migrate.ensure_schema(store.engine, auto_upgrade=False)
     store.add_repo(RepoSpec(name="acme/shared", every=3600, route=("local_copy",)))
     store.close()
-    config = tmp_path / "relayd.toml"
-    config.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[catalogue]\nurl = "{postgres_url}"\n'
-        f'[staging]\ndir = "{tmp_path / "staging"}"\n'
-    )
+    config = make_config(tmp_path, catalogue={"url": postgres_url})
     code = (
         "import sys\n"
         "from relayd.cli import cli\n"
