@@ -79,48 +79,43 @@ def test_a_site_records_and_reads_status_over_verified_tls(
         reader.close()
 
 
+@pytest.fixture
+def refused(
+    tls_server: ThrowawayPostgres, site_url: str, tmp_path: Path, make_config: Callable[..., Path]
+) -> Callable[[dict[str, str]], str]:
+    """Return ``refused(options)``: relayctl status as the site with these libpq options must fail
+    (exit 1); its stderr."""
+
+    def run(options: dict[str, str]) -> str:
+        done = relayctl_status(tmp_path, make_config, tls_server.url("relayd", user=ROLE, options=options))
+        assert done.returncode == 1, done.stdout
+        return done.stderr
+
+    return run
+
+
 def test_the_site_is_refused_without_its_certificate_and_over_plain_tcp(
-    tls_server: ThrowawayPostgres,
-    sandbox_ca: ThrowawayCA,
-    site_url: str,
-    tmp_path: Path,
-    make_config: Callable[..., Path],
+    sandbox_ca: ThrowawayCA, refused: Callable[[dict[str, str]], str]
 ) -> None:
-    without_cert = tls_server.url("relayd", user=ROLE, options=tls_options(sandbox_ca.ca_cert, None, None))
-    refused = relayctl_status(tmp_path, make_config, without_cert)
-    assert refused.returncode == 1
-    assert "cannot reach the catalogue" in refused.stderr and "certificate" in refused.stderr
-    plain = tls_server.url("relayd", user=ROLE, options={"sslmode": "disable"})
-    refused = relayctl_status(tmp_path, make_config, plain)
-    assert refused.returncode == 1 and "no encryption" in refused.stderr
-    assert "[catalogue] url" in refused.stderr
+    message = refused(tls_options(sandbox_ca.ca_cert, None, None))
+    assert "cannot reach the catalogue" in message and "certificate" in message
+    message = refused({"sslmode": "disable"})
+    assert "no encryption" in message and "[catalogue] url" in message
 
 
 def test_a_server_signed_by_another_ca_is_not_trusted(
-    tls_server: ThrowawayPostgres,
-    sandbox_ca: ThrowawayCA,
-    site_url: str,
-    tmp_path: Path,
-    make_config: Callable[..., Path],
+    sandbox_ca: ThrowawayCA, refused: Callable[[dict[str, str]], str], tmp_path: Path
 ) -> None:
     stranger = ThrowawayCA.create(tmp_path / "other-ca")
     cert, key = sandbox_ca.client_certificate(ROLE)
-    url = tls_server.url("relayd", user=ROLE, options=tls_options(stranger.ca_cert, cert, key))
-    refused = relayctl_status(tmp_path, make_config, url)
-    assert refused.returncode == 1 and "certificate verify failed" in refused.stderr
+    assert "certificate verify failed" in refused(tls_options(stranger.ca_cert, cert, key))
 
 
 def test_a_key_others_can_read_is_refused_as_the_doc_says(
-    tls_server: ThrowawayPostgres,
-    sandbox_ca: ThrowawayCA,
-    site_url: str,
-    tmp_path: Path,
-    make_config: Callable[..., Path],
+    sandbox_ca: ThrowawayCA, refused: Callable[[dict[str, str]], str], tmp_path: Path
 ) -> None:
     cert, key = sandbox_ca.client_certificate(ROLE)
     readable = tmp_path / "readable.key"
     readable.write_bytes(key.read_bytes())
     readable.chmod(0o644)
-    url = tls_server.url("relayd", user=ROLE, options=tls_options(sandbox_ca.ca_cert, cert, readable))
-    refused = relayctl_status(tmp_path, make_config, url)
-    assert refused.returncode == 1 and "group or world access" in refused.stderr
+    assert "group or world access" in refused(tls_options(sandbox_ca.ca_cert, cert, readable))
