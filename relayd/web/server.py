@@ -95,6 +95,9 @@ class WebServer:
                     self.send_header("Content-Length", str(len(answer.body)))
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
+                if self.close_connection:
+                    # Say so (RFC 9112 §9.6): a client that reuses the connection meets a closed socket.
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 if not head and answer.status != 304:
                     self.wfile.write(answer.body)

@@ -212,6 +212,7 @@ def test_a_body_too_large_or_not_json_is_refused(populated: WebBox) -> None:
     populated.serve(token=TOKEN)
     big = populated.post("add", {"repo": "org/x", "include": ["a" * 70_000]})
     assert big.status_code == 413
+    assert big.headers["Connection"] == "close", "the server closes it: the client must not reuse it"
     garbled = populated.session.post(
         populated.url + "api/v1/pause",
         data=b"{not json",
