@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import cast
 
 from relayd.catalogue.schema import DONE
 from relayd.catalogue.store import RepoSpec
+from relayd.config import Config
+from relayd.hops.base import Hop
+from relayd.sites import prepare_used
 from relayd_sandbox.hub import FakeHub, Generated
 from tests.support.hubrelay import HubRelay, sha256_of
 
@@ -73,3 +78,32 @@ def test_a_route_through_the_drive_builds_it_at_start_and_reports_a_broken_one(
     assert "WARNING" in broken.stderr and "the drive is not ready yet" in broken.stderr
     assert "aligo" in broken.stderr.split("the drive is not ready yet", 1)[1].splitlines()[0]
     assert relay.transfers() == []
+
+
+class Counted:
+    """A stand-in hop that counts its prepare() calls."""
+
+    def __init__(self) -> None:
+        self.prepared = 0
+
+    def prepare(self) -> None:
+        self.prepared += 1
+
+
+def test_each_used_hop_is_prepared_once_and_unrouted_hops_never() -> None:
+    hops = {name: Counted() for name in ("download", "pan_upload", "vm_pull")}
+    every = cast(Config, SimpleNamespace(daemon=SimpleNamespace(hops=None)))
+    served = cast("dict[str, Hop]", hops)
+
+    prepare_used(every, served, [("download",), ("download", "pan_upload")])
+    prepare_used(every, served, [("download", "pan_upload"), ("local_copy",)])  # a later reconcile
+
+    assert {name: hop.prepared for name, hop in hops.items()} == {
+        "download": 1,
+        "pan_upload": 1,
+        "vm_pull": 0,
+    }
+
+    site = cast(Config, SimpleNamespace(daemon=SimpleNamespace(hops=("vm_pull",))))
+    prepare_used(site, served, [("download",)])  # daemon.hops names what this site uses, routes or not
+    assert hops["vm_pull"].prepared == 1
