@@ -4,6 +4,7 @@ before its first byte, in wall time and CPU seconds (/usr/bin/time), several rou
 
     .venv/bin/python bench/startup_bench.py                       # this checkout, 5 rounds
     .venv/bin/python bench/startup_bench.py --other /tmp/old-checkout   # interleaved with another
+    .venv/bin/python bench/startup_bench.py --route download          # with a (paused) download-only repo
 
 With --other, the rounds alternate between this checkout's relayd and the other checkout's (run with
 PYTHONPATH pointing there), so a machine whose load changes treats both alike.
@@ -52,18 +53,33 @@ def once(config: Path, pythonpath: str | None) -> tuple[float, float]:
     return wall, user + system
 
 
+def add_paused_repo(db: Path, route: tuple[str, ...]) -> None:
+    """Add a paused repo with *route*: start-up sees the route, and no poll runs."""
+    from relayd.catalogue.store import RepoSpec, Store
+
+    store = Store(f"sqlite:///{db}")
+    try:
+        store.add_repo(RepoSpec(name="bench/startup", every=3600, route=route))
+        store.set_paused("bench/startup", True)
+    finally:
+        store.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--other", type=Path, help="another checkout to interleave with (before/after)")
+    parser.add_argument("--route", help="add a paused repo with this route (comma-separated hops)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         config = root / "relayd.toml"
         config.write_text(CONFIG.format(root=root))
         once(config, None)  # creates the catalogue (and warms the page cache)
+        if args.route:
+            add_paused_repo(root / "catalogue.db", tuple(args.route.split(",")))
         runs: dict[str, list[tuple[float, float]]] = {"this": [], "other": []}
         for _ in range(args.rounds):
             runs["this"].append(once(config, None))

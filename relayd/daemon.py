@@ -40,7 +40,7 @@ from relayd.logs import SCRUBBER, setup_logging
 from relayd.poll import AskEnd, Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
-from relayd.sites import check_sites, served_hops, serves, staging_holder, worker_beat
+from relayd.sites import check_sites, prepare_used, served_hops, serves, staging_holder, worker_beat
 from relayd.staging import Staging
 
 if TYPE_CHECKING:  # the metrics, the web server and Alembic are imported when a run uses them
@@ -60,8 +60,9 @@ PRIVATE_UMASK = 0o077
 
 
 def build_hops(config: Config, ctx: HopContext) -> dict[str, Hop]:
-    """Build every registered hop with its own config section; a hop that cannot load is skipped
-    (its transfers wait) with a log line saying why."""
+    """Build every registered hop with its own config section (cheap: their clients are built by
+    ``prepare_used`` or on first use); a hop that cannot load is skipped (its transfers wait) with a
+    log line saying why."""
     hops: dict[str, Hop] = {}
     for name in hop_names():
         try:
@@ -223,6 +224,7 @@ class Daemon:
         if not is_sqlite(config.catalogue.url):
             store.staging_holder = staging_holder(config)
         served = served_hops(config, hops)
+        prepare_used(config, served, (repo.route for repo in store.repos()))
         sources, source_for_hop = build_sources(config, served)
         self.poller = Poller(store, sources, source_for_hop, config.retry, end_asker(config, hops))
         self.store = store
@@ -424,6 +426,7 @@ class Daemon:
             return  # nothing changed and no requested poll has come due: no need to read every repo
         self._fingerprint = fingerprint
         repos: dict[str, Repo] = {repo.name: repo for repo in self.store.repos() if self._polls(repo)}
+        prepare_used(self.config, self.engine.hops, (repo.route for repo in repos.values()))
         future = [
             repo.next_poll_at for repo in repos.values() if repo.next_poll_at and repo.next_poll_at > now
         ]
@@ -522,6 +525,7 @@ class Daemon:
         build_services(new, self.store, ctx.services)
         hops = build_hops(new, ctx)
         served = served_hops(new, hops)
+        prepare_used(new, served, (repo.route for repo in self.store.repos()))
         self.engine.hops = served
         self.store.rules = hop_rules(hops)
         self.engine.settings = self._engine_settings(new, served)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,27 @@ def serves(config: Config, hop: str) -> bool:
 def served_hops(config: Config, hops: Mapping[str, Hop]) -> dict[str, Hop]:
     """Return the built *hops* this daemon serves: the only ones its engine claims."""
     return {name: hop for name, hop in hops.items() if serves(config, name)}
+
+
+#: The built hops whose ``prepare`` has run: once each (a reload builds new hops, prepared anew).
+_prepared: weakref.WeakSet[Hop] = weakref.WeakSet()
+
+
+def prepare_used(config: Config, served: Mapping[str, Hop], routes: Iterable[Sequence[str]]) -> None:
+    """Have the *served* hops this daemon uses build their clients now (``Hop.prepare``, once per
+    hop), so that a broken config shows at start: every hop of ``daemon.hops`` when it is set, else
+    each hop some route of *routes* names (at start, then as repos are added). The others build theirs
+    on first use: a download-only run never imports the drive's client."""
+    used = (
+        set(config.daemon.hops)
+        if config.daemon.hops is not None
+        else {hop for route in routes for hop in route}
+    )
+    for name in sorted(used & served.keys()):
+        hop = served[name]
+        if hop not in _prepared:
+            _prepared.add(hop)
+            hop.prepare()
 
 
 def worker_beat(config: Config, owner: str, started_at: datetime, state: str = "running") -> WorkerBeat:

@@ -1,14 +1,17 @@
 """relayd.http_ranges against a small loopback server that misbehaves on purpose: every answer that is
 not exactly the range asked for is refused with the error that says what to do next, credentials go
-only to the origin they belong to, and keep-alive connections are reused (and renewed when stale)."""
+only to the origin they belong to, and keep-alive connections are reused (and renewed when stale).
+Each test runs over plain HTTP and over HTTPS (a throwaway CA)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +29,9 @@ from relayd.http_ranges import (
     Stalled,
     parse_content_range,
 )
+from relayd.vm.agent.proxy import client_context
 from relayd_sandbox._http import LoopbackServer
+from relayd_sandbox.tls import ThrowawayCA
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -97,8 +102,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(LoopbackServer):
-    def __init__(self) -> None:
-        super().__init__(Handler)
+    def __init__(self, ca: ThrowawayCA | None = None) -> None:
+        super().__init__(Handler, tls=ca.server_context if ca is not None else None)
+        self.ca = ca
         self.seen: list[tuple[str, str | None, int]] = []
         self.next_location = ""
 
@@ -106,14 +112,24 @@ class Server(LoopbackServer):
         pass  # clients hang up on purpose here
 
 
-@pytest.fixture
-def servers() -> Iterator[tuple[Server, Server]]:
-    first, second = Server(), Server()
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> ThrowawayCA:
+    return ThrowawayCA.create(Path(tmp_path_factory.mktemp("ca")))
+
+
+@pytest.fixture(params=["http", "https"])
+def servers(request: pytest.FixtureRequest, ca: ThrowawayCA) -> Iterator[tuple[Server, Server]]:
+    first, second = (Server(ca if request.param == "https" else None) for _ in range(2))
     first.start()
     second.start()
     yield first, second
     first.stop()
     second.stop()
+
+
+def context_for(origin: Server) -> ssl.SSLContext | None:
+    """Return a context that trusts *origin*'s CA (None for plain HTTP)."""
+    return client_context(str(origin.ca.ca_cert)) if origin.ca is not None else None
 
 
 def client_for(origin: Server, *, stall: float = 5.0) -> RangeClient:
@@ -122,7 +138,13 @@ def client_for(origin: Server, *, stall: float = 5.0) -> RangeClient:
     def authorize(url: str) -> dict[str, str]:
         return {"Authorization": "Bearer secret"} if url.startswith(base + "/") else {}
 
-    return RangeClient(connect_timeout=5, stall_timeout=stall, buffer_size=4096, authorize=authorize)
+    return RangeClient(
+        connect_timeout=5,
+        stall_timeout=stall,
+        buffer_size=4096,
+        authorize=authorize,
+        ssl_context=context_for(origin),
+    )
 
 
 def fetch(client: RangeClient, url: str, start: int = 0, end: int = len(DATA)) -> bytes:
@@ -142,6 +164,8 @@ def test_a_good_range_arrives_whole_over_one_kept_alive_connection(servers: tupl
     assert fetch(client, f"{server.base_url}/good", 9000) == DATA[9000:]
     ports = {port for _path, _auth, port in server.seen}
     assert len(ports) == 1
+    (connection,) = client._connections.values()
+    assert isinstance(connection.sock, ssl.SSLSocket) == (server.ca is not None)
     client.close()
 
 
@@ -213,7 +237,7 @@ def test_credentials_do_not_follow_a_redirect_to_another_origin(servers: tuple[S
 
 def test_extra_headers_never_smuggle_authorization(servers: tuple[Server, Server]) -> None:
     _, cdn = servers
-    client = RangeClient(connect_timeout=5, stall_timeout=5)
+    client = RangeClient(connect_timeout=5, stall_timeout=5, ssl_context=context_for(cdn))
     client.fetch(
         f"{cdn.base_url}/good", 0, 10, len(DATA), lambda offset, data: None, headers={"authorization": "x"}
     )

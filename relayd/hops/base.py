@@ -401,8 +401,15 @@ class Hop(abc.ABC):
         return cls.short_name or cls.name
 
     def __init__(self, section: Any, ctx: HopContext) -> None:
+        """Keep what it is given: the daemon builds every installed hop at start, routed or not, so
+        clients that are slow to build belong in ``prepare``."""
         self.section = section
         self.ctx = ctx
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Build the clients this hop uses now, so that a broken config shows when relayd starts, not
+        at the first transfer: the daemon calls it for the hops some repo's route (or ``daemon.hops``)
+        uses, and never for the others. Log what is wrong; never raise."""
 
     @property
     def large_files(self) -> tuple[int, int] | None:

@@ -77,8 +77,11 @@ class PanUploadHop(Hop):
         super().__init__(section, ctx)
         self._own_drive: Drive | None = None
         self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Build the shared drive now, at daemon start, rather than in the first worker thread (the
+        web backend imports aligo, which briefly points HOME elsewhere)."""
         try:
-            # Build the shared drive now, at daemon start, rather than in the first worker thread.
             self.drive()
         except (RelayError, ImportError) as exc:
             log.warning("the drive is not ready yet: %s", exc)
