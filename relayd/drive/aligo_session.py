@@ -3,7 +3,7 @@ refresh token, saved atomically under the token lock) and every call through ali
 relayd's errors. ``AligoDrive`` (``relayd.drive.aligo_backend``) adds the folders, the links and the
 upload hooks on top.
 
-Headless: aligo is imported with a private HOME and ``TQDM_DISABLE=1``; its ``config.json5`` lookup
+Headless: aligo is imported with a private home folder and ``TQDM_DISABLE=1``; its ``config.json5`` lookup
 points at a private folder that holds none; the QR login is replaced by an error; ``re_login`` is off;
 every request has a timeout; ``coloredlogs`` is kept from rewiring logging, so aligo's records reach
 relayd's handlers (and its secret scrubber) through the ``aligo`` logger. aligo's refresh, save and
@@ -80,23 +80,22 @@ def _refuse_login(_link: str) -> None:
 
 
 def load_aligo(private_dir: Path) -> types.ModuleType:
-    """Import aligo headless and return it: private HOME during the import, TQDM_DISABLE=1, its
+    """Import aligo headless and return it: a private home folder for the import, TQDM_DISABLE=1, its
     ``config.json5`` lookup moved to *private_dir*, and coloredlogs kept off relayd's handlers."""
     with _aligo_lock:
         os.environ["TQDM_DISABLE"] = "1"
         home = private_dir / "home"
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         if "aligo" not in sys.modules:
-            # aligo creates ~/.aligo and binds its config folder from HOME at import time.
-            saved = os.environ.get("HOME")
-            os.environ["HOME"] = str(home)
+            # aligo creates ~/.aligo and binds its config folder from Path.home() at import time. Only
+            # that answer changes, for the import: HOME itself stays, since other threads may be
+            # starting git or ssh meanwhile (a drive is built when a route first needs it).
+            real_home = vars(Path)["home"]
+            Path.home = classmethod(lambda cls: cls(home))  # type: ignore[assignment,method-assign]
             try:
                 importlib.import_module("aligo")
             finally:
-                if saved is None:
-                    os.environ.pop("HOME", None)
-                else:
-                    os.environ["HOME"] = saved
+                Path.home = real_home  # type: ignore[method-assign]
         module = sys.modules["aligo"]
         # Aligo() reads <import-time folder>/config.json5 whatever set_config_folder says: it could set
         # proxies, a 0.0.0.0 QR server, e-mail and re_login (reference §9). Look in our folder instead.
@@ -170,8 +169,7 @@ class AligoSession:
         proxy_session(self._data, config.proxy, config.ca_bundle)
         self._data.headers.pop("Authorization", None)
         self._timeout = (min(config.timeout, 30.0), config.timeout)
-        # Import aligo now (a daemon builds its drive at start, before worker threads run): the import
-        # briefly points HOME at a private folder.
+        # Import aligo now, not at the first drive call: the import takes a moment and a lock.
         self.tokens.prepare()
         self._aligo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         load_aligo(self._aligo_dir)

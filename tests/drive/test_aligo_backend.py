@@ -759,3 +759,31 @@ def test_aligo_giving_up_on_connections_is_retryable(box: DriveBox, fake: FakeDr
         drive.find(folder, "x")
     assert caught.value.error_class == "client"
     assert drive.find(folder, "x") is None
+
+
+def test_importing_aligo_leaves_home_alone_for_other_threads(tmp_path: Path) -> None:
+    """A drive may be built while workers start git or ssh: aligo's import gets a private home folder
+    without the process's HOME changing, even for a moment (watched from another thread)."""
+    real_home = tmp_path / "real-home"
+    real_home.mkdir()
+    private = tmp_path / "private"
+    code = (
+        "import os, threading\n"
+        "from pathlib import Path\n"
+        "from relayd.drive.aligo_session import load_aligo\n"
+        "seen, done = set(), threading.Event()\n"
+        "def watch():\n"
+        "    while not done.is_set():\n"
+        "        seen.add(os.environ.get('HOME'))\n"
+        "watcher = threading.Thread(target=watch)\n"
+        "watcher.start()\n"
+        f"load_aligo(Path({str(private)!r}))\n"
+        "done.set()\n"
+        "watcher.join()\n"
+        "print(sorted(seen), Path.home())\n"
+    )
+    env = {**os.environ, "HOME": str(real_home)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [f"['{real_home}']", str(real_home)]
+    assert not (real_home / ".aligo").exists()
+    assert (private / "home" / ".aligo").is_dir()
