@@ -28,7 +28,7 @@ from __future__ import annotations
 import posixpath
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,6 +90,25 @@ def checked_destination(target: str) -> str:
 def known_check(finding: Finding) -> Check:
     """Return a check that reports *finding*, known already."""
     return Check(finding.group, finding.name, lambda: [finding])
+
+
+def destinations(scope: CheckScope, checks: list[Check]) -> Iterator[tuple[str, str, bool]]:
+    """Yield each destination repo once, with where its route pushes from: (its check's name,
+    OWNER/NAME, from the VM). A destination that is not OWNER/NAME adds its failed check to *checks*."""
+    seen: set[tuple[str, bool]] = set()
+    for repo in scope.repos:
+        on_vm = pushes_from_vm(repo.route)
+        target = str(repo.destinations.get("modelscope_repo") or repo.name)
+        name = f"modelscope {target}"
+        try:
+            target = checked_destination(target)
+        except UsageError as exc:
+            hint = "set the repo's modelscope_repo destination to OWNER/NAME"
+            checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
+            continue
+        if (target, on_vm) not in seen:
+            seen.add((target, on_vm))
+            yield name, target, on_vm
 
 
 def token_finding(section: ModelScopeConfig) -> Finding:
@@ -533,22 +552,9 @@ class LfsPushHop(Hop):
         checks = [Check(GROUP, "modelscope token", lambda: [token_finding(section)])]
         if any(not pushes_from_vm(route) for route in scope.routes):
             checks.append(_local_git_check(scope))
-        seen: set[tuple[str, bool]] = set()
-        for repo in scope.repos:
-            on_vm = pushes_from_vm(repo.route)
-            target = str(repo.destinations.get("modelscope_repo") or repo.name)
-            name = f"modelscope {target}"
-            try:
-                target = checked_destination(target)
-            except UsageError as exc:
-                hint = "set the repo's modelscope_repo destination to OWNER/NAME"
-                checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
-                continue
+        for name, target, on_vm in destinations(scope, checks):
             owner, repo_name = target.split("/", 1)
             remote = section.remote.format(owner=owner, name=repo_name)
-            if (remote, on_vm) in seen:
-                continue
-            seen.add((remote, on_vm))
             git_lfs = (
                 {"vm git-lfs": "git-lfs on the VM"} if on_vm else {"local git-lfs": "git-lfs on this machine"}
             )

@@ -28,15 +28,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from relayd.config import ModelScopeConfig
-from relayd.errors import ErrorClass, NeedsPerson, Retryable, UsageError
-from relayd.health import FAIL, OK, Check, CheckScope, Finding
+from relayd.errors import ErrorClass, NeedsPerson, Retryable
+from relayd.health import OK, Check, CheckScope, Finding
 from relayd.hops.base import Job, Outcome, PieceSpec, RepoInfo
 from relayd.hops.lfs_push import (
     GROUP,
     SMALL_CALL_TIMEOUT,
     LfsPushHop,
-    checked_destination,
-    known_check,
+    destinations,
     measured_wrong,
     pushes_from_vm,
     put_progress,
@@ -259,20 +258,7 @@ class MsUploadHop(LfsPushHop):
         """Return the token's check and, per destination repo, an empty pre-check from where the route
         uploads (no git needed anywhere)."""
         checks = [Check(GROUP, "modelscope token", lambda: [token_finding(section)])]
-        seen: set[tuple[str, bool]] = set()
-        for repo in scope.repos:
-            on_vm = pushes_from_vm(repo.route)
-            target = str(repo.destinations.get("modelscope_repo") or repo.name)
-            name = f"modelscope {target}"
-            try:
-                target = checked_destination(target)
-            except UsageError as exc:
-                hint = "set the repo's modelscope_repo destination to OWNER/NAME"
-                checks.append(known_check(Finding(GROUP, name, FAIL, f"{repo.name}: {exc}", hint)))
-                continue
-            if (target, on_vm) in seen:
-                continue
-            seen.add((target, on_vm))
+        for name, target, on_vm in destinations(scope, checks):
             checks.append(
                 Check(
                     GROUP,

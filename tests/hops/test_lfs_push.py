@@ -619,3 +619,27 @@ def test_a_file_the_server_held_when_asked_is_committed_without_moving(
     assert server.counters().put_bytes == 0
     tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model.safetensors"] == sha(files["model.safetensors"])
+
+
+def test_doctor_checks_each_modelscope_destination_once_from_where_it_is_pushed(tmp_path: Path) -> None:
+    """lfs_push and ms_upload check each destination once per place it is pushed from; one that is not
+    OWNER/NAME fails its check with the fix instead."""
+    from relayd.health import FAIL, CheckScope
+    from relayd.hops.lfs_push import destinations
+
+    scope = CheckScope(
+        10.0,
+        Services(),
+        tmp_path,
+        repos=(
+            RepoInfo("org/a", route=("download", "lfs_push")),
+            RepoInfo("org/b", route=("download", "lfs_push"), destinations={"modelscope_repo": "org/a"}),
+            RepoInfo("org/a", route=("download", "pan_upload", "vm_pull", "lfs_push")),
+            RepoInfo("org/bad", route=("download", "lfs_push"), destinations={"modelscope_repo": "noowner"}),
+        ),
+    )
+    failed: list[Any] = []
+    found = list(destinations(scope, failed))
+    assert found == [("modelscope org/a", "org/a", False), ("modelscope org/a", "org/a", True)]
+    ((finding,),) = [check.run() for check in failed]
+    assert finding.status == FAIL and "org/bad" in finding.detail and "OWNER/NAME" in finding.hint
