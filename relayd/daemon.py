@@ -220,6 +220,7 @@ class Daemon:
         hops = build_hops(config, ctx)  # every hop: the store's rules need what each one declares
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
+        store.lease_holder = owner
         if not is_sqlite(config.catalogue.url):
             store.staging_holder = staging_holder(config)
         served = served_hops(config, hops)

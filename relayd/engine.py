@@ -350,6 +350,10 @@ class Engine:
     def _run(self, transfer_id: int, hop_name: str, attempts: int) -> None:
         try:
             self._run_transfer(transfer_id, hop_name)
+        except LeaseLost as exc:
+            # Its lease ran out (the catalogue was out of reach longer than daemon.lease) and another
+            # worker took it over: this one records nothing more of it.
+            log.warning("transfer %s: stopped, %s; the other worker's result stands", transfer_id, exc)
         except Exception as exc:
             log.exception(
                 "transfer %s: unexpected failure while loading it or recording its outcome", transfer_id
@@ -388,6 +392,8 @@ class Engine:
             self.store.release(transfer_id, self.owner)
             job.log.info("stopped at a durable point; will continue on the next start")
             return
+        except LeaseLost:
+            raise  # not the hop's failure: _run says so
         except Retryable as exc:
             self._defer(
                 job, WAITING, str(exc), error_class=exc.error_class, hint=None, retry_after=exc.retry_after
