@@ -1,6 +1,6 @@
 """The link between a site and the shared catalogue drops, as docs/sites.md ("When the link between the
 sites drops") says it may: two real daemons serve the download hop on one throwaway PostgreSQL, one of
-them through a TCP relay that the test cuts while that daemon downloads, and heals later."""
+them through a TCP relay that the test cuts (or stalls) while that daemon downloads, and heals later."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, make_url, select
+from sqlalchemy import func, make_url, select, text
 
 from relayd.catalogue import migrate
 from relayd.catalogue.queries import open_reader
@@ -179,18 +179,45 @@ def judged(url: str, silent: Worker) -> dict[str, WorkerView]:
         reader.close()
 
 
+def start_both(cut: Site, near: Site, store: Store) -> str:
+    """Start the cut site, add the repo, and once the cut site downloads, the near one; return the cut
+    site's lease owner id."""
+    cut.start()
+    store.add_repo(RepoSpec(name="alice/one", every=3600, route=("download",), include=(WEIGHTS,)))
+    wait_for(lambda: moved(store) > 0, "the cut site to record a piece", (cut, near))
+    owner = the_transfer(store).lease_owner
+    assert owner is not None
+    near.start()
+    wait_for(lambda: near.log().count("serving"), "the near site to serve", (cut, near))
+    assert the_transfer(store).lease_owner == owner, "the near site took a transfer that was leased"
+    return owner
+
+
+def stall_between_transactions(relay: CuttableRelay, store: Store) -> None:
+    """Stall the relay at a moment none of its connections is inside a transaction: one stalled inside
+    holds its rows locked on the server until PostgreSQL drops the session (docs/sites.md)."""
+    for _ in range(50):
+        relay.stall()
+        time.sleep(0.3)
+        ports = list(relay.upstream_ports())
+        with store.read() as session:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(:ports) AND state <> 'idle'"
+            )
+            busy = session.execute(text(query), {"ports": ports}).scalar_one()
+        if not busy:
+            return
+        relay.heal()
+        time.sleep(0.2)
+    raise AssertionError("the stalled site was inside a transaction at every try")
+
+
 def test_a_site_that_loses_the_catalogue_keeps_trying_and_its_transfer_is_taken_over(
     sites: tuple[Site, Site, CuttableRelay, Store], postgres_url: str, fake_hub: FakeHub
 ) -> None:
     cut, near, relay, store = sites
     both = (cut, near)
-    cut.start()
-    store.add_repo(RepoSpec(name="alice/one", every=3600, route=("download",), include=(WEIGHTS,)))
-    wait_for(lambda: moved(store) > 0, "the cut site to record a piece", both)
-    owner = the_transfer(store).lease_owner
-    near.start()
-    wait_for(lambda: near.log().count("serving"), "the near site to serve", both)
-    assert the_transfer(store).lease_owner == owner, "the near site took a transfer that was leased"
+    owner = start_both(cut, near, store)
 
     relay.cut()
     cut_at = time.monotonic()
@@ -253,3 +280,51 @@ def test_a_site_that_loses_the_catalogue_keeps_trying_and_its_transfer_is_taken_
     assert "claiming transfers failed; trying again shortly" in log
     assert "periodic task failed; trying again later" in log
     assert "transfer 1: parking it failed too; it comes back when its lease expires" in log
+
+
+def test_a_site_whose_link_stalls_finds_its_lease_lost_and_records_nothing_more(
+    sites: tuple[Site, Site, CuttableRelay, Store], fake_hub: FakeHub
+) -> None:
+    """The link stalls instead (every byte held, no connection closed): the stalled site's round trips
+    hang, its lease runs out and the near site takes the transfer over; when the link is back, the
+    stalled site's renewal and its next record find the lease lost, and it stops that transfer."""
+    cut, near, relay, store = sites
+    both = (cut, near)
+    owner = start_both(cut, near, store)
+
+    stall_between_transactions(relay, store)
+    sent = pieces_sent(store)
+    wait_for(
+        lambda: the_transfer(store).lease_owner not in (None, owner),
+        "the near site to take the transfer over",
+        both,
+        timeout=LEASE * 2 + 5,
+    )
+    time.sleep(1)
+    relay.heal()
+    wait_for(
+        lambda: "lease lost to another worker" in cut.log(), "the stalled site to find its lease lost", both
+    )
+    wait_for(
+        lambda: "is now held by" in cut.log() and "the other worker's result stands" in cut.log(),
+        "the stalled site to stop the transfer",
+        both,
+    )
+    wait_for(lambda: the_transfer(store).state == DONE, "the transfer to end", both, timeout=40)
+    assert cut.alive() and near.alive()
+
+    transfer = the_transfer(store)
+    sha256 = fake_hub.file("alice/one", WEIGHTS).sha256
+    with store.read() as session:
+        pieces = session.scalars(select(Piece).where(Piece.transfer_id == transfer.id)).all()
+        blob = session.scalars(select(Blob)).one()
+    # Nothing recorded twice: the stalled site's held records were refused, so each piece was sent once
+    # more than before the stall, by the near site.
+    assert {piece.idx: piece.sends for piece in pieces} == {idx: sends + 1 for idx, sends in sent.items()}
+    assert transfer.bytes_done == SIZE and all(piece.done for piece in pieces)
+    assert blob.staged_on is not None and blob.staged_on.startswith(f"{NEAR}:")
+    assert blob.staged_path is not None and sha256_of(near.staging / blob.staged_path) == sha256
+    log = cut.log()
+    assert f"transfer {transfer.id}: stopped, transfer {transfer.id} is now held by" in log
+    assert "verified" not in log and "done (download)" not in log, "the stalled site finished its copy"
+    assert near.log().count("done (download)") == 1 and "lease lost" not in near.log()
