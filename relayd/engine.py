@@ -30,6 +30,7 @@ from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
 from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
+from relayd.logs import log_failure
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
 
@@ -190,8 +191,8 @@ class Engine:
         while not self._stop_claiming.is_set():
             try:
                 claimed = self._claim_round()
-            except Exception:
-                log.exception("claiming transfers failed; trying again shortly")
+            except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+                log_failure(log, "claiming transfers failed; trying again shortly", exc)
                 claimed = 0
             if not claimed:
                 self._wake.wait(self.settings.idle_wait)
@@ -339,8 +340,8 @@ class Engine:
             ids = list(self._running)
         try:
             lost = self.store.renew_leases(self.owner, ids, self.settings.lease)
-        except Exception:
-            log.exception("renewing leases failed")
+        except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+            log_failure(log, "renewing leases failed", exc)
             return
         for transfer_id in lost:
             log.warning("transfer %s: lease lost to another worker", transfer_id)
@@ -354,10 +355,8 @@ class Engine:
             # Its lease ran out (the catalogue was out of reach longer than daemon.lease) and another
             # worker took it over: this one records nothing more of it.
             log.warning("transfer %s: stopped, %s; the other worker's result stands", transfer_id, exc)
-        except Exception as exc:
-            log.exception(
-                "transfer %s: unexpected failure while loading it or recording its outcome", transfer_id
-            )
+        except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+            log_failure(log, f"transfer {transfer_id}: failed while loading it or recording its outcome", exc)
             # Park it like any failure (rather than leave it running until its lease expires), so that
             # its streak of failures begins and it surfaces as stuck if this keeps happening.
             try:
@@ -370,9 +369,11 @@ class Engine:
                     error_class=ErrorClass.INTERNAL,
                     next_attempt_at=utcnow() + timedelta(seconds=delay),
                 )
-            except Exception:
-                log.exception(
-                    "transfer %s: parking it failed too; it comes back when its lease expires", transfer_id
+            except Exception as parking:  # noqa: BLE001 - retried; log_failure logs it
+                log_failure(
+                    log,
+                    f"transfer {transfer_id}: parking it failed too; it comes back when its lease expires",
+                    parking,
                 )
         finally:
             with self._lock:

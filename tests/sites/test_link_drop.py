@@ -277,8 +277,9 @@ def test_a_site_that_loses_the_catalogue_keeps_trying_and_its_transfer_is_taken_
     assert near.log().count("done (download)") == 1 and "done (download)" not in cut.log()
     # The cut site logged each failure and kept trying; its transfer waited for its lease to run out.
     log = cut.log()
-    assert "claiming transfers failed; trying again shortly" in log
-    assert "periodic task failed; trying again later" in log
+    assert "claiming transfers failed; trying again shortly: the catalogue did not answer: connection" in log
+    assert "periodic task failed; trying again later: the catalogue did not answer: " in log
+    assert log.count("Traceback") < 5, "a failure retried every second is one line, not a traceback"
     assert "transfer 1: parking it failed too; it comes back when its lease expires" in log
 
 
