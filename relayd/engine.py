@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+from relayd.catalogue.db import unreachable
 from relayd.catalogue.schema import BLOCKED, WAITING
 from relayd.catalogue.store import LeaseLost, Store, utcnow
 from relayd.config import RetryConfig
@@ -51,6 +52,15 @@ def backoff_delay(attempts: int, retry: RetryConfig, retry_after: float | None =
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+@dataclass(frozen=True)
+class _Parking:
+    """How to park a failed transfer: its error, its class, and the attempts it has made."""
+
+    error: str
+    error_class: ErrorClass
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,9 @@ class Engine:
         self._last_stuck_check = 0.0
         # transfer id → the last unexpected exception's message and how many times in a row it came
         self._internal_errors: dict[int, tuple[str, int]] = {}
+        # transfer id → how to park it, for a failed transfer the catalogue did not let us park: parked at
+        # the next claim round it answers, rather than left leased until daemon.lease runs out
+        self._unparked: dict[int, _Parking] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -291,6 +304,7 @@ class Engine:
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
+        self._park_unparked()
         self._unblock_disk()
         self._surface_stuck()
         # Later hops first: finishing files frees staging and shows progress sooner.
@@ -359,22 +373,23 @@ class Engine:
             log_failure(log, f"transfer {transfer_id}: failed while loading it or recording its outcome", exc)
             # Park it like any failure (rather than leave it running until its lease expires), so that
             # its streak of failures begins and it surfaces as stuck if this keeps happening.
+            reason = unreachable(exc)
+            parking = (
+                _Parking(f"the catalogue did not answer: {reason}", ErrorClass.NETWORK, attempts)
+                if reason is not None
+                else _Parking(f"internal error: {type(exc).__name__}: {exc}", ErrorClass.INTERNAL, attempts)
+            )
             try:
-                delay = backoff_delay(attempts, self.settings.retry)
-                self.store.defer(
-                    transfer_id,
-                    self.owner,
-                    state=WAITING,
-                    error=f"internal error: {type(exc).__name__}: {exc}",
-                    error_class=ErrorClass.INTERNAL,
-                    next_attempt_at=utcnow() + timedelta(seconds=delay),
-                )
-            except Exception as parking:  # noqa: BLE001 - retried; log_failure logs it
+                self._park(transfer_id, parking)
+            except Exception as failed:  # noqa: BLE001 - retried; log_failure logs it
                 log_failure(
                     log,
-                    f"transfer {transfer_id}: parking it failed too; it comes back when its lease expires",
-                    parking,
+                    f"transfer {transfer_id}: parking it failed too; it is parked once the catalogue answers "
+                    "(another daemon takes it over if its lease runs out first)",
+                    failed,
                 )
+                with self._lock:
+                    self._unparked[transfer_id] = parking
         finally:
             with self._lock:
                 self._running.pop(transfer_id, None)
@@ -393,8 +408,6 @@ class Engine:
             self.store.release(transfer_id, self.owner)
             job.log.info("stopped at a durable point; will continue on the next start")
             return
-        except LeaseLost:
-            raise  # not the hop's failure: _run says so
         except Retryable as exc:
             self._defer(
                 job, WAITING, str(exc), error_class=exc.error_class, hint=None, retry_after=exc.retry_after
@@ -428,6 +441,9 @@ class Engine:
                 )
             return
         except Exception as exc:
+            if isinstance(exc, LeaseLost) or unreachable(exc) is not None:
+                # Not the hop's failure: _run says the lease is lost, or parks it once the catalogue answers.
+                raise
             internal = True
             job.log.exception("hop %s failed unexpectedly", hop_name)
             message = f"internal error: {type(exc).__name__}: {exc}"
@@ -470,6 +486,31 @@ class Engine:
         for staged in releasable:
             self.store.unstage(staged.blob_id)
             self.staging.remove(staged.staged_path)
+
+    def _park(self, transfer_id: int, parking: _Parking) -> bool:
+        """Park a failed transfer as waiting; return False when another worker holds it now."""
+        delay = backoff_delay(parking.attempts, self.settings.retry)
+        return self.store.defer(
+            transfer_id,
+            self.owner,
+            state=WAITING,
+            error=parking.error,
+            error_class=parking.error_class,
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+        )
+
+    def _park_unparked(self) -> None:
+        """Park the failed transfers the catalogue did not let us park (raise while it still does not)."""
+        with self._lock:
+            waiting = list(self._unparked.items())
+        for transfer_id, parking in waiting:
+            parked = self._park(transfer_id, parking)
+            with self._lock:
+                self._unparked.pop(transfer_id, None)
+            if parked:
+                log.info("transfer %s: parked now that the catalogue answers again", transfer_id)
+            else:
+                log.info("transfer %s: another worker took it over while the catalogue was away", transfer_id)
 
     def _count_internal(self, transfer_id: int, message: str) -> int:
         """Return how many times in a row the transfer has now failed with this unexpected exception."""

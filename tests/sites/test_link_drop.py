@@ -280,7 +280,8 @@ def test_a_site_that_loses_the_catalogue_keeps_trying_and_its_transfer_is_taken_
     assert "claiming transfers failed; trying again shortly: the catalogue did not answer: connection" in log
     assert "periodic task failed; trying again later: the catalogue did not answer: " in log
     assert log.count("Traceback") < 5, "a failure retried every second is one line, not a traceback"
-    assert "transfer 1: parking it failed too; it comes back when its lease expires" in log
+    assert "transfer 1: parking it failed too; it is parked once the catalogue answers" in log
+    assert "transfer 1: another worker took it over while the catalogue was away" in log
 
 
 def test_a_site_whose_link_stalls_finds_its_lease_lost_and_records_nothing_more(
@@ -329,3 +330,30 @@ def test_a_site_whose_link_stalls_finds_its_lease_lost_and_records_nothing_more(
     assert f"transfer {transfer.id}: stopped, transfer {transfer.id} is now held by" in log
     assert "verified" not in log and "done (download)" not in log, "the stalled site finished its copy"
     assert near.log().count("done (download)") == 1 and "lease lost" not in near.log()
+
+
+def test_a_short_outage_parks_the_transfer_as_soon_as_the_catalogue_answers(
+    sites: tuple[Site, Site, CuttableRelay, Store], fake_hub: FakeHub
+) -> None:
+    """An outage shorter than the lease: the transfer its hop could not record is parked once the link
+    is back and runs again at once, rather than waiting for its lease to run out."""
+    cut, _near, relay, store = sites
+    cut.start()
+    store.add_repo(RepoSpec(name="alice/one", every=3600, route=("download",), include=(WEIGHTS,)))
+    wait_for(lambda: moved(store) > 0, "the cut site to record a piece", (cut,))
+    relay.cut()
+    time.sleep(2)  # the hop records a piece or its progress every second: one of them fails
+    relay.heal()
+    wait_for(
+        lambda: "parked now that the catalogue answers again" in cut.log(), "the transfer parked", (cut,)
+    )
+    wait_for(lambda: the_transfer(store).state == DONE, "the transfer to end", (cut,), timeout=40)
+    transfer = the_transfer(store)
+    assert transfer.attempts == 2 and transfer.bytes_done == SIZE
+    log = cut.log()
+    assert "expired; taking it over" not in log, "it waited for its own lease to run out"
+    assert log.count("done (download)") == 1 and cut.alive()
+    with store.read() as session:
+        blob = session.scalars(select(Blob)).one()
+    assert blob.staged_path is not None
+    assert sha256_of(cut.staging / blob.staged_path) == fake_hub.file("alice/one", WEIGHTS).sha256
