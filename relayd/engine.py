@@ -27,7 +27,7 @@ from datetime import timedelta
 
 from relayd.catalogue.db import unreachable
 from relayd.catalogue.schema import BLOCKED, WAITING
-from relayd.catalogue.store import LeaseLost, Store, utcnow
+from relayd.catalogue.store import LeaseLost, Store, TransferGone, utcnow
 from relayd.config import RetryConfig
 from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
@@ -365,6 +365,8 @@ class Engine:
     def _run(self, transfer_id: int, hop_name: str, attempts: int) -> None:
         try:
             self._run_transfer(transfer_id, hop_name)
+        except TransferGone as exc:  # its file is fetched again (Job.fetch_again), or its repo removed
+            log.info("transfer %s: stopped, %s", transfer_id, exc)
         except LeaseLost as exc:
             # Its lease ran out (the catalogue was out of reach longer than daemon.lease) and another
             # worker took it over: this one records nothing more of it.
@@ -530,7 +532,7 @@ class Engine:
         hint: str | None,
         retry_after: float | None,
     ) -> None:
-        job.finish_progress()
+        # Said first: the writes below raise LeaseLost when the transfer is no longer this worker's.
         next_at = None
         if state == WAITING:
             delay = backoff_delay(job.attempts, self.settings.retry, retry_after)
@@ -538,6 +540,8 @@ class Engine:
             job.log.warning("%s; retrying in %.0fs (attempt %d)", message, delay, job.attempts)
         else:
             job.log.error("blocked: %s; %s", message, hint)
+        job.finish_progress()
+        if state == BLOCKED:
             self._emit(
                 "blocked", {"repo": job.repo.name, "hop": job.hop, "error": message, "hint": hint or ""}
             )

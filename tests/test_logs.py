@@ -152,9 +152,11 @@ def test_a_retried_failure_of_the_catalogue_is_one_line_and_a_bug_keeps_its_trac
         log_failure(logger, "claiming transfers failed; trying again shortly", locked.value)
         log_failure(logger, "claiming transfers failed; trying again shortly", ValueError("a bug"))
     outage, bug = caplog.records
-    assert outage.levelno == logging.WARNING and outage.exc_info is None
+    assert outage.levelno == logging.WARNING
     assert outage.getMessage() == (
         "claiming transfers failed; trying again shortly: the catalogue did not answer: database is locked"
     )
-    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert caplog.handler.format(outage).endswith("database is locked"), "no traceback"
+    assert bug.levelno == logging.ERROR
     assert bug.getMessage() == "claiming transfers failed; trying again shortly"
+    assert caplog.handler.format(bug).endswith("ValueError: a bug"), "with its traceback"

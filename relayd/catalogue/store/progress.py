@@ -29,7 +29,7 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.catalogue.store.claims import ClaimStore
-from relayd.catalogue.store.records import LeaseLost, StagedBlob, utcnow
+from relayd.catalogue.store.records import LeaseLost, StagedBlob, TransferGone, utcnow
 from relayd.hops.records import PieceSpec
 
 
@@ -42,7 +42,7 @@ def check_held(session: Session, transfer_id: int, owner: str | None) -> None:
         select(Transfer.lease_owner, Transfer.state).where(Transfer.id == transfer_id).with_for_update()
     ).first()
     if held is None:
-        raise LeaseLost(f"transfer {transfer_id} no longer exists")
+        raise TransferGone(f"transfer {transfer_id} no longer exists")
     lease_owner, state = held
     if lease_owner != owner or state != RUNNING:
         raise LeaseLost(f"transfer {transfer_id} is now held by {lease_owner or 'nobody'}")
