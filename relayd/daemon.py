@@ -36,7 +36,7 @@ from relayd.errors import ConfigError, RelayError
 from relayd.hops import hop_names, load_hop_class
 from relayd.hops.base import Hop, HopContext
 from relayd.instance_lock import instance_lock
-from relayd.logs import SCRUBBER, setup_logging
+from relayd.logs import SCRUBBER, log_failure, setup_logging
 from relayd.poll import AskEnd, Poller, Source, load_source
 from relayd.sdnotify import Notifier
 from relayd.services import build_services
@@ -221,6 +221,7 @@ class Daemon:
         hops = build_hops(config, ctx)  # every hop: the store's rules need what each one declares
         store.rules = hop_rules(hops)
         store.webhooks = config.notify.webhooks
+        store.lease_holder = owner
         if not is_sqlite(config.catalogue.url):
             store.staging_holder = staging_holder(config)
         served = served_hops(config, hops)
@@ -381,8 +382,8 @@ class Daemon:
     def _safely(action: Any) -> None:
         try:
             action()
-        except Exception:
-            log.exception("periodic task failed; trying again later")
+        except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+            log_failure(log, "periodic task failed; trying again later", exc)
 
     def _daemon_facts(self) -> dict[str, Any]:
         return {

@@ -5,22 +5,26 @@ Two daemons share one throwaway PostgreSQL catalogue (the sandbox's ``ThrowawayP
 ModelScope notebook VM that takes no inbound SSH), lfs_push and ms_upload (the demo's mirror repo
 goes through ModelScope's HTTP API). Once the vm daemon is pulling, the
 demo kills it with SIGKILL, starts it again, and the route ends with the same verification table as
-the one-daemon demo. `relayctl workers` shows both sites, and the killed process dead.
+the one-daemon demo. `relayctl workers` shows both sites, and the killed process dead. A hop that work
+waits for and no daemon serves stops the demo at once, with what `relayctl status` says of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayd.demo import DEMO_REPO, DemoOptions, RouteDemo
 
 if TYPE_CHECKING:
+    from relayd.catalogue.queries.workers import Unserved
     from relayd_sandbox.postgres import ThrowawayPostgres
 
 #: Each site's daemon and the hops it serves.
@@ -29,6 +33,20 @@ KILLED = "vm"
 #: The hop the killed daemon runs when it is killed.
 KILLED_HOP = "vm_pull"
 DATABASE = "relayd_demo"
+#: Seconds between looks for a hop no daemon serves.
+UNSERVED_CHECK = 1.0
+
+
+def unserved_stop(
+    unserved: Sequence[Unserved], beating: Collection[int], started: Iterable[int]
+) -> str | None:
+    """Return why the demo's wait ends now (what `relayctl status` says of each hop that work waits for
+    and no running daemon serves), or None to go on waiting. *beating*: the pids whose heartbeat says
+    running; *started*: the demo's daemons. Until each has published its heartbeat, a hop may look
+    unserved only because its daemon is starting (or starting again after the kill)."""
+    if not unserved or not set(started) <= set(beating):
+        return None
+    return "; ".join(item.hint for item in unserved)
 
 
 class SitesDemo(RouteDemo):
@@ -45,6 +63,7 @@ class SitesDemo(RouteDemo):
         self.daemons: dict[str, subprocess.Popen[bytes]] = {}
         self.postgres: ThrowawayPostgres | None = None
         self.killed_pid: int | None = None
+        self._served_checked = 0.0
 
     def start(self) -> None:
         from relayd_sandbox.postgres import ThrowawayPostgres
@@ -78,11 +97,38 @@ class SitesDemo(RouteDemo):
         return result
 
     def check_daemons(self) -> None:
+        """Raise RuntimeError when a daemon exited, or when work waits for a hop no daemon serves: it
+        would wait until the timeout."""
         for site, process in self.daemons.items():
             if process.poll() is not None:
                 raise RuntimeError(
                     f"the {site} daemon exited (code {process.returncode}); see {self.logs[site]}"
                 )
+        if time.monotonic() - self._served_checked < UNSERVED_CHECK:
+            return
+        self._served_checked = time.monotonic()
+        reason = self._unserved()
+        if reason is not None:
+            raise RuntimeError(reason)
+
+    def _unserved(self) -> str | None:
+        """Return what status says of the hops no running daemon serves, once every daemon beats."""
+        from relayd.catalogue.queries import open_reader, summary
+        from relayd.catalogue.queries.workers import WORKER_RUNNING, workers
+
+        reader = open_reader(self.catalogue_url)
+        try:
+            now = datetime.now(UTC)
+            here = socket.gethostname()
+            beating = {
+                worker.pid
+                for worker in workers(reader, now)
+                if worker.state == WORKER_RUNNING and worker.host == here
+            }
+            unserved = summary(reader, blocked_limit=0, stuck_limit=0, now=now).unserved
+        finally:
+            reader.close()
+        return unserved_stop(unserved, beating, (process.pid for process in self.daemons.values()))
 
     def mid_route(self, say: Callable[[str], None]) -> None:
         """Kill the vm daemon with SIGKILL once it pulls a file, then start it again."""

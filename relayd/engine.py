@@ -25,11 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 
+from relayd.catalogue.db import unreachable
 from relayd.catalogue.schema import BLOCKED, WAITING
-from relayd.catalogue.store import LeaseLost, Store, utcnow
+from relayd.catalogue.store import LeaseLost, Store, TransferGone, utcnow
 from relayd.config import RetryConfig
 from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
+from relayd.logs import log_failure
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
 
@@ -50,6 +52,15 @@ def backoff_delay(attempts: int, retry: RetryConfig, retry_after: float | None =
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+@dataclass(frozen=True)
+class _Parking:
+    """How to park a failed transfer: its error, its class, and the attempts it has made."""
+
+    error: str
+    error_class: ErrorClass
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,9 @@ class Engine:
         self._last_stuck_check = 0.0
         # transfer id → the last unexpected exception's message and how many times in a row it came
         self._internal_errors: dict[int, tuple[str, int]] = {}
+        # transfer id → how to park it, for a failed transfer the catalogue did not let us park: parked at
+        # the next claim round it answers, rather than left leased until daemon.lease runs out
+        self._unparked: dict[int, _Parking] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -190,8 +204,8 @@ class Engine:
         while not self._stop_claiming.is_set():
             try:
                 claimed = self._claim_round()
-            except Exception:
-                log.exception("claiming transfers failed; trying again shortly")
+            except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+                log_failure(log, "claiming transfers failed; trying again shortly", exc)
                 claimed = 0
             if not claimed:
                 self._wake.wait(self.settings.idle_wait)
@@ -290,6 +304,7 @@ class Engine:
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
+        self._park_unparked()
         self._unblock_disk()
         self._surface_stuck()
         # Later hops first: finishing files frees staging and shows progress sooner.
@@ -339,8 +354,8 @@ class Engine:
             ids = list(self._running)
         try:
             lost = self.store.renew_leases(self.owner, ids, self.settings.lease)
-        except Exception:
-            log.exception("renewing leases failed")
+        except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+            log_failure(log, "renewing leases failed", exc)
             return
         for transfer_id in lost:
             log.warning("transfer %s: lease lost to another worker", transfer_id)
@@ -350,26 +365,33 @@ class Engine:
     def _run(self, transfer_id: int, hop_name: str, attempts: int) -> None:
         try:
             self._run_transfer(transfer_id, hop_name)
-        except Exception as exc:
-            log.exception(
-                "transfer %s: unexpected failure while loading it or recording its outcome", transfer_id
-            )
+        except TransferGone as exc:  # its file is fetched again (Job.fetch_again), or its repo removed
+            log.info("transfer %s: stopped, %s", transfer_id, exc)
+        except LeaseLost as exc:
+            # Its lease ran out (the catalogue was out of reach longer than daemon.lease) and another
+            # worker took it over: this one records nothing more of it.
+            log.warning("transfer %s: stopped, %s; the other worker's result stands", transfer_id, exc)
+        except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+            log_failure(log, f"transfer {transfer_id}: failed while loading it or recording its outcome", exc)
             # Park it like any failure (rather than leave it running until its lease expires), so that
             # its streak of failures begins and it surfaces as stuck if this keeps happening.
+            reason = unreachable(exc)
+            parking = (
+                _Parking(f"the catalogue did not answer: {reason}", ErrorClass.NETWORK, attempts)
+                if reason is not None
+                else _Parking(f"internal error: {type(exc).__name__}: {exc}", ErrorClass.INTERNAL, attempts)
+            )
             try:
-                delay = backoff_delay(attempts, self.settings.retry)
-                self.store.defer(
-                    transfer_id,
-                    self.owner,
-                    state=WAITING,
-                    error=f"internal error: {type(exc).__name__}: {exc}",
-                    error_class=ErrorClass.INTERNAL,
-                    next_attempt_at=utcnow() + timedelta(seconds=delay),
+                self._park(transfer_id, parking)
+            except Exception as failed:  # noqa: BLE001 - retried; log_failure logs it
+                log_failure(
+                    log,
+                    f"transfer {transfer_id}: parking it failed too; it is parked once the catalogue answers "
+                    "(another daemon takes it over if its lease runs out first)",
+                    failed,
                 )
-            except Exception:
-                log.exception(
-                    "transfer %s: parking it failed too; it comes back when its lease expires", transfer_id
-                )
+                with self._lock:
+                    self._unparked[transfer_id] = parking
         finally:
             with self._lock:
                 self._running.pop(transfer_id, None)
@@ -421,6 +443,9 @@ class Engine:
                 )
             return
         except Exception as exc:
+            if isinstance(exc, LeaseLost) or unreachable(exc) is not None:
+                # Not the hop's failure: _run says the lease is lost, or parks it once the catalogue answers.
+                raise
             internal = True
             job.log.exception("hop %s failed unexpectedly", hop_name)
             message = f"internal error: {type(exc).__name__}: {exc}"
@@ -464,6 +489,31 @@ class Engine:
             self.store.unstage(staged.blob_id)
             self.staging.remove(staged.staged_path)
 
+    def _park(self, transfer_id: int, parking: _Parking) -> bool:
+        """Park a failed transfer as waiting; return False when another worker holds it now."""
+        delay = backoff_delay(parking.attempts, self.settings.retry)
+        return self.store.defer(
+            transfer_id,
+            self.owner,
+            state=WAITING,
+            error=parking.error,
+            error_class=parking.error_class,
+            next_attempt_at=utcnow() + timedelta(seconds=delay),
+        )
+
+    def _park_unparked(self) -> None:
+        """Park the failed transfers the catalogue did not let us park (raise while it still does not)."""
+        with self._lock:
+            waiting = list(self._unparked.items())
+        for transfer_id, parking in waiting:
+            parked = self._park(transfer_id, parking)
+            with self._lock:
+                self._unparked.pop(transfer_id, None)
+            if parked:
+                log.info("transfer %s: parked now that the catalogue answers again", transfer_id)
+            else:
+                log.info("transfer %s: another worker took it over while the catalogue was away", transfer_id)
+
     def _count_internal(self, transfer_id: int, message: str) -> int:
         """Return how many times in a row the transfer has now failed with this unexpected exception."""
         with self._lock:
@@ -482,7 +532,7 @@ class Engine:
         hint: str | None,
         retry_after: float | None,
     ) -> None:
-        job.finish_progress()
+        # Said first: the writes below raise LeaseLost when the transfer is no longer this worker's.
         next_at = None
         if state == WAITING:
             delay = backoff_delay(job.attempts, self.settings.retry, retry_after)
@@ -490,6 +540,8 @@ class Engine:
             job.log.warning("%s; retrying in %.0fs (attempt %d)", message, delay, job.attempts)
         else:
             job.log.error("blocked: %s; %s", message, hint)
+        job.finish_progress()
+        if state == BLOCKED:
             self._emit(
                 "blocked", {"repo": job.repo.name, "hop": job.hop, "error": message, "hint": hint or ""}
             )

@@ -134,3 +134,15 @@ def setup_logging(level: str = "info") -> None:
         "filelock",
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def log_failure(logger: logging.Logger, message: str, exc: BaseException) -> None:
+    """Log *message* for a failure that is tried again: one line when the catalogue did not answer (an
+    outage says the same each time), else with the traceback (a bug's is needed once)."""
+    from relayd.catalogue.db import unreachable
+
+    reason = unreachable(exc)
+    if reason is None:
+        logger.error("%s", message, exc_info=exc)
+    else:
+        logger.warning("%s: the catalogue did not answer: %s", message, reason)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from relayd import __version__
 from relayd.catalogue.store import Store, utcnow
 from relayd.config import NotifyConfig
-from relayd.logs import SCRUBBER, url_host
+from relayd.logs import SCRUBBER, log_failure, url_host
 from relayd.vm.agent.proxy import ProxyError, route_for
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class Notifier:
         while not self._stop.wait(self.interval):
             try:
                 self.deliver_due()
-            except Exception:
-                log.exception("delivering notifications failed; trying again shortly")
+            except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
+                log_failure(log, "delivering notifications failed; trying again shortly", exc)
 
     def deliver_due(self) -> int:
         """Try every due notification once; return how many were delivered."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import logging
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,40 @@ def test_third_party_debug_chatter_stays_off_at_debug_level(restore_logging: Non
     setup_logging("debug")
     for name in ("httpcore2", "httpx2", "urllib3", "aligo"):
         assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING
+
+
+def test_a_retried_failure_of_the_catalogue_is_one_line_and_a_bug_keeps_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A catalogue that does not answer (here SQLite locked by another connection) says the same at
+    every retry; any other failure is logged with its traceback."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from relayd.catalogue.db import unreachable
+    from relayd.logs import log_failure
+
+    database = tmp_path / "locked.db"
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    engine = create_engine(f"sqlite:///{database}", connect_args={"timeout": 0})
+    with pytest.raises(OperationalError) as locked, engine.connect() as connection:
+        connection.execute(text("SELECT * FROM t"))
+    holder.close()
+    engine.dispose()
+    assert unreachable(locked.value) == "database is locked"
+    assert unreachable(ValueError("a bug")) is None
+    logger = logging.getLogger("relayd.test")
+    with caplog.at_level(logging.WARNING, logger="relayd.test"):
+        log_failure(logger, "claiming transfers failed; trying again shortly", locked.value)
+        log_failure(logger, "claiming transfers failed; trying again shortly", ValueError("a bug"))
+    outage, bug = caplog.records
+    assert outage.levelno == logging.WARNING
+    assert outage.getMessage() == (
+        "claiming transfers failed; trying again shortly: the catalogue did not answer: database is locked"
+    )
+    assert caplog.handler.format(outage).endswith("database is locked"), "no traceback"
+    assert bug.levelno == logging.ERROR
+    assert bug.getMessage() == "claiming transfers failed; trying again shortly"
+    assert caplog.handler.format(bug).endswith("ValueError: a bug"), "with its traceback"

@@ -62,3 +62,17 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """Return the database's own first line when *exc* says the catalogue did not answer (the link or
+    the server is down, or SQLite stayed locked), else None: such a failure is retried, and its
+    traceback would say nothing more each time."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    if not (isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated):
+        return None
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

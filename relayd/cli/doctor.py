@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from relayd.catalogue.queries import START_HINT
 from relayd.cli.app import EXIT_RUNTIME, EXIT_USAGE, App, echo_json, json_option, pass_app
 from relayd.errors import ConfigError, RelayError
 from relayd.health import FAIL, OK, SKIP, STATUSES, WARN, Check, CheckScope, Finding, failed
@@ -191,6 +190,8 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
     """Return the catalogue's and the daemon's rows, and fill in the plan's repos and the bytes each hop
     has still to move. The reads run in a thread with a deadline: a database server that does not answer
     fails the check (and the default route is checked) instead of hanging doctor."""
+    from relayd.cli.doctor_daemons import daemon_rows, routed_hops
+
     found: list[tuple[list[Row], list[RepoTarget], dict[str, int]]] = []
 
     def work() -> None:
@@ -198,13 +199,13 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
         reader: Reader | None = None
         try:
             rows, reader = catalogue_rows(config, probe)
-            rows.append(daemon_row(reader, now))
+            rows += daemon_rows(reader, now, routed_hops(probe.repos))
             rows += drive_rate_rows(reader)
             due = _due(reader)
         except Exception as exc:
             log.debug("reading the catalogue failed", exc_info=True)
             failure = _failure("catalogue", "catalogue", exc, "check the catalogue (`relayctl status`)")
-            found.append(([failure, daemon_row(None, now)], [], {}))
+            found.append(([failure, *daemon_rows(None, now, ())], [], {}))
             return
         finally:
             if reader is not None:
@@ -218,27 +219,10 @@ def catalogue_checks(config: Config, plan: Plan, timeout: float, now: datetime) 
         hint = "check catalogue.url and the database server"
         return [
             Row("catalogue", "catalogue", FAIL, f"no answer within {timeout:g} s", hint),
-            daemon_row(None, now),
+            *daemon_rows(None, now, ()),
         ]
     rows, plan.repos, plan.due = found[0]
     return rows
-
-
-def daemon_row(reader: Reader | None, now: datetime) -> Row:
-    """Return whether a daemon serves this catalogue, by its heartbeat and its instance lock (a warning
-    when not)."""
-    from relayd.catalogue.queries import DAEMON_RUNNING, daemon_of, service_facts
-
-    if reader is None:
-        return Row("daemon", "daemon", WARN, "no catalogue, so no daemon", START_HINT)
-    facts = service_facts(reader)
-    daemon = daemon_of(reader, now, facts)
-    if daemon.state != DAEMON_RUNNING:
-        return Row("daemon", "daemon", WARN, daemon.detail, daemon.hint)
-    fact = next((item for item in facts if item.key == "daemon"), None)
-    running = fact.value.get("running") if fact is not None else None
-    busy = f", {running} transfer(s) running" if running is not None else ""
-    return Row("daemon", "daemon", OK, f"{daemon.detail}{busy}")
 
 
 # -- what the catalogue measured ------------------------------------------------------------------------

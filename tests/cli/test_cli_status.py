@@ -453,13 +453,14 @@ def test_status_judges_the_daemon_by_its_heartbeat_and_its_instance_lock(relayct
 def test_doctor_and_status_agree_on_the_daemon(relayctl: Relayctl) -> None:
     from datetime import UTC, datetime
 
-    from relayd.cli.doctor import WARN, daemon_row
+    from relayd.cli.doctor import WARN
+    from relayd.cli.doctor_daemons import daemon_rows
 
     relayctl.store.publish("daemon", {"pid": 4242, "version": "test", "state": "running"})
     queries.instance_lock_path(relayctl.db).touch()  # a lock file nobody holds
     reader = queries.SqliteReader(relayctl.db)
     try:
-        row = daemon_row(reader, datetime.now(UTC))
+        (row,) = daemon_rows(reader, datetime.now(UTC), ())
     finally:
         reader.close()
     status = json.loads(relayctl("status", "--json").stdout)["daemon"]

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -556,6 +557,44 @@ def test_a_sites_daemon_is_checked_for_the_hops_it_serves(doctor: Doctor) -> Non
     assert not [name for name in names if name.startswith("hub ")], names
     assert check(document, "vm git-lfs")["status"] == "ok"
     assert check(document, "drive api")["status"] == "ok"
+
+
+def test_the_daemons_are_reported_from_their_heartbeats(doctor: Doctor) -> None:
+    """Two sites (docs/sites.md): the abroad daemon runs, the vm one is dead, so its hops are unserved."""
+    from sqlalchemy import delete, update
+
+    from relayd.catalogue.schema import Worker
+    from relayd.catalogue.store import WorkerBeat, utcnow
+
+    store = Store(f"sqlite:///{doctor.box.root / 'state' / 'catalogue.db'}")
+    store.beat(
+        WorkerBeat("abroad-1", "abroad", "abroad-host", 11, ("download", "pan_upload"), "9.9", utcnow())
+    )
+    store.beat(WorkerBeat("vm-1", "vm", "vm-host", 22, ("vm_pull", "lfs_push"), "9.9", utcnow()))
+    try:
+        with store._write() as session:
+            session.execute(
+                update(Worker).where(Worker.id == "vm-1").values(last_seen=utcnow() - timedelta(minutes=5))
+            )
+        document = doctor.json(code=0)
+        assert_documented(document)
+        rows = {item["name"]: item for item in document["checks"] if item["group"] == "daemon"}
+        assert {name: row["status"] for name, row in rows.items()} == {
+            "daemon": "ok",
+            "daemon vm on vm-host": "warn",
+            "daemon for vm_pull": "warn",
+            "daemon for lfs_push": "warn",
+        }
+        assert rows["daemon"]["detail"] == "1 running (abroad on abroad-host), 0 transfer(s) leased"
+        assert rows["daemon vm on vm-host"]["hint"].startswith("start relayd again on vm-host (site vm)")
+        assert rows["daemon for vm_pull"]["detail"] == "no daemon serves vm_pull"
+        text = doctor.run().stdout
+        assert "WARN    daemon for lfs_push" in text
+        assert 'hint: start one with daemon.hops = ["lfs_push"] (docs/sites.md)' in text
+    finally:
+        with store._write() as session:
+            session.execute(delete(Worker))
+        store.close()
 
 
 def test_an_ms_upload_route_checks_the_http_api_and_no_git(

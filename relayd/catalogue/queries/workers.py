@@ -90,7 +90,19 @@ class Unserved(NamedTuple):
     """A hop that work waits for and no running daemon serves, with what to do."""
 
     hop: str
-    hint: str
+
+    @property
+    def problem(self) -> str:
+        return f"no daemon serves {self.hop}"
+
+    @property
+    def fix(self) -> str:
+        return f'start one with daemon.hops = ["{self.hop}"] (docs/sites.md)'
+
+    @property
+    def hint(self) -> str:
+        """The problem and its fix in one line, as `relayctl status` says it."""
+        return f"{self.problem}: {self.fix}"
 
 
 def unserved_hops(wanted: Iterable[str], found: Iterable[WorkerView]) -> list[Unserved]:
@@ -100,7 +112,4 @@ def unserved_hops(wanted: Iterable[str], found: Iterable[WorkerView]) -> list[Un
     if not running:
         return []
     missing = sorted({hop for hop in wanted if not any(worker.serves(hop) for worker in running)})
-    return [
-        Unserved(hop, f'no daemon serves {hop}: start one with daemon.hops = ["{hop}"] (docs/sites.md)')
-        for hop in missing
-    ]
+    return [Unserved(hop) for hop in missing]

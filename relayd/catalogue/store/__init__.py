@@ -22,6 +22,7 @@ from relayd.catalogue.store.records import (
     SnapshotResult,
     StagedBlob,
     StuckNotice,
+    TransferGone,
     new_owner_id,
     utcnow,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "StagedBlob",
     "Store",
     "StuckNotice",
+    "TransferGone",
     "WorkerBeat",
     "new_owner_id",
     "utcnow",

@@ -43,6 +43,11 @@ class StoreBase:
         # shared by several daemons: it claims only the transfers that read copies staged there. None:
         # the catalogue's one daemon (SQLite), or a store that stages nothing.
         self.staging_holder: str | None = None
+        # The lease owner id of this process's engine: a job's writes to its transfer (plan, pieces,
+        # progress, handles) apply only while that lease is still its own, else raise LeaseLost (a worker
+        # whose lease ran out must not record into the transfer another one took over). None: unchecked,
+        # for hops run by hand (tests, the conformance kit).
+        self.lease_holder: str | None = None
         self.engine: Engine = make_engine(url, immediate=True)
         self._reader_engine: Engine = make_engine(url, immediate=False) if is_sqlite(url) else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

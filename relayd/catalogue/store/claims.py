@@ -189,7 +189,8 @@ class ClaimStore(SnapshotStore):
         return {hop: int(step) for hop, step in rows}
 
     def renew_leases(self, owner: str, transfer_ids: Sequence[int], lease: float) -> set[int]:
-        """Extend our leases; return the ids we no longer own."""
+        """Extend our leases; return the ids another worker holds now (not one we have just finished,
+        parked or released, which nobody holds)."""
         if not transfer_ids:
             return set()
         with self._write() as session:
@@ -200,12 +201,15 @@ class ClaimStore(SnapshotStore):
                 )
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease))
             )
-            owned = set(
+            return set(
                 session.scalars(
-                    select(Transfer.id).where(Transfer.id.in_(transfer_ids), Transfer.lease_owner == owner)
+                    select(Transfer.id).where(
+                        Transfer.id.in_(transfer_ids),
+                        Transfer.lease_owner.is_not(None),
+                        Transfer.lease_owner != owner,
+                    )
                 )
             )
-            return set(transfer_ids) - owned
 
     def load_job(self, transfer_id: int) -> JobData:
         """Return what a hop needs to run this transfer, as plain records."""

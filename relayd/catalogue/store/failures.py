@@ -46,9 +46,10 @@ class FailureStore(ProgressStore):
         error_class: ErrorClass,
         hint: str | None = None,
         next_attempt_at: datetime | None = None,
-    ) -> None:
+    ) -> bool:
         """Park the transfer as waiting (retry at *next_attempt_at*) or blocked (needs a person); a first
-        failure since it last succeeded begins its streak of failures."""
+        failure since it last succeeded begins its streak of failures. Return False when *owner* no
+        longer held it (nothing changed)."""
         if state not in (WAITING, BLOCKED):
             raise ValueError(state)
         now = utcnow()
@@ -80,6 +81,7 @@ class FailureStore(ProgressStore):
                 )
         if parked is not None and self.on_deferred is not None:
             self.on_deferred(parked, state, error_class)
+        return parked is not None
 
     def _notify_blocked(
         self, session: Session, transfer_id: int, *, error: str, error_class: ErrorClass, hint: str | None

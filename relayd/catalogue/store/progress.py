@@ -29,17 +29,34 @@ from relayd.catalogue.schema import (
     Transfer,
 )
 from relayd.catalogue.store.claims import ClaimStore
-from relayd.catalogue.store.records import LeaseLost, StagedBlob, utcnow
+from relayd.catalogue.store.records import LeaseLost, StagedBlob, TransferGone, utcnow
 from relayd.hops.records import PieceSpec
 
 
+def check_held(session: Session, transfer_id: int, owner: str | None) -> None:
+    """Raise LeaseLost unless *owner* (None: nobody checks) still holds the transfer's lease; the row
+    stays locked until the transaction ends, so a worker taking it over waits for this write or skips it."""
+    if owner is None:
+        return
+    held = session.execute(
+        select(Transfer.lease_owner, Transfer.state).where(Transfer.id == transfer_id).with_for_update()
+    ).first()
+    if held is None:
+        raise TransferGone(f"transfer {transfer_id} no longer exists")
+    lease_owner, state = held
+    if lease_owner != owner or state != RUNNING:
+        raise LeaseLost(f"transfer {transfer_id} is now held by {lease_owner or 'nobody'}")
+
+
 class ProgressStore(ClaimStore):
-    """Pieces, bytes moved, handles, and completing a transfer."""
+    """Pieces, bytes moved, handles, and completing a transfer. A job's writes are checked against the
+    lease (``lease_holder``)."""
 
     def record_plan(self, transfer_id: int, pieces: Sequence[PieceSpec], bytes_total: int) -> None:
         """Replace the transfer's pieces with *pieces* (a fresh plan)."""
         now = utcnow()
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             session.execute(delete(Piece).where(Piece.transfer_id == transfer_id))
             session.add_all(
                 Piece(
@@ -63,6 +80,7 @@ class ProgressStore(ClaimStore):
     def reset_pieces(self, transfer_id: int, indices: Sequence[int] | None = None) -> None:
         """Mark the pieces (all when *indices* is None) as not done, e.g. after a failed verification."""
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             query = update(Piece).where(Piece.transfer_id == transfer_id)
             if indices is not None:
                 query = query.where(Piece.idx.in_(indices))
@@ -73,6 +91,7 @@ class ProgressStore(ClaimStore):
         """Count one more send of the piece (for 'moved at most N times' checks); its bytes are counted
         from zero. *moved*: bytes of the piece's previous send not counted yet (they count now)."""
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             session.execute(
                 update(Piece)
                 .where(Piece.transfer_id == transfer_id, Piece.idx == index)
@@ -99,6 +118,7 @@ class ProgressStore(ClaimStore):
         completed and counts up to its length (the part counted already is not counted again).
         """
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             if sent_before:
                 rest = session.scalar(
                     select(func.coalesce(func.sum(Piece.length - Piece.moved), 0)).where(
@@ -178,6 +198,7 @@ class ProgressStore(ClaimStore):
         if bytes_done is not None:
             values["bytes_done"] = bytes_done
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             session.execute(update(Transfer).where(Transfer.id == transfer_id).values(**values))
             hop = self._count_moved(session, transfer_id, moved, by_piece or {})
         self._counted(hop, moved)
@@ -185,6 +206,7 @@ class ProgressStore(ClaimStore):
     def save_handles(self, transfer_id: int, handles: dict[str, Any]) -> None:
         """Persist the transfer's remote handles (upload ids, file ids) before they are relied on."""
         with self._write() as session:
+            check_held(session, transfer_id, self.lease_holder)
             session.execute(
                 update(Transfer)
                 .where(Transfer.id == transfer_id)
@@ -208,11 +230,9 @@ class ProgressStore(ClaimStore):
         """
         now = utcnow()
         with self._write() as session:
+            check_held(session, transfer_id, owner)
             transfer = session.get(Transfer, transfer_id)
-            if transfer is None:
-                raise LeaseLost(f"transfer {transfer_id} no longer exists")
-            if transfer.lease_owner != owner or transfer.state != RUNNING:
-                raise LeaseLost(f"transfer {transfer_id} is now held by {transfer.lease_owner or 'nobody'}")
+            assert transfer is not None  # noqa: S101 - check_held found it, and holds its row
             repo = session.get(Repo, transfer.repo_id)
             assert repo is not None  # noqa: S101 - enforced by the foreign key
             transfer.state = DONE

@@ -85,3 +85,8 @@ class StuckNotice:
 
 class LeaseLost(CatalogueError):
     """Another worker owns this transfer now (our lease expired); drop the result."""
+
+
+class TransferGone(LeaseLost):
+    """The transfer no longer exists (its file is fetched again, or its repo was removed): nobody's
+    result of it counts."""
