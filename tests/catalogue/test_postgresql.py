@@ -183,3 +183,48 @@ def test_status_reads_postgresql_through_libpq_alone_and_agrees_with_sqlalchemy(
     finally:
         fast.close()
         slow.close()
+
+
+def test_daemons_starting_together_on_a_new_catalogue_create_it_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Two sites' daemons (and relayctl) may all start at once on a new PostgreSQL catalogue: the schema
+    is made once, under an advisory lock, and every process comes up without an error."""
+    go = tmp_path / "go"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from relayd.catalogue import migrate\n"
+        "from relayd.catalogue.db import make_engine\n"
+        "engine = make_engine(sys.argv[1])\n"
+        "engine.connect().close()\n"
+        "Path(sys.argv[3]).touch()\n"
+        "while not Path(sys.argv[2]).exists():\n"
+        "    time.sleep(0.005)\n"
+        "migrate.ensure_schema(engine, auto_upgrade=False)\n"
+        "print(migrate.current_revision(engine))\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, postgres_url, str(go), str(tmp_path / f"ready-{n}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()  # all at once: every process has imported and connected
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, [err for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {migrate.head_revision()}
+    store = Store(postgres_url)
+    try:
+        with store.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+            versions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        assert versions == [(migrate.head_revision(),)]
+    finally:
+        store.close()
