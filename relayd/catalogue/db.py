@@ -41,6 +41,11 @@ def make_engine(url: str, *, immediate: bool = True, pool: bool = True) -> Engin
             kwargs["poolclass"] = NullPool
     else:
         kwargs["pool_pre_ping"] = True
+        if make_url(url).get_backend_name() == "postgresql":
+            from relayd.catalogue.queries.libpq import LINK_OPTIONS
+
+            given = make_url(url).query
+            kwargs["connect_args"] = {key: value for key, value in LINK_OPTIONS.items() if key not in given}
     engine = create_engine(url, **kwargs)
     if is_sqlite(url):
         _configure_sqlite(engine, immediate=immediate)

@@ -228,3 +228,43 @@ def test_daemons_starting_together_on_a_new_catalogue_create_it_once(
         assert versions == [(migrate.head_revision(),)]
     finally:
         store.close()
+
+
+def _socket_options(fd: int) -> tuple[int, int, int]:
+    """Return SO_KEEPALIVE, TCP_KEEPIDLE and TCP_USER_TIMEOUT of the socket *fd* (not closed here)."""
+    import socket
+
+    probe = socket.socket(fileno=os.dup(fd))
+    try:
+        return (
+            probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        )
+    finally:
+        probe.close()
+
+
+def test_catalogue_connections_find_a_silent_link_dead_within_a_minute(postgres_url: str) -> None:
+    """The daemon's connections and relayctl's keep TCP keepalives at 30 s and a 60 s timeout on
+    unacknowledged data (a link across a border may drop packets without a word); the URL may say more."""
+    import ctypes
+
+    from relayd.catalogue import queries
+    from relayd.catalogue.queries.libpq import LibpqReader
+
+    for url, idle in ((postgres_url, 30), (f"{postgres_url}?keepalives_idle=45", 45)):
+        store = Store(url)
+        try:
+            with store.engine.connect() as connection:
+                raw = connection.connection.driver_connection
+                assert _socket_options(raw.pgconn.socket) == (1, idle, 60000)
+        finally:
+            store.close()
+        reader = queries.open_reader(url)
+        assert isinstance(reader, LibpqReader)
+        try:
+            reader._lib.PQsocket.argtypes, reader._lib.PQsocket.restype = [ctypes.c_void_p], ctypes.c_int
+            assert _socket_options(reader._lib.PQsocket(reader._connection)) == (1, idle, 60000)
+        finally:
+            reader.close()

@@ -33,6 +33,16 @@ CONNECTION_OK = 0
 PGRES_COMMAND_OK = 1
 PGRES_TUPLES_OK = 2
 CONNECT_TIMEOUT_S = "10"
+# libpq options set on every catalogue connection unless the URL sets them: a link across a border
+# that drops packets silently is found dead within about a minute (keepalives while idle, and a
+# timeout on unacknowledged data), not after the kernel's default of two hours or fifteen minutes.
+LINK_OPTIONS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _DRIVER = re.compile(r"^postgres(?:ql)?\+psycopg://")
 _HINT = "check [catalogue] url in the config and that the PostgreSQL server is reachable from here"
@@ -134,8 +144,8 @@ class LibpqReader:
     def __init__(self, url: str, lib: ctypes.CDLL) -> None:
         self._lib = _declare(lib)
         # Keywords in order: the URL (expanded, as libpq reads a URI) overrides the defaults before it.
-        keywords = ["connect_timeout", "client_encoding", "dbname"]
-        values = [CONNECT_TIMEOUT_S, "UTF8", _DRIVER.sub("postgresql://", url)]
+        keywords = ["connect_timeout", "client_encoding", *LINK_OPTIONS, "dbname"]
+        values = [CONNECT_TIMEOUT_S, "UTF8", *LINK_OPTIONS.values(), _DRIVER.sub("postgresql://", url)]
         self._connection = self._lib.PQconnectdbParams(
             _strings([*keywords, None]), _strings([*values, None]), 1
         )
