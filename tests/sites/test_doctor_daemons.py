@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -24,17 +23,9 @@ from relayd.health import OK, WARN
 ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalogue.db'}"
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    return postgres_url
-
-
 @pytest.fixture
-def store(url: str) -> Iterator[Store]:
-    made = Store(url)
+def store(either_catalogue: str) -> Iterator[Store]:
+    made = Store(either_catalogue)
     migrate.ensure_schema(made.engine, auto_upgrade=False)
     yield made
     made.close()
@@ -64,7 +55,7 @@ def rows_of(url: str) -> dict[str, Row]:
     return {row.name: row for row in rows}
 
 
-def test_dead_daemons_and_unserved_hops_are_warned_about(store: Store, url: str) -> None:
+def test_dead_daemons_and_unserved_hops_are_warned_about(store: Store, either_catalogue: str) -> None:
     repo, _ = store.add_repo(RepoSpec(name="acme/model", every=3600, route=ROUTE))
     store.add_repo(RepoSpec(name="acme/paused", every=3600, route=("local_copy",)))
     store.set_paused("acme/paused", True)
@@ -75,7 +66,7 @@ def test_dead_daemons_and_unserved_hops_are_warned_about(store: Store, url: str)
     assert store.claim("download", "abroad-gone", lease=600) is not None
     beat(store, "vm-gone", "vm", "vm-host", ("vm_pull", "lfs_push"), silent=90)
 
-    rows = rows_of(url)
+    rows = rows_of(either_catalogue)
     assert set(rows) == {
         "daemon",
         "daemon abroad on abroad-2",
@@ -102,20 +93,20 @@ def test_dead_daemons_and_unserved_hops_are_warned_about(store: Store, url: str)
 
     # The vm site's daemon comes back: nothing is unserved, and its dead predecessor is a restart.
     beat(store, "vm-now", "vm", "vm-host", ("vm_pull", "lfs_push"))
-    rows = rows_of(url)
+    rows = rows_of(either_catalogue)
     assert set(rows) == {"daemon", "daemon abroad on abroad-2"}
     assert rows["daemon"].detail == ("2 running (abroad on abroad-1, vm on vm-host), 0 transfer(s) leased")
 
 
-def test_with_no_daemon_running_the_row_says_what_status_says(store: Store, url: str) -> None:
+def test_with_no_daemon_running_the_row_says_what_status_says(store: Store, either_catalogue: str) -> None:
     store.add_repo(RepoSpec(name="acme/model", every=3600, route=ROUTE))
-    rows = rows_of(url)
+    rows = rows_of(either_catalogue)
     assert list(rows) == ["daemon"]
     assert rows["daemon"].status == WARN
     assert rows["daemon"].detail == "no relayd has published a heartbeat on this catalogue"
     assert rows["daemon"].hint.startswith("start it")
     # Every daemon dead: one row each, and no hop called unserved (the daemon row says none runs).
     beat(store, "vm-gone", "vm", "vm-host", ("vm_pull", "lfs_push"), silent=90)
-    rows = rows_of(url)
+    rows = rows_of(either_catalogue)
     assert set(rows) == {"daemon", "daemon vm on vm-host"}
     assert rows["daemon"].status == WARN

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,18 +19,10 @@ from relayd.hops.base import PieceSpec
 PIECES = [PieceSpec(0, 0, 5, False), PieceSpec(1, 5, 5, False)]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalogue.db'}"
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    return postgres_url
-
-
 @pytest.fixture
-def stores(url: str) -> Iterator[tuple[Store, Store]]:
+def stores(either_catalogue: str) -> Iterator[tuple[Store, Store]]:
     """Two daemons' stores on one catalogue, each checking its own engine's leases."""
-    first, second = Store(url), Store(url)
+    first, second = Store(either_catalogue), Store(either_catalogue)
     migrate.ensure_schema(first.engine, auto_upgrade=False)
     first.lease_holder, second.lease_holder = "first", "second"
     yield first, second
@@ -88,9 +79,9 @@ def test_a_worker_that_lost_its_lease_records_nothing_more(stores: tuple[Store, 
         first.piece_done(mine.id, [1])
 
 
-def test_without_a_lease_holder_writes_are_not_checked(url: str) -> None:
+def test_without_a_lease_holder_writes_are_not_checked(either_catalogue: str) -> None:
     """A hop run by hand (tests, the conformance kit) records into a transfer nobody claimed."""
-    store = Store(url)
+    store = Store(either_catalogue)
     migrate.ensure_schema(store.engine, auto_upgrade=False)
     repo, _ = store.add_repo(RepoSpec(name="acme/model", every=3600, route=("download",)))
     store.record_snapshot(repo.id, "c" * 40, [FileSpec("a.bin", 10, True, hashlib.sha256(b"a").hexdigest())])
