@@ -79,8 +79,8 @@ class PanUploadHop(Hop):
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
-        """Build the shared drive now, at daemon start, rather than in the first worker thread (the
-        web backend imports aligo, which briefly points HOME elsewhere)."""
+        """Build the shared drive now, at daemon start (or when a route first needs it), rather than
+        in a worker thread in the middle of a transfer: the web backend's aligo import takes a moment."""
         try:
             self.drive()
         except (RelayError, ImportError) as exc:
