@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Collection
 from pathlib import Path
 
@@ -23,18 +22,12 @@ from relayd.catalogue.states import DONE
 from relayd.catalogue.store import Store
 from relayd.catalogue.store.records import owner_process
 from relayd.logs import log_failure
-from relayd.staging import Staging
+from relayd.staging import PARTIAL_NAME, Staging
 from relayd.units import format_size
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 60.0  # seconds between sweeps
-_PARTIAL_NAME = re.compile(r"^download-([0-9]+)\.part$")
-
-
-def partial_name(transfer_id: int) -> str:
-    """Return the name of a download's partial file: from the transfer id only, never an upstream path."""
-    return f"download-{transfer_id}.part"
 
 
 def abandoned_because(state: str | None, holder: str | None, owner: str) -> str | None:
@@ -96,7 +89,7 @@ class PartialSweep:
             return {}
         found: dict[int, Path] = {}
         for name in names:
-            match = _PARTIAL_NAME.match(name)
+            match = PARTIAL_NAME.match(name)
             if match:
                 found[int(match.group(1))] = directory / name
             elif name not in self._unknown:

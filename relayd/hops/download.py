@@ -34,8 +34,7 @@ from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_rang
 from relayd.hops.download_fetch import Digest, Fetcher
 from relayd.hops.download_run import BLOCK, Location, Run
 from relayd.http_ranges import Origin, origin_of
-from relayd.partials import partial_name
-from relayd.staging import fsync_dir
+from relayd.staging import fsync_dir, partial_name
 
 if TYPE_CHECKING:
     from relayd.hub import FileMetadata, HubClient

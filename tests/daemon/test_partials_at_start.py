@@ -7,7 +7,7 @@ import hashlib
 
 from relayd.catalogue.schema import DONE, PENDING
 from relayd.catalogue.store import FileSpec, RepoSpec
-from relayd.partials import partial_name
+from relayd.staging import partial_name
 from tests.support.daemonbox import DaemonSandbox
 
 

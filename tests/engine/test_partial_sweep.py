@@ -25,8 +25,8 @@ from relayd.config import RetryConfig, StagingConfig
 from relayd.engine import Engine, EngineSettings
 from relayd.errors import ErrorClass
 from relayd.hops.base import HopContext
-from relayd.partials import PartialSweep, partial_name
-from relayd.staging import Staging
+from relayd.partials import PartialSweep
+from relayd.staging import Staging, partial_name
 
 MINE = new_owner_id()
 SIZE = 256 * 1024

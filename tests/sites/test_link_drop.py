@@ -21,7 +21,7 @@ from relayd.catalogue.queries.workers import STALE_AFTER, WorkerView, workers
 from relayd.catalogue.schema import DONE, RUNNING, Blob, Piece, Snapshot, Transfer, Worker
 from relayd.catalogue.store import RepoSpec, Store, utcnow
 from relayd.daemon import HEARTBEAT_INTERVAL
-from relayd.partials import partial_name
+from relayd.staging import partial_name
 from relayd_sandbox.hub import FakeHub, Generated
 from relayd_sandbox.tcprelay import CuttableRelay
 from tests.support.hubrelay import TOKEN, sha256_of
