@@ -5,7 +5,7 @@ hands them to a thread pool; a heartbeat thread renews the leases of what is run
 process's claims come back when they expire. Each failure is classified by its error class: retryable
 (``waiting`` with exponential backoff and jitter, or the server's Retry-After), needs a person
 (``blocked`` with a reason and a hint) or permanent (``blocked``). Downloads are held while the staging
-disk is over its budget.
+disk is over its budget, and partial downloads this daemon will not resume are swept (relayd.partials).
 
 Nothing retries for ever unseen: a transfer or a poll (relayd.poll uses the same backoff) whose failures
 have gone on for longer than ``retry.surface_after`` is surfaced as stuck (status and a notification,
@@ -32,6 +32,7 @@ from relayd.config import RetryConfig
 from relayd.errors import Cancelled, ErrorClass, IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops.base import Hop, HopContext, Job, Outcome
 from relayd.logs import log_failure
+from relayd.partials import SWEEP_INTERVAL, PartialSweep
 from relayd.staging import Staging, disk_full_error, is_disk_full
 from relayd.units import format_size
 
@@ -129,6 +130,9 @@ class Engine:
         self._last_disk_check = 0.0
         self._last_remote_disk_check = 0.0
         self._last_stuck_check = 0.0
+        self._partials = PartialSweep(staging, store, ctx.owner)
+        self._sweep_due = True  # at the first claim round, then every SWEEP_INTERVAL or after a loss
+        self._last_sweep = 0.0
         # transfer id → the last unexpected exception's message and how many times in a row it came
         self._internal_errors: dict[int, tuple[str, int]] = {}
         # transfer id → how to park it, for a failed transfer the catalogue did not let us park: parked at
@@ -301,12 +305,24 @@ class Engine:
                 notice.hint,
             )
 
+    def _sweep_partials(self) -> None:
+        """Remove the partial downloads this daemon will not resume. Only the thread that claims sweeps,
+        so no transfer is claimed here while its partial file is judged."""
+        now = time.monotonic()
+        if not self._sweep_due and now - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._sweep_due, self._last_sweep = False, now
+        with self._lock:
+            busy = set(self._running)
+        self._partials.sweep(busy)
+
     def _claim_round(self) -> int:
         """Claim as much as the limits allow; return how many transfers were started."""
         started = 0
         self._park_unparked()
         self._unblock_disk()
         self._surface_stuck()
+        self._sweep_partials()
         # Later hops first: finishing files frees staging and shows progress sooner.
         runnable = self.store.runnable_hops()
         candidates = [name for name in runnable if name in self.hops]
@@ -363,14 +379,17 @@ class Engine:
     # -- running -----------------------------------------------------------------------------------
 
     def _run(self, transfer_id: int, hop_name: str, attempts: int) -> None:
+        lost = False  # to another worker or with its repo: its partial download is swept soon
         try:
             self._run_transfer(transfer_id, hop_name)
         except TransferGone as exc:  # its file is fetched again (Job.fetch_again), or its repo removed
             log.info("transfer %s: stopped, %s", transfer_id, exc)
+            lost = True
         except LeaseLost as exc:
             # Its lease ran out (the catalogue was out of reach longer than daemon.lease) and another
             # worker took it over: this one records nothing more of it.
             log.warning("transfer %s: stopped, %s; the other worker's result stands", transfer_id, exc)
+            lost = True
         except Exception as exc:  # noqa: BLE001 - retried; log_failure logs it
             log_failure(log, f"transfer {transfer_id}: failed while loading it or recording its outcome", exc)
             # Park it like any failure (rather than leave it running until its lease expires), so that
@@ -397,6 +416,7 @@ class Engine:
                 self._running.pop(transfer_id, None)
                 self._large.discard(transfer_id)
                 self._reserved.pop(transfer_id, None)
+                self._sweep_due = self._sweep_due or lost
             self._wake.set()
 
     def _run_transfer(self, transfer_id: int, hop_name: str) -> None:
@@ -513,6 +533,7 @@ class Engine:
                 log.info("transfer %s: parked now that the catalogue answers again", transfer_id)
             else:
                 log.info("transfer %s: another worker took it over while the catalogue was away", transfer_id)
+                self._sweep_due = True
 
     def _count_internal(self, transfer_id: int, message: str) -> int:
         """Return how many times in a row the transfer has now failed with this unexpected exception."""

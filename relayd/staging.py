@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KEY = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+#: A download's partial file under ``partial/`` (``partial_name``); relayd.partials sweeps abandoned ones.
+PARTIAL_NAME = re.compile(r"^download-([0-9]+)\.part$")
+
+
+def partial_name(transfer_id: int) -> str:
+    """Return the name of a download's partial file: from the transfer id only, never an upstream path."""
+    return f"download-{transfer_id}.part"
 
 
 @dataclass(frozen=True)

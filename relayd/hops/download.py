@@ -34,7 +34,7 @@ from relayd.hops.base import Hop, HopContext, Job, Outcome, PieceSpec, plan_rang
 from relayd.hops.download_fetch import Digest, Fetcher
 from relayd.hops.download_run import BLOCK, Location, Run
 from relayd.http_ranges import Origin, origin_of
-from relayd.staging import fsync_dir
+from relayd.staging import fsync_dir, partial_name
 
 if TYPE_CHECKING:
     from relayd.hub import FileMetadata, HubClient
@@ -52,8 +52,8 @@ def piece_length(size: int, piece_size: int, connections: int) -> int:
 
 
 def partial_key(job: Job) -> str:
-    """Return the partial file's name: from the transfer id only, never from upstream paths."""
-    return f"download-{job.id}.part"
+    """Return the partial file's name (``relayd.partials`` sweeps the ones no longer needed)."""
+    return partial_name(job.id)
 
 
 class DownloadHop(Hop):

@@ -21,6 +21,7 @@ from relayd.catalogue.queries.workers import STALE_AFTER, WorkerView, workers
 from relayd.catalogue.schema import DONE, RUNNING, Blob, Piece, Snapshot, Transfer, Worker
 from relayd.catalogue.store import RepoSpec, Store, utcnow
 from relayd.daemon import HEARTBEAT_INTERVAL
+from relayd.staging import partial_name
 from relayd_sandbox.hub import FakeHub, Generated
 from relayd_sandbox.tcprelay import CuttableRelay
 from tests.support.hubrelay import TOKEN, sha256_of
@@ -135,6 +136,16 @@ def find_download(store: Store) -> Transfer | None:
     """Return the file's download (None before the first poll)."""
     with store.read() as session:
         return session.scalars(select(Transfer).where(Transfer.file_id.is_not(None))).one_or_none()
+
+
+def assert_partial_swept(site: Site, transfer_id: int, sites: tuple[Site, ...]) -> None:
+    """The losing *site*'s partial download of the transfer it lost is removed by its next sweep, so
+    it no longer counts against its staging budget."""
+    partial = site.staging / "partial" / partial_name(transfer_id)
+    wait_for(
+        lambda: not partial.exists(), "the losing site's partial download to be swept", sites, timeout=10
+    )
+    assert f"transfer {transfer_id}: removed its partial download {partial.name}" in site.log()
 
 
 def the_transfer(store: Store) -> Transfer:
@@ -282,6 +293,7 @@ def test_a_site_that_loses_the_catalogue_keeps_trying_and_its_transfer_is_taken_
     assert log.count("Traceback") < 5, "a failure retried every second is one line, not a traceback"
     assert "transfer 1: parking it failed too; it is parked once the catalogue answers" in log
     assert "transfer 1: another worker took it over while the catalogue was away" in log
+    assert_partial_swept(cut, transfer.id, both)
 
 
 def test_a_site_whose_link_stalls_finds_its_lease_lost_and_records_nothing_more(
@@ -330,6 +342,7 @@ def test_a_site_whose_link_stalls_finds_its_lease_lost_and_records_nothing_more(
     assert f"transfer {transfer.id}: stopped, transfer {transfer.id} is now held by" in log
     assert "verified" not in log and "done (download)" not in log, "the stalled site finished its copy"
     assert near.log().count("done (download)") == 1 and "lease lost" not in near.log()
+    assert_partial_swept(cut, transfer.id, both)
 
 
 def test_a_short_outage_parks_the_transfer_as_soon_as_the_catalogue_answers(

@@ -10,7 +10,7 @@ so no ORM object crosses the hop contract.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -210,6 +210,24 @@ class ClaimStore(SnapshotStore):
                     )
                 )
             )
+
+    def leases(self, transfer_ids: Collection[int]) -> dict[int, tuple[str, str | None]]:
+        """Return each of *transfer_ids* that exists with its state and who holds it: the owner of a
+        running transfer's lease while it runs, else None (nobody, or a lease run out). A read, for
+        the sweep of abandoned partial downloads (``relayd.partials``)."""
+        if not transfer_ids:
+            return {}
+        now = utcnow()
+        with self.read() as session:
+            rows = session.execute(
+                select(
+                    Transfer.id, Transfer.state, Transfer.lease_owner, Transfer.lease_expires_at > now
+                ).where(Transfer.id.in_(list(transfer_ids)))
+            ).all()
+        return {
+            transfer_id: (state, owner if state == RUNNING and running else None)
+            for transfer_id, state, owner, running in rows
+        }
 
     def load_job(self, transfer_id: int) -> JobData:
         """Return what a hop needs to run this transfer, as plain records."""

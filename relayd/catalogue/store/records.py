@@ -27,6 +27,14 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_process(owner: str) -> tuple[str, int] | None:
+    """Return the host and pid a lease *owner* id names (``new_owner_id``), or None for another form."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
 @dataclass(frozen=True)
 class RepoSpec:
     """What `relayctl add` asks for."""
