@@ -5,19 +5,19 @@ The download hop writes each file to ``partial/download-<transfer id>.part`` and
 that took it over), gone (its repo removed, its file replaced by a new snapshot's) or held by another
 daemon under a running lease: left there it would count against ``staging.max_bytes`` for ever. The
 engine sweeps such files at its first claim round, every ``SWEEP_INTERVAL`` seconds, and soon after it
-loses a transfer. It never removes a partial this daemon may still resume: one of a transfer it runs, a
-pending, waiting or blocked one, or one leased by a daemon process of this machine that has exited
-(this daemon before a kill -9 and a restart: it resumes the transfer once that lease runs out).
+loses a transfer. It never removes a partial this daemon may still resume or another may be writing:
+one of a transfer it runs, a pending, waiting or blocked one, or one leased by any daemon process of
+this machine (this daemon before a kill -9 and a restart, or a daemon sharing this staging directory).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Collection
 from pathlib import Path
 
-from relayd.catalogue.queries.workers import gone_from_this_host
 from relayd.catalogue.states import DONE
 from relayd.catalogue.store import Store
 from relayd.catalogue.store.records import owner_process
@@ -27,7 +27,7 @@ from relayd.units import format_size
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL = 60.0  # seconds between sweeps
+SWEEP_INTERVAL = 10.0  # seconds between sweeps: a listing of partial/, and a read only when it holds others
 
 
 def abandoned_because(state: str | None, holder: str | None, owner: str) -> str | None:
@@ -40,8 +40,10 @@ def abandoned_because(state: str | None, holder: str | None, owner: str) -> str 
     if holder is None or holder == owner:
         return None
     process = owner_process(holder)
-    if process is not None and gone_from_this_host(*process):
-        return None  # an exited daemon of this machine (maybe this one before a restart) held it
+    if process is not None and process[0] == socket.gethostname():
+        # A daemon of this machine holds it: this one before a kill -9 and a restart (it resumes the
+        # transfer once that lease runs out), or one sharing this staging directory, writing it now.
+        return None
     return f"{holder} holds its transfer"
 
 

@@ -96,8 +96,8 @@ def dead_owner_here() -> str:
 def test_only_abandoned_partials_are_removed_and_the_budget_drops(
     store: Store, staging: Staging, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ids = add_downloads(store, "acme/model", 9)
-    done, pending, waiting, blocked, mine, elsewhere, expired, killed, busy = ids
+    ids = add_downloads(store, "acme/model", 10)
+    done, pending, waiting, blocked, mine, elsewhere, expired, killed, busy, sibling = ids
     take(store, done, "other-site:1:aa")
     store.complete(done, "other-site:1:aa", {})
     for transfer_id in (pending, waiting, blocked, mine):
@@ -108,6 +108,7 @@ def test_only_abandoned_partials_are_removed_and_the_budget_drops(
     take(store, elsewhere, "other-site:2:bb")
     take(store, expired, "other-site:3:cc", lease=0.5)
     take(store, killed, dead_owner_here())
+    take(store, sibling, new_owner_id())  # another daemon of this machine, maybe sharing this staging
     take(store, busy, "other-site:4:dd")  # held elsewhere, yet still running here
     removed_repo = add_downloads(store, "acme/removed", 1)[0]
     assert store.remove_repo("acme/removed")
@@ -134,7 +135,8 @@ def test_only_abandoned_partials_are_removed_and_the_budget_drops(
 
     assert sweep.sweep() >= SIZE and not paths[busy].exists(), "no longer running here: removed"
     assert all(
-        paths[transfer_id].exists() for transfer_id in (pending, waiting, blocked, mine, expired, killed)
+        paths[transfer_id].exists()
+        for transfer_id in (pending, waiting, blocked, mine, expired, killed, sibling)
     )
     assert sum(1 for record in caplog.records if "filler" in record.getMessage()) == 1, "logged once"
 
@@ -145,7 +147,7 @@ def test_the_losing_daemons_partial_goes_once_another_took_its_transfer_over(
     """Owner A downloads, its lease runs out (its link dropped), owner B takes the transfer over: A's
     partial is removed at its next sweep while B holds it; when B finishes, too."""
     held, finished = add_downloads(store, "acme/model", 2)
-    a, b = new_owner_id(), new_owner_id()
+    a, b = new_owner_id(), "other-site:7:ee"  # B: the daemon of the other site
     take(store, held, a, lease=0.5)
     take(store, finished, a, lease=0.5)
     partials = {transfer_id: write_partial(staging, transfer_id) for transfer_id in (held, finished)}

@@ -139,11 +139,12 @@ def find_download(store: Store) -> Transfer | None:
 
 
 def assert_partial_swept(site: Site, transfer_id: int, sites: tuple[Site, ...]) -> None:
-    """The losing *site*'s partial download of the transfer it lost is removed by its next sweep, so
-    it no longer counts against its staging budget."""
+    """The losing *site*'s partial download of the transfer it lost is removed by a sweep once that
+    transfer is done (both sites run on this machine: while the other held it, it might have been a
+    daemon sharing this staging directory), so it no longer counts against its staging budget."""
     partial = site.staging / "partial" / partial_name(transfer_id)
     wait_for(
-        lambda: not partial.exists(), "the losing site's partial download to be swept", sites, timeout=10
+        lambda: not partial.exists(), "the losing site's partial download to be swept", sites, timeout=25
     )
     assert f"transfer {transfer_id}: removed its partial download {partial.name}" in site.log()
 

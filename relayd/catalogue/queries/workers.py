@@ -37,7 +37,7 @@ class WorkerView(NamedTuple):
         return self.hops is None or hop in self.hops
 
 
-def gone_from_this_host(host: str, pid: int) -> bool:
+def _gone_from_this_host(host: str, pid: int) -> bool:
     """Return whether *host* is this machine and no process *pid* runs on it."""
     if host != socket.gethostname():
         return False
@@ -66,7 +66,7 @@ def workers(reader: Reader, now: datetime) -> list[WorkerView]:
         seen = as_utc(last_seen)
         age = None if seen is None else max(0.0, (now - seen).total_seconds())
         silent = age is None or age > STALE_AFTER
-        dead = said != WORKER_STOPPED and (silent or gone_from_this_host(str(host), int(pid)))
+        dead = said != WORKER_STOPPED and (silent or _gone_from_this_host(str(host), int(pid)))
         served = from_json(hops)
         found.append(
             WorkerView(
