@@ -62,6 +62,16 @@ def make_config() -> ConfigFactory:
     return write_config
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_catalogue(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new catalogue's URL on each database several daemons may share: a SQLite file, then a database
+    on the throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalogue.db'}"
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    return postgres_url
+
+
 @pytest.fixture(scope="module")
 def sshd(sandbox_sshd: SandboxSshd) -> SandboxSshd:
     """The sandbox plugin's OpenSSH server on 127.0.0.1, one per test module (skipped, or failed under

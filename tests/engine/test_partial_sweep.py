@@ -32,17 +32,9 @@ MINE = new_owner_id()
 SIZE = 256 * 1024
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalogue.db'}"
-    postgres_url: str = request.getfixturevalue("postgres_url")
-    return postgres_url
-
-
 @pytest.fixture
-def store(url: str) -> Iterator[Store]:
-    store = Store(url)
+def store(either_catalogue: str) -> Iterator[Store]:
+    store = Store(either_catalogue)
     migrate.ensure_schema(store.engine, auto_upgrade=False)
     yield store
     store.close()
