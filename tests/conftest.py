@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from relayd.catalogue import migrate
+from relayd.catalogue.store import Store
 from relayd_sandbox.sshd import SandboxSshd
 
 # Fixtures of the helpers in tests/support, for every test package.
@@ -70,6 +72,15 @@ def either_catalogue(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'catalogue.db'}"
     postgres_url: str = request.getfixturevalue("postgres_url")
     return postgres_url
+
+
+@pytest.fixture
+def either_store(either_catalogue: str) -> Iterator[Store]:
+    """A Store on ``either_catalogue``, its schema made."""
+    store = Store(either_catalogue)
+    migrate.ensure_schema(store.engine, auto_upgrade=False)
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, WAITING, File, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
 from relayd.config import RetryConfig, StagingConfig
@@ -33,11 +31,8 @@ SIZE = 256 * 1024
 
 
 @pytest.fixture
-def store(either_catalogue: str) -> Iterator[Store]:
-    store = Store(either_catalogue)
-    migrate.ensure_schema(store.engine, auto_upgrade=False)
-    yield store
-    store.close()
+def store(either_store: Store) -> Store:
+    return either_store
 
 
 @pytest.fixture

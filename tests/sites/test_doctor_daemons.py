@@ -5,13 +5,11 @@ one for each route hop no running daemon serves, in status's words."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
-from relayd.catalogue import migrate
 from relayd.catalogue.queries import open_reader, repo_targets
 from relayd.catalogue.queries.workers import Unserved
 from relayd.catalogue.schema import Worker
@@ -24,11 +22,8 @@ ROUTE = ("download", "pan_upload", "vm_pull", "lfs_push")
 
 
 @pytest.fixture
-def store(either_catalogue: str) -> Iterator[Store]:
-    made = Store(either_catalogue)
-    migrate.ensure_schema(made.engine, auto_upgrade=False)
-    yield made
-    made.close()
+def store(either_store: Store) -> Store:
+    return either_store
 
 
 def beat(
