@@ -10,7 +10,7 @@ inside an object): an LFS file's object goes up through the batch API as soon as
 one the server already has is skipped, and one the server measures wrong (a refused PUT, a failed
 verify) is sent again once, then blocks (``IntegrityMismatch``). A small or metadata file is stored
 as a git blob in the scratch repository (checked against its upstream git blob id). Handles:
-``{"oid", "size", "skipped"}`` or ``{"plain": true, "blob", "size"}``.
+``{"oid", "size", "skipped", "sent"}`` or ``{"plain": true, "blob", "size"}``.
 
 Per snapshot (``finish_snapshot``): one commit on top of the branch tip (pointers, plain files,
 merged ``.gitattributes``, files removed upstream deleted, a message naming the HF repo and commit),
@@ -405,15 +405,28 @@ class LfsPushHop(Hop):
             job.save_handles()
             job.piece_done(0)
             return
-        oid = file.sha256 or self._hash(job, executor, source)
-        on_event = put_progress(job)
+        operation_params = {**params, "ref": f"refs/heads/{self.section.branch}"}
+        self._send_object(job, executor, "lfs_upload", operation_params, secrets, source, "the server")
 
+    def _send_object(
+        self,
+        job: Job,
+        executor: Executor,
+        operation: str,
+        params: dict[str, Any],
+        secrets: dict[str, str],
+        source: str,
+        holder: str,
+    ) -> None:
+        """Send the job's file at *source* as one large object through the agent's *operation*; record
+        its handles (oid, size, whether *holder* had it already, bytes sent) and its one piece."""
+        file = job.file_or_fail
+        oid = file.sha256 or self._hash(job, executor, source)
         try:
             result = executor.call(
-                "lfs_upload",
+                operation,
                 {
                     **params,
-                    "ref": f"refs/heads/{self.section.branch}",
                     "objects": [{"oid": oid, "size": file.size, "path": source}],
                     # The file was sha256-verified where it landed (vm_pull, or download for staging):
                     # guard it by size, mtime and inode while it is sent; the server checks the bytes
@@ -421,7 +434,7 @@ class LfsPushHop(Hop):
                     "verify": "stat",
                 },
                 secrets=secrets,
-                on_event=on_event,
+                on_event=put_progress(job),
                 cancel=self.ctx.cancel,
             )
         except Retryable as exc:
@@ -430,8 +443,13 @@ class LfsPushHop(Hop):
             raise
         answer = result["objects"][0]
         if answer["skipped"]:
-            job.log.info("the server already has object %s; skipped", oid[:12])
-        job.handles = {"oid": oid, "size": file.size, "skipped": bool(answer["skipped"])}
+            job.log.info("%s already holds object %s; nothing sent", holder, oid[:12])
+        job.handles = {
+            "oid": oid,
+            "size": file.size,
+            "skipped": bool(answer["skipped"]),
+            "sent": int(answer.get("sent") or 0),
+        }
         job.save_handles()
         job.piece_done(0)
 

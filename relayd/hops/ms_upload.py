@@ -36,9 +36,7 @@ from relayd.hops.lfs_push import (
     SMALL_CALL_TIMEOUT,
     LfsPushHop,
     destinations,
-    measured_wrong,
     pushes_from_vm,
-    put_progress,
     token_finding,
 )
 from relayd.services import LOCAL_EXECUTOR
@@ -140,34 +138,7 @@ class MsUploadHop(LfsPushHop):
             job.save_handles()
             job.piece_done(0)
             return
-        oid = file.sha256 or self._hash(job, executor, source)
-        on_event = put_progress(job)
-
-        try:
-            result = executor.call(
-                "ms_blobs",
-                # Verified where it landed (vm_pull, or download for staging): guarded by size, mtime
-                # and inode while sent; a refusal makes the agent hash it (blocked if it changed).
-                {**params, "objects": [{"oid": oid, "size": file.size, "path": source}], "verify": "stat"},
-                secrets=self._secrets(),
-                on_event=on_event,
-                cancel=self.ctx.cancel,
-            )
-        except Retryable as exc:
-            if exc.error_class is ErrorClass.MISMATCH:
-                raise measured_wrong(exc, [oid]) from exc
-            raise
-        answer = result["objects"][0]
-        if answer["skipped"]:
-            job.log.info("ModelScope already holds blob %s; nothing sent", oid[:12])
-        job.handles = {
-            "oid": oid,
-            "size": file.size,
-            "skipped": bool(answer["skipped"]),
-            "sent": int(answer.get("sent") or 0),
-        }
-        job.save_handles()
-        job.piece_done(0)
+        self._send_object(job, executor, "ms_blobs", params, self._secrets(), source, "ModelScope")
 
     def _still_held(self, job: Job, executor: Executor, params: dict[str, Any], oid: str, size: int) -> None:
         """The earlier hops skipped the file because ModelScope held its blob when the snapshot was

@@ -256,7 +256,12 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     assert finish.handles["remote"] == server.remote_url(OWNER, "model")
     assert finish.handles["branch"] == "master"
     model = world.file_transfer("model.safetensors").handles
-    assert model == {"oid": sha(FIRST["model.safetensors"]), "size": 300_000, "skipped": False}
+    assert model == {
+        "oid": sha(FIRST["model.safetensors"]),
+        "size": 300_000,
+        "skipped": False,
+        "sent": 300_000,
+    }
     assert world.file_transfer("README.md").handles["plain"] is True
     tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone1")
     assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {
