@@ -31,13 +31,13 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlencode
 
 import psycopg
 
 from relayd_sandbox._http import free_port
+from relayd_sandbox.processes import ServerProcess
 
 if TYPE_CHECKING:
     from relayd_sandbox.tls import ThrowawayCA
@@ -68,7 +68,7 @@ def find_bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-class ThrowawayPostgres:
+class ThrowawayPostgres(ServerProcess):
     """A PostgreSQL server of its own in a temporary directory, removed by ``stop()``.
 
     ``start()`` runs ``initdb``, starts ``postgres`` on a free port and returns once it accepts
@@ -88,24 +88,6 @@ class ThrowawayPostgres:
         # Stops the server (once there is one) and removes the directory, at stop() or at exit.
         self._finalizer: _Finalizer = weakref.finalize(self, _shutdown, None, self.workdir)
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
-
-    def __enter__(self) -> ThrowawayPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """Return the server's pid while it runs, else None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     def start(self) -> ThrowawayPostgres:
         """Create the cluster, start the server and wait until it answers; return self.

@@ -1,6 +1,6 @@
-"""The processes of this machine as /proc shows them, for the sandbox sshd and the tests around it: which
-live processes carry a command line, and stopping an sshd listener with every sshd below it, so that no
-session outlives the server."""
+"""The processes of this machine as /proc shows them, for the sandbox's servers and the tests around them:
+which live processes carry a command line, stopping an sshd listener with every sshd below it (so that
+no session outlives the server), and the lifecycle the sandbox's server processes share."""
 
 from __future__ import annotations
 
@@ -11,6 +11,39 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class ServerProcess:
+    """A server the sandbox runs as a child process (sshd, PostgreSQL): used as a context manager that
+    starts and stops it, with the child's pid while it runs. Subclasses set ``_process``."""
+
+    _process: subprocess.Popen[bytes] | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """Return the server's pid while it runs, else None."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
 
 
 def processes_with_cmdline(text: str) -> list[int]:

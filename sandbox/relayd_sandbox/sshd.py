@@ -40,10 +40,15 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from relayd_sandbox._http import free_port
-from relayd_sandbox.processes import kill_sshd_descendants, process_table, terminate_tree, wait_gone
+from relayd_sandbox.processes import (
+    ServerProcess,
+    kill_sshd_descendants,
+    process_table,
+    terminate_tree,
+    wait_gone,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ class SshdError(RuntimeError):
     """The sandbox sshd could not be set up or started."""
 
 
-class SandboxSshd:
+class SandboxSshd(ServerProcess):
     """A throwaway sshd on 127.0.0.1 and the client files to reach it with host-key checking on.
 
     Given an optional *workdir* (kept after ``stop()``; by default a temporary directory that
@@ -98,24 +103,6 @@ class SandboxSshd:
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes], Path | None], SandboxSshd] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-
-    def __enter__(self) -> SandboxSshd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """Return the listener's pid while it runs, else None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
 
     def start(self) -> SandboxSshd:
         """Generate keys and configs, start sshd and wait until it answers; return self.
