@@ -203,16 +203,6 @@ class PushWorld:
         self.store.close()
 
 
-def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
-    """Clone *url* into *dest* with the real git + git-lfs; return path → sha256 of its files."""
-    git.clone(url, dest)
-    return {
-        str(p.relative_to(dest)): sha(p.read_bytes())
-        for p in dest.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(dest).parts
-    }
-
-
 @pytest.fixture
 def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
     gitlfs_server.new_repo(OWNER, "model")
@@ -263,7 +253,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
         "sent": 300_000,
     }
     assert world.file_transfer("README.md").handles["plain"] is True
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone1")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone1")
     assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {
         k: sha(v) for k, v in FIRST.items() if k != ".gitattributes"
     }
@@ -288,7 +278,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     assert world.sends("tok/tokenizer.json") == 0  # skipped: nothing was sent
     finish2 = world.snapshot_transfer()
     assert finish2.handles["parent"] == commit
-    tree2 = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone2")
+    tree2 = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone2")
     assert {k: v for k, v in tree2.items() if k != ".gitattributes"} == {
         k: sha(v) for k, v in second.items() if k != ".gitattributes"
     }
@@ -430,7 +420,7 @@ def test_the_server_down_for_a_while_then_success(
     finally:
         restarter.join()
     assert world.snapshot_transfer().state == DONE
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model.safetensors"] == sha(files["model.safetensors"])
 
 
@@ -499,7 +489,7 @@ def test_the_remote_moved_so_the_commit_is_rebuilt_on_top(
     finish = world.snapshot_transfer()
     assert finish.state == DONE and raced
     assert finish.handles["parent"] == raced[0]
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["NOTES.md"] == sha(b"from the hub\n")
 
 
@@ -514,7 +504,7 @@ def test_a_route_without_vm_pull_pushes_from_staging(
     world.run()
     assert world.snapshot_transfer().state == DONE
     assert not any(p.exists() for p in staged)  # released once lfs_push had them
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert {k: v for k, v in tree.items() if k != ".gitattributes"} == {k: sha(v) for k, v in files.items()}
 
 
@@ -552,7 +542,7 @@ def test_the_push_over_ssh(tmp_path: Path, server: GitLfsServer, sshd: SandboxSs
         finish = world.snapshot_transfer()
         assert finish.state == DONE, finish.last_error
         assert server.branch_head(OWNER, "model") == finish.handles["commit"]
-        tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+        tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
         assert tree["model.safetensors"] == sha(files["model.safetensors"])
         assert (world.vm_root / ".relayd-git" / "repos").is_dir()
     finally:
@@ -622,7 +612,7 @@ def test_a_file_the_server_held_when_asked_is_committed_without_moving(
     assert world.snapshot_transfer().state == DONE
     assert world.file_transfer("model.safetensors").handles == {"oid": oid, "size": 120_000, "skipped": True}
     assert server.counters().put_bytes == 0
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model.safetensors"] == sha(files["model.safetensors"])
 
 

@@ -206,17 +206,6 @@ class ListedSource(Source):
         return list(self.listing)
 
 
-def clone_tree(git: GitClient, url: str, dest: Path) -> dict[str, str]:
-    """Clone *url* into *dest* and pull its LFS files; return path → sha256 of its files."""
-    git.clone(url, dest)
-    git.run("lfs", "pull", cwd=dest)
-    return {
-        str(p.relative_to(dest)): sha(p.read_bytes())
-        for p in dest.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(dest).parts
-    }
-
-
 @pytest.fixture
 def server(gitlfs_server: GitLfsServer) -> GitLfsServer:
     gitlfs_server.new_repo(OWNER, "model")
@@ -270,7 +259,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
         "sent": 300_000,
     }
     assert world.file_transfer("README.md").handles["plain"] is True
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone1")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone1")
     for path, data in FIRST.items():
         if path != ".gitattributes":
             assert tree[path] == sha(data), path
@@ -285,7 +274,7 @@ def test_round_trip_then_a_second_snapshot_sends_only_what_changed(
     world.run()
     assert all(t.state == DONE for t in world.transfers())
     assert server.counters().put_bytes - sent_before == 200_000  # only the changed blob
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone2")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone2")
     assert "vocab.txt" not in tree
     assert tree["model.safetensors"] == sha(second["model.safetensors"])
 
@@ -307,7 +296,7 @@ def test_blobs_modelscope_holds_for_any_repo_are_not_sent(
     assert all(t.state == DONE for t in world.transfers())
     assert server.counters().put_bytes == 0
     assert world.file_transfer("a.safetensors").handles["skipped"] is True
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["b.safetensors"] == sha(files["b.safetensors"])
 
 
@@ -375,7 +364,7 @@ def test_ask_the_end_first_skips_every_earlier_hop_for_what_the_destination_hold
     assert server.counters().put_bytes == 0
     uploads = _hop_transfers(world, HOP)
     assert uploads["model-00001-of-00002.safetensors"].handles["skipped"] is True
-    tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+    tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
     assert tree["model-00002-of-00002.safetensors"] == sha(HELD["model-00002-of-00002.safetensors"])
     assert tree["config.json"] == sha(HELD["config.json"])
     # relayctl status REPO shows it: every LFS byte avoided on both hops, and why.
@@ -450,7 +439,7 @@ def test_blobs_go_up_from_a_vm_reached_over_ssh(
         world.run(timeout=120)
         finish = world.snapshot_transfer()
         assert finish.state == DONE, finish.last_error
-        tree = clone_tree(git, server.remote_url(OWNER, "model"), tmp_path / "clone")
+        tree = git.clone_tree(server.remote_url(OWNER, "model"), tmp_path / "clone")
         assert tree["model.safetensors"] == sha(files["model.safetensors"])
         assert (world.vm_root / ".relayd-git" / "ms-inline").is_dir()  # README kept on the VM
     finally:

@@ -5,6 +5,7 @@ appears in a URL, in argv or in ``.git/config`` (the recipe relayd itself uses a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -64,6 +65,16 @@ class GitClient:
         """Clone *url* quietly into *dest* and return *dest*."""
         self.run("clone", "-q", url, str(dest))
         return dest
+
+    def clone_tree(self, url: str, dest: Path) -> dict[str, str]:
+        """Clone *url* into *dest* and pull its LFS files; return path → sha256 of its files."""
+        self.clone(url, dest)
+        self.run("lfs", "pull", cwd=dest)
+        return {
+            str(p.relative_to(dest)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in dest.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(dest).parts
+        }
 
 
 def hermetic_git(home: Path, token: str, *, timeout: float = 45) -> GitClient:
