@@ -35,6 +35,7 @@ from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
 from relayd_sandbox.sshd import SandboxSshd
 from relayd_sandbox.systools import require_git_lfs
+from tests.support.argvwatch import ArgvWatch
 from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
@@ -296,40 +297,16 @@ def test_the_token_never_shows(
     world.snapshot(files, "3" * 40)
     server.put_bytes_per_second = 2 * 1024 * 1024
     token = server.token.encode()
-    seen: list[str] = []
-    leaks: list[str] = []
-    stop = threading.Event()
-
-    def scan() -> None:
-        while not stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    argv = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"git" in argv or b"relayd-agent" in argv:
-                    seen.append(argv.decode(errors="replace"))
-                if token in argv:
-                    leaks.append(argv.decode(errors="replace"))
-            time.sleep(0.005)
-
-    scanner = threading.Thread(target=scan)
-    scanner.start()
-    try:
+    with ArgvWatch((b"git", b"relayd-agent"), token) as watch:
         world.run()
-    finally:
-        stop.set()
-        scanner.join()
     assert world.snapshot_transfer().state == DONE
-    assert leaks == []
-    assert any("push" in argv for argv in seen), "the scan never saw the git push"
-    assert any("relayd-agent" in argv for argv in seen)
+    assert watch.leaks == []
+    assert any("push" in argv for argv in watch.seen), "the scan never saw the git push"
+    assert any("relayd-agent" in argv for argv in watch.seen)
     # git runs with the activity timeout raised for big objects (config: 1h), and the credential
     # helper reads the token from the environment.
-    assert any("lfs.activitytimeout=3600" in argv for argv in seen if "push" in argv)
-    assert any("$RELAYD_MS_TOKEN" in argv for argv in seen if "push" in argv)
+    assert any("lfs.activitytimeout=3600" in argv for argv in watch.seen if "push" in argv)
+    assert any("$RELAYD_MS_TOKEN" in argv for argv in watch.seen if "push" in argv)
     for config in (world.root / "vm").rglob("config"):
         assert token not in config.read_bytes()
     scratch_configs = list((world.root / "vm" / ".relayd-git").rglob("config"))

@@ -35,6 +35,7 @@ from relayd.vm.executor import make_executor
 from relayd_sandbox.gitlfs import GitLfsServer
 from relayd_sandbox.sshd import SandboxSshd
 from relayd_sandbox.systools import require_git_lfs
+from tests.support.argvwatch import ArgvWatch
 from tests.support.hermetic_git import GitClient, hermetic_git
 
 require_git_lfs()
@@ -394,36 +395,11 @@ def test_the_token_is_in_no_process_argv_while_a_blob_goes_up(
     world.add_repo(FROM_STAGING)
     world.snapshot({"w.safetensors": os.urandom(3 * 1024 * 1024), "README.md": b"# t\n"}, "8" * 40)
     server.put_bytes_per_second = 1024 * 1024
-    token = server.token.encode()
-    seen: list[str] = []
-    leaks: list[str] = []
-    stop = threading.Event()
-
-    def scan() -> None:
-        while not stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    argv = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"relayd-agent" in argv or b"relayd.vm.agent" in argv:
-                    seen.append(argv.decode(errors="replace"))
-                if token in argv:
-                    leaks.append(argv.decode(errors="replace"))
-            time.sleep(0.01)
-
-    scanner = threading.Thread(target=scan)
-    scanner.start()
-    try:
+    with ArgvWatch((b"relayd-agent", b"relayd.vm.agent"), server.token.encode()) as watch:
         world.run()
-    finally:
-        stop.set()
-        scanner.join()
     assert world.snapshot_transfer().state == DONE
-    assert leaks == []
-    assert seen, "the scan never saw the agent"
+    assert watch.leaks == []
+    assert watch.seen, "the scan never saw the agent"
 
 
 def test_blobs_go_up_from_a_vm_reached_over_ssh(

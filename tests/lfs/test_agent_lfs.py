@@ -16,6 +16,7 @@ import pytest
 
 from relayd.vm.agent.lfs_files import attribute_pattern, merge_attributes, pointer, wants_lfs
 from relayd_sandbox.gitlfs import GitLfsServer, lfs_pointer
+from relayd_sandbox.processes import processes_with_cmdline
 from tests.support.hermetic_git import CREDENTIAL_HELPER, GitClient
 from tests.support.lfs_support import OWNER, run_agent, start_agent
 
@@ -571,18 +572,6 @@ def test_the_agent_ops_run_on_python_3_8(server: GitLfsServer, git: GitClient, t
     assert (clone / "w.bin").read_bytes() == files["w.bin"].read_bytes()
 
 
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.parametrize("how", ["link", "cancel"])
 def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: str) -> None:
     """A push hanging in git (and its git-lfs pre-push hook) is killed as a whole when the link dies
@@ -603,7 +592,7 @@ def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: 
     assert child.stdin is not None and child.stdout is not None
     try:
         assert entered.wait(30), "the push never reached the server"
-        assert processes_mentioning(remote), "git push is not running"
+        assert processes_with_cmdline(remote), "git push is not running"
         if how == "link":
             child.stdin.close()  # the daemon or the SSH connection is gone
         else:
@@ -613,9 +602,9 @@ def test_git_children_die_as_a_group(server: GitLfsServer, tmp_path: Path, how: 
             assert lines[-1]["event"] == "result" and lines[-1]["error"]["kind"] == "cancelled"
         child.wait(15)
         deadline = time.monotonic() + 10
-        while processes_mentioning(remote) and time.monotonic() < deadline:
+        while processes_with_cmdline(remote) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert processes_mentioning(remote) == []
+        assert processes_with_cmdline(remote) == []
     finally:
         release.set()
         if child.poll() is None:
