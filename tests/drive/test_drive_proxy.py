@@ -4,45 +4,21 @@ variables when none is configured, and NO_PROXY. The access token still never re
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
 from pathlib import Path
 
 import pytest
 
-from relayd.drive.base import LocalFile, UploadCallbacks
 from relayd_sandbox.drive import UPLOAD_PREFIX, FakeDrive
 from tests.support.drivebox import DriveBox
 from tests.support.proxybox import Tinyproxy, via_proxy
 
 pytestmark = pytest.mark.usefixtures("no_proxy_variables")
 
-PART = 64 * 1024
-
-
-def upload(box: DriveBox, tmp_path: Path, **config: str) -> None:
-    """Log in, make a folder and upload a file of several parts (no rapid upload: new content)."""
-    data = os.urandom(3 * PART + 17)
-    path = tmp_path / "blob.bin"
-    path.write_bytes(data)
-    drive = box.drive(**config)
-    folder = drive.ensure_folder("/relayd/proxied")
-    result = drive.upload(
-        LocalFile(path, len(data), hashlib.sha1(data).hexdigest()),
-        folder,
-        "blob.bin",
-        {},
-        callbacks=UploadCallbacks(),
-        cancel=threading.Event(),
-    )
-    assert not result.rapid and result.file.size == len(data)
-
 
 def test_drive_proxy_carries_the_api_calls_and_the_part_uploads(
     box: DriveBox, fake: FakeDrive, locked_proxy: Tinyproxy, tmp_path: Path
 ) -> None:
-    upload(box, tmp_path, proxy=locked_proxy.url)
+    box.upload_new_file("/relayd/proxied", proxy=locked_proxy.url)
 
     seen = fake.requests.snapshot()
     assert seen and all(via_proxy(entry.headers) for entry in seen)
@@ -61,7 +37,7 @@ def test_the_environment_variables_carry_the_drive_when_no_proxy_is_configured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", tinyproxy.url)  # read as requests reads it (curl: http_proxy only)
-    upload(box, tmp_path)
+    box.upload_new_file("/relayd/proxied")
 
     assert all(via_proxy(entry.headers) for entry in fake.requests.snapshot())
     assert tinyproxy.carried(fake.api_url) and tinyproxy.carried(fake.data_url, "PUT")
@@ -75,7 +51,7 @@ def test_no_proxy_sends_the_drive_straight_even_past_drive_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("no_proxy", "127.0.0.1")
-    upload(box, tmp_path, proxy=tinyproxy.url)
+    box.upload_new_file("/relayd/proxied", proxy=tinyproxy.url)
 
     assert fake.requests.snapshot() and not any(via_proxy(e.headers) for e in fake.requests.snapshot())
     assert tinyproxy.requests() == []

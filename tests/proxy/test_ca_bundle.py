@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 
 from relayd.config import load_config
-from relayd.drive.base import LocalFile, UploadCallbacks
 from relayd.errors import ConfigError, ErrorClass, NeedsPerson
 from relayd.vm.agent.proxy import client_context
 from relayd.vm.executor import make_executor
@@ -26,7 +24,6 @@ from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_c
 from tests.support.drivebox import DriveBox
 
 SERVICES = ("hub", "drive", "vm")
-PART = 64 * 1024
 PIECE = 128 * 1024
 
 
@@ -74,29 +71,12 @@ def test_one_context_per_bundle_is_shared_and_a_replaced_bundle_is_read_again(
 # -- the drive's part uploads -----------------------------------------------------------------------
 
 
-def _upload(box: DriveBox, tmp_path: Path, **config: Any) -> None:
-    data = os.urandom(3 * PART + 17)
-    path = tmp_path / "blob.bin"
-    path.write_bytes(data)
-    drive = box.drive(**config)
-    folder = drive.ensure_folder("/relayd/tls")
-    result = drive.upload(
-        LocalFile(path, len(data), hashlib.sha1(data).hexdigest()),
-        folder,
-        "blob.bin",
-        {},
-        callbacks=UploadCallbacks(),
-        cancel=threading.Event(),
-    )
-    assert not result.rapid and result.file.size == len(data)
-
-
 @pytest.mark.parametrize("fake_drive", ["tls"], indirect=True)
 def test_part_uploads_reach_an_https_data_host_trusted_through_drive_ca_bundle(
     box: DriveBox, fake: FakeDrive, tmp_path: Path, sandbox_ca: ThrowawayCA
 ) -> None:
     assert fake.data_url.startswith("https://")
-    _upload(box, tmp_path, ca_bundle=sandbox_ca.ca_cert)
+    box.upload_new_file("/relayd/tls", ca_bundle=sandbox_ca.ca_cert)
 
     puts = [e for e in fake.requests.snapshot() if e.path.startswith(UPLOAD_PREFIX + "/")]
     assert len(puts) == 4 and {e.status for e in puts} == {200}
@@ -108,7 +88,7 @@ def test_part_uploads_to_an_untrusted_https_data_host_block_naming_drive_ca_bund
     box: DriveBox, fake: FakeDrive, tmp_path: Path
 ) -> None:
     with pytest.raises(NeedsPerson) as caught:
-        _upload(box, tmp_path)
+        box.upload_new_file("/relayd/tls")
 
     assert caught.value.error_class == ErrorClass.TLS
     assert "not trusted" in str(caught.value) and "drive.ca_bundle" in caught.value.hint

@@ -28,7 +28,7 @@ from relayd.catalogue.schema import Piece, Transfer
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store
 from relayd.config import DriveConfig, RetryConfig, SecretRef, StagingConfig
 from relayd.drive.aligo_backend import AligoDrive
-from relayd.drive.base import Drive
+from relayd.drive.base import Drive, LocalFile, UploadCallbacks
 from relayd.drive.open_backend import OpenDrive
 from relayd.engine import Engine, EngineSettings
 from relayd.hops.base import HopContext, Services
@@ -130,6 +130,23 @@ class DriveBox(DaemonLog):
         )
         self._drives.append(made)
         return made
+
+    def upload_new_file(self, folder: str, **changes: Any) -> None:
+        """Log in (a new AligoDrive with config *changes*), make *folder* and upload a file of several
+        parts whose content the drive has never seen, so no rapid upload: every request goes out."""
+        data = os.urandom(3 * self.part_size + 17)
+        path = self.root / f"new-{data[:4].hex()}.bin"
+        path.write_bytes(data)
+        drive = self.drive(**changes)
+        result = drive.upload(
+            LocalFile(path, len(data), hashlib.sha1(data).hexdigest()),
+            drive.ensure_folder(folder),
+            "blob.bin",
+            {},
+            callbacks=UploadCallbacks(),
+            cancel=threading.Event(),
+        )
+        assert not result.rapid and result.file.size == len(data)
 
     def open_login(self, drive: OpenDrive) -> None:
         """Log *drive* in as `relayctl drive login` does, the fake scanning and confirming the QR code."""
