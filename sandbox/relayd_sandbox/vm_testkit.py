@@ -4,7 +4,8 @@ runner process, shared by the tests, the benchmark and anyone trying the hop by 
 ``FakeDriveLinks`` is the part of a ``relayd.drive`` Drive that vm_pull uses (``download_url``),
 spoken over the fake drive's HTTP API; ``upload_to_fake_drive`` puts bytes on the fake drive (rapid
 upload with a proof) and returns the file id; ``seed_pulls`` records a snapshot whose files already
-went through ``pan_upload``, so only their ``vm_pull`` transfers are left.
+went through ``pan_upload``, so only their ``vm_pull`` transfers are left; ``pull_params`` are the agent's
+parameters for pulling bytes from it.
 """
 
 from __future__ import annotations
@@ -119,6 +120,28 @@ def upload_to_fake_drive(drive: Any, data: bytes | Path, name: str, *, drive_id:
     if not created.get("rapid_upload"):
         raise RuntimeError(f"the fake drive did not take {name} by rapid upload: {created}")
     return str(created["file_id"])
+
+
+def pull_params(
+    root: Path, data: bytes, *, piece: int, relpath: str = "acme/tiny/f.bin", **changes: Any
+) -> dict[str, Any]:
+    """Return the agent's ``pull`` parameters for a fresh pull of *data* into *root*/*relpath* in pieces
+    of *piece* bytes, every piece missing, two connections (*changes* override any of them)."""
+    plan = [[i, o, min(piece, len(data) - o)] for i, o in enumerate(range(0, len(data), piece))]
+    params: dict[str, Any] = {
+        "root": str(root),
+        "relpath": relpath,
+        "size": len(data),
+        "plan": plan,
+        "missing": [p[0] for p in plan],
+        "fresh": True,
+        "expected_sha256": hashlib.sha256(data).hexdigest(),
+        "connections": 2,
+        "headers": {"Referer": DEFAULT_REFERER},
+        "expires_in": 3600,
+    }
+    params.update(changes)
+    return params
 
 
 def seed_pulls(

@@ -6,11 +6,9 @@ test_download_tls.py.)"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,7 +18,7 @@ from relayd.vm.agent.proxy import client_context
 from relayd.vm.executor import make_executor
 from relayd_sandbox.drive import DOWNLOAD_PREFIX, UPLOAD_PREFIX, FakeDrive
 from relayd_sandbox.tls import ThrowawayCA
-from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from relayd_sandbox.vm_testkit import FakeDriveLinks, pull_params, upload_to_fake_drive, vm_config
 from tests.support.drivebox import DriveBox
 
 SERVICES = ("hub", "drive", "vm")
@@ -105,19 +103,7 @@ def _pull(tmp_path: Path, drive: FakeDrive, ca_pem: str | None) -> bytes:
     url = links.download_url(file_id).url
     links.close()
     root = tmp_path / "vm"
-    plan = [[i, o, min(PIECE, len(data) - o)] for i, o in enumerate(range(0, len(data), PIECE))]
-    params: dict[str, Any] = {
-        "root": str(root),
-        "relpath": "acme/tiny/f.bin",
-        "size": len(data),
-        "plan": plan,
-        "missing": [p[0] for p in plan],
-        "fresh": True,
-        "expected_sha256": hashlib.sha256(data).hexdigest(),
-        "connections": 2,
-        "headers": {"Referer": "https://www.aliyundrive.com/"},
-        "expires_in": 3600,
-    }
+    params = pull_params(root, data, piece=PIECE)
     if ca_pem is not None:
         params["ca_pem"] = ca_pem
     executor = make_executor(vm_config(root=str(root)))

@@ -5,7 +5,6 @@ and a proxy setting the agent cannot use."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from relayd.errors import NeedsPerson
 from relayd.http_ranges import origin_of
 from relayd.vm.executor import make_executor
 from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
-from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from relayd_sandbox.vm_testkit import FakeDriveLinks, pull_params, upload_to_fake_drive, vm_config
 from tests.support.proxybox import Tinyproxy, TlsFront, make_certificate, via_proxy
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_proxy_variables")]
@@ -43,19 +42,7 @@ def pull(
     url = links.download_url(file_id).url
     links.close()
     root = tmp_path / "vm"
-    plan = [[i, o, min(PIECE, len(data) - o)] for i, o in enumerate(range(0, len(data), PIECE))]
-    params = {
-        "root": str(root),
-        "relpath": "acme/tiny/f.bin",
-        "size": len(data),
-        "plan": plan,
-        "missing": [p[0] for p in plan],
-        "fresh": True,
-        "expected_sha256": hashlib.sha256(data).hexdigest(),
-        "connections": 2,
-        "headers": {"Referer": "https://www.aliyundrive.com/"},
-        "expires_in": 3600,
-    }
+    params = pull_params(root, data, piece=PIECE)
     for name, value in (agent_env or {}).items():
         assert monkeypatch is not None
         monkeypatch.setenv(name, value)

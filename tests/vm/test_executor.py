@@ -32,9 +32,9 @@ from relayd_sandbox.drive import FakeDrive
 from relayd_sandbox.processes import processes_with_cmdline
 from relayd_sandbox.sshd import SandboxSshd, restricted_path
 from relayd_sandbox.vm_testkit import (
-    DEFAULT_REFERER,
     FakeDriveLinks,
     no_agent_left,
+    pull_params,
     upload_to_fake_drive,
     vm_config,
     wait_until,
@@ -99,7 +99,6 @@ def test_call_returns_results_and_streams_events(executor: Executor, tmp_path: P
     path.write_bytes(data)
     events: list[dict[str, Any]] = []
     result = executor.call("sha256", {"path": str(path)}, on_event=events.append)
-    import hashlib
 
     assert result == {
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -556,19 +555,7 @@ def test_files_the_agent_creates_are_private(
         fake_drive.api_url, fake_drive.issue_access_token(), drive_id=fake_drive.default_drive_id
     )
     root = tmp_path / "vm"
-    params = {
-        "root": str(root),
-        "relpath": "acme/m/w.bin",
-        "size": len(data),
-        "plan": [[0, 0, len(data)]],
-        "missing": [0],
-        "fresh": True,
-        "expected_sha256": hashlib.sha256(data).hexdigest(),
-        "connections": 1,
-        "headers": {"Referer": DEFAULT_REFERER},
-        "expires_in": 3600,
-        "max_tries": 2,
-    }
+    params = pull_params(root, data, piece=len(data), relpath="acme/m/w.bin", connections=1, max_tries=2)
     old = os.umask(0o022)  # what a login shell on the VM, or this test's process, would give it
     try:
         assert executor.call("pull", params, secrets={"url": links.download_url(file_id).url})["renamed"]

@@ -15,7 +15,7 @@ import requests
 from relayd.errors import Permanent, Retryable
 from relayd.vm.executor import Executor, make_executor
 from relayd_sandbox.drive import DOWNLOAD_PREFIX, FakeDrive
-from relayd_sandbox.vm_testkit import FakeDriveLinks, upload_to_fake_drive, vm_config
+from relayd_sandbox.vm_testkit import FakeDriveLinks, pull_params, upload_to_fake_drive, vm_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,21 +40,7 @@ class Pull:
         self.events: list[dict[str, Any]] = []
 
     def params(self, **changes: Any) -> dict[str, Any]:
-        values = {
-            "root": str(self.root),
-            "relpath": "acme/tiny/f.bin",
-            "size": len(self.data),
-            "plan": self.plan,
-            "missing": [p[0] for p in self.plan],
-            "fresh": True,
-            "expected_sha256": hashlib.sha256(self.data).hexdigest(),
-            "connections": 2,
-            "headers": {"Referer": "https://www.aliyundrive.com/"},
-            "expires_in": 3600,
-            "max_tries": 2,
-        }
-        values.update(changes)
-        return values
+        return pull_params(self.root, self.data, piece=PIECE, **{"max_tries": 2, **changes})
 
     def call(self, **changes: Any) -> dict[str, Any]:
         url = self.links.download_url(self.file_id).url
