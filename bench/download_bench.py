@@ -38,6 +38,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
+from installed import bench_env
+
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import Transfer
 from relayd.catalogue.store import RepoSpec, Store
@@ -50,6 +52,7 @@ GiB = 1024 * MiB
 MB = 1000 * 1000
 REPO = "bench/model"
 BIG_REPO = "bench/big"
+WARM_REPO = "bench/warm-up"
 WEIGHTS = "model-00001-of-00001.safetensors"
 BIN = Path(sys.executable).parent
 
@@ -106,7 +109,7 @@ min_free = "0"
     load = os.getloadavg()[0]
     served = hub.bytes_served()
     started = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, check=False)
+    process = subprocess.run(command, capture_output=True, text=True, check=False, env=bench_env(work))
     wall = time.perf_counter() - started
     with store.read() as session:
         transfer = session.query(Transfer).one()
@@ -205,7 +208,7 @@ def run_hf(hub: FakeHub, work: Path, size: int, ca: Path | None = None) -> dict[
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     env = {
-        **os.environ,
+        **os.environ,  # huggingface_hub's .pyc files were written by pip
         "HF_HUB_DISABLE_XET": "1",
         "HF_HOME": str(work / "hf-home"),
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -299,6 +302,8 @@ def main() -> int:
             try:
                 log(f"{scheme}: generating {size / MiB:.0f} MiB on the fake Hub (CDN {hub.cdn_url})")
                 hub.create_repo(REPO, files={WEIGHTS: Generated(size, seed=1)})
+                hub.create_repo(WARM_REPO, files={WEIGHTS: Generated(MiB, seed=3)})
+                run_relayd(hub, work, "warm-up", repo=WARM_REPO, size=MiB, ca=trusted)  # the bytecode cache
                 url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
                 for mode in args.modes.split(","):
                     hub.bandwidth_cap = args.cap if mode == "capped" else None

@@ -30,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from installed import bench_env
+
 ROUTE = ["download", "pan_upload", "vm_pull", "lfs_push"]
 BIG_REPO = "bench-org/big-model"
 # The issue's goals; `status REPO --json` (a 4 MB document for 5,000 files) is timed but has none.
@@ -255,17 +257,6 @@ def time_command(
 ) -> tuple[float, list[float], float]:
     """Time ``relayctl -c CONFIG ARGS`` as time_argv does."""
     return time_argv([str(relayctl), "-c", str(config), *args], runs, env)
-
-
-def bench_env(directory: Path) -> dict[str, str]:
-    """Return the environment for the timed processes: bytecode caching on, as in any installed copy.
-
-    A shell with PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module on every run; the cache
-    goes under the bench directory, not into the source tree.
-    """
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(directory / "pycache")
-    return env
 
 
 NICE = 0
