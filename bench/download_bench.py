@@ -54,6 +54,7 @@ MB = 1000 * 1000
 REPO = "bench/model"
 BIG_REPO = "bench/big"
 WARM_REPO = "bench/warm-up"
+OTHER = "relayd, other checkout"
 WEIGHTS = "model-00001-of-00001.safetensors"
 BIN = Path(sys.executable).parent
 
@@ -74,9 +75,11 @@ def run_relayd(
     size: int,
     connections: int | None = None,
     ca: Path | None = None,
+    checkout: Path | None = None,
 ) -> dict[str, Any]:
     """Relay *repo* with `relayd run --once` (connections None = relayd's default; *ca* trusted through
-    hub.ca_bundle); return the result."""
+    hub.ca_bundle; *checkout* another source tree of relayd to run instead of this one); return the
+    result."""
     root = work / f"relayd-{label}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -110,7 +113,10 @@ min_free = "0"
     load = os.getloadavg()[0]
     served = hub.bytes_served()
     started = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, check=False, env=bench_env(work))
+    env = bench_env(work)
+    if checkout is not None:
+        env["PYTHONPATH"] = f"{checkout}:{checkout / 'sandbox'}"
+    process = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - started
     with store.read() as session:
         transfer = session.query(Transfer).one()
@@ -121,7 +127,7 @@ min_free = "0"
     if process.returncode != 0 or state != "done":
         raise RuntimeError(f"relayd {label} failed ({state}: {error}):\n{process.stderr[-3000:]}")
     result: dict[str, Any] = {
-        "tool": "relayd",
+        "tool": "relayd" if checkout is None else "relayd-other",
         "label": label,
         "connections": connections,
         "seconds": seconds,
@@ -274,6 +280,7 @@ def main() -> int:
     parser.add_argument("--modes", default="capped,uncapped", help="which modes to run")
     parser.add_argument("--skip-hf", action="store_true", help="skip hf_hub_download")
     parser.add_argument("--hf-capped", action="store_true", help="run hf_hub_download capped too (slow)")
+    parser.add_argument("--other", type=Path, help="another checkout of relayd to run in each round too")
     parser.add_argument(
         "--results", type=Path, default=Path("/tmp/download-bench-results.json"), help="where to write JSON"
     )
@@ -305,15 +312,24 @@ def main() -> int:
                 hub.create_repo(REPO, files={WEIGHTS: Generated(size, seed=1)})
                 hub.create_repo(WARM_REPO, files={WEIGHTS: Generated(MiB, seed=3)})
                 run_relayd(hub, work, "warm-up", repo=WARM_REPO, size=MiB, ca=trusted)  # the bytecode cache
+                if args.other:
+                    run_relayd(hub, work, "warm", repo=WARM_REPO, size=MiB, ca=trusted, checkout=args.other)
                 url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
                 for mode in args.modes.split(","):
                     hub.bandwidth_cap = args.cap if mode == "capped" else None
                     case = {"scheme": scheme, "mode": mode}
                     for _ in range(args.rounds):
-                        for row in (
+                        rows = [
                             run_aria2c(url, work, size, 16, trusted),
                             run_relayd(hub, work, "relayd, defaults", repo=REPO, size=size, ca=trusted),
-                        ):
+                        ]
+                        if args.other:
+                            rows.append(
+                                run_relayd(
+                                    hub, work, OTHER, repo=REPO, size=size, ca=trusted, checkout=args.other
+                                )
+                            )
+                        for row in rows:
                             results["runs"].append({**row, **case})
                             log(f"  {scheme} {mode} {row['label']}: {_line(row)}")
                     if not args.skip_hf and (mode == "uncapped" or args.hf_capped):
@@ -390,6 +406,13 @@ def _summary(results: dict[str, Any]) -> list[str]:
             goal = 1.1 if mode == "capped" else 1.0
             cpu_r = statistics.median(_cpu(r) for r in relayd)
             cpu_a = statistics.median(_cpu(r) for r in aria)
+            other = [r for r in case if r["tool"] == "relayd-other"]
+            if other:
+                lines.append(
+                    f"{scheme}, {mode}: this checkout against the other: transfer time "
+                    f"{_median(other, 'seconds') / _median(relayd, 'seconds'):.2f}×, CPU {cpu_r:.2f} vs "
+                    f"{statistics.median(_cpu(r) for r in other):.2f} CPU-s/GiB"
+                )
             lines.append(
                 f"{scheme}, {mode}: throughput relayd/aria2c {transfer:.2f}× on transfer time "
                 f"(goal ≥ {goal}×: {'met' if transfer >= goal else 'NOT MET'}), {wall:.2f}× on wall time "
