@@ -28,7 +28,7 @@ REUSED_DRIVE_COPY = "reused drive copy of"
 
 @dataclass(frozen=True)
 class HopRules:
-    """What the store must know about hops, from what they declare (``relayd.daemon.hop_rules``):
+    """What the store must know about hops, from what they declare (``relayd.assembly.hop_rules``):
     which fill and which read the staged copy, which finish a snapshot, and the kinds of location each
     reads and leaves its copy in."""
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from relayd.assembly import hop_rules
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Piece, Snapshot, Transfer
 from relayd.catalogue.store import FileSpec, HopRules, RepoSpec, Store, utcnow
 from relayd.config import LocalCopyConfig, RetryConfig, StagingConfig
-from relayd.daemon import hop_rules
 from relayd.engine import Engine, EngineSettings, backoff_delay
 from relayd.errors import IntegrityMismatch, NeedsPerson, Permanent, Retryable
 from relayd.hops import loadable

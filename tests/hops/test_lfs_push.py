@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
+from relayd.assembly import hop_rules
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
 from relayd.config import Config, parse_config
-from relayd.daemon import hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, RepoInfo, Services

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from relayd.assembly import end_asker, hop_rules
 from relayd.catalogue import migrate, queries
 from relayd.catalogue.schema import BLOCKED, DONE, PENDING, RUNNING, WAITING, File, Repo, Transfer
 from relayd.catalogue.store import FileSpec, RepoSpec, Store, new_owner_id
 from relayd.cli.status_view import detail_lines
 from relayd.config import parse_config
-from relayd.daemon import end_asker, hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import HopContext, Services

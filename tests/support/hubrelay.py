@@ -15,11 +15,11 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from relayd.assembly import build_sources, hop_rules
 from relayd.catalogue import migrate
 from relayd.catalogue.schema import PENDING, RUNNING, WAITING, Piece, Repo, Transfer
 from relayd.catalogue.store import RepoSpec, Store, new_owner_id
 from relayd.config import Config, parse_config
-from relayd.daemon import build_sources, hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import Hop, HopContext

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from relayd.assembly import hop_rules
 from relayd.catalogue import migrate
 from relayd.catalogue.store import Store, new_owner_id
 from relayd.config import Config, parse_config
-from relayd.daemon import hop_rules
 from relayd.engine import Engine, EngineSettings
 from relayd.hops import load_hop_class
 from relayd.hops.base import Hop, HopContext, PieceSpec
