@@ -50,6 +50,7 @@ Writer = Callable[[int, memoryview], None]
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _RATELIMIT_RESET = re.compile(r";\s*t\s*=\s*(\d+)")
 _TOTAL = re.compile(r"/\s*(\d+)\s*$")
+_TUNNEL_REFUSED = re.compile(r"^Tunnel connection failed: 407\b")
 _MAX_REDIRECTS = 5
 _ERROR_BODY = 4096
 
@@ -125,6 +126,14 @@ class UnexpectedStatus(RangeError):
 
 class Stopped(RangeError):
     """The caller asked to stop (between two chunks)."""
+
+
+def proxy_refused(where: str) -> ProxyUnusable:
+    """Return the error for a proxy that answered 407, to a request or to the CONNECT of a tunnel."""
+    return ProxyUnusable(
+        f"{where}: the proxy asks for credentials it was not given or refused (407): set them in "
+        "hub.proxy or the proxy variables as http://user:password@host:port"
+    )
 
 
 def origin_of(url: str) -> Origin:
@@ -325,6 +334,8 @@ class RangeClient:
                 raise Stalled(f"no answer from {self._where(origin)} in {self.connect_timeout:.0f}s") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(origin)
+                if _TUNNEL_REFUSED.match(str(exc)):  # http.client's word for a CONNECT answered 407
+                    raise proxy_refused(self._where(origin)) from exc
                 raise ConnectionLost(f"{type(exc).__name__} from {self._where(origin)}: {exc}") from exc
             return response, origin
         raise AssertionError("unreachable")  # pragma: no cover
@@ -369,10 +380,7 @@ class RangeClient:
                     int(announced.group(1)) if announced else None,
                 )
             if status == 407:
-                raise ProxyUnusable(
-                    f"{self._where(origin)}: the proxy asks for credentials it was not given or refused "
-                    "(407): set them in hub.proxy or the proxy variables as http://user:password@host:port"
-                )
+                raise proxy_refused(self._where(origin))
             if status == 429:
                 raise RateLimited(f"{where} answered 429", retry_after_seconds(response.msg))
             if status in (400, 401, 403, 404, 410):

@@ -74,6 +74,7 @@ _LISTINGS_KEPT = 512
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 # A 401 on these (other than for invalid credentials) means "missing, or private": the Hub does not say
 # which and sends no X-Error-Code when anonymous. huggingface_hub maps it only for https:// URLs.
+PROXY_REFUSED = re.compile(r"\b407\b")  # httpx's ProxyError for a CONNECT answered 407
 _REPO_URL = re.compile(r"^https?://[^/]+/(api/(models|datasets|spaces)/.|.+/resolve/)")
 _HOOK_LOCK = threading.Lock()
 _ANONYMOUS_WARNED: set[str] = set()
@@ -373,6 +374,8 @@ class HubClient:
             )
         if isinstance(exc, HfHubHTTPError):
             return self._http_error(exc, where)
+        if isinstance(exc, httpx2.ProxyError) and PROXY_REFUSED.search(str(exc)):
+            return self._proxy_refused(where)
         if isinstance(exc, (httpx2.TransportError, OSError, TimeoutError)):
             return Retryable(f"cannot reach {self.endpoint} for {where}: {type(exc).__name__}: {exc}")
         return Retryable(
@@ -394,6 +397,8 @@ class HubClient:
                 ),
                 error_class=ErrorClass.AUTH,
             )
+        if status == 407:
+            return self._proxy_refused(where)
         if status == 429:
             retry_after = retry_after_seconds(response.headers) if response is not None else None
             return Retryable(
@@ -413,6 +418,17 @@ class HubClient:
             )
         return Permanent(
             f"{self.endpoint} answered {status} for {where}{said}", error_class=ErrorClass.UPSTREAM
+        )
+
+    def _proxy_refused(self, where: str) -> HopError:
+        """A proxy that answered 407 (to a request, or to the CONNECT of a tunnel): waiting does not
+        give it credentials."""
+        return NeedsPerson(
+            f"the proxy between relayd and {self.endpoint} asks for credentials it was not given or "
+            f"refused (407) for {where}",
+            hint="set them in hub.proxy or the proxy variables as http://user:password@host:port, then "
+            "`relayctl retry`",
+            error_class=ErrorClass.CONFIG,
         )
 
     @staticmethod

@@ -30,6 +30,7 @@ from relayd.hops.download_run import HASH_WINDOW, Lease, Location, Run, Span
 from relayd.http_ranges import (
     LocationRefused,
     Origin,
+    ProxyUnusable,
     RangeClient,
     RangeError,
     RangeNotSatisfiable,
@@ -250,6 +251,13 @@ class Fetcher:
                     "(update-ca-certificates); otherwise something intercepts TLS: check hub.proxy and "
                     "the network, then `relayctl retry`",
                     error_class=ErrorClass.TLS,
+                ) from exc
+            except ProxyUnusable as exc:
+                raise NeedsPerson(
+                    str(exc),
+                    hint="correct hub.proxy or the proxy variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, "
+                    "NO_PROXY) as the error says, then `relayctl retry`",
+                    error_class=ErrorClass.CONFIG,
                 ) from exc
             except (LocationRefused, RangeNotSatisfiable) as exc:
                 if exc.received:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.catalogue.schema import DONE
+from relayd.catalogue.schema import BLOCKED, DONE
 from relayd.http_ranges import ConnectionLost, ProxyUnusable, RangeClient, origin_of
 from relayd.hub_session import route_hub_session
 from relayd_sandbox.hub import FakeHub, Generated, make_model_repo
@@ -159,3 +159,81 @@ def test_a_proxy_that_refuses_or_cannot_be_spoken_to_says_so(
     with pytest.raises(ConnectionLost) as lost:
         RangeClient(connect_timeout=5, stall_timeout=5).fetch(url, 0, MiB, MiB, lambda offset, data: None)
     assert "through the proxy 127.0.0.1:9" in str(lost.value)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_wants_credentials_blocks_the_poll_with_a_hint(
+    relay: HubRelay, hub: FakeHub, private_repo: str, locked_proxy: Tinyproxy, tmp_path: Path, scheme: str
+) -> None:
+    # http: the proxy answers the request 407; https: it answers the tunnel's CONNECT 407 (httpx's
+    # ProxyError), the Hub behind a TLS front.
+    front = None
+    extra = f'proxy = "http://127.0.0.1:{locked_proxy.port}"'  # no credentials
+    if scheme == "https":
+        cert, key = make_certificate(tmp_path / "tls")
+        front = TlsFront(origin_of(hub.endpoint)[2], cert, key)
+        extra += f'\nca_bundle = "{cert}"'
+    relay.write_config(extra=extra)
+    if front is not None:
+        text = relay.config_path.read_text()
+        relay.config_path.write_text(text.replace(hub.endpoint, f"https://127.0.0.1:{front.port}"))
+    relay.add_repo(private_repo)
+    try:
+        (result,) = relay.poll()
+    finally:
+        if front is not None:
+            front.stop()
+
+    repo = relay.repo(private_repo)
+    assert result.error and repo.poll_state == "blocked" and repo.poll_error_class == "config"
+    assert "asks for credentials" in (repo.poll_error or "") and "(407)" in (repo.poll_error or "")
+    assert "hub.proxy" in (repo.poll_hint or "") and LOCKED_PASSWORD not in (repo.poll_hint or "")
+    assert not relay.transfers()
+    if front is not None:
+        assert locked_proxy.carried(f"127.0.0.1:{front.port}", "CONNECT") and not front.connections
+
+
+def test_a_proxy_that_wants_credentials_for_the_cdn_blocks_the_transfer_with_a_hint(
+    relay: HubRelay, hub: FakeHub, private_repo: str, locked_proxy: Tinyproxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Hub straight (NO_PROXY names its host:port), the CDN through a proxy that wants credentials.
+    monkeypatch.setenv("NO_PROXY", f"127.0.0.1:{origin_of(hub.endpoint)[2]}")
+    relay.write_config(extra=f'proxy = "http://127.0.0.1:{locked_proxy.port}"')
+    relay.add_repo(private_repo)
+
+    transfers = relay.relay()
+
+    # The LFS files (the shards, the tokenizer) come from the CDN; the small ones the Hub serves arrive.
+    blocked = [t for t in transfers if t.state == BLOCKED]
+    assert len(blocked) == 3 and {t.state for t in transfers} == {BLOCKED, DONE}
+    assert all(t.error_class == "config" and "(407)" in (t.last_error or "") for t in blocked)
+    assert all("hub.proxy" in (t.last_error or "") and t.hint and t.attempts == 1 for t in blocked)
+    assert not hub.cdn_log.snapshot()  # the proxy refused every request: nothing reached the CDN
+
+
+def test_a_connect_answered_407_is_a_proxy_that_wants_credentials(
+    hub: FakeHub, locked_proxy: Tinyproxy, tmp_path: Path
+) -> None:
+    hub.create_repo("alice/one", files={"w.safetensors": Generated(MiB, seed=5)})
+    cert, key = make_certificate(tmp_path / "tls")
+    front = TlsFront(origin_of(hub.cdn_url)[2], cert, key)
+    client = RangeClient(
+        connect_timeout=5,
+        stall_timeout=5,
+        ssl_context=ssl.create_default_context(cafile=str(cert)),
+        proxy=f"http://127.0.0.1:{locked_proxy.port}",
+    )
+    try:
+        with pytest.raises(ProxyUnusable, match=r"asks for credentials .*\(407\)"):
+            client.fetch(
+                front.https(hub.sign_url(hub.file("alice/one", "w.safetensors").sha256)),
+                0,
+                MiB,
+                MiB,
+                lambda offset, data: None,
+            )
+    finally:
+        client.close()
+        front.stop()
+    assert locked_proxy.carried(f"127.0.0.1:{front.port}", "CONNECT") == [f"127.0.0.1:{front.port}"]
+    assert not hub.cdn_log.snapshot()
