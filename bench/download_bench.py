@@ -113,9 +113,7 @@ min_free = "0"
     load = os.getloadavg()[0]
     served = hub.bytes_served()
     started = time.perf_counter()
-    env = bench_env(work)
-    if checkout is not None:
-        env["PYTHONPATH"] = f"{checkout}:{checkout / 'sandbox'}"
+    env = bench_env(work, checkout)
     process = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - started
     with store.read() as session:
@@ -311,9 +309,8 @@ def main() -> int:
                 log(f"{scheme}: generating {size / MiB:.0f} MiB on the fake Hub (CDN {hub.cdn_url})")
                 hub.create_repo(REPO, files={WEIGHTS: Generated(size, seed=1)})
                 hub.create_repo(WARM_REPO, files={WEIGHTS: Generated(MiB, seed=3)})
-                run_relayd(hub, work, "warm-up", repo=WARM_REPO, size=MiB, ca=trusted)  # the bytecode cache
-                if args.other:
-                    run_relayd(hub, work, "warm", repo=WARM_REPO, size=MiB, ca=trusted, checkout=args.other)
+                for checkout in [None, args.other] if args.other else [None]:  # each one's bytecode cache
+                    run_relayd(hub, work, "warm-up", repo=WARM_REPO, size=MiB, ca=trusted, checkout=checkout)
                 url = f"{hub.endpoint}/{REPO}/resolve/main/{WEIGHTS}"
                 for mode in args.modes.split(","):
                     hub.bandwidth_cap = args.cap if mode == "capped" else None

@@ -39,11 +39,9 @@ token_env = "RELAYD_BENCH_NO_TOKEN"
 """
 
 
-def once(config: Path, pythonpath: str | None) -> tuple[float, float]:
+def once(config: Path, checkout: Path | None) -> tuple[float, float]:
     """Return (wall s, user + sys s) of one `relayd run --once -c config`."""
-    env = bench_env(config.parent)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    env = bench_env(config.parent, checkout)
     process = subprocess.run(
         ["/usr/bin/time", "-f", "%e %U %S", str(BIN / "relayd"), "run", "--once", "-c", str(config)],
         capture_output=True,
@@ -82,7 +80,7 @@ def main() -> int:
         once(config, None)  # creates the catalogue, warms the page cache and the bytecode cache
         if args.route:
             add_paused_repo(root / "catalogue.db", tuple(args.route.split(",")))
-        other = f"{args.other}:{args.other / 'sandbox'}" if args.other else None
+        other = args.other
         if other:
             once(config, other)  # the other checkout's bytecode cache
         runs: dict[str, list[tuple[float, float]]] = {"this": [], "other": []}
