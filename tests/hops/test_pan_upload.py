@@ -5,6 +5,7 @@ collision policy, token rotation and expiry, and no secrets where they must not 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -436,6 +437,8 @@ class MemoryDrive(Drive):
     def __init__(self) -> None:
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id → (parent, name, bytes)
         self.folders: dict[str, str] = {"/": "root"}
+        self.ids = itertools.count()
+        self.lock = threading.Lock()  # the hop uploads several files at once, as a real drive allows
 
     def ensure_folder(self, path: str) -> str:
         return self.folders.setdefault(path, f"folder:{path}")
@@ -479,8 +482,11 @@ class MemoryDrive(Drive):
                 raise Cancelled("stopping")
             callbacks.part_started(number)
             callbacks.part_done(number)
-        file_id = f"id{len(self.files)}"
-        self.files[file_id] = (parent_id, name, local.path.read_bytes())
+        with self.lock:
+            if self.find(parent_id, name):
+                raise NameTaken(name, self.find(parent_id, name))
+            file_id = f"id{next(self.ids)}"
+            self.files[file_id] = (parent_id, name, local.path.read_bytes())
         found = self.get(file_id)
         assert found is not None
         return UploadResult(found, rapid=False)
