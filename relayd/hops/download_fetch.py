@@ -208,9 +208,10 @@ class Fetcher:
 
         def write(offset: int, data: memoryview) -> None:
             view, at = data, offset
-            while view:
-                written = os.pwrite(run.fd, view, at)
-                view, at = view[written:], at + written
+            with run.write_lock:
+                while view:
+                    written = os.pwrite(run.fd, view, at)
+                    view, at = view[written:], at + written
             run.advance(span, offset, len(data))
             job.add_progress(len(data), piece.index)
 

@@ -76,6 +76,7 @@ class Run:
         self.hashable = threading.Condition(self.lock)
         self.hash_wanted = 0  # the hasher waits until the written prefix reaches this offset
         self.record_lock = threading.Lock()
+        self.write_lock = threading.Lock()
         self.refresh_lock = threading.Lock()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
