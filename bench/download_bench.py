@@ -24,6 +24,7 @@ start-up spread over the big file. Results go to --results (JSON) and are printe
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,17 +317,30 @@ def main() -> int:
                 for mode in args.modes.split(","):
                     hub.bandwidth_cap = args.cap if mode == "capped" else None
                     case = {"scheme": scheme, "mode": mode}
-                    for _ in range(args.rounds):
-                        rows = [
-                            run_aria2c(url, work, size, 16, trusted),
-                            run_relayd(hub, work, "relayd, defaults", repo=REPO, size=size, ca=trusted),
-                        ]
-                        if args.other:
-                            rows.append(
-                                run_relayd(
-                                    hub, work, OTHER, repo=REPO, size=size, ca=trusted, checkout=args.other
-                                )
+                    contenders: list[Callable[[], dict[str, Any]]] = [
+                        functools.partial(run_aria2c, url, work, size, 16, trusted),
+                        functools.partial(
+                            run_relayd, hub, work, "relayd, defaults", repo=REPO, size=size, ca=trusted
+                        ),
+                    ]
+                    if args.other:
+                        contenders.append(
+                            functools.partial(
+                                run_relayd,
+                                hub,
+                                work,
+                                OTHER,
+                                repo=REPO,
+                                size=size,
+                                ca=trusted,
+                                checkout=args.other,
                             )
+                        )
+                    for round_number in range(args.rounds):
+                        # Each round starts with the next contender: on this VM the cost of a run's
+                        # page-cache writes depends on what ran just before it (docs/benchmarks.md).
+                        shift = round_number % len(contenders)
+                        rows = [run() for run in contenders[shift:] + contenders[:shift]]
                         for row in rows:
                             results["runs"].append({**row, **case})
                             log(f"  {scheme} {mode} {row['label']}: {_line(row)}")
