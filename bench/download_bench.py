@@ -11,14 +11,15 @@ as `relayd run --once` at its defaults (`hub.ca_bundle` naming the CA), aria2c a
     .venv/bin/python bench/download_bench.py --size 512MiB --big 0 --rounds 1   # a quick look
 
 For each scheme (plain, tls) and each mode (capped: every connection limited to --cap bytes/s, 20 MB/s;
-uncapped), --rounds rounds of aria2c and relayd, and one of hf_hub_download (uncapped only unless
---hf-capped: one connection at 20 MB/s takes minutes). Recorded per run: the process's wall time, the
-transfer time (relayd: its transfer's started_at → finished_at in the catalogue, i.e. metadata, pieces,
-hash verification, rename into staging; aria2c: its wall time; hf_hub_download: the call, timed inside
-its process), CPU seconds (user + sys) per GiB, peak RSS and the load average before the run. Then the
-CPU cost of sha1 + sha256 per GiB (what relayd computes and aria2c does not), and relayd and aria2c
-fetching the --big file over TLS uncapped: relayd's peak RSS, and both tools' CPU per GiB with their
-start-up spread over the big file. Results go to --results (JSON) and are printed as Markdown.
+uncapped), --rounds rounds of aria2c and relayd (each round starting with the next of them), and one of
+hf_hub_download (uncapped only unless --hf-capped: one connection at 20 MB/s takes minutes). Recorded
+per run: the process's wall time, the transfer time (relayd: its transfer's started_at → finished_at in
+the catalogue, i.e. metadata, pieces, hash verification, rename into staging; aria2c: its wall time;
+hf_hub_download: the call, timed inside its process), CPU seconds (user + sys) per GiB, peak RSS and the
+load average before the run. Then the CPU cost of sha1 + sha256 per GiB (what relayd computes and aria2c
+does not), and relayd and aria2c fetching the --big file over TLS uncapped: relayd's peak RSS, and both
+tools' CPU per GiB with their start-up spread over the big file. Results go to --results (JSON) and are
+printed as Markdown.
 """
 
 from __future__ import annotations
