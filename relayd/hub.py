@@ -72,9 +72,9 @@ HEAD_PROBE = ".gitattributes"
 # Listings remembered per (type, repo, commit) to notice a tree that changes under a pinned commit.
 _LISTINGS_KEPT = 512
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_PROXY_REFUSED = re.compile(r"\b407\b")  # httpx's ProxyError for a CONNECT answered 407
 # A 401 on these (other than for invalid credentials) means "missing, or private": the Hub does not say
 # which and sends no X-Error-Code when anonymous. huggingface_hub maps it only for https:// URLs.
-PROXY_REFUSED = re.compile(r"\b407\b")  # httpx's ProxyError for a CONNECT answered 407
 _REPO_URL = re.compile(r"^https?://[^/]+/(api/(models|datasets|spaces)/.|.+/resolve/)")
 _HOOK_LOCK = threading.Lock()
 _ANONYMOUS_WARNED: set[str] = set()
@@ -374,7 +374,7 @@ class HubClient:
             )
         if isinstance(exc, HfHubHTTPError):
             return self._http_error(exc, where)
-        if isinstance(exc, httpx2.ProxyError) and PROXY_REFUSED.search(str(exc)):
+        if isinstance(exc, httpx2.ProxyError) and _PROXY_REFUSED.search(str(exc)):
             return self._proxy_refused(where)
         if isinstance(exc, (httpx2.TransportError, OSError, TimeoutError)):
             return Retryable(f"cannot reach {self.endpoint} for {where}: {type(exc).__name__}: {exc}")
